@@ -1,0 +1,118 @@
+"""Strict, bounded decoders for everything that arrives from outside.
+
+JSON from a presentation, a DID document or a status list is parsed with a
+size cap, a nesting cap, no duplicate member names (RFC 8259 §4 leaves them
+undefined; RFC 9901 §7.1 forbids ambiguity in disclosures) and no NaN or
+Infinity. base64url is the unpadded alphabet of RFC 4648 §5 and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from tessera.errors import ErrorCode, TesseraError
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_JSON_BYTES",
+    "b64url_decode",
+    "b64url_encode",
+    "canonical_json",
+    "parse_json",
+    "parse_json_object",
+]
+
+MAX_JSON_BYTES = 256 * 1024
+MAX_DEPTH = 32
+
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str, *, max_len: int = MAX_JSON_BYTES * 2) -> bytes:
+    """Decode unpadded base64url, refusing padding, other alphabets and junk."""
+    if not isinstance(text, str):
+        raise TesseraError(ErrorCode.MALFORMED, "base64url value is not a string")
+    if len(text) > max_len:
+        raise TesseraError(ErrorCode.TOO_LARGE, "base64url value too large")
+    if not _B64URL.match(text) or len(text) % 4 == 1:
+        raise TesseraError(ErrorCode.MALFORMED, "not unpadded base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise TesseraError(ErrorCode.MALFORMED, "not unpadded base64url") from exc
+    # Non-canonical encodings (stray low bits in the last char) would let two
+    # strings decode to the same bytes; digests are over the string, so refuse.
+    if b64url_encode(raw) != text:
+        raise TesseraError(ErrorCode.MALFORMED, "non-canonical base64url")
+    return raw
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise TesseraError(ErrorCode.MALFORMED, f"duplicate JSON member {key!r}")
+        out[key] = value
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise TesseraError(ErrorCode.MALFORMED, f"JSON constant {name} is not allowed")
+
+
+def _depth(value: Any) -> int:
+    # Iterative, so a hostile document cannot exhaust the Python stack here.
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def parse_json(
+    data: str | bytes, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH
+) -> Any:
+    """Parse untrusted JSON strictly; raise ``malformed`` or ``too_large``."""
+    size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+    if size > max_bytes:
+        raise TesseraError(ErrorCode.TOO_LARGE, f"JSON document over {max_bytes} bytes")
+    try:
+        text = data.decode("utf-8", errors="strict") if isinstance(data, bytes) else data
+        value = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant
+        )
+    except TesseraError:
+        raise
+    except RecursionError as exc:
+        raise TesseraError(ErrorCode.TOO_LARGE, f"JSON nested deeper than {max_depth}") from exc
+    except ValueError as exc:
+        raise TesseraError(ErrorCode.MALFORMED, "not valid JSON") from exc
+    if _depth(value) > max_depth:
+        raise TesseraError(ErrorCode.TOO_LARGE, f"JSON nested deeper than {max_depth}")
+    return value
+
+
+def parse_json_object(data: str | bytes, *, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    value = parse_json(data, max_bytes=max_bytes)
+    if not isinstance(value, dict):
+        raise TesseraError(ErrorCode.MALFORMED, "expected a JSON object")
+    return value
+
+
+def canonical_json(value: Any) -> bytes:
+    """Compact, key-sorted JSON bytes (for thumbprints, hashes and storage)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()

@@ -1,0 +1,74 @@
+"""The one exception root of Tessera and its machine-readable codes.
+
+Every failure a caller can act on is a :class:`TesseraError` carrying an
+:class:`ErrorCode`. The verifier SDK turns them into ``result.errors``; the
+HTTP services turn them into RFC 9457 problem documents through a single
+handler. Messages never contain key material.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["ErrorCode", "TesseraError"]
+
+
+class ErrorCode(StrEnum):
+    """The fixed, documented set of codes (see ``docs/errors.md``)."""
+
+    # Parsing and shape of the input.
+    MALFORMED = "malformed"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
+    SCHEMA_INVALID = "schema_invalid"
+    # Signatures and keys.
+    INVALID_SIGNATURE = "invalid_signature"
+    KEY_NOT_FOUND = "key_not_found"
+    DID_RESOLUTION_FAILED = "did_resolution_failed"
+    # Trust.
+    UNTRUSTED_ISSUER = "untrusted_issuer"
+    CREDENTIAL_TYPE_NOT_ALLOWED = "credential_type_not_allowed"
+    # Time.
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    # Status.
+    REVOKED = "revoked"
+    SUSPENDED = "suspended"
+    STATUS_UNAVAILABLE = "status_unavailable"
+    # Presentation binding.
+    NONCE_MISMATCH = "nonce_mismatch"
+    AUDIENCE_MISMATCH = "audience_mismatch"
+    REPLAYED = "replayed"
+    KEY_BINDING_MISSING = "key_binding_missing"
+    KEY_BINDING_INVALID = "key_binding_invalid"
+    DISCLOSURE_MISMATCH = "disclosure_mismatch"
+    TRANSACTION_DATA_MISMATCH = "transaction_data_mismatch"
+    # Service-side codes (issuer, wallet, ledger).
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    INVALID_REQUEST = "invalid_request"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    CONSENT_DENIED = "consent_denied"
+    WRONG_PASSPHRASE = "wrong_passphrase"  # noqa: S105 - an error code, not a secret
+
+
+class TesseraError(Exception):
+    """Root of every error Tessera raises on purpose.
+
+    ``code`` is stable and machine-readable; ``detail`` is for humans and
+    logs, and must never contain private key material.
+    """
+
+    code: ErrorCode
+    detail: str
+
+    def __init__(self, code: ErrorCode, detail: str = "") -> None:
+        self.code = ErrorCode(code)
+        self.detail = detail or self.code.value.replace("_", " ")
+        super().__init__(f"{self.code.value}: {self.detail}")
+
+    def __reduce__(self) -> tuple[type[TesseraError], tuple[ErrorCode, str]]:
+        return (type(self), (self.code, self.detail))

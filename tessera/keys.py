@@ -1,0 +1,313 @@
+"""Keys: the only module of Tessera that touches ``cryptography.hazmat``.
+
+Public keys are small objects whose :meth:`PublicKey.verify` raises on a bad
+signature (there is no boolean to forget). Private keys live behind the
+:class:`~tessera.typing.Signer` interface; :class:`LocalSigner` is the
+in-process implementation, and a KMS- or HSM-backed signer only has to offer
+``alg``, ``key_id``, ``public_key`` and ``sign``.
+
+JWK parsing and validation is jwcrypto's (RFC 7517/7518, curve checks); the
+resulting ``cryptography`` key objects are kept so that the hot path does no
+re-import. Signatures use the JOSE encoding (RFC 7518 §3.4: ECDSA as the
+fixed-size ``r || s``), which Data Integrity ECDSA suites share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from jwcrypto import jwk as _jwk
+from jwcrypto.common import JWException
+
+from tessera.encoding import b64url_decode, b64url_encode, canonical_json
+from tessera.errors import ErrorCode, TesseraError
+
+__all__ = [
+    "SUPPORTED_ALGS",
+    "Alg",
+    "LocalSigner",
+    "PublicKey",
+    "generate_signer",
+    "public_key_from_jwk",
+    "seal",
+    "seal_with_passphrase",
+    "signer_from_jwk",
+    "unseal",
+    "unseal_with_passphrase",
+]
+
+Alg = Literal["EdDSA", "ES256", "ES384"]
+SUPPORTED_ALGS: Final[frozenset[str]] = frozenset({"EdDSA", "ES256", "ES384"})
+
+_CURVES: Final[dict[str, tuple[ec.EllipticCurve, str, int, hashes.HashAlgorithm]]] = {
+    # crv -> (curve, JOSE alg, coordinate size in bytes, hash)
+    "P-256": (ec.SECP256R1(), "ES256", 32, hashes.SHA256()),
+    "P-384": (ec.SECP384R1(), "ES384", 48, hashes.SHA384()),
+}
+_ALG_TO_CRV: Final[dict[str, str]] = {"EdDSA": "Ed25519", "ES256": "P-256", "ES384": "P-384"}
+
+_PublicObj = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+_PrivateObj = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+def _bad_key(detail: str) -> TesseraError:
+    return TesseraError(ErrorCode.MALFORMED, f"invalid key: {detail}")
+
+
+@dataclass(frozen=True, eq=False)
+class PublicKey:
+    """A verification key (Ed25519, P-256 or P-384)."""
+
+    alg: Alg
+    crv: str
+    _key: _PublicObj = field(repr=False)
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_jwk(cls, jwk: dict[str, Any]) -> PublicKey:
+        if not isinstance(jwk, dict):
+            raise _bad_key("JWK is not an object")
+        if "d" in jwk:
+            # A private JWK where a public one is expected is a leak waiting
+            # to happen (it would be echoed into cnf or a DID document).
+            raise _bad_key("private key material where a public key is expected")
+        kty, crv = jwk.get("kty"), jwk.get("crv")
+        if kty == "OKP" and crv == "Ed25519":
+            alg: Alg = "EdDSA"
+        elif kty == "EC" and crv in _CURVES:
+            alg = _CURVES[crv][1]  # type: ignore[assignment]
+        else:
+            raise TesseraError(
+                ErrorCode.UNSUPPORTED_ALGORITHM, f"unsupported key type {kty}/{crv}"
+            )
+        if "alg" in jwk and jwk["alg"] != alg:
+            raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM, "JWK alg does not fit its curve")
+        members = {k: jwk[k] for k in ("kty", "crv", "x", "y") if k in jwk}
+        try:
+            key = _jwk.JWK(**members).get_op_key("verify")
+        except (JWException, ValueError, TypeError, KeyError) as exc:
+            raise _bad_key(str(exc) or type(exc).__name__) from exc
+        return cls(alg=alg, crv=str(crv), _key=key)
+
+    @classmethod
+    def from_raw(cls, crv: str, data: bytes) -> PublicKey:
+        """From raw Ed25519 bytes or a SEC1 (compressed or not) EC point."""
+        try:
+            if crv == "Ed25519":
+                return cls("EdDSA", crv, ed25519.Ed25519PublicKey.from_public_bytes(data))
+            if crv in _CURVES:
+                curve, alg, _, _ = _CURVES[crv]
+                key = ec.EllipticCurvePublicKey.from_encoded_point(curve, data)
+                return cls(alg, crv, key)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise _bad_key(f"not a valid {crv} point") from exc
+        raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM, f"unsupported curve {crv}")
+
+    # -- use ------------------------------------------------------------------
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Raise ``invalid_signature`` unless ``signature`` is valid over ``data``."""
+        try:
+            if isinstance(self._key, ed25519.Ed25519PublicKey):
+                self._key.verify(signature, data)
+                return
+            _, _, size, hash_alg = _CURVES[self.crv]
+            if len(signature) != 2 * size:
+                raise InvalidSignature
+            r = int.from_bytes(signature[:size], "big")
+            s = int.from_bytes(signature[size:], "big")
+            self._key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hash_alg))
+        except InvalidSignature:
+            raise TesseraError(ErrorCode.INVALID_SIGNATURE, "signature does not verify") from None
+
+    def to_jwk(self) -> dict[str, str]:
+        if isinstance(self._key, ed25519.Ed25519PublicKey):
+            raw = self._key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
+        size = _CURVES[self.crv][2]
+        nums = self._key.public_numbers()
+        return {
+            "kty": "EC",
+            "crv": self.crv,
+            "x": b64url_encode(nums.x.to_bytes(size, "big")),
+            "y": b64url_encode(nums.y.to_bytes(size, "big")),
+        }
+
+    def raw(self, *, compressed: bool = True) -> bytes:
+        """Raw Ed25519 bytes, or the SEC1 point (compressed by default, as did:key wants)."""
+        if isinstance(self._key, ed25519.Ed25519PublicKey):
+            raw_fmt = serialization.PublicFormat.Raw
+            return self._key.public_bytes(serialization.Encoding.Raw, raw_fmt)
+        fmt = (
+            serialization.PublicFormat.CompressedPoint
+            if compressed
+            else serialization.PublicFormat.UncompressedPoint
+        )
+        return self._key.public_bytes(serialization.Encoding.X962, fmt)
+
+    def thumbprint(self) -> str:
+        """RFC 7638 JWK thumbprint (SHA-256, base64url)."""
+        jwk = self.to_jwk()
+        required = {k: jwk[k] for k in (("crv", "kty", "x") if jwk["kty"] == "OKP" else
+                                       ("crv", "kty", "x", "y"))}
+        return b64url_encode(hashlib.sha256(canonical_json(required)).digest())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PublicKey) and self.to_jwk() == other.to_jwk()
+
+    def __hash__(self) -> int:
+        return hash(self.thumbprint())
+
+
+class LocalSigner:
+    """An in-process private key. Its repr and str never show key material."""
+
+    __slots__ = ("_private", "alg", "key_id", "public_key")
+
+    def __init__(self, private: _PrivateObj, alg: Alg, key_id: str | None = None) -> None:
+        self._private = private
+        self.alg: Alg = alg
+        self.key_id = key_id
+        crv = _ALG_TO_CRV[alg]
+        self.public_key = PublicKey(alg, crv, private.public_key())
+
+    def sign(self, data: bytes) -> bytes:
+        if isinstance(self._private, ed25519.Ed25519PrivateKey):
+            return self._private.sign(data)
+        _, _, size, hash_alg = _CURVES[_ALG_TO_CRV[self.alg]]
+        r, s = decode_dss_signature(self._private.sign(data, ec.ECDSA(hash_alg)))
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+    def with_key_id(self, key_id: str | None) -> LocalSigner:
+        return LocalSigner(self._private, self.alg, key_id)
+
+    def export_private_jwk(self) -> dict[str, str]:
+        """The private JWK. Only for encrypted storage or an explicit CLI export."""
+        jwk = self.public_key.to_jwk()
+        if isinstance(self._private, ed25519.Ed25519PrivateKey):
+            raw = self._private.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+            return {**jwk, "d": b64url_encode(raw)}
+        size = _CURVES[self.public_key.crv][2]
+        d = self._private.private_numbers().private_value.to_bytes(size, "big")
+        return {**jwk, "d": b64url_encode(d)}
+
+    def __repr__(self) -> str:
+        return f"LocalSigner(alg={self.alg!r}, key_id={self.key_id!r})"
+
+
+def generate_signer(alg: str = "EdDSA", *, key_id: str | None = None) -> LocalSigner:
+    if alg == "EdDSA":
+        return LocalSigner(ed25519.Ed25519PrivateKey.generate(), "EdDSA", key_id)
+    if alg in ("ES256", "ES384"):
+        curve = _CURVES[_ALG_TO_CRV[alg]][0]
+        return LocalSigner(ec.generate_private_key(curve), alg, key_id)  # type: ignore[arg-type]
+    raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM, f"unsupported algorithm {alg!r}")
+
+
+def signer_from_jwk(jwk: dict[str, Any], *, key_id: str | None = None) -> LocalSigner:
+    """Load a private JWK (OKP Ed25519 or EC P-256/P-384)."""
+    if not isinstance(jwk, dict) or not isinstance(jwk.get("d"), str):
+        raise _bad_key("not a private JWK")
+    public = PublicKey.from_jwk({k: v for k, v in jwk.items() if k != "d"})
+    d = b64url_decode(jwk["d"], max_len=128)
+    try:
+        if public.alg == "EdDSA":
+            private: _PrivateObj = ed25519.Ed25519PrivateKey.from_private_bytes(d)
+        else:
+            curve = _CURVES[public.crv][0]
+            private = ec.derive_private_key(int.from_bytes(d, "big"), curve)
+    except ValueError as exc:
+        raise _bad_key("bad private scalar") from exc
+    signer = LocalSigner(private, public.alg, key_id or jwk.get("kid"))
+    if signer.public_key != public:
+        raise _bad_key("private and public parts do not match")
+    return signer
+
+
+def public_key_from_jwk(jwk: dict[str, Any]) -> PublicKey:
+    return PublicKey.from_jwk(jwk)
+
+
+# -- encryption at rest ---------------------------------------------------------
+# Wallet files (under a passphrase) and the issuer's key store (under a master
+# key) seal private JWKs with AES-256-GCM. scrypt parameters follow RFC 7914
+# §2's interactive-login guidance scaled to a 2-core machine.
+
+_SCRYPT_N: Final = 2**15
+_SCRYPT_R: Final = 8
+_SCRYPT_P: Final = 1
+
+
+def _aesgcm(key: bytes) -> Any:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
+def seal(data: bytes, key: bytes, *, aad: bytes = b"") -> dict[str, str]:
+    """Encrypt under a 32-byte key; the result is JSON-ready."""
+    import os
+
+    if len(key) != 32:
+        raise TesseraError(ErrorCode.MALFORMED, "master key must be 32 bytes")
+    nonce = os.urandom(12)
+    return {
+        "alg": "A256GCM",
+        "nonce": b64url_encode(nonce),
+        "ciphertext": b64url_encode(_aesgcm(key).encrypt(nonce, data, aad)),
+    }
+
+
+def unseal(box: dict[str, Any], key: bytes, *, aad: bytes = b"") -> bytes:
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        nonce = b64url_decode(box["nonce"])
+        ciphertext = b64url_decode(box["ciphertext"], max_len=10_000_000)
+        return bytes(_aesgcm(key).decrypt(nonce, ciphertext, aad))
+    except (KeyError, TypeError) as exc:
+        raise TesseraError(ErrorCode.MALFORMED, "not a sealed box") from exc
+    except InvalidTag:
+        raise TesseraError(ErrorCode.WRONG_PASSPHRASE, "cannot decrypt: wrong key") from None
+
+
+def _scrypt(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
+
+
+def seal_with_passphrase(data: bytes, passphrase: str) -> dict[str, Any]:
+    import os
+
+    salt = os.urandom(16)
+    key = _scrypt(passphrase, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+    box: dict[str, Any] = seal(data, key)
+    box["kdf"] = {"name": "scrypt", "salt": b64url_encode(salt),
+                  "n": _SCRYPT_N, "r": _SCRYPT_R, "p": _SCRYPT_P}
+    return box
+
+
+def unseal_with_passphrase(box: dict[str, Any], passphrase: str) -> bytes:
+    try:
+        kdf = box["kdf"]
+        n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+        salt = b64url_decode(kdf["salt"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TesseraError(ErrorCode.MALFORMED, "not a passphrase-sealed box") from exc
+    if kdf.get("name") != "scrypt" or not (2**10 <= n <= 2**20) or r > 16 or p > 4:
+        # Bounded so a hostile wallet file cannot make us burn minutes or GiB.
+        raise TesseraError(ErrorCode.MALFORMED, "unsupported key-derivation parameters")
+    return unseal(box, _scrypt(passphrase, salt, n, r, p))
