@@ -1,0 +1,193 @@
+"""The two loyalty credential types, their claims and their schemas.
+
+Claims are format-neutral: the SD-JWT VC format carries them at the top level
+of the payload; the Data Integrity format carries them in
+``credentialSubject``. The derived booleans (``tier_at_least_<tier>``,
+``points_at_least_<N>``) let a holder prove "Gold or better" or "at least 1000
+points" without showing the tier or the balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from functools import cached_property
+from typing import Any, Final
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+import schemas
+from tessera.errors import ErrorCode, TesseraError
+
+__all__ = [
+    "CREDENTIAL_TYPES",
+    "DEFAULT_POINTS_LADDER",
+    "MEMBERSHIP",
+    "POINTS",
+    "CredentialType",
+    "by_name",
+    "by_vct",
+    "membership_claims",
+    "points_claims",
+]
+
+DEFAULT_POINTS_LADDER: Final[tuple[int, ...]] = (100, 250, 500, 1000, 2500, 5000, 10000)
+
+_FORMAT_CHECKER = Draft202012Validator.FORMAT_CHECKER
+
+
+def _without_required(schema: Any) -> Any:
+    """The schema for a *disclosed subset*: every ``required`` dropped, all else kept."""
+    if isinstance(schema, dict):
+        return {k: _without_required(v) for k, v in schema.items() if k != "required"}
+    if isinstance(schema, list):
+        return [_without_required(v) for v in schema]
+    return schema
+
+
+@dataclass(frozen=True)
+class CredentialType:
+    name: str
+    vct: str
+    schema_file: str
+    metadata_file: str
+    # Claims a verifier may see even though they are not personal: they name the
+    # programme, which the issuer's DID and vct already reveal.
+    always_visible: frozenset[str] = field(default_factory=frozenset)
+
+    @cached_property
+    def schema(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = schemas.load(self.schema_file)
+        return loaded
+
+    @cached_property
+    def type_metadata(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = schemas.load(self.metadata_file)
+        return loaded
+
+    @cached_property
+    def _full(self) -> Draft202012Validator:
+        return Draft202012Validator(self.schema, format_checker=_FORMAT_CHECKER)
+
+    @cached_property
+    def _partial(self) -> Draft202012Validator:
+        return Draft202012Validator(_without_required(self.schema), format_checker=_FORMAT_CHECKER)
+
+    def validate(self, claims: Mapping[str, Any], *, partial: bool = False) -> None:
+        """Raise ``schema_invalid`` unless ``claims`` fit the schema.
+
+        ``partial`` is for a verifier: a selective presentation legitimately
+        omits required claims, but whatever it shows must still be well-typed
+        and nothing outside the schema is accepted.
+        """
+        validator = self._partial if partial else self._full
+        error = jsonschema.exceptions.best_match(validator.iter_errors(dict(claims)))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(top)"
+            raise TesseraError(ErrorCode.SCHEMA_INVALID, f"{self.name} {where}: {error.message}")
+
+
+MEMBERSHIP: Final = CredentialType(
+    name="LoyaltyMembershipCredential",
+    vct="https://w3id.org/tessera/vct/LoyaltyMembershipCredential/v1",
+    schema_file="LoyaltyMembershipCredential.schema.json",
+    metadata_file="LoyaltyMembershipCredential.vct.json",
+    always_visible=frozenset({"program"}),
+)
+POINTS: Final = CredentialType(
+    name="LoyaltyPointsCredential",
+    vct="https://w3id.org/tessera/vct/LoyaltyPointsCredential/v1",
+    schema_file="LoyaltyPointsCredential.schema.json",
+    metadata_file="LoyaltyPointsCredential.vct.json",
+    always_visible=frozenset({"program"}),
+)
+CREDENTIAL_TYPES: Final[tuple[CredentialType, ...]] = (MEMBERSHIP, POINTS)
+
+
+def by_name(name: str) -> CredentialType:
+    for ctype in CREDENTIAL_TYPES:
+        if ctype.name == name:
+            return ctype
+    raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, f"unknown credential type {name!r}")
+
+
+def by_vct(vct: str) -> CredentialType:
+    for ctype in CREDENTIAL_TYPES:
+        if ctype.vct == vct:
+            return ctype
+    raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, f"unknown vct {vct!r}")
+
+
+def _program(program: Mapping[str, str]) -> dict[str, str]:
+    return {"id": program["id"], "name": program["name"], "brand": program["brand"]}
+
+
+def membership_claims(
+    *,
+    program: Mapping[str, str],
+    membership_number: str,
+    tier: str,
+    tiers: Sequence[tuple[str, int]],
+    member_since: date,
+    tier_valid_until: date,
+    name: str | None = None,
+    email: str | None = None,
+) -> dict[str, Any]:
+    """Claims of a membership credential, with ``tier_at_least_<t>`` for every tier.
+
+    ``tiers`` is the programme's ladder as (name, rank). A member holds
+    ``tier_at_least_<t>: true`` for every tier ranked at or below theirs and
+    ``false`` above it, so "Gold or better" is one boolean to disclose.
+    """
+    ranks = dict(tiers)
+    if tier not in ranks:
+        raise TesseraError(ErrorCode.SCHEMA_INVALID, f"tier {tier!r} is not in the programme")
+    rank = ranks[tier]
+    claims: dict[str, Any] = {
+        "program": _program(program),
+        "membership_number": membership_number,
+        "tier": {"name": tier, "rank": rank},
+        "member_since": member_since.isoformat(),
+        "tier_valid_until": tier_valid_until.isoformat(),
+    }
+    if name is not None:
+        claims["name"] = name
+    if email is not None:
+        claims["email"] = email
+    for other, other_rank in sorted(tiers, key=lambda t: t[1]):
+        claims[f"tier_at_least_{other}"] = rank >= other_rank
+    MEMBERSHIP.validate(claims)
+    return claims
+
+
+def points_claims(
+    *,
+    program: Mapping[str, str],
+    membership_number: str,
+    balance: int,
+    as_of: datetime,
+    checkpoint: tuple[int, str],
+    expiring_next: tuple[int, date] | None = None,
+    ladder: Iterable[int] = DEFAULT_POINTS_LADDER,
+) -> dict[str, Any]:
+    """Claims of a points credential with ``points_at_least_<N>`` for the ladder."""
+    if as_of.tzinfo is None:
+        raise TesseraError(ErrorCode.SCHEMA_INVALID, "as_of must be timezone-aware")
+    tree_size, root_hash = checkpoint
+    claims: dict[str, Any] = {
+        "program": _program(program),
+        "membership_number": membership_number,
+        "points_balance": balance,
+        "as_of": as_of.isoformat().replace("+00:00", "Z"),
+        "checkpoint": {"tree_size": tree_size, "root_hash": root_hash},
+    }
+    if expiring_next is not None:
+        claims["points_expiring_next"] = {
+            "points": expiring_next[0], "on": expiring_next[1].isoformat(),
+        }
+    for step in sorted(set(ladder)):
+        claims[f"points_at_least_{step}"] = balance >= step
+    POINTS.validate(claims)
+    return claims
