@@ -14,6 +14,7 @@ fixed-size ``r || s``), which Data Integrity ECDSA suites share.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -91,12 +92,10 @@ class PublicKey:
             )
         if "alg" in jwk and jwk["alg"] != alg:
             raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM, "JWK alg does not fit its curve")
-        members = {k: jwk[k] for k in ("kty", "crv", "x", "y") if k in jwk}
-        try:
-            key = _jwk.JWK(**members).get_op_key("verify")
-        except (JWException, ValueError, TypeError, KeyError) as exc:
-            raise _bad_key(str(exc) or type(exc).__name__) from exc
-        return cls(alg=alg, crv=str(crv), _key=key)
+        members = tuple((k, jwk[k]) for k in ("kty", "crv", "x", "y") if k in jwk)
+        if not all(isinstance(v, str) for _, v in members):
+            raise _bad_key("JWK members must be strings")
+        return _public_from_members(members, alg)
 
     @classmethod
     def from_raw(cls, crv: str, data: bytes) -> PublicKey:
@@ -165,6 +164,17 @@ class PublicKey:
 
     def __hash__(self) -> int:
         return hash(self.thumbprint())
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_from_members(members: tuple[tuple[str, str], ...], alg: Alg) -> PublicKey:
+    # Holder keys arrive in every presentation's cnf; importing through jwcrypto
+    # each time would cost more than the signature check itself.
+    try:
+        key = _jwk.JWK(**dict(members)).get_op_key("verify")
+    except (JWException, ValueError, TypeError, KeyError) as exc:
+        raise _bad_key(str(exc) or type(exc).__name__) from exc
+    return PublicKey(alg=alg, crv=dict(members)["crv"], _key=key)
 
 
 class LocalSigner:

@@ -1,0 +1,1 @@
+"""Credential formats: one module per format, each with issue / present / verify."""
