@@ -1,0 +1,459 @@
+"""Storage models of the issuer service.
+
+One family per entity, as in the FastAPI full-stack template: ``*Base``
+(shared fields), ``*Create`` (what a client may send), ``*Public`` (what the
+API returns) and the ``table=True`` class. The schema itself is owned by the
+Alembic migrations in :mod:`issuer.migrations`; a test checks that the two
+never drift apart.
+
+The points ledger is append-only: :class:`LedgerEntry` rows are never
+updated or deleted. :class:`PointLot` (one per credit, with what is left of
+it) and :class:`LotAllocation` (which debit took how much from which lot, a
+negative amount restoring it) are the projection that makes first-in
+first-out expiry and exact reversals cheap; ``lot.remaining == lot.amount -
+sum(allocations)`` always holds.
+
+Next round (not here yet): ``issued_credential`` (id, brand, member, type,
+format, status-list index, status, superseded_by, issued_at, expires_at)
+keyed on ``member.id``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import field_validator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+from tessera.credentials import DEFAULT_POINTS_LADDER
+
+__all__ = [
+    "ApiKey",
+    "ApiKeyCreated",
+    "ApiKeyPublic",
+    "Balance",
+    "Brand",
+    "BrandCreate",
+    "BrandKey",
+    "BrandKeyPublic",
+    "BrandPublic",
+    "DowngradePolicy",
+    "EnrolmentChallenge",
+    "EntryKind",
+    "ExpiringNext",
+    "HoldStatus",
+    "IdempotencyRecord",
+    "KeyStatus",
+    "LedgerEntry",
+    "LedgerEntryPublic",
+    "LotAllocation",
+    "Member",
+    "MemberEnrol",
+    "MemberPublic",
+    "PointHold",
+    "PointHoldPublic",
+    "PointLot",
+    "Program",
+    "ProgramCreate",
+    "ProgramPublic",
+    "Tier",
+    "TierCreate",
+    "TierPublic",
+    "new_id",
+    "utcnow",
+]
+
+MAX_POINTS = 1_000_000_000
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid alias).
+BigID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fk(target: str, *, nullable: bool = False, index: bool = True,
+        unique: bool = False, kind: Any = None) -> Any:
+    """A foreign-key column; ON DELETE RESTRICT because nothing in the ledger is ever deleted."""
+    return Column(kind if kind is not None else String(36),
+                  ForeignKey(target, ondelete="RESTRICT"),
+                  nullable=nullable, index=index, unique=unique)
+
+
+class DowngradePolicy(StrEnum):
+    IMMEDIATE = "immediate"          # drop to the earned tier as soon as points fall short
+    END_OF_GRACE = "end_of_grace"    # keep the tier until valid-until + grace, then drop
+    ONE_STEP = "one_step"            # after the grace period, drop one rank at a time
+
+
+class KeyStatus(StrEnum):
+    ACTIVE = "active"     # signs new credentials, listed in the DID document
+    RETIRED = "retired"   # no longer signs, still listed so earlier credentials verify
+
+
+class EntryKind(StrEnum):
+    EARN = "earn"
+    REDEEM = "redeem"
+    ADJUST = "adjust"
+    EXPIRE = "expire"
+    REVERSE = "reverse"
+
+
+class HoldStatus(StrEnum):
+    HELD = "held"
+    CAPTURED = "captured"
+    RELEASED = "released"
+
+
+# -- brands ------------------------------------------------------------------
+
+
+class BrandBase(SQLModel):
+    slug: str = Field(min_length=1, max_length=63, index=True, unique=True)
+    name: str = Field(min_length=1, max_length=200)
+
+
+class BrandCreate(BrandBase):
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG_RE.match(value):
+            raise ValueError("slug must be lowercase letters, digits and inner hyphens")
+        return value
+
+
+class Brand(BrandBase, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    did: str = Field(max_length=512, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class BrandPublic(BrandBase):
+    id: str
+    did: str
+    created_at: datetime
+
+
+class BrandKey(SQLModel, table=True):
+    __tablename__ = "brand_key"
+    __table_args__ = (UniqueConstraint("brand_id", "kid"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    kid: str = Field(max_length=64)
+    alg: str = Field(max_length=16)
+    public_jwk: dict[str, Any] = Field(sa_type=JSON)
+    # AES-256-GCM box from tessera.keys.seal; the AAD binds it to brand and kid.
+    sealed_private: dict[str, Any] = Field(sa_type=JSON, repr=False)
+    status: str = Field(default=KeyStatus.ACTIVE, max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    retired_at: datetime | None = None
+
+
+class BrandKeyPublic(SQLModel):
+    kid: str
+    verification_method: str
+    alg: str
+    public_jwk: dict[str, Any]
+    status: str
+    created_at: datetime
+    retired_at: datetime | None
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=32)  # public half of the token
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    secret_sha256: str = Field(max_length=64, repr=False)
+    label: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class ApiKeyPublic(SQLModel):
+    id: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    token: str = Field(description="shown once; only its hash is stored")
+
+
+# -- programs and tiers ------------------------------------------------------------
+
+
+class TierBase(SQLModel):
+    name: str = Field(min_length=1, max_length=64)
+    rank: int = Field(ge=0, le=1000)
+    qualifying_points: int = Field(ge=0, le=MAX_POINTS)
+    qualification_period_days: int = Field(default=365, ge=1, le=3660)
+    grace_period_days: int = Field(default=0, ge=0, le=3660)
+    downgrade_policy: DowngradePolicy = Field(default=DowngradePolicy.END_OF_GRACE,
+                                              sa_type=String(16))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # Tier names become claim names (tier_at_least_<name>).
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", value):
+            raise ValueError("tier name must be lowercase letters, digits and underscores")
+        return value
+
+
+class TierCreate(TierBase):
+    pass
+
+
+class Tier(TierBase, table=True):
+    __table_args__ = (UniqueConstraint("program_id", "rank"),
+                      UniqueConstraint("program_id", "name"))
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    program_id: str = Field(sa_column=_fk("program.id"))
+
+
+class TierPublic(TierBase):
+    id: str
+
+
+class ProgramBase(SQLModel):
+    name: str = Field(min_length=1, max_length=200)
+    points_ladder: list[int] = Field(default_factory=lambda: list(DEFAULT_POINTS_LADDER),
+                                     sa_type=JSON)
+    return_window_days: int = Field(default=0, ge=0, le=365,
+                                    description="earned points stay pending this long")
+    points_validity_days: int | None = Field(default=None, ge=1, le=36600,
+                                             description="a lot expires this long after it "
+                                                         "was earned; null: never")
+
+
+class ProgramCreate(ProgramBase):
+    tiers: list[TierCreate] = Field(default_factory=list, max_length=32)
+
+    @field_validator("points_ladder")
+    @classmethod
+    def _ladder(cls, value: list[int]) -> list[int]:
+        if len(value) > 64 or any(v <= 0 or v > MAX_POINTS for v in value):
+            raise ValueError("ladder: at most 64 positive steps")
+        if value != sorted(set(value)):
+            raise ValueError("ladder must be strictly increasing")
+        return value
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, value: list[TierCreate]) -> list[TierCreate]:
+        ranks = [t.rank for t in value]
+        if len(set(ranks)) != len(ranks) or len({t.name for t in value}) != len(value):
+            raise ValueError("tier names and ranks must be unique")
+        ordered = sorted(value, key=lambda t: t.rank)
+        if any(a.qualifying_points >= b.qualifying_points
+               for a, b in itertools.pairwise(ordered)):
+            raise ValueError("a higher rank must need more qualifying points")
+        return ordered
+
+
+class Program(ProgramBase, table=True):
+    __table_args__ = (UniqueConstraint("brand_id", "name"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ProgramPublic(ProgramBase):
+    id: str
+    created_at: datetime
+    tiers: list[TierPublic]
+
+
+# -- members -----------------------------------------------------------------------
+
+
+class MemberEnrol(SQLModel):
+    program_id: str = Field(max_length=36)
+    did: str = Field(min_length=8, max_length=2048)
+    proof: str = Field(max_length=16384, description=(
+        "compact JWS, typ tessera-enrolment+jwt, signed by one of the DID's authentication "
+        "keys (kid = its DID URL), payload {iss: did, aud: brand DID, nonce: challenge, iat}"))
+
+
+class Member(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("program_id", "did"),
+                      UniqueConstraint("program_id", "membership_number"))
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    program_id: str = Field(sa_column=_fk("program.id"))
+    did: str = Field(max_length=2048)
+    membership_number: str = Field(max_length=32)
+    tier_id: str | None = Field(default=None, sa_column=_fk("tier.id", nullable=True))
+    tier_since: datetime | None = None
+    tier_valid_until: datetime | None = None
+    enrolled_at: datetime = Field(default_factory=utcnow)
+
+
+class MemberPublic(SQLModel):
+    id: str
+    program_id: str
+    did: str
+    membership_number: str
+    tier: str | None
+    tier_rank: int | None
+    tier_since: datetime | None
+    tier_valid_until: datetime | None
+    enrolled_at: datetime
+
+
+class EnrolmentChallenge(SQLModel, table=True):
+    __tablename__ = "enrolment_challenge"
+
+    nonce: str = Field(primary_key=True, max_length=64)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+# -- ledger -------------------------------------------------------------------------
+
+
+class LedgerEntryBase(SQLModel):
+    kind: EntryKind = Field(sa_type=String(16))
+    points: int = Field(description="change of the redeemable (and pending) balance")
+    qualifying_points: int = Field(description="change of the qualifying (tier) balance")
+    qualifying_at: datetime = Field(description="the date the qualifying change counts for")
+    reason: str | None = Field(default=None, max_length=500)
+    operator: str | None = Field(default=None, max_length=200)
+    reference: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class LedgerEntry(LedgerEntryBase, table=True):
+    __tablename__ = "ledger_entry"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigID)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    member_id: str = Field(sa_column=_fk("member.id"))
+    # Unique: an entry is reversed at most once.
+    reverses_id: int | None = Field(
+        default=None,
+        sa_column=_fk("ledger_entry.id", nullable=True, unique=True, kind=BigID),
+    )
+    hold_id: str | None = Field(default=None,
+                                sa_column=_fk("point_hold.id", nullable=True))
+
+
+class LedgerEntryPublic(LedgerEntryBase):
+    id: int
+    member_id: str
+    reverses_id: int | None
+    hold_id: str | None
+
+
+class PointLot(SQLModel, table=True):
+    __tablename__ = "point_lot"
+    # The last line of defence against a negative balance, below the ledger's checks.
+    __table_args__ = (CheckConstraint("remaining >= 0 AND remaining <= amount",
+                                      name="ck_point_lot_remaining"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigID)
+    member_id: str = Field(sa_column=_fk("member.id"))
+    entry_id: int = Field(sa_column=_fk("ledger_entry.id", unique=True, kind=BigID))
+    amount: int
+    remaining: int
+    available_at: datetime
+    expires_at: datetime | None = None
+
+
+class LotAllocation(SQLModel, table=True):
+    __tablename__ = "lot_allocation"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigID)
+    entry_id: int = Field(sa_column=_fk("ledger_entry.id", kind=BigID))
+    lot_id: int = Field(sa_column=_fk("point_lot.id", kind=BigID))
+    amount: int
+
+
+class PointHoldBase(SQLModel):
+    points: int = Field(gt=0, le=MAX_POINTS)
+    reference: str | None = Field(default=None, max_length=200)
+
+
+class PointHold(PointHoldBase, table=True):
+    __tablename__ = "point_hold"
+    __table_args__ = (CheckConstraint("points > 0", name="ck_point_hold_points"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    member_id: str = Field(sa_column=_fk("member.id"))
+    status: HoldStatus = Field(default=HoldStatus.HELD, sa_type=String(16))
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    closed_at: datetime | None = None
+    captured_points: int | None = None
+
+
+class PointHoldPublic(PointHoldBase):
+    id: str
+    member_id: str
+    status: HoldStatus
+    created_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None
+    captured_points: int | None
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "idempotency_record"
+    __table_args__ = (UniqueConstraint("brand_id", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigID)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    key: str = Field(max_length=255)
+    fingerprint: str = Field(max_length=64)
+    status_code: int
+    response: dict[str, Any] = Field(sa_type=JSON)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# -- read models -----------------------------------------------------------------------
+
+
+class ExpiringNext(SQLModel):
+    points: int
+    at: datetime
+
+
+class Balance(SQLModel):
+    member_id: str
+    available: int = Field(description="redeemable now (matured, unexpired, not held)")
+    pending: int = Field(description="earned, still inside the return window")
+    held: int = Field(description="reserved by open holds")
+    qualifying: int = Field(description="qualifying points in the current window")
+    tier: str | None
+    expiring_next: ExpiringNext | None
+    as_of: datetime
