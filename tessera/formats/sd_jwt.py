@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from tessera.credentials import CredentialType
 from tessera.encoding import b64url_decode, b64url_encode, parse_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import DecodedJWS, check_header, decode_unverified, sign_compact
@@ -38,9 +39,11 @@ __all__ = [
     "DEFAULT_ALGS",
     "SdJwt",
     "VerifiedSdJwt",
+    "check_times",
     "decode_disclosure",
     "disclosed_claim_names",
     "issue",
+    "issue_credential",
     "parse",
     "present",
     "verify",
@@ -318,7 +321,7 @@ def _ts(payload: Mapping[str, Any], name: str) -> int | None:
     return int(value)
 
 
-def _check_times(payload: Mapping[str, Any], now: datetime, skew: timedelta) -> None:
+def check_times(payload: Mapping[str, Any], now: datetime, skew: timedelta) -> None:
     t = now.timestamp()
     exp, nbf = _ts(payload, "exp"), _ts(payload, "nbf")
     if exp is not None and t - skew.total_seconds() >= exp:
@@ -456,7 +459,7 @@ def verify(
     if unpacker.top_level & NEVER_DISCLOSABLE:
         raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "a structural claim was disclosable")
     if check_validity:
-        _check_times(payload, now, clock_skew)
+        check_times(payload, now, clock_skew)
 
     holder_key = _holder_key(payload)
     kb_payload = _verify_key_binding(
@@ -541,3 +544,29 @@ def _verify_key_binding(
                 ErrorCode.TRANSACTION_DATA_MISMATCH, "KB-JWT does not cover this transaction"
             )
     return claims
+
+
+def issue_credential(
+    ctype: CredentialType,
+    claims: Mapping[str, Any],
+    *,
+    signer: Signer,
+    issuer: str,
+    holder_key: PublicKey,
+    issued_at: datetime,
+    expires_at: datetime,
+    status: Mapping[str, Any] | None = None,
+) -> str:
+    """Issue a loyalty credential: schema-checked claims, the type's vct, key-bound."""
+    ctype.validate(claims)
+    return issue(
+        claims,
+        signer=signer,
+        issuer=issuer,
+        vct=ctype.vct,
+        holder_key=holder_key,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        status=status,
+        always_visible=ctype.always_visible,
+    )

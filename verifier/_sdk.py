@@ -1,0 +1,384 @@
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from tessera import credentials
+from tessera.dcql import CredentialQuery, Query
+from tessera.did import HttpFetcher, Resolver, did_jwk, did_key
+from tessera.encoding import parse_json
+from tessera.errors import ErrorCode, TesseraError
+from tessera.formats import sd_jwt
+from tessera.keys import SUPPORTED_ALGS, PublicKey
+from tessera.typing import Clock, DIDResolver, NonceStore
+from verifier._trust import TrustList
+
+
+class StatusCheck(Protocol):
+    """Raises ``revoked``, ``suspended`` or ``status_unavailable`` (or returns)."""
+
+    def __call__(self, status: Mapping[str, Any], *, now: datetime) -> None: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class PresentationRequest:
+    """What the verifier asked for; its ``nonce`` is single use."""
+
+    nonce: str
+    audience: str
+    dcql: dict[str, Any] | None
+    transaction_data: tuple[str, ...] | None
+    expires_at: datetime
+    state: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nonce": self.nonce,
+            "audience": self.audience,
+            "dcql": self.dcql,
+            "transaction_data": list(self.transaction_data) if self.transaction_data else None,
+            "expires_at": self.expires_at.isoformat(),
+            "state": self.state,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PresentationRequest:
+        td = data.get("transaction_data")
+        return cls(
+            nonce=str(data["nonce"]),
+            audience=str(data["audience"]),
+            dcql=data.get("dcql"),
+            transaction_data=tuple(td) if td else None,
+            expires_at=datetime.fromisoformat(str(data["expires_at"])),
+            state=str(data.get("state", "")),
+        )
+
+
+@dataclass(frozen=True)
+class PresentedCredential:
+    """One verified credential of a presentation."""
+
+    query_id: str | None
+    format: str
+    credential_type: str
+    issuer: str
+    holder: str | None
+    claims: dict[str, Any]
+    status: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """The outcome of :meth:`Verifier.verify`: never an exception.
+
+    ``claims`` holds only what was disclosed *and* asked for; ``errors`` are
+    codes from :mod:`verifier.errors`, empty exactly when ``ok``.
+    """
+
+    errors: tuple[str, ...]
+    credentials: tuple[PresentedCredential, ...] = ()
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and bool(self.credentials)
+
+    @property
+    def issuer(self) -> str | None:
+        return self.credentials[0].issuer if self.credentials else None
+
+    @property
+    def holder(self) -> str | None:
+        return self.credentials[0].holder if self.credentials else None
+
+    @property
+    def credential_type(self) -> str | None:
+        return self.credentials[0].credential_type if self.credentials else None
+
+    @property
+    def credential_types(self) -> tuple[str, ...]:
+        return tuple(c.credential_type for c in self.credentials)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "errors": list(self.errors),
+            "issuer": self.issuer,
+            "holder": self.holder,
+            "credential_types": list(self.credential_types),
+            "claims": self.claims,
+        }
+
+    @classmethod
+    def failure(cls, *codes: ErrorCode | str) -> VerificationResult:
+        return cls(errors=tuple(dict.fromkeys(str(ErrorCode(c)) for c in codes)))
+
+
+def holder_id(key: PublicKey | None, payload: Mapping[str, Any]) -> str | None:
+    """The holder's DID: a disclosed ``sub``, else the DID of the ``cnf`` key."""
+    sub = payload.get("sub")
+    if isinstance(sub, str):
+        return sub
+    if key is None:
+        return None
+    return did_key(key) if key.crv in ("Ed25519", "P-256", "P-384") else did_jwk(key)
+
+
+def issuer_key_lookup(
+    resolver: DIDResolver,
+) -> Callable[[str, dict[str, Any]], PublicKey]:
+    """``(iss, header) -> key`` for DID issuers: ``kid`` must be a method of ``iss``."""
+
+    def lookup(iss: str, header: dict[str, Any]) -> PublicKey:
+        if not iss.startswith("did:"):
+            raise TesseraError(ErrorCode.UNTRUSTED_ISSUER, "issuer is not a DID")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "issuer JWT has no kid")
+        if kid.startswith("#"):
+            kid = iss + kid
+        if kid.split("#", 1)[0] != iss:
+            # A key that is not the issuer DID's own is algorithm/key confusion.
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "kid is not a method of the issuer DID")
+        return resolver.resolve(iss).key(kid, relationship="assertionMethod")
+
+    return lookup
+
+
+class Verifier:
+    """The partner SDK: create requests, verify presentations.
+
+    ``resolver``, ``status_check``, ``nonces`` and ``clock`` have working
+    defaults (DID resolution with an SSRF-safe HTTP client, status lists
+    fetched the same way, an in-memory nonce store, the system clock); pass
+    your own to share nonces across instances (SQL or Redis store) or to run
+    without a network.
+    """
+
+    def __init__(
+        self,
+        *,
+        trust: TrustList,
+        resolver: DIDResolver | None = None,
+        status_check: StatusCheck | None = None,
+        nonces: NonceStore | None = None,
+        clock: Clock = _utcnow,
+        allowed_algs: Collection[str] = SUPPORTED_ALGS,
+        request_ttl: timedelta = timedelta(minutes=5),
+        max_kb_age: timedelta = timedelta(minutes=5),
+        clock_skew: timedelta = timedelta(seconds=60),
+    ) -> None:
+        from tessera.nonces import MemoryNonceStore
+
+        self.trust = trust
+        self._resolver: DIDResolver = resolver or Resolver(HttpFetcher())
+        self._status_check = status_check if status_check is not None else _default_status_check(
+            self._resolver
+        )
+        self._nonces: NonceStore = nonces or MemoryNonceStore()
+        self._clock = clock
+        self._algs = frozenset(allowed_algs)
+        self._ttl = request_ttl
+        self._max_kb_age = max_kb_age
+        self._skew = clock_skew
+        self._issuer_key = issuer_key_lookup(self._resolver)
+
+    # -- requests -------------------------------------------------------------
+    def create_request(
+        self,
+        *,
+        audience: str,
+        dcql: Mapping[str, Any] | None = None,
+        transaction_data: Sequence[str] | None = None,
+    ) -> PresentationRequest:
+        """A request with a fresh single-use nonce, recorded in the nonce store."""
+        if dcql is not None:
+            Query.parse(dcql)  # refuse a malformed query now, not at the till
+        request = PresentationRequest(
+            nonce=secrets.token_urlsafe(24),
+            audience=audience,
+            dcql=dict(dcql) if dcql is not None else None,
+            transaction_data=tuple(transaction_data) if transaction_data else None,
+            expires_at=self._clock() + self._ttl,
+            state=secrets.token_urlsafe(16),
+        )
+        self._nonces.issue(
+            request.nonce, ttl_seconds=int(self._ttl.total_seconds()), data=request.to_dict()
+        )
+        return request
+
+    # -- verification ---------------------------------------------------------
+    def verify(
+        self,
+        vp_token: str | Mapping[str, Any],
+        *,
+        request: PresentationRequest | str,
+        now: datetime | None = None,
+    ) -> VerificationResult:
+        """Verify a presentation against ``request``; never raises on bad input.
+
+        ``request`` is the object from :meth:`create_request`, or its nonce
+        (then the request is loaded from the shared nonce store, which makes
+        any verifier instance able to finish it). Each nonce is accepted once.
+        """
+        try:
+            return self._verify(vp_token, request, now or self._clock())
+        except TesseraError as exc:
+            return VerificationResult.failure(exc.code)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return VerificationResult.failure(ErrorCode.MALFORMED)
+
+    def _verify(
+        self, vp_token: str | Mapping[str, Any], request: PresentationRequest | str,
+        now: datetime,
+    ) -> VerificationResult:
+        if isinstance(request, str):
+            data = self._nonces.consume(request)
+            if data is None:
+                return VerificationResult.failure(ErrorCode.REPLAYED)
+            req = PresentationRequest.from_dict(data)
+            consumed = True
+        else:
+            req, consumed = request, False
+        if now >= req.expires_at:
+            return VerificationResult.failure(ErrorCode.REPLAYED)
+        query = Query.parse(req.dcql) if req.dcql is not None else None
+        items = _split_vp_token(vp_token, query)
+
+        presented: list[PresentedCredential] = []
+        errors: list[ErrorCode] = []
+        holder_keys: set[str] = set()
+        for query_id, token in items:
+            cq = query.by_id(query_id) if (query and query_id) else None
+            cred, errs, holder_key = self._verify_one(token, req, cq, now)
+            presented.append(cred)
+            errors.extend(errs)
+            if holder_key is not None:
+                holder_keys.add(holder_key.thumbprint())
+        if len(holder_keys) > 1:
+            # Credentials of two different members glued into one answer.
+            errors.append(ErrorCode.KEY_BINDING_INVALID)
+        if query is not None:
+            try:
+                query.check_answered({q for q, _ in items if q is not None})
+            except TesseraError as exc:
+                errors.append(exc.code)
+        if not errors and not consumed and self._nonces.consume(req.nonce) is None:
+            errors.append(ErrorCode.REPLAYED)
+        merged: dict[str, Any] = {}
+        for cred in presented:
+            for name, value in cred.claims.items():
+                if name in merged and merged[name] != value:
+                    errors.append(ErrorCode.DISCLOSURE_MISMATCH)
+                merged.setdefault(name, value)
+        return VerificationResult(
+            errors=tuple(dict.fromkeys(str(e) for e in errors)),
+            credentials=tuple(presented),
+            claims=merged if not errors else {},
+        )
+
+    def _verify_one(
+        self, token: str, req: PresentationRequest, cq: CredentialQuery | None, now: datetime,
+    ) -> tuple[PresentedCredential, list[ErrorCode], PublicKey | None]:
+        vc = sd_jwt.verify(
+            token,
+            issuer_key=self._issuer_key,
+            now=now,
+            audience=req.audience,
+            nonce=req.nonce,
+            transaction_data=req.transaction_data,
+            allowed_algs=self._algs,
+            clock_skew=self._skew,
+            max_kb_age=self._max_kb_age,
+            check_validity=False,
+        )
+        errors: list[ErrorCode] = []
+        ctype = credentials.by_vct(vc.vct)
+        ctype.validate(vc.claims, partial=True)
+        claims = dict(vc.claims)
+        if cq is not None:
+            answered = cq.matches_type(fmt="dc+sd-jwt", vct=vc.vct)
+            if not answered or cq.satisfied_option(claims) is None:
+                errors.append(ErrorCode.DISCLOSURE_MISMATCH)
+            else:
+                # Nothing unasked is trusted: keep only what the query named.
+                asked = cq.asked_names() | ctype.always_visible
+                claims = {k: v for k, v in claims.items() if k in asked}
+        try:
+            sd_jwt.check_times(vc.payload, now, self._skew)
+        except TesseraError as exc:
+            errors.append(exc.code)
+        try:
+            self.trust.check(vc.issuer, ctype.name)
+        except TesseraError as exc:
+            errors.append(exc.code)
+        status = vc.payload.get("status")
+        if status is not None:
+            try:
+                self._status_check(status, now=now)
+            except TesseraError as exc:
+                errors.append(exc.code)
+        cred = PresentedCredential(
+            query_id=cq.id if cq else None,
+            format="dc+sd-jwt",
+            credential_type=ctype.name,
+            issuer=vc.issuer,
+            holder=holder_id(vc.holder_key, vc.payload),
+            claims=claims,
+            status=status if isinstance(status, dict) else None,
+        )
+        return cred, errors, vc.holder_key
+
+
+def _split_vp_token(
+    vp_token: str | Mapping[str, Any], query: Query | None
+) -> list[tuple[str | None, str]]:
+    """(DCQL id, presentation) pairs from the forms a vp_token takes.
+
+    OpenID4VP 1.0 §8.1: a JSON object keyed by credential query id, each value
+    an array of presentations. A bare SD-JWT string is accepted for direct
+    SDK use when there is at most one credential query.
+    """
+    if isinstance(vp_token, str):
+        text = vp_token.strip()
+        if text.startswith("{"):
+            parsed = parse_json(text)
+            if not isinstance(parsed, dict):
+                raise TesseraError(ErrorCode.MALFORMED, "vp_token must be an object")
+            return _split_vp_token(parsed, query)
+        if query is not None and len(query.credentials) != 1:
+            raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "query asks for several credentials")
+        return [(query.credentials[0].id if query else None, text)]
+    if not isinstance(vp_token, Mapping) or not vp_token:
+        raise TesseraError(ErrorCode.MALFORMED, "vp_token must be a string or an object")
+    out: list[tuple[str | None, str]] = []
+    for key, value in vp_token.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > 8:
+            raise TesseraError(ErrorCode.MALFORMED, "vp_token entries must be 1..8 presentations")
+        for item in values:
+            if not isinstance(item, str):
+                raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "presentation is not a string")
+            out.append((str(key), item))
+    if len(out) > 16:
+        raise TesseraError(ErrorCode.TOO_LARGE, "too many presentations")
+    return out
+
+
+def _default_status_check(resolver: DIDResolver) -> StatusCheck:
+    def check(status: Mapping[str, Any], *, now: datetime) -> None:
+        raise TesseraError(
+            ErrorCode.STATUS_UNAVAILABLE,
+            "credential has a status but no status checker is configured: "
+            + json.dumps(status)[:80],
+        )
+
+    return check
