@@ -514,7 +514,13 @@ class RedisNonceStore:
 # --------------------------------------------------------------------------- factory
 
 
-def nonce_store_from_url(url: str, *, clock: Clock | None = None) -> RememberingNonceStore:
+def nonce_store_from_url(
+    url: str,
+    *,
+    clock: Clock | None = None,
+    table_name: str = DEFAULT_TABLE_NAME,
+    redis_prefix: str = "tessera:nonce:",
+) -> RememberingNonceStore:
     """A store from configuration: ``memory://``, ``sqlite:///path``,
     ``postgresql://...`` (psycopg 3), ``postgresql+psycopg://...``, ``redis://...``
     or ``rediss://...``. ``clock`` is ignored for Redis (server-side TTLs)."""
@@ -526,9 +532,9 @@ def nonce_store_from_url(url: str, *, clock: Clock | None = None) -> Remembering
     if scheme == "memory":
         return MemoryNonceStore(chosen)
     if base in ("sqlite", "postgresql", "postgres"):
-        return SqlNonceStore(url, clock=chosen)
+        return SqlNonceStore(url, clock=chosen, table_name=table_name)
     if scheme in ("redis", "rediss", "unix"):
-        return RedisNonceStore(url)
+        return RedisNonceStore(url, prefix=redis_prefix)
     raise TesseraError(
         ErrorCode.INVALID_REQUEST,
         f"unsupported nonce store URL scheme {scheme!r} "

@@ -537,20 +537,27 @@ def test_factory_memory_and_sqlite(tmp_path: Path) -> None:
 
 
 def test_factory_postgres(postgres_url: str) -> None:
-    store = nonce_store_from_url(postgres_url)
+    table = _unique("tessera_nonce_t")
+    store = nonce_store_from_url(postgres_url, table_name=table)
     assert isinstance(store, SqlNonceStore)
-    assert store.engine.dialect.driver == "psycopg"
-    n = new_nonce()
-    store.issue(n, ttl_seconds=5)
-    assert store.consume(n) == {}
-    store.engine.dispose()
+    try:
+        assert store.table.name == table
+        assert store.engine.dialect.driver == "psycopg"
+        n = new_nonce()
+        store.issue(n, ttl_seconds=5)
+        assert store.consume(n) == {}
+    finally:
+        store.table.drop(store.engine)
+        store.engine.dispose()
 
 
 def test_factory_redis(redis_url: str) -> None:
-    store = nonce_store_from_url(redis_url)
+    prefix = _unique("tessera:test:") + ":"
+    store = nonce_store_from_url(redis_url, redis_prefix=prefix)
     assert isinstance(store, RedisNonceStore)
     n = new_nonce()
     store.issue(n, ttl_seconds=5)
+    assert store.client.exists(prefix + n) == 1
     assert store.consume(n) == {}
     store.client.close()
 
