@@ -29,7 +29,7 @@ import httpx
 from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import PublicKey
-from tessera.typing import Fetcher
+from tessera.typing import DIDResolver, Fetcher
 
 __all__ = [
     "DIDDocument",
@@ -40,6 +40,8 @@ __all__ = [
     "did_jwk",
     "did_key",
     "did_web_url",
+    "holder_key_of",
+    "issuer_key_lookup",
     "multikey_decode",
     "multikey_encode",
 ]
@@ -397,3 +399,32 @@ class Resolver:
                 raise TesseraError(ErrorCode.DID_RESOLUTION_FAILED, "document id is not the DID")
             return DIDDocument(did, document)
         raise TesseraError(ErrorCode.DID_RESOLUTION_FAILED, f"unsupported DID method: {did[:32]}")
+
+
+def issuer_key_lookup(resolver: DIDResolver) -> Callable[[str, dict[str, Any]], PublicKey]:
+    """``(iss, jose_header) -> key`` for a DID issuer, as the formats expect.
+
+    ``kid`` must name a verification method *of ``iss``* listed for
+    ``assertionMethod``: a key from any other DID would let one issuer sign
+    in another's name.
+    """
+
+    def lookup(iss: str, header: dict[str, Any]) -> PublicKey:
+        if not iss.startswith("did:"):
+            raise TesseraError(ErrorCode.UNTRUSTED_ISSUER, "issuer is not a DID")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "issuer JWT has no kid")
+        if kid.startswith("#"):
+            kid = iss + kid
+        if kid.split("#", 1)[0] != iss:
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "kid is not a method of the issuer DID")
+        return resolver.resolve(iss).key(kid, relationship="assertionMethod")
+
+    return lookup
+
+
+def holder_key_of(resolver: DIDResolver, did: str) -> PublicKey:
+    """The key a member authenticates with: the DID's first ``authentication`` method."""
+    document = resolver.resolve(did)
+    return document.key(document.first_method_id("authentication"), relationship="authentication")

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from tessera import credentials
 from tessera.dcql import CredentialQuery, Query
-from tessera.did import HttpFetcher, Resolver, did_jwk, did_key
+from tessera.did import HttpFetcher, Resolver, did_jwk, did_key, issuer_key_lookup
 from tessera.encoding import parse_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import sd_jwt
@@ -132,27 +132,6 @@ def holder_id(key: PublicKey | None, payload: Mapping[str, Any]) -> str | None:
     return did_key(key) if key.crv in ("Ed25519", "P-256", "P-384") else did_jwk(key)
 
 
-def issuer_key_lookup(
-    resolver: DIDResolver,
-) -> Callable[[str, dict[str, Any]], PublicKey]:
-    """``(iss, header) -> key`` for DID issuers: ``kid`` must be a method of ``iss``."""
-
-    def lookup(iss: str, header: dict[str, Any]) -> PublicKey:
-        if not iss.startswith("did:"):
-            raise TesseraError(ErrorCode.UNTRUSTED_ISSUER, "issuer is not a DID")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "issuer JWT has no kid")
-        if kid.startswith("#"):
-            kid = iss + kid
-        if kid.split("#", 1)[0] != iss:
-            # A key that is not the issuer DID's own is algorithm/key confusion.
-            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "kid is not a method of the issuer DID")
-        return resolver.resolve(iss).key(kid, relationship="assertionMethod")
-
-    return lookup
-
-
 class Verifier:
     """The partner SDK: create requests, verify presentations.
 
@@ -198,12 +177,20 @@ class Verifier:
         audience: str,
         dcql: Mapping[str, Any] | None = None,
         transaction_data: Sequence[str] | None = None,
+        nonce: str | None = None,
     ) -> PresentationRequest:
-        """A request with a fresh single-use nonce, recorded in the nonce store."""
+        """A request with a fresh single-use nonce, recorded in the nonce store.
+
+        ``nonce`` is for a request made elsewhere (an OpenID4VP front end, a
+        till): it must carry at least 128 bits of randomness and is refused
+        if already recorded.
+        """
+        if nonce is not None and len(nonce) < 16:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "a nonce needs at least 16 characters")
         if dcql is not None:
             Query.parse(dcql)  # refuse a malformed query now, not at the till
         request = PresentationRequest(
-            nonce=secrets.token_urlsafe(24),
+            nonce=nonce or secrets.token_urlsafe(24),
             audience=audience,
             dcql=dict(dcql) if dcql is not None else None,
             transaction_data=tuple(transaction_data) if transaction_data else None,
