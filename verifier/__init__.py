@@ -16,8 +16,10 @@ from tessera.errors import ErrorCode
 from verifier._sdk import (
     PresentationRequest,
     PresentedCredential,
+    StatusCheck,
     VerificationResult,
     Verifier,
+    token_status_check,
 )
 from verifier._trust import TrustedIssuer, TrustList
 
@@ -25,8 +27,10 @@ __all__ = [
     "ErrorCode",
     "PresentationRequest",
     "PresentedCredential",
+    "StatusCheck",
     "TrustList",
     "TrustedIssuer",
     "VerificationResult",
     "Verifier",
+    "token_status_check",
 ]

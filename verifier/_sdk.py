@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,14 +13,19 @@ from tessera.encoding import parse_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import sd_jwt
 from tessera.keys import SUPPORTED_ALGS, PublicKey
-from tessera.typing import Clock, DIDResolver, NonceStore
+from tessera.status import StatusChecker, check_token_status, parse_status_claim
+from tessera.typing import Clock, DIDResolver, Fetcher, NonceStore
 from verifier._trust import TrustList
 
 
 class StatusCheck(Protocol):
-    """Raises ``revoked``, ``suspended`` or ``status_unavailable`` (or returns)."""
+    """Raises ``revoked``, ``suspended`` or ``status_unavailable`` (or returns).
 
-    def __call__(self, status: Mapping[str, Any], *, now: datetime) -> None: ...
+    ``status`` is the credential's status claim; ``issuer`` the credential's
+    issuer, who must be the one that signed the list.
+    """
+
+    def __call__(self, status: Mapping[str, Any], *, issuer: str, now: datetime) -> None: ...
 
 
 def _utcnow() -> datetime:
@@ -159,9 +163,7 @@ class Verifier:
 
         self.trust = trust
         self._resolver: DIDResolver = resolver or Resolver(HttpFetcher())
-        self._status_check = status_check if status_check is not None else _default_status_check(
-            self._resolver
-        )
+        self._status_check = status_check or token_status_check(self._resolver, clock=clock)
         self._nonces: NonceStore = nonces or MemoryNonceStore()
         self._clock = clock
         self._algs = frozenset(allowed_algs)
@@ -310,7 +312,7 @@ class Verifier:
         status = vc.payload.get("status")
         if status is not None:
             try:
-                self._status_check(status, now=now)
+                self._status_check(status, issuer=vc.issuer, now=now)
             except TesseraError as exc:
                 errors.append(exc.code)
         cred = PresentedCredential(
@@ -360,12 +362,32 @@ def _split_vp_token(
     return out
 
 
-def _default_status_check(resolver: DIDResolver) -> StatusCheck:
-    def check(status: Mapping[str, Any], *, now: datetime) -> None:
-        raise TesseraError(
-            ErrorCode.STATUS_UNAVAILABLE,
-            "credential has a status but no status checker is configured: "
-            + json.dumps(status)[:80],
-        )
+def token_status_check(
+    resolver: DIDResolver, fetcher: Fetcher | None = None, *, max_age: timedelta = timedelta(
+        minutes=5), clock: Clock = _utcnow,
+) -> StatusCheck:
+    """IETF Token Status List checking with a cache (``max_age``) and DID-resolved keys.
+
+    The list must be signed by a key of the credential's own issuer: a list
+    signed by anyone else says nothing about the credential.
+    """
+    lookup = issuer_key_lookup(resolver)
+
+    def key_for(header: dict[str, Any], payload: dict[str, Any]) -> PublicKey:
+        kid = header.get("kid")
+        signer_did = str(payload.get("iss") or (kid.split("#", 1)[0] if isinstance(kid, str)
+                                                else ""))
+        return lookup(signer_did, header)
+
+    checker = StatusChecker(fetcher or HttpFetcher(), key_for, clock=clock, max_age=max_age)
+
+    def check(status: Mapping[str, Any], *, issuer: str, now: datetime) -> None:
+        ref = parse_status_claim(dict(status))
+        token = checker.token(ref.uri, now=now)
+        kid = token.header.get("kid")
+        signer_did = token.issuer or (kid.split("#", 1)[0] if isinstance(kid, str) else None)
+        if signer_did != issuer:
+            raise TesseraError(ErrorCode.STATUS_UNAVAILABLE, "status list not signed by issuer")
+        check_token_status(dict(status), checker, now=now)
 
     return check
