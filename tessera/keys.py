@@ -287,7 +287,8 @@ def unseal(box: dict[str, Any], key: bytes, *, aad: bytes = b"") -> bytes:
         nonce = b64url_decode(box["nonce"])
         ciphertext = b64url_decode(box["ciphertext"], max_len=10_000_000)
         return bytes(_aesgcm(key).decrypt(nonce, ciphertext, aad))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
+        # ValueError: a nonce or key of the wrong length (AESGCM's own checks).
         raise TesseraError(ErrorCode.MALFORMED, "not a sealed box") from exc
     except InvalidTag:
         raise TesseraError(ErrorCode.WRONG_PASSPHRASE, "cannot decrypt: wrong key") from None
@@ -317,7 +318,8 @@ def unseal_with_passphrase(box: dict[str, Any], passphrase: str) -> bytes:
         salt = b64url_decode(kdf["salt"])
     except (KeyError, TypeError, ValueError) as exc:
         raise TesseraError(ErrorCode.MALFORMED, "not a passphrase-sealed box") from exc
-    if kdf.get("name") != "scrypt" or not (2**10 <= n <= 2**20) or r > 16 or p > 4:
+    if (kdf.get("name") != "scrypt" or not (2**10 <= n <= 2**20) or n & (n - 1)
+            or not 1 <= r <= 16 or not 1 <= p <= 4):
         # Bounded so a hostile wallet file cannot make us burn minutes or GiB.
         raise TesseraError(ErrorCode.MALFORMED, "unsupported key-derivation parameters")
     return unseal(box, _scrypt(passphrase, salt, n, r, p))
