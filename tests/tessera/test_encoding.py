@@ -1,0 +1,229 @@
+"""Strict decoders: base64url, JSON with caps, canonical JSON."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tessera.encoding import (
+    MAX_DEPTH,
+    b64url_decode,
+    b64url_encode,
+    canonical_json,
+    parse_json,
+    parse_json_object,
+)
+from tessera.errors import ErrorCode, TesseraError
+
+B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.floats(
+    allow_nan=False, allow_infinity=False
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=20,
+)
+
+
+def _code(exc: pytest.ExceptionInfo[TesseraError]) -> ErrorCode:
+    return exc.value.code
+
+
+# -- base64url ---------------------------------------------------------------------
+
+
+@given(st.binary(max_size=300))
+def test_b64url_round_trip(data: bytes) -> None:
+    text = b64url_encode(data)
+    assert "=" not in text and "+" not in text and "/" not in text
+    assert b64url_decode(text) == data
+
+
+@given(st.binary(min_size=1, max_size=64))
+def test_b64url_refuses_padding(data: bytes) -> None:
+    padded = base64.urlsafe_b64encode(data).decode()
+    if "=" not in padded:
+        padded += "="  # whole groups have no padding; a stray '=' must still fail
+    with pytest.raises(TesseraError) as exc:
+        b64url_decode(padded)
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+@given(st.binary(min_size=1, max_size=64))
+def test_b64url_refuses_standard_alphabet(data: bytes) -> None:
+    std = base64.b64encode(data).decode().rstrip("=")
+    if "+" not in std and "/" not in std:
+        std = "+" + std[1:] if len(std) > 1 else "+"
+    with pytest.raises(TesseraError) as exc:
+        b64url_decode(std)
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+@given(st.binary(min_size=1, max_size=64), st.integers(min_value=1, max_value=15))
+def test_b64url_refuses_non_canonical_trailing_bits(data: bytes, bits: int) -> None:
+    text = b64url_encode(data)
+    rem = len(text) % 4
+    if rem == 0:
+        return  # a whole group has no spare bits
+    spare = 0x0F if rem == 2 else 0x03
+    if bits & spare == 0:
+        return
+    last = B64URL_ALPHABET.index(text[-1]) | (bits & spare)
+    tampered = text[:-1] + B64URL_ALPHABET[last]
+    # Python's lenient decoder maps both strings to the same bytes ...
+    assert base64.urlsafe_b64decode(tampered + "=" * (-len(tampered) % 4)) == data
+    # ... ours refuses, since digests are computed over the string.
+    with pytest.raises(TesseraError) as exc:
+        b64url_decode(tampered)
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+@given(st.text(max_size=40))
+def test_b64url_decode_arbitrary_text_never_crashes(text: str) -> None:
+    try:
+        data = b64url_decode(text)
+    except TesseraError as exc:
+        assert exc.code in (ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
+    else:
+        assert b64url_encode(data) == text  # only the canonical form decodes
+
+
+@pytest.mark.parametrize("bad", ["A", "AAAAA", "ab cd", "ab\ncd", "é", "AA==", "A-_*"])
+def test_b64url_refuses_junk(bad: str) -> None:
+    with pytest.raises(TesseraError) as exc:
+        b64url_decode(bad)
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+def test_b64url_size_cap_and_type() -> None:
+    with pytest.raises(TesseraError) as exc:
+        b64url_decode("A" * 17, max_len=16)
+    assert _code(exc) is ErrorCode.TOO_LARGE
+    with pytest.raises(TesseraError) as exc:
+        b64url_decode(b"AAAA")  # type: ignore[arg-type]
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+# -- JSON ---------------------------------------------------------------------------
+
+
+@given(json_values)
+def test_parse_json_round_trip(value: Any) -> None:
+    text = json.dumps(value)
+    assert parse_json(text) == value
+    assert parse_json(text.encode("utf-8")) == value
+
+
+@given(st.dictionaries(st.text(max_size=6), st.integers(), min_size=1, max_size=5), st.data())
+def test_parse_json_refuses_duplicate_members(obj: dict[str, int], data: st.DataObject) -> None:
+    dup = data.draw(st.sampled_from(sorted(obj)))
+    members = [json.dumps(k) + ":" + json.dumps(v) for k, v in obj.items()]
+    members.append(json.dumps(dup) + ":0")
+    text = "{" + ",".join(members) + "}"
+    with pytest.raises(TesseraError) as exc:
+        parse_json(text)
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+def test_parse_json_refuses_nested_duplicates() -> None:
+    with pytest.raises(TesseraError) as exc:
+        parse_json('{"a": [{"x": 1, "x": 2}]}')
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+@given(st.integers(min_value=MAX_DEPTH + 1, max_value=MAX_DEPTH + 200), st.booleans())
+def test_parse_json_depth_cap(depth: int, arrays: bool) -> None:
+    text = ("[" * depth + "]" * depth) if arrays else ('{"a":' * depth + "1" + "}" * depth)
+    with pytest.raises(TesseraError) as exc:
+        parse_json(text)
+    assert _code(exc) is ErrorCode.TOO_LARGE
+
+
+def test_parse_json_depth_at_the_cap_is_fine() -> None:
+    text = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert parse_json(text) is not None
+    # Many brackets side by side are wide, not deep.
+    assert len(parse_json("[" + ",".join(["[]"] * 100) + "]")) == 100
+
+
+def test_parse_json_very_deep_input_is_too_large_not_a_crash() -> None:
+    # Deep enough to hit the interpreter's recursion limit inside json.
+    with pytest.raises(TesseraError) as exc:
+        parse_json("[" * 100_000 + "]" * 100_000, max_bytes=10**6)
+    assert _code(exc) is ErrorCode.TOO_LARGE
+
+
+@given(st.integers(min_value=1, max_value=64))
+def test_parse_json_size_cap(cap: int) -> None:
+    text = json.dumps("x" * cap)  # cap + 2 bytes with the quotes
+    with pytest.raises(TesseraError) as exc:
+        parse_json(text, max_bytes=cap)
+    assert _code(exc) is ErrorCode.TOO_LARGE
+    assert parse_json(text, max_bytes=cap + 2) == "x" * cap
+
+
+def test_parse_json_size_counts_utf8_bytes() -> None:
+    text = json.dumps("é" * 10, ensure_ascii=False)  # 12 characters, 22 bytes
+    with pytest.raises(TesseraError):
+        parse_json(text, max_bytes=21)
+    assert parse_json(text, max_bytes=22) == "é" * 10
+
+
+@pytest.mark.parametrize("bad", ["NaN", "[Infinity]", '{"a": -Infinity}', "", "{", "[1,]",
+                                 "{'a': 1}", '"\\x"'])
+def test_parse_json_refuses_non_json(bad: str) -> None:
+    with pytest.raises(TesseraError) as exc:
+        parse_json(bad)
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+def test_parse_json_refuses_invalid_utf8() -> None:
+    with pytest.raises(TesseraError) as exc:
+        parse_json(b'"\xff"')
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+@given(st.text(max_size=60))
+def test_parse_json_arbitrary_text_never_crashes(text: str) -> None:
+    try:
+        parse_json(text)
+    except TesseraError as exc:
+        assert exc.code in (ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
+
+
+@given(st.binary(max_size=60))
+def test_parse_json_arbitrary_bytes_never_crash(data: bytes) -> None:
+    try:
+        parse_json(data)
+    except TesseraError as exc:
+        assert exc.code in (ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
+
+
+def test_parse_json_object_requires_an_object() -> None:
+    assert parse_json_object('{"a": 1}') == {"a": 1}
+    for bad in ("[]", "1", '"x"', "null"):
+        with pytest.raises(TesseraError) as exc:
+            parse_json_object(bad)
+        assert _code(exc) is ErrorCode.MALFORMED
+
+
+@given(json_values)
+def test_canonical_json_is_order_independent_and_parses_back(value: Any) -> None:
+    encoded = canonical_json(value)
+    assert parse_json(encoded) == value
+    if isinstance(value, dict):
+        reordered = dict(reversed(list(value.items())))
+        assert canonical_json(reordered) == encoded
+
+
+def test_canonical_json_known_form() -> None:
+    assert canonical_json({"b": 1, "a": [1, {"d": "é", "c": None}]}) == \
+        '{"a":[1,{"c":null,"d":"é"}],"b":1}'.encode()
