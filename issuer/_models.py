@@ -125,6 +125,7 @@ class HoldStatus(StrEnum):
     HELD = "held"
     CAPTURED = "captured"
     RELEASED = "released"
+    EXPIRED = "expired"  # shown only: a HELD hold past its expiry, which no longer reserves
 
 
 # -- brands ------------------------------------------------------------------

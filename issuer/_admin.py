@@ -1,0 +1,266 @@
+"""Brands, API keys, programs and members: the data functions behind the admin API and CLI.
+
+Every function takes the session first and everything else by keyword, and
+every lookup that starts from a client-supplied id is filtered by the
+caller's brand: another brand's program or member is simply ``not_found``
+(its existence is not revealed either).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from issuer._keystore import KeyStore, did_document
+from issuer._models import (
+    ApiKey,
+    ApiKeyCreated,
+    Brand,
+    BrandCreate,
+    EnrolmentChallenge,
+    Member,
+    MemberEnrol,
+    MemberPublic,
+    Program,
+    ProgramCreate,
+    ProgramPublic,
+    Tier,
+    TierPublic,
+)
+from tessera.did import Resolver
+from tessera.encoding import b64url_encode
+from tessera.errors import ErrorCode, TesseraError
+from tessera.jose import decode_unverified, verify_compact
+
+__all__ = [
+    "ENROLMENT_TYP",
+    "authenticate",
+    "brand_by_slug",
+    "brand_did_document",
+    "create_api_key",
+    "create_brand",
+    "create_program",
+    "enrol_member",
+    "get_member",
+    "get_program",
+    "list_programs",
+    "member_public",
+    "new_enrolment_challenge",
+    "program_public",
+    "tiers_of",
+]
+
+TOKEN_PREFIX: Final = "tsk_"  # noqa: S105 - a prefix, not a secret
+ENROLMENT_TYP: Final = "tessera-enrolment+jwt"
+# How far a proof's iat may be from our clock: wallets' clocks drift.
+IAT_LEEWAY: Final = timedelta(minutes=5)
+
+
+# -- brands and API keys ------------------------------------------------------------------
+
+
+def create_brand(session: Session, *, keystore: KeyStore, data: BrandCreate, did: str,
+                 alg: str = "EdDSA") -> tuple[Brand, ApiKeyCreated]:
+    """A brand with its first signing key and its first API key."""
+    if session.exec(select(Brand).where(Brand.slug == data.slug)).first() is not None:
+        raise TesseraError(ErrorCode.CONFLICT, f"brand {data.slug!r} already exists")
+    brand = Brand(slug=data.slug, name=data.name, did=did)
+    session.add(brand)
+    session.flush()
+    keystore.generate(session, brand_id=brand.id, did=did, alg=alg)
+    return brand, create_api_key(session, brand_id=brand.id, label="initial")
+
+
+def _hash_secret(secret: str) -> str:
+    # The secret is 256 random bits, so a plain SHA-256 is enough: there is
+    # nothing to brute-force that a slow KDF would protect.
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def create_api_key(session: Session, *, brand_id: str, label: str = "") -> ApiKeyCreated:
+    key_id = secrets.token_hex(8)
+    secret = b64url_encode(secrets.token_bytes(32))
+    row = ApiKey(id=key_id, brand_id=brand_id, secret_sha256=_hash_secret(secret),
+                 label=label[:200])
+    session.add(row)
+    session.flush()
+    return ApiKeyCreated(id=row.id, label=row.label, created_at=row.created_at,
+                         revoked_at=None, token=f"{TOKEN_PREFIX}{key_id}_{secret}")
+
+
+def authenticate(session: Session, *, token: str) -> Brand:
+    """The brand an API key belongs to, or ``unauthorized`` (never saying which part was wrong)."""
+    refused = TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid API key")
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        raise refused
+    key_id, _, secret = token[len(TOKEN_PREFIX):].partition("_")
+    row = session.get(ApiKey, key_id) if key_id and secret else None
+    if row is None or row.revoked_at is not None:
+        # Still hash, so timing does not tell a missing key from a wrong secret.
+        hmac.compare_digest(_hash_secret(secret or "x"), "0" * 64)
+        raise refused
+    if not hmac.compare_digest(_hash_secret(secret), row.secret_sha256):
+        raise refused
+    brand = session.get(Brand, row.brand_id)
+    if brand is None:
+        raise refused
+    return brand
+
+
+def brand_by_slug(session: Session, *, slug: str) -> Brand:
+    brand = session.exec(select(Brand).where(Brand.slug == slug)).first()
+    if brand is None:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such brand")
+    return brand
+
+
+def brand_did_document(session: Session, *, keystore: KeyStore, brand: Brand) -> dict[str, Any]:
+    return did_document(brand.did,
+                        keystore.public_keys(session, brand_id=brand.id, did=brand.did))
+
+
+# -- programs --------------------------------------------------------------------------------
+
+
+def tiers_of(session: Session, *, program_id: str) -> list[Tier]:
+    stmt = select(Tier).where(Tier.program_id == program_id).order_by(col(Tier.rank))
+    return list(session.exec(stmt))
+
+
+def program_public(session: Session, program: Program) -> ProgramPublic:
+    tiers = [TierPublic.model_validate(t, from_attributes=True)
+             for t in tiers_of(session, program_id=program.id)]
+    return ProgramPublic(id=program.id, name=program.name, points_ladder=program.points_ladder,
+                         return_window_days=program.return_window_days,
+                         points_validity_days=program.points_validity_days,
+                         created_at=program.created_at, tiers=tiers)
+
+
+def create_program(session: Session, *, brand_id: str, data: ProgramCreate) -> ProgramPublic:
+    exists = select(Program).where(Program.brand_id == brand_id, Program.name == data.name)
+    if session.exec(exists).first() is not None:
+        raise TesseraError(ErrorCode.CONFLICT, f"program {data.name!r} already exists")
+    program = Program(brand_id=brand_id, name=data.name, points_ladder=list(data.points_ladder),
+                      return_window_days=data.return_window_days,
+                      points_validity_days=data.points_validity_days)
+    session.add(program)
+    session.flush()
+    for tier in data.tiers:
+        session.add(Tier(program_id=program.id, **tier.model_dump()))
+    session.flush()
+    return program_public(session, program)
+
+
+def get_program(session: Session, *, brand_id: str, program_id: str) -> Program:
+    program = session.get(Program, program_id)
+    if program is None or program.brand_id != brand_id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such program")
+    return program
+
+
+def list_programs(session: Session, *, brand_id: str) -> list[ProgramPublic]:
+    stmt = select(Program).where(Program.brand_id == brand_id).order_by(col(Program.created_at))
+    return [program_public(session, p) for p in session.exec(stmt)]
+
+
+# -- members ----------------------------------------------------------------------------------
+
+
+def new_enrolment_challenge(session: Session, *, brand: Brand, now: datetime,
+                            ttl_seconds: int = 300) -> dict[str, Any]:
+    nonce = b64url_encode(secrets.token_bytes(24))
+    expires = now + timedelta(seconds=ttl_seconds)
+    session.add(EnrolmentChallenge(nonce=nonce, brand_id=brand.id, expires_at=expires))
+    session.flush()
+    return {"nonce": nonce, "audience": brand.did, "typ": ENROLMENT_TYP, "expires_at": expires}
+
+
+def _verify_enrolment_proof(session: Session, *, brand: Brand, did: str, proof: str,
+                            resolver: Resolver, now: datetime) -> None:
+    """The member proves control of ``did``: a JWS by one of its authentication keys
+    over our single-use challenge, addressed to this brand."""
+    header = decode_unverified(proof).header
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid.startswith(did + "#"):
+        raise TesseraError(ErrorCode.KEY_NOT_FOUND, "proof kid must be a key of the DID")
+    key = resolver.key(kid, relationship="authentication")
+    payload = verify_compact(proof, key, typ=ENROLMENT_TYP).payload
+    if payload.get("iss") != did:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "proof iss is not the DID")
+    if payload.get("aud") != brand.did:
+        raise TesseraError(ErrorCode.AUDIENCE_MISMATCH, "proof is not addressed to this brand")
+    iat = payload.get("iat")
+    if not isinstance(iat, int) or isinstance(iat, bool):
+        raise TesseraError(ErrorCode.MALFORMED, "proof iat must be an integer")
+    if abs(now.timestamp() - iat) > IAT_LEEWAY.total_seconds():
+        raise TesseraError(ErrorCode.EXPIRED, "proof iat is too far from now")
+    nonce = payload.get("nonce")
+    if not isinstance(nonce, str) or len(nonce) > 64:
+        raise TesseraError(ErrorCode.NONCE_MISMATCH, "proof has no valid nonce")
+    # One conditional UPDATE: two concurrent uses of a challenge cannot both succeed.
+    result = session.execute(
+        update(EnrolmentChallenge)
+        .where(col(EnrolmentChallenge.nonce) == nonce,
+               col(EnrolmentChallenge.brand_id) == brand.id,
+               col(EnrolmentChallenge.used_at).is_(None),
+               col(EnrolmentChallenge.expires_at) > now)
+        .values(used_at=now)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        row = session.get(EnrolmentChallenge, nonce)
+        if row is not None and row.brand_id == brand.id and row.used_at is not None:
+            raise TesseraError(ErrorCode.REPLAYED, "challenge already used")
+        if row is not None and row.brand_id == brand.id:
+            raise TesseraError(ErrorCode.EXPIRED, "challenge expired")
+        raise TesseraError(ErrorCode.NONCE_MISMATCH, "unknown challenge")
+
+
+def enrol_member(session: Session, *, brand: Brand, data: MemberEnrol, resolver: Resolver,
+                 now: datetime) -> Member:
+    program = get_program(session, brand_id=brand.id, program_id=data.program_id)
+    _verify_enrolment_proof(session, brand=brand, did=data.did, proof=data.proof,
+                            resolver=resolver, now=now)
+    dup = select(Member).where(Member.program_id == program.id, Member.did == data.did)
+    if session.exec(dup).first() is not None:
+        raise TesseraError(ErrorCode.CONFLICT, "this DID is already a member of the program")
+    base = [t for t in tiers_of(session, program_id=program.id) if t.qualifying_points == 0]
+    for _ in range(5):
+        number = f"{secrets.randbelow(10**10):010d}"
+        taken = select(Member).where(Member.program_id == program.id,
+                                     Member.membership_number == number)
+        if session.exec(taken).first() is None:
+            break
+    else:  # pragma: no cover - 1e10 numbers
+        raise TesseraError(ErrorCode.CONFLICT, "could not allocate a membership number")
+    member = Member(brand_id=brand.id, program_id=program.id, did=data.did,
+                    membership_number=number, enrolled_at=now,
+                    tier_id=base[0].id if base else None, tier_since=now if base else None)
+    session.add(member)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent enrolment of the same DID
+        raise TesseraError(ErrorCode.CONFLICT, "this DID is already a member") from exc
+    return member
+
+
+def get_member(session: Session, *, brand_id: str, member_id: str) -> Member:
+    member = session.get(Member, member_id)
+    if member is None or member.brand_id != brand_id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
+    return member
+
+
+def member_public(session: Session, member: Member) -> MemberPublic:
+    tier = session.get(Tier, member.tier_id) if member.tier_id else None
+    return MemberPublic(id=member.id, program_id=member.program_id, did=member.did,
+                        membership_number=member.membership_number,
+                        tier=tier.name if tier else None, tier_rank=tier.rank if tier else None,
+                        tier_since=member.tier_since, tier_valid_until=member.tier_valid_until,
+                        enrolled_at=member.enrolled_at)

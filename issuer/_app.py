@@ -1,0 +1,277 @@
+"""The issuer service: FastAPI application factory, dependencies and the one error handler.
+
+Every error leaves as an RFC 9457 problem document
+(``application/problem+json``) carrying the stable ``code`` of
+:class:`tessera.errors.ErrorCode`. One function renders them all: Tessera's
+own errors, FastAPI's request validation (``invalid_request``), Starlette's
+routing errors (unknown path, wrong method) and, last, anything unexpected
+(``internal_error``, with no detail leaked).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from issuer._admin import authenticate
+from issuer._db import make_engine, session_scope
+from issuer._keystore import KeyStore, SqlKeyStore
+from issuer._models import Brand
+from issuer._settings import Settings
+from tessera.did import Resolver
+from tessera.errors import ErrorCode, TesseraError
+from tessera.typing import Clock
+
+__all__ = [
+    "HTTP_STATUS",
+    "PROBLEM_RESPONSES",
+    "AppState",
+    "BrandDep",
+    "IdempotencyKey",
+    "NowDep",
+    "Problem",
+    "SessionDep",
+    "StateDep",
+    "create_app",
+    "problem_response",
+]
+
+_log = logging.getLogger("tessera.issuer")
+
+HTTP_STATUS: Final[dict[ErrorCode, int]] = {
+    ErrorCode.MALFORMED: 400,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_FORMAT: 415,
+    ErrorCode.UNSUPPORTED_ALGORITHM: 400,
+    ErrorCode.SCHEMA_INVALID: 422,
+    ErrorCode.INVALID_SIGNATURE: 400,
+    ErrorCode.KEY_NOT_FOUND: 400,
+    ErrorCode.DID_RESOLUTION_FAILED: 400,
+    ErrorCode.UNTRUSTED_ISSUER: 403,
+    ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED: 403,
+    ErrorCode.EXPIRED: 400,
+    ErrorCode.NOT_YET_VALID: 400,
+    ErrorCode.REVOKED: 400,
+    ErrorCode.SUSPENDED: 400,
+    ErrorCode.STATUS_UNAVAILABLE: 503,
+    ErrorCode.NONCE_MISMATCH: 400,
+    ErrorCode.AUDIENCE_MISMATCH: 400,
+    ErrorCode.REPLAYED: 409,
+    ErrorCode.KEY_BINDING_MISSING: 400,
+    ErrorCode.KEY_BINDING_INVALID: 400,
+    ErrorCode.DISCLOSURE_MISMATCH: 400,
+    ErrorCode.TRANSACTION_DATA_MISMATCH: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.INVALID_REQUEST: 422,
+    # Refused because of the account's state, not the request's shape.
+    ErrorCode.INSUFFICIENT_BALANCE: 409,
+    ErrorCode.CONSENT_DENIED: 403,
+    # In the service this can only mean the master key does not open a
+    # stored key: an operator problem, not the client's.
+    ErrorCode.WRONG_PASSPHRASE: 500,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+PROBLEM_TYPE_BASE: Final = "tag:tessera.dev,2026:error:"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details with Tessera's ``code`` extension member."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: ErrorCode
+
+
+PROBLEM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}},
+             "description": description}
+    for status, description in ((401, "missing or invalid API key"), (404, "not found"),
+                                (409, "conflict"), (422, "invalid request"))
+}
+
+
+def problem_response(error: TesseraError, *, status: int | None = None,
+                     extra: dict[str, Any] | None = None) -> JSONResponse:
+    code = error.code
+    status = status or HTTP_STATUS.get(code, 400)
+    body = {
+        "type": PROBLEM_TYPE_BASE + code.value,
+        "title": code.value.replace("_", " "),
+        "status": status,
+        "detail": error.detail,
+        "code": code.value,
+        **(extra or {}),
+    }
+    headers = {"WWW-Authenticate": 'Bearer realm="tessera-issuer"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers,
+                        media_type="application/problem+json")
+
+
+async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """The one handler: every exception type is mapped to a TesseraError, then rendered."""
+    if isinstance(exc, TesseraError):
+        return problem_response(exc)
+    if isinstance(exc, RequestValidationError):
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        # The offending input is not echoed back: it may hold a token.
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)[:1000]
+        return problem_response(TesseraError(ErrorCode.INVALID_REQUEST, detail),
+                                extra={"errors": errors[:50]})
+    if isinstance(exc, StarletteHTTPException):
+        code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
+                404: ErrorCode.NOT_FOUND, 409: ErrorCode.CONFLICT,
+                413: ErrorCode.TOO_LARGE}.get(exc.status_code, ErrorCode.INVALID_REQUEST)
+        status = exc.status_code if 400 <= exc.status_code < 600 else 500
+        return problem_response(TesseraError(code, str(exc.detail)), status=status)
+    _log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"))
+
+
+# -- state and dependencies ------------------------------------------------------------------
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    keystore: KeyStore
+    resolver: Resolver
+    clock: Clock = field(default=_utc_now)
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.tessera
+    return state
+
+
+StateDep = Annotated[AppState, Depends(_state)]
+
+
+def _session(state: StateDep) -> Iterator[Session]:
+    with session_scope(state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+
+
+def _now(state: StateDep) -> datetime:
+    return state.clock()
+
+
+NowDep = Annotated[datetime, Depends(_now)]
+
+_bearer = HTTPBearer(auto_error=False, description="a brand API key: `tsk_<id>_<secret>`")
+
+
+def _brand(state: StateDep,
+           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+           ) -> Brand:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid API key")
+    with session_scope(state.engine) as session:
+        return authenticate(session, token=credentials.credentials)
+
+
+BrandDep = Annotated[Brand, Depends(_brand)]
+
+IdempotencyKey = Annotated[str, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255,
+    description="the partner's transaction id: the same key applies once and replays "
+                "the first response; reused with a different request it is a conflict")]
+
+
+# -- body size cap ------------------------------------------------------------------------------
+
+_ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[MutableMapping[str, Any]]],
+                     Callable[[MutableMapping[str, Any]], Awaitable[None]]], Awaitable[None]]
+
+
+class _BodyLimit:
+    """Refuse request bodies over the cap, whether declared or streamed (``too_large``)."""
+
+    def __init__(self, app: _ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: MutableMapping[str, Any],
+                       receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit()
+                                              or int(value) > self.max_bytes):
+                response = problem_response(TesseraError(
+                    ErrorCode.TOO_LARGE, f"request body over {self.max_bytes} bytes"))
+                await response(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise TesseraError(ErrorCode.TOO_LARGE,
+                                   f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+# -- factory ------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None,
+               keystore: KeyStore | None = None, resolver: Resolver | None = None,
+               clock: Clock | None = None) -> FastAPI:
+    """Build the service. The schema must already be migrated (``tessera issuer migrate``)."""
+    from issuer._routes_admin import router as admin_router
+    from issuer._routes_public import router as public_router
+
+    app = FastAPI(
+        title="Tessera issuer",
+        version="0.1.0",
+        description="Brands, programs, tiers, members and the points ledger. Every error is "
+                    "RFC 9457 `application/problem+json` with a stable `code`.",
+    )
+    app.state.tessera = AppState(
+        settings=settings,
+        engine=engine or make_engine(settings.database_url),
+        keystore=keystore or SqlKeyStore(settings.master_key),
+        # Member DIDs are did:key / did:jwk (resolved locally); a did:web
+        # member needs an operator-configured fetcher.
+        resolver=resolver or Resolver(),
+        clock=clock or _utc_now,
+    )
+    for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, _handle_error)
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(public_router)
+    app.include_router(admin_router)
+    return app

@@ -1,0 +1,124 @@
+"""Brand signing keys: generated here, sealed at rest, rotated without breaking old credentials.
+
+Private JWKs are sealed with :func:`tessera.keys.seal` (AES-256-GCM) under the
+service master key. The AAD binds each box to its brand and key id, so a
+sealed key copied onto another brand's row does not unseal. Signers come back
+as :class:`tessera.keys.LocalSigner` whose ``key_id`` is the did:web
+verification method (``did:web:...#key-N``), the value a JWS ``kid`` and a
+Data Integrity ``verificationMethod`` need.
+
+Rotation adds a key and retires the previous one: retired keys stop signing
+but stay in the DID document's ``assertionMethod``, so credentials they
+signed keep verifying (DID Core §5.3.2; did:web has no history, the document
+is the only place a verifier can find the old key).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlmodel import Session, select
+
+from issuer._models import BrandKey, BrandKeyPublic, KeyStatus, utcnow
+from tessera.encoding import canonical_json, parse_json_object
+from tessera.errors import ErrorCode, TesseraError
+from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
+from tessera.typing import Signer
+
+__all__ = ["DID_CONTEXT", "KeyStore", "SqlKeyStore", "did_document"]
+
+DID_CONTEXT = ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"]
+
+
+class KeyStore(Protocol):
+    """Where brand keys live. A KMS-backed store implements the same four calls."""
+
+    def generate(self, session: Session, *, brand_id: str, did: str,
+                 alg: str = "EdDSA") -> BrandKeyPublic: ...
+
+    def rotate(self, session: Session, *, brand_id: str, did: str,
+               alg: str | None = None) -> BrandKeyPublic: ...
+
+    def signer(self, session: Session, *, brand_id: str, did: str) -> Signer: ...
+
+    def public_keys(self, session: Session, *, brand_id: str, did: str
+                    ) -> list[BrandKeyPublic]: ...
+
+
+def _public(key: BrandKey, did: str) -> BrandKeyPublic:
+    return BrandKeyPublic(kid=key.kid, verification_method=f"{did}#{key.kid}", alg=key.alg,
+                          public_jwk=key.public_jwk, status=key.status,
+                          created_at=key.created_at, retired_at=key.retired_at)
+
+
+class SqlKeyStore:
+    def __init__(self, master_key: bytes) -> None:
+        if len(master_key) != 32:
+            raise TesseraError(ErrorCode.MALFORMED, "master key must be 32 bytes")
+        self._master_key = master_key
+
+    def __repr__(self) -> str:
+        return "SqlKeyStore()"
+
+    @staticmethod
+    def _aad(brand_id: str, kid: str) -> bytes:
+        return canonical_json({"brand": brand_id, "kid": kid, "use": "tessera-brand-key"})
+
+    def _keys(self, session: Session, brand_id: str) -> list[BrandKey]:
+        stmt = select(BrandKey).where(BrandKey.brand_id == brand_id)
+        # key-1, key-2, ...: numeric order (key-10 after key-9), oldest first.
+        return sorted(session.exec(stmt), key=lambda k: int(k.kid.removeprefix("key-")))
+
+    def generate(self, session: Session, *, brand_id: str, did: str,
+                 alg: str = "EdDSA") -> BrandKeyPublic:
+        existing = self._keys(session, brand_id)
+        kid = f"key-{len(existing) + 1}"
+        signer = generate_signer(alg)
+        box = seal(canonical_json(signer.export_private_jwk()), self._master_key,
+                   aad=self._aad(brand_id, kid))
+        row = BrandKey(brand_id=brand_id, kid=kid, alg=signer.alg,
+                       public_jwk=signer.public_key.to_jwk(), sealed_private=box,
+                       status=KeyStatus.ACTIVE)
+        session.add(row)
+        session.flush()
+        return _public(row, did)
+
+    def rotate(self, session: Session, *, brand_id: str, did: str,
+               alg: str | None = None) -> BrandKeyPublic:
+        now = utcnow()
+        active = [k for k in self._keys(session, brand_id) if k.status == KeyStatus.ACTIVE]
+        for key in active:
+            key.status = KeyStatus.RETIRED
+            key.retired_at = now
+            session.add(key)
+        new_alg = alg or (active[-1].alg if active else "EdDSA")
+        return self.generate(session, brand_id=brand_id, did=did, alg=new_alg)
+
+    def signer(self, session: Session, *, brand_id: str, did: str) -> LocalSigner:
+        active = [k for k in self._keys(session, brand_id) if k.status == KeyStatus.ACTIVE]
+        if not active:
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "brand has no active signing key")
+        key = active[-1]
+        raw = unseal(key.sealed_private, self._master_key, aad=self._aad(brand_id, key.kid))
+        jwk: dict[str, Any] = parse_json_object(raw)
+        signer = signer_from_jwk(jwk, key_id=f"{did}#{key.kid}")
+        if signer.public_key.to_jwk() != key.public_jwk:
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "sealed key does not match its public key")
+        return signer
+
+    def public_keys(self, session: Session, *, brand_id: str, did: str) -> list[BrandKeyPublic]:
+        return [_public(k, did) for k in self._keys(session, brand_id)]
+
+
+def did_document(did: str, keys: list[BrandKeyPublic]) -> dict[str, Any]:
+    """The brand's did:web document: every active and retired key may assert."""
+    methods = [{"id": k.verification_method, "type": "JsonWebKey2020", "controller": did,
+                "publicKeyJwk": k.public_jwk} for k in keys]
+    active = [k.verification_method for k in keys if k.status == KeyStatus.ACTIVE]
+    return {
+        "@context": DID_CONTEXT,
+        "id": did,
+        "verificationMethod": methods,
+        "assertionMethod": [k.verification_method for k in keys],
+        "authentication": active,
+    }

@@ -1,0 +1,575 @@
+"""The points ledger: append-only entries, lots, holds, idempotency, tiers.
+
+Rules (DESIGN.md, "Points, redemption and the log"):
+
+* Entries are never updated or deleted. A reversal is a new ``reverse``
+  entry pointing at the one it undoes (at most one per entry, enforced by a
+  unique column); a correction is an ``adjust`` with a reason and an operator.
+* Every credit (earn, positive adjust) opens a :class:`PointLot`. Debits
+  (redeem, negative adjust, expire, reversal of a credit) take from lots
+  first-in first-out (soonest expiry, then oldest) and record a
+  :class:`LotAllocation` per lot; reversing a debit writes negative
+  allocations that put the points back into the very lots they came from.
+  Balances therefore never go negative: a debit that the lots cannot cover
+  is refused with ``insufficient_balance``, and a CHECK constraint on
+  ``point_lot.remaining`` backs that up.
+* Earned points are pending until ``available_at`` (the return window);
+  lots expire at ``expires_at`` and an ``expire`` entry per lot is written
+  the next time the member's ledger is touched. Expired lots never count,
+  whether or not the sweep has run yet.
+* Qualifying (tier) points are a separate column: redemption does not lower
+  them, reversal of an earn does.
+* Redemption is either a one-step ``redeem`` or ``hold`` -> ``capture``
+  (possibly partial) / ``release``, like a card authorisation.
+* Every write is idempotent under a client key scoped to the brand: the
+  same key with the same arguments returns the stored response; with other
+  arguments it is ``conflict``. Failed writes store nothing, so a client can
+  retry after topping up.
+
+Concurrency: every write first locks the member row (``SELECT ... FOR
+UPDATE`` on PostgreSQL; on SQLite the whole transaction runs under ``BEGIN
+IMMEDIATE``, see :mod:`issuer._db`) and reads balances after the lock, so two
+redemptions can never both spend the same points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlmodel import Session, col, func, select
+
+from issuer._admin import tiers_of
+from issuer._db import session_scope
+from issuer._models import (
+    MAX_POINTS,
+    Balance,
+    DowngradePolicy,
+    EntryKind,
+    ExpiringNext,
+    HoldStatus,
+    IdempotencyRecord,
+    LedgerEntry,
+    LedgerEntryPublic,
+    LotAllocation,
+    Member,
+    PointHold,
+    PointHoldPublic,
+    PointLot,
+    Program,
+    Tier,
+)
+from tessera.encoding import canonical_json
+from tessera.errors import ErrorCode, TesseraError
+
+__all__ = [
+    "Outcome",
+    "adjust",
+    "balance",
+    "capture_hold",
+    "create_hold",
+    "earn",
+    "evaluate_tier",
+    "hold_public",
+    "list_entries",
+    "redeem",
+    "release_hold",
+    "reverse",
+    "run_write",
+]
+
+T = TypeVar("T")
+MAX_HOLD_SECONDS: Final = 30 * 24 * 3600
+_RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The response of a ledger write; ``replayed`` when it came from the idempotency store."""
+
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+def run_write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 3) -> T:
+    """Run ``fn`` in its own transaction, retrying races the database reports.
+
+    A unique violation (the same idempotency key racing on two members, a
+    concurrent enrolment) or a PostgreSQL serialization failure/deadlock is
+    retried; the retry sees the winner's row and answers replay or conflict.
+    """
+    for attempt in range(attempts):
+        try:
+            with session_scope(engine) as session:
+                return fn(session)
+        except IntegrityError as exc:
+            if attempt == attempts - 1:
+                raise TesseraError(ErrorCode.CONFLICT, "conflicting concurrent write") from exc
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate not in _RETRYABLE_SQLSTATES or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- reads ---------------------------------------------------------------------------------------
+
+
+def _live(lot: PointLot, now: datetime) -> bool:
+    return lot.remaining > 0 and (lot.expires_at is None or lot.expires_at > now)
+
+
+def _lots(session: Session, member_id: str) -> list[PointLot]:
+    stmt = select(PointLot).where(PointLot.member_id == member_id, col(PointLot.remaining) > 0)
+    return list(session.exec(stmt.execution_options(populate_existing=True)))
+
+
+def _open_holds(session: Session, member_id: str, now: datetime) -> list[PointHold]:
+    stmt = select(PointHold).where(PointHold.member_id == member_id,
+                                   PointHold.status == HoldStatus.HELD,
+                                   col(PointHold.expires_at) > now)
+    return list(session.exec(stmt.execution_options(populate_existing=True)))
+
+
+def _qualifying(session: Session, member_id: str, now: datetime, days: int) -> int:
+    stmt = select(func.coalesce(func.sum(LedgerEntry.qualifying_points), 0)).where(
+        LedgerEntry.member_id == member_id,
+        col(LedgerEntry.qualifying_at) > now - timedelta(days=days),
+        col(LedgerEntry.qualifying_at) <= now)
+    return int(session.exec(stmt).one())
+
+
+def _window_days(tiers: list[Tier], current: Tier | None) -> int:
+    """The window a member's qualifying balance is shown over: that of the next tier up."""
+    above = [t for t in tiers if current is None or t.rank > current.rank]
+    target = above[0] if above else current
+    return target.qualification_period_days if target else 365
+
+
+def balance(session: Session, *, member: Member, now: datetime) -> Balance:
+    lots = [lot for lot in _lots(session, member.id) if _live(lot, now)]
+    matured = sum(lot.remaining for lot in lots if lot.available_at <= now)
+    pending = sum(lot.remaining for lot in lots if lot.available_at > now)
+    held = sum(h.points for h in _open_holds(session, member.id, now))
+    expiring = [lot for lot in lots if lot.expires_at is not None]
+    nxt = None
+    if expiring:
+        at = min(lot.expires_at for lot in expiring if lot.expires_at is not None)
+        nxt = ExpiringNext(points=sum(lot.remaining for lot in expiring if lot.expires_at == at),
+                           at=at)
+    tiers = tiers_of(session, program_id=member.program_id)
+    current = next((t for t in tiers if t.id == member.tier_id), None)
+    return Balance(
+        member_id=member.id,
+        # A hold may outlive lots that expired under it; capture then fails,
+        # but the shown balance stays at zero rather than below.
+        available=max(0, matured - held),
+        pending=pending,
+        held=held,
+        qualifying=_qualifying(session, member.id, now, _window_days(tiers, current)),
+        tier=current.name if current else None,
+        expiring_next=nxt,
+        as_of=now,
+    )
+
+
+def list_entries(session: Session, *, member: Member, after: int = 0,
+                 limit: int = 100) -> list[LedgerEntryPublic]:
+    stmt = (select(LedgerEntry)
+            .where(LedgerEntry.member_id == member.id, col(LedgerEntry.id) > after)
+            .order_by(col(LedgerEntry.id)).limit(max(1, min(limit, 1000))))
+    return [_entry_public(e) for e in session.exec(stmt)]
+
+
+def _entry_public(entry: LedgerEntry) -> LedgerEntryPublic:
+    return LedgerEntryPublic.model_validate(entry, from_attributes=True)
+
+
+def hold_public(hold: PointHold, now: datetime) -> PointHoldPublic:
+    public = PointHoldPublic.model_validate(hold, from_attributes=True)
+    if hold.status == HoldStatus.HELD and hold.expires_at <= now:
+        public.status = HoldStatus.EXPIRED
+    return public
+
+
+# -- the write path ----------------------------------------------------------------------------
+
+
+def _lock_member(session: Session, *, brand_id: str, member_id: str) -> Member:
+    stmt = (select(Member).where(Member.id == member_id, Member.brand_id == brand_id)
+            .with_for_update().execution_options(populate_existing=True))
+    member = session.exec(stmt).first()
+    if member is None:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
+    return member
+
+
+def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
+           operation: str, args: dict[str, Any], now: datetime,
+           action: Callable[[Member], dict[str, Any]]) -> Outcome:
+    if not idempotency_key or len(idempotency_key) > 255:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "Idempotency-Key must be 1-255 chars")
+    fingerprint = hashlib.sha256(canonical_json(
+        {"op": operation, "member": member_id, **args})).hexdigest()
+    # Lock first: a concurrent request with the same key waits here and
+    # then finds the record this one stores.
+    member = _lock_member(session, brand_id=brand_id, member_id=member_id)
+    stored = session.exec(select(IdempotencyRecord).where(
+        IdempotencyRecord.brand_id == brand_id,
+        IdempotencyRecord.key == idempotency_key)).first()
+    if stored is not None:
+        if stored.fingerprint != fingerprint:
+            raise TesseraError(ErrorCode.CONFLICT,
+                               "Idempotency-Key already used for a different request")
+        return Outcome(stored.status_code, stored.response, replayed=True)
+    _sweep_expired(session, member=member, now=now)
+    body = action(member)
+    session.flush()
+    evaluate_tier(session, member=member, now=now)
+    body["balance"] = balance(session, member=member, now=now).model_dump(mode="json")
+    session.add(IdempotencyRecord(brand_id=brand_id, key=idempotency_key,
+                                  fingerprint=fingerprint, status_code=201, response=body,
+                                  created_at=now))
+    session.flush()
+    return Outcome(201, body, replayed=False)
+
+
+def _program(session: Session, member: Member) -> Program:
+    program = session.get(Program, member.program_id)
+    assert program is not None  # foreign key
+    return program
+
+
+def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -> LedgerEntry:
+    fields.setdefault("qualifying_points", 0)
+    fields.setdefault("qualifying_at", now)
+    entry = LedgerEntry(brand_id=member.brand_id, member_id=member.id, created_at=now, **fields)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def _credit(session: Session, member: Member, entry: LedgerEntry, points: int, now: datetime,
+            *, pending_days: int) -> None:
+    validity = _program(session, member).points_validity_days
+    assert entry.id is not None
+    session.add(PointLot(member_id=member.id, entry_id=entry.id, amount=points,
+                         remaining=points, available_at=now + timedelta(days=pending_days),
+                         expires_at=now + timedelta(days=validity) if validity else None))
+
+
+def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, now: datetime,
+           *, reserved: int, first: PointLot | None = None) -> None:
+    """Take ``points`` FIFO from matured live lots, ``reserved`` of them being held elsewhere.
+
+    ``first`` (the lot of a credit being reversed) is drained before any
+    other, even while still pending: that is the return-window case.
+    """
+    lots = [lot for lot in _lots(session, member.id)
+            if _live(lot, now) and lot.available_at <= now and lot is not first]
+    lots.sort(key=lambda lot: (lot.expires_at is None, lot.expires_at or now, lot.id or 0))
+    free = sum(lot.remaining for lot in lots) - reserved
+    if first is not None and _live(first, now):
+        free += first.remaining
+        lots.insert(0, first)
+    if free < points:
+        raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE,
+                           f"{points} points requested, {max(free, 0)} available")
+    need = points
+    assert entry.id is not None
+    for lot in lots:
+        if need == 0:
+            break
+        take = min(lot.remaining, need)
+        assert lot.id is not None
+        lot.remaining -= take
+        need -= take
+        session.add(lot)
+        session.add(LotAllocation(entry_id=entry.id, lot_id=lot.id, amount=take))
+
+
+def _sweep_expired(session: Session, *, member: Member, now: datetime) -> None:
+    expired = [lot for lot in _lots(session, member.id)
+               if lot.expires_at is not None and lot.expires_at <= now]
+    expired.sort(key=lambda lot: (lot.expires_at, lot.id))
+    for lot in expired:
+        assert lot.id is not None and lot.expires_at is not None
+        entry = _new_entry(session, member, now, kind=EntryKind.EXPIRE, points=-lot.remaining,
+                           reason=f"lot {lot.id} expired at {lot.expires_at.isoformat()}",
+                           reference=f"lot:{lot.id}")
+        assert entry.id is not None
+        session.add(LotAllocation(entry_id=entry.id, lot_id=lot.id, amount=lot.remaining))
+        lot.remaining = 0
+        session.add(lot)
+    session.flush()
+
+
+def _held(session: Session, member: Member, now: datetime) -> int:
+    return sum(h.points for h in _open_holds(session, member.id, now))
+
+
+def _check_points(points: int, *, allow_zero: bool = False, signed: bool = False) -> None:
+    low = -MAX_POINTS if signed else (0 if allow_zero else 1)
+    if isinstance(points, bool) or not isinstance(points, int) or not low <= points <= MAX_POINTS:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "points out of range")
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+def earn(session: Session, *, brand_id: str, member_id: str, idempotency_key: str, points: int,
+         now: datetime, qualifying_points: int | None = None, reference: str | None = None,
+         reason: str | None = None, pending_days: int | None = None) -> Outcome:
+    _check_points(points)
+    qualifying = points if qualifying_points is None else qualifying_points
+    _check_points(qualifying, allow_zero=True)
+    if pending_days is not None and not 0 <= pending_days <= 365:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "pending_days must be 0-365")
+
+    def action(member: Member) -> dict[str, Any]:
+        window = (_program(session, member).return_window_days
+                  if pending_days is None else pending_days)
+        entry = _new_entry(session, member, now, kind=EntryKind.EARN, points=points,
+                           qualifying_points=qualifying, reference=reference, reason=reason)
+        _credit(session, member, entry, points, now, pending_days=window)
+        return {"entry": _entry_public(entry).model_dump(mode="json")}
+
+    return _write(session, brand_id=brand_id, member_id=member_id,
+                  idempotency_key=idempotency_key, operation="earn", now=now, action=action,
+                  args={"points": points, "qualifying_points": qualifying,
+                        "reference": reference, "reason": reason,
+                        "pending_days": pending_days})
+
+
+def redeem(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
+           points: int, now: datetime, reference: str | None = None) -> Outcome:
+    _check_points(points)
+
+    def action(member: Member) -> dict[str, Any]:
+        entry = _new_entry(session, member, now, kind=EntryKind.REDEEM, points=-points,
+                           reference=reference)
+        _debit(session, member, entry, points, now, reserved=_held(session, member, now))
+        return {"entry": _entry_public(entry).model_dump(mode="json")}
+
+    return _write(session, brand_id=brand_id, member_id=member_id,
+                  idempotency_key=idempotency_key, operation="redeem", now=now, action=action,
+                  args={"points": points, "reference": reference})
+
+
+def adjust(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
+           points: int, reason: str, operator: str, now: datetime,
+           qualifying_points: int = 0) -> Outcome:
+    """A customer-service correction; it needs a reason and the operator who made it."""
+    _check_points(points, signed=True)
+    _check_points(qualifying_points, signed=True)
+    if points == 0 and qualifying_points == 0:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "an adjustment must change something")
+    if not reason.strip() or not operator.strip():
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "an adjustment needs a reason and operator")
+
+    def action(member: Member) -> dict[str, Any]:
+        if qualifying_points < 0:
+            total = session.exec(select(func.coalesce(func.sum(LedgerEntry.qualifying_points), 0))
+                                 .where(LedgerEntry.member_id == member.id)).one()
+            if int(total) + qualifying_points < 0:
+                raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE,
+                                   "qualifying points would go negative")
+        entry = _new_entry(session, member, now, kind=EntryKind.ADJUST, points=points,
+                           qualifying_points=qualifying_points, reason=reason,
+                           operator=operator)
+        if points > 0:
+            _credit(session, member, entry, points, now, pending_days=0)
+        elif points < 0:
+            _debit(session, member, entry, -points, now, reserved=_held(session, member, now))
+        return {"entry": _entry_public(entry).model_dump(mode="json")}
+
+    return _write(session, brand_id=brand_id, member_id=member_id,
+                  idempotency_key=idempotency_key, operation="adjust", now=now, action=action,
+                  args={"points": points, "qualifying_points": qualifying_points,
+                        "reason": reason, "operator": operator})
+
+
+def reverse(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
+            entry_id: int, reason: str, now: datetime, operator: str | None = None) -> Outcome:
+    """Undo an earn, redeem or adjust with a new ``reverse`` entry (the original is untouched)."""
+    if not reason.strip():
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "a reversal needs a reason")
+
+    def action(member: Member) -> dict[str, Any]:
+        original = session.get(LedgerEntry, entry_id)
+        if original is None or original.member_id != member.id:
+            raise TesseraError(ErrorCode.NOT_FOUND, "no such ledger entry for this member")
+        if original.kind in (EntryKind.REVERSE, EntryKind.EXPIRE):
+            raise TesseraError(ErrorCode.INVALID_REQUEST,
+                               f"a {original.kind} entry cannot be reversed; use an adjustment")
+        done = select(LedgerEntry).where(LedgerEntry.reverses_id == original.id)
+        if session.exec(done).first() is not None:
+            raise TesseraError(ErrorCode.CONFLICT, "entry already reversed")
+        entry = _new_entry(session, member, now, kind=EntryKind.REVERSE,
+                           points=-original.points,
+                           qualifying_points=-original.qualifying_points,
+                           qualifying_at=original.qualifying_at, reason=reason,
+                           operator=operator, reference=original.reference,
+                           reverses_id=original.id)
+        assert entry.id is not None
+        if original.points > 0:
+            lot = session.exec(select(PointLot).where(PointLot.entry_id == original.id)).one()
+            _debit(session, member, entry, original.points, now,
+                   reserved=_held(session, member, now), first=lot)
+        elif original.points < 0:
+            allocations = session.exec(select(LotAllocation).where(
+                LotAllocation.entry_id == original.id)).all()
+            for alloc in allocations:
+                taken = session.get(PointLot, alloc.lot_id)
+                assert taken is not None
+                taken.remaining += alloc.amount
+                session.add(taken)
+                session.add(LotAllocation(entry_id=entry.id, lot_id=alloc.lot_id,
+                                          amount=-alloc.amount))
+        return {"entry": _entry_public(entry).model_dump(mode="json")}
+
+    return _write(session, brand_id=brand_id, member_id=member_id,
+                  idempotency_key=idempotency_key, operation="reverse", now=now, action=action,
+                  args={"entry_id": entry_id, "reason": reason, "operator": operator})
+
+
+def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
+                points: int, now: datetime, reference: str | None = None,
+                ttl_seconds: int = 3600) -> Outcome:
+    """Reserve points (an authorisation): they stop being available but stay in their lots."""
+    _check_points(points)
+    if not 1 <= ttl_seconds <= MAX_HOLD_SECONDS:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "hold ttl_seconds out of range")
+
+    def action(member: Member) -> dict[str, Any]:
+        free = balance(session, member=member, now=now).available
+        if free < points:
+            raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE,
+                               f"{points} points requested, {free} available")
+        hold = PointHold(brand_id=member.brand_id, member_id=member.id, points=points,
+                         reference=reference, created_at=now,
+                         expires_at=now + timedelta(seconds=ttl_seconds))
+        session.add(hold)
+        session.flush()
+        return {"hold": hold_public(hold, now).model_dump(mode="json")}
+
+    return _write(session, brand_id=brand_id, member_id=member_id,
+                  idempotency_key=idempotency_key, operation="hold", now=now, action=action,
+                  args={"points": points, "reference": reference, "ttl": ttl_seconds})
+
+
+def _hold_member(session: Session, brand_id: str, hold_id: str) -> str:
+    hold = session.get(PointHold, hold_id)
+    if hold is None or hold.brand_id != brand_id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such hold")
+    return hold.member_id
+
+
+def _open_hold(session: Session, hold_id: str, now: datetime) -> PointHold:
+    hold = session.get(PointHold, hold_id, populate_existing=True)
+    assert hold is not None
+    if hold.status != HoldStatus.HELD:
+        raise TesseraError(ErrorCode.CONFLICT, f"hold is already {hold.status}")
+    return hold
+
+
+def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_key: str,
+                 now: datetime, points: int | None = None) -> Outcome:
+    """Turn a hold into a ``redeem`` entry; a partial capture releases the rest."""
+    if points is not None:
+        _check_points(points)
+    member_id = _hold_member(session, brand_id, hold_id)
+
+    def action(member: Member) -> dict[str, Any]:
+        hold = _open_hold(session, hold_id, now)
+        if hold.expires_at <= now:
+            raise TesseraError(ErrorCode.EXPIRED, "hold expired")
+        amount = hold.points if points is None else points
+        if amount > hold.points:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "cannot capture more than was held")
+        entry = _new_entry(session, member, now, kind=EntryKind.REDEEM, points=-amount,
+                           reference=hold.reference, hold_id=hold.id)
+        _debit(session, member, entry, amount, now,
+               reserved=_held(session, member, now) - hold.points)
+        hold.status = HoldStatus.CAPTURED
+        hold.captured_points = amount
+        hold.closed_at = now
+        session.add(hold)
+        return {"hold": hold_public(hold, now).model_dump(mode="json"),
+                "entry": _entry_public(entry).model_dump(mode="json")}
+
+    return _write(session, brand_id=brand_id, member_id=member_id,
+                  idempotency_key=idempotency_key, operation="capture", now=now, action=action,
+                  args={"hold": hold_id, "points": points})
+
+
+def release_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_key: str,
+                 now: datetime) -> Outcome:
+    member_id = _hold_member(session, brand_id, hold_id)
+
+    def action(member: Member) -> dict[str, Any]:
+        hold = _open_hold(session, hold_id, now)
+        hold.status = HoldStatus.RELEASED
+        hold.closed_at = now
+        session.add(hold)
+        return {"hold": hold_public(hold, now).model_dump(mode="json")}
+
+    return _write(session, brand_id=brand_id, member_id=member_id,
+                  idempotency_key=idempotency_key, operation="release", now=now, action=action,
+                  args={"hold": hold_id})
+
+
+# -- tiers ----------------------------------------------------------------------------------------
+
+
+def evaluate_tier(session: Session, *, member: Member, now: datetime) -> None:
+    """Move the member to the tier the rules give now.
+
+    The earned tier is the highest whose threshold the member's qualifying
+    points over that tier's own (rolling) qualification period reach. Up is
+    immediate and starts a new qualification period; down follows the
+    current tier's policy: ``immediate``; ``end_of_grace`` (hold the tier
+    until valid-until + grace, then drop to the earned tier); ``one_step``
+    (after the grace, one rank at a time, each with a fresh period).
+    """
+    tiers = tiers_of(session, program_id=member.program_id)
+    if not tiers:
+        return
+    earned: Tier | None = None
+    for tier in tiers:  # ascending rank; thresholds ascend too (validated on create)
+        if _qualifying(session, member.id, now, tier.qualification_period_days) \
+                >= tier.qualifying_points:
+            earned = tier
+    current = next((t for t in tiers if t.id == member.tier_id), None)
+
+    def move(tier: Tier | None) -> None:
+        if tier is None or current is None or tier.id != current.id:
+            member.tier_since = now
+        member.tier_id = tier.id if tier else None
+        member.tier_valid_until = (now + timedelta(days=tier.qualification_period_days)
+                                   if tier is not None and tier.qualifying_points > 0 else None)
+        session.add(member)
+
+    earned_rank = earned.rank if earned else -1
+    if current is None or earned_rank >= current.rank:
+        if earned is not None:
+            move(earned)  # up, or requalified: the period restarts
+        return
+    policy = DowngradePolicy(current.downgrade_policy)
+    if policy is DowngradePolicy.IMMEDIATE:
+        move(earned)
+        return
+    until = member.tier_valid_until
+    if until is not None and now < until + timedelta(days=current.grace_period_days):
+        return
+    if policy is DowngradePolicy.ONE_STEP:
+        lower = [t for t in tiers if t.rank < current.rank]
+        move(lower[-1] if lower else earned)
+    else:
+        move(earned)
