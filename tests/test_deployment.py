@@ -1,0 +1,56 @@
+"""docker-compose.yml is valid: Docker does not run here, so the file is checked
+against the Compose Specification's JSON Schema (vendored by check-jsonschema)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import validators
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compose_schema() -> dict[str, object]:
+    text = (resources.files("check_jsonschema") / "builtin_schemas" / "vendor"
+            / "compose-spec.json").read_text(encoding="utf-8")
+    schema: dict[str, object] = json.loads(text)
+    return schema
+
+
+def _validator() -> validators.Draft202012Validator:
+    schema = _compose_schema()
+    cls = validators.validator_for(schema)  # the schema's own $schema draft
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, object]:
+    loaded: dict[str, object] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_compose_file_fits_the_compose_specification(compose: dict[str, object]) -> None:
+    errors = sorted(_validator().iter_errors(compose), key=str)
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def test_compose_schema_rejects_a_broken_file() -> None:
+    # The check above must be able to fail: a misspelt key is refused.
+    broken = {"services": {"issuer": {"imagee": "x"}}}
+    assert list(_validator().iter_errors(broken))
+
+
+def test_compose_services_and_dependencies(compose: dict[str, object]) -> None:
+    services = compose["services"]
+    assert isinstance(services, dict)
+    assert {"issuer", "postgres", "redis"} <= set(services)
+    for name, service in services.items():
+        for dep in service.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown service {dep}"
+    build = services["issuer"]["build"]
+    context = build if isinstance(build, str) else build["context"]
+    assert (ROOT / context / "Dockerfile").is_file()
