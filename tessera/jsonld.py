@@ -82,8 +82,8 @@ MAX_QUADS: Final = 20_000
 # these shapes, and only directly in credentialSubject, may use it.
 _DERIVED_BOOLEAN = re.compile(r"^(tier_at_least_[a-z0-9_]{1,32}|points_at_least_[0-9]{1,12})$")
 _CREDENTIAL_SUBJECT: Final = "https://www.w3.org/2018/credentials#credentialSubject"
-# An IRI prefix no real vocabulary uses: appended as the last @vocab, it
-# catches every key pyld would otherwise drop.
+# An IRI prefix no real vocabulary uses: prepended as a @vocab, it catches
+# every key pyld would otherwise drop.
 _UNDEFINED: Final = "urn:tessera:undefined-term:"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ABSOLUTE_IRI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -315,7 +315,9 @@ def _with_catch_all(doc: dict[str, Any]) -> dict[str, Any]:
         contexts = list(ctx)
     else:
         contexts = [ctx]
-    return {**doc, "@context": [*contexts, {"@vocab": _UNDEFINED}]}
+    # First, so a context that sets its own @vocab (a deliberate catch-all,
+    # like the VC examples context) still wins over ours.
+    return {**doc, "@context": [{"@vocab": _UNDEFINED}, *contexts]}
 
 
 def _nodes(value: Any, parent: str | None) -> Iterator[tuple[dict[str, Any], str | None]]:
