@@ -823,8 +823,10 @@ class IndexAllocator:
     caller records the index, ideally under a unique constraint, and retries
     on a race). Rejection sampling with :mod:`secrets` is exactly uniform over
     the free indexes; once ``attempts`` draws all hit used slots the list is
-    nearly full, and we pick uniformly from an explicit scan instead. A full
-    list raises ``conflict``.
+    nearly full, and we pick uniformly from an explicit list of the free
+    slots instead (kept between calls in ``used`` mode, rescanned in
+    ``is_used`` mode since someone else owns that state). A full list raises
+    ``conflict``.
     """
 
     def __init__(
@@ -841,6 +843,7 @@ class IndexAllocator:
         self._used: set[int] | None = None if is_used is not None else set(used)
         self._is_used = is_used
         self._attempts = attempts
+        self._free: list[int] | None = None
 
     @property
     def size(self) -> int:
@@ -853,17 +856,25 @@ class IndexAllocator:
         return idx in self._used
 
     def allocate(self) -> int:
-        for _ in range(self._attempts):
-            idx = secrets.randbelow(self._size)
-            if not self._taken(idx):
-                return self._record(idx)
-        free = [i for i in range(self._size) if not self._taken(i)]
+        if self._free is None:
+            for _ in range(self._attempts):
+                idx = secrets.randbelow(self._size)
+                if not self._taken(idx):
+                    return self._record(idx)
+            free = [i for i in range(self._size) if not self._taken(i)]
+        else:
+            free = self._free
         if not free:
             raise TesseraError(ErrorCode.CONFLICT, "the status list is full")
-        return self._record(secrets.choice(free))
+        # Swap-remove a uniformly chosen free slot.
+        pick = secrets.randbelow(len(free))
+        free[pick], free[-1] = free[-1], free[pick]
+        idx = free.pop()
+        if self._used is not None:
+            self._free = free
+        return self._record(idx)
 
     def _record(self, idx: int) -> int:
         if self._used is not None:
             self._used.add(idx)
         return idx
-

@@ -877,6 +877,20 @@ def test_allocator_unique_until_full_then_conflict() -> None:
     assert err.value.code is ErrorCode.CONFLICT
 
 
+def test_allocator_fills_a_default_list_exactly_once() -> None:
+    # Past ~95 % occupancy the allocator switches to its free-slot list; the
+    # whole 131,072-entry list still comes out once each, then conflict.
+    allocator = IndexAllocator()
+    got = [allocator.allocate() for _ in range(131_072)]
+    assert len(set(got)) == 131_072
+    with pytest.raises(TesseraError) as err:
+        allocator.allocate()
+    assert err.value.code is ErrorCode.CONFLICT
+    # The tail (free-list path) is still in random order.
+    tail = got[-1000:]
+    assert tail != sorted(tail) and tail != sorted(tail, reverse=True)
+
+
 def test_allocator_respects_used_and_callback() -> None:
     used = set(range(0, 1000, 2))
     allocator = IndexAllocator(1000, used=used)
