@@ -211,6 +211,11 @@ def _proof_config(doc: dict[str, Any], proof: dict[str, Any]) -> dict[str, Any]:
             if _contexts(doc)[: len(pc)] != pc:
                 raise _err(ErrorCode.MALFORMED, "proof @context does not match the document")
             config["@context"] = _contexts(doc)
+        else:
+            # didkit (ssi) appends the suite context after the document's.
+            pc = proof["@context"] if isinstance(proof["@context"], list) else [proof["@context"]]
+            doc_ctx = _contexts(doc)
+            config["@context"] = doc_ctx + [c for c in pc if c not in doc_ctx]
     else:
         config["@context"] = _contexts(doc)
     return config
