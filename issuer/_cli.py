@@ -1,0 +1,314 @@
+"""``tessera issuer ...``: run, migrate and administer the issuer from a shell.
+
+The commands mirror the admin API and work on the configured database
+(``TESSERA_DATABASE_URL``) through the same data functions, so a brand can be
+set up and a member served without writing code. Output is JSON on stdout;
+errors are ``error: <code>: <detail>`` on stderr with exit status 1.
+Operator-only commands (``brand create``) have no HTTP counterpart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from issuer import _admin, _ledger
+from issuer._db import make_engine, session_scope
+from issuer._keystore import SqlKeyStore
+from issuer._models import BrandCreate, MemberEnrol, ProgramCreate, TierCreate, utcnow
+from issuer._settings import DEFAULT_DATABASE_URL, Settings, generate_master_key
+from tessera.did import Resolver
+from tessera.errors import ErrorCode, TesseraError
+
+__all__ = ["app_from_env", "issuer_app"]
+
+T = TypeVar("T")
+
+issuer_app = typer.Typer(help="The brand-side service: run it, migrate it, administer it.",
+                         no_args_is_help=True)
+brand_app = typer.Typer(help="Brands (tenants).", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys of a brand.", no_args_is_help=True)
+program_app = typer.Typer(help="Programs and tiers.", no_args_is_help=True)
+member_app = typer.Typer(help="Members.", no_args_is_help=True)
+points_app = typer.Typer(help="The points ledger.", no_args_is_help=True)
+for _sub, _name in ((brand_app, "brand"), (apikey_app, "apikey"), (program_app, "program"),
+                    (member_app, "member"), (points_app, "points")):
+    issuer_app.add_typer(_sub, name=_name)
+
+BrandOpt = Annotated[str, typer.Option("--brand", "-b", help="brand slug")]
+MemberOpt = Annotated[str, typer.Option("--member", "-m", help="member id")]
+KeyOpt = Annotated[str | None, typer.Option(
+    "--idempotency-key", "-k", help="the partner transaction id; default: a fresh UUID "
+                                    "(printed, so a retry can reuse it)")]
+
+
+def app_from_env() -> Any:
+    """The ASGI app for uvicorn (``factory=True``), configured from the environment."""
+    from issuer._app import create_app
+
+    return create_app(Settings.from_env())
+
+
+def _database_url() -> str:
+    return (os.environ.get("TESSERA_DATABASE_URL") or os.environ.get("DATABASE_URL")
+            or DEFAULT_DATABASE_URL)
+
+
+def _engine() -> Engine:
+    return make_engine(_database_url())
+
+
+def _out(value: Any) -> None:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except TesseraError as exc:
+        typer.echo(f"error: {exc.code.value}: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    except ValidationError as exc:
+        typer.echo(f"error: {ErrorCode.INVALID_REQUEST.value}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _write(fn: Callable[[Session], T]) -> T:
+    engine = _engine()
+    try:
+        return _run(lambda: _ledger.run_write(engine, fn))
+    finally:
+        engine.dispose()
+
+
+def _brand_id(session: Session, slug: str) -> Any:
+    return _admin.brand_by_slug(session, slug=slug)
+
+
+# -- service ---------------------------------------------------------------------------------
+
+
+@issuer_app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          workers: Annotated[int, typer.Option(min=1, max=64)] = 1) -> None:
+    """Run the HTTP service with uvicorn (migrate first)."""
+    import uvicorn
+
+    _run(lambda: Settings.from_env())  # fail fast on a missing master key
+    uvicorn.run("issuer._cli:app_from_env", factory=True, host=host, port=port,
+                workers=workers, proxy_headers=True)
+
+
+@issuer_app.command()
+def migrate(revision: str = "head") -> None:
+    """Create or upgrade the database schema (Alembic)."""
+    from issuer.migrations import current, upgrade
+
+    engine = _engine()
+    try:
+        upgrade(engine, revision)
+        _out({"database": engine.url.render_as_string(hide_password=True),
+              "revision": current(engine)})
+    finally:
+        engine.dispose()
+
+
+@issuer_app.command("master-key")
+def master_key() -> None:
+    """Print a fresh master key for TESSERA_MASTER_KEY."""
+    typer.echo(generate_master_key())
+
+
+# -- brands and API keys --------------------------------------------------------------------
+
+
+@brand_app.command("create")
+def brand_create(slug: str, name: Annotated[str, typer.Option()],
+                 alg: Annotated[str, typer.Option(help="EdDSA, ES256 or ES384")] = "EdDSA"
+                 ) -> None:
+    """Create a brand, its did:web DID, its first signing key and API key (shown once)."""
+    settings = _run(Settings.from_env)
+    keystore = SqlKeyStore(settings.master_key)
+
+    def run(session: Session) -> dict[str, Any]:
+        data = BrandCreate(slug=slug, name=name)
+        brand, key = _admin.create_brand(session, keystore=keystore, data=data,
+                                         did=settings.brand_did(slug), alg=alg)
+        return {"id": brand.id, "slug": brand.slug, "did": brand.did,
+                "did_document_url": f"{settings.public_url}/brands/{slug}/did.json",
+                "api_key": key.token}
+
+    _out(_write(run))
+
+
+@brand_app.command("rotate-key")
+def brand_rotate_key(brand: BrandOpt, alg: str | None = None) -> None:
+    """New signing key; the old one stays in the DID document for verification."""
+    settings = _run(Settings.from_env)
+    keystore = SqlKeyStore(settings.master_key)
+
+    def run(session: Session) -> Any:
+        b = _brand_id(session, brand)
+        return keystore.rotate(session, brand_id=b.id, did=b.did, alg=alg)
+
+    _out(_write(run))
+
+
+@apikey_app.command("create")
+def apikey_create(brand: BrandOpt, label: str = "") -> None:
+    """A new API key for a brand; the token is printed once, only its hash is stored."""
+    _out(_write(lambda s: _admin.create_api_key(s, brand_id=_brand_id(s, brand).id,
+                                                label=label)))
+
+
+# -- programs ---------------------------------------------------------------------------------
+
+
+def _parse_tier(spec: str) -> TierCreate:
+    parts = spec.split(":")
+    if not 3 <= len(parts) <= 6:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           "tier is name:rank:qualifying[:period_days[:grace_days[:policy]]]")
+    fields: dict[str, Any] = {"name": parts[0], "rank": parts[1], "qualifying_points": parts[2]}
+    for key, value in zip(("qualification_period_days", "grace_period_days",
+                           "downgrade_policy"), parts[3:], strict=False):
+        fields[key] = value
+    return TierCreate.model_validate(fields)
+
+
+@program_app.command("create")
+def program_create(
+    brand: BrandOpt,
+    name: Annotated[str | None, typer.Option(help="program name")] = None,
+    tier: Annotated[list[str] | None, typer.Option(
+        help="name:rank:qualifying[:period_days[:grace_days[:policy]]], repeatable")] = None,
+    return_window_days: int = 0,
+    points_validity_days: int | None = None,
+    ladder: Annotated[str | None, typer.Option(help="comma-separated points ladder")] = None,
+    from_json: Annotated[Path | None, typer.Option(
+        help="a ProgramCreate JSON document (as POST /admin/v1/programs takes)")] = None,
+) -> None:
+    """Create a program with its tiers and points ladder."""
+    def build() -> ProgramCreate:
+        if from_json is not None:
+            return ProgramCreate.model_validate_json(from_json.read_bytes())
+        if not name:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "--name or --from-json is required")
+        body: dict[str, Any] = {
+            "name": name, "return_window_days": return_window_days,
+            "points_validity_days": points_validity_days,
+            "tiers": [_parse_tier(t) for t in tier or []]}
+        if ladder:
+            body["points_ladder"] = [int(v) for v in ladder.split(",") if v.strip()]
+        return ProgramCreate.model_validate(body)
+
+    data = _run(build)
+    _out(_write(lambda s: _admin.create_program(s, brand_id=_brand_id(s, brand).id,
+                                                data=data)))
+
+
+# -- members ----------------------------------------------------------------------------------
+
+
+@member_app.command("challenge")
+def member_challenge(brand: BrandOpt, ttl_seconds: int = 300) -> None:
+    """A single-use nonce for the member's wallet to sign (proof of DID control)."""
+    _out(_write(lambda s: _admin.new_enrolment_challenge(
+        s, brand=_brand_id(s, brand), now=utcnow(), ttl_seconds=ttl_seconds)))
+
+
+@member_app.command("enrol")
+def member_enrol(brand: BrandOpt,
+                 program: Annotated[str, typer.Option(help="program id")],
+                 did: Annotated[str, typer.Option(help="the member's DID")],
+                 proof: Annotated[str, typer.Option(
+                     help="compact JWS over the challenge (see `member challenge`); "
+                          "'-' reads it from stdin")]) -> None:
+    """Enrol a DID that proved control over a challenge."""
+    jws = sys.stdin.read().strip() if proof == "-" else proof
+    data = _run(lambda: MemberEnrol(program_id=program, did=did, proof=jws))
+    resolver = Resolver()
+
+    def run(session: Session) -> Any:
+        now = utcnow()
+        member = _admin.enrol_member(session, brand=_brand_id(session, brand), data=data,
+                                     resolver=resolver, now=now)
+        _ledger.evaluate_tier(session, member=member, now=now)
+        return _admin.member_public(session, member)
+
+    _out(_write(run))
+
+
+@member_app.command("show")
+def member_show(brand: BrandOpt, member: MemberOpt) -> None:
+    engine = _engine()
+    try:
+        with session_scope(engine) as session:
+            b = _run(lambda: _brand_id(session, brand))
+            m = _run(lambda: _admin.get_member(session, brand_id=b.id, member_id=member))
+            _out({"member": _admin.member_public(session, m).model_dump(mode="json"),
+                  "balance": _ledger.balance(session, member=m, now=utcnow())
+                  .model_dump(mode="json")})
+    finally:
+        engine.dispose()
+
+
+# -- points -------------------------------------------------------------------------------------
+
+
+def _points(operation: Callable[..., _ledger.Outcome], brand: str, member: str,
+            key: str | None, **kwargs: Any) -> None:
+    idempotency_key = key or str(uuid.uuid4())
+
+    def run(session: Session) -> _ledger.Outcome:
+        return operation(session, brand_id=_brand_id(session, brand).id, member_id=member,
+                         idempotency_key=idempotency_key, now=utcnow(), **kwargs)
+
+    outcome = _write(run)
+    _out({"idempotency_key": idempotency_key, "replayed": outcome.replayed, **outcome.body})
+
+
+@points_app.command("earn")
+def points_earn(brand: BrandOpt, member: MemberOpt, points: int, key: KeyOpt = None,
+                qualifying: Annotated[int | None, typer.Option(
+                    help="qualifying points; default: the same")] = None,
+                reference: str | None = None, pending_days: int | None = None) -> None:
+    _points(_ledger.earn, brand, member, key, points=points, qualifying_points=qualifying,
+            reference=reference, pending_days=pending_days)
+
+
+@points_app.command("redeem")
+def points_redeem(brand: BrandOpt, member: MemberOpt, points: int, key: KeyOpt = None,
+                  reference: str | None = None) -> None:
+    _points(_ledger.redeem, brand, member, key, points=points, reference=reference)
+
+
+@points_app.command("adjust")
+def points_adjust(brand: BrandOpt, member: MemberOpt,
+                  points: Annotated[int, typer.Argument(help="signed change")],
+                  reason: Annotated[str, typer.Option()],
+                  operator: Annotated[str, typer.Option()],
+                  key: KeyOpt = None, qualifying: int = 0) -> None:
+    _points(_ledger.adjust, brand, member, key, points=points, reason=reason,
+            operator=operator, qualifying_points=qualifying)
+
+
+@points_app.command("reverse")
+def points_reverse(brand: BrandOpt, member: MemberOpt, entry: int,
+                   reason: Annotated[str, typer.Option()], key: KeyOpt = None,
+                   operator: str | None = None) -> None:
+    """Undo a ledger entry with a new reverse entry."""
+    _points(_ledger.reverse, brand, member, key, entry_id=entry, reason=reason,
+            operator=operator)

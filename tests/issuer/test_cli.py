@@ -1,0 +1,90 @@
+"""The admin command line against a real (SQLite) database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from issuer._cli import issuer_app
+from issuer._models import utcnow
+from issuer._settings import generate_master_key
+from tessera.did import did_key
+from tessera.keys import generate_signer
+from tests.issuer.conftest import enrolment_proof
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("TESSERA_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.setenv("TESSERA_MASTER_KEY", generate_master_key())
+    monkeypatch.setenv("TESSERA_PUBLIC_URL", "https://issuer.example")
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True) -> Any:
+        result = runner.invoke(issuer_app, list(args))
+        if ok:
+            assert result.exit_code == 0, (result.output, result.exception)
+            return json.loads(result.stdout)
+        assert result.exit_code == 1, result.output
+        return result.stderr
+
+    return run
+
+
+def test_brand_to_points_from_the_shell(cli: Any) -> None:
+    assert cli("migrate")["revision"] == "0001"
+    assert cli("migrate")["revision"] == "0001"  # idempotent
+    brand = cli("brand", "create", "acme", "--name", "Acme Air")
+    assert brand["did"] == "did:web:issuer.example:brands:acme"
+    assert brand["api_key"].startswith("tsk_")
+    assert "error: conflict" in cli("brand", "create", "acme", "--name", "x", ok=False)
+    program = cli("program", "create", "--brand", "acme", "--name", "Miles",
+                  "--tier", "blue:0:0", "--tier", "gold:1:1000:365:30:immediate",
+                  "--ladder", "100,500,1000")
+    assert [t["name"] for t in program["tiers"]] == ["blue", "gold"]
+    assert program["points_ladder"] == [100, 500, 1000]
+
+    challenge = cli("member", "challenge", "--brand", "acme")
+    signer = generate_signer("ES256")
+    did = did_key(signer.public_key)
+    proof = enrolment_proof(signer, did, challenge["audience"], challenge["nonce"], utcnow())
+    member = cli("member", "enrol", "--brand", "acme", "--program", program["id"],
+                 "--did", did, "--proof", proof)
+    assert member["tier"] == "blue"
+    # The same proof again: the challenge is spent.
+    err = cli("member", "enrol", "--brand", "acme", "--program", program["id"], "--did", did,
+              "--proof", proof, ok=False)
+    assert "error: replayed" in err
+
+    mid = member["id"]
+    earned = cli("points", "earn", "--brand", "acme", "--member", mid, "1200", "-k", "tx-1")
+    assert earned["balance"]["available"] == 1200 and earned["balance"]["tier"] == "gold"
+    again = cli("points", "earn", "--brand", "acme", "--member", mid, "1200", "-k", "tx-1")
+    assert again["replayed"] is True and again["balance"]["available"] == 1200
+    red = cli("points", "redeem", "--brand", "acme", "--member", mid, "200")
+    assert red["balance"]["available"] == 1000
+    assert "error: insufficient_balance" in cli(
+        "points", "redeem", "--brand", "acme", "--member", mid, "1001", ok=False)
+    adj = cli("points", "adjust", "--brand", "acme", "--member", mid, "--reason", "goodwill",
+              "--operator", "agent-1", "--", "-100")
+    assert adj["entry"]["points"] == -100 and adj["balance"]["available"] == 900
+    rev = cli("points", "reverse", "--brand", "acme", "--member", mid,
+              str(red["entry"]["id"]), "--reason", "cancelled")
+    assert rev["entry"]["reverses_id"] == red["entry"]["id"]
+    assert rev["balance"]["available"] == 1100
+    shown = cli("member", "show", "--brand", "acme", "--member", mid)
+    assert shown["balance"]["available"] == 1100
+    key = cli("apikey", "create", "--brand", "acme", "--label", "pos")
+    assert key["token"].startswith("tsk_")
+    rotated = cli("brand", "rotate-key", "--brand", "acme", "--alg", "ES256")
+    assert rotated["kid"] == "key-2"
+
+
+def test_missing_master_key_is_an_error(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli("migrate")
+    monkeypatch.delenv("TESSERA_MASTER_KEY")
+    assert "TESSERA_MASTER_KEY" in cli("brand", "create", "acme", "--name", "A", ok=False)
