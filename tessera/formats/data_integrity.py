@@ -59,7 +59,8 @@ ECDSA_RDFC_2019: Final = "ecdsa-rdfc-2019"
 ECDSA_SD_2023: Final = "ecdsa-sd-2023"
 ED25519_2020: Final = "Ed25519Signature2020"
 JWS_2020: Final = "JsonWebSignature2020"
-_SUITES: Final = frozenset({EDDSA_RDFC_2022, ECDSA_RDFC_2019, ECDSA_SD_2023, ED25519_2020, JWS_2020})
+_SUITES: Final = frozenset(
+    {EDDSA_RDFC_2022, ECDSA_RDFC_2019, ECDSA_SD_2023, ED25519_2020, JWS_2020})
 
 # Claims every derived proof must reveal: who issued it, what it is, when it
 # is valid, where its status lives, and whom it is about (holder binding).
@@ -409,9 +410,11 @@ def _select(document: dict[str, Any], pointers: Iterable[str]) -> dict[str, Any]
             try:
                 value = _step(value, seg)
             except KeyError:
-                raise _err(ErrorCode.MALFORMED, f"JSON pointer {pointer!r} does not match") from None
-            key = seg if isinstance(sel_parent, list) else str(seg)
-            current = sel_parent[key] if (isinstance(sel_parent, list) or key in sel_parent) else None
+                raise _err(ErrorCode.MALFORMED,
+                           f"JSON pointer {pointer!r} does not match") from None
+            key: Any = seg if isinstance(sel_parent, list) else str(seg)
+            present = isinstance(sel_parent, list) or key in sel_parent
+            current = sel_parent[key] if present else None
             if current is None:
                 if isinstance(value, list):
                     current = [None] * len(value)
@@ -518,7 +521,7 @@ def _canonicalize_and_group(
         matching: dict[int, str] = {}
         for line in _relabel(sel_lines, label_map):
             if line not in index_of:
-                raise _err(ErrorCode.MALFORMED, "selection produced a statement not in the document")
+                raise _err(ErrorCode.MALFORMED, "selection is not part of the document")
             matching[index_of[line]] = line
         non_matching = {i: q for i, q in enumerate(nquads) if i not in matching}
         out[name] = {"matching": dict(sorted(matching.items())),

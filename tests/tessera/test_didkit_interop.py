@@ -49,7 +49,7 @@ def keys() -> dict[str, Any]:
     for who in ("issuer", "holder"):
         jwk = didkit.generate_ed25519_key()
         did = didkit.key_to_did("key", jwk)
-        vm = _run(lambda: didkit.key_to_verification_method("key", jwk))
+        vm = _run(lambda jwk=jwk: didkit.key_to_verification_method("key", jwk))
         out[who] = {"jwk": jwk, "did": did, "vm": vm,
                     "signer": signer_from_jwk(json.loads(jwk), key_id=vm)}
     return out
@@ -71,7 +71,8 @@ def _credential(keys: dict[str, Any], expires: str = "2026-01-01T00:00:00Z") -> 
 def _didkit_issue(keys: dict[str, Any], vc: dict[str, Any], suite: str) -> dict[str, Any]:
     opts = {"proofPurpose": "assertionMethod", "verificationMethod": keys["issuer"]["vm"],
             "type": suite}
-    out = _run(lambda: didkit.issue_credential(json.dumps(vc), json.dumps(opts), keys["issuer"]["jwk"]))
+    jwk = keys["issuer"]["jwk"]
+    out = _run(lambda: didkit.issue_credential(json.dumps(vc), json.dumps(opts), jwk))
     return dict(json.loads(out))
 
 
