@@ -1,0 +1,130 @@
+"""Errors, OpenAPI and enrolment over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tessera.did import did_key
+from tessera.jose import sign_compact
+from tessera.keys import generate_signer
+from tests.issuer.conftest import Service, enrolment_proof
+
+
+def _is_problem(r: Any, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["code"] == code and body["status"] == status
+    assert body["type"].endswith(code) and body["title"] and isinstance(body["detail"], str)
+
+
+def test_every_error_is_problem_json(service: Service) -> None:
+    c = service.client
+    service.brand("acme")
+    _is_problem(c.get("/nowhere"), 404, "not_found")
+    _is_problem(c.delete("/healthz"), 405, "invalid_request")
+    _is_problem(c.get("/brands/nobody/did.json"), 404, "not_found")
+    _is_problem(c.get("/admin/v1/brand"), 401, "unauthorized")
+    h = service.h("acme")
+    _is_problem(c.post("/admin/v1/programs", content=b"{not json",
+                       headers={**h, "Content-Type": "application/json"}),
+                422, "invalid_request")
+    r = c.post("/admin/v1/programs", json={"name": "x", "tiers": [
+        {"name": "Gold!", "rank": 0, "qualifying_points": 0}]}, headers=h)
+    _is_problem(r, 422, "invalid_request")
+    assert r.json()["errors"][0]["loc"][:2] == ["body", "tiers"]
+    _is_problem(c.post("/admin/v1/programs", content=b"x" * 70_000,
+                       headers={**h, "Content-Type": "application/json"}), 413, "too_large")
+    _is_problem(c.get("/admin/v1/members/unknown", headers=h), 404, "not_found")
+    _is_problem(c.get("/admin/v1/members/x/ledger?limit=0", headers=h), 422, "invalid_request")
+    service.program("acme")
+    _is_problem(c.post("/admin/v1/programs", json={"name": "Miles"}, headers=h),
+                409, "conflict")
+
+
+def test_unexpected_failure_is_problem_json_without_detail(service: Service) -> None:
+    app: Any = service.client.app
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/boom")
+    _is_problem(r, 500, "internal_error")
+    assert "secret" not in r.text
+
+
+def test_openapi_served(service: Service) -> None:
+    assert service.client.get("/docs").status_code == 200
+    spec = service.client.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    earn = spec["paths"]["/admin/v1/members/{member_id}/points/earn"]["post"]
+    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" and p["required"]
+               for p in earn["parameters"])
+    assert "application/problem+json" in earn["responses"]["409"]["content"]
+    assert "Problem" in spec["components"]["schemas"]
+
+
+def _challenge(service: Service) -> dict[str, Any]:
+    return dict(service.client.post("/admin/v1/enrolment-challenges",
+                                    headers=service.h("acme")).json())
+
+
+def test_enrolment_requires_proof_of_did_control(service: Service) -> None:
+    service.brand("acme")
+    service.brand("rival")
+    program = service.program("acme")
+    signer = generate_signer("ES256")
+    did = did_key(signer.public_key)
+    now = service.clock.now
+
+    def enrol(proof: str, member_did: str = did) -> Any:
+        return service.client.post("/admin/v1/members", headers=service.h("acme"), json={
+            "program_id": program["id"], "did": member_did, "proof": proof})
+
+    ch = _challenge(service)
+    # Signed by some other key, claiming to be the DID's.
+    intruder = generate_signer("ES256")
+    forged = enrolment_proof(intruder, did, ch["audience"], ch["nonce"], now)
+    _is_problem(enrol(forged), 400, "invalid_signature")
+    # A valid proof by another DID's key.
+    other_did = did_key(intruder.public_key)
+    _is_problem(enrol(enrolment_proof(intruder, other_did, ch["audience"], ch["nonce"], now)),
+                400, "key_not_found")
+    # Addressed to another brand.
+    rival_aud = service.settings.brand_did("rival")
+    _is_problem(enrol(enrolment_proof(signer, did, rival_aud, ch["nonce"], now)),
+                400, "audience_mismatch")
+    # Stale iat.
+    _is_problem(enrol(enrolment_proof(signer, did, ch["audience"], ch["nonce"],
+                                      now.replace(year=2025))), 400, "expired")
+    # Unknown nonce, and a nonce from the rival brand.
+    _is_problem(enrol(enrolment_proof(signer, did, ch["audience"], "made-up", now)),
+                400, "nonce_mismatch")
+    rival_ch = service.client.post("/admin/v1/enrolment-challenges",
+                                   headers=service.h("rival")).json()
+    _is_problem(enrol(enrolment_proof(signer, did, ch["audience"], rival_ch["nonce"], now)),
+                400, "nonce_mismatch")
+    # Wrong typ.
+    kid = f"{did}#{did.removeprefix('did:key:')}"
+    wrong_typ = sign_compact({"typ": "JWT", "kid": kid},
+                             {"iss": did, "aud": ch["audience"], "nonce": ch["nonce"],
+                              "iat": int(now.timestamp())}, signer)
+    _is_problem(enrol(wrong_typ), 400, "malformed")
+    # The real thing works once; the challenge was not burnt by the failures.
+    good = enrolment_proof(signer, did, ch["audience"], ch["nonce"], now)
+    assert enrol(good).status_code == 201
+    _is_problem(enrol(good), 409, "replayed")
+    ch2 = _challenge(service)
+    _is_problem(enrol(enrolment_proof(signer, did, ch2["audience"], ch2["nonce"], now)),
+                409, "conflict")
+    # An expired challenge.
+    ch3 = _challenge(service)
+    service.clock.advance(seconds=301)
+    s3 = generate_signer("EdDSA")
+    d3 = did_key(s3.public_key)
+    _is_problem(enrol(enrolment_proof(s3, d3, ch3["audience"], ch3["nonce"],
+                                      service.clock.now), d3), 400, "expired")
