@@ -4,7 +4,7 @@ import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from tessera import credentials
 from tessera.dcql import CredentialQuery, Query
@@ -13,19 +13,9 @@ from tessera.encoding import parse_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import sd_jwt
 from tessera.keys import SUPPORTED_ALGS, PublicKey
-from tessera.status import StatusChecker, check_token_status, parse_status_claim
-from tessera.typing import Clock, DIDResolver, Fetcher, NonceStore
+from tessera.typing import Clock, DIDResolver, NonceStore
+from verifier._status import StatusCheck, default_status_check
 from verifier._trust import TrustList
-
-
-class StatusCheck(Protocol):
-    """Raises ``revoked``, ``suspended`` or ``status_unavailable`` (or returns).
-
-    ``status`` is the credential's status claim; ``issuer`` the credential's
-    issuer, who must be the one that signed the list.
-    """
-
-    def __call__(self, status: Mapping[str, Any], *, issuer: str, now: datetime) -> None: ...
 
 
 def _utcnow() -> datetime:
@@ -163,7 +153,7 @@ class Verifier:
 
         self.trust = trust
         self._resolver: DIDResolver = resolver or Resolver(HttpFetcher())
-        self._status_check = status_check or token_status_check(self._resolver, clock=clock)
+        self._status_check = status_check or default_status_check(self._resolver, clock=clock)
         self._nonces: NonceStore = nonces or MemoryNonceStore()
         self._clock = clock
         self._algs = frozenset(allowed_algs)
@@ -244,15 +234,15 @@ class Verifier:
 
         presented: list[PresentedCredential] = []
         errors: list[ErrorCode] = []
-        holder_keys: set[str] = set()
+        holders: set[str] = set()
         for query_id, token in items:
             cq = query.by_id(query_id) if (query and query_id) else None
-            cred, errs, holder_key = self._verify_one(token, req, cq, now)
-            presented.append(cred)
+            creds, errs, holder = self._verify_one(token, req, cq, now)
+            presented.extend(creds)
             errors.extend(errs)
-            if holder_key is not None:
-                holder_keys.add(holder_key.thumbprint())
-        if len(holder_keys) > 1:
+            if holder is not None:
+                holders.add(holder)
+        if len(holders) > 1:
             # Credentials of two different members glued into one answer.
             errors.append(ErrorCode.KEY_BINDING_INVALID)
         if query is not None:
@@ -275,8 +265,11 @@ class Verifier:
         )
 
     def _verify_one(
-        self, token: str, req: PresentationRequest, cq: CredentialQuery | None, now: datetime,
-    ) -> tuple[PresentedCredential, list[ErrorCode], PublicKey | None]:
+        self, token: Presentation, req: PresentationRequest, cq: CredentialQuery | None,
+        now: datetime,
+    ) -> tuple[list[PresentedCredential], list[ErrorCode], str | None]:
+        if isinstance(token, dict):
+            return self._verify_data_integrity(token, req, cq, now)
         vc = sd_jwt.verify(
             token,
             issuer_key=self._issuer_key,
@@ -309,12 +302,8 @@ class Verifier:
             self.trust.check(vc.issuer, ctype.name)
         except TesseraError as exc:
             errors.append(exc.code)
+        errors.extend(self._check_status(vc.payload.get("status"), vc.issuer, now))
         status = vc.payload.get("status")
-        if status is not None:
-            try:
-                self._status_check(status, issuer=vc.issuer, now=now)
-            except TesseraError as exc:
-                errors.append(exc.code)
         cred = PresentedCredential(
             query_id=cq.id if cq else None,
             format="dc+sd-jwt",
@@ -324,17 +313,86 @@ class Verifier:
             claims=claims,
             status=status if isinstance(status, dict) else None,
         )
-        return cred, errors, vc.holder_key
+        # Compared across credentials (and formats) as the DID of the holder key.
+        holder = holder_id(vc.holder_key, {}) if vc.holder_key is not None else None
+        return [cred], errors, holder
+
+    def _check_status(self, status: Any, issuer: str, now: datetime) -> list[ErrorCode]:
+        if status is None:
+            return []
+        try:
+            self._status_check(status, issuer=issuer, now=now)
+        except TesseraError as exc:
+            return [exc.code]
+        return []
+
+    def _verify_data_integrity(
+        self, vp: dict[str, Any], req: PresentationRequest, cq: CredentialQuery | None,
+        now: datetime,
+    ) -> tuple[list[PresentedCredential], list[ErrorCode], str | None]:
+        """A W3C VP with a Data Integrity holder proof (``ldp_vc``)."""
+        from tessera.formats import data_integrity
+
+        def key_lookup(vm: str, relationship: str) -> PublicKey:
+            return self._resolver.resolve(vm.split("#", 1)[0]).key(vm, relationship=relationship)
+
+        verified = data_integrity.verify_presentation(
+            vp, key_lookup=key_lookup, challenge=req.nonce, domain=req.audience, now=now,
+        )
+        holder = str(vp.get("holder"))
+        out: list[PresentedCredential] = []
+        errors: list[ErrorCode] = []
+        for vc in verified:
+            types = vc.get("type")
+            types = types if isinstance(types, list) else [types]
+            ctype = next((t for t in credentials.CREDENTIAL_TYPES if t.name in types), None)
+            if ctype is None:
+                raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "not a loyalty credential type")
+            issuer_field = vc.get("issuer")
+            issuer = str(issuer_field.get("id") if isinstance(issuer_field, dict) else issuer_field)
+            subject = vc.get("credentialSubject")
+            claims = {k: v for k, v in subject.items() if k != "id"} if isinstance(
+                subject, dict) else {}
+            if cq is not None:
+                view = {**vc, "credentialSubject": subject}
+                if not cq.matches_type(fmt="ldp_vc", vct=None, types=[str(t) for t in types]) \
+                        or cq.satisfied_option(view) is None:
+                    errors.append(ErrorCode.DISCLOSURE_MISMATCH)
+                else:
+                    asked = {str(c.path[1]) for c in cq.claims
+                             if len(c.path) > 1 and c.path[0] == "credentialSubject"}
+                    claims = {k: v for k, v in claims.items()
+                              if k in asked | ctype.always_visible}
+            try:
+                self.trust.check(issuer, ctype.name)
+            except TesseraError as exc:
+                errors.append(exc.code)
+            errors.extend(self._check_status(vc.get("credentialStatus"), issuer, now))
+            out.append(PresentedCredential(
+                query_id=cq.id if cq else None, format="ldp_vc", credential_type=ctype.name,
+                issuer=issuer, holder=holder, claims=claims,
+                status=vc.get("credentialStatus") if isinstance(
+                    vc.get("credentialStatus"), dict) else None,
+            ))
+        return out, errors, holder
+
+
+Presentation = str | dict[str, Any]
+
+
+def _is_di_presentation(value: Mapping[str, Any]) -> bool:
+    return "@context" in value or "proof" in value
 
 
 def _split_vp_token(
     vp_token: str | Mapping[str, Any], query: Query | None
-) -> list[tuple[str | None, str]]:
+) -> list[tuple[str | None, Presentation]]:
     """(DCQL id, presentation) pairs from the forms a vp_token takes.
 
     OpenID4VP 1.0 §8.1: a JSON object keyed by credential query id, each value
-    an array of presentations. A bare SD-JWT string is accepted for direct
-    SDK use when there is at most one credential query.
+    an array of presentations (SD-JWT strings, or VP objects for ``ldp_vc``).
+    A bare SD-JWT string or a bare VP object is accepted for direct SDK use
+    when there is at most one credential query.
     """
     if isinstance(vp_token, str):
         text = vp_token.strip()
@@ -343,51 +401,31 @@ def _split_vp_token(
             if not isinstance(parsed, dict):
                 raise TesseraError(ErrorCode.MALFORMED, "vp_token must be an object")
             return _split_vp_token(parsed, query)
-        if query is not None and len(query.credentials) != 1:
-            raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "query asks for several credentials")
-        return [(query.credentials[0].id if query else None, text)]
+        return [(_single_query_id(query), text)]
     if not isinstance(vp_token, Mapping) or not vp_token:
         raise TesseraError(ErrorCode.MALFORMED, "vp_token must be a string or an object")
-    out: list[tuple[str | None, str]] = []
+    if _is_di_presentation(vp_token):
+        return [(_single_query_id(query), dict(vp_token))]
+    out: list[tuple[str | None, Presentation]] = []
     for key, value in vp_token.items():
         values = value if isinstance(value, list) else [value]
         if not values or len(values) > 8:
             raise TesseraError(ErrorCode.MALFORMED, "vp_token entries must be 1..8 presentations")
         for item in values:
-            if not isinstance(item, str):
-                raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "presentation is not a string")
-            out.append((str(key), item))
+            if isinstance(item, dict) and _is_di_presentation(item):
+                out.append((str(key), item))
+            elif isinstance(item, str):
+                out.append((str(key), item))
+            else:
+                raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "unknown presentation form")
     if len(out) > 16:
         raise TesseraError(ErrorCode.TOO_LARGE, "too many presentations")
     return out
 
 
-def token_status_check(
-    resolver: DIDResolver, fetcher: Fetcher | None = None, *, max_age: timedelta = timedelta(
-        minutes=5), clock: Clock = _utcnow,
-) -> StatusCheck:
-    """IETF Token Status List checking with a cache (``max_age``) and DID-resolved keys.
-
-    The list must be signed by a key of the credential's own issuer: a list
-    signed by anyone else says nothing about the credential.
-    """
-    lookup = issuer_key_lookup(resolver)
-
-    def key_for(header: dict[str, Any], payload: dict[str, Any]) -> PublicKey:
-        kid = header.get("kid")
-        signer_did = str(payload.get("iss") or (kid.split("#", 1)[0] if isinstance(kid, str)
-                                                else ""))
-        return lookup(signer_did, header)
-
-    checker = StatusChecker(fetcher or HttpFetcher(), key_for, clock=clock, max_age=max_age)
-
-    def check(status: Mapping[str, Any], *, issuer: str, now: datetime) -> None:
-        ref = parse_status_claim(dict(status))
-        token = checker.token(ref.uri, now=now)
-        kid = token.header.get("kid")
-        signer_did = token.issuer or (kid.split("#", 1)[0] if isinstance(kid, str) else None)
-        if signer_did != issuer:
-            raise TesseraError(ErrorCode.STATUS_UNAVAILABLE, "status list not signed by issuer")
-        check_token_status(dict(status), checker, now=now)
-
-    return check
+def _single_query_id(query: Query | None) -> str | None:
+    if query is None:
+        return None
+    if len(query.credentials) != 1:
+        raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "query asks for several credentials")
+    return query.credentials[0].id
