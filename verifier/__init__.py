@@ -7,8 +7,9 @@
 >>> result.ok, result.claims, result.errors
 
 OpenID4VP 1.0 (DCQL, direct_post, signed request objects):
-:class:`OpenID4VPVerifier`. Low-level, per format: :func:`verifier.sd_jwt.verify`. Testing helpers for
-your own unit tests: :mod:`verifier.testing`. Error codes: :mod:`verifier.errors`.
+:class:`OpenID4VPVerifier`. Low-level, per format: :func:`verifier.sd_jwt.verify`.
+Testing helpers for your own unit tests: :mod:`verifier.testing`.
+Error codes: :mod:`verifier.errors`.
 """
 
 from __future__ import annotations
@@ -44,5 +45,9 @@ __all__ = [
     "TrustedIssuer",
     "VerificationResult",
     "Verifier",
+    "decode_transaction_data",
     "default_status_check",
+    "encode_transaction_data",
+    "parse_direct_post",
+    "split_client_id",
 ]
