@@ -154,7 +154,8 @@ class Verifier:
         self.trust = trust
         self._resolver: DIDResolver = resolver or Resolver(HttpFetcher())
         self._status_check = status_check or default_status_check(self._resolver, clock=clock)
-        self._nonces: NonceStore = nonces or MemoryNonceStore()
+        # "is not None": an empty MemoryNonceStore has len() == 0, so it is falsy.
+        self._nonces: NonceStore = nonces if nonces is not None else MemoryNonceStore()
         self._clock = clock
         self._algs = frozenset(allowed_algs)
         self._ttl = request_ttl
