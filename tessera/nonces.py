@@ -473,18 +473,18 @@ class RedisNonceStore:
     """
 
     def __init__(
-        self, url_or_client: str | redis.Redis[Any], prefix: str = "tessera:nonce:"
+        self, url_or_client: str | redis.Redis, prefix: str = "tessera:nonce:"
     ) -> None:
         import redis as redis_lib
 
         if isinstance(url_or_client, str):
-            self._client: redis.Redis[Any] = redis_lib.Redis.from_url(url_or_client)
+            self._client: redis.Redis = redis_lib.Redis.from_url(url_or_client)
         else:
             self._client = url_or_client
         self._prefix = prefix
 
     @property
-    def client(self) -> redis.Redis[Any]:
+    def client(self) -> redis.Redis:
         return self._client
 
     def _key(self, value: str) -> str:
