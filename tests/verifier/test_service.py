@@ -1,0 +1,422 @@
+"""The verifier service over HTTP: a spec-only wallet and Tessera's wallet at the checkout."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from jwcrypto import jwk, jws
+from sd_jwt.holder import SDJWTHolder
+
+from tessera.did import Resolver, did_jwk
+from tessera.keys import generate_signer, signer_from_jwk
+from verifier._service import ServiceSettings, create_app
+from verifier.testing import TestHolder, TestIssuer
+
+BASE = "https://till.test"
+
+
+# -- a wallet written from the OpenID4VP 1.0 text alone (jwcrypto, httpx, sd-jwt) ----------
+
+
+class SpecWallet:
+    """Nothing from holder/ or tessera/: what any conformant wallet would do."""
+
+    def __init__(self, key: jwk.JWK, credential: str) -> None:
+        self.key = key
+        self.credential = credential
+
+    def fetch(self, uri: str, http: httpx.Client) -> tuple[str, dict[str, Any]]:
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query))
+        client_id, request_uri = query["client_id"], query["request_uri"]
+        answer = http.get(request_uri)
+        answer.raise_for_status()
+        assert answer.headers["content-type"].startswith("application/oauth-authz-req+jwt")
+        token = jws.JWS()
+        token.deserialize(answer.text)
+        header = token.jose_header
+        assert header["typ"] == "oauth-authz-req+jwt"  # RFC 9101 §10.8
+        prefix, _, did = client_id.partition(":")
+        assert prefix == "decentralized_identifier" and did.startswith("did:jwk:")
+        assert header["kid"].split("#")[0] == did  # §5.9.3: a key of the client's DID
+        encoded = did[len("did:jwk:"):]
+        verifier_key = jwk.JWK(**json.loads(base64.urlsafe_b64decode(encoded + "==")))
+        token.verify(verifier_key, alg=header["alg"])
+        request = json.loads(token.payload)
+        assert request["client_id"] == client_id and request["response_type"] == "vp_token"
+        assert request["response_mode"] == "direct_post"
+        return client_id, request
+
+    def present(self, client_id: str, request: dict[str, Any],
+                names: list[str] | None = None, nonce: str | None = None) -> dict[str, Any]:
+        query = request["dcql_query"]["credentials"][0]
+        chosen = names if names is not None else [c["path"][0] for c in query["claims"]]
+        holder = SDJWTHolder(self.credential)
+        holder.create_presentation({n: True for n in chosen}, nonce=nonce or request["nonce"],
+                                   aud=client_id, holder_key=self.key, sign_alg="ES256")
+        return {query["id"]: [holder.sd_jwt_presentation]}
+
+    def post(self, http: httpx.Client, request: dict[str, Any], form: dict[str, str],
+             ) -> httpx.Response:
+        return http.post(request["response_uri"], data=form)
+
+    def answer(self, uri: str, http: httpx.Client, **kw: Any) -> httpx.Response:
+        client_id, request = self.fetch(uri, http)
+        token = self.present(client_id, request, **kw)
+        return self.post(http, request, {"vp_token": json.dumps(token),
+                                         "state": request["state"]})
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def brand() -> TestIssuer:
+    return TestIssuer()
+
+
+@pytest.fixture
+def member_key() -> jwk.JWK:
+    return jwk.JWK.generate(kty="EC", crv="P-256")
+
+
+@pytest.fixture
+def member(member_key: jwk.JWK) -> TestHolder:
+    return TestHolder(signer_from_jwk(json.loads(member_key.export_private())))
+
+
+def _settings(brand: TestIssuer, store_url: str, **kw: Any) -> ServiceSettings:
+    signer = generate_signer("ES256")
+    signer = signer.with_key_id(did_jwk(signer.public_key) + "#0")
+    return ServiceSettings(
+        base_url=BASE, trust=brand.trust_list(), signer=kw.pop("signer", signer),
+        client_name="Corner Shop", contacts=("help@corner.test",), store_url=store_url,
+        resolver=Resolver(documents={brand.did: brand.did_document}), **kw,
+    )
+
+
+@pytest.fixture
+def client(brand: TestIssuer, tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(_settings(brand, f"sqlite:///{tmp_path / 'verifier.db'}"))
+    with TestClient(app, base_url=BASE) as c:
+        yield c
+
+
+def _start(client: TestClient, policy: str = "gold-10") -> dict[str, Any]:
+    r = client.post("/requests", json={"policy": policy})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _result(client: TestClient, created: dict[str, Any]) -> dict[str, Any]:
+    return dict(client.get(created["result"]).json())
+
+
+# -- complete checkouts ------------------------------------------------------------------------
+
+
+def test_spec_wallet_completes_a_checkout(client: TestClient, brand: TestIssuer,
+                                          member: TestHolder, member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member, tier="platinum"))
+    created = _start(client)
+    assert created["deep_link"].startswith("openid4vp://?client_id=decentralized_identifier")
+    assert _result(client, created)["status"] == "pending"
+    answer = wallet.answer(created["deep_link"], client)
+    assert answer.status_code == 200, answer.text
+    view = _result(client, created)
+    assert view["status"] == "done" and view["result"]["ok"] is True
+    assert view["result"]["claims"]["tier_at_least_gold"] is True
+    assert set(view["result"]["claims"]) <= {"tier_at_least_gold", "program"}
+    assert view["result"]["issuer"] == brand.did
+
+
+def test_tessera_wallet_completes_a_checkout(client: TestClient, brand: TestIssuer,
+                                             tmp_path: Path) -> None:
+    from holder import Wallet
+    from holder._openid4vp import parse_request, respond
+
+    wallet = Wallet.create(tmp_path / "m.wallet", "passphrase-1",
+                           resolver=Resolver(documents={brand.did: brand.did_document}))
+    wallet.receive(brand.issue_points(TestHolder(wallet.signer), balance=4200))
+    created = _start(client, "points-1000")
+    request = parse_request(created["deep_link"], http=client)
+    assert request.verifier_name == "Corner Shop" and request.contacts == ("help@corner.test",)
+    respond(wallet, request, consent=lambda c: True, http=client)
+    result = _result(client, created)["result"]
+    assert result["ok"] and result["claims"]["points_at_least_1000"] is True
+    assert "points_balance" not in result["claims"]
+
+
+def test_redirect_uri_prefix_service(brand: TestIssuer, tmp_path: Path) -> None:
+    from holder import Wallet
+    from holder._openid4vp import parse_request, respond
+
+    app = create_app(_settings(brand, "memory://", client_id_prefix="redirect_uri"))
+    wallet = Wallet.create(tmp_path / "m.wallet", "passphrase-1",
+                           resolver=Resolver(documents={brand.did: brand.did_document}))
+    wallet.receive(brand.issue_membership(TestHolder(wallet.signer), tier="gold"))
+    with TestClient(app, base_url=BASE) as client:
+        created = _start(client)
+        assert created["request_uri"] is None and "dcql_query=" in created["deep_link"]
+        request = parse_request(created["deep_link"])
+        assert request.client_id == f"redirect_uri:{BASE}/response" and not request.signed
+        respond(wallet, request, consent=lambda c: True, http=client)
+        assert _result(client, created)["result"]["ok"] is True
+
+
+def test_events_stream_flips_to_the_result(client: TestClient, brand: TestIssuer,
+                                           member: TestHolder, member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    created = _start(client)
+    seen: list[dict[str, Any]] = []
+    with client.stream("GET", created["events"]) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        answered = False
+        for line in stream.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            seen.append(json.loads(line[len("data: "):]))
+            if not answered:
+                answered = True
+                worker = threading.Thread(target=wallet.answer,
+                                          args=(created["deep_link"], client))
+                worker.start()
+        worker.join()
+    statuses = [s["status"] for s in seen]
+    assert statuses[0] == "pending" and statuses[-1] == "done"
+    assert seen[-1]["result"]["ok"] is True
+
+
+# -- every bad path has a clear outcome -----------------------------------------------------------
+
+
+def test_request_uri_fetched_twice(client: TestClient, brand: TestIssuer,
+                                   member: TestHolder, member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    created = _start(client)
+    client_id, request = wallet.fetch(created["deep_link"], client)
+    second = client.get(f"/requests/{created['id']}/object")
+    assert second.status_code == 409
+    assert second.headers["content-type"] == "application/problem+json"
+    assert second.json()["code"] == "replayed"
+    view = _result(client, created)
+    assert view["status"] == "done" and view["result"]["errors"] == ["replayed"]
+    assert "second device" in view["result"]["reason"]
+    # The first device's answer no longer counts.
+    token = wallet.present(client_id, request)
+    late = wallet.post(client, request, {"vp_token": json.dumps(token),
+                                         "state": request["state"]})
+    assert late.status_code == 409 and late.json()["code"] == "replayed"
+
+
+def test_tampered_request_object_is_refused_by_the_wallet(client: TestClient) -> None:
+    from holder._openid4vp import parse_request
+    from tessera.errors import ErrorCode, TesseraError
+
+    created = _start(client)
+    token = client.get(f"/requests/{created['id']}/object").text
+    head, body, sig = token.split(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=="))
+    payload["response_uri"] = "https://attacker.test/collect"
+    forged = ".".join([head, base64.urlsafe_b64encode(json.dumps(payload).encode())
+                       .rstrip(b"=").decode(), sig])
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(created["deep_link"]).query))
+    with pytest.raises(TesseraError) as err:
+        parse_request("openid4vp://?" + urllib.parse.urlencode(
+            {"client_id": query["client_id"], "request": forged}))
+    assert err.value.code == ErrorCode.INVALID_SIGNATURE
+    with pytest.raises(jws.InvalidJWSSignature):  # the spec wallet refuses it as well
+        check = jws.JWS()
+        check.deserialize(forged)
+        did = query["client_id"].split(":", 1)[1]
+        check.verify(jwk.JWK(**json.loads(base64.urlsafe_b64decode(did[8:] + "=="))))
+    assert _result(client, created)["status"] == "fetched"
+
+
+def test_answer_with_another_requests_nonce(client: TestClient, brand: TestIssuer,
+                                            member: TestHolder, member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    first, second = _start(client), _start(client)
+    _, req_a = wallet.fetch(first["deep_link"], client)
+    client_id, req_b = wallet.fetch(second["deep_link"], client)
+    token = wallet.present(client_id, req_b, nonce=req_a["nonce"])
+    r = wallet.post(client, req_b, {"vp_token": json.dumps(token), "state": req_b["state"]})
+    assert r.status_code == 400 and r.json()["code"] == "nonce_mismatch"
+    view = _result(client, second)
+    assert view["result"]["ok"] is False and view["result"]["errors"] == ["nonce_mismatch"]
+    assert "another request" in view["result"]["reason"]
+    assert _result(client, first)["status"] == "fetched"
+
+
+def test_replayed_response(client: TestClient, brand: TestIssuer, member: TestHolder,
+                           member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    created = _start(client)
+    client_id, request = wallet.fetch(created["deep_link"], client)
+    form = {"vp_token": json.dumps(wallet.present(client_id, request)),
+            "state": request["state"]}
+    assert wallet.post(client, request, form).status_code == 200
+    again = wallet.post(client, request, form)
+    assert again.status_code == 409 and again.json()["code"] == "replayed"
+    assert _result(client, created)["result"]["ok"] is True  # the first answer stands
+
+
+def test_claims_not_asked_for(client: TestClient, brand: TestIssuer, member: TestHolder,
+                              member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member, name="Alice"))
+    created = _start(client)
+    r = wallet.answer(created["deep_link"], client, names=["tier_at_least_gold", "name"])
+    assert r.status_code == 400 and r.json()["code"] == "disclosure_mismatch"
+    result = _result(client, created)["result"]
+    assert result["ok"] is False and result["claims"] == {}
+    assert "not asked for" in result["reason"]
+
+
+def test_missing_required_claim(client: TestClient, brand: TestIssuer, member: TestHolder,
+                                member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    created = _start(client)
+    r = wallet.answer(created["deep_link"], client, names=["membership_number"])
+    assert r.status_code == 400 and r.json()["code"] == "disclosure_mismatch"
+    assert _result(client, created)["result"]["errors"] == ["disclosure_mismatch"]
+
+
+def test_wallet_declines(client: TestClient, brand: TestIssuer, tmp_path: Path) -> None:
+    from holder import Wallet
+    from holder._openid4vp import parse_request, respond
+    from tessera.errors import ErrorCode, TesseraError
+
+    wallet = Wallet.create(tmp_path / "m.wallet", "passphrase-1",
+                           resolver=Resolver(documents={brand.did: brand.did_document}))
+    wallet.receive(brand.issue_membership(TestHolder(wallet.signer)))
+    created = _start(client)
+    request = parse_request(created["deep_link"], http=client)
+    with pytest.raises(TesseraError) as err:
+        respond(wallet, request, consent=lambda c: False, http=client)
+    assert err.value.code == ErrorCode.CONSENT_DENIED
+    result = _result(client, created)["result"]
+    assert result["errors"] == ["consent_denied"] and result["reason"] == \
+        "The member declined to share."
+
+
+def test_untrusted_issuer(client: TestClient, member: TestHolder, member_key: jwk.JWK) -> None:
+    rogue = TestIssuer("did:web:rogue.test", signer=generate_signer("ES256"))
+    wallet = SpecWallet(member_key, rogue.issue_membership(member))
+    created = _start(client)
+    r = wallet.answer(created["deep_link"], client)
+    assert r.status_code == 400  # the rogue DID cannot even be resolved offline
+    assert _result(client, created)["result"]["ok"] is False
+
+
+# -- HTTP surface -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), [
+    ("get", "/requests/nope/result", {}, 404, "not_found"),
+    ("get", "/requests/nope/object", {}, 404, "not_found"),
+    ("get", "/requests/nope/qr.png", {}, 404, "not_found"),
+    ("post", "/requests", {"json": {"policy": "free-lunch"}}, 404, "not_found"),
+    ("post", "/requests", {"json": {}}, 422, "invalid_request"),
+    ("post", "/requests", {"json": {"dcql": {"credentials": []}}}, 400, "malformed"),
+    ("post", "/requests", {"json": {"policy": "gold-10", "dcql": {}}}, 422, "invalid_request"),
+    ("post", "/response", {"data": {"state": "unknown", "vp_token": "{}"}}, 400, "malformed"),
+    ("post", "/response", {"data": {"state": "unknown", "vp_token": '{"a":["x"]}'}}, 404,
+     "not_found"),
+    ("post", "/response", {"json": {"state": "x"}}, 415, "unsupported_format"),
+    ("post", "/response", {"data": {"vp_token": '{"a":["x"]}'}}, 422, "invalid_request"),
+    ("get", "/no/such/path", {}, 404, "not_found"),
+])
+def test_errors_are_problem_documents(client: TestClient, method: str, path: str,
+                                      kwargs: dict[str, Any], status: int, code: str) -> None:
+    r = getattr(client, method)(path, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == code and r.json()["status"] == status
+
+
+def test_qr_code_and_page(client: TestClient) -> None:
+    created = _start(client)
+    png = client.get(created["qr"])
+    assert png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG\r\n\x1a\n") and len(png.content) > 500
+    page = client.get("/")
+    assert page.status_code == 200 and "textContent" in page.text
+    assert "Content-Security-Policy" in page.headers
+    assert [p["id"] for p in client.get("/policies").json()] == ["gold-10", "points-1000"]
+
+
+def test_custom_dcql_request(client: TestClient) -> None:
+    dcql = {"credentials": [{"id": "m", "format": "dc+sd-jwt",
+                             "claims": [{"path": ["tier"]}]}]}
+    r = client.post("/requests", json={"dcql": dcql, "purpose": "check tier"})
+    assert r.status_code == 201 and r.json()["purpose"] == "check tier"
+
+
+def test_sdk_import_does_not_load_fastapi() -> None:
+    code = ("import sys, verifier; import verifier._openid4vp; "
+            "assert 'fastapi' not in sys.modules and 'starlette' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603 - our own code
+
+
+# -- shared state across instances ---------------------------------------------------------------
+
+
+def _two_instances(brand: TestIssuer, store_url: str, member: TestHolder,
+                   member_key: jwk.JWK, **store: Any) -> None:
+    """A request made on one instance, answered on a second, read back on the first."""
+    signer = generate_signer("ES256")
+    signer = signer.with_key_id(did_jwk(signer.public_key) + "#0")
+    a = create_app(_settings(brand, store_url, signer=signer, **store))
+    b = create_app(_settings(brand, store_url, signer=signer, **store))
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    with TestClient(a, base_url=BASE) as ca, TestClient(b, base_url=BASE) as cb:
+        created = _start(ca)
+        client_id, request = wallet.fetch(created["deep_link"], cb)
+        assert cb.get(f"/requests/{created['id']}/object").status_code == 409
+        # The second fetch cancelled the checkout everywhere.
+        assert _result(ca, created)["result"]["errors"] == ["replayed"]
+        created = _start(ca)
+        r = wallet.answer(created["deep_link"], cb)
+        assert r.status_code == 200, r.text
+        assert _result(ca, created)["result"]["ok"] is True
+        form = {"vp_token": json.dumps(wallet.present(client_id, request)),
+                "state": request["state"]}
+        assert wallet.post(ca, request, form).status_code == 409
+
+
+def test_sqlite_store_shared_by_two_instances(brand: TestIssuer, member: TestHolder,
+                                              member_key: jwk.JWK, tmp_path: Path) -> None:
+    _two_instances(brand, f"sqlite:///{tmp_path / 'shared.db'}", member, member_key)
+
+
+def test_redis_store_shared_by_two_instances(brand: TestIssuer, member: TestHolder,
+                                             member_key: jwk.JWK, redis_url: str) -> None:
+    _two_instances(brand, redis_url, member, member_key,
+                   redis_prefix=f"tessera:test:{secrets.token_hex(4)}:")
+
+
+def test_postgres_store_shared_by_two_instances(brand: TestIssuer, member: TestHolder,
+                                                member_key: jwk.JWK, postgres_url: str) -> None:
+    import sqlalchemy as sa
+
+    suffix = secrets.token_hex(4)
+    tables = {"nonce_table": f"t_vn_{suffix}", "session_table": f"t_vs_{suffix}"}
+    try:
+        _two_instances(brand, postgres_url, member, member_key, **tables)
+    finally:
+        engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.begin() as conn:
+            for name in tables.values():
+                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
+        engine.dispose()

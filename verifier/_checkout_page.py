@@ -1,0 +1,150 @@
+"""The till's checkout page: plain HTML and a little JavaScript, no build step.
+
+Everything that comes from a wallet (claim names and values) is inserted with
+``textContent``, never as HTML, so a hostile credential cannot script the till.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+CHECKOUT_HTML: Final = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Checkout - member benefits</title>
+<style>
+  body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 46rem; color: #1d2330; }
+  h1 { font-size: 1.5rem; }
+  .policies button { font-size: 1rem; margin: 0 .5rem .5rem 0; padding: .6rem 1rem;
+                     border-radius: .4rem; border: 1px solid #345; background: #f4f7fb;
+                     cursor: pointer; }
+  #request, #result { margin-top: 1.5rem; padding: 1rem; border-radius: .5rem;
+                      border: 1px solid #ccd; }
+  #qr { width: 16rem; height: 16rem; image-rendering: pixelated; }
+  #deep-link { word-break: break-all; font-size: .8rem; }
+  #result.ok { background: #e8f7ec; border-color: #3a8a52; }
+  #result.refused { background: #fcebea; border-color: #b4443a; }
+  table { border-collapse: collapse; margin-top: .5rem; }
+  td, th { border: 1px solid #ccd; padding: .25rem .6rem; text-align: left; }
+  [hidden] { display: none !important; }
+</style>
+</head>
+<body>
+<h1>Member benefits at checkout</h1>
+<p>Pick what to ask the member's wallet for. Only the answer to that question is shared.</p>
+<div class="policies" id="policies"></div>
+
+<section id="request" hidden>
+  <h2 id="request-label"></h2>
+  <p id="request-purpose"></p>
+  <img id="qr" alt="QR code with the request for the member's wallet">
+  <p>Or open on this device: <a id="deep-link" href="#"></a></p>
+  <p>Status: <strong id="status">waiting for the wallet</strong></p>
+</section>
+
+<section id="result" hidden>
+  <h2 id="result-title"></h2>
+  <p id="reason"></p>
+  <table id="claims" hidden><thead><tr><th>claim</th><th>value</th></tr></thead>
+  <tbody></tbody></table>
+  <p id="issuer"></p>
+  <p><button id="again" type="button">New checkout</button></p>
+</section>
+
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+const STATUS_TEXT = {pending: "waiting for the wallet", fetched: "the wallet opened the request",
+                     done: "answered"};
+
+function show(value) {
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
+}
+
+function render(view) {
+  $("status").textContent = STATUS_TEXT[view.status] || view.status;
+  if (view.status !== "done" || !view.result) return;
+  const res = view.result;
+  const box = $("result");
+  box.hidden = false;
+  box.className = res.ok ? "ok" : "refused";
+  box.dataset.outcome = res.ok ? "approved" : "refused";
+  $("result-title").textContent = res.ok ? "Approved: " + view.label : "Refused";
+  $("reason").textContent = res.ok ? "" : (res.reason || res.errors.join(", "));
+  const body = $("claims").querySelector("tbody");
+  body.replaceChildren();
+  const names = Object.keys(res.claims || {});
+  for (const name of names) {
+    const row = document.createElement("tr");
+    const k = document.createElement("td");
+    const v = document.createElement("td");
+    k.textContent = name;
+    v.textContent = show(res.claims[name]);
+    row.append(k, v);
+    body.append(row);
+  }
+  $("claims").hidden = names.length === 0;
+  $("issuer").textContent = res.ok && res.issuer ? "Issued by " + res.issuer : "";
+}
+
+async function poll(req) {
+  for (;;) {
+    const r = await fetch(req.result, {cache: "no-store"});
+    if (!r.ok) { $("status").textContent = "request expired"; return; }
+    const view = await r.json();
+    render(view);
+    if (view.status === "done") return;
+    await new Promise((ok) => setTimeout(ok, 1000));
+  }
+}
+
+function listen(req) {
+  if (!window.EventSource) { poll(req); return; }
+  const es = new EventSource(req.events);
+  let finished = false;
+  es.addEventListener("status", (e) => {
+    const view = JSON.parse(e.data);
+    render(view);
+    if (view.status === "done") { finished = true; es.close(); }
+  });
+  es.onerror = () => { es.close(); if (!finished) poll(req); };
+}
+
+async function start(policy) {
+  $("result").hidden = true;
+  const r = await fetch("/requests", {method: "POST",
+    headers: {"content-type": "application/json"}, body: JSON.stringify({policy})});
+  const req = await r.json();
+  if (!r.ok) { alert(req.detail || "cannot create the request"); return; }
+  $("request").hidden = false;
+  $("request").dataset.requestId = req.id;
+  $("request-label").textContent = req.label;
+  $("request-purpose").textContent = req.purpose;
+  $("qr").src = req.qr;
+  $("deep-link").href = req.deep_link;
+  $("deep-link").textContent = req.deep_link;
+  $("status").textContent = STATUS_TEXT.pending;
+  listen(req);
+}
+
+async function init() {
+  const r = await fetch("/policies");
+  for (const p of await r.json()) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.policy = p.id;
+    b.textContent = p.label;
+    b.addEventListener("click", () => start(p.id));
+    $("policies").append(b);
+  }
+  $("again").addEventListener("click", () => {
+    $("result").hidden = true; $("request").hidden = true;
+  });
+}
+init();
+</script>
+</body>
+</html>
+"""

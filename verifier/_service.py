@@ -1,0 +1,414 @@
+"""The verifier service: OpenID4VP requests, direct_post responses, results for the till.
+
+Imported only by ``tessera verifier serve`` and tests: ``import verifier``
+never loads FastAPI. Routes:
+
+* ``GET /``: the checkout page; ``GET /policies``: what the cashier can ask;
+* ``POST /requests``: a policy (or a DCQL query) -> request id, request URI,
+  deep link, QR code (``/requests/{id}/qr.png``);
+* ``GET /requests/{id}/object``: the ``request_uri`` endpoint. It answers
+  once: a second fetch means a second device read the QR code, so the
+  checkout is cancelled rather than raced;
+* ``POST /response``: the ``direct_post`` response endpoint (§8.2);
+* ``GET /requests/{id}/result`` (polling) and ``/requests/{id}/events`` (SSE).
+
+State lives in a session store and in the nonce store (single-use steps),
+both selected by one URL: SQLite by default, PostgreSQL, or Redis for many
+instances. Every error is an RFC 9457 problem document from one handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tessera.credentials import MEMBERSHIP, POINTS
+from tessera.dcql import claims_query
+from tessera.did import did_jwk, did_key
+from tessera.errors import ErrorCode, TesseraError
+from tessera.nonces import nonce_store_from_url
+from tessera.typing import DIDResolver, Signer
+from verifier._checkout_page import CHECKOUT_HTML
+from verifier._openid4vp import (
+    PREFIX_DID,
+    PREFIX_REDIRECT_URI,
+    AuthorizationRequest,
+    OpenID4VPVerifier,
+    parse_direct_post,
+)
+from verifier._sdk import VerificationResult, Verifier
+from verifier._sessions import SessionStore, session_store_from_url
+from verifier._status import StatusCheck
+from verifier._trust import TrustList
+from verifier.errors import DESCRIPTIONS
+
+__all__ = ["DEFAULT_POLICIES", "Policy", "ServiceSettings", "create_app", "verifier_did"]
+
+_log = logging.getLogger("tessera.verifier")
+
+HTTP_STATUS: Final[dict[ErrorCode, int]] = {
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_FORMAT: 415,
+    ErrorCode.SCHEMA_INVALID: 422,
+    ErrorCode.UNTRUSTED_ISSUER: 403,
+    ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED: 403,
+    ErrorCode.STATUS_UNAVAILABLE: 503,
+    ErrorCode.REPLAYED: 409,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.CONSENT_DENIED: 403,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+PROBLEM_TYPE_BASE: Final = "tag:tessera.dev,2026:error:"
+REASONS: Final[dict[str, str]] = {
+    **{code.value: text for code, text in DESCRIPTIONS.items()},
+    ErrorCode.CONSENT_DENIED.value: "The member declined to share.",
+    ErrorCode.INVALID_REQUEST.value: "The wallet's answer does not fit the request.",
+    ErrorCode.REPLAYED.value: "This answer was already used, or the request was opened on a "
+    "second device. Start a new checkout.",
+    ErrorCode.DISCLOSURE_MISMATCH.value: "The answer does not match what was asked: a required "
+    "claim is missing, or claims that were not asked for were sent.",
+    ErrorCode.EXPIRED.value: "The request or the credential has expired.",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Something a cashier can ask for: a DCQL query and why."""
+
+    id: str
+    label: str
+    purpose: str
+    dcql: dict[str, Any]
+
+
+DEFAULT_POLICIES: Final[tuple[Policy, ...]] = (
+    Policy("gold-10", "Gold or better gets 10% off",
+           "Apply the 10% discount for Gold members or better",
+           {"credentials": [claims_query("membership", MEMBERSHIP.vct, ["tier_at_least_gold"],
+                                         require_true=True)]}),
+    Policy("points-1000", "Points: at least 1000",
+           "Check that at least 1000 points can be redeemed",
+           {"credentials": [claims_query("points", POINTS.vct, ["points_at_least_1000"],
+                                         require_true=True)]}),
+)
+
+
+def verifier_did(signer: Signer, method: str = "jwk") -> str:
+    return did_jwk(signer.public_key) if method == "jwk" else did_key(signer.public_key)
+
+
+@dataclass
+class ServiceSettings:
+    """``signer`` is the verifier's key; its ``key_id`` must be a DID URL of its DID
+    (see :func:`verifier_did`). ``store_url`` serves both the nonce and session stores."""
+
+    base_url: str
+    trust: TrustList
+    signer: Signer | None = None
+    client_id_prefix: str = PREFIX_DID
+    client_name: str = "Partner checkout"
+    contacts: tuple[str, ...] = ()
+    store_url: str = "sqlite:///tessera-verifier.db"
+    request_ttl_seconds: int = 300
+    result_ttl_seconds: int = 900
+    policies: tuple[Policy, ...] = DEFAULT_POLICIES
+    resolver: DIDResolver | None = None
+    status_check: StatusCheck | None = None
+    sse_interval_seconds: float = 0.25
+    # Where shared state lives inside the store (SQL tables, Redis key prefix).
+    nonce_table: str = "tessera_verifier_nonce"
+    session_table: str = "tessera_verifier_session"
+    redis_prefix: str = "tessera:verifier:"
+
+
+class CreateRequest(BaseModel):
+    policy: str | None = Field(default=None, max_length=64)
+    dcql: dict[str, Any] | None = None
+    purpose: str = Field(default="", max_length=500)
+    transaction_data: list[str] | None = Field(default=None, max_length=8)
+
+
+def problem_response(error: TesseraError, *, status: int | None = None,
+                     extra: dict[str, Any] | None = None) -> JSONResponse:
+    status = status or HTTP_STATUS.get(error.code, 400)
+    body = {
+        "type": PROBLEM_TYPE_BASE + error.code.value,
+        "title": error.code.value.replace("_", " "),
+        "status": status,
+        "detail": error.detail,
+        "code": error.code.value,
+        **(extra or {}),
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """The one handler: every failure becomes a TesseraError, then a problem document."""
+    if isinstance(exc, TesseraError):
+        return problem_response(exc)
+    if isinstance(exc, RequestValidationError):
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )[:1000]
+        return problem_response(TesseraError(ErrorCode.INVALID_REQUEST, detail))
+    if isinstance(exc, StarletteHTTPException):
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_REQUEST,
+                413: ErrorCode.TOO_LARGE}.get(exc.status_code, ErrorCode.INVALID_REQUEST)
+        return problem_response(TesseraError(code, str(exc.detail)), status=exc.status_code)
+    _log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"))
+
+
+class CheckoutService:
+    """The state machine behind the routes; usable without HTTP in tests."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        base = settings.base_url.rstrip("/")
+        self.base_url = base
+        self.nonces = nonce_store_from_url(
+            settings.store_url, table_name=settings.nonce_table,
+            redis_prefix=settings.redis_prefix + "nonce:",
+        )
+        self.sessions: SessionStore = session_store_from_url(
+            settings.store_url, table_name=settings.session_table,
+            redis_prefix=settings.redis_prefix + "session:",
+        )
+        self.verifier = Verifier(
+            trust=settings.trust, resolver=settings.resolver, status_check=settings.status_check,
+            nonces=self.nonces, request_ttl=timedelta(seconds=settings.request_ttl_seconds),
+        )
+        response_uri = f"{base}/response"
+        if settings.client_id_prefix == PREFIX_DID:
+            if settings.signer is None or not settings.signer.key_id:
+                raise TesseraError(ErrorCode.INVALID_REQUEST,
+                                   "a decentralized_identifier verifier needs a signer with a kid")
+            client_id = f"{PREFIX_DID}:{settings.signer.key_id.split('#', 1)[0]}"
+        elif settings.client_id_prefix == PREFIX_REDIRECT_URI:
+            client_id = f"{PREFIX_REDIRECT_URI}:{response_uri}"
+        else:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "unsupported client_id prefix")
+        self.oid4vp = OpenID4VPVerifier(
+            self.verifier, client_id=client_id, response_uri=response_uri,
+            signer=settings.signer, client_name=settings.client_name,
+            contacts=settings.contacts,
+        )
+        self.policies = {p.id: p for p in settings.policies}
+
+    # -- sessions ---------------------------------------------------------------
+    def _save(self, session: dict[str, Any]) -> None:
+        session["version"] = int(session.get("version", 0)) + 1
+        ttl = max(self.settings.request_ttl_seconds, self.settings.result_ttl_seconds)
+        self.sessions.put(f"session:{session['id']}", session, ttl_seconds=ttl)
+
+    def session(self, request_id: str) -> dict[str, Any]:
+        found = self.sessions.get(f"session:{request_id}") if len(request_id) <= 64 else None
+        if found is None:
+            raise TesseraError(ErrorCode.NOT_FOUND, "no such checkout request (or it expired)")
+        return found
+
+    @staticmethod
+    def public_view(session: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: session.get(k) for k in ("id", "status", "policy", "label", "purpose",
+                                            "result", "version", "expires_at")}
+
+    # -- steps --------------------------------------------------------------------
+    def create(self, body: CreateRequest) -> dict[str, Any]:
+        if (body.policy is None) == (body.dcql is None):
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "give exactly one of policy or dcql")
+        if body.policy is not None:
+            policy = self.policies.get(body.policy)
+            if policy is None:
+                raise TesseraError(ErrorCode.NOT_FOUND, f"no policy {body.policy!r}")
+            dcql, purpose, label = policy.dcql, body.purpose or policy.purpose, policy.label
+        else:
+            assert body.dcql is not None
+            dcql, purpose, label = body.dcql, body.purpose, "Custom request"
+        request = self.oid4vp.create_request(
+            dcql, transaction_data=body.transaction_data, purpose=purpose,
+        )
+        request_id = secrets.token_urlsafe(16)
+        ttl = self.settings.request_ttl_seconds
+        if self.oid4vp.prefix == PREFIX_DID:
+            deep_link = request.uri_by_reference(f"{self.base_url}/requests/{request_id}/object")
+            self.nonces.issue(f"reqobj:{request_id}", ttl_seconds=ttl)
+        else:
+            deep_link = request.uri_by_value()
+        self.nonces.issue(f"resp:{request.state}", ttl_seconds=ttl, data={"id": request_id})
+        self.sessions.put(f"state:{request.state}", {"id": request_id}, ttl_seconds=ttl)
+        session = {
+            "id": request_id, "status": "pending", "policy": body.policy, "label": label,
+            "purpose": purpose, "request": request.to_dict(), "deep_link": deep_link,
+            "result": None, "expires_at": request.presentation.expires_at.isoformat(),
+        }
+        self._save(session)
+        return {
+            "id": request_id,
+            "deep_link": deep_link,
+            "request_uri": f"{self.base_url}/requests/{request_id}/object"
+            if self.oid4vp.prefix == PREFIX_DID else None,
+            "qr": f"/requests/{request_id}/qr.png",
+            "result": f"/requests/{request_id}/result",
+            "events": f"/requests/{request_id}/events",
+            "client_id": self.oid4vp.client_id,
+            "label": label,
+            "purpose": purpose,
+            "expires_at": session["expires_at"],
+        }
+
+    def _finish(self, session: dict[str, Any], result: VerificationResult) -> None:
+        errors = list(result.errors)
+        session["status"] = "done"
+        session["result"] = {
+            **result.to_dict(),
+            "reason": " ".join(dict.fromkeys(REASONS.get(e, e) for e in errors)) or None,
+        }
+        self._save(session)
+
+    def request_object(self, request_id: str) -> str:
+        session = self.session(request_id)
+        if self.nonces.consume(f"reqobj:{request_id}") is None:
+            if session.get("status") != "done":
+                # A second device read the QR code: cancel rather than race it.
+                self.nonces.consume(f"resp:{session['request']['presentation']['state']}")
+                self._finish(session, VerificationResult.failure(ErrorCode.REPLAYED))
+            raise TesseraError(ErrorCode.REPLAYED,
+                               "the request object was already fetched; start a new checkout")
+        request = AuthorizationRequest.from_dict(session["request"])
+        token = self.oid4vp.request_object(request)
+        session["status"] = "fetched"
+        self._save(session)
+        return token
+
+    def response(self, body: bytes) -> VerificationResult:
+        parsed = parse_direct_post(body)
+        pointer = self.sessions.get(f"state:{parsed.state}") if len(parsed.state) <= 128 else None
+        if pointer is None:
+            raise TesseraError(ErrorCode.NOT_FOUND, "no pending request has this state")
+        if self.nonces.consume(f"resp:{parsed.state}") is None:
+            raise TesseraError(ErrorCode.REPLAYED, "this request was already answered")
+        session = self.session(str(pointer["id"]))
+        request = AuthorizationRequest.from_dict(session["request"])
+        result = self.oid4vp.verify_response(parsed, request)
+        self._finish(session, result)
+        return result
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    service = CheckoutService(settings)
+    app = FastAPI(
+        title="Tessera verifier", version="1.0",
+        description="OpenID4VP 1.0 verifier with DCQL and direct_post; a checkout page.",
+    )
+    app.state.service = service
+    for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, _handle_error)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def checkout_page() -> HTMLResponse:
+        return HTMLResponse(CHECKOUT_HTML, headers={
+            "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self'",
+            "Cache-Control": "no-store",
+        })
+
+    @app.get("/policies")
+    def policies() -> list[dict[str, str]]:
+        return [{"id": p.id, "label": p.label, "purpose": p.purpose}
+                for p in service.policies.values()]
+
+    @app.post("/requests", status_code=201)
+    def create_request(body: CreateRequest) -> dict[str, Any]:
+        return service.create(body)
+
+    @app.get("/requests/{request_id}/qr.png")
+    def qr_png(request_id: str) -> Response:
+        import segno
+
+        session = service.session(request_id)
+        out = io.BytesIO()
+        segno.make(session["deep_link"], error="m").save(out, kind="png", scale=6, border=2)
+        return Response(out.getvalue(), media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.get("/requests/{request_id}/object")
+    def request_object(request_id: str) -> Response:
+        return Response(service.request_object(request_id),
+                        media_type="application/oauth-authz-req+jwt",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.post("/response")
+    async def direct_post(request: Request) -> JSONResponse:
+        if not request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT,
+                               "direct_post bodies are application/x-www-form-urlencoded")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > 512 * 1024:
+                raise TesseraError(ErrorCode.TOO_LARGE, "authorization response too large")
+        result = await run_in_threadpool(service.response, bytes(body))
+        if result.ok or ErrorCode.CONSENT_DENIED.value in result.errors:
+            # §8.2: 200 once the response is processed; a refusal was received fine.
+            return JSONResponse({}, headers={"Cache-Control": "no-store"})
+        first = ErrorCode(result.errors[0]) if result.errors else ErrorCode.MALFORMED
+        return problem_response(
+            TesseraError(first, REASONS.get(first.value, first.value)),
+            extra={"errors": list(result.errors)},
+        )
+
+    @app.get("/requests/{request_id}/result")
+    def result(request_id: str) -> dict[str, Any]:
+        return service.public_view(service.session(request_id))
+
+    @app.get("/requests/{request_id}/events")
+    async def events(request_id: str) -> StreamingResponse:
+        first = await run_in_threadpool(service.session, request_id)
+
+        async def stream() -> AsyncIterator[str]:
+            session: dict[str, Any] | None = first
+            seen = -1
+            deadline = time.monotonic() + settings.request_ttl_seconds + 30
+            last_beat = time.monotonic()
+            while session is not None and time.monotonic() < deadline:
+                if session.get("version") != seen:
+                    seen = int(session.get("version", 0))
+                    data = json.dumps(service.public_view(session), separators=(",", ":"))
+                    yield f"event: status\nid: {seen}\ndata: {data}\n\n"
+                    if session.get("status") == "done":
+                        return
+                elif time.monotonic() - last_beat > 15:
+                    last_beat = time.monotonic()
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(settings.sse_interval_seconds)
+                session = await run_in_threadpool(
+                    service.sessions.get, f"session:{request_id}"
+                )
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store",
+                                          "X-Accel-Buffering": "no"})
+
+    return app
