@@ -203,6 +203,7 @@ def _mount_optional() -> None:
     for module, attr, name, help_text in (
         ("issuer._cli", "issuer_app", "issuer", "Run and administer the issuer service."),
         ("holder._cli", "wallet_app", "wallet", "The member's wallet."),
+        ("issuer._vcapi_cli", "vcapi_app", "vcapi", "W3C VC API server for the test suites."),
         ("verifier._cli", "verifier_app", "verifier", "Run the verifier service."),
     ):
         try:

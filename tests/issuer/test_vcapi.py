@@ -1,0 +1,317 @@
+"""VC API issuer: POST /credentials/issue on the standalone app (tessera vcapi serve)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from issuer._vcapi import VcApiIssuer, validate_credential
+from issuer._vcapi_cli import create_vcapi_app, issuers_for
+from tessera import jsonld
+from tessera.cli import app as cli_app
+from tessera.did import Resolver
+from tessera.errors import ErrorCode, TesseraError
+from tessera.formats import data_integrity as di
+from tessera.keys import LocalSigner, generate_signer
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+V2 = "https://www.w3.org/ns/credentials/v2"
+V1 = "https://www.w3.org/2018/credentials/v1"
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[LocalSigner, LocalSigner]:
+    return generate_signer("EdDSA"), generate_signer("ES256")
+
+
+@pytest.fixture(scope="module")
+def issuers(keys: tuple[LocalSigner, LocalSigner]) -> list[VcApiIssuer]:
+    return issuers_for(list(keys))
+
+
+@pytest.fixture(scope="module")
+def client(issuers: list[VcApiIssuer]) -> TestClient:
+    return TestClient(create_vcapi_app(issuers, clock=lambda: NOW))
+
+
+def _by_suite(issuers: list[VcApiIssuer], suite: str) -> VcApiIssuer:
+    return next(i for i in issuers if i.cryptosuite == suite)
+
+
+def _credential(issuer: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "@context": [V2],
+        "id": "urn:uuid:5b1f0c1e-6a43-4d52-9b8b-8e2f2f7c4a11",
+        "type": ["VerifiableCredential"],
+        "issuer": issuer,
+        "validFrom": "2026-01-01T00:00:00Z",
+        "validUntil": "2027-01-01T00:00:00Z",
+        "credentialSubject": {"id": "did:example:alice", "name": "Alice"},
+        **extra,
+    }
+
+
+def _verify_locally(vc: dict[str, Any]) -> dict[str, Any]:
+    return di.verify_credential(vc, key_lookup=lambda vm, rel: Resolver().key(vm, relationship=rel),
+                                now=NOW)
+
+
+@pytest.mark.parametrize("suite", ["eddsa-rdfc-2022", "ecdsa-rdfc-2019", "ecdsa-sd-2023"])
+def test_path_prefix_issues_with_its_suite_and_the_result_verifies(
+    client: TestClient, issuers: list[VcApiIssuer], suite: str,
+) -> None:
+    issuer = _by_suite(issuers, suite)
+    r = client.post(f"{issuer.path}/credentials/issue",
+                    json={"credential": _credential(issuer.did), "options": {}})
+    assert r.status_code == 201, r.text
+    vc = r.json()["verifiableCredential"]
+    proof = vc["proof"]
+    assert proof["type"] == "DataIntegrityProof" and proof["cryptosuite"] == suite
+    assert proof["verificationMethod"] == issuer.verification_method
+    assert proof["proofPurpose"] == "assertionMethod" and proof["created"] == "2026-11-23T12:00:00Z"
+    assert {k: v for k, v in vc.items() if k != "proof"} == _credential(issuer.did)
+    if suite == "ecdsa-sd-2023":
+        # The base proof is the holder's; a verifier gets a derived one.
+        vc = di.derive(vc, selective_pointers=["/credentialSubject/name"])
+    assert _verify_locally(vc)["credentialSubject"]["name"] == "Alice"
+
+
+@pytest.mark.parametrize("suite", ["eddsa-rdfc-2022", "ecdsa-rdfc-2019", "ecdsa-sd-2023"])
+def test_root_endpoint_picks_the_suite_from_options(
+    client: TestClient, issuers: list[VcApiIssuer], suite: str,
+) -> None:
+    issuer = _by_suite(issuers, suite)
+    r = client.post("/credentials/issue", json={
+        "credential": _credential(issuer.did),
+        "options": {"type": "DataIntegrityProof", "cryptosuite": suite}})
+    assert r.status_code == 201, r.text
+    assert r.json()["verifiableCredential"]["proof"]["cryptosuite"] == suite
+
+
+def test_vcdm_1_1_credential_is_signed_and_gets_an_issuance_date(
+    client: TestClient, issuers: list[VcApiIssuer],
+) -> None:
+    issuer = _by_suite(issuers, "eddsa-rdfc-2022")
+    cred = {"@context": [V1], "type": ["VerifiableCredential"], "issuer": {"id": issuer.did},
+            "credentialSubject": {"id": "did:example:alice"}}
+    r = client.post("/eddsa/credentials/issue", json={"credential": cred})
+    assert r.status_code == 201, r.text
+    vc = r.json()["verifiableCredential"]
+    assert vc["issuanceDate"] == "2026-11-23T12:00:00Z"
+    _verify_locally(vc)
+
+
+def test_ecdsa_sd_mandatory_pointers_are_honoured_and_derived_proof_verifies(
+    client: TestClient, issuers: list[VcApiIssuer],
+) -> None:
+    issuer = _by_suite(issuers, "ecdsa-sd-2023")
+    cred = _credential(issuer.did, credentialSubject={
+        "id": "did:example:alice", "name": "Alice", "description": "Gold member"})
+    r = client.post("/ecdsa-sd/credentials/issue", json={
+        "credential": cred,
+        "options": {"mandatoryPointers": ["/issuer", "/validFrom", "/credentialSubject/name"]}})
+    assert r.status_code == 201, r.text
+    base = r.json()["verifiableCredential"]
+    derived = di.derive(base, selective_pointers=["/credentialSubject/description"])
+    subject = _verify_locally(derived)["credentialSubject"]
+    # name is mandatory, description chosen; selectJsonLd keeps node ids (DI §3.4.11).
+    assert subject == {"id": "did:example:alice", "name": "Alice",
+                       "description": "Gold member"}
+    only_mandatory = di.derive(base, selective_pointers=[])
+    assert "description" not in _verify_locally(only_mandatory)["credentialSubject"]
+
+
+def _refused(client: TestClient, path: str, body: Any) -> dict[str, Any]:
+    r = client.post(path, json=body)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem: dict[str, Any] = r.json()
+    assert problem["status"] == 400 and problem["detail"]
+    return problem
+
+
+def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
+
+
+MALFORMED: list[tuple[str, Any, str, str]] = [
+    ("no @context", lambda c: _without(c, "@context"), "malformed", "no @context"),
+    ("context order", lambda c: {**c, "@context": ["https://w3id.org/security/data-integrity/v2",
+                                                    V2]}, "malformed", "first"),
+    ("unknown base context", lambda c: {**c, "@context": ["https://example.com/ctx"]},
+     "malformed", "first @context"),
+    ("v1 and v2 mixed", lambda c: {**c, "@context": [V2, V1]}, "malformed", "mixes"),
+    ("issuer missing", lambda c: _without(c, "issuer"), "malformed", "issuer"),
+    ("issuer not a URL", lambda c: {**c, "issuer": "not a url"}, "malformed", "issuer"),
+    ("issuer object without id", lambda c: {**c, "issuer": {"name": "Acme"}}, "malformed",
+     "issuer"),
+    ("issuer a number", lambda c: {**c, "issuer": 7}, "malformed", "issuer"),
+    ("issuer not configured", lambda c: {**c, "issuer": "did:example:someone-else"},
+     "malformed", "not an issuer configured here"),
+    ("validFrom a date only", lambda c: {**c, "validFrom": "2026-01-01"}, "malformed",
+     "validFrom"),
+    ("validFrom nonsense", lambda c: {**c, "validFrom": "yesterday"}, "malformed", "validFrom"),
+    ("validUntil without zone", lambda c: {**c, "validUntil": "2027-01-01T00:00:00"},
+     "malformed", "time zone"),
+    ("validUntil a number", lambda c: {**c, "validUntil": 1767225600}, "malformed",
+     "validUntil"),
+    ("v1 date in v2", lambda c: {**c, "issuanceDate": "2026-01-01T00:00:00Z"}, "malformed",
+     "issuanceDate"),
+    ("no credentialSubject", lambda c: _without(c, "credentialSubject"), "malformed",
+     "credentialSubject"),
+    ("empty credentialSubject", lambda c: {**c, "credentialSubject": {}}, "malformed",
+     "credentialSubject"),
+    ("credentialSubject a string", lambda c: {**c, "credentialSubject": "alice"}, "malformed",
+     "credentialSubject"),
+    ("no VerifiableCredential type", lambda c: {**c, "type": ["Badge"]}, "malformed", "type"),
+    ("id not a URL", lambda c: {**c, "id": "12345"}, "malformed", "id"),
+    ("status without type", lambda c: {**c, "credentialStatus": {"id": "https://x.test/1"}},
+     "malformed", "credentialStatus"),
+    ("already has a proof", lambda c: {**c, "proof": {"type": "DataIntegrityProof"}},
+     "malformed", "proof"),
+    ("undefined term", lambda c: {**c, "credentialSubject": {"id": "did:example:a",
+                                                              "favouriteColour": "green"}},
+     "schema_invalid", "favouriteColour"),
+    ("undefined type", lambda c: {**c, "type": ["VerifiableCredential", "MysteryCredential"]},
+     "schema_invalid", "MysteryCredential"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "code", "reason"), [m[1:] for m in MALFORMED],
+                         ids=[m[0] for m in MALFORMED])
+def test_malformed_credentials_are_refused_with_400_and_a_reason(
+    client: TestClient, issuers: list[VcApiIssuer], mutate: Any, code: str, reason: str,
+) -> None:
+    issuer = _by_suite(issuers, "eddsa-rdfc-2022")
+    problem = _refused(client, "/eddsa/credentials/issue",
+                       {"credential": mutate(_credential(issuer.did))})
+    assert problem["code"] == code
+    assert reason in problem["detail"]
+
+
+@pytest.mark.parametrize(("options", "code"), [
+    ({"cryptosuite": "bbs-2023"}, "unsupported_algorithm"),
+    ({"cryptosuite": "ecdsa-sd-2023"}, "unsupported_algorithm"),  # not at /eddsa
+    ({"type": "Ed25519Signature2020"}, "unsupported_algorithm"),
+    ({"mandatoryPointers": ["/issuer"]}, "malformed"),  # not a selective suite
+    ({"mandatoryPointers": "/issuer"}, "malformed"),
+    ({"proofPurpose": "authentication"}, "invalid_request"),
+    ("fast", "malformed"),
+])
+def test_bad_options_are_refused(
+    client: TestClient, issuers: list[VcApiIssuer], options: Any, code: str,
+) -> None:
+    issuer = _by_suite(issuers, "eddsa-rdfc-2022")
+    problem = _refused(client, "/eddsa/credentials/issue",
+                       {"credential": _credential(issuer.did), "options": options})
+    assert problem["code"] == code
+
+
+def test_mandatory_pointer_that_matches_nothing_is_refused(
+    client: TestClient, issuers: list[VcApiIssuer],
+) -> None:
+    issuer = _by_suite(issuers, "ecdsa-sd-2023")
+    problem = _refused(client, "/ecdsa-sd/credentials/issue", {
+        "credential": _credential(issuer.did),
+        "options": {"mandatoryPointers": ["/credentialSubject/nothingHere"]}})
+    assert problem["code"] == "malformed"
+
+
+def test_the_p256_key_does_not_sign_for_the_ed25519_issuer(
+    client: TestClient, issuers: list[VcApiIssuer],
+) -> None:
+    # /ecdsa only knows the P-256 did:key; naming the Ed25519 DID there is refused.
+    ed = _by_suite(issuers, "eddsa-rdfc-2022")
+    problem = _refused(client, "/ecdsa/credentials/issue", {"credential": _credential(ed.did)})
+    assert "not an issuer configured here" in problem["detail"]
+
+
+@pytest.mark.parametrize("raw", [b"", b"[]", b"{", b'{"credential": {}, "credential": {}}',
+                                 b'{"options": {}}', b'{"credential": {}, "extra": 1}'])
+def test_bodies_that_are_not_a_request_are_refused(client: TestClient, raw: bytes) -> None:
+    r = client.post("/credentials/issue", content=raw,
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] in ("malformed", "invalid_request")
+
+
+def test_oversized_body_is_refused(client: TestClient, issuers: list[VcApiIssuer]) -> None:
+    issuer = _by_suite(issuers, "eddsa-rdfc-2022")
+    cred = _credential(issuer.did, credentialSubject={"id": "did:example:a",
+                                                       "name": "x" * 300_000})
+    r = client.post("/eddsa/credentials/issue", json={"credential": cred})
+    assert r.status_code == 413 and r.json()["code"] == "too_large"
+
+
+def test_validate_credential_versions() -> None:
+    assert validate_credential(_credential("did:example:i")) == "2.0"
+    v1 = {"@context": V1, "type": "VerifiableCredential", "issuer": "https://i.example",
+          "issuanceDate": "2020-01-01T00:00:00", "credentialSubject": {"id": "did:example:a"}}
+    assert validate_credential(v1) == "1.1"  # VCDM 1.1 dateTime may omit the zone
+    with pytest.raises(TesseraError) as err:
+        validate_credential([_credential("did:example:i")])
+    assert err.value.code == ErrorCode.MALFORMED
+
+
+def test_issuer_configuration_is_checked(keys: tuple[LocalSigner, LocalSigner]) -> None:
+    ed, p256 = keys
+    with pytest.raises(TesseraError) as err:
+        VcApiIssuer.did_key(ed, "ecdsa-rdfc-2019")
+    assert err.value.code == ErrorCode.UNSUPPORTED_ALGORITHM
+    with pytest.raises(TesseraError):
+        VcApiIssuer.did_key(p256, "eddsa-rdfc-2022")
+    with pytest.raises(TesseraError):
+        issuers_for([ed, generate_signer("EdDSA")])
+    with pytest.raises(TesseraError):
+        issuers_for([generate_signer("ES384")])
+
+
+def test_openapi_schema_lists_the_vc_api(client: TestClient) -> None:
+    r = client.get("/openapi.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    for path in ("/credentials/issue", "/eddsa/credentials/issue", "/ecdsa/credentials/issue",
+                 "/ecdsa-sd/credentials/issue", "/credentials/verify",
+                 "/presentations/verify", "/challenges"):
+        assert "post" in paths[path], path
+    body = paths["/credentials/issue"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["required"] == ["credential"]
+    assert "201" in paths["/eddsa/credentials/issue"]["post"]["responses"]
+
+
+def test_operator_context_lets_the_examples_vocabulary_through(
+    issuers: list[VcApiIssuer],
+) -> None:
+    examples = "https://www.w3.org/ns/credentials/examples/v2"
+    cred = _credential(_by_suite(issuers, "eddsa-rdfc-2022").did)
+    cred["@context"] = [V2, examples]
+    cred["credentialSubject"]["alumniOf"] = "Example University"
+    plain = TestClient(create_vcapi_app(issuers, clock=lambda: NOW))
+    assert plain.post("/eddsa/credentials/issue", json={"credential": cred}).json()["code"] \
+        == "unsupported_format"
+    loader = jsonld.DocumentLoader(
+        {examples: {"@context": {"@vocab": "https://www.w3.org/ns/credentials/examples#"}}})
+    configured = TestClient(create_vcapi_app(issuers, loader=loader, clock=lambda: NOW))
+    r = configured.post("/eddsa/credentials/issue", json={"credential": copy.deepcopy(cred)})
+    assert r.status_code == 201, r.text
+    r = configured.post("/credentials/verify",
+                        json={"verifiableCredential": r.json()["verifiableCredential"]})
+    assert r.status_code == 200 and r.json()["verified"] is True
+
+
+def test_cli_refuses_unusable_keys(tmp_path: Path) -> None:
+    key = tmp_path / "k.jwk"
+    key.write_text(json.dumps(generate_signer("ES384").export_private_jwk()))
+    done = CliRunner().invoke(cli_app, ["vcapi", "serve", "--key", str(key)])
+    assert done.exit_code == 2
+    assert "unsupported_algorithm" in done.output
+    bad_ctx = CliRunner().invoke(cli_app, ["vcapi", "serve", "--key", str(key),
+                                           "--context", "no-equals-sign"])
+    assert bad_ctx.exit_code != 0
