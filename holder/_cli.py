@@ -1,0 +1,278 @@
+"""``tessera wallet ...``: the member's wallet on the command line.
+
+The passphrase comes from ``TESSERA_WALLET_PASSPHRASE`` or a prompt (never
+an option, so it stays out of shell history). ``present`` shows the consent
+screen GDPR art. 7 and PIPL art. 23 ask for: who is asking (name, identifier,
+contact), why, each claim that would be shared and each one withheld; nothing
+leaves the wallet without a yes (or ``--yes`` in scripts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from holder._wallet import ConsentRequest, Wallet
+from tessera.encoding import parse_json_object
+from tessera.errors import ErrorCode, TesseraError
+
+wallet_app = typer.Typer(help="The member's wallet.", no_args_is_help=True)
+consents_app = typer.Typer(help="The consent log: list, export, withdraw.",
+                           no_args_is_help=True)
+wallet_app.add_typer(consents_app, name="consents")
+
+PASSPHRASE_ENV = "TESSERA_WALLET_PASSPHRASE"  # noqa: S105 - the variable's name
+DEFAULT_WALLET = Path.home() / ".tessera" / "wallet.json"
+
+WalletOption = Annotated[Path, typer.Option(
+    "--wallet", envvar="TESSERA_WALLET", help="wallet file")]
+DocsOption = Annotated[list[Path] | None, typer.Option(
+    "--did-document", help="pin a DID document (offline did:web); repeatable")]
+
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _http_client() -> httpx.Client:
+    """The HTTP client for verifiers; tests replace it."""
+    return httpx.Client(timeout=10.0)
+
+
+def _fail(exc: TesseraError) -> NoReturn:
+    err.print(f"[red]error[/red] {exc.code.value}: {exc.detail}", markup=True)
+    raise typer.Exit(1 if exc.code == ErrorCode.CONSENT_DENIED else 2)
+
+
+def _passphrase(*, confirm: bool = False) -> str:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    prompted: str = typer.prompt("Wallet passphrase", hide_input=True,
+                                 confirmation_prompt=confirm)
+    return prompted
+
+
+def _resolver(documents: list[Path] | None) -> Any:
+    from tessera.did import HttpFetcher, Resolver
+
+    pinned: dict[str, dict[str, Any]] = {}
+    for path in documents or []:
+        try:
+            doc = parse_json_object(path.read_bytes())
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
+        pinned[str(doc.get("id"))] = doc
+    return Resolver(HttpFetcher(), documents=pinned)
+
+
+def _open(path: Path, documents: list[Path] | None = None) -> Wallet:
+    try:
+        return Wallet.open(path, _passphrase(), resolver=_resolver(documents))
+    except TesseraError as exc:
+        _fail(exc)
+
+
+@wallet_app.command("init")
+def init(
+    wallet: WalletOption = DEFAULT_WALLET,
+    alg: Annotated[str, typer.Option(help="ES256 (default), ES384 or EdDSA")] = "ES256",
+) -> None:
+    """Create a wallet: a fresh key, its did:key, sealed under your passphrase."""
+    try:
+        created = Wallet.create(wallet, _passphrase(confirm=True), alg=alg)
+    except TesseraError as exc:
+        _fail(exc)
+    out.print(created.did)
+
+
+@wallet_app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help="file holding an SD-JWT VC")],
+    wallet: WalletOption = DEFAULT_WALLET,
+    did_document: DocsOption = None,
+) -> None:
+    """Check an issued SD-JWT VC (issuer signature, bound to this wallet) and keep it."""
+    w = _open(wallet, did_document)
+    try:
+        text = file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {file}") from exc
+    try:
+        stored = w.receive(text)
+    except TesseraError as exc:
+        _fail(exc)
+    out.print(f"{stored.id}  {stored.credential_type}  from {stored.issuer}")
+
+
+@wallet_app.command("receive")
+def receive(offer_uri: Annotated[str, typer.Argument(help="openid-credential-offer:// URI")],
+            wallet: WalletOption = DEFAULT_WALLET) -> None:
+    """Receive a credential from an OpenID4VCI offer (needs the issuer service)."""
+    del offer_uri, wallet
+    err.print("Receiving by OpenID4VCI offer needs the issuer service's OpenID4VCI endpoints, "
+              "which this wallet does not speak yet. Ask the brand for the credential file and "
+              "run: tessera wallet import FILE")
+    raise typer.Exit(2)
+
+
+@wallet_app.command("list")
+def list_cmd(wallet: WalletOption = DEFAULT_WALLET) -> None:
+    """List the credentials in the wallet."""
+    w = _open(wallet)
+    table = Table(title=f"Credentials of {w.did}")
+    for column in ("id", "type", "issuer", "received", "expires"):
+        table.add_column(column)
+    for cred in w.credentials():
+        expires = "" if cred.expires_at is None else _iso(cred.expires_at)
+        table.add_row(cred.id[:8], cred.credential_type, cred.issuer, cred.received_at[:19],
+                      expires)
+    out.print(table)
+
+
+def _iso(ts: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat()[:19]
+
+
+@wallet_app.command("show")
+def show(credential_id: Annotated[str, typer.Argument(help="id or its first characters")],
+         wallet: WalletOption = DEFAULT_WALLET) -> None:
+    """Show one credential's claims."""
+    w = _open(wallet)
+    try:
+        cred = w.get(credential_id)
+    except TesseraError as exc:
+        _fail(exc)
+    table = Table(title=f"{cred.credential_type} {cred.id}")
+    table.add_column("claim")
+    table.add_column("value")
+    for name, value in cred.claims.items():
+        table.add_row(name, value if isinstance(value, str) else json.dumps(value))
+    out.print(table)
+    out.print(f"issuer: {cred.issuer}")
+
+
+def _consent_screen(request: ConsentRequest, contacts: tuple[str, ...], client_id: str,
+                    transactions: tuple[dict[str, Any], ...]) -> None:
+    lines = [
+        f"[bold]{_esc(request.verifier_name)}[/bold] asks for information from your wallet.",
+        f"Contact: {_esc(', '.join(contacts)) if contacts else '(none given)'}",
+        f"Purpose: {_esc(request.purpose) if request.purpose else '(none given)'}",
+    ]
+    out.print(Panel("\n".join(lines), title="Consent", expand=False))
+    # Outside the panel, unwrapped: members copy it into `consents withdraw`.
+    out.print(f"Verifier identifier: {_esc(client_id)}")
+    for item in request.items:
+        table = Table(title=f"{item.credential_type} from {_esc(item.issuer)}")
+        table.add_column("claim")
+        table.add_column("shared?")
+        table.add_column("value")
+        for name, value in item.shared.items():
+            shown = value if isinstance(value, str) else json.dumps(value)
+            table.add_row(name, "[green]shared[/green]", _esc(shown))
+        for name in item.withheld:
+            table.add_row(name, "[dim]withheld[/dim]", "")
+        out.print(table)
+    for tx in transactions:
+        out.print(Panel(_esc(json.dumps(tx, indent=2)), title="Transaction you authorise",
+                        expand=False))
+
+
+def _esc(text: str) -> str:
+    # Verifier-supplied text must not be read as rich markup.
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@wallet_app.command("present")
+def present(
+    request_uri: Annotated[str, typer.Argument(help="openid4vp:// request URI (QR code)")],
+    wallet: WalletOption = DEFAULT_WALLET,
+    yes: Annotated[bool, typer.Option("--yes", help="consent without asking (scripts)")]
+    = False,
+) -> None:
+    """Answer a verifier's OpenID4VP request after showing what would be shared."""
+    from holder._openid4vp import parse_request, respond
+
+    w = _open(wallet)
+    with _http_client() as http:
+        try:
+            request = parse_request(request_uri, http=http)
+        except TesseraError as exc:
+            _fail(exc)
+
+        def consent(screen: ConsentRequest) -> bool:
+            _consent_screen(screen, request.contacts, request.client_id, request.transactions)
+            if yes:
+                out.print("--yes given: sharing.")
+                return True
+            return bool(typer.confirm(f"Share this with {request.verifier_name}?",
+                                      default=False))
+
+        try:
+            respond(w, request, consent=consent, http=http)
+        except TesseraError as exc:
+            if exc.code == ErrorCode.CONSENT_DENIED:
+                err.print(f"Nothing was shared with {request.verifier_name}.")
+            _fail(exc)
+    out.print(f"Shared with {request.verifier_name}; the verifier accepted it.")
+
+
+@consents_app.command("list")
+def consents_list(wallet: WalletOption = DEFAULT_WALLET) -> None:
+    """Every presentation made, declined or withdrawn."""
+    w = _open(wallet)
+    table = Table(title="Consent log")
+    for column in ("when", "event", "verifier", "purpose", "claims"):
+        table.add_column(column)
+    for record in w.consent_log():
+        claims = "; ".join(f"{t}: {', '.join(n)}" for t, n in record.claims.items())
+        table.add_row(record.at[:19], record.event, _esc(record.verifier_name) + "\n" +
+                      _esc(record.verifier_id), _esc(record.purpose), claims)
+    out.print(table)
+
+
+@consents_app.command("export")
+def consents_export(
+    wallet: WalletOption = DEFAULT_WALLET,
+    output: Annotated[Path | None, typer.Option(help="write to a file instead of stdout")]
+    = None,
+) -> None:
+    """Export the consent log as JSON."""
+    text = _open(wallet).export_consents()
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+
+
+@consents_app.command("withdraw")
+def consents_withdraw(
+    verifier: Annotated[str, typer.Argument(help="the verifier's identifier (client_id)")],
+    wallet: WalletOption = DEFAULT_WALLET,
+) -> None:
+    """Withdraw consent: the wallet refuses this verifier from now on."""
+    w = _open(wallet)
+    w.withdraw(verifier)
+    out.print(f"Withdrawn: {_esc(verifier)} will be refused until you grant it again.")
+
+
+@consents_app.command("grant")
+def consents_grant(
+    verifier: Annotated[str, typer.Argument(help="the verifier's identifier (client_id)")],
+    wallet: WalletOption = DEFAULT_WALLET,
+) -> None:
+    """Allow a withdrawn verifier to ask again (each request still asks you)."""
+    w = _open(wallet)
+    w.grant(verifier)
+    out.print(f"{_esc(verifier)} may ask again.")
