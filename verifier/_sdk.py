@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from tessera.keys import SUPPORTED_ALGS, PublicKey
 from tessera.typing import Clock, DIDResolver, NonceStore
 from verifier._status import StatusCheck, default_status_check
 from verifier._trust import TrustList
+
+_log = logging.getLogger("tessera.verifier")
 
 
 def _utcnow() -> datetime:
@@ -215,6 +218,11 @@ class Verifier:
             return VerificationResult.failure(exc.code)
         except (ValueError, TypeError, KeyError, RecursionError):
             return VerificationResult.failure(ErrorCode.MALFORMED)
+        except Exception:
+            # A plugged-in store, resolver or status checker failed (a database
+            # or Redis outage): fail closed with a code, never crash the till.
+            _log.exception("verification failed unexpectedly")
+            return VerificationResult.failure(ErrorCode.INTERNAL_ERROR)
 
     def _verify(
         self, vp_token: str | Mapping[str, Any], request: PresentationRequest | str,

@@ -41,6 +41,8 @@ DESCRIPTIONS: Final[dict[ErrorCode, str]] = {
     "or the answer does not match what was asked.",
     ErrorCode.TRANSACTION_DATA_MISMATCH: "The key binding does not cover the requested "
     "transaction.",
+    ErrorCode.INTERNAL_ERROR: "A plugged-in store, resolver or status service failed; the "
+    "presentation was not accepted.",
 }
 
 VERIFICATION_CODES: Final[frozenset[ErrorCode]] = frozenset(DESCRIPTIONS)

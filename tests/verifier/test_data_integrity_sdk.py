@@ -191,3 +191,20 @@ def test_low_level_verify_with_given_keys(parties: dict[str, Any]) -> None:
                             domain=PARTNER).errors == ("invalid_signature",)
     assert low_level.verify(vp, keys=keys, now=NOW).errors == ("invalid_request",)
     assert low_level.verify({"type": "nonsense"}, keys=keys, now=NOW).errors == ("malformed",)
+
+
+def test_a_failing_nonce_store_fails_closed_with_a_code(parties: dict[str, Any]) -> None:
+    class Down:
+        def issue(self, value: str, *, ttl_seconds: int, data: Any = None) -> None:
+            return None
+
+        def consume(self, value: str) -> Any:
+            raise ConnectionError("redis is down")
+
+    signed = _membership(parties)
+    v = _verifier(parties, nonces=Down())
+    req = v.create_request(audience=PARTNER)
+    vp = di.present([signed], signer=parties["holder"], holder=parties["holder_did"],
+                    challenge=req.nonce, domain=PARTNER, created=NOW)
+    result = v.verify(vp, request=req)
+    assert not result.ok and result.errors == ("internal_error",)
