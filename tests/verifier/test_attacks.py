@@ -399,6 +399,15 @@ def _with_status(w: World, code: ErrorCode) -> tuple[Any, PresentationRequest]:
     return w.present(cred, ["tier_at_least_gold"], req), req
 
 
+def resolver_outage(w: World) -> tuple[Any, PresentationRequest]:
+    class DownResolver:
+        def resolve(self, did: str) -> Any:
+            raise ConnectionError("DID cache backend unreachable")
+
+    w.verifier = Verifier(trust=w.brand.trust_list(), resolver=DownResolver(), clock=w.clock)
+    return baseline(w)
+
+
 def _rebind(w: World, parts: SdJwt, req: PresentationRequest) -> str:
     kb = {"iat": int(w.clock().timestamp()), "aud": req.audience, "nonce": req.nonce,
           "sd_hash": _digest(parts.without_kb)}
@@ -447,6 +456,7 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "revoked": (revoked, ("revoked",)),
     "suspended": (suspended, ("suspended",)),
     "status unavailable": (status_unreachable, ("status_unavailable",)),
+    "resolver backend down": (resolver_outage, ("internal_error",)),
 }
 
 
