@@ -47,7 +47,7 @@ PREFIX_REDIRECT_URI: Final = "redirect_uri"
 PREFIX_DID: Final = "decentralized_identifier"
 SCHEMES: Final = ("openid4vp", "haip-vp")
 KNOWN_TRANSACTION_TYPES: Final = frozenset(
-    {"https://w3id.org/tessera/transaction/points-redemption/v1"}
+    {"https://w3id.org/tessera/transaction/points-redemption/v1", "tessera_redeem"}
 )
 MAX_REQUEST_OBJECT_BYTES: Final = 64 * 1024
 MAX_URI_LENGTH: Final = 16 * 1024
