@@ -158,7 +158,7 @@ class Verifier:
         self._resolver: DIDResolver = resolver or Resolver(HttpFetcher())
         self._status_check = status_check or default_status_check(self._resolver, clock=clock)
         # "is not None": an empty MemoryNonceStore has len() == 0, so it is falsy.
-        self._nonces: NonceStore = nonces if nonces is not None else MemoryNonceStore()
+        self._nonces: NonceStore = nonces if nonces is not None else MemoryNonceStore(clock)
         self._clock = clock
         self._algs = frozenset(allowed_algs)
         self._ttl = request_ttl
