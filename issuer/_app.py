@@ -30,9 +30,10 @@ from issuer._db import make_engine, session_scope
 from issuer._keystore import KeyStore, SqlKeyStore
 from issuer._models import Brand
 from issuer._settings import Settings
+from issuer._status_lists import StatusPublisher
 from tessera.did import Resolver
 from tessera.errors import ErrorCode, TesseraError
-from tessera.typing import Clock
+from tessera.typing import Clock, NonceStore
 
 __all__ = [
     "HTTP_STATUS",
@@ -45,6 +46,7 @@ __all__ = [
     "SessionDep",
     "StateDep",
     "create_app",
+    "oauth_errors",
     "problem_response",
 ]
 
@@ -108,6 +110,42 @@ PROBLEM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
+# OAuth error members for the OpenID4VCI endpoints, per endpoint kind: the
+# problem document keeps Tessera's ``code`` and gains the ``error`` a wallet
+# expects (RFC 6749 §5.2 for the token endpoint; OpenID4VCI §8.3.1.2 and
+# RFC 6750 §3.1 for the credential and nonce endpoints), with its status.
+OAUTH_ERRORS: Final[dict[str, tuple[tuple[str, int], dict[ErrorCode, tuple[str, int]]]]] = {
+    "token": (("invalid_request", 400), {
+        ErrorCode.UNSUPPORTED_FORMAT: ("unsupported_grant_type", 400),
+        ErrorCode.NOT_FOUND: ("invalid_grant", 400),
+        ErrorCode.REPLAYED: ("invalid_grant", 400),
+        ErrorCode.EXPIRED: ("invalid_grant", 400),
+        ErrorCode.FORBIDDEN: ("invalid_grant", 400),  # wrong tx_code (§6.3)
+        ErrorCode.INTERNAL_ERROR: ("server_error", 500),
+    }),
+    "credential": (("invalid_credential_request", 400), {
+        ErrorCode.UNAUTHORIZED: ("invalid_token", 401),
+        ErrorCode.FORBIDDEN: ("insufficient_scope", 403),
+        ErrorCode.NOT_FOUND: ("unknown_credential_configuration", 400),
+        ErrorCode.KEY_BINDING_INVALID: ("invalid_proof", 400),
+        ErrorCode.NONCE_MISMATCH: ("invalid_nonce", 400),
+        ErrorCode.CONFLICT: ("credential_request_denied", 400),
+        ErrorCode.INTERNAL_ERROR: ("server_error", 500),
+    }),
+}
+
+
+def oauth_errors(kind: str) -> Callable[[Request], None]:
+    """A route dependency: errors on this route also carry an OAuth ``error`` member."""
+    if kind not in OAUTH_ERRORS:
+        raise ValueError(kind)
+
+    def mark(request: Request) -> None:
+        request.state.oauth_errors = kind
+
+    return mark
+
+
 def problem_response(error: TesseraError, *, status: int | None = None,
                      extra: dict[str, Any] | None = None) -> JSONResponse:
     code = error.code
@@ -120,13 +158,31 @@ def problem_response(error: TesseraError, *, status: int | None = None,
         "code": code.value,
         **(extra or {}),
     }
-    headers = {"WWW-Authenticate": 'Bearer realm="tessera-issuer"'} if status == 401 else None
+    headers = None
+    if status == 401:
+        oauth_error = (extra or {}).get("error")
+        headers = {"WWW-Authenticate": f'Bearer realm="tessera-issuer", error="{oauth_error}"'
+                   if oauth_error else 'Bearer realm="tessera-issuer"'}
     return JSONResponse(body, status_code=status, headers=headers,
                         media_type="application/problem+json")
 
 
 async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
     """The one handler: every exception type is mapped to a TesseraError, then rendered."""
+    kind = getattr(request.state, "oauth_errors", None)
+    if kind is not None:
+        error = exc if isinstance(exc, TesseraError) else None
+        if error is None and isinstance(exc, RequestValidationError | StarletteHTTPException):
+            error = TesseraError(ErrorCode.INVALID_REQUEST, "invalid request")
+        if error is None:
+            _log.exception("unhandled error on %s %s", request.method, request.url.path)
+            error = TesseraError(ErrorCode.INTERNAL_ERROR, "internal error")
+        default, table = OAUTH_ERRORS[kind]
+        oauth_error, status = table.get(error.code, default)
+        response = problem_response(error, status=status, extra={
+            "error": oauth_error, "error_description": error.detail})
+        response.headers["Cache-Control"] = "no-store"
+        return response
     if isinstance(exc, TesseraError):
         return problem_response(exc)
     if isinstance(exc, RequestValidationError):
@@ -159,7 +215,9 @@ class AppState:
     engine: Engine
     keystore: KeyStore
     resolver: Resolver
+    nonces: NonceStore
     clock: Clock = field(default=_utc_now)
+    status_publisher: StatusPublisher = field(default_factory=StatusPublisher)
 
 
 def _state(request: Request) -> AppState:
@@ -249,29 +307,44 @@ class _BodyLimit:
 
 def create_app(settings: Settings, *, engine: Engine | None = None,
                keystore: KeyStore | None = None, resolver: Resolver | None = None,
-               clock: Clock | None = None) -> FastAPI:
-    """Build the service. The schema must already be migrated (``tessera issuer migrate``)."""
+               clock: Clock | None = None, nonces: NonceStore | None = None) -> FastAPI:
+    """Build the service. The schema must already be migrated (``tessera issuer migrate``).
+
+    ``nonces`` holds OpenID4VCI c_nonces; by default the ``tessera_nonce``
+    table of the service database (so every worker shares it); a
+    :class:`tessera.nonces.RedisNonceStore` fits as well.
+    """
     from issuer._routes_admin import router as admin_router
+    from issuer._routes_oid4vci import router as oid4vci_router
     from issuer._routes_public import router as public_router
+    from tessera.nonces import SqlNonceStore
+
+    engine = engine or make_engine(settings.database_url)
+    clock = clock or _utc_now
 
     app = FastAPI(
         title="Tessera issuer",
         version="0.1.0",
-        description="Brands, programs, tiers, members and the points ledger. Every error is "
-                    "RFC 9457 `application/problem+json` with a stable `code`.",
+        description="Brands, programs, tiers, members and the points ledger; OpenID4VCI "
+                    "issuance and status lists. Every error is RFC 9457 "
+                    "`application/problem+json` with a stable `code` (and, on the OpenID4VCI "
+                    "endpoints, the OAuth `error`).",
     )
     app.state.tessera = AppState(
         settings=settings,
-        engine=engine or make_engine(settings.database_url),
+        engine=engine,
         keystore=keystore or SqlKeyStore(settings.master_key),
         # Member DIDs are did:key / did:jwk (resolved locally); a did:web
         # member needs an operator-configured fetcher.
         resolver=resolver or Resolver(),
-        clock=clock or _utc_now,
+        nonces=nonces if nonces is not None else SqlNonceStore(engine, clock=clock,
+                                                               create_table=False),
+        clock=clock,
     )
     for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_type, _handle_error)
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(public_router)
     app.include_router(admin_router)
+    app.include_router(oid4vci_router)
     return app

@@ -44,6 +44,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, func, select
 
+from issuer import _translog
 from issuer._admin import tiers_of
 from issuer._db import session_scope
 from issuer._models import (
@@ -64,6 +65,7 @@ from issuer._models import (
     Program,
     Tier,
 )
+from issuer._status_lists import revoke_current
 from tessera.encoding import canonical_json
 from tessera.errors import ErrorCode, TesseraError
 
@@ -231,6 +233,12 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     _sweep_expired(session, member=member, now=now)
     body = action(member)
     session.flush()
+    _translog.append_for_member(session, brand_id=brand_id, member_id=member.id,
+                                idempotency_key=idempotency_key)
+    # The points credential states a balance that just changed: it is
+    # superseded (revoked now; superseded_by is set when a fresh one is issued).
+    revoke_current(session, member_id=member.id, credential_type="LoyaltyPointsCredential",
+                   now=now, reason="superseded: points changed")
     evaluate_tier(session, member=member, now=now)
     body["balance"] = balance(session, member=member, now=now).model_dump(mode="json")
     session.add(IdempotencyRecord(brand_id=brand_id, key=idempotency_key,
@@ -551,6 +559,10 @@ def evaluate_tier(session: Session, *, member: Member, now: datetime) -> None:
     def move(tier: Tier | None) -> None:
         if tier is None or current is None or tier.id != current.id:
             member.tier_since = now
+            # A membership credential naming the old tier no longer holds.
+            revoke_current(session, member_id=member.id,
+                           credential_type="LoyaltyMembershipCredential", now=now,
+                           reason="superseded: tier changed")
         member.tier_id = tier.id if tier else None
         member.tier_valid_until = (now + timedelta(days=tier.qualification_period_days)
                                    if tier is not None and tier.qualifying_points > 0 else None)

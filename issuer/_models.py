@@ -13,9 +13,13 @@ negative amount restoring it) are the projection that makes first-in
 first-out expiry and exact reversals cheap; ``lot.remaining == lot.amount -
 sum(allocations)`` always holds.
 
-Next round (not here yet): ``issued_credential`` (id, brand, member, type,
-format, status-list index, status, superseded_by, issued_at, expires_at)
-keyed on ``member.id``.
+Credentials: every issued credential is an :class:`IssuedCredential` row
+holding its place (``status_list_id``, ``status_index``) in one of the
+brand's :class:`StatusListShard` lists; the published lists are computed from
+these rows, so a status change is one row update and a list can never
+disagree with the table. :class:`CredentialOffer` rows back OpenID4VCI
+pre-authorized offers (only hashes of the code, the reference and the
+tx_code are stored).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
@@ -41,6 +46,7 @@ from sqlalchemy import (
 from sqlmodel import Field, SQLModel
 
 from tessera.credentials import DEFAULT_POINTS_LADDER
+from tessera.nonces import define_nonce_table
 
 __all__ = [
     "ApiKey",
@@ -52,12 +58,16 @@ __all__ = [
     "BrandKey",
     "BrandKeyPublic",
     "BrandPublic",
+    "CredentialOffer",
+    "CredentialState",
     "DowngradePolicy",
     "EnrolmentChallenge",
     "EntryKind",
     "ExpiringNext",
     "HoldStatus",
     "IdempotencyRecord",
+    "IssuedCredential",
+    "IssuedCredentialPublic",
     "KeyStatus",
     "LedgerEntry",
     "LedgerEntryPublic",
@@ -71,6 +81,8 @@ __all__ = [
     "Program",
     "ProgramCreate",
     "ProgramPublic",
+    "StatusListKind",
+    "StatusListShard",
     "Tier",
     "TierCreate",
     "TierPublic",
@@ -458,3 +470,106 @@ class Balance(SQLModel):
     tier: str | None
     expiring_next: ExpiringNext | None
     as_of: datetime
+
+
+# -- credentials, status lists and offers ------------------------------------------------
+
+
+class CredentialState(StrEnum):
+    VALID = "valid"
+    REVOKED = "revoked"      # final: a revoked credential is never valid again
+    SUSPENDED = "suspended"  # reversible with resume
+
+
+class StatusListKind(StrEnum):
+    TOKEN = "token"  # noqa: S105 - IETF Token Status List, 2 bits: valid / invalid / suspended
+    BITSTRING = "bitstring"  # W3C Bitstring Status List: a revocation and a suspension list
+
+
+class StatusListShard(SQLModel, table=True):
+    """One status list of a brand: ``size`` entries, published at a stable URL."""
+
+    __tablename__ = "status_list"
+    __table_args__ = (Index("ix_status_list_open", "brand_id", "kind", "full"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    kind: StatusListKind = Field(sa_type=String(16))
+    size: int
+    # Set once random allocation cannot find a free slot; a new shard opens.
+    full: bool = False
+    # Bumped on every status change of an entry: the published list's cache key.
+    version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class IssuedCredential(SQLModel, table=True):
+    __tablename__ = "issued_credential"
+    __table_args__ = (UniqueConstraint("status_list_id", "status_index"),
+                      Index("ix_issued_credential_member_type", "member_id", "credential_type"))
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    member_id: str = Field(sa_column=_fk("member.id", index=False))
+    credential_type: str = Field(max_length=64)
+    format: str = Field(max_length=16)
+    status_list_id: str = Field(sa_column=_fk("status_list.id", index=False))
+    status_index: int
+    status: CredentialState = Field(default=CredentialState.VALID, sa_type=String(16))
+    status_reason: str | None = Field(default=None, max_length=200)
+    superseded_by: str | None = Field(
+        default=None, sa_column=_fk("issued_credential.id", nullable=True, index=False))
+    holder_key_thumbprint: str | None = Field(default=None, max_length=64)
+    issued_at: datetime
+    expires_at: datetime | None = None
+    status_changed_at: datetime | None = None
+
+
+class IssuedCredentialPublic(SQLModel):
+    id: str
+    member_id: str
+    credential_type: str
+    format: str
+    status_list_id: str
+    status_index: int
+    status: CredentialState
+    status_reason: str | None
+    superseded_by: str | None
+    issued_at: datetime
+    expires_at: datetime | None
+    status_changed_at: datetime | None
+
+
+class CredentialOffer(SQLModel, table=True):
+    """An OpenID4VCI pre-authorized offer (§4.1) for one enrolled member.
+
+    The pre-authorized code and the by-reference token are derived from a
+    random secret that is never stored; only SHA-256 hashes are. The tx_code
+    is stored as an HMAC under a key derived from the master key, so a copy
+    of the database alone does not let one try the few possible PINs.
+    """
+
+    __tablename__ = "credential_offer"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    brand_id: str = Field(sa_column=_fk("brand.id"))
+    member_id: str = Field(sa_column=_fk("member.id"))
+    configuration_ids: list[str] = Field(sa_type=JSON)
+    reference_sha256: str = Field(max_length=64, unique=True)
+    code_sha256: str = Field(max_length=64, unique=True)
+    tx_code_mac: str | None = Field(default=None, max_length=64, repr=False)
+    tx_code_input_mode: str | None = Field(default=None, max_length=16)
+    tx_code_length: int | None = None
+    tx_code_description: str | None = Field(default=None, max_length=300)
+    tx_code_failures: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    redeemed_at: datetime | None = None
+    access_token_sha256: str | None = Field(default=None, max_length=64, unique=True)
+    access_token_expires_at: datetime | None = None
+    issued_configurations: list[str] = Field(default_factory=list, sa_type=JSON)
+
+
+# The OpenID4VCI c_nonce store (tessera.nonces.SqlNonceStore) lives in the
+# same database and is created by the same migrations.
+nonce_table = define_nonce_table(SQLModel.metadata)

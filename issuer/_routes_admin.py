@@ -13,9 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
-from issuer import _admin, _ledger
+from issuer import _admin, _ledger, _openid4vci, _status_lists
 from issuer._app import PROBLEM_RESPONSES, BrandDep, IdempotencyKey, NowDep, SessionDep, StateDep
 from issuer._models import (
     MAX_POINTS,
@@ -23,6 +23,9 @@ from issuer._models import (
     Balance,
     BrandKeyPublic,
     BrandPublic,
+    CredentialState,
+    IssuedCredential,
+    IssuedCredentialPublic,
     LedgerEntryPublic,
     MemberEnrol,
     MemberPublic,
@@ -269,3 +272,68 @@ def release_hold(hold_id: str, brand: BrandDep, state: StateDep, now: NowDep,
         s, brand_id=brand.id, hold_id=hold_id, idempotency_key=key, now=now))
 
 
+
+
+# -- OpenID4VCI offers and issued credentials ----------------------------------------------------
+
+
+@router.post("/members/{member_id}/offers", status_code=201,
+             response_model=_openid4vci.OfferCreated)
+def create_offer(member_id: str, body: _openid4vci.OfferRequest, brand: BrandDep,
+                 state: StateDep, now: NowDep) -> _openid4vci.OfferCreated:
+    """A pre-authorized credential offer for an enrolled member (OpenID4VCI §4.1).
+
+    The response holds the secrets (the code inside the offer, the tx_code):
+    hand the offer URI or QR code to the member and the tx_code through
+    another channel. Only hashes are stored.
+    """
+    return _ledger.run_write(state.engine, lambda s: _openid4vci.create_offer(
+        s, settings=state.settings, brand=brand, member_id=member_id, request=body, now=now))
+
+
+@router.get("/members/{member_id}/credentials", response_model=list[IssuedCredentialPublic])
+def list_credentials(member_id: str, brand: BrandDep, session: SessionDep
+                     ) -> list[IssuedCredentialPublic]:
+    member = _admin.get_member(session, brand_id=brand.id, member_id=member_id)
+    stmt = select(IssuedCredential).where(IssuedCredential.member_id == member.id) \
+        .order_by(col(IssuedCredential.issued_at))
+    return [IssuedCredentialPublic.model_validate(c, from_attributes=True)
+            for c in session.exec(stmt)]
+
+
+class StatusChange(BaseModel):
+    reason: str | None = Field(default=None, max_length=200)
+
+
+def _change(state: Any, brand: Any, credential_id: str, target: CredentialState,
+            now: Any, reason: str | None) -> IssuedCredentialPublic:
+    def run(session: Session) -> IssuedCredentialPublic:
+        cred = _status_lists.change_state(session, brand_id=brand.id,
+                                          credential_id=credential_id, state=target, now=now,
+                                          reason=reason)
+        return IssuedCredentialPublic.model_validate(cred, from_attributes=True)
+
+    return _ledger.run_write(state.engine, run)
+
+
+@router.post("/credentials/{credential_id}/revoke", response_model=IssuedCredentialPublic)
+def revoke_credential(credential_id: str, brand: BrandDep, state: StateDep, now: NowDep,
+                      body: StatusChange | None = None) -> IssuedCredentialPublic:
+    """Revoke for good: the status list shows it as invalid/revoked from now on."""
+    return _change(state, brand, credential_id, CredentialState.REVOKED, now,
+                   body.reason if body else None)
+
+
+@router.post("/credentials/{credential_id}/suspend", response_model=IssuedCredentialPublic)
+def suspend_credential(credential_id: str, brand: BrandDep, state: StateDep, now: NowDep,
+                       body: StatusChange | None = None) -> IssuedCredentialPublic:
+    return _change(state, brand, credential_id, CredentialState.SUSPENDED, now,
+                   body.reason if body else None)
+
+
+@router.post("/credentials/{credential_id}/resume", response_model=IssuedCredentialPublic)
+def resume_credential(credential_id: str, brand: BrandDep, state: StateDep, now: NowDep,
+                      body: StatusChange | None = None) -> IssuedCredentialPublic:
+    """Lift a suspension (a revoked credential stays revoked)."""
+    return _change(state, brand, credential_id, CredentialState.VALID, now,
+                   body.reason if body else None)

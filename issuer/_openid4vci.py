@@ -1,0 +1,467 @@
+"""OpenID4VCI 1.0, issuer side: metadata, pre-authorized offers, token, key proofs.
+
+Section numbers are those of OpenID for Verifiable Credential Issuance 1.0.
+
+* Each brand is its own Credential Issuer, identified by
+  ``{public_url}/brands/{slug}`` and acting as its own Authorization Server
+  (no ``authorization_servers`` in the metadata, §12.2.4); metadata is served
+  at the well-known URL with the suffix inserted between host and path
+  (§12.2.2, RFC 8414 §3.1) and, for older wallets, appended to the issuer.
+* Offers (§4.1) carry only the pre-authorized code grant, optionally with a
+  ``tx_code`` (§4.1.1) sent to the member out of band. The code and the
+  by-reference token are derived from a secret that is never stored; the
+  code is single use, expires with the offer, and five wrong tx_codes burn
+  the offer (§13.6 asks issuers to limit guessing).
+* The token endpoint (§6) answers RFC 6749 §5.2 errors; the access token is
+  opaque, short lived, bound to the offer and stored as a hash.
+* Key proofs (§8.2.1.1, Appendix F.1): ``typ`` ``openid4vci-proof+jwt``,
+  ``aud`` the Credential Issuer Identifier, a ``nonce`` from the nonce
+  endpoint (§7) consumed once, a fresh ``iat``, no ``iss`` (anonymous
+  pre-authorized access), and the key in ``jwk`` or ``kid`` (a DID URL). The
+  key must be one of the enrolled member's DID keys: a code that leaked
+  cannot be redeemed into a credential bound to someone else's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import urllib.parse
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from pydantic import BaseModel, Field
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from issuer._admin import get_member
+from issuer._issuance import CONFIGURATIONS, LDP_VC, SD_JWT, issuer_url
+from issuer._models import Brand, CredentialOffer, Member
+from issuer._settings import Settings
+from tessera import jsonld
+from tessera.did import Resolver
+from tessera.encoding import b64url_encode
+from tessera.errors import ErrorCode, TesseraError
+from tessera.jose import decode_unverified, verify_signature
+from tessera.keys import PublicKey
+from tessera.typing import NonceStore
+
+__all__ = [
+    "GRANT_PRE_AUTHORIZED",
+    "OFFER_SCHEME",
+    "PROOF_ALGS",
+    "PROOF_TYP",
+    "OfferCreated",
+    "OfferRequest",
+    "TxCodeRequest",
+    "authorization_server_metadata",
+    "authorize",
+    "create_offer",
+    "credential_issuer_metadata",
+    "issue_nonce",
+    "offer_by_reference",
+    "redeem_code",
+    "verify_key_proof",
+]
+
+GRANT_PRE_AUTHORIZED: Final = "urn:ietf:params:oauth:grant-type:pre-authorized_code"
+OFFER_SCHEME: Final = "openid-credential-offer://"
+PROOF_TYP: Final = "openid4vci-proof+jwt"
+PROOF_ALGS: Final = ("ES256", "EdDSA")
+ACCESS_TOKEN_TTL: Final = timedelta(minutes=5)
+C_NONCE_TTL_SECONDS: Final = 300
+PROOF_MAX_AGE: Final = timedelta(minutes=5)
+PROOF_FUTURE_SKEW: Final = timedelta(seconds=60)
+MAX_TX_CODE_FAILURES: Final = 5
+
+
+def _derived_key(master_key: bytes, label: str) -> bytes:
+    return hmac.new(master_key, f"tessera-oid4vci/{label}".encode(), hashlib.sha256).digest()
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _code_for(settings: Settings, reference: str) -> str:
+    return b64url_encode(hmac.new(_derived_key(settings.master_key, "code"),
+                                  reference.encode("ascii"), hashlib.sha256).digest())
+
+
+def _tx_mac(settings: Settings, offer_id: str, tx_code: str) -> str:
+    return hmac.new(_derived_key(settings.master_key, "tx_code"),
+                    f"{offer_id}:{tx_code}".encode(), hashlib.sha256).hexdigest()
+
+
+# -- metadata ------------------------------------------------------------------------------
+
+
+def _configuration(config_id: str, signing_algs: list[str]) -> dict[str, Any]:
+    config = CONFIGURATIONS[config_id]
+    display = [{"name": config.ctype.type_metadata.get("name", config.ctype.name),
+                "locale": "en"}]
+    body: dict[str, Any] = {"format": config.format, "scope": config_id}
+    if config.format == SD_JWT:
+        body["vct"] = config.ctype.vct
+        body["cryptographic_binding_methods_supported"] = ["jwk", "did:key"]
+        body["credential_signing_alg_values_supported"] = signing_algs
+    else:
+        # Appendix A.1.2: W3C VCs secured with Data Integrity; the signing
+        # values are cryptosuite identifiers.
+        body["credential_definition"] = {
+            "@context": [jsonld.CREDENTIALS_V2, jsonld.LOYALTY_V1],
+            "type": ["VerifiableCredential", config.ctype.name]}
+        body["cryptographic_binding_methods_supported"] = ["did:key"]
+        body["credential_signing_alg_values_supported"] = [
+            {"EdDSA": "eddsa-rdfc-2022", "ES256": "ecdsa-rdfc-2019"}.get(a, a)
+            for a in signing_algs]
+    body["proof_types_supported"] = {
+        "jwt": {"proof_signing_alg_values_supported": list(PROOF_ALGS)}}
+    properties = config.ctype.schema.get("properties", {})
+    body["credential_metadata"] = {
+        "display": display,
+        "claims": [{"path": [name]} for name in properties],
+    }
+    return body
+
+
+def credential_issuer_metadata(settings: Settings, brand: Brand,
+                               signing_algs: list[str]) -> dict[str, Any]:
+    """Credential Issuer Metadata (§12.2.4)."""
+    issuer = issuer_url(settings, brand)
+    return {
+        "credential_issuer": issuer,
+        "credential_endpoint": f"{issuer}/credential",
+        "nonce_endpoint": f"{issuer}/nonce",
+        "display": [{"name": brand.name, "locale": "en"}],
+        "credential_configurations_supported": {
+            cid: _configuration(cid, signing_algs) for cid in CONFIGURATIONS},
+    }
+
+
+def authorization_server_metadata(settings: Settings, brand: Brand) -> dict[str, Any]:
+    """RFC 8414 metadata of the brand's (token-only) authorization server."""
+    issuer = issuer_url(settings, brand)
+    return {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/token",
+        "grant_types_supported": [GRANT_PRE_AUTHORIZED],
+        # §12.3: the token endpoint needs no client authentication.
+        "pre-authorized_grant_anonymous_access_supported": True,
+        # No authorization endpoint: offers are the only way in.
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["none"],
+    }
+
+
+# -- offers ------------------------------------------------------------------------------------
+
+
+class TxCodeRequest(BaseModel):
+    length: int = Field(default=6, ge=4, le=10)
+    description: str | None = Field(default=None, max_length=300)
+
+
+class OfferRequest(BaseModel):
+    credential_configuration_ids: list[str] = Field(min_length=1, max_length=len(CONFIGURATIONS))
+    tx_code: TxCodeRequest | None = None
+    ttl_seconds: int = Field(default=600, ge=30, le=7 * 24 * 3600)
+
+
+class OfferCreated(BaseModel):
+    id: str
+    member_id: str
+    credential_offer: dict[str, Any]
+    offer_uri: str = Field(description="by value: openid-credential-offer://?credential_offer=")
+    offer_uri_by_reference: str = Field(
+        description="openid-credential-offer://?credential_offer_uri=")
+    credential_offer_uri: str
+    qr_png_uri: str = Field(description="a QR code of offer_uri_by_reference")
+    tx_code: str | None = Field(description="give it to the member out of band; shown once")
+    expires_at: datetime
+
+
+def create_offer(session: Session, *, settings: Settings, brand: Brand, member_id: str,
+                 request: OfferRequest, now: datetime) -> OfferCreated:
+    member = get_member(session, brand_id=brand.id, member_id=member_id)
+    ids = list(dict.fromkeys(request.credential_configuration_ids))
+    unknown = [i for i in ids if i not in CONFIGURATIONS]
+    if unknown:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"unknown credential configurations: {unknown}")
+    reference = b64url_encode(secrets.token_bytes(32))
+    code = _code_for(settings, reference)
+    offer = CredentialOffer(brand_id=brand.id, member_id=member.id, configuration_ids=ids,
+                            reference_sha256=_sha256(reference), code_sha256=_sha256(code),
+                            created_at=now,
+                            expires_at=now + timedelta(seconds=request.ttl_seconds))
+    tx_code: str | None = None
+    grant: dict[str, Any] = {"pre-authorized_code": code}
+    if request.tx_code is not None:
+        tx_code = "".join(secrets.choice("0123456789") for _ in range(request.tx_code.length))
+        offer.tx_code_mac = _tx_mac(settings, offer.id, tx_code)
+        offer.tx_code_input_mode = "numeric"
+        offer.tx_code_length = request.tx_code.length
+        offer.tx_code_description = request.tx_code.description
+        grant["tx_code"] = {"input_mode": "numeric", "length": request.tx_code.length}
+        if request.tx_code.description:
+            grant["tx_code"]["description"] = request.tx_code.description
+    session.add(offer)
+    session.flush()
+    issuer = issuer_url(settings, brand)
+    body = {"credential_issuer": issuer, "credential_configuration_ids": ids,
+            "grants": {GRANT_PRE_AUTHORIZED: grant}}
+    by_ref = f"{issuer}/offers/{reference}"
+    return OfferCreated(
+        id=offer.id, member_id=member.id, credential_offer=body,
+        offer_uri=OFFER_SCHEME + "?" + urllib.parse.urlencode(
+            {"credential_offer": json.dumps(body, separators=(",", ":"))}),
+        offer_uri_by_reference=OFFER_SCHEME + "?" + urllib.parse.urlencode(
+            {"credential_offer_uri": by_ref}),
+        credential_offer_uri=by_ref, qr_png_uri=f"{by_ref}/qr.png", tx_code=tx_code,
+        expires_at=offer.expires_at)
+
+
+def _live_offer(session: Session, brand: Brand, reference: str, now: datetime
+                ) -> CredentialOffer:
+    if not 16 <= len(reference) <= 64:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such offer")
+    offer = session.exec(select(CredentialOffer).where(
+        CredentialOffer.reference_sha256 == _sha256(reference))).first()
+    if offer is None or offer.brand_id != brand.id or offer.redeemed_at is not None \
+            or offer.expires_at <= now:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such offer, or it expired or was used")
+    return offer
+
+
+def offer_by_reference(session: Session, *, settings: Settings, brand: Brand, reference: str,
+                       now: datetime) -> dict[str, Any]:
+    """The Credential Offer behind a ``credential_offer_uri`` (§4.1.3)."""
+    offer = _live_offer(session, brand, reference, now)
+    grant: dict[str, Any] = {"pre-authorized_code": _code_for(settings, reference)}
+    if offer.tx_code_mac is not None:
+        grant["tx_code"] = {"input_mode": offer.tx_code_input_mode, "length": offer.tx_code_length}
+        if offer.tx_code_description:
+            grant["tx_code"]["description"] = offer.tx_code_description
+    return {"credential_issuer": issuer_url(settings, brand),
+            "credential_configuration_ids": list(offer.configuration_ids),
+            "grants": {GRANT_PRE_AUTHORIZED: grant}}
+
+
+def check_offer_reference(session: Session, *, brand: Brand, reference: str,
+                          now: datetime) -> None:
+    _live_offer(session, brand, reference, now)
+
+
+# -- token endpoint ------------------------------------------------------------------------
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """``application/x-www-form-urlencoded``; a repeated parameter is refused (RFC 6749 §3.2)."""
+    if len(body) > 8192:
+        raise TesseraError(ErrorCode.TOO_LARGE, "token request too large")
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode("ascii"), keep_blank_values=True,
+                                       strict_parsing=bool(body), max_num_fields=20)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "body is not form-encoded") from exc
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, f"parameter {name!r} repeated")
+        form[name] = value
+    return form
+
+
+@dataclass(frozen=True)
+class TokenOutcome:
+    """Either the token response or an error to raise after the transaction commits
+    (a wrong tx_code must be counted even though the request fails)."""
+
+    body: dict[str, Any] | None
+    error: TesseraError | None
+
+
+def redeem_code(session: Session, *, settings: Settings, brand: Brand, form: dict[str, str],
+                now: datetime) -> TokenOutcome:
+    """The pre-authorized code grant (§6.1): single use, unexpired, right tx_code."""
+    grant_type = form.get("grant_type")
+    if not grant_type:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "grant_type is missing")
+    if grant_type != GRANT_PRE_AUTHORIZED:
+        raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "only the pre-authorized code grant")
+    code = form.get("pre-authorized_code", "")
+    if not code or len(code) > 128:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "pre-authorized_code is missing")
+    offer = session.exec(select(CredentialOffer).where(
+        CredentialOffer.code_sha256 == _sha256(code)).with_for_update()).first()
+    if offer is None or offer.brand_id != brand.id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "unknown pre-authorized code")
+    if offer.redeemed_at is not None:
+        raise TesseraError(ErrorCode.REPLAYED, "pre-authorized code already used")
+    if offer.expires_at <= now:
+        raise TesseraError(ErrorCode.EXPIRED, "pre-authorized code expired")
+    if offer.tx_code_mac is not None:
+        tx_code = form.get("tx_code")
+        if tx_code is None:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "this offer needs a tx_code")
+        if not hmac.compare_digest(_tx_mac(settings, offer.id, tx_code[:64]),
+                                   offer.tx_code_mac):
+            offer.tx_code_failures += 1
+            if offer.tx_code_failures >= MAX_TX_CODE_FAILURES:
+                offer.expires_at = now  # burnt: the PIN space is small
+            session.add(offer)
+            return TokenOutcome(None, TesseraError(ErrorCode.FORBIDDEN, "wrong tx_code"))
+    elif "tx_code" in form:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "this offer has no tx_code")
+    token = b64url_encode(secrets.token_bytes(32))
+    # Conditional: of two concurrent redemptions, one updates the row.
+    result = session.execute(
+        update(CredentialOffer)
+        .where(col(CredentialOffer.id) == offer.id, col(CredentialOffer.redeemed_at).is_(None))
+        .values(redeemed_at=now, access_token_sha256=_sha256(token),
+                access_token_expires_at=now + ACCESS_TOKEN_TTL))
+    if getattr(result, "rowcount", 0) != 1:
+        raise TesseraError(ErrorCode.REPLAYED, "pre-authorized code already used")
+    return TokenOutcome({"access_token": token, "token_type": "Bearer",
+                         "expires_in": int(ACCESS_TOKEN_TTL.total_seconds())}, None)
+
+
+def authorize(session: Session, *, brand: Brand, authorization: str | None, now: datetime
+              ) -> tuple[CredentialOffer, Member]:
+    """The offer and member an access token (RFC 6750 §2.1 header) stands for."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token or len(token) > 128:
+        raise TesseraError(ErrorCode.UNAUTHORIZED, "missing bearer access token")
+    offer = session.exec(select(CredentialOffer).where(
+        CredentialOffer.access_token_sha256 == _sha256(token.strip()))).first()
+    if offer is None or offer.brand_id != brand.id or offer.access_token_expires_at is None \
+            or offer.access_token_expires_at <= now:
+        raise TesseraError(ErrorCode.UNAUTHORIZED, "access token unknown or expired")
+    member = session.get(Member, offer.member_id)
+    assert member is not None  # foreign key
+    return offer, member
+
+
+def record_issuance(session: Session, *, offer_id: str, configuration_id: str) -> None:
+    """One credential per configuration per offer; a second request is refused."""
+    offer = session.exec(select(CredentialOffer).where(CredentialOffer.id == offer_id)
+                         .with_for_update().execution_options(populate_existing=True)).one()
+    if configuration_id not in offer.configuration_ids:
+        raise TesseraError(ErrorCode.FORBIDDEN, "the access token does not cover this "
+                                                "credential configuration")
+    if configuration_id in offer.issued_configurations:
+        raise TesseraError(ErrorCode.CONFLICT, "this credential was already issued for the offer")
+    offer.issued_configurations = [*offer.issued_configurations, configuration_id]
+    session.add(offer)
+
+
+# -- nonces and key proofs ----------------------------------------------------------------------
+
+
+def issue_nonce(nonces: NonceStore, *, brand: Brand) -> str:
+    value = b64url_encode(secrets.token_bytes(24))
+    nonces.issue(value, ttl_seconds=C_NONCE_TTL_SECONDS, data={"brand": brand.id})
+    return value
+
+
+def _proof_error(detail: str) -> TesseraError:
+    return TesseraError(ErrorCode.KEY_BINDING_INVALID, detail)
+
+
+def _member_keys(resolver: Resolver, did: str) -> list[tuple[str, PublicKey]]:
+    document = resolver.resolve(did)
+    return document.keys_for("authentication")
+
+
+def verify_key_proof(proof: Any, *, audience: str, member: Member, resolver: Resolver,
+                     nonces: NonceStore, brand: Brand, now: datetime,
+                     allowed_algs: Collection[str] = PROOF_ALGS) -> PublicKey:
+    """Check a ``jwt`` key proof (Appendix F.1, F.4) and return its key.
+
+    Every failure is ``key_binding_invalid`` (OAuth ``invalid_proof``) except
+    an unknown, used or expired nonce: ``nonce_mismatch`` (``invalid_nonce``),
+    so the wallet knows to fetch a fresh one. The nonce is consumed last,
+    after everything else checked out.
+    """
+    if not isinstance(proof, str):
+        raise _proof_error("a jwt key proof must be a string")
+    try:
+        jws = decode_unverified(proof, max_bytes=16 * 1024)
+    except TesseraError as exc:
+        raise _proof_error(f"key proof: {exc.detail}") from exc
+    header, payload = jws.header, jws.payload
+    if header.get("typ") != PROOF_TYP:
+        raise _proof_error(f"key proof typ must be {PROOF_TYP}")
+    if sum(k in header for k in ("jwk", "kid", "x5c")) != 1 or "x5c" in header:
+        raise _proof_error("key proof must carry exactly one of jwk or kid")
+    keys = _member_keys(resolver, member.did)
+    key: PublicKey
+    try:
+        if "jwk" in header:
+            if not isinstance(header["jwk"], dict):
+                raise _proof_error("jwk header must be an object")
+            key = PublicKey.from_jwk(header["jwk"])  # refuses private members
+        else:
+            kid = header["kid"]
+            if not isinstance(kid, str) or not kid.startswith("did:"):
+                raise _proof_error("kid must be a DID URL")
+            if kid.split("#", 1)[0] != member.did:
+                raise _proof_error("key proof kid is not a key of the enrolled member's DID")
+            key = resolver.key(kid, relationship="authentication")
+        if all(key != k for _, k in keys):
+            raise _proof_error("key proof key is not a key of the enrolled member's DID")
+        verify_signature(jws, key, allowed_algs)
+    except TesseraError as exc:
+        if exc.code is ErrorCode.KEY_BINDING_INVALID:
+            raise
+        raise _proof_error(f"key proof: {exc.detail}") from exc
+    aud = payload.get("aud")
+    if aud != audience and not (isinstance(aud, list) and aud == [audience]):
+        raise _proof_error("key proof aud is not this credential issuer")
+    if "iss" in payload:
+        # Appendix F.1: iss MUST be omitted after anonymous pre-authorized access.
+        raise _proof_error("key proof must not carry iss in the pre-authorized flow")
+    iat = payload.get("iat")
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        raise _proof_error("key proof iat must be a number")
+    t = now.timestamp()
+    if iat > t + PROOF_FUTURE_SKEW.total_seconds() or iat < t - PROOF_MAX_AGE.total_seconds():
+        raise _proof_error("key proof iat is not fresh")
+    nonce = payload.get("nonce")
+    if not isinstance(nonce, str) or not nonce:
+        raise TesseraError(ErrorCode.NONCE_MISMATCH, "key proof has no c_nonce")
+    data = nonces.consume(nonce)
+    if data is None or data.get("brand") != brand.id:
+        raise TesseraError(ErrorCode.NONCE_MISMATCH, "c_nonce unknown, expired or already used")
+    return key
+
+
+def proof_from_request(body: dict[str, Any]) -> tuple[str, Any]:
+    """``credential_configuration_id`` and the single ``proofs.jwt`` entry (§8.2)."""
+    config_id = body.get("credential_configuration_id")
+    if "credential_identifier" in body:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           "credential_identifier is not supported; "
+                           "use credential_configuration_id")
+    if not isinstance(config_id, str) or not config_id:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "credential_configuration_id is required")
+    if config_id not in CONFIGURATIONS:
+        raise TesseraError(ErrorCode.NOT_FOUND, f"unknown credential configuration {config_id!r}")
+    if "proof" in body:
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "use proofs, not proof (1.0 §8.2)")
+    proofs = body.get("proofs")
+    if not isinstance(proofs, dict) or set(proofs) != {"jwt"}:
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "proofs must hold exactly one jwt proof")
+    jwts = proofs["jwt"]
+    if not isinstance(jwts, list) or len(jwts) != 1:
+        # No batch_credential_issuance in our metadata: one proof, one credential.
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "proofs.jwt must hold exactly one proof")
+    return config_id, jwts[0]
+
+
+FORMATS: Final = (SD_JWT, LDP_VC)

@@ -1,0 +1,223 @@
+"""Public OpenID4VCI and status list routes of every brand.
+
+Errors go through the app's one problem+json handler; the dependency
+:func:`issuer._app.oauth_errors` tells it which OAuth ``error`` member to add
+(RFC 6749 §5.2 at the token endpoint, OpenID4VCI §8.3.1.2 and RFC 6750 §3.1
+at the credential endpoint).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from issuer import _ledger
+from issuer._admin import brand_by_slug
+from issuer._app import PROBLEM_RESPONSES, NowDep, SessionDep, StateDep, oauth_errors
+from issuer._issuance import issue_for_member, issuer_url, status_list_url
+from issuer._models import KeyStatus, StatusListShard
+from issuer._openid4vci import (
+    authorization_server_metadata,
+    authorize,
+    check_offer_reference,
+    credential_issuer_metadata,
+    issue_nonce,
+    offer_by_reference,
+    parse_form,
+    proof_from_request,
+    record_issuance,
+    redeem_code,
+    verify_key_proof,
+)
+from tessera.encoding import parse_json_object
+from tessera.errors import ErrorCode, TesseraError
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["openid4vci"], responses={404: PROBLEM_RESPONSES[404]})
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _signing_algs(state: Any, session: Any, brand: Any) -> list[str]:
+    keys = state.keystore.public_keys(session, brand_id=brand.id, did=brand.did)
+    return sorted({k.alg for k in keys if k.status == KeyStatus.ACTIVE})
+
+
+# -- metadata ------------------------------------------------------------------------------
+
+
+def _issuer_metadata(slug: str, session: SessionDep, state: StateDep) -> JSONResponse:
+    brand = brand_by_slug(session, slug=slug)
+    body = credential_issuer_metadata(state.settings, brand, _signing_algs(state, session, brand))
+    return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
+
+
+def _as_metadata(slug: str, session: SessionDep, state: StateDep) -> JSONResponse:
+    brand = brand_by_slug(session, slug=slug)
+    return JSONResponse(authorization_server_metadata(state.settings, brand),
+                        headers={"Cache-Control": "public, max-age=300"})
+
+
+# OpenID4VCI §12.2.2 / RFC 8414 §3.1: the well-known suffix goes between host
+# and path; the appended form is what many wallets of the drafts still fetch.
+for _path in ("/.well-known/openid-credential-issuer/brands/{slug}",
+              "/brands/{slug}/.well-known/openid-credential-issuer"):
+    router.add_api_route(_path, _issuer_metadata, methods=["GET"],
+                         response_model=dict[str, Any], summary="Credential Issuer Metadata")
+for _path in ("/.well-known/oauth-authorization-server/brands/{slug}",
+              "/brands/{slug}/.well-known/oauth-authorization-server"):
+    router.add_api_route(_path, _as_metadata, methods=["GET"],
+                         response_model=dict[str, Any], summary="OAuth AS Metadata")
+
+
+# -- offers by reference -------------------------------------------------------------------
+
+
+@router.get("/brands/{slug}/offers/{reference}", response_model=dict[str, Any])
+def get_offer(slug: str, reference: str, session: SessionDep, state: StateDep,
+              now: NowDep) -> JSONResponse:
+    """The Credential Offer behind a ``credential_offer_uri`` (OpenID4VCI §4.1.3)."""
+    brand = brand_by_slug(session, slug=slug)
+    body = offer_by_reference(session, settings=state.settings, brand=brand,
+                              reference=reference, now=now)
+    return JSONResponse(body, headers=NO_STORE)
+
+
+@router.get("/brands/{slug}/offers/{reference}/qr.png",
+            responses={200: {"content": {"image/png": {}}}})
+def get_offer_qr(slug: str, reference: str, session: SessionDep, state: StateDep,
+                 now: NowDep) -> Response:
+    """A QR code of the by-reference offer URI, for a wallet's camera."""
+    import urllib.parse
+
+    import segno
+
+    brand = brand_by_slug(session, slug=slug)
+    check_offer_reference(session, brand=brand, reference=reference, now=now)
+    uri = "openid-credential-offer://?" + urllib.parse.urlencode(
+        {"credential_offer_uri": f"{issuer_url(state.settings, brand)}/offers/{reference}"})
+    buffer = io.BytesIO()
+    segno.make(uri, error="m").save(buffer, kind="png", scale=6, border=4)
+    return Response(buffer.getvalue(), media_type="image/png", headers=NO_STORE)
+
+
+# -- token, nonce, credential --------------------------------------------------------------
+
+
+@router.post("/brands/{slug}/token", dependencies=[Depends(oauth_errors("token"))],
+             response_model=dict[str, Any])
+async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JSONResponse:
+    """Token endpoint (OpenID4VCI §6): ``grant_type`` pre-authorized_code, form-encoded."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           "the token request must be application/x-www-form-urlencoded")
+    form = parse_form(await request.body())
+
+    def run(session: Any) -> Any:
+        brand = brand_by_slug(session, slug=slug)
+        return redeem_code(session, settings=state.settings, brand=brand, form=form, now=now)
+
+    outcome = await _in_thread(lambda: _ledger.run_write(state.engine, run))
+    if outcome.error is not None:
+        raise outcome.error
+    return JSONResponse(outcome.body, headers=NO_STORE)
+
+
+@router.post("/brands/{slug}/nonce", dependencies=[Depends(oauth_errors("credential"))],
+             response_model=dict[str, str])
+def nonce(slug: str, state: StateDep) -> JSONResponse:
+    """Nonce endpoint (OpenID4VCI §7): a fresh single-use ``c_nonce``."""
+    from issuer._db import session_scope
+
+    # No request-long session here: on SQLite the nonce store's own write
+    # would wait behind our BEGIN IMMEDIATE.
+    with session_scope(state.engine) as session:
+        brand = brand_by_slug(session, slug=slug)
+    return JSONResponse({"c_nonce": issue_nonce(state.nonces, brand=brand)}, headers=NO_STORE)
+
+
+@router.post("/brands/{slug}/credential", dependencies=[Depends(oauth_errors("credential"))],
+             response_model=dict[str, Any])
+async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
+                     authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+    """Credential endpoint (OpenID4VCI §8): one credential per request, bound to the proof key."""
+    from issuer._db import session_scope
+
+    raw = await request.body()
+
+    def check() -> Any:
+        with session_scope(state.engine) as session:
+            brand = brand_by_slug(session, slug=slug)
+            offer, member = authorize(session, brand=brand, authorization=authorization, now=now)
+        body = parse_json_object(raw, max_bytes=64 * 1024)
+        config_id, proof = proof_from_request(body)
+        if config_id not in offer.configuration_ids:
+            raise TesseraError(ErrorCode.FORBIDDEN, "the access token does not cover "
+                                                    "this credential configuration")
+        # The nonce is consumed outside any transaction of ours: on SQLite the
+        # store's write would otherwise wait behind our own BEGIN IMMEDIATE.
+        key = verify_key_proof(proof, audience=issuer_url(state.settings, brand),
+                               member=member, resolver=state.resolver,
+                               nonces=state.nonces, brand=brand, now=now)
+        return brand.id, offer.id, member.id, config_id, key
+
+    brand_id, offer_id, member_id, config_id, key = await _in_thread(check)
+
+    def issue(session: Any) -> Any:
+        record_issuance(session, offer_id=offer_id, configuration_id=config_id)
+        brand = brand_by_slug(session, slug=slug)
+        member = _ledger._lock_member(session, brand_id=brand_id, member_id=member_id)
+        credential, _ = issue_for_member(session, settings=state.settings,
+                                         keystore=state.keystore, brand=brand, member=member,
+                                         configuration_id=config_id, holder_key=key, now=now)
+        return credential
+
+    issued = await _in_thread(lambda: _ledger.run_write(state.engine, issue))
+    return JSONResponse({"credentials": [{"credential": issued}]}, headers=NO_STORE)
+
+
+async def _in_thread(fn: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn)
+
+
+# -- status lists --------------------------------------------------------------------------
+
+
+def _status(slug: str, list_id: str, purpose: str | None, request: Request,
+            session: SessionDep, state: StateDep, now: NowDep) -> Response:
+    brand = brand_by_slug(session, slug=slug)
+    shard = session.get(StatusListShard, list_id) if len(list_id) <= 36 else None
+    if shard is None or shard.brand_id != brand.id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such status list")
+    url = status_list_url(state.settings, brand, shard.id)
+    if purpose is not None:
+        url = f"{url}/{purpose}"
+    signer = state.keystore.signer(session, brand_id=brand.id, did=brand.did)
+    published = state.status_publisher.publish(session, shard=shard, purpose=purpose, url=url,
+                                               issuer=brand.did, signer=signer, now=now)
+    headers = {"Cache-Control": "public, max-age=60", "ETag": published.etag}
+    if request.headers.get("if-none-match") == published.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(published.body, media_type=published.media_type, headers=headers)
+
+
+@router.get("/brands/{slug}/status/{list_id}",
+            responses={200: {"content": {"application/statuslist+jwt": {}}}})
+def token_status_list(slug: str, list_id: str, request: Request, session: SessionDep,
+                      state: StateDep, now: NowDep) -> Response:
+    """IETF Token Status List (``statuslist+jwt``, 2 bits) of SD-JWT VCs."""
+    return _status(slug, list_id, None, request, session, state, now)
+
+
+@router.get("/brands/{slug}/status/{list_id}/{purpose}",
+            responses={200: {"content": {"application/vc+ld+json": {}}}})
+def bitstring_status_list(slug: str, list_id: str, purpose: str, request: Request,
+                          session: SessionDep, state: StateDep, now: NowDep) -> Response:
+    """W3C BitstringStatusListCredential (``revocation`` or ``suspension``)."""
+    return _status(slug, list_id, purpose, request, session, state, now)

@@ -1,0 +1,301 @@
+"""Status lists of a brand: random slots, state changes, and the signed documents served.
+
+Two kinds of list (DESIGN.md "Status"):
+
+* SD-JWT VCs point at an IETF **Token Status List** with 2 bits per entry
+  (0 VALID, 1 INVALID = revoked, 2 SUSPENDED; draft-ietf-oauth-status-list
+  §7.1), served as ``application/statuslist+jwt`` at
+  ``{issuer}/status/{list_id}``.
+* Data Integrity credentials carry two ``BitstringStatusListEntry`` items
+  (W3C Bitstring Status List v1.0 §2.1), one per purpose, both at the same
+  index of the shard: ``{issuer}/status/{list_id}/revocation`` and
+  ``.../suspension``, each a ``BitstringStatusListCredential`` secured with
+  ``eddsa-rdfc-2022`` or ``ecdsa-rdfc-2019`` by the brand key.
+
+A shard holds 131,072 entries (the Bitstring minimum, §3.2 step 9; herd
+privacy for both kinds). Indexes are drawn uniformly at random among the free
+ones (:class:`tessera.status.IndexAllocator`), with a bounded number of
+probes: once random probes keep hitting used slots the shard is marked full
+and a new one opens, so allocation never scans a whole list.
+
+The lists are not stored as bitmaps: they are computed from the
+``issued_credential`` rows that are not valid, so a state change is a single
+row update (plus the shard's ``version``) and a published list can never
+disagree with the table. Signed documents are cached per process by
+``(shard, purpose, version)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from issuer._models import (
+    CredentialState,
+    IssuedCredential,
+    StatusListKind,
+    StatusListShard,
+)
+from tessera.errors import ErrorCode, TesseraError
+from tessera.status import (
+    DEFAULT_LIST_SIZE,
+    BitstringStatusList,
+    IndexAllocator,
+    StatusList,
+    TokenStatus,
+    bitstring_status_list_credential,
+    sign_status_list_token,
+)
+from tessera.typing import Signer
+
+__all__ = [
+    "BITSTRING_PURPOSES",
+    "SHARD_SIZE",
+    "PublishedList",
+    "StatusPublisher",
+    "allocate",
+    "bitstring_entries",
+    "change_state",
+    "mark_superseded",
+    "revoke_current",
+    "token_status_claim",
+]
+
+SHARD_SIZE: Final = DEFAULT_LIST_SIZE
+TOKEN_BITS: Final = 2
+BITSTRING_PURPOSES: Final = ("revocation", "suspension")
+# Random probes before a shard counts as full: at 90 % occupancy 64 probes
+# all hit used slots with probability 0.9**64 ~ 0.1 %.
+MAX_PROBES: Final = 64
+LIST_VALIDITY: Final = timedelta(hours=24)
+# Re-sign a cached list well before it expires, even when nothing changed.
+RESIGN_AFTER: Final = timedelta(hours=1)
+# Verifiers may cache a list this long (Cache-Control max-age and the token's ttl):
+# the delay with which a revocation reaches them.
+CACHE_SECONDS: Final = 60
+
+
+def _open_shard(session: Session, *, brand_id: str, kind: StatusListKind,
+                now: datetime, size: int) -> StatusListShard:
+    stmt = (select(StatusListShard)
+            .where(StatusListShard.brand_id == brand_id, StatusListShard.kind == kind,
+                   col(StatusListShard.full).is_(False))
+            .order_by(col(StatusListShard.created_at)))
+    shard = session.exec(stmt).first()
+    if shard is None:
+        shard = StatusListShard(brand_id=brand_id, kind=kind, size=size, created_at=now)
+        session.add(shard)
+        session.flush()
+    return shard
+
+
+def allocate(session: Session, *, brand_id: str, kind: StatusListKind, now: datetime,
+             size: int = SHARD_SIZE) -> tuple[StatusListShard, int]:
+    """A free random index in the brand's open shard of ``kind`` (a new shard if full).
+
+    The caller inserts the credential row in the same transaction; the
+    unique ``(status_list_id, status_index)`` constraint turns a concurrent
+    pick of the same slot into a retried write (``run_write``).
+    """
+    for _ in range(8):
+        shard = _open_shard(session, brand_id=brand_id, kind=kind, now=now, size=size)
+        probes = 0
+
+        def used(idx: int, shard_id: str = shard.id) -> bool:
+            nonlocal probes
+            probes += 1
+            if probes > MAX_PROBES:
+                raise TesseraError(ErrorCode.CONFLICT, "status list shard is nearly full")
+            stmt = select(IssuedCredential.id).where(
+                IssuedCredential.status_list_id == shard_id,
+                IssuedCredential.status_index == idx)
+            return session.exec(stmt).first() is not None
+
+        try:
+            return shard, IndexAllocator(shard.size, is_used=used, attempts=MAX_PROBES).allocate()
+        except TesseraError as exc:
+            if exc.code is not ErrorCode.CONFLICT:
+                raise
+            shard.full = True
+            session.add(shard)
+            session.flush()
+    raise TesseraError(ErrorCode.INTERNAL_ERROR, "could not allocate a status list index")
+
+
+def _bump(session: Session, shard_ids: set[str]) -> None:
+    for shard_id in shard_ids:
+        session.execute(update(StatusListShard).where(col(StatusListShard.id) == shard_id)
+                        .values(version=StatusListShard.version + 1))
+
+
+_ALLOWED: Final[dict[CredentialState, frozenset[CredentialState]]] = {
+    CredentialState.REVOKED: frozenset({CredentialState.VALID, CredentialState.SUSPENDED}),
+    CredentialState.SUSPENDED: frozenset({CredentialState.VALID}),
+    CredentialState.VALID: frozenset({CredentialState.SUSPENDED}),
+}
+
+
+def change_state(session: Session, *, brand_id: str, credential_id: str,
+                 state: CredentialState, now: datetime, reason: str | None = None
+                 ) -> IssuedCredential:
+    """Revoke (final), suspend (a valid one) or resume (a suspended one)."""
+    cred = session.get(IssuedCredential, credential_id, with_for_update=True,
+                       populate_existing=True)
+    if cred is None or cred.brand_id != brand_id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such credential")
+    if cred.status == state:
+        return cred  # idempotent: revoking twice is one revocation
+    if CredentialState(cred.status) not in _ALLOWED[state]:
+        raise TesseraError(ErrorCode.CONFLICT, f"a {cred.status} credential cannot become {state}")
+    cred.status = state
+    cred.status_reason = reason
+    cred.status_changed_at = now
+    session.add(cred)
+    session.flush()
+    _bump(session, {cred.status_list_id})
+    return cred
+
+
+def revoke_current(session: Session, *, member_id: str, credential_type: str,
+                   now: datetime, reason: str) -> int:
+    """Revoke the member's live credentials of a type (their claims no longer hold)."""
+    stmt = select(IssuedCredential).where(
+        IssuedCredential.member_id == member_id,
+        IssuedCredential.credential_type == credential_type,
+        col(IssuedCredential.status).in_([CredentialState.VALID, CredentialState.SUSPENDED]))
+    rows = list(session.exec(stmt))
+    for cred in rows:
+        cred.status = CredentialState.REVOKED
+        cred.status_reason = reason
+        cred.status_changed_at = now
+        session.add(cred)
+    if rows:
+        session.flush()
+        _bump(session, {c.status_list_id for c in rows})
+    return len(rows)
+
+
+def mark_superseded(session: Session, *, new: IssuedCredential, now: datetime) -> None:
+    """A fresh credential replaces the member's earlier ones of the same type and format."""
+    stmt = select(IssuedCredential).where(
+        IssuedCredential.member_id == new.member_id,
+        IssuedCredential.credential_type == new.credential_type,
+        IssuedCredential.format == new.format,
+        col(IssuedCredential.superseded_by).is_(None),
+        IssuedCredential.id != new.id)
+    changed: set[str] = set()
+    for old in session.exec(stmt):
+        old.superseded_by = new.id
+        if old.status != CredentialState.REVOKED:
+            old.status = CredentialState.REVOKED
+            old.status_reason = "superseded"
+            old.status_changed_at = now
+            changed.add(old.status_list_id)
+        session.add(old)
+    session.flush()
+    _bump(session, changed)
+
+
+def token_status_claim(list_url: str, idx: int) -> dict[str, dict[str, object]]:
+    """The SD-JWT VC ``status`` claim (Token Status List §6.2)."""
+    return {"status_list": {"idx": idx, "uri": list_url}}
+
+
+def bitstring_entries(list_url: str, idx: int) -> list[dict[str, str]]:
+    """``credentialStatus`` of a Data Integrity credential: one entry per purpose (§2.1)."""
+    return [{"id": f"{list_url}/{purpose}#{idx}", "type": "BitstringStatusListEntry",
+             "statusPurpose": purpose, "statusListIndex": str(idx),
+             "statusListCredential": f"{list_url}/{purpose}"}
+            for purpose in BITSTRING_PURPOSES]
+
+
+# -- publishing -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedList:
+    body: bytes
+    media_type: str
+    etag: str
+    version: int
+    signed_at: datetime
+
+
+def _cryptosuite(signer: Signer) -> str:
+    if signer.public_key.crv == "Ed25519":
+        return "eddsa-rdfc-2022"
+    if signer.public_key.crv == "P-256":
+        return "ecdsa-rdfc-2019"
+    raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM,
+                       f"no Data Integrity cryptosuite for a {signer.public_key.crv} key")
+
+
+class StatusPublisher:
+    """Builds, signs and caches the published lists (one instance per process)."""
+
+    def __init__(self, *, max_entries: int = 1024) -> None:
+        self._cache: dict[tuple[str, str], PublishedList] = {}
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def _invalid(self, session: Session, shard_id: str) -> list[tuple[int, str]]:
+        stmt = select(IssuedCredential.status_index, IssuedCredential.status).where(
+            IssuedCredential.status_list_id == shard_id,
+            IssuedCredential.status != CredentialState.VALID)
+        return [(int(i), str(s)) for i, s in session.exec(stmt)]
+
+    def publish(self, session: Session, *, shard: StatusListShard, purpose: str | None,
+                url: str, issuer: str, signer: Signer, now: datetime) -> PublishedList:
+        """The signed list at ``url``; ``purpose`` is None for a token list."""
+        if (purpose is None) != (shard.kind == StatusListKind.TOKEN) or (
+                purpose is not None and purpose not in BITSTRING_PURPOSES):
+            raise TesseraError(ErrorCode.NOT_FOUND, "no such status list")
+        key = (shard.id, purpose or "")
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit.version == shard.version and \
+                timedelta(0) <= now - hit.signed_at < RESIGN_AFTER:
+            return hit
+        invalid = self._invalid(session, shard.id)
+        if purpose is None:
+            token_list = StatusList(TOKEN_BITS, shard.size)
+            for idx, state in invalid:
+                token_list.set(idx, TokenStatus.INVALID if state == CredentialState.REVOKED
+                               else TokenStatus.SUSPENDED)
+            body = sign_status_list_token(token_list, signer, uri=url, issued_at=now,
+                                          expires_at=now + LIST_VALIDITY, ttl=CACHE_SECONDS,
+                                          issuer=issuer).encode("ascii")
+            media_type = "application/statuslist+jwt"
+        else:
+            from tessera.encoding import canonical_json
+            from tessera.formats import data_integrity
+
+            bits = BitstringStatusList(shard.size)
+            wanted = CredentialState.REVOKED if purpose == "revocation" else \
+                CredentialState.SUSPENDED
+            for idx, state in invalid:
+                if state == wanted:
+                    bits.set(idx, 1)
+            unsigned = bitstring_status_list_credential(
+                bits, credential_id=url, issuer=issuer, status_purpose=purpose,
+                valid_from=now, valid_until=now + LIST_VALIDITY)
+            signed = data_integrity.issue(unsigned, signer=signer,
+                                          cryptosuite=_cryptosuite(signer),
+                                          verification_method=signer.key_id or "",
+                                          created=now)
+            body = canonical_json(signed)
+            media_type = "application/vc+ld+json"
+        published = PublishedList(body=body, media_type=media_type,
+                                  etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+                                  version=shard.version, signed_at=now)
+        with self._lock:
+            if len(self._cache) >= self._max:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = published
+        return published
