@@ -22,13 +22,18 @@ from __future__ import annotations
 import copy
 import json
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from functools import cache
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import pyoxigraph as _ox
+from c14n.Canonicalize import canonicalize as _jcs  # type: ignore[import-untyped]
+from frozendict import frozendict
 from pyld import jsonld as _pyld
 from pyld.canon import URDNA2015 as _URDNA2015
+from pyld.context_resolver import ContextResolver as _ContextResolver
+from pyld.resolved_context import ResolvedContext as _ResolvedContext
 
 import schemas
 from tessera.errors import ErrorCode, TesseraError
@@ -44,6 +49,7 @@ __all__ = [
     "canonicalize",
     "canonicalize_nquads",
     "check_all_terms_defined",
+    "compact",
     "default_loader",
     "expand",
     "to_nquads",
@@ -95,6 +101,21 @@ def _bundled(url: str) -> dict[str, Any]:
     return loaded
 
 
+def _deep_freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return frozendict({k: _deep_freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_deep_freeze(v) for v in value]
+    return value
+
+
+@cache
+def _frozen_bundled(url: str) -> Any:
+    # Immutable, so it is shared rather than copied, and the context
+    # resolver may key its cache on the object's identity (see _Resolver).
+    return _deep_freeze(_bundled(url))
+
+
 class DocumentLoader:
     """A pyld document loader over bundled contexts and operator-configured ones.
 
@@ -122,9 +143,10 @@ class DocumentLoader:
 
     def __call__(self, url: str, options: Any = None) -> dict[str, Any]:
         if url in BUNDLED_CONTEXTS:
-            document, tag = _bundled(url), "static"
+            document, tag = copy.deepcopy(_bundled(url)), "static"
         elif url in self._extra:
-            document, tag = self._extra[url], None
+            # pyld resolves relative @context URLs in place; hand it a copy.
+            document, tag = copy.deepcopy(self._extra[url]), None
         else:
             raise TesseraError(
                 ErrorCode.UNSUPPORTED_FORMAT, f"JSON-LD context {url[:200]!r} is not configured"
@@ -133,12 +155,18 @@ class DocumentLoader:
             "contentType": "application/ld+json",
             "contextUrl": None,
             "documentUrl": url,
-            # pyld resolves relative @context URLs in place; hand it a copy.
-            "document": copy.deepcopy(document),
+            "document": document,
         }
         if tag:
             remote["tag"] = tag
         return remote
+
+    def for_pyld(self, url: str, options: Any = None) -> dict[str, Any]:
+        """What pyld is given: bundled contexts deeply frozen and shared, not copied."""
+        if url in BUNDLED_CONTEXTS:
+            return {"contentType": "application/ld+json", "contextUrl": None,
+                    "documentUrl": url, "document": _frozen_bundled(url), "tag": "static"}
+        return self(url, options)
 
 
 @cache
@@ -146,9 +174,94 @@ def default_loader() -> DocumentLoader:
     return DocumentLoader()
 
 
+def _first_is_plain_object(local_ctx: Any) -> bool:
+    if isinstance(local_ctx, Mapping) and isinstance(local_ctx.get("@context"), list):
+        local_ctx = local_ctx["@context"]
+    first = local_ctx[0] if isinstance(local_ctx, list) and local_ctx else local_ctx
+    return isinstance(first, Mapping) and "@context" not in first and "@propagate" not in first
+
+
+class _Resolver(_ContextResolver):  # type: ignore[misc]
+    """pyld's context resolver, minus a JCS serialisation per scoped context.
+
+    For every inline (scoped) context it meets, pyld computes its cache key
+    as the JSON canonicalization (RFC 8785) of the context object: a fifth of
+    a credential's expansion time. Contexts from bundled files are deeply
+    frozen, so for those the key is remembered by object identity (the
+    object is kept alive by the memo, so its id cannot be reused). Inline
+    contexts from a caller's document are mutable and always re-serialised.
+    """
+
+    # Shared by every operation (each gets its own resolver), hence class-level.
+    _memo: ClassVar[dict[int, tuple[Any, str]]] = {}
+    _memo_lock: ClassVar[threading.Lock] = threading.Lock()
+    _MEMO_MAX: ClassVar[int] = 4096
+
+    def resolve(self, active_ctx: Any, context: Any, base: Any, cycles: Any = None) -> Any:
+        if isinstance(context, Mapping) and "@context" in context:
+            context = context["@context"]
+        items = context if isinstance(context, list) else [context]
+        if not any(isinstance(c, frozendict) for c in items):
+            return super().resolve(active_ctx, context, base, cycles)
+        out: list[Any] = []
+        for ctx in items:
+            if not isinstance(ctx, frozendict):
+                out.extend(super().resolve(active_ctx, [ctx], base, cycles))
+                continue
+            hit = self._memo.get(id(ctx))
+            if hit is not None and hit[0] is ctx:
+                key = hit[1]
+            else:
+                key = _jcs(dict(ctx)).decode("utf-8")
+                with self._memo_lock:
+                    if len(self._memo) >= self._MEMO_MAX:
+                        self._memo.clear()
+                    self._memo[id(ctx)] = (ctx, key)
+            resolved = self._get(key)
+            if not resolved:
+                resolved = _ResolvedContext(ctx)
+                self._cache_resolved_context(key, resolved, "static")
+            out.append(resolved)
+        return out
+
+
+class _Processor(_pyld.JsonLdProcessor):  # type: ignore[misc]
+    """pyld's processor with type-scoped contexts reaching its processed-context cache.
+
+    pyld caches a processed context under the ``_uuid`` of the active context
+    it was applied to. A type-scoped context does not propagate, so pyld first
+    clones the active context and gives the clone a *fresh* random ``_uuid``:
+    the cache never hits, and every ``VerifiableCredential``,
+    ``DataIntegrityProof`` or ``BitstringStatusListEntry`` node re-processes
+    its scoped context (about two thirds of a credential's expansion time).
+    The clone is a pure function of the active context (its mappings, plus
+    ``previousContext`` pointing back to it), so it is given an identifier
+    derived from the active context's own: the same cache key pyld would use
+    for the active context itself, no weaker. Only taken when the first
+    scoped context is an inline object without ``@propagate`` (which would
+    change whether pyld clones at all); anything else goes the stock way.
+    """
+
+    def _process_context(self, active_ctx: Any, local_ctx: Any, options: Any,
+                         override_protected: bool = False, propagate: bool = True,
+                         validate_scoped: bool = True, cycles: Any = None) -> Any:
+        uuid = active_ctx.get("_uuid")
+        if (not propagate and not active_ctx.get("previousContext") and isinstance(uuid, str)
+                and _first_is_plain_object(local_ctx)):
+            child = self._clone_active_context(active_ctx)
+            child["previousContext"] = active_ctx
+            child["_uuid"] = uuid + "~nonpropagating"
+            active_ctx = child
+        return super()._process_context(
+            active_ctx, local_ctx, options, override_protected=override_protected,
+            propagate=propagate, validate_scoped=validate_scoped, cycles=cycles)
+
+
 def _options(loader: DocumentLoader | None) -> dict[str, Any]:
+    load = (loader or default_loader()).for_pyld
     return {
-        "documentLoader": loader or default_loader(),
+        "documentLoader": load,
+        "contextResolver": _Resolver(_pyld._resolved_context_cache, load),
         "base": None,
         "processingMode": "json-ld-1.1",
     }
@@ -174,7 +287,7 @@ def _jsonld_error(exc: Exception, what: str) -> TesseraError:
 def expand(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> list[Any]:
     """JSON-LD 1.1 expansion with the offline loader."""
     try:
-        result: list[Any] = _pyld.expand(doc, _options(loader))
+        result: list[Any] = _Processor().expand(doc, _options(loader))
     except TesseraError:
         raise
     except Exception as exc:  # pyld raises JsonLdError and, on bad input, anything
@@ -182,10 +295,21 @@ def expand(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> list
     return result
 
 
+def compact(doc: Any, context: Any, *, loader: DocumentLoader | None = None) -> dict[str, Any]:
+    """JSON-LD 1.1 compaction with the offline loader."""
+    try:
+        result: dict[str, Any] = _Processor().compact(doc, context, _options(loader))
+    except TesseraError:
+        raise
+    except Exception as exc:
+        raise _jsonld_error(exc, "compaction") from exc
+    return result
+
+
 def to_nquads(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> list[str]:
     """The document's RDF dataset as N-Quads lines (not canonical), each ending in newline."""
     try:
-        dataset = _pyld.to_rdf(doc, {**_options(loader), "produceGeneralizedRdf": False})
+        dataset = _Processor().to_rdf(doc, {**_options(loader), "produceGeneralizedRdf": False})
         text: str = _pyld.JsonLdProcessor.to_nquads(dataset)
     except TesseraError:
         raise
@@ -280,7 +404,7 @@ def canonicalize_nquads(nquads: str) -> tuple[str, dict[str, str]]:
 def canonicalize(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> str:
     """RDFC-1.0 canonical N-Quads of a JSON-LD document."""
     try:
-        dataset = _pyld.to_rdf(doc, {**_options(loader), "produceGeneralizedRdf": False})
+        dataset = _Processor().to_rdf(doc, {**_options(loader), "produceGeneralizedRdf": False})
     except TesseraError:
         raise
     except Exception as exc:

@@ -455,19 +455,9 @@ def _skolemize_expanded(expanded: Any, prefix: str, counter: list[int]) -> Any:
 
 def _skolemize(document: dict[str, Any], loader: jsonld.DocumentLoader | None
                ) -> tuple[list[Any], dict[str, Any]]:
-    from pyld import jsonld as pyld_jsonld
-
     expanded = jsonld.expand(document, loader=loader)
     skolemized = _skolemize_expanded(expanded, f"urn:custom:{os.urandom(16).hex()}_", [0])
-    try:
-        compact: dict[str, Any] = pyld_jsonld.compact(
-            skolemized, {"@context": document["@context"]},
-            {"documentLoader": _loader(loader), "base": None},
-        )
-    except TesseraError:
-        raise
-    except Exception as exc:
-        raise _err(ErrorCode.MALFORMED, "JSON-LD compaction failed") from exc
+    compact = jsonld.compact(skolemized, {"@context": document["@context"]}, loader=loader)
     return skolemized, compact
 
 
