@@ -315,6 +315,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     :class:`tessera.nonces.RedisNonceStore` fits as well.
     """
     from issuer._routes_admin import router as admin_router
+    from issuer._routes_log import router as log_router
     from issuer._routes_oid4vci import router as oid4vci_router
     from issuer._routes_public import router as public_router
     from tessera.nonces import SqlNonceStore
@@ -346,5 +347,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(public_router)
     app.include_router(admin_router)
+    app.include_router(log_router)
     app.include_router(oid4vci_router)
     return app

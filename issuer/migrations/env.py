@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
+import issuer._log_models
 import issuer._models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 config = context.config

@@ -1,0 +1,350 @@
+"""The points transparency log of each brand, in SQL.
+
+Every ledger entry is appended as a leaf (:mod:`tessera.pointslog`) *inside the
+transaction that writes it*: :func:`append_for_member` runs from the ledger's
+write path after the entries are flushed, so a crash anywhere before the
+commit leaves neither the entry nor its leaf, and a commit leaves both. It
+appends the member's entries that have no leaf yet (the member row is locked
+by the ledger, so only this transaction can be creating them), which also
+picks up entries written before the log existed.
+
+Appends lock the brand's :class:`TransparencyLog` row (the sequencer) after
+the member row, always in that order. Proofs read stored complete-subtree
+hashes through :class:`SqlHashSource`; a whole proof is fetched in one
+query (the RFC 9162 recursion is first run against a recorder to learn which
+nodes it needs).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import exists, insert, tuple_, update
+from sqlmodel import Session, col, select
+
+from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
+from issuer._models import LedgerEntry
+from tessera import merkle
+from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
+from tessera.errors import ErrorCode, TesseraError
+from tessera.pointslog import LogLeaf, member_pseudonym
+from tessera.typing import Signer
+
+__all__ = [
+    "LeafRecord",
+    "SqlHashSource",
+    "append_for_member",
+    "append_leaves",
+    "check_log",
+    "checkpoint",
+    "consistency_proof",
+    "current_head",
+    "erase_member_leaves",
+    "inclusion_proof",
+    "log_state",
+    "member_leaves",
+    "pseudonym",
+    "root_at",
+    "signed_head",
+]
+
+T = TypeVar("T")
+MAX_ENTRIES_PAGE: Final = 1000
+_PLACEHOLDER: Final = b"\0" * merkle.HASH_SIZE
+
+
+@dataclass(frozen=True)
+class LeafRecord:
+    """A leaf to append: its JSON and the ledger entry it records."""
+
+    leaf: LogLeaf
+    entry_id: int
+
+
+def log_state(session: Session, brand_id: str, *, lock: bool = False) -> TransparencyLog:
+    """The brand's log row, created on first use (a racing creator makes the write retry)."""
+    stmt = select(TransparencyLog).where(TransparencyLog.brand_id == brand_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = session.exec(stmt.execution_options(populate_existing=True)).first()
+    if row is None:
+        row = TransparencyLog(brand_id=brand_id, size=0, frontier=[],
+                              pseudonym_secret=secrets.token_hex(32))
+        session.add(row)
+        session.flush()
+    return row
+
+
+def pseudonym(session: Session, brand_id: str, member_id: str) -> str:
+    log = log_state(session, brand_id)
+    return member_pseudonym(bytes.fromhex(log.pseudonym_secret), member_id)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for what was written aware (UTC).
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def append_for_member(session: Session, *, brand_id: str, member_id: str,
+                      idempotency_key: str | None) -> list[int]:
+    """Append the member's ledger entries that are not in the log yet; return their indexes."""
+    pending = list(session.exec(
+        select(LedgerEntry)
+        .where(LedgerEntry.member_id == member_id, LedgerEntry.brand_id == brand_id,
+               ~exists().where(col(LogLeafData.entry_id) == col(LedgerEntry.id)))
+        .order_by(col(LedgerEntry.id))))
+    if not pending:
+        return []
+    log = log_state(session, brand_id, lock=True)
+    name = member_pseudonym(bytes.fromhex(log.pseudonym_secret), member_id)
+    records = []
+    for entry in pending:
+        assert entry.id is not None
+        records.append(LeafRecord(LogLeaf.of(
+            entry=entry.id, member=name, delta=entry.points, kind=str(entry.kind),
+            reason=entry.reason, time=_aware(entry.created_at),
+            idempotency_key=idempotency_key), entry.id))
+    return append_leaves(session, log, records)
+
+
+def append_leaves(session: Session, log: TransparencyLog, records: Sequence[LeafRecord],
+                  *, store_data: bool = True) -> list[int]:
+    """Append to a log row the caller has locked: O(1) amortised node rows per leaf."""
+    frontier = [b64url_decode(h) for h in log.frontier]
+    size = log.size
+    nodes: list[dict[str, Any]] = []
+    leaves: list[dict[str, Any]] = []
+    indexes: list[int] = []
+    for record in records:
+        raw = record.leaf.to_bytes()
+        current = merkle.leaf_hash(raw)
+        index = size
+        nodes.append({"brand_id": log.brand_id, "level": 0, "idx": index, "hash": current})
+        level = 0
+        # A node whose index is odd at its level is a right child: fold it
+        # into its left sibling, the last complete subtree on the frontier.
+        while (index >> level) & 1:
+            current = merkle.node_hash(frontier.pop(), current)
+            level += 1
+            nodes.append({"brand_id": log.brand_id, "level": level, "idx": index >> level,
+                          "hash": current})
+        frontier.append(current)
+        size += 1
+        indexes.append(index)
+        leaves.append({"brand_id": log.brand_id, "idx": index, "entry_id": record.entry_id,
+                       "member": record.leaf.member,
+                       "data": raw.decode() if store_data else None})
+    if nodes:
+        session.execute(insert(LogNode), nodes)
+        session.execute(insert(LogLeafData), leaves)
+    log.size = size
+    log.frontier = [b64url_encode(h) for h in frontier]
+    session.add(log)
+    session.flush()
+    return indexes
+
+
+def _frontier_root(frontier: Sequence[str]) -> bytes:
+    if not frontier:
+        return merkle.EMPTY_ROOT
+    hashes = [b64url_decode(h) for h in frontier]
+    root = hashes[-1]
+    for left in reversed(hashes[:-1]):
+        root = merkle.node_hash(left, root)
+    return root
+
+
+def current_head(session: Session, brand_id: str) -> tuple[int, bytes]:
+    """Size and root of the log now, from the frontier: no node reads."""
+    log = log_state(session, brand_id)
+    return log.size, _frontier_root(log.frontier)
+
+
+def checkpoint(session: Session, brand_id: str) -> tuple[int, str]:
+    """The ``(tree_size, root_hash)`` a points credential computed now carries."""
+    size, root = current_head(session, brand_id)
+    return size, b64url_encode(root)
+
+
+# -- reading nodes -----------------------------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.keys: set[tuple[int, int]] = set()
+
+    def get_leaf_hash(self, index: int) -> bytes:
+        self.keys.add((0, index))
+        return _PLACEHOLDER
+
+    def get_subtree_hash(self, start: int, size: int) -> bytes:
+        self.keys.add((size.bit_length() - 1, start // size))
+        return _PLACEHOLDER
+
+
+class SqlHashSource:
+    """:class:`tessera.merkle.HashSource` over ``log_node``; :meth:`run` batches a computation."""
+
+    def __init__(self, session: Session, brand_id: str,
+                 cache: dict[tuple[int, int], bytes] | None = None) -> None:
+        self.session = session
+        self.brand_id = brand_id
+        self.cache = cache if cache is not None else {}
+
+    def _get(self, level: int, idx: int) -> bytes:
+        key = (level, idx)
+        if key not in self.cache:
+            self.fetch([key])
+        if key not in self.cache:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, f"no log node {level}/{idx}")
+        return self.cache[key]
+
+    def get_leaf_hash(self, index: int) -> bytes:
+        return self._get(0, index)
+
+    def get_subtree_hash(self, start: int, size: int) -> bytes:
+        level = size.bit_length() - 1
+        if size < 2 or size != 1 << level or start % size:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "not a complete, aligned subtree")
+        return self._get(level, start // size)
+
+    def fetch(self, keys: Iterable[tuple[int, int]]) -> None:
+        wanted = sorted(set(keys) - set(self.cache))
+        for chunk_start in range(0, len(wanted), 500):
+            chunk = wanted[chunk_start:chunk_start + 500]
+            rows = self.session.execute(
+                select(col(LogNode.level), col(LogNode.idx), col(LogNode.hash))
+                .where(col(LogNode.brand_id) == self.brand_id,
+                       tuple_(col(LogNode.level), col(LogNode.idx)).in_(chunk)))
+            for level, idx, digest in rows:
+                self.cache[(int(level), int(idx))] = bytes(digest)
+
+    def run(self, fn: Callable[[merkle.HashSource], T]) -> T:
+        """Run ``fn`` twice: against a recorder to learn its reads, then on one fetched batch."""
+        recorder = _Recorder()
+        fn(recorder)
+        self.fetch(recorder.keys)
+        return fn(self)
+
+
+def _within(session: Session, brand_id: str, size: int) -> None:
+    log = log_state(session, brand_id)
+    if size > log.size:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, f"the log has only {log.size} entries")
+
+
+def root_at(session: Session, brand_id: str, size: int) -> bytes:
+    _within(session, brand_id, size)
+    return SqlHashSource(session, brand_id).run(lambda s: merkle.root_hash(s, size))
+
+
+def inclusion_proof(session: Session, brand_id: str, index: int, size: int) -> list[bytes]:
+    _within(session, brand_id, size)
+    return SqlHashSource(session, brand_id).run(
+        lambda s: merkle.inclusion_proof(s, index, size))
+
+
+def consistency_proof(session: Session, brand_id: str, first: int, second: int) -> list[bytes]:
+    _within(session, brand_id, second)
+    return SqlHashSource(session, brand_id).run(
+        lambda s: merkle.consistency_proof(s, first, second))
+
+
+def signed_head(session: Session, *, brand_id: str, log_id: str,
+                signer: Callable[[], Signer], now: datetime) -> TreeHead:
+    """The signed head of the current tree; signed once per size and kept."""
+    size, root = current_head(session, brand_id)
+    stored = session.get(TreeHead, (brand_id, size))
+    if stored is not None:
+        return stored
+    sth = merkle.SignedTreeHead.sign(size, root, signer(), timestamp=now, log_id=log_id)
+    row = TreeHead(brand_id=brand_id, tree_size=size, root_hash=b64url_encode(root),
+                   signed_at=now, jws=sth.signature)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def member_leaves(session: Session, *, brand_id: str, member_id: str, size: int,
+                  after: int = -1, limit: int = MAX_ENTRIES_PAGE
+                  ) -> list[tuple[int, dict[str, Any] | None, list[bytes]]]:
+    """The member's leaves below ``size`` with an inclusion proof each (one node query)."""
+    _within(session, brand_id, size)
+    name = pseudonym(session, brand_id, member_id)
+    rows = list(session.exec(
+        select(LogLeafData).where(LogLeafData.brand_id == brand_id, LogLeafData.member == name,
+                                  col(LogLeafData.idx) > after, col(LogLeafData.idx) < size)
+        .order_by(col(LogLeafData.idx)).limit(max(1, min(limit, MAX_ENTRIES_PAGE)))))
+    source = SqlHashSource(session, brand_id)
+    recorder = _Recorder()
+    for row in rows:
+        merkle.inclusion_proof(recorder, row.idx, size)
+    source.fetch(recorder.keys)
+    return [(row.idx, parse_json_object(row.data) if row.data is not None else None,
+             merkle.inclusion_proof(source, row.idx, size)) for row in rows]
+
+
+def erase_member_leaves(session: Session, *, brand_id: str, member_id: str) -> int:
+    """Drop the leaf texts of a member; the hashes (and every proof) stay."""
+    name = pseudonym(session, brand_id, member_id)
+    result = session.execute(
+        update(LogLeafData)
+        .where(col(LogLeafData.brand_id) == brand_id, col(LogLeafData.member) == name,
+               col(LogLeafData.data).is_not(None))
+        .values(data=None))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def check_log(session: Session, brand_id: str) -> list[str]:
+    """Full self-check (operators, tests): ledger, leaves, nodes and frontier agree.
+
+    Rebuilds the tree from the stored leaf hashes and compares every stored
+    node, re-hashes every kept leaf text, and checks that every ledger entry
+    of the brand has exactly one leaf whose text still says what the entry
+    says. Returns the problems found (empty when consistent). O(n).
+    """
+    problems: list[str] = []
+    log = log_state(session, brand_id)
+    nodes = {(int(level), int(idx)): bytes(h) for level, idx, h in session.execute(
+        select(col(LogNode.level), col(LogNode.idx), col(LogNode.hash))
+        .where(col(LogNode.brand_id) == brand_id))}
+    tree = merkle.MemoryTree()
+    for i in range(log.size):
+        digest = nodes.get((0, i))
+        if digest is None:
+            problems.append(f"leaf {i} missing")
+            return problems
+        tree.append_leaf_hash(digest)
+    for (level, idx), digest in nodes.items():
+        if idx >= log.size >> level or tree.get_subtree_hash(idx << level, 1 << level) != digest:
+            problems.append(f"node {level}/{idx} does not match its children")
+    if tree.root_hash() != _frontier_root(log.frontier):
+        problems.append("frontier does not match the nodes")
+    entries = {int(e.id or 0): e for e in session.exec(
+        select(LedgerEntry).where(LedgerEntry.brand_id == brand_id))}
+    leaves = list(session.exec(select(LogLeafData).where(LogLeafData.brand_id == brand_id)))
+    if len(leaves) != log.size:
+        problems.append(f"{len(leaves)} leaf rows for a log of {log.size}")
+    logged = set()
+    for row in leaves:
+        logged.add(row.entry_id)
+        entry = entries.get(row.entry_id)
+        if entry is None:
+            problems.append(f"leaf {row.idx} records no ledger entry")
+            continue
+        if row.data is None:
+            continue  # erased: only the hash remains
+        if merkle.leaf_hash(row.data.encode()) != nodes.get((0, row.idx)):
+            problems.append(f"leaf {row.idx} text does not match its hash")
+        body = parse_json_object(row.data)
+        if (body.get("entry"), body.get("delta"), body.get("kind")) != (
+                entry.id, entry.points, str(entry.kind)):
+            problems.append(f"leaf {row.idx} disagrees with ledger entry {entry.id}")
+    missing = set(entries) - logged
+    if missing:
+        problems.append(f"ledger entries without a leaf: {sorted(missing)[:10]}")
+    return problems
