@@ -6,6 +6,7 @@ Runs on SQLite and, with TESSERA_TEST_POSTGRES_URL, on PostgreSQL.
 from __future__ import annotations
 
 import json
+import secrets
 import urllib.parse
 from datetime import timedelta
 from typing import Any
@@ -29,7 +30,7 @@ def _member(service: Service, slug: str = "acme") -> tuple[dict[str, Any], jwk.J
     """An enrolled member whose DID key is a jwcrypto P-256 key (the sd-jwt package's alg)."""
     if slug not in service.tokens:
         service.brand(slug)
-    program = service.program(slug)
+    program = service.program(slug, name=f"Miles {secrets.token_hex(4)}")
     key = jwk.JWK.generate(kty="EC", crv="P-256")
     signer = signer_from_jwk(json.loads(key.export_private()))
     member = service.enrol(slug, program["id"], signer)
