@@ -41,8 +41,12 @@ apikey_app = typer.Typer(help="API keys of a brand.", no_args_is_help=True)
 program_app = typer.Typer(help="Programs and tiers.", no_args_is_help=True)
 member_app = typer.Typer(help="Members.", no_args_is_help=True)
 points_app = typer.Typer(help="The points ledger.", no_args_is_help=True)
+offer_app = typer.Typer(help="OpenID4VCI credential offers.", no_args_is_help=True)
+credential_app = typer.Typer(help="Issued credentials: revoke, suspend, resume.",
+                             no_args_is_help=True)
 for _sub, _name in ((brand_app, "brand"), (apikey_app, "apikey"), (program_app, "program"),
-                    (member_app, "member"), (points_app, "points")):
+                    (member_app, "member"), (points_app, "points"), (offer_app, "offer"),
+                    (credential_app, "credential")):
     issuer_app.add_typer(_sub, name=_name)
 
 BrandOpt = Annotated[str, typer.Option("--brand", "-b", help="brand slug")]
@@ -312,3 +316,76 @@ def points_reverse(brand: BrandOpt, member: MemberOpt, entry: int,
     """Undo a ledger entry with a new reverse entry."""
     _points(_ledger.reverse, brand, member, key, entry_id=entry, reason=reason,
             operator=operator)
+
+
+# -- offers and credentials --------------------------------------------------------------------
+
+
+@offer_app.command("create")
+def offer_create(
+    brand: BrandOpt, member: MemberOpt,
+    credential: Annotated[list[str] | None, typer.Option(
+        "--credential", "-c", help="credential configuration id (repeatable); default: both "
+                                   "types as dc+sd-jwt")] = None,
+    tx_code: Annotated[int | None, typer.Option(
+        help="require a numeric transaction code of this many digits (4-10)")] = None,
+    tx_code_description: Annotated[str | None, typer.Option()] = None,
+    ttl_seconds: int = 600,
+    qr: Annotated[Path | None, typer.Option(help="also write a QR code PNG of the offer")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print the whole offer as JSON")]
+    = False,
+) -> None:
+    """A pre-authorized offer: prints the openid-credential-offer:// URI and the tx_code."""
+    from issuer._openid4vci import OfferRequest, TxCodeRequest, create_offer
+
+    settings = _run(Settings.from_env)
+    ids = credential or ["LoyaltyMembershipCredential_sd_jwt", "LoyaltyPointsCredential_sd_jwt"]
+    request = _run(lambda: OfferRequest(
+        credential_configuration_ids=ids, ttl_seconds=ttl_seconds,
+        tx_code=TxCodeRequest(length=tx_code, description=tx_code_description)
+        if tx_code is not None else None))
+    created = _write(lambda s: create_offer(s, settings=settings, brand=_brand_id(s, brand),
+                                            member_id=member, request=request, now=utcnow()))
+    if qr is not None:
+        import segno
+
+        segno.make(created.offer_uri, error="m").save(str(qr), kind="png", scale=6, border=4)
+    if json_output:
+        _out(created)
+        return
+    typer.echo(created.offer_uri)
+    if created.tx_code is not None:
+        typer.echo(f"tx_code: {created.tx_code}")
+
+
+def _credential_state(brand: str, credential_id: str, state: str, reason: str | None) -> None:
+    from issuer._models import CredentialState, IssuedCredentialPublic
+    from issuer._status_lists import change_state
+
+    def run(session: Session) -> IssuedCredentialPublic:
+        cred = change_state(session, brand_id=_brand_id(session, brand).id,
+                            credential_id=credential_id, state=CredentialState(state),
+                            now=utcnow(), reason=reason)
+        return IssuedCredentialPublic.model_validate(cred, from_attributes=True)
+
+    _out(_write(run))
+
+
+ReasonOpt = Annotated[str | None, typer.Option(help="recorded with the change")]
+
+
+@credential_app.command("revoke")
+def credential_revoke(brand: BrandOpt, credential_id: str, reason: ReasonOpt = None) -> None:
+    """Revoke for good (the status list shows it as invalid from now on)."""
+    _credential_state(brand, credential_id, "revoked", reason)
+
+
+@credential_app.command("suspend")
+def credential_suspend(brand: BrandOpt, credential_id: str, reason: ReasonOpt = None) -> None:
+    _credential_state(brand, credential_id, "suspended", reason)
+
+
+@credential_app.command("resume")
+def credential_resume(brand: BrandOpt, credential_id: str, reason: ReasonOpt = None) -> None:
+    """Lift a suspension."""
+    _credential_state(brand, credential_id, "valid", reason)

@@ -89,3 +89,41 @@ def test_missing_master_key_is_an_error(cli: Any, monkeypatch: pytest.MonkeyPatc
     cli("migrate")
     monkeypatch.delenv("TESSERA_MASTER_KEY")
     assert "TESSERA_MASTER_KEY" in cli("brand", "create", "acme", "--name", "A", ok=False)
+
+
+def test_offer_create_and_credential_state_from_the_shell(cli: Any, tmp_path: Path) -> None:
+    import urllib.parse
+
+    from typer.testing import CliRunner
+
+    cli("migrate")
+    cli("brand", "create", "acme", "--name", "Acme Air")
+    program = cli("program", "create", "--brand", "acme", "--name", "Miles",
+                  "--tier", "blue:0:0")
+    challenge = cli("member", "challenge", "--brand", "acme")
+    signer = generate_signer("ES256")
+    did = did_key(signer.public_key)
+    proof = enrolment_proof(signer, did, challenge["audience"], challenge["nonce"], utcnow())
+    member = cli("member", "enrol", "--brand", "acme", "--program", program["id"],
+                 "--did", did, "--proof", proof)
+    runner = CliRunner()
+    qr = tmp_path / "offer.png"
+    result = runner.invoke(issuer_app, ["offer", "create", "--brand", "acme", "--member",
+                                        member["id"], "--tx-code", "6", "--qr", str(qr)])
+    assert result.exit_code == 0, result.output
+    uri, tx_line = result.stdout.strip().splitlines()
+    assert uri.startswith("openid-credential-offer://?credential_offer=")
+    offer = json.loads(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query))[
+        "credential_offer"])
+    assert offer["credential_issuer"] == "https://issuer.example/brands/acme"
+    assert offer["credential_configuration_ids"] == [
+        "LoyaltyMembershipCredential_sd_jwt", "LoyaltyPointsCredential_sd_jwt"]
+    code = tx_line.removeprefix("tx_code: ")
+    assert len(code) == 6 and code.isdigit()
+    assert qr.read_bytes().startswith(b"\x89PNG")
+    err = cli("offer", "create", "--brand", "acme", "--member", member["id"],
+              "--credential", "Nope", ok=False)
+    assert "error: invalid_request" in err
+    for verb in ("revoke", "suspend", "resume"):
+        assert "error: not_found" in cli("credential", verb, "--brand", "acme",
+                                         "no-such-credential", ok=False)
