@@ -2,7 +2,8 @@
 
 :func:`parse_request` turns an ``openid4vp://`` URI into a checked
 :class:`VerifierRequest`: a ``request_uri`` is fetched (RFC 9101 §5.2) through
-an injectable ``httpx.Client``, the Request Object must be a JWS with ``typ``
+an injectable ``httpx.Client`` (with ``request_uri_method=post`` the wallet POSTs
+its metadata, §5.10), the Request Object must be a JWS with ``typ``
 ``oauth-authz-req+jwt`` whose ``client_id`` equals the URI's, and for the
 ``decentralized_identifier`` prefix it must be signed by a key of that DID,
 named by its ``kid`` (§5.9.3). A ``redirect_uri`` request is unsigned by
@@ -11,7 +12,11 @@ signed request object fails the signature check.
 
 :func:`respond` builds the ``vp_token`` through :meth:`holder.Wallet.present`
 (which shows the consent screen and logs the decision) and posts it; a member
-who declines makes the wallet post ``error=access_denied`` (§8.5).
+who declines makes the wallet post ``error=access_denied`` (§8.5). When the
+request says ``response_mode=direct_post.jwt`` (§8.3) every response parameter
+goes inside a JWE (``ECDH-ES`` to the P-256 key from ``client_metadata.jwks``,
+``enc`` ``A128GCM`` unless the verifier only offers ``A256GCM``), posted as
+``response=<JWE>``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import httpx
+from jwcrypto import jwe as _jwe
+from jwcrypto import jwk as _jwk
 
 from holder._wallet import ConsentCallback, Wallet
 from tessera.dcql import Query
@@ -33,11 +40,13 @@ from tessera.did import Resolver
 from tessera.encoding import b64url_decode, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import decode_unverified, verify_signature
+from tessera.keys import public_key_from_jwk
 from tessera.typing import DIDResolver
 
 __all__ = [
     "KNOWN_TRANSACTION_TYPES",
     "VerifierRequest",
+    "encrypt_response",
     "parse_request",
     "respond",
 ]
@@ -52,6 +61,10 @@ KNOWN_TRANSACTION_TYPES: Final = frozenset(
 MAX_REQUEST_OBJECT_BYTES: Final = 64 * 1024
 MAX_URI_LENGTH: Final = 16 * 1024
 _JSON_PARAMS: Final = ("dcql_query", "client_metadata", "transaction_data")
+RESPONSE_MODES: Final = ("direct_post", "direct_post.jwt")
+# §8.3: the wallet uses A128GCM when the verifier names no enc; it prefers it
+# when offered, as the profile default.
+ENC_PREFERENCE: Final = ("A128GCM", "A256GCM")
 
 
 def _invalid(detail: str) -> TesseraError:
@@ -76,6 +89,10 @@ class VerifierRequest:
     purpose: str = ""
     signed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    response_mode: str = "direct_post"
+    # direct_post.jwt: the verifier's public encryption JWK and the chosen enc.
+    encryption_jwk: dict[str, Any] | None = None
+    encryption_enc: str = ""
 
     @property
     def verifier_name(self) -> str:
@@ -203,8 +220,9 @@ def _build(params: Mapping[str, Any], *, signed: bool,
     prefix, identifier = _split_client_id(params.get("client_id"))
     if params.get("response_type") != "vp_token":
         raise _invalid("response_type must be vp_token")
-    if params.get("response_mode") != "direct_post":
-        raise _invalid("response_mode must be direct_post")
+    response_mode = params.get("response_mode")
+    if response_mode not in RESPONSE_MODES:
+        raise _invalid("response_mode must be direct_post or direct_post.jwt")
     response_uri = _check_endpoint(params.get("response_uri"), "response_uri")  # type: ignore[arg-type]
     if prefix == PREFIX_REDIRECT_URI and response_uri != identifier:
         # §5.9.3: with redirect_uri, the identifier is where the response goes.
@@ -255,13 +273,47 @@ def _build(params: Mapping[str, Any], *, signed: bool,
     ):
         raise _invalid("client_metadata client_name/contacts are malformed")
     purpose = params.get("purpose", "")
+    encryption_jwk, encryption_enc = (
+        _encryption_choice(metadata) if response_mode == "direct_post.jwt" else (None, "")
+    )
     return VerifierRequest(
         client_id=str(params["client_id"]), client_id_prefix=prefix,
         verifier_identifier=identifier, response_uri=response_uri, nonce=nonce, state=state,
         dcql_query=dcql, transaction_data=transaction_data, transactions=tuple(transactions),
         client_name=name[:200], contacts=tuple(c[:200] for c in contacts[:5]),
         purpose=purpose[:500] if isinstance(purpose, str) else "", signed=signed,
+        response_mode=str(response_mode), encryption_jwk=encryption_jwk,
+        encryption_enc=encryption_enc,
     )
+
+
+def _encryption_choice(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The verifier's response encryption key and ``enc`` (§8.3), or ``invalid_request``."""
+    jwks = metadata.get("jwks")
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise _invalid("direct_post.jwt without client_metadata.jwks")
+    chosen = None
+    for key in keys[:8]:
+        if (isinstance(key, dict) and key.get("kty") == "EC" and key.get("crv") == "P-256"
+                and key.get("use", "enc") == "enc" and key.get("alg") == "ECDH-ES"
+                and "d" not in key):
+            chosen = key
+            break
+    if chosen is None:
+        raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM,
+                           "no ECDH-ES P-256 encryption key in client_metadata.jwks")
+    # A point off the curve (an invalid-curve attack on ECDH) fails here, before
+    # the member is asked anything.
+    public_key_from_jwk({k: chosen.get(k) for k in ("kty", "crv", "x", "y")})
+    offered = metadata.get("encrypted_response_enc_values_supported", ["A128GCM"])
+    if not isinstance(offered, list):
+        raise _invalid("encrypted_response_enc_values_supported must be an array")
+    for enc in ENC_PREFERENCE:
+        if enc in offered:
+            return dict(chosen), enc
+    raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM,
+                       "the verifier offers no content encryption this wallet supports")
 
 
 def parse_request(
@@ -314,17 +366,36 @@ def respond(
             if exc.code == ErrorCode.CONSENT_DENIED:
                 # The refusal stands even if the till cannot be told.
                 with contextlib.suppress(TesseraError):
-                    _post(own, request.response_uri, {
+                    _post(own, request.response_uri, _response_form(request, {
                         "error": "access_denied", "error_description": "the member declined",
                         "state": request.state,
-                    })
+                    }))
             raise
-        return _post(own, request.response_uri, {
-            "vp_token": json.dumps(token, separators=(",", ":")), "state": request.state,
-        })
+        return _post(own, request.response_uri, _response_form(
+            request, {"vp_token": token, "state": request.state}))
     finally:
         if http is None:
             own.close()
+
+
+def encrypt_response(request: VerifierRequest, params: Mapping[str, Any]) -> str:
+    """The compact JWE of a ``direct_post.jwt`` answer (§8.3): unsigned, ``kid`` copied."""
+    if request.encryption_jwk is None or not request.encryption_enc:
+        raise _invalid("this request did not ask for an encrypted response")
+    header: dict[str, str] = {"alg": "ECDH-ES", "enc": request.encryption_enc}
+    if isinstance(request.encryption_jwk.get("kid"), str):
+        header["kid"] = request.encryption_jwk["kid"]
+    token = _jwe.JWE(json.dumps(dict(params), separators=(",", ":")).encode(),
+                     protected=json.dumps(header))
+    token.add_recipient(_jwk.JWK(**request.encryption_jwk))
+    return str(token.serialize(compact=True))
+
+
+def _response_form(request: VerifierRequest, params: Mapping[str, Any]) -> dict[str, str]:
+    if request.response_mode == "direct_post.jwt":
+        return {"response": encrypt_response(request, params)}
+    return {k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+            for k, v in params.items()}
 
 
 def _post(http: httpx.Client, url: str, form: dict[str, str]) -> dict[str, Any]:

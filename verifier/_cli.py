@@ -1,33 +1,37 @@
-"""``tessera verifier ...``: run the verifier service and its checkout page."""
+"""``tessera verifier ...``: run the verifier service and its checkout page.
+
+``serve`` validates its options once, in the parent process (so a bad trust
+list or key file fails before any worker starts, and the key file is created
+once), then hands them to uvicorn through ``TESSERA_VERIFIER_*`` variables:
+each worker builds the app with :func:`verifier._service.app_from_env`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tessera.encoding import parse_json_object
 from tessera.errors import TesseraError
 
 verifier_app = typer.Typer(help="Run the verifier service.", no_args_is_help=True)
-
-
-def _read_json(path: Path) -> dict[str, object]:
-    try:
-        return parse_json_object(path.read_bytes())
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
 
 
 @verifier_app.command("serve")
 def serve(
     trust: Annotated[Path, typer.Option(help="trust list JSON file")],
     key: Annotated[Path | None, typer.Option(
-        help="verifier private JWK file (default: a fresh key for this run only)")] = None,
+        help="verifier key file (private JWK; created with mode 0600 if absent; sealed "
+             "under TESSERA_MASTER_KEY when that is set). Without it: a key for this run "
+             "only, and a single worker")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8090,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="uvicorn worker processes (more than 1 needs --key and a "
+                            "SQL or Redis store)")] = 1,
     base_url: Annotated[str | None, typer.Option(
         help="public URL wallets reach (default http://HOST:PORT)")] = None,
     store: Annotated[str, typer.Option(
@@ -37,37 +41,48 @@ def serve(
     prefix: Annotated[str, typer.Option(
         help="client identifier prefix: decentralized_identifier or redirect_uri")]
     = "decentralized_identifier",
+    response_mode: Annotated[str, typer.Option(
+        help="default response mode: direct_post or direct_post.jwt (encrypted)")]
+    = "direct_post",
     name: Annotated[str, typer.Option(help="name shown on the member's consent screen")]
     = "Partner checkout",
     contact: Annotated[list[str] | None, typer.Option(help="contact shown to members")] = None,
     did_document: Annotated[list[Path] | None, typer.Option(
         help="pin an issuer DID document (offline did:web); repeatable")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Serve OpenID4VP requests, the direct_post endpoint and the checkout page."""
+    """Serve OpenID4VP requests, the response endpoint and the checkout page."""
     import uvicorn
 
-    from tessera.did import HttpFetcher, Resolver
-    from tessera.keys import generate_signer, signer_from_jwk
-    from verifier._service import ServiceSettings, create_app, verifier_did
-    from verifier._trust import TrustList
+    from verifier._service import create_app, settings_from_env, verifier_did
 
+    env = {
+        "TESSERA_VERIFIER_TRUST": str(trust.resolve()),
+        "TESSERA_VERIFIER_KEY": str(key.resolve()) if key else "",
+        "TESSERA_VERIFIER_BASE_URL": base_url or f"http://{host}:{port}",
+        "TESSERA_VERIFIER_STORE": store,
+        "TESSERA_VERIFIER_PREFIX": prefix,
+        "TESSERA_VERIFIER_RESPONSE_MODE": response_mode,
+        "TESSERA_VERIFIER_NAME": name,
+        "TESSERA_VERIFIER_CONTACTS": json.dumps(contact or []),
+        "TESSERA_VERIFIER_DID_DOCUMENTS": json.dumps(
+            [str(p.resolve()) for p in did_document or []]),
+        "TESSERA_VERIFIER_WORKERS": str(workers),
+    }
     try:
-        signer = signer_from_jwk(_read_json(key)) if key else generate_signer("ES256")
-        did = verifier_did(signer)
-        signer = signer.with_key_id(did + "#0")
-        documents = {}
-        for doc_path in did_document or []:
-            doc = _read_json(doc_path)
-            documents[str(doc.get("id"))] = doc
-        settings = ServiceSettings(
-            base_url=base_url or f"http://{host}:{port}", trust=TrustList.from_file(trust),
-            signer=signer, client_id_prefix=prefix, client_name=name,
-            contacts=tuple(contact or ()), store_url=store,
-            resolver=Resolver(HttpFetcher(), documents=documents),
-        )
-        app = create_app(settings)
+        settings = settings_from_env({**os.environ, **env})
     except TesseraError as exc:
         typer.echo(json.dumps({"error": exc.code.value, "detail": exc.detail}), err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"verifier {did} at {settings.base_url}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    assert settings.signer is not None
+    os.environ.update(env)
+    typer.echo(f"verifier {verifier_did(settings.signer)} at {settings.base_url} "
+               f"({workers} worker{'s' if workers > 1 else ''}, store "
+               f"{store.split('://', 1)[0]})", err=True)
+    if workers == 1:
+        # One process: serve the app already built (a one-run key stays the one
+        # printed above).
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    else:
+        uvicorn.run("verifier._service:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level=log_level)

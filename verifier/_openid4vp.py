@@ -3,7 +3,10 @@
 A request carries a DCQL query (§6), a ``state`` and a single-use ``nonce``
 (the nonce is recorded by :meth:`verifier.Verifier.create_request`), asks
 for ``response_type=vp_token`` with ``response_mode=direct_post`` (§8.2),
-and names the verifier with a Client Identifier Prefix (§5.9):
+or ``response_mode=direct_post.jwt`` (§8.3: the answer is a JWE encrypted
+to a per-request ECDH-ES P-256 key the verifier publishes in
+``client_metadata.jwks``), and names the verifier with a Client Identifier
+Prefix (§5.9):
 
 * ``redirect_uri:<response_uri>``: the request MUST NOT be signed (§5.9.3), so
   it travels by value, and the original identifier is the response URI;
@@ -23,11 +26,16 @@ is a thin layer over these functions.
 from __future__ import annotations
 
 import json
+import secrets
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
+
+from jwcrypto import jwe as _jwe
+from jwcrypto import jwk as _jwk
+from jwcrypto.common import JWException
 
 from tessera import credentials
 from tessera.dcql import Query
@@ -44,11 +52,16 @@ __all__ = [
     "PREFIX_DID",
     "PREFIX_REDIRECT_URI",
     "REQUEST_OBJECT_TYP",
+    "RESPONSE_MODES",
     "AuthorizationRequest",
     "DirectPostResponse",
+    "EncryptedResponse",
     "OpenID4VPVerifier",
     "decode_transaction_data",
+    "decrypt_response",
     "encode_transaction_data",
+    "new_response_key",
+    "parse_authorization_response",
     "parse_direct_post",
     "split_client_id",
 ]
@@ -62,6 +75,13 @@ SELF_ISSUED_AUDIENCE: Final = "https://self-issued.me/v2"
 POINTS_REDEMPTION_TYPE: Final = "https://w3id.org/tessera/transaction/points-redemption/v1"
 MAX_RESPONSE_BYTES: Final = 512 * 1024
 MAX_TRANSACTION_DATA: Final = 8
+ResponseMode = Literal["direct_post", "direct_post.jwt"]
+RESPONSE_MODES: Final[tuple[str, ...]] = ("direct_post", "direct_post.jwt")
+# §8.3: ECDH-ES (direct key agreement, no key wrapping) on P-256, and the
+# content encryption algorithms we accept; A128GCM is the default a wallet
+# uses when client_metadata names none.
+RESPONSE_ENC_ALG: Final = "ECDH-ES"
+RESPONSE_ENC_VALUES: Final[tuple[str, ...]] = ("A128GCM", "A256GCM")
 
 
 def split_client_id(client_id: str) -> tuple[str, str]:
@@ -117,6 +137,11 @@ class AuthorizationRequest:
     presentation: PresentationRequest
     client_metadata: dict[str, Any] = field(default_factory=dict)
     purpose: str = ""
+    response_mode: ResponseMode = "direct_post"
+    # direct_post.jwt only: the private half of the per-request encryption key
+    # (a JWK with ``d``). It is stored with the request because the answer may
+    # reach another instance; it decrypts this one response and nothing else.
+    response_key: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def nonce(self) -> str:
@@ -139,7 +164,7 @@ class AuthorizationRequest:
         params: dict[str, Any] = {
             "response_type": "vp_token",
             "client_id": self.client_id,
-            "response_mode": "direct_post",
+            "response_mode": self.response_mode,
             "response_uri": self.response_uri,
             "nonce": self.nonce,
             "state": self.state,
@@ -200,6 +225,8 @@ class AuthorizationRequest:
             "presentation": self.presentation.to_dict(),
             "client_metadata": self.client_metadata,
             "purpose": self.purpose,
+            "response_mode": self.response_mode,
+            "response_key": self.response_key,
         }
 
     @classmethod
@@ -210,21 +237,46 @@ class AuthorizationRequest:
             presentation=PresentationRequest.from_dict(data["presentation"]),
             client_metadata=dict(data.get("client_metadata") or {}),
             purpose=str(data.get("purpose") or ""),
+            response_mode=_response_mode(data.get("response_mode") or "direct_post"),
+            response_key=dict(data["response_key"]) if data.get("response_key") else None,
         )
+
+
+def _response_mode(value: Any) -> ResponseMode:
+    if value not in RESPONSE_MODES:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"response_mode must be one of {', '.join(RESPONSE_MODES)}")
+    return value  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
 class DirectPostResponse:
-    """A parsed ``direct_post`` body: a ``vp_token`` or an error (§8.2, §8.5)."""
+    """A parsed Authorization Response: a ``vp_token`` or an error (§8.2, §8.5).
+
+    ``encrypted`` says it arrived as a ``direct_post.jwt`` JWE (§8.3).
+    """
 
     state: str
     vp_token: dict[str, Any] | None
     error: str | None = None
     error_description: str | None = None
+    encrypted: bool = False
 
 
-def parse_direct_post(body: bytes | str) -> DirectPostResponse:
-    """Parse an ``application/x-www-form-urlencoded`` Authorization Response."""
+@dataclass(frozen=True)
+class EncryptedResponse:
+    """A ``direct_post.jwt`` body before decryption: the JWE and its protected header.
+
+    ``kid`` names the per-request key it was encrypted to, which is how the
+    response endpoint finds the request before it can read anything else.
+    """
+
+    jwe: str
+    kid: str
+    header: dict[str, Any]
+
+
+def _form_fields(body: bytes | str) -> dict[str, str]:
     raw = body.encode() if isinstance(body, str) else body
     if len(raw) > MAX_RESPONSE_BYTES:
         raise TesseraError(ErrorCode.TOO_LARGE, "authorization response too large")
@@ -240,22 +292,110 @@ def parse_direct_post(body: bytes | str) -> DirectPostResponse:
             # RFC 6749 §3.1: parameters MUST NOT be included more than once.
             raise TesseraError(ErrorCode.MALFORMED, f"parameter {name!r} repeated")
         fields[name] = value
+    return fields
+
+
+def _response_from(fields: Mapping[str, Any], *, encrypted: bool) -> DirectPostResponse:
     state = fields.get("state")
-    if not state:
+    if not state or not isinstance(state, str):
         raise TesseraError(ErrorCode.INVALID_REQUEST, "response has no state")
     error = fields.get("error")
     if error is not None:
         if "vp_token" in fields:
             raise TesseraError(ErrorCode.MALFORMED, "response has both error and vp_token")
-        return DirectPostResponse(state, None, error, fields.get("error_description"))
-    token_text = fields.get("vp_token")
-    if not token_text:
+        description = fields.get("error_description")
+        return DirectPostResponse(state, None, str(error)[:200],
+                                  None if description is None else str(description)[:500],
+                                  encrypted=encrypted)
+    token: Any = fields.get("vp_token")
+    if not token:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "response has neither vp_token nor error")
-    token = parse_json(token_text, max_bytes=MAX_RESPONSE_BYTES)
+    if isinstance(token, str):
+        # Form encoding carries the JSON as a string; inside a JWE payload it
+        # is already a JSON value (§8.3.1).
+        token = parse_json(token, max_bytes=MAX_RESPONSE_BYTES)
     if not isinstance(token, dict) or not token:
         # §8.1: a JSON object keyed by DCQL credential query id.
         raise TesseraError(ErrorCode.MALFORMED, "vp_token must be a JSON object keyed by query id")
-    return DirectPostResponse(state, token)
+    return DirectPostResponse(state, token, encrypted=encrypted)
+
+
+def parse_authorization_response(body: bytes | str) -> DirectPostResponse | EncryptedResponse:
+    """Parse a form-encoded Authorization Response, plain (§8.2) or encrypted (§8.3).
+
+    An encrypted one is returned undecrypted: which key opens it depends on
+    the request its ``kid`` names.
+    """
+    fields = _form_fields(body)
+    if "response" not in fields:
+        return _response_from(fields, encrypted=False)
+    if set(fields) != {"response"}:
+        # §8.3: every response parameter travels inside the JWE.
+        raise TesseraError(ErrorCode.MALFORMED,
+                           "an encrypted response carries only the response parameter")
+    token = fields["response"]
+    parts = token.split(".")
+    if len(parts) != 5:
+        raise TesseraError(ErrorCode.MALFORMED, "response is not a compact JWE")
+    header = parse_json_object(b64url_decode(parts[0], max_len=4096))
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+        raise TesseraError(ErrorCode.MALFORMED, "encrypted response without a usable kid")
+    return EncryptedResponse(token, kid, header)
+
+
+def parse_direct_post(body: bytes | str) -> DirectPostResponse:
+    """Parse an unencrypted ``application/x-www-form-urlencoded`` Authorization Response."""
+    parsed = parse_authorization_response(body)
+    if isinstance(parsed, EncryptedResponse):
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           "an encrypted response needs its request to be decrypted")
+    return parsed
+
+
+def new_response_key() -> tuple[dict[str, str], dict[str, str]]:
+    """A fresh P-256 key for one request: ``(public JWK for client_metadata, private JWK)``."""
+    key = _jwk.JWK.generate(kty="EC", crv="P-256")
+    kid = secrets.token_urlsafe(16)
+    private: dict[str, str] = json.loads(key.export_private())
+    public: dict[str, str] = json.loads(key.export_public())
+    extra = {"kid": kid, "use": "enc", "alg": RESPONSE_ENC_ALG}
+    return {**public, **extra}, {**private, **extra}
+
+
+def decrypt_response(response: EncryptedResponse,
+                     request: AuthorizationRequest) -> DirectPostResponse:
+    """Open a ``direct_post.jwt`` answer with the request's own key (§8.3).
+
+    Only ``ECDH-ES`` with an advertised ``enc`` and the request's ``kid`` are
+    accepted; no compression (a small JWE must not inflate into a large one).
+    Anything that does not decrypt (another key, a tampered byte) is
+    ``malformed``: nothing in it can be trusted, not even its state.
+    """
+    key = request.response_key
+    if request.response_mode != "direct_post.jwt" or not key:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "this request asked for a plain answer")
+    header = response.header
+    advertised = request.client_metadata.get("encrypted_response_enc_values_supported") or [
+        "A128GCM"]
+    if header.get("alg") != RESPONSE_ENC_ALG or header.get("enc") not in advertised:
+        raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM,
+                           f"encrypted responses use {RESPONSE_ENC_ALG} with "
+                           f"{' or '.join(advertised)}")
+    if response.kid != key.get("kid"):
+        raise TesseraError(ErrorCode.KEY_NOT_FOUND, "the response is encrypted to another key")
+    if "zip" in header or header.get("crit"):
+        raise TesseraError(ErrorCode.MALFORMED, "compressed or critical-header JWEs are refused")
+    token = _jwe.JWE()
+    token.allowed_algs = [RESPONSE_ENC_ALG, *advertised]
+    try:
+        token.deserialize(response.jwe, key=_jwk.JWK(**key))
+        payload = token.payload
+    except (JWException, ValueError, TypeError, KeyError) as exc:
+        raise TesseraError(ErrorCode.MALFORMED, "the encrypted response does not decrypt "
+                           "with this request's key") from exc
+    body = parse_json_object(payload, max_bytes=MAX_RESPONSE_BYTES)
+    return _response_from(body, encrypted=True)
 
 
 def _unasked_disclosures(vp_token: Mapping[str, Any], query: Query) -> list[str]:
@@ -316,8 +456,10 @@ class OpenID4VPVerifier:
 
     def create_request(
         self, dcql: Mapping[str, Any], *, transaction_data: Sequence[str] | None = None,
-        purpose: str = "",
+        purpose: str = "", response_mode: str = "direct_post",
     ) -> AuthorizationRequest:
+        """A fresh request; ``response_mode="direct_post.jwt"`` asks for an encrypted answer."""
+        mode = _response_mode(response_mode)
         query = Query.parse(dcql)
         for item in transaction_data or ():
             decode_transaction_data(item, query)
@@ -326,10 +468,18 @@ class OpenID4VPVerifier:
         presentation = self.verifier.create_request(
             audience=self.client_id, dcql=dcql, transaction_data=transaction_data,
         )
+        metadata = dict(self.client_metadata)
+        response_key = None
+        if mode == "direct_post.jwt":
+            # A key per request (§8.3 allows any; an ephemeral one means a leaked
+            # session store row exposes one answer, never the next).
+            public, response_key = new_response_key()
+            metadata["jwks"] = {"keys": [public]}
+            metadata["encrypted_response_enc_values_supported"] = list(RESPONSE_ENC_VALUES)
         return AuthorizationRequest(
             client_id=self.client_id, response_uri=self.response_uri,
-            presentation=presentation, client_metadata=dict(self.client_metadata),
-            purpose=purpose,
+            presentation=presentation, client_metadata=metadata,
+            purpose=purpose, response_mode=mode, response_key=response_key,
         )
 
     def request_object(self, request: AuthorizationRequest, *, now: datetime | None = None) -> str:
@@ -348,6 +498,10 @@ class OpenID4VPVerifier:
         the answer ``disclosure_mismatch``: the verifier keeps none of them.
         """
         if response.state != request.state:
+            return VerificationResult.failure(ErrorCode.INVALID_REQUEST)
+        if request.response_mode == "direct_post.jwt" and not response.encrypted:
+            # §8.3: the verifier asked for encryption; a plain answer may have
+            # been read on the way, so it is not accepted.
             return VerificationResult.failure(ErrorCode.INVALID_REQUEST)
         if response.error is not None:
             code = (ErrorCode.CONSENT_DENIED if response.error == "access_denied"

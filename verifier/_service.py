@@ -9,26 +9,37 @@ never loads FastAPI. Routes:
 * ``GET /requests/{id}/object``: the ``request_uri`` endpoint. It answers
   once: a second fetch means a second device read the QR code, so the
   checkout is cancelled rather than raced;
-* ``POST /response``: the ``direct_post`` response endpoint (§8.2);
+* ``POST /response``: the response endpoint, ``direct_post`` (§8.2) or
+  ``direct_post.jwt`` (§8.3, a JWE found by its ``kid``, decrypted with the
+  request's own key);
 * ``GET /requests/{id}/result`` (polling) and ``/requests/{id}/events`` (SSE).
 
 State lives in a session store and in the nonce store (single-use steps),
 both selected by one URL: SQLite by default, PostgreSQL, or Redis for many
 instances. Every error is an RFC 9457 problem document from one handler.
+
+Several worker processes (``tessera verifier serve --workers N``) build the
+app with :func:`app_from_env`, an import-string factory that reads
+``TESSERA_VERIFIER_*`` variables; they share one verifier key, read from a key
+file (:func:`load_or_create_key`), and one SQL or Redis store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import os
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -39,17 +50,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.credentials import MEMBERSHIP, POINTS
 from tessera.dcql import claims_query
-from tessera.did import did_jwk, did_key
+from tessera.did import HttpFetcher, Resolver, did_jwk, did_key
+from tessera.encoding import b64url_decode, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
 from tessera.nonces import nonce_store_from_url
 from tessera.typing import DIDResolver, Signer
 from verifier._checkout_page import CHECKOUT_HTML
 from verifier._openid4vp import (
     PREFIX_DID,
     PREFIX_REDIRECT_URI,
+    RESPONSE_MODES,
     AuthorizationRequest,
+    EncryptedResponse,
     OpenID4VPVerifier,
-    parse_direct_post,
+    decrypt_response,
+    parse_authorization_response,
 )
 from verifier._sdk import VerificationResult, Verifier
 from verifier._sessions import SessionStore, session_store_from_url
@@ -57,7 +73,16 @@ from verifier._status import StatusCheck
 from verifier._trust import TrustList
 from verifier.errors import DESCRIPTIONS
 
-__all__ = ["DEFAULT_POLICIES", "Policy", "ServiceSettings", "create_app", "verifier_did"]
+__all__ = [
+    "DEFAULT_POLICIES",
+    "Policy",
+    "ServiceSettings",
+    "app_from_env",
+    "create_app",
+    "load_or_create_key",
+    "settings_from_env",
+    "verifier_did",
+]
 
 _log = logging.getLogger("tessera.verifier")
 
@@ -138,6 +163,8 @@ class ServiceSettings:
     nonce_table: str = "tessera_verifier_nonce"
     session_table: str = "tessera_verifier_session"
     redis_prefix: str = "tessera:verifier:"
+    # What a request asks for unless POST /requests says otherwise.
+    response_mode: str = "direct_post"
 
 
 class CreateRequest(BaseModel):
@@ -145,6 +172,7 @@ class CreateRequest(BaseModel):
     dcql: dict[str, Any] | None = None
     purpose: str = Field(default="", max_length=500)
     transaction_data: list[str] | None = Field(default=None, max_length=8)
+    response_mode: Literal["direct_post", "direct_post.jwt"] | None = None
 
 
 def problem_response(error: TesseraError, *, status: int | None = None,
@@ -246,9 +274,14 @@ class CheckoutService:
             dcql, purpose, label = body.dcql, body.purpose, "Custom request"
         request = self.oid4vp.create_request(
             dcql, transaction_data=body.transaction_data, purpose=purpose,
+            response_mode=body.response_mode or self.settings.response_mode,
         )
         request_id = secrets.token_urlsafe(16)
         ttl = self.settings.request_ttl_seconds
+        if request.response_key is not None:
+            # The encrypted answer names its key, not its state (§8.3).
+            self.sessions.put(f"enc:{request.response_key['kid']}", {"id": request_id},
+                              ttl_seconds=ttl)
         if self.oid4vp.prefix == PREFIX_DID:
             deep_link = request.uri_by_reference(f"{self.base_url}/requests/{request_id}/object")
             self.nonces.issue(f"reqobj:{request_id}", ttl_seconds=ttl)
@@ -271,6 +304,7 @@ class CheckoutService:
             "result": f"/requests/{request_id}/result",
             "events": f"/requests/{request_id}/events",
             "client_id": self.oid4vp.client_id,
+            "response_mode": request.response_mode,
             "label": label,
             "purpose": purpose,
             "expires_at": session["expires_at"],
@@ -301,14 +335,30 @@ class CheckoutService:
         return token
 
     def response(self, body: bytes) -> VerificationResult:
-        parsed = parse_direct_post(body)
-        pointer = self.sessions.get(f"state:{parsed.state}") if len(parsed.state) <= 128 else None
-        if pointer is None:
-            raise TesseraError(ErrorCode.NOT_FOUND, "no pending request has this state")
+        parsed = parse_authorization_response(body)
+        if isinstance(parsed, EncryptedResponse):
+            pointer = self.sessions.get(f"enc:{parsed.kid}")
+            if pointer is None:
+                raise TesseraError(ErrorCode.NOT_FOUND,
+                                   "no pending request has this encryption key")
+            session = self.session(str(pointer["id"]))
+            request = AuthorizationRequest.from_dict(session["request"])
+            # A JWE that does not open (another key, a flipped byte) is refused
+            # without touching the checkout: anyone holding the public key can
+            # send one, and the member's real answer must still get through.
+            parsed = decrypt_response(parsed, request)
+            if parsed.state != request.state:
+                raise TesseraError(ErrorCode.INVALID_REQUEST,
+                                   "the encrypted response is for another state")
+        else:
+            pointer = (self.sessions.get(f"state:{parsed.state}")
+                       if len(parsed.state) <= 128 else None)
+            if pointer is None:
+                raise TesseraError(ErrorCode.NOT_FOUND, "no pending request has this state")
+            session = self.session(str(pointer["id"]))
+            request = AuthorizationRequest.from_dict(session["request"])
         if self.nonces.consume(f"resp:{parsed.state}") is None:
             raise TesseraError(ErrorCode.REPLAYED, "this request was already answered")
-        session = self.session(str(pointer["id"]))
-        request = AuthorizationRequest.from_dict(session["request"])
         result = self.oid4vp.verify_response(parsed, request)
         self._finish(session, result)
         return result
@@ -358,7 +408,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                         headers={"Cache-Control": "no-store"})
 
     @app.post("/response")
-    async def direct_post(request: Request) -> JSONResponse:
+    async def response_endpoint(request: Request) -> JSONResponse:
         if not request.headers.get("content-type", "").startswith(
             "application/x-www-form-urlencoded"
         ):
@@ -412,3 +462,144 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                                           "X-Accel-Buffering": "no"})
 
     return app
+
+
+# -- one key and one store for many workers ------------------------------------------------
+
+ENV_PREFIX: Final = "TESSERA_VERIFIER_"
+MASTER_KEY_ENV: Final = "TESSERA_MASTER_KEY"
+_KEY_AAD: Final = b"tessera verifier key v1"
+
+
+def _master_key(environ: Mapping[str, str]) -> bytes | None:
+    raw = environ.get(MASTER_KEY_ENV, "").strip()
+    if not raw:
+        return None
+    key = b64url_decode(raw, max_len=64)
+    if len(key) != 32:
+        raise TesseraError(ErrorCode.MALFORMED, f"{MASTER_KEY_ENV} must be 32 bytes, base64url")
+    return key
+
+
+def load_or_create_key(path: Path, *, master_key: bytes | None = None) -> LocalSigner:
+    """The verifier's signing key from ``path``, created (ES256, mode 0600) if absent.
+
+    With a master key (``TESSERA_MASTER_KEY``, as the issuer uses) the file
+    holds the private JWK sealed with AES-256-GCM; without one it holds the
+    JWK itself and must not be readable by group or others. Creation writes a
+    private temporary file and hard-links it into place, so two processes
+    starting at once end up with the same key, never a torn file.
+    """
+    if not path.exists():
+        signer = generate_signer("ES256")
+        data = json.dumps(signer.export_private_jwk()).encode()
+        if master_key is not None:
+            data = json.dumps({"sealed": seal(data, master_key, aad=_KEY_AAD)}).encode()
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            # FileExistsError: another process won the race; use its key.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        mode = path.stat().st_mode
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"cannot read the key file {path}: {exc.strerror}") from exc
+    document = parse_json_object(raw, max_bytes=64 * 1024)
+    if "sealed" in document:
+        if master_key is None:
+            raise TesseraError(ErrorCode.INVALID_REQUEST,
+                               f"{path} is sealed: set {MASTER_KEY_ENV} to open it")
+        box = document["sealed"]
+        if not isinstance(box, dict):
+            raise TesseraError(ErrorCode.MALFORMED, "not a sealed key file")
+        document = parse_json_object(unseal(box, master_key, aad=_KEY_AAD))
+    elif mode & 0o077:
+        raise TesseraError(ErrorCode.FORBIDDEN,
+                           f"{path} holds a private key and is readable by others: "
+                           "chmod 600 it (or seal it under a master key)")
+    return signer_from_jwk(document)
+
+
+def _env_list(value: str) -> list[str]:
+    if not value.strip():
+        return []
+    parsed = parse_json(value, max_bytes=16 * 1024)
+    if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+        raise TesseraError(ErrorCode.MALFORMED, "expected a JSON array of strings")
+    return parsed
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettings:
+    """Service settings from ``TESSERA_VERIFIER_*`` variables (see docs/verifier-service.md).
+
+    ``TRUST`` (trust list file, required), ``KEY`` (key file; without it a
+    one-run key, refused when ``WORKERS`` > 1), ``BASE_URL``, ``STORE``,
+    ``PREFIX``, ``NAME``, ``CONTACTS`` and ``DID_DOCUMENTS`` (JSON arrays),
+    ``RESPONSE_MODE``, ``WORKERS``; ``TESSERA_MASTER_KEY`` seals the key file.
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str, default: str = "") -> str:
+        return env.get(ENV_PREFIX + name, default)
+
+    try:
+        workers = int(get("WORKERS", "1") or "1")
+    except ValueError:
+        raise TesseraError(ErrorCode.MALFORMED, f"{ENV_PREFIX}WORKERS must be a number") from None
+    store = get("STORE", "sqlite:///tessera-verifier.db")
+    scheme = urllib.parse.urlsplit(store).scheme.lower()
+    if workers > 1 and scheme == "memory":
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           "a memory:// store lives in one process: with several workers use "
+                           "sqlite:///FILE, postgresql://… or redis://…")
+    trust_path = get("TRUST")
+    if not trust_path:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, f"{ENV_PREFIX}TRUST is not set")
+    key_path = get("KEY")
+    if key_path:
+        signer = load_or_create_key(Path(key_path), master_key=_master_key(env))
+    elif workers > 1:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           "several workers must share one verifier key: pass --key FILE "
+                           "(created on first run)")
+    else:
+        signer = generate_signer("ES256")
+    signer = signer.with_key_id(verifier_did(signer) + "#0")
+    documents: dict[str, Any] = {}
+    for doc_path in _env_list(get("DID_DOCUMENTS")):
+        try:
+            doc = parse_json_object(Path(doc_path).read_bytes())
+        except OSError as exc:
+            raise TesseraError(ErrorCode.INVALID_REQUEST,
+                               f"cannot read {doc_path}: {exc.strerror}") from exc
+        documents[str(doc.get("id"))] = doc
+    mode = get("RESPONSE_MODE", "direct_post")
+    if mode not in RESPONSE_MODES:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, f"unknown response mode {mode!r}")
+    try:
+        trust = TrustList.from_file(Path(trust_path))
+    except OSError as exc:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"cannot read the trust list {trust_path}: {exc.strerror}") from exc
+    return ServiceSettings(
+        base_url=get("BASE_URL", "http://127.0.0.1:8090"),
+        trust=trust, signer=signer,
+        client_id_prefix=get("PREFIX", PREFIX_DID),
+        client_name=get("NAME", "Partner checkout"),
+        contacts=tuple(_env_list(get("CONTACTS"))), store_url=store,
+        resolver=Resolver(HttpFetcher(), documents=documents), response_mode=mode,
+    )
+
+
+def app_from_env() -> FastAPI:
+    """The app factory each uvicorn worker calls (``verifier._service:app_from_env``)."""
+    return create_app(settings_from_env())

@@ -19,7 +19,12 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import sign_compact
 from tessera.keys import LocalSigner, generate_signer
 from verifier import AuthorizationRequest, OpenID4VPVerifier, encode_transaction_data
-from verifier._openid4vp import POINTS_REDEMPTION_TYPE, parse_direct_post
+from verifier._openid4vp import (
+    POINTS_REDEMPTION_TYPE,
+    EncryptedResponse,
+    decrypt_response,
+    parse_authorization_response,
+)
 from verifier.testing import TestIssuer, offline_verifier
 
 BASE = "https://shop.test"
@@ -42,6 +47,7 @@ class FakeShop:
         self.requests: dict[str, AuthorizationRequest] = {}
         self.objects: dict[str, str] = {}
         self.results: list[tuple[str, ...]] = []
+        self.bodies: list[bytes] = []
 
     def new(self, dcql: dict[str, object] = GOLD, **kw: object) -> str:
         req = self.v.create_request(dcql, purpose="Gold discount", **kw)  # type: ignore[arg-type]
@@ -54,8 +60,18 @@ class FakeShop:
             return httpx.Response(200, text=self.objects["r1"],
                                   headers={"content-type": "application/oauth-authz-req+jwt"})
         if request.method == "POST" and request.url.path == "/response":
-            parsed = parse_direct_post(request.content)
-            result = self.v.verify_response(parsed, self.requests[parsed.state])
+            self.bodies.append(request.content)
+            parsed = parse_authorization_response(request.content)
+            if isinstance(parsed, EncryptedResponse):
+                (req,) = (r for r in self.requests.values()
+                          if r.response_key and r.response_key["kid"] == parsed.kid)
+                try:
+                    opened = decrypt_response(parsed, req)
+                except TesseraError as exc:
+                    return httpx.Response(400, json={"code": exc.code.value, "detail": "x"})
+                result = self.v.verify_response(opened, req)
+            else:
+                result = self.v.verify_response(parsed, self.requests[parsed.state])
             self.results.append(result.errors)
             if result.ok or result.errors == ("consent_denied",):
                 return httpx.Response(200, json={})
@@ -264,3 +280,66 @@ def test_verifier_refusal_surfaces_its_code(shop: FakeShop, wallet: Wallet) -> N
         with pytest.raises(TesseraError) as err:  # the same request answered twice
             respond(wallet, req, consent=lambda c: True, http=http)
     assert err.value.code == ErrorCode.REPLAYED
+
+
+# -- direct_post.jwt (§8.3) ---------------------------------------------------------------------
+
+
+def test_wallet_encrypts_when_asked(shop: FakeShop, wallet: Wallet) -> None:
+    with shop.client() as http:
+        req = parse_request(shop.new(response_mode="direct_post.jwt"), http=http)
+        assert req.response_mode == "direct_post.jwt" and req.encryption_enc == "A128GCM"
+        assert req.encryption_jwk is not None and "d" not in req.encryption_jwk
+        respond(wallet, req, consent=lambda c: True, http=http)
+    assert shop.results == [()]
+    (body,) = shop.bodies
+    form = dict(urllib.parse.parse_qsl(body.decode()))
+    assert set(form) == {"response"}  # nothing in the clear, not even the state
+    header = json.loads(b64url_decode(form["response"].split(".")[0]))
+    assert header["alg"] == "ECDH-ES" and header["enc"] == "A128GCM"
+    assert header["kid"] == req.encryption_jwk["kid"] and "epk" in header
+
+
+def test_wallet_encrypts_its_refusal_too(shop: FakeShop, wallet: Wallet) -> None:
+    with shop.client() as http:
+        req = parse_request(shop.new(response_mode="direct_post.jwt"), http=http)
+        with pytest.raises(TesseraError):
+            respond(wallet, req, consent=lambda c: False, http=http)
+    assert shop.results == [("consent_denied",)]
+    assert set(dict(urllib.parse.parse_qsl(shop.bodies[0].decode()))) == {"response"}
+
+
+def _signed_request(shop: FakeShop, **changes: object) -> str:
+    req = shop.v.create_request(GOLD, response_mode="direct_post.jwt")
+    params = {**req.parameters(), **changes, "iss": shop.v.client_id,
+              "aud": "https://self-issued.me/v2"}
+    token = sign_compact({"typ": "oauth-authz-req+jwt", "kid": shop.key.key_id}, params, shop.key)
+    return "openid4vp://?" + urllib.parse.urlencode({"client_id": shop.v.client_id,
+                                                     "request": token})
+
+
+@pytest.mark.parametrize(("metadata", "code"), [
+    ({}, ErrorCode.INVALID_REQUEST),
+    ({"jwks": {"keys": []}}, ErrorCode.INVALID_REQUEST),
+    ({"jwks": {"keys": [{"kty": "OKP", "crv": "X25519", "x": "AA", "alg": "ECDH-ES"}]}},
+     ErrorCode.UNSUPPORTED_ALGORITHM),
+    ({"jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": b64url_encode(b"\x01" * 32),
+                         "y": b64url_encode(b"\x02" * 32), "alg": "ECDH-ES"}]}},
+     ErrorCode.MALFORMED),
+    ("offer-only-A192GCM", ErrorCode.UNSUPPORTED_ALGORITHM),
+])
+def test_unusable_encryption_metadata_is_refused(shop: FakeShop, metadata: object,
+                                                 code: ErrorCode) -> None:
+    if metadata == "offer-only-A192GCM":
+        good = shop.v.create_request(GOLD, response_mode="direct_post.jwt").client_metadata
+        metadata = {**good, "encrypted_response_enc_values_supported": ["A192GCM"]}
+    with pytest.raises(TesseraError) as err:
+        parse_request(_signed_request(shop, client_metadata=metadata))
+    assert err.value.code == code
+
+
+def test_a256gcm_only_verifier(shop: FakeShop) -> None:
+    good = shop.v.create_request(GOLD, response_mode="direct_post.jwt").client_metadata
+    req = parse_request(_signed_request(shop, client_metadata={
+        **good, "encrypted_response_enc_values_supported": ["A256GCM"]}))
+    assert req.encryption_enc == "A256GCM"

@@ -9,7 +9,7 @@ import urllib.parse
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jwcrypto import jwk, jws
+from jwcrypto import jwe, jwk, jws
 
 from tessera.credentials import MEMBERSHIP, POINTS
 from tessera.dcql import claims_query
@@ -27,7 +27,13 @@ from verifier import (
     parse_direct_post,
     split_client_id,
 )
-from verifier._openid4vp import POINTS_REDEMPTION_TYPE, REQUEST_OBJECT_TYP
+from verifier._openid4vp import (
+    POINTS_REDEMPTION_TYPE,
+    REQUEST_OBJECT_TYP,
+    EncryptedResponse,
+    decrypt_response,
+    parse_authorization_response,
+)
 from verifier.testing import TestHolder, TestIssuer, offline_verifier
 
 RESPONSE_URI = "https://shop.test/response"
@@ -289,3 +295,169 @@ def test_tampered_request_object_no_longer_verifies(
     assert Resolver().key(verifier_key.key_id or "", relationship="authentication") == \
         verifier_key.public_key
     assert did == (verifier_key.key_id or "").split("#")[0]
+
+
+# -- direct_post.jwt (§8.3) -------------------------------------------------------------------
+
+
+def _spec_encrypt(request_params: dict[str, object], payload: dict[str, object], *,
+                  enc: str = "A128GCM", key: jwk.JWK | None = None,
+                  header: dict[str, object] | None = None) -> str:
+    """What any wallet does, with jwcrypto alone: ECDH-ES to the verifier's jwks key."""
+    metadata = request_params["client_metadata"]
+    assert isinstance(metadata, dict)
+    (public,) = metadata["jwks"]["keys"]
+    target = key or jwk.JWK(**public)
+    protected = {"alg": "ECDH-ES", "enc": enc, "kid": public["kid"], **(header or {})}
+    token = jwe.JWE(json.dumps(payload).encode(), protected=json.dumps(protected))
+    token.add_recipient(target)
+    return str(token.serialize(compact=True))
+
+
+def _encrypted_answer(member: TestHolder, credential: str, req: AuthorizationRequest,
+                      **kw: object) -> str:
+    presentation = sd_jwt.present(credential, disclose=["tier_at_least_gold"],
+                                  holder=member.signer, audience=req.client_id, nonce=req.nonce)
+    payload = {"vp_token": {"membership": [presentation]}, "state": req.state}
+    return _spec_encrypt(req.parameters(), payload, **kw)  # type: ignore[arg-type]
+
+
+def test_direct_post_jwt_request_publishes_a_fresh_encryption_key(
+    oid4vp: OpenID4VPVerifier, verifier_key: LocalSigner,
+) -> None:
+    req = oid4vp.create_request(GOLD, response_mode="direct_post.jwt")
+    params = verify_compact(oid4vp.request_object(req), verifier_key.public_key).payload
+    assert params["response_mode"] == "direct_post.jwt"
+    metadata = params["client_metadata"]
+    (key,) = metadata["jwks"]["keys"]
+    assert key["kty"] == "EC" and key["crv"] == "P-256" and "d" not in key
+    assert key["use"] == "enc" and key["alg"] == "ECDH-ES" and key["kid"]
+    assert metadata["encrypted_response_enc_values_supported"] == ["A128GCM", "A256GCM"]
+    assert metadata["client_name"] == "Shop"
+    other = oid4vp.create_request(GOLD, response_mode="direct_post.jwt")
+    assert other.client_metadata["jwks"]["keys"][0]["x"] != key["x"]  # one key per request
+    assert "'d'" not in repr(req)  # the private half stays out of reprs and logs
+    assert AuthorizationRequest.from_dict(json.loads(json.dumps(req.to_dict()))) == req
+    with pytest.raises(TesseraError) as err:
+        oid4vp.create_request(GOLD, response_mode="fragment")
+    assert err.value.code == ErrorCode.INVALID_REQUEST
+
+
+@pytest.mark.parametrize("enc", ["A128GCM", "A256GCM"])
+def test_direct_post_jwt_round_trip(oid4vp: OpenID4VPVerifier, brand: TestIssuer,
+                                    member: TestHolder, enc: str) -> None:
+    cred = brand.issue_membership(member, tier="gold")
+    req = oid4vp.create_request(GOLD, response_mode="direct_post.jwt")
+    body = urllib.parse.urlencode({"response": _encrypted_answer(member, cred, req, enc=enc)})
+    parsed = parse_authorization_response(body)
+    assert isinstance(parsed, EncryptedResponse)
+    assert parsed.kid == req.client_metadata["jwks"]["keys"][0]["kid"]
+    opened = decrypt_response(parsed, req)
+    assert opened.encrypted and opened.state == req.state
+    result = oid4vp.verify_response(opened, req)
+    assert result.ok, result.errors
+    assert result.claims["tier_at_least_gold"] is True
+
+
+def test_encrypted_to_another_key_is_refused(oid4vp: OpenID4VPVerifier, brand: TestIssuer,
+                                             member: TestHolder) -> None:
+    cred = brand.issue_membership(member)
+    req = oid4vp.create_request(GOLD, response_mode="direct_post.jwt")
+    stranger = jwk.JWK.generate(kty="EC", crv="P-256")
+    body = urllib.parse.urlencode(
+        {"response": _encrypted_answer(member, cred, req, key=stranger)})
+    parsed = parse_authorization_response(body)
+    assert isinstance(parsed, EncryptedResponse)
+    with pytest.raises(TesseraError) as err:
+        decrypt_response(parsed, req)
+    assert err.value.code == ErrorCode.MALFORMED
+    # Encrypted to another request's key: its kid is not this request's.
+    other = oid4vp.create_request(GOLD, response_mode="direct_post.jwt")
+    moved = parse_authorization_response(urllib.parse.urlencode(
+        {"response": _encrypted_answer(member, cred, other)}))
+    assert isinstance(moved, EncryptedResponse)
+    with pytest.raises(TesseraError) as err:
+        decrypt_response(moved, req)
+    assert err.value.code == ErrorCode.KEY_NOT_FOUND
+
+
+@pytest.mark.parametrize("part", [1, 2, 3, 4])
+def test_tampered_jwe_is_refused(oid4vp: OpenID4VPVerifier, brand: TestIssuer,
+                                 member: TestHolder, part: int) -> None:
+    cred = brand.issue_membership(member)
+    req = oid4vp.create_request(GOLD, response_mode="direct_post.jwt")
+    pieces = _encrypted_answer(member, cred, req).split(".")
+    # Flip one bit in the (empty) key, the IV, the ciphertext or the tag.
+    raw = bytearray(b64url_decode(pieces[part]) or b"\x00")
+    raw[len(raw) // 2] ^= 0x01
+    pieces[part] = b64url_encode(bytes(raw))
+    parsed = parse_authorization_response(urllib.parse.urlencode({"response": ".".join(pieces)}))
+    assert isinstance(parsed, EncryptedResponse)
+    with pytest.raises(TesseraError) as err:
+        decrypt_response(parsed, req)
+    assert err.value.code == ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize(("header", "code"), [
+    ({"enc": "A192GCM"}, ErrorCode.UNSUPPORTED_ALGORITHM),
+    ({"alg": "ECDH-ES+A128KW"}, ErrorCode.UNSUPPORTED_ALGORITHM),
+    ({"zip": "DEF"}, ErrorCode.MALFORMED),
+])
+def test_jwe_header_rules(oid4vp: OpenID4VPVerifier, brand: TestIssuer, member: TestHolder,
+                          header: dict[str, object], code: ErrorCode) -> None:
+    cred = brand.issue_membership(member)
+    req = oid4vp.create_request(GOLD, response_mode="direct_post.jwt")
+    enc = str(header.pop("enc", "A128GCM"))
+    token = _encrypted_answer(member, cred, req, enc=enc, header=header)
+    parsed = parse_authorization_response(urllib.parse.urlencode({"response": token}))
+    assert isinstance(parsed, EncryptedResponse)
+    with pytest.raises(TesseraError) as err:
+        decrypt_response(parsed, req)
+    assert err.value.code == code
+
+
+def test_plain_direct_post_to_an_encrypted_request_is_refused(
+    oid4vp: OpenID4VPVerifier, brand: TestIssuer, member: TestHolder,
+) -> None:
+    cred = brand.issue_membership(member)
+    req = oid4vp.create_request(GOLD, response_mode="direct_post.jwt")
+    plain = parse_direct_post(_answer(member, cred, ["tier_at_least_gold"], req))
+    assert oid4vp.verify_response(plain, req).errors == ("invalid_request",)
+    # The other way round: an encrypted body for a plain request cannot be opened.
+    plain_req = oid4vp.create_request(GOLD)
+    with pytest.raises(TesseraError) as err:
+        decrypt_response(EncryptedResponse("a.b.c.d.e", "k", {"alg": "ECDH-ES"}), plain_req)
+    assert err.value.code == ErrorCode.INVALID_REQUEST
+
+
+@pytest.mark.parametrize("body", [
+    "response=a.b.c", "response=abc&state=s", "response=" + b64url_encode(b'{"alg":"x"}')
+    + ".a.b.c.d", "response=%21%21.a.b.c.d",
+])
+def test_bad_encrypted_bodies(body: str) -> None:
+    with pytest.raises(TesseraError) as err:
+        parse_authorization_response(body)
+    assert err.value.code == ErrorCode.MALFORMED
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.",
+               max_size=400))
+def test_decrypt_only_raises_tessera_errors(token: str) -> None:
+    req = _JWT_VERIFIER.create_request(GOLD, response_mode="direct_post.jwt")
+    with contextlib.suppress(TesseraError):
+        parsed = parse_authorization_response(urllib.parse.urlencode({"response": token}))
+        assert isinstance(parsed, EncryptedResponse)
+        decrypt_response(parsed, req)
+
+
+def _jwt_verifier() -> OpenID4VPVerifier:
+    signer = generate_signer("ES256")
+    signer = signer.with_key_id(did_jwk(signer.public_key) + "#0")
+    did = (signer.key_id or "").split("#")[0]
+    return OpenID4VPVerifier(offline_verifier(TestIssuer()),
+                             client_id=f"decentralized_identifier:{did}",
+                             response_uri=RESPONSE_URI, signer=signer)
+
+
+_JWT_VERIFIER = _jwt_verifier()

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from jwcrypto import jwk, jws
+from jwcrypto import jwe, jwk, jws
 from sd_jwt.holder import SDJWTHolder
 
 from tessera.did import Resolver, did_jwk
@@ -420,3 +420,100 @@ def test_postgres_store_shared_by_two_instances(brand: TestIssuer, member: TestH
             for name in tables.values():
                 conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
         engine.dispose()
+
+
+# -- direct_post.jwt through the service (§8.3) ------------------------------------------------
+
+
+def _spec_encrypt(request: dict[str, Any], payload: dict[str, Any], *,
+                  key: jwk.JWK | None = None) -> str:
+    """The spec wallet's encryption: jwcrypto only, ECDH-ES + A128GCM to the jwks key."""
+    (public,) = request["client_metadata"]["jwks"]["keys"]
+    assert public["alg"] == "ECDH-ES" and "d" not in public
+    token = jwe.JWE(json.dumps(payload).encode(), protected=json.dumps(
+        {"alg": "ECDH-ES", "enc": "A128GCM", "kid": public["kid"]}))
+    token.add_recipient(key or jwk.JWK(**public))
+    return str(token.serialize(compact=True))
+
+
+def _start_jwt(client: TestClient) -> dict[str, Any]:
+    r = client.post("/requests", json={"policy": "gold-10", "response_mode": "direct_post.jwt"})
+    assert r.status_code == 201, r.text
+    assert r.json()["response_mode"] == "direct_post.jwt"
+    return dict(r.json())
+
+
+def test_spec_wallet_encrypted_checkout(client: TestClient, brand: TestIssuer,
+                                       member: TestHolder, member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member, tier="gold"))
+    created = _start_jwt(client)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(created["deep_link"]).query))
+    answer = client.get(query["request_uri"])
+    token = jws.JWS()
+    token.deserialize(answer.text)
+    request = json.loads(token.objects["payload"])
+    assert request["response_mode"] == "direct_post.jwt"
+    client_id = query["client_id"]
+    vp_token = wallet.present(client_id, request)
+    # A tampered JWE and one encrypted to another key are refused, and the
+    # checkout stays open for the member's real answer.
+    good = _spec_encrypt(request, {"vp_token": vp_token, "state": request["state"]})
+    head, key_part, iv, ciphertext, tag = good.split(".")
+    flipped = ciphertext[:-2] + ("A" if ciphertext[-2] != "A" else "B") + ciphertext[-1]
+    for bad in (".".join([head, key_part, iv, flipped, tag]),
+                _spec_encrypt(request, {"vp_token": vp_token, "state": request["state"]},
+                              key=jwk.JWK.generate(kty="EC", crv="P-256"))):
+        r = client.post(request["response_uri"], data={"response": bad})
+        assert r.status_code == 400 and r.json()["code"] == "malformed", r.text
+        assert _result(client, created)["status"] == "fetched"
+    # A plain direct_post to this request is not accepted either.
+    plain = client.post(request["response_uri"], data={"vp_token": json.dumps(vp_token),
+                                                       "state": request["state"]})
+    assert plain.status_code == 422 and plain.json()["code"] == "invalid_request"
+    assert _result(client, created)["result"]["errors"] == ["invalid_request"]
+
+
+def test_encrypted_checkout_end_to_end(client: TestClient, brand: TestIssuer,
+                                      member: TestHolder, member_key: jwk.JWK) -> None:
+    wallet = SpecWallet(member_key, brand.issue_membership(member, tier="platinum"))
+    created = _start_jwt(client)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(created["deep_link"]).query))
+    token = jws.JWS()
+    token.deserialize(client.get(query["request_uri"]).text)
+    request = json.loads(token.objects["payload"])
+    form = {"response": _spec_encrypt(request, {
+        "vp_token": wallet.present(query["client_id"], request), "state": request["state"]})}
+    r = client.post(request["response_uri"], data=form)
+    assert r.status_code == 200, r.text
+    view = _result(client, created)
+    assert view["result"]["ok"] is True and view["result"]["claims"]["tier_at_least_gold"]
+    again = client.post(request["response_uri"], data=form)
+    assert again.status_code == 409 and again.json()["code"] == "replayed"
+    stranger = {**json.loads(jwk.JWK.generate(kty="EC", crv="P-256").export_public()),
+                "kid": "nope", "alg": "ECDH-ES"}
+    unknown = client.post(request["response_uri"], data={"response": _spec_encrypt(
+        {"client_metadata": {"jwks": {"keys": [stranger]}}},
+        {"state": "x", "error": "access_denied"})})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+
+
+def test_tessera_wallet_encrypted_checkout(brand: TestIssuer, tmp_path: Path) -> None:
+    from holder import Wallet
+    from holder._openid4vp import parse_request, respond
+
+    app = create_app(_settings(brand, f"sqlite:///{tmp_path / 'v.db'}",
+                               response_mode="direct_post.jwt"))
+    wallet = Wallet.create(tmp_path / "m.wallet", "passphrase-1",
+                           resolver=Resolver(documents={brand.did: brand.did_document}))
+    wallet.receive(brand.issue_membership(TestHolder(wallet.signer), tier="gold"))
+    with TestClient(app, base_url=BASE) as client:
+        created = _start(client)  # the service's default is now direct_post.jwt
+        request = parse_request(created["deep_link"], http=client)
+        assert request.response_mode == "direct_post.jwt"
+        respond(wallet, request, consent=lambda c: True, http=client)
+        assert _result(client, created)["result"]["ok"] is True
+        declined = _start(client)
+        request = parse_request(declined["deep_link"], http=client)
+        with pytest.raises(Exception, match="consent"):
+            respond(wallet, request, consent=lambda c: False, http=client)
+        assert _result(client, declined)["result"]["errors"] == ["consent_denied"]
