@@ -276,3 +276,45 @@ def consents_grant(
     w = _open(wallet)
     w.grant(verifier)
     out.print(f"{_esc(verifier)} may ask again.")
+
+
+@wallet_app.command("audit")
+def audit_cmd(
+    brand: Annotated[list[str] | None, typer.Option(
+        "--brand", help="brand DID to audit; default: issuers of your points credentials")]
+    = None,
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", help="the brand's URL if not the one its did:web names")] = None,
+    wallet: WalletOption = DEFAULT_WALLET,
+    did_document: DocsOption = None,
+) -> None:
+    """Check your points history in each brand's transparency log (exit 3 on a mismatch)."""
+    from holder._audit import audit
+    from tessera import credentials
+
+    w = _open(wallet, did_document)
+    brands = brand or sorted({c.issuer for c in w.credentials()
+                              if c.vct == credentials.POINTS.vct})
+    if not brands:
+        _fail(TesseraError(ErrorCode.INVALID_REQUEST, "no brand given and no points credential"))
+    failed = False
+    with _http_client() as http:
+        for did in brands:
+            try:
+                report = audit(w, brand_did=did, http=http, resolver=_resolver(did_document),
+                               base_url=base_url)
+            except TesseraError as exc:
+                _fail(exc)
+            status = "[green]consistent[/green]" if report.ok else "[red]MISMATCH[/red]"
+            out.print(f"{_esc(did)}: {status}", markup=True)
+            out.print(f"  signed head: size {report.tree_size}, root {report.root_hash}")
+            out.print(f"  your entries: {report.entries}, log total {report.log_total}, "
+                      f"ledger total {report.ledger_total}, credentials checked "
+                      f"{report.credentials_checked}")
+            for note in report.notes:
+                out.print(f"  note: {_esc(note)}")
+            for problem in report.problems:
+                out.print(f"  [red]problem[/red]: {_esc(problem)}", markup=True)
+            failed = failed or not report.ok
+    if failed:
+        raise typer.Exit(3)

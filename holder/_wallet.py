@@ -95,6 +95,7 @@ class Wallet:
         consents: list[ConsentRecord] | None = None,
         resolver: DIDResolver | None = None,
         clock: Clock = _utcnow,
+        log_heads: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.path = path
         self._passphrase = passphrase
@@ -102,6 +103,8 @@ class Wallet:
         self.did = did_key(signer.public_key)
         self._creds = creds or []
         self._consents = consents or []
+        # The last transparency-log head each brand showed (holder._audit).
+        self.log_heads: dict[str, dict[str, Any]] = log_heads or {}
         self._resolver = resolver or Resolver()
         self._clock = clock
 
@@ -140,10 +143,11 @@ class Wallet:
             signer = signer_from_jwk(inner["key"])
             creds = [StoredCredential(**c) for c in inner.get("credentials", [])]
             consents = [ConsentRecord(**c) for c in inner.get("consents", [])]
-        except (KeyError, TypeError) as exc:
+            log_heads = dict(inner.get("log_heads", {}))
+        except (KeyError, TypeError, ValueError) as exc:
             raise TesseraError(ErrorCode.MALFORMED, "wallet contents are damaged") from exc
         wallet = cls(source, passphrase, signer, creds=creds, consents=consents,
-                     resolver=resolver, clock=clock)
+                     resolver=resolver, clock=clock, log_heads=log_heads)
         if outer.get("did") != wallet.did:
             raise TesseraError(ErrorCode.MALFORMED, "wallet DID does not match its key")
         wallet._signer = signer.with_key_id(f"{wallet.did}#{wallet.did.split(':')[-1]}")
@@ -154,6 +158,7 @@ class Wallet:
             "key": self._signer.export_private_jwk(),
             "credentials": [asdict(c) for c in self._creds],
             "consents": [asdict(c) for c in self._consents],
+            "log_heads": self.log_heads,
         }
         sealed = seal_with_passphrase(json.dumps(inner).encode(), self._passphrase)
         outer = {"version": WALLET_VERSION, "did": self.did, "sealed": sealed}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from issuer import _ledger
 from issuer._admin import tiers_of
@@ -22,7 +22,6 @@ from issuer._keystore import KeyStore
 from issuer._models import (
     Brand,
     IssuedCredential,
-    LedgerEntry,
     Member,
     Program,
     StatusListKind,
@@ -37,9 +36,8 @@ from issuer._status_lists import (
     mark_superseded,
     token_status_claim,
 )
-from tessera import credentials, merkle
+from tessera import credentials
 from tessera.credentials import CredentialType
-from tessera.encoding import b64url_encode, canonical_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import data_integrity
 from tessera.jose import decode_unverified
@@ -90,27 +88,14 @@ def status_list_url(settings: Settings, brand: Brand, list_id: str) -> str:
 
 
 def ledger_checkpoint(session: Session, member: Member) -> tuple[int, str]:
-    """RFC 9162 Merkle tree head over the member's ledger entries, in order.
+    """The brand's transparency-log head (size, root) the balance is computed at.
 
-    Until the brand-wide transparency log lands this is the member's own
-    history; the wallet can recompute it from the entries it is shown.
+    The ledger appends in the same transaction as the balance it shows, so the
+    head read here covers every entry the balance counts.
     """
-    stmt = select(LedgerEntry).where(LedgerEntry.member_id == member.id) \
-        .order_by(col(LedgerEntry.id))
-    leaves = [merkle.leaf_hash(canonical_json(
-        {"id": e.id, "kind": e.kind, "points": e.points, "qualifying_points": e.qualifying_points,
-         "created_at": e.created_at.astimezone(UTC).isoformat(), "reference": e.reference}))
-        for e in session.exec(stmt)]
+    from issuer._translog import checkpoint
 
-    def mth(items: list[bytes]) -> bytes:  # RFC 9162 §2.1.1
-        if not items:
-            return merkle.EMPTY_ROOT
-        if len(items) == 1:
-            return items[0]
-        k = 1 << ((len(items) - 1).bit_length() - 1)
-        return merkle.node_hash(mth(items[:k]), mth(items[k:]))
-
-    return len(leaves), b64url_encode(mth(leaves))
+    return checkpoint(session, member.brand_id)
 
 
 def _program_claim(settings: Settings, brand: Brand, program: Program,

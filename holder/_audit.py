@@ -1,0 +1,216 @@
+"""The member audits a brand's points log: ``tessera wallet audit``.
+
+1. Fetch the member's own leaves with inclusion proofs against a fresh signed
+   tree head (``GET {brand}/log/entries``, signed by the wallet's key, typ
+   ``tessera-log-access+jwt``).
+2. Check the head's signature against the brand's did:web key and that it
+   names the brand's log; check every leaf's inclusion proof.
+3. Check that the last head this wallet accepted from the brand is a prefix
+   of the new one (consistency proof): a rewritten history is caught here
+   even when the rewrite re-hashed the whole tree.
+4. Recompute the balance from the leaves and compare it with the ledger's
+   own total; check each points credential's checkpoint is a head of the same
+   log and that its balance does not exceed what the log held at that point
+   (pending and held points make it lower, never higher).
+
+Only when everything holds is the new head stored in the wallet.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import httpx
+
+from holder._wallet import Wallet
+from tessera import credentials, merkle
+from tessera.did import Resolver, did_web_url
+from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
+from tessera.errors import ErrorCode, TesseraError
+from tessera.jose import decode_unverified, sign_compact
+from tessera.pointslog import LogLeaf, parse_leaf
+from tessera.typing import DIDResolver
+
+__all__ = ["LOG_ACCESS_TYP", "AuditReport", "audit", "brand_base_url", "log_access_token"]
+
+LOG_ACCESS_TYP: Final = "tessera-log-access+jwt"
+MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
+
+
+@dataclass
+class AuditReport:
+    brand: str
+    tree_size: int = 0
+    root_hash: str = ""
+    entries: int = 0
+    erased_entries: int = 0
+    log_total: int = 0
+    ledger_total: int = 0
+    previous_size: int | None = None
+    credentials_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def brand_base_url(brand_did: str) -> str:
+    """``https://host/brands/air`` for ``did:web:host:brands:air`` (its did.json's folder)."""
+    return did_web_url(brand_did).removesuffix("/did.json")
+
+
+def log_access_token(wallet: Wallet, *, brand_did: str, path: str, now: datetime) -> str:
+    return sign_compact({"typ": LOG_ACCESS_TYP}, {
+        "iss": wallet.did, "aud": brand_did, "htm": "GET", "htu": path,
+        "iat": int(now.timestamp())}, wallet.signer)
+
+
+def _get(http: httpx.Client, url: str, params: dict[str, Any],
+         headers: dict[str, str] | None = None) -> dict[str, Any]:
+    try:
+        response = http.get(url, params=params, headers=headers, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"cannot reach the brand: {type(exc).__name__}") from exc
+    if len(response.content) > MAX_RESPONSE_BYTES:
+        raise TesseraError(ErrorCode.TOO_LARGE, "log answer too large")
+    body = parse_json_object(response.content, max_bytes=MAX_RESPONSE_BYTES) \
+        if response.content else {}
+    if response.status_code != 200:
+        try:
+            code = ErrorCode(str(body.get("code")))
+        except ValueError:
+            code = ErrorCode.INVALID_REQUEST
+        raise TesseraError(code, str(body.get("detail") or f"brand answered "
+                                     f"{response.status_code}"))
+    return body
+
+
+def _hashes(value: Any) -> list[bytes]:
+    if not isinstance(value, list) or len(value) > 128:
+        raise TesseraError(ErrorCode.MALFORMED, "proof must be a list of hashes")
+    return [b64url_decode(p, max_len=64) if isinstance(p, str) else b"" for p in value]
+
+
+def _consistent(http: httpx.Client, base: str, first: int, first_root: bytes,
+                head: merkle.SignedTreeHead) -> None:
+    body = _get(http, f"{base}/log/proof/consistency",
+                {"first": first, "second": head.tree_size})
+    merkle.verify_consistency(first, head.tree_size, _hashes(body.get("proof")), first_root,
+                              head.root_hash)
+
+
+def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
+          resolver: DIDResolver | None = None, base_url: str | None = None,
+          now: datetime | None = None) -> AuditReport:
+    """Audit the member's history at ``brand_did``; see the module docstring."""
+    when = now or datetime.now(UTC)
+    resolver = resolver or Resolver()
+    base = (base_url or brand_base_url(brand_did)).rstrip("/")
+    report = AuditReport(brand=brand_did)
+    path = urllib.parse.urlsplit(f"{base}/log/entries").path
+    token = log_access_token(wallet, brand_did=brand_did, path=path, now=when)
+    body = _get(http, f"{base}/log/entries", {"member": wallet.did},
+                {"Authorization": f"Bearer {token}"})
+
+    # 1. The head: signed by the brand's key, for the brand's log.
+    raw_head = body.get("head")
+    if not isinstance(raw_head, dict) or not isinstance(raw_head.get("sth"), str):
+        raise TesseraError(ErrorCode.MALFORMED, "answer has no signed tree head")
+    kid = decode_unverified(raw_head["sth"]).header.get("kid")
+    if not isinstance(kid, str) or not kid.startswith(brand_did + "#"):
+        raise TesseraError(ErrorCode.KEY_NOT_FOUND, "tree head not signed by a brand key")
+    head = merkle.SignedTreeHead.verify(raw_head["sth"], resolver.resolve(brand_did).key(kid),
+                                        log_id=brand_did)
+    report.tree_size = head.tree_size
+    report.root_hash = b64url_encode(head.root_hash)
+
+    # 2. Each leaf is in that tree and is ours.
+    names = body.get("pseudonyms")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TesseraError(ErrorCode.MALFORMED, "answer has no pseudonyms")
+    leaves: list[tuple[int, LogLeaf]] = []
+    for item in body.get("entries") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("index"), int):
+            raise TesseraError(ErrorCode.MALFORMED, "malformed entry")
+        index = int(item["index"])
+        if item.get("leaf") is None:
+            report.erased_entries += 1
+            continue
+        leaf = parse_leaf(item["leaf"])
+        if leaf.member not in names:
+            report.problems.append(f"entry {index} is not this member's")
+            continue
+        try:
+            head.verify_inclusion(leaf.hash, index, _hashes(item.get("proof")))
+        except TesseraError:
+            report.problems.append(f"entry {index} (ledger entry {leaf.entry}) is not in the "
+                                   f"signed tree: its content or its proof was altered")
+            continue
+        leaves.append((index, leaf))
+    report.entries = len(leaves)
+    report.log_total = sum(leaf.delta for _, leaf in leaves)
+    ledger_total = body.get("ledger_total")
+    if not isinstance(ledger_total, int) or isinstance(ledger_total, bool):
+        raise TesseraError(ErrorCode.MALFORMED, "answer has no ledger_total")
+    report.ledger_total = ledger_total
+    if ledger_total != report.log_total and not report.erased_entries:
+        report.problems.append(f"the ledger says {ledger_total} points but the log adds up to "
+                               f"{report.log_total}: the ledger was changed outside the log")
+
+    # 3. The log only grew since we last looked.
+    last = wallet.log_heads.get(brand_did)
+    if last is not None:
+        report.previous_size = int(last["tree_size"])
+        old_root = b64url_decode(str(last["root_hash"]))
+        if report.previous_size > head.tree_size:
+            report.problems.append(f"the log shrank from {report.previous_size} to "
+                                   f"{head.tree_size} entries")
+        else:
+            try:
+                _consistent(http, base, report.previous_size, old_root, head)
+            except TesseraError:
+                report.problems.append(
+                    f"the log is not an extension of the head seen before (size "
+                    f"{report.previous_size}): history was rewritten")
+
+    # 4. Points credentials: their checkpoint is a head of this log, their balance holds.
+    for cred in wallet.credentials():
+        if cred.issuer != brand_did or cred.vct != credentials.POINTS.vct:
+            continue
+        cp = cred.claims.get("checkpoint") or {}
+        size, root = cp.get("tree_size"), cp.get("root_hash")
+        if not isinstance(size, int) or not isinstance(root, str):
+            continue
+        report.credentials_checked += 1
+        if size > head.tree_size:
+            report.problems.append(f"credential {cred.id[:8]} names a checkpoint ({size}) "
+                                   f"beyond the signed head ({head.tree_size})")
+            continue
+        try:
+            _consistent(http, base, size, b64url_decode(root), head)
+        except TesseraError:
+            report.problems.append(f"credential {cred.id[:8]}'s checkpoint is not a head of "
+                                   f"this log")
+            continue
+        at_checkpoint = sum(leaf.delta for index, leaf in leaves if index < size)
+        claimed = cred.claims.get("points_balance")
+        if isinstance(claimed, int) and claimed > at_checkpoint:
+            report.problems.append(f"credential {cred.id[:8]} states {claimed} points; the "
+                                   f"log held {at_checkpoint} at its checkpoint")
+        elif isinstance(claimed, int) and claimed < at_checkpoint:
+            report.notes.append(f"credential {cred.id[:8]}: {at_checkpoint - claimed} points "
+                                f"pending or held at its checkpoint")
+    if report.erased_entries:
+        report.notes.append(f"{report.erased_entries} entries were erased; their hashes remain")
+    if report.ok:
+        wallet.log_heads[brand_did] = {"tree_size": head.tree_size,
+                                       "root_hash": report.root_hash,
+                                       "sth": head.signature}
+        wallet.save()
+    return report

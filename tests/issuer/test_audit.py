@@ -1,0 +1,199 @@
+"""The member's audit (holder._audit, ``tessera wallet audit``) against the running issuer.
+
+Lives with the issuer suite because it needs the service; the wallet side
+imports nothing from issuer/.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from holder import _cli as wallet_cli
+from holder._audit import audit
+from holder._wallet import Wallet
+from issuer import _translog
+from issuer._admin import brand_by_slug
+from issuer._db import session_scope
+from issuer._issuance import issue_for_member
+from issuer._keystore import SqlKeyStore
+from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
+from issuer._models import LedgerEntry, Member
+from tessera.did import Resolver
+from tessera.pointslog import parse_leaf
+
+from .conftest import Service
+
+BASE = "http://testserver/brands/air"
+
+
+def _world(service: Service, tmp_path: Path) -> tuple[Wallet, dict[str, Any], Resolver, str]:
+    service.brand("air")
+    program = service.program("air")
+    doc = service.client.get("/brands/air/did.json").json()
+    resolver = Resolver(documents={doc["id"]: doc})
+    wallet = Wallet.create(tmp_path / "w.json", "passphrase-1", resolver=resolver,
+                           clock=service.clock)
+    member = service.enrol("air", program["id"], signer=wallet.signer)
+    (tmp_path / "brand.json").write_text(json.dumps(doc))
+    return wallet, member, resolver, doc["id"]
+
+
+def _points_credential(service: Service, wallet: Wallet, member_id: str) -> None:
+    with session_scope(service.engine) as s:
+        brand = brand_by_slug(s, slug="air")
+        member = s.get(Member, member_id)
+        assert member is not None
+        cred, _ = issue_for_member(
+            s, settings=service.settings, keystore=SqlKeyStore(service.settings.master_key),
+            brand=brand, member=member, configuration_id="LoyaltyPointsCredential_sd_jwt",
+            holder_key=wallet.signer.public_key, now=service.clock.now)
+    wallet.receive(cred)
+
+
+def _history(service: Service, member_id: str) -> None:
+    for path, body in (("earn", {"points": 500}), ("earn", {"points": 300}),
+                       ("redeem", {"points": 100})):
+        r = service.post("air", f"/admin/v1/members/{member_id}/points/{path}", body)
+        assert r.status_code == 201, r.text
+
+
+def _audit(service: Service, wallet: Wallet, resolver: Resolver, did: str) -> Any:
+    return audit(wallet, brand_did=did, http=service.client, resolver=resolver, base_url=BASE,
+                 now=service.clock.now)
+
+
+def test_clean_history_audits_and_the_head_is_remembered(service: Service,
+                                                         tmp_path: Path) -> None:
+    wallet, member, resolver, did = _world(service, tmp_path)
+    other = service.enrol("air", service.client.get(
+        "/admin/v1/programs", headers=service.h("air")).json()[0]["id"])
+    _history(service, member["id"])
+    service.post("air", f"/admin/v1/members/{other['id']}/points/earn", {"points": 7})
+    _points_credential(service, wallet, member["id"])
+    report = _audit(service, wallet, resolver, did)
+    assert report.ok, report.problems
+    assert (report.entries, report.log_total, report.ledger_total) == (3, 700, 700)
+    assert report.tree_size == 4 and report.credentials_checked == 1
+    assert Wallet.open(wallet.path, "passphrase-1").log_heads[did]["tree_size"] == 4
+    service.post("air", f"/admin/v1/members/{member['id']}/points/earn", {"points": 1})
+    again = _audit(service, wallet, resolver, did)
+    assert again.ok and again.previous_size == 4 and again.tree_size == 5
+
+
+def test_member_entries_need_the_members_signature(service: Service, tmp_path: Path) -> None:
+    wallet, member, _, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    r = service.client.get("/brands/air/log/entries", params={"member": wallet.did})
+    assert r.status_code == 401
+    intruder = Wallet.create(tmp_path / "x.json", "passphrase-2")
+    from holder._audit import log_access_token
+
+    token = log_access_token(intruder, brand_did=did, path="/brands/air/log/entries",
+                             now=service.clock.now)
+    r = service.client.get("/brands/air/log/entries", params={"member": wallet.did},
+                           headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code in (403, 404)  # not a member, and never the victim's data
+    mine = log_access_token(wallet, brand_did=did, path="/brands/air/log/other",
+                            now=service.clock.now)
+    r = service.client.get("/brands/air/log/entries", params={"member": wallet.did},
+                           headers={"Authorization": f"Bearer {mine}"})
+    assert r.status_code == 401  # signed for another path
+
+
+def test_rewritten_ledger_row_is_caught(service: Service, tmp_path: Path) -> None:
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    assert _audit(service, wallet, resolver, did).ok
+    with session_scope(service.engine) as s:
+        entry = s.exec(select(LedgerEntry).where(LedgerEntry.kind == "redeem")).one()
+        entry.points = -10  # the brand quietly "un-redeems" 90 points in its ledger
+        s.add(entry)
+    report = _audit(service, wallet, resolver, did)
+    assert not report.ok
+    assert any("ledger says 790" in p for p in report.problems)
+
+
+def test_rewritten_log_row_is_caught(service: Service, tmp_path: Path) -> None:
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    with session_scope(service.engine) as s:
+        row = s.exec(select(LogLeafData).where(LogLeafData.idx == 0)).one()
+        body = json.loads(row.data or "")
+        body["delta"] = 50  # the member "earned" 50, not 500
+        row.data = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        s.add(row)
+    report = _audit(service, wallet, resolver, did)
+    assert any("entry 0" in p and "not in the signed tree" in p for p in report.problems)
+
+
+def test_history_rewritten_and_rehashed_is_caught(service: Service, tmp_path: Path) -> None:
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    _points_credential(service, wallet, member["id"])
+    assert _audit(service, wallet, resolver, did).ok  # the wallet remembers this head
+    # A thorough forger: change the redemption in both the ledger and the leaf,
+    # then rebuild every node so that all inclusion proofs check out again.
+    with session_scope(service.engine) as s:
+        log = s.exec(select(TransparencyLog)).one()
+        rows = list(s.exec(select(LogLeafData).order_by(LogLeafData.idx)))
+        for row in [*s.exec(select(LogNode)), *s.exec(select(TreeHead))]:
+            s.delete(row)
+        for row in rows:
+            s.delete(row)
+        s.flush()
+        records = []
+        for row in rows:
+            leaf = parse_leaf(json.loads(row.data or ""))
+            if leaf.kind == "redeem":
+                leaf = type(leaf)(**{**leaf.__dict__, "delta": -10})
+                entry = s.get(LedgerEntry, leaf.entry)
+                assert entry is not None
+                entry.points = -10
+                s.add(entry)
+            records.append(_translog.LeafRecord(leaf, row.entry_id))
+        log.size, log.frontier = 0, []
+        _translog.append_leaves(s, log, records)
+        assert _translog.check_log(s, log.brand_id) == []  # internally consistent now
+    report = _audit(service, wallet, resolver, did)
+    assert not report.ok
+    assert any("history was rewritten" in p for p in report.problems)
+    assert any("checkpoint is not a head of this log" in p for p in report.problems)
+
+
+def test_cli_audit(service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    service.clock.now = datetime.now(UTC).replace(microsecond=0)  # the CLI uses real time
+    wallet, member, _, _ = _world(service, tmp_path)
+    _history(service, member["id"])
+    _points_credential(service, wallet, member["id"])
+
+    class _Client:
+        def __enter__(self) -> Any:
+            return service.client
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(wallet_cli, "_http_client", _Client)
+    monkeypatch.setenv(wallet_cli.PASSPHRASE_ENV, "passphrase-1")
+    from tessera.cli import app
+
+    args = ["wallet", "audit", "--wallet", str(wallet.path), "--base-url", BASE,
+            "--did-document", str(tmp_path / "brand.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "consistent" in result.output and "log total 700" in result.output
+    with session_scope(service.engine) as s:
+        entry = s.exec(select(LedgerEntry).where(LedgerEntry.kind == "earn")).first()
+        assert entry is not None
+        entry.points += 1000
+        s.add(entry)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "MISMATCH" in result.output
