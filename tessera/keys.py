@@ -55,6 +55,9 @@ _CURVES: Final[dict[str, tuple[ec.EllipticCurve, str, int, hashes.HashAlgorithm]
     "P-384": (ec.SECP384R1(), "ES384", 48, hashes.SHA384()),
 }
 _ALG_TO_CRV: Final[dict[str, str]] = {"EdDSA": "Ed25519", "ES256": "P-256", "ES384": "P-384"}
+# ECDSA(hash) objects are immutable; building one per signature showed up in
+# the verify profile (bench/README.md).
+_ECDSA: Final[dict[str, ec.ECDSA]] = {crv: ec.ECDSA(c[3]) for crv, c in _CURVES.items()}
 
 _PublicObj = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 _PrivateObj = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -118,12 +121,12 @@ class PublicKey:
             if isinstance(self._key, ed25519.Ed25519PublicKey):
                 self._key.verify(signature, data)
                 return
-            _, _, size, hash_alg = _CURVES[self.crv]
+            size = _CURVES[self.crv][2]
             if len(signature) != 2 * size:
                 raise InvalidSignature
             r = int.from_bytes(signature[:size], "big")
             s = int.from_bytes(signature[size:], "big")
-            self._key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hash_alg))
+            self._key.verify(encode_dss_signature(r, s), data, _ECDSA[self.crv])
         except InvalidSignature:
             raise TesseraError(ErrorCode.INVALID_SIGNATURE, "signature does not verify") from None
 
@@ -192,8 +195,9 @@ class LocalSigner:
     def sign(self, data: bytes) -> bytes:
         if isinstance(self._private, ed25519.Ed25519PrivateKey):
             return self._private.sign(data)
-        _, _, size, hash_alg = _CURVES[_ALG_TO_CRV[self.alg]]
-        r, s = decode_dss_signature(self._private.sign(data, ec.ECDSA(hash_alg)))
+        crv = _ALG_TO_CRV[self.alg]
+        r, s = decode_dss_signature(self._private.sign(data, _ECDSA[crv]))
+        size = _CURVES[crv][2]
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
     def with_key_id(self, key_id: str | None) -> LocalSigner:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Collection, Mapping, Sequence
@@ -126,7 +127,16 @@ def holder_id(key: PublicKey | None, payload: Mapping[str, Any]) -> str | None:
         return sub
     if key is None:
         return None
-    return did_key(key) if key.crv in ("Ed25519", "P-256", "P-384") else did_jwk(key)
+    if key.crv in ("Ed25519", "P-256", "P-384"):
+        return _did_key_of(key.crv, key.raw(compressed=True))
+    return did_jwk(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _did_key_of(crv: str, raw: bytes) -> str:
+    # did:key is base58 over a big integer in pure Python (~15 µs), paid twice
+    # per presentation; a member's key recurs at every checkout.
+    return did_key(PublicKey.from_raw(crv, raw))
 
 
 class Verifier:

@@ -333,6 +333,9 @@ def check_times(payload: Mapping[str, Any], now: datetime, skew: timedelta) -> N
         raise TesseraError(ErrorCode.NOT_YET_VALID, "credential issued in the future")
 
 
+_CONTAINERS: Final = (dict, list)
+
+
 class _Unpacker:
     """RFC 9901 §7.1 step 3: replace digests by disclosed values, exactly once each."""
 
@@ -375,6 +378,8 @@ class _Unpacker:
                         )
                     self.used.add(digest)
                     out_list.append(self.unpack(disclosed[1], depth + 1))
+                elif depth < 32 and not isinstance(element, _CONTAINERS):
+                    out_list.append(element)  # a leaf: the call below would return it
                 else:
                     out_list.append(self.unpack(element, depth + 1))
             return out_list
@@ -387,10 +392,19 @@ class _Unpacker:
         for key, value in node.items():
             if key in ("_sd", "_sd_alg"):
                 continue
-            out[key] = self.unpack(value, depth + 1)
+            if depth < 32 and not isinstance(value, _CONTAINERS):
+                out[key] = value  # a leaf: most claims are; skip the call
+            else:
+                out[key] = self.unpack(value, depth + 1)
+        seen, by_digest = self.seen_digests, self.by_digest
         for digest in sd:
-            self._mark(digest)
-            disclosed = self.by_digest.get(digest)
+            # self._mark, inlined: this loop runs for every digest and decoy.
+            if not isinstance(digest, str):
+                raise TesseraError(ErrorCode.MALFORMED, "digest is not a string")
+            if digest in seen:
+                raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "digest appears more than once")
+            seen.add(digest)
+            disclosed = by_digest.get(digest)
             if disclosed is None:
                 continue
             if len(disclosed) != 3:
@@ -402,7 +416,10 @@ class _Unpacker:
                 # §7.1 step 3.c.ii.4: a disclosure must not overwrite a claim.
                 raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, f"claim {name!r} given twice")
             self.used.add(digest)
-            out[name] = self.unpack(value, depth + 1)
+            if depth < 32 and not isinstance(value, _CONTAINERS):
+                out[name] = value
+            else:
+                out[name] = self.unpack(value, depth + 1)
             if top:
                 self.top_level.add(name)
         return out
