@@ -2,6 +2,11 @@
 
 Topics are modules ``bench/<topic>.py`` exposing ``cases() -> list[Case]``;
 register a new one in :data:`TOPICS`. With no topic, every topic runs.
+
+Load topics (:data:`LOAD_TOPICS`) drive a running service from a load
+generator process instead of timing calls one by one; their module exposes
+``run(quick=...) -> report`` and ``print_table(report)``. They start servers
+and take minutes, so they run only when named.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ TOPICS: dict[str, str] = {
     "issuance": "bench.issuance",  # its harness cases: status lists at 1M entries
 }
 """topic name -> module with a ``cases()`` function."""
+
+LOAD_TOPICS: dict[str, str] = {
+    "verifier_service": "bench.verifier_service",
+}
+"""topic name -> module with ``run(quick=...)`` and ``print_table(report)``."""
 
 _VERSIONS = ("cryptography", "jwcrypto", "sd-jwt", "jsonschema", "didkit", "pyld")
 
@@ -187,14 +197,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list topics and cases, run nothing")
     args = parser.parse_args(argv)
 
-    unknown = [t for t in args.topics if t not in TOPICS]
+    known = {**TOPICS, **LOAD_TOPICS}
+    unknown = [t for t in args.topics if t not in known]
     if unknown:
-        parser.error(f"unknown topic(s) {', '.join(unknown)}; known: {', '.join(TOPICS)}")
-    topics = args.topics or list(TOPICS)
+        parser.error(f"unknown topic(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    load_topics = [t for t in args.topics if t in LOAD_TOPICS]
+    topics = [t for t in args.topics if t in TOPICS] if args.topics else list(TOPICS)
     if args.list:
         for topic in topics:
             for case in _load(topic):
                 print(f"{topic}\t{case.name}\t{case.label}")
+        for topic in load_topics:
+            for config in importlib.import_module(LOAD_TOPICS[topic]).CONFIGS:
+                print(f"{topic}\t{config.name}\tcomplete exchanges under load")
         return 0
     settings = Settings.quick() if args.quick else Settings()
     if args.seconds is not None:
@@ -209,10 +224,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(topics, settings, quick=args.quick, only=args.only, progress=progress)
     if sys.stderr.isatty():
         print("\r\033[K", end="", file=sys.stderr, flush=True)
-    _print_table(report["results"], report["meta"])
+    if topics:
+        _print_table(report["results"], report["meta"])
+    failed = False
+    for topic in load_topics:
+        module = importlib.import_module(LOAD_TOPICS[topic])
+        load_report = module.run(quick=args.quick)
+        module.print_table(load_report)
+        report.setdefault("load", {})[topic] = load_report
+        failed |= any(r.get("errors") for r in load_report["results"])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -79,6 +79,27 @@ class MemorySessionStore:
         return parse_json_object(item[1], max_bytes=MAX_SESSION_BYTES)
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL for a SQLite file shared by several workers (and the nonce store).
+
+    In the default rollback-journal mode every commit takes the whole file's
+    write lock and several fsyncs, and readers wait behind writers: with two
+    workers polling sessions that serialised everything (bench/README.md).
+    WAL lets readers run beside the one writer. The journal mode is a property
+    of the file, so the nonce store's connections use it too. ``synchronous``
+    is per connection: NORMAL here (a power cut may lose the last session
+    writes, which a till simply retries), while the nonce store keeps its own
+    default so a consumed nonce stays consumed.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+    finally:
+        cursor.close()
+
+
 class SqlSessionStore:
     """Sessions in one table; ``put`` replaces the row in one transaction."""
 
@@ -93,6 +114,8 @@ class SqlSessionStore:
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                "in-memory SQLite cannot be shared: use memory:// or a file")
         self._engine = sa.create_engine(url, pool_pre_ping=True)
+        if self._engine.dialect.name == "sqlite":
+            sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         self.table = sa.Table(
             table_name, sa.MetaData(),
             sa.Column("key", sa.String(200), primary_key=True),
