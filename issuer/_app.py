@@ -318,6 +318,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     from issuer._routes_log import router as log_router
     from issuer._routes_oid4vci import router as oid4vci_router
     from issuer._routes_public import router as public_router
+    from issuer._routes_redeem import router as redeem_router
     from tessera.nonces import SqlNonceStore
 
     engine = engine or make_engine(settings.database_url)
@@ -348,5 +349,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     app.include_router(public_router)
     app.include_router(admin_router)
     app.include_router(log_router)
+    app.include_router(redeem_router)
     app.include_router(oid4vci_router)
     return app

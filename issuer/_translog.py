@@ -27,7 +27,7 @@ from sqlalchemy import exists, insert, tuple_, update
 from sqlmodel import Session, col, select
 
 from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
-from issuer._models import LedgerEntry
+from issuer._models import LedgerEntry, Member
 from tessera import merkle
 from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
@@ -43,7 +43,9 @@ __all__ = [
     "checkpoint",
     "consistency_proof",
     "current_head",
+    "erase_member",
     "erase_member_leaves",
+    "export_member",
     "inclusion_proof",
     "log_state",
     "member_leaves",
@@ -348,3 +350,80 @@ def check_log(session: Session, brand_id: str) -> list[str]:
     if missing:
         problems.append(f"ledger entries without a leaf: {sorted(missing)[:10]}")
     return problems
+
+
+# -- data-subject rights ---------------------------------------------------------------------
+
+
+def export_member(session: Session, *, brand_id: str, member_id: str,
+                  now: datetime) -> dict[str, Any]:
+    """Everything the brand holds about a member (GDPR art. 15 and 20, PIPL art. 45)."""
+    from issuer import _ledger
+    from issuer._admin import get_member, member_public
+    from issuer._log_models import MemberErasure, Redemption
+    from issuer._models import IssuedCredential, PointHold
+
+    member = get_member(session, brand_id=brand_id, member_id=member_id)
+
+    def rows(model: Any, **where: Any) -> list[dict[str, Any]]:
+        stmt = select(model)
+        for name, value in where.items():
+            stmt = stmt.where(getattr(model, name) == value)
+        return [r.model_dump(mode="json", warnings=False) for r in session.exec(stmt)]
+
+    name = pseudonym(session, brand_id, member_id)
+    leaves = session.exec(select(LogLeafData).where(LogLeafData.brand_id == brand_id,
+                                                    LogLeafData.member == name)
+                          .order_by(col(LogLeafData.idx)))
+    erasure = session.get(MemberErasure, member_id)
+    return {
+        "exported_at": now.isoformat(),
+        "member": member_public(session, member).model_dump(mode="json"),
+        "balance": _ledger.balance(session, member=member, now=now).model_dump(mode="json"),
+        "ledger_entries": rows(LedgerEntry, member_id=member_id),
+        "holds": rows(PointHold, member_id=member_id),
+        "redemptions": [{k: v for k, v in r.items() if k not in ("nonce", "presentation_hash")}
+                        for r in rows(Redemption, member_id=member_id)],
+        "issued_credentials": rows(IssuedCredential, member_id=member_id),
+        "transparency_log": {"pseudonym": name, "leaves": [
+            {"index": leaf.idx, "leaf": parse_json_object(leaf.data) if leaf.data else None}
+            for leaf in leaves]},
+        "erasure": erasure.model_dump(mode="json") if erasure else None,
+    }
+
+
+def erase_member(session: Session, *, brand_id: str, member_id: str,
+                 now: datetime) -> dict[str, Any]:
+    """Erase a member's personal data (GDPR art. 17, PIPL art. 47); keep the log verifiable.
+
+    The DID and membership number are replaced, live credentials revoked and
+    the member's leaf texts dropped. What stays: the pseudonymous leaf hashes
+    (every proof of every other member still verifies) and the ledger's
+    amounts under the member's random id, which the brand's accounting must
+    keep (GDPR art. 17(3)(b)) and which no longer point to a person.
+    """
+    from issuer._admin import get_member
+    from issuer._log_models import MemberErasure
+    from issuer._status_lists import revoke_current
+
+    member = session.exec(select(Member).where(Member.id == member_id,
+                                                Member.brand_id == brand_id)
+                          .with_for_update()).first()
+    if member is None:
+        get_member(session, brand_id=brand_id, member_id=member_id)  # raises not_found
+        raise AssertionError("unreachable")  # pragma: no cover
+    done = session.get(MemberErasure, member_id)
+    if done is not None:
+        return done.model_dump(mode="json")
+    revoked = sum(revoke_current(session, member_id=member_id, credential_type=ctype, now=now,
+                                 reason="member erased")
+                  for ctype in ("LoyaltyPointsCredential", "LoyaltyMembershipCredential"))
+    leaves = erase_member_leaves(session, brand_id=brand_id, member_id=member_id)
+    member.did = f"erased:{member.id}"
+    member.membership_number = f"erased-{secrets.token_hex(8)}"
+    session.add(member)
+    row = MemberErasure(member_id=member_id, brand_id=brand_id, erased_at=now,
+                        details={"leaf_texts_dropped": leaves, "credentials_revoked": revoked})
+    session.add(row)
+    session.flush()
+    return row.model_dump(mode="json")

@@ -1,0 +1,493 @@
+"""Cross-brand redemption and earning at partners, with settlement statements.
+
+A *partner* belongs to one brand, has an OpenID4VP Client Identifier (the
+``aud`` its members' KB-JWTs carry) and API keys of its own (``tpk_...``,
+stored hashed, scoped to that partner: it can touch its own redemptions and
+nothing of the brand's admin API).
+
+Redemption (DESIGN.md "Cross-brand redemption", OpenID4VP 1.0 §8.4):
+
+1. The partner forwards the member's ``vp_token``, the ``transaction_data``
+   item it put in its request, and the request's nonce.
+2. :func:`verify_redemption` checks the whole chain without touching the
+   database state: the transaction is ``tessera_redeem`` for this brand and
+   this partner; the credential is signed by one of this brand's keys; it is
+   bound to a key (``cnf``) of the member's enrolled DID; the KB-JWT is
+   signed by that key, addressed to the partner, carries the nonce and covers
+   exactly this ``transaction_data`` item.
+3. :func:`place_hold` then, under the member's row lock: refuses a
+   presentation already used (``replayed``), an order already redeemed with
+   other terms (``conflict``), a credential whose status is not valid (a
+   points credential is superseded the moment points move, so the same one
+   can redeem only once), and places a ledger hold (``insufficient_balance``
+   when the points are not there). Nothing is written unless all of it holds.
+4. ``capture`` turns the hold into a ``redeem`` entry, ``release`` cancels it
+   (an expired hold reserves nothing and cannot be captured), ``refund``
+   credits points back as a new entry. Each answer carries a receipt signed
+   by the brand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlmodel import Session, col, select
+
+from issuer import _ledger, _translog
+from issuer._admin import _hash_secret
+from issuer._keystore import KeyStore
+from issuer._log_models import (
+    LogLeafData,
+    Partner,
+    PartnerKey,
+    Redemption,
+    RedemptionStatus,
+    SettlementLine,
+)
+from issuer._models import (
+    Brand,
+    CredentialState,
+    IssuedCredential,
+    Member,
+    PointHold,
+    new_id,
+)
+from tessera import credentials
+from tessera.did import Resolver, holder_key_of
+from tessera.encoding import b64url_encode, parse_json
+from tessera.errors import ErrorCode, TesseraError
+from tessera.formats import sd_jwt
+from tessera.keys import PublicKey
+from tessera.redemption import (
+    RedeemTransaction,
+    parse_redeem_transaction_data,
+    sign_receipt,
+    sign_statement,
+)
+
+__all__ = [
+    "PARTNER_TOKEN_PREFIX",
+    "VerifiedRedemption",
+    "authenticate_partner",
+    "capture",
+    "create_partner",
+    "partner_earn",
+    "place_hold",
+    "receipt",
+    "redemption_view",
+    "refund",
+    "release",
+    "settlement",
+    "verify_redemption",
+]
+
+PARTNER_TOKEN_PREFIX: Final = "tpk_"  # noqa: S105 - a prefix, not a secret
+MAX_VP_TOKEN_BYTES: Final = 64 * 1024
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii", "replace")).hexdigest()
+
+
+# -- partners -----------------------------------------------------------------------------------
+
+
+def create_partner(session: Session, *, brand_id: str, name: str, client_id: str
+                   ) -> tuple[Partner, str]:
+    """A partner and its first API key (the token is shown once)."""
+    if session.exec(select(Partner).where(Partner.brand_id == brand_id,
+                                          Partner.name == name)).first() is not None:
+        raise TesseraError(ErrorCode.CONFLICT, "a partner with this name exists")
+    partner = Partner(brand_id=brand_id, name=name, client_id=client_id)
+    session.add(partner)
+    session.flush()
+    return partner, create_partner_key(session, partner_id=partner.id)
+
+
+def create_partner_key(session: Session, *, partner_id: str) -> str:
+    key_id = secrets.token_hex(8)
+    secret = b64url_encode(secrets.token_bytes(32))
+    session.add(PartnerKey(id=key_id, partner_id=partner_id, secret_sha256=_hash_secret(secret)))
+    session.flush()
+    return f"{PARTNER_TOKEN_PREFIX}{key_id}_{secret}"
+
+
+def authenticate_partner(session: Session, *, brand: Brand, token: str) -> Partner:
+    refused = TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
+    if not token.startswith(PARTNER_TOKEN_PREFIX) or len(token) > 200:
+        raise refused
+    key_id, _, secret = token[len(PARTNER_TOKEN_PREFIX):].partition("_")
+    row = session.get(PartnerKey, key_id) if key_id and secret else None
+    if row is None or row.revoked_at is not None:
+        hmac.compare_digest(_hash_secret(secret or "x"), "0" * 64)
+        raise refused
+    if not hmac.compare_digest(_hash_secret(secret), row.secret_sha256):
+        raise refused
+    partner = session.get(Partner, row.partner_id)
+    if partner is None or partner.brand_id != brand.id:
+        raise refused  # another brand's partner is nobody here
+    return partner
+
+
+# -- verification -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifiedRedemption:
+    transaction: RedeemTransaction
+    member_id: str
+    nonce: str
+    presentation_hash: str
+    credential_hash: str
+    status: Mapping[str, Any] | None
+    credential_type: str
+
+
+def _presentation(vp_token: Any, credential_id: str) -> str:
+    if isinstance(vp_token, str):
+        if len(vp_token) > MAX_VP_TOKEN_BYTES:
+            raise TesseraError(ErrorCode.TOO_LARGE, "vp_token too large")
+        vp_token = parse_json(vp_token, max_bytes=MAX_VP_TOKEN_BYTES)
+    if not isinstance(vp_token, dict):
+        raise TesseraError(ErrorCode.MALFORMED, "vp_token must map credential ids to "
+                                                "presentations (OpenID4VP §8.1)")
+    value = vp_token.get(credential_id)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH,
+                           f"vp_token has no single presentation for {credential_id!r}")
+    return value
+
+
+def _brand_keys(session: Session, keystore: KeyStore, brand: Brand) -> dict[str, PublicKey]:
+    return {k.verification_method: PublicKey.from_jwk(k.public_jwk)
+            for k in keystore.public_keys(session, brand_id=brand.id, did=brand.did)}
+
+
+def verify_redemption(session: Session, *, brand: Brand, partner: Partner, keystore: KeyStore,
+                      resolver: Resolver, vp_token: Any, transaction_data: Any, nonce: str,
+                      now: datetime) -> VerifiedRedemption:
+    tx = parse_redeem_transaction_data(transaction_data)
+    if tx.brand != brand.did:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "the transaction names another brand")
+    if tx.partner != partner.id:
+        raise TesseraError(ErrorCode.FORBIDDEN, "the transaction names another partner")
+    presentation = _presentation(vp_token, tx.credential_ids[0])
+    keys = _brand_keys(session, keystore, brand)
+
+    def issuer_key(iss: str, header: dict[str, Any]) -> PublicKey:
+        if iss != brand.did:
+            raise TesseraError(ErrorCode.UNTRUSTED_ISSUER, "credential not issued by this brand")
+        key = keys.get(str(header.get("kid")))
+        if key is None:
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "credential kid is not a brand key")
+        return key
+
+    # transaction_data is always passed: a KB-JWT without the hashes, or with
+    # other hashes, is transaction_data_mismatch (OpenID4VP §8.4).
+    vc = sd_jwt.verify(presentation, issuer_key=issuer_key, now=now,
+                       audience=partner.client_id, nonce=nonce,
+                       transaction_data=[tx.encoded])
+    if vc.vct not in (credentials.POINTS.vct, credentials.MEMBERSHIP.vct):
+        raise TesseraError(ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED,
+                           "redeem with a points or membership credential")
+    number = vc.claims.get("membership_number")
+    if not isinstance(number, str):
+        raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "membership_number must be disclosed")
+    program = vc.claims.get("program")
+    program_id = program.get("id") if isinstance(program, dict) else None
+    candidates = [m for m in session.exec(select(Member).where(
+        Member.brand_id == brand.id, Member.membership_number == number))
+        if isinstance(program_id, str) and program_id.endswith(f"/programs/{m.program_id}")]
+    if len(candidates) != 1:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
+    member = candidates[0]
+    try:
+        enrolled = holder_key_of(resolver, member.did)
+    except TesseraError as exc:
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "member DID unresolvable") from exc
+    if vc.holder_key is None or vc.holder_key != enrolled:
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
+                           "credential is not bound to the member's key")
+    kb = presentation.rsplit("~", 1)[-1]
+    status = vc.payload.get("status")
+    return VerifiedRedemption(
+        transaction=tx, member_id=member.id, nonce=nonce, presentation_hash=_sha(kb),
+        credential_hash=_sha(presentation.split("~", 1)[0]),
+        status=status if isinstance(status, dict) else None,
+        credential_type=credentials.by_vct(vc.vct).name)
+
+
+def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | None) -> None:
+    """The credential's own status entry, read from our table under the member lock."""
+    if status is None:
+        return  # no status to check: the online balance still decides
+    entry = status.get("status_list")
+    uri, idx = (entry.get("uri"), entry.get("idx")) if isinstance(entry, dict) else (None, None)
+    if not isinstance(uri, str) or not isinstance(idx, int):
+        raise TesseraError(ErrorCode.MALFORMED, "credential status entry malformed")
+    row = session.exec(select(IssuedCredential).where(
+        IssuedCredential.brand_id == brand.id,
+        IssuedCredential.status_list_id == uri.rstrip("/").rsplit("/", 1)[-1],
+        IssuedCredential.status_index == idx)
+        .execution_options(populate_existing=True)).first()
+    if row is None:
+        raise TesseraError(ErrorCode.STATUS_UNAVAILABLE, "credential status unknown")
+    if row.status == CredentialState.REVOKED:
+        raise TesseraError(ErrorCode.REVOKED, f"credential revoked ({row.status_reason})")
+    if row.status == CredentialState.SUSPENDED:
+        raise TesseraError(ErrorCode.SUSPENDED, "credential suspended")
+
+
+# -- the write side -------------------------------------------------------------------------------
+
+
+def _lock_member(session: Session, brand: Brand, member_id: str) -> None:
+    session.exec(select(Member).where(Member.id == member_id, Member.brand_id == brand.id)
+                 .with_for_update()).one()
+
+
+def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: VerifiedRedemption,
+               now: datetime, ttl_seconds: int) -> tuple[Redemption, bool]:
+    """The hold for a verified redemption; ``(redemption, True)`` when it already existed."""
+    tx = verified.transaction
+    _lock_member(session, brand, verified.member_id)
+    used = session.exec(select(Redemption).where(
+        Redemption.presentation_hash == verified.presentation_hash)).first()
+    if used is not None:
+        raise TesseraError(ErrorCode.REPLAYED, f"presentation already used for redemption "
+                                               f"{used.id}")
+    same_order = session.exec(select(Redemption).where(
+        Redemption.partner_id == partner.id,
+        Redemption.order_reference == tx.order_reference)).first()
+    if same_order is not None:
+        if same_order.transaction_hash == tx.hash and same_order.member_id == verified.member_id:
+            return same_order, True  # the member presented again for the same transaction
+        raise TesseraError(ErrorCode.CONFLICT, "this order already has a redemption")
+    if session.exec(select(Redemption).where(Redemption.partner_id == partner.id,
+                                             Redemption.nonce == verified.nonce)).first():
+        raise TesseraError(ErrorCode.REPLAYED, "nonce already used by this partner")
+    _check_status(session, brand, verified.status)
+    outcome = _ledger.create_hold(
+        session, brand_id=brand.id, member_id=verified.member_id,
+        idempotency_key=f"redemption:{partner.id}:{tx.order_reference}", points=tx.points,
+        now=now, reference=f"{partner.name}:{tx.order_reference}"[:200],
+        ttl_seconds=ttl_seconds)
+    redemption = Redemption(
+        id=new_id(), brand_id=brand.id, partner_id=partner.id, member_id=verified.member_id,
+        hold_id=outcome.body["hold"]["id"], order_reference=tx.order_reference,
+        points=tx.points, nonce=verified.nonce, transaction_hash=tx.hash,
+        presentation_hash=verified.presentation_hash, credential_hash=verified.credential_hash,
+        created_at=now)
+    session.add(redemption)
+    session.flush()
+    return redemption, False
+
+
+def _redemption(session: Session, partner: Partner, redemption_id: str, *,
+                lock: bool = True) -> Redemption:
+    stmt = select(Redemption).where(Redemption.id == redemption_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = session.exec(stmt.execution_options(populate_existing=True)).first()
+    if row is None or row.partner_id != partner.id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such redemption")
+    return row
+
+
+def _entry_id(body: Mapping[str, Any]) -> int:
+    return int(body["entry"]["id"])
+
+
+def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: str,
+            now: datetime, points: int | None = None) -> Redemption:
+    """The partner confirmed the sale: the hold becomes a ``redeem`` entry, once."""
+    row = _redemption(session, partner, redemption_id)
+    if row.status == RedemptionStatus.CAPTURED:
+        return row
+    if row.status != RedemptionStatus.HELD:
+        raise TesseraError(ErrorCode.CONFLICT, f"redemption is {row.status}")
+    outcome = _ledger.capture_hold(session, brand_id=brand.id, hold_id=row.hold_id,
+                                   idempotency_key=f"capture:{row.id}", now=now, points=points)
+    row.status = RedemptionStatus.CAPTURED
+    row.captured_points = int(outcome.body["hold"]["captured_points"])
+    row.closed_at = now
+    session.add(row)
+    session.add(SettlementLine(brand_id=brand.id, partner_id=partner.id, kind="redeem",
+                               points=row.captured_points, entry_id=_entry_id(outcome.body),
+                               redemption_id=row.id, reference=row.order_reference,
+                               created_at=now))
+    session.flush()
+    return row
+
+
+def release(session: Session, *, brand: Brand, partner: Partner, redemption_id: str,
+            now: datetime) -> Redemption:
+    """The sale was cancelled: the points are free again. Releasing twice is one release."""
+    row = _redemption(session, partner, redemption_id)
+    if row.status == RedemptionStatus.RELEASED:
+        return row
+    if row.status != RedemptionStatus.HELD:
+        raise TesseraError(ErrorCode.CONFLICT, f"redemption is {row.status}")
+    _ledger.release_hold(session, brand_id=brand.id, hold_id=row.hold_id,
+                         idempotency_key=f"release:{row.id}", now=now)
+    row.status = RedemptionStatus.RELEASED
+    row.closed_at = now
+    session.add(row)
+    session.flush()
+    return row
+
+
+def refund(session: Session, *, brand: Brand, partner: Partner, redemption_id: str,
+           points: int, refund_reference: str, now: datetime) -> Redemption:
+    """Goods returned at the partner: points come back as a new ledger entry."""
+    row = _redemption(session, partner, redemption_id)
+    key = f"refund:{row.id}:{refund_reference}"
+    done = session.exec(select(SettlementLine).where(
+        SettlementLine.redemption_id == row.id, SettlementLine.kind == "refund",
+        SettlementLine.reference == f"{row.order_reference}/{refund_reference}"[:200])).first()
+    if done is not None:
+        if done.points != points:
+            raise TesseraError(ErrorCode.CONFLICT, "refund reference used for another amount")
+        return row
+    if row.status not in (RedemptionStatus.CAPTURED, RedemptionStatus.REFUNDED):
+        raise TesseraError(ErrorCode.CONFLICT, "only a captured redemption can be refunded")
+    if points > row.captured_points - row.refunded_points:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "refund exceeds what was captured")
+    outcome = _ledger.adjust(session, brand_id=brand.id, member_id=row.member_id,
+                             idempotency_key=key, points=points, now=now,
+                             reason=f"refund of redemption {row.id} ({row.order_reference})",
+                             operator=f"partner:{partner.id}")
+    row.refunded_points += points
+    if row.refunded_points == row.captured_points:
+        row.status = RedemptionStatus.REFUNDED
+    session.add(row)
+    session.add(SettlementLine(brand_id=brand.id, partner_id=partner.id, kind="refund",
+                               points=points, entry_id=_entry_id(outcome.body),
+                               redemption_id=row.id,
+                               reference=f"{row.order_reference}/{refund_reference}"[:200],
+                               created_at=now))
+    session.flush()
+    return row
+
+
+def partner_earn(session: Session, *, brand: Brand, partner: Partner, membership_number: str,
+                 points: int, order_reference: str, now: datetime) -> _ledger.Outcome:
+    """Points earned at the partner: the partner reports, the brand credits (once per order)."""
+    members = list(session.exec(select(Member).where(
+        Member.brand_id == brand.id, Member.membership_number == membership_number)))
+    if len(members) != 1:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
+    outcome = _ledger.earn(session, brand_id=brand.id, member_id=members[0].id,
+                           idempotency_key=f"partner-earn:{partner.id}:{order_reference}",
+                           points=points, now=now, reference=order_reference[:200],
+                           reason=f"earned at partner {partner.name}"[:500])
+    if not outcome.replayed:
+        session.add(SettlementLine(brand_id=brand.id, partner_id=partner.id, kind="earn",
+                                   points=points, entry_id=_entry_id(outcome.body),
+                                   reference=order_reference, created_at=now))
+        session.flush()
+    return outcome
+
+
+# -- views, receipts, statements --------------------------------------------------------------
+
+
+def _status(session: Session, row: Redemption, now: datetime) -> str:
+    if row.status == RedemptionStatus.HELD:
+        hold = session.get(PointHold, row.hold_id)
+        if hold is not None and _aware(hold.expires_at) <= now:
+            return RedemptionStatus.EXPIRED
+    return row.status
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _log_indexes(session: Session, brand_id: str, entry_ids: list[int]) -> list[int]:
+    if not entry_ids:
+        return []
+    return sorted(int(i) for i in session.exec(select(LogLeafData.idx).where(
+        LogLeafData.brand_id == brand_id, col(LogLeafData.entry_id).in_(entry_ids))))
+
+
+def redemption_view(session: Session, row: Redemption, now: datetime) -> dict[str, Any]:
+    hold = session.get(PointHold, row.hold_id)
+    lines = list(session.exec(select(SettlementLine).where(
+        SettlementLine.redemption_id == row.id)))
+    return {"id": row.id, "partner_id": row.partner_id, "order_reference": row.order_reference,
+            "points": row.points, "status": _status(session, row, now),
+            "captured_points": row.captured_points, "refunded_points": row.refunded_points,
+            "hold_expires_at": _aware(hold.expires_at).isoformat() if hold else None,
+            "transaction_data_hash": row.transaction_hash,
+            "log_entries": _log_indexes(session, row.brand_id, [ln.entry_id for ln in lines])}
+
+
+def receipt(session: Session, *, keystore: KeyStore, brand: Brand, row: Redemption,
+            now: datetime) -> str:
+    view = redemption_view(session, row, now)
+    hold = session.get(PointHold, row.hold_id)
+    return sign_receipt(
+        keystore.signer(session, brand_id=brand.id, did=brand.did), issuer=brand.did,
+        redemption_id=row.id, partner=row.partner_id, order_reference=row.order_reference,
+        points=row.points, status=view["status"], transaction_hash=row.transaction_hash,
+        issued_at=now, captured_points=row.captured_points,
+        refunded_points=row.refunded_points, log_entries=view["log_entries"],
+        hold_expires_at=_aware(hold.expires_at) if hold else None)
+
+
+def settlement(session: Session, *, keystore: KeyStore, brand: Brand, partner: Partner,
+               start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
+    """A signed statement of the partner's lines in ``[start, end)``, each tied to the log.
+
+    ``log`` names the signed head the lines were checked against: every line
+    carries its leaf index and leaf hash, and the statement is only produced
+    if each leaf still says what the line says (the reconciliation).
+    """
+    if start.tzinfo is None or end.tzinfo is None or end <= start:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "period must be an aware, non-empty range")
+    lines = list(session.exec(select(SettlementLine).where(
+        SettlementLine.partner_id == partner.id, col(SettlementLine.created_at) >= start,
+        col(SettlementLine.created_at) < end).order_by(col(SettlementLine.id))))
+    leaves = {row.entry_id: row for row in session.exec(select(LogLeafData).where(
+        LogLeafData.brand_id == brand.id,
+        col(LogLeafData.entry_id).in_([ln.entry_id for ln in lines] or [-1])))}
+    size, root = _translog.checkpoint(session, brand.id)
+    source = _translog.SqlHashSource(session, brand.id)
+    source.fetch((0, leaves[ln.entry_id].idx) for ln in lines if ln.entry_id in leaves)
+    out: list[dict[str, Any]] = []
+    totals: dict[str, int] = {"redeem": 0, "refund": 0, "earn": 0}
+    sign = {"redeem": -1, "refund": 1, "earn": 1}
+    for ln in lines:
+        leaf = leaves.get(ln.entry_id)
+        if leaf is None:
+            raise TesseraError(ErrorCode.INTERNAL_ERROR, f"settlement line {ln.id} has no leaf")
+        if leaf.data is not None:
+            body = parse_json(leaf.data)
+            if not isinstance(body, dict) or body.get("delta") != sign[ln.kind] * ln.points:
+                raise TesseraError(ErrorCode.INTERNAL_ERROR,
+                                   f"settlement line {ln.id} disagrees with log leaf {leaf.idx}")
+        totals[ln.kind] += ln.points
+        out.append({"kind": ln.kind, "at": _aware(ln.created_at).isoformat(),
+                    "reference": ln.reference, "points": ln.points,
+                    "ledger_entry": ln.entry_id, "log_index": leaf.idx,
+                    "leaf_hash": b64url_encode(source.get_leaf_hash(leaf.idx)),
+                    "redemption_id": ln.redemption_id})
+    statement: dict[str, Any] = {
+        "issuer": brand.did, "partner": partner.id, "partner_name": partner.name,
+        "period": {"from": start.isoformat(), "to": end.isoformat()},
+        "issued_at": now.isoformat(), "lines": out, "totals": totals,
+        "net_points_burned": totals["redeem"] - totals["refund"],
+        "log": {"tree_size": size, "root_hash": root},
+    }
+    statement["jws"] = sign_statement(
+        keystore.signer(session, brand_id=brand.id, did=brand.did), statement)
+    return statement

@@ -1,0 +1,245 @@
+"""Partners, cross-brand redemption, partner earns, settlement, and data-subject rights.
+
+* ``/admin/v1/partners`` (brand API key): register a partner, get its key.
+* ``/brands/{slug}/redemptions`` and ``/brands/{slug}/earns`` and
+  ``/brands/{slug}/settlement``: the partner's side, authenticated by the
+  partner's own key (``Authorization: Bearer tpk_...``), scoped to it.
+* ``/admin/v1/members/{id}/export`` and ``/erase`` (brand API key), and
+  ``/brands/{slug}/members/me/export`` signed by the member (as the log's
+  entries endpoint, :mod:`issuer._routes_log`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from sqlmodel import Session
+
+from issuer import _redemption, _translog
+from issuer._admin import brand_by_slug
+from issuer._app import PROBLEM_RESPONSES, BrandDep, NowDep, SessionDep, StateDep
+from issuer._db import session_scope
+from issuer._ledger import MAX_HOLD_SECONDS, run_write
+from issuer._log_models import Partner
+from issuer._models import MAX_POINTS, Brand
+from issuer._routes_log import authenticate_member
+from tessera.errors import ErrorCode, TesseraError
+from tessera.redemption import statement_csv
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["redemption"], responses=PROBLEM_RESPONSES)
+_bearer = HTTPBearer(auto_error=False, description="a partner key: `tpk_<id>_<secret>`")
+
+
+class PartnerCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    client_id: str = Field(min_length=1, max_length=2048, description=(
+        "the OpenID4VP Client Identifier of the partner's requests (KB-JWT aud)"))
+
+
+class PartnerCreated(BaseModel):
+    id: str
+    name: str
+    client_id: str
+    token: str = Field(description="shown once; only its hash is stored")
+
+
+class RedemptionRequest(BaseModel):
+    vp_token: dict[str, Any] | str = Field(description="as the wallet posted it (§8.1)")
+    transaction_data: str = Field(max_length=4096,
+                                  description="the tessera_redeem item, as in the request")
+    nonce: str = Field(min_length=1, max_length=255, description="the request's nonce")
+    hold_ttl_seconds: int = Field(default=900, ge=30, le=MAX_HOLD_SECONDS)
+
+
+class CaptureBody(BaseModel):
+    points: int | None = Field(default=None, gt=0, le=MAX_POINTS)
+
+
+class RefundBody(BaseModel):
+    points: int = Field(gt=0, le=MAX_POINTS)
+    refund_reference: str = Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")
+
+
+class EarnBody(BaseModel):
+    membership_number: str = Field(min_length=1, max_length=32)
+    points: int = Field(gt=0, le=MAX_POINTS)
+    order_reference: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+
+
+def _partner(slug: str, state: StateDep,
+             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+             ) -> tuple[Brand, Partner]:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
+    with session_scope(state.engine) as session:
+        brand = brand_by_slug(session, slug=slug)
+        return brand, _redemption.authenticate_partner(session, brand=brand,
+                                                       token=credentials.credentials)
+
+
+PartnerDep = Annotated[tuple[Brand, Partner], Depends(_partner)]
+
+
+def _answer(state: Any, brand: Brand, row: Any, now: datetime, *, status: int = 200,
+            replayed: bool = False, extra: dict[str, Any] | None = None) -> JSONResponse:
+    with session_scope(state.engine) as session:
+        body = {"redemption": _redemption.redemption_view(session, row, now),
+                "receipt": _redemption.receipt(session, keystore=state.keystore, brand=brand,
+                                               row=row, now=now), **(extra or {})}
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# -- admin: partners and data-subject rights ------------------------------------------------------
+
+
+@router.post("/admin/v1/partners", status_code=201, response_model=PartnerCreated,
+             tags=["admin"])
+def create_partner(body: PartnerCreate, brand: BrandDep, state: StateDep) -> PartnerCreated:
+    def run(session: Session) -> PartnerCreated:
+        partner, token = _redemption.create_partner(session, brand_id=brand.id, name=body.name,
+                                                    client_id=body.client_id)
+        return PartnerCreated(id=partner.id, name=partner.name, client_id=partner.client_id,
+                              token=token)
+    return run_write(state.engine, run)
+
+
+@router.get("/admin/v1/members/{member_id}/export", tags=["admin"])
+def export_member(member_id: str, brand: BrandDep, session: SessionDep,
+                  now: NowDep) -> dict[str, Any]:
+    """Everything held about the member, as JSON."""
+    return _translog.export_member(session, brand_id=brand.id, member_id=member_id, now=now)
+
+
+@router.post("/admin/v1/members/{member_id}/erase", tags=["admin"])
+def erase_member(member_id: str, brand: BrandDep, state: StateDep,
+                 now: NowDep) -> dict[str, Any]:
+    """Erase personal data; the log keeps pseudonymous hashes and every proof verifies."""
+    return run_write(state.engine, lambda s: _translog.erase_member(
+        s, brand_id=brand.id, member_id=member_id, now=now))
+
+
+@router.get("/brands/{slug}/members/me/export")
+def export_me(slug: str, request: Request, session: SessionDep, state: StateDep,
+              now: NowDep) -> dict[str, Any]:
+    """The member's own export, signed by the member (``tessera-log-access+jwt``)."""
+    brand = brand_by_slug(session, slug=slug)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid member signature")
+    members = authenticate_member(session, brand=brand, token=token.strip(),
+                                  resolver=state.resolver, method="GET",
+                                  path=request.url.path, now=now)
+    return {"memberships": [_translog.export_member(session, brand_id=brand.id,
+                                                    member_id=m.id, now=now)
+                            for m in members]}
+
+
+# -- partners: redemption ----------------------------------------------------------------------
+
+
+@router.post("/brands/{slug}/redemptions", status_code=201)
+def redeem(body: RedemptionRequest, auth: PartnerDep, state: StateDep,
+           now: NowDep) -> JSONResponse:
+    """Verify the member's consent for exactly this transaction and hold the points."""
+    brand, partner = auth
+    with session_scope(state.engine) as session:
+        verified = _redemption.verify_redemption(
+            session, brand=brand, partner=partner, keystore=state.keystore,
+            resolver=state.resolver, vp_token=body.vp_token,
+            transaction_data=body.transaction_data, nonce=body.nonce, now=now)
+    row, replayed = run_write(state.engine, lambda s: _redemption.place_hold(
+        s, brand=brand, partner=partner, verified=verified, now=now,
+        ttl_seconds=body.hold_ttl_seconds))
+    return _answer(state, brand, row, now, status=200 if replayed else 201, replayed=replayed)
+
+
+@router.get("/brands/{slug}/redemptions/{redemption_id}")
+def get_redemption(redemption_id: str, auth: PartnerDep, state: StateDep,
+                   now: NowDep) -> JSONResponse:
+    brand, partner = auth
+    with session_scope(state.engine) as session:
+        row = _redemption._redemption(session, partner, redemption_id, lock=False)
+    return _answer(state, brand, row, now)
+
+
+@router.post("/brands/{slug}/redemptions/{redemption_id}/capture")
+def capture(redemption_id: str, body: CaptureBody, auth: PartnerDep, state: StateDep,
+            now: NowDep) -> JSONResponse:
+    """The sale went through: debit the held points (once)."""
+    brand, partner = auth
+    row = run_write(state.engine, lambda s: _redemption.capture(
+        s, brand=brand, partner=partner, redemption_id=redemption_id, now=now,
+        points=body.points))
+    offer = run_write(state.engine, lambda s: _fresh_offer(s, state, brand, row.member_id, now))
+    return _answer(state, brand, row, now, extra={"fresh_credential": offer})
+
+
+def _fresh_offer(session: Session, state: Any, brand: Brand, member_id: str,
+                 now: datetime) -> dict[str, Any]:
+    """An OpenID4VCI offer of a fresh points credential; only the member's key can take it."""
+    from issuer._openid4vci import OfferRequest, create_offer
+
+    created = create_offer(session, settings=state.settings, brand=brand, member_id=member_id,
+                           request=OfferRequest(credential_configuration_ids=[
+                               "LoyaltyPointsCredential_sd_jwt"]), now=now)
+    return {"offer_uri": created.offer_uri_by_reference,
+            "expires_at": created.expires_at.isoformat()}
+
+
+@router.post("/brands/{slug}/redemptions/{redemption_id}/release")
+def release(redemption_id: str, auth: PartnerDep, state: StateDep,
+            now: NowDep) -> JSONResponse:
+    """The sale was cancelled: free the points."""
+    brand, partner = auth
+    row = run_write(state.engine, lambda s: _redemption.release(
+        s, brand=brand, partner=partner, redemption_id=redemption_id, now=now))
+    return _answer(state, brand, row, now)
+
+
+@router.post("/brands/{slug}/redemptions/{redemption_id}/refund")
+def refund(redemption_id: str, body: RefundBody, auth: PartnerDep, state: StateDep,
+           now: NowDep) -> JSONResponse:
+    """Goods returned: credit points back as a new ledger entry (once per refund reference)."""
+    brand, partner = auth
+    row = run_write(state.engine, lambda s: _redemption.refund(
+        s, brand=brand, partner=partner, redemption_id=redemption_id, points=body.points,
+        refund_reference=body.refund_reference, now=now))
+    return _answer(state, brand, row, now)
+
+
+@router.post("/brands/{slug}/earns", status_code=201)
+def earn(body: EarnBody, auth: PartnerDep, state: StateDep, now: NowDep) -> JSONResponse:
+    """Points the member earned at the partner (credited once per order reference)."""
+    brand, partner = auth
+    outcome = run_write(state.engine, lambda s: _redemption.partner_earn(
+        s, brand=brand, partner=partner, membership_number=body.membership_number,
+        points=body.points, order_reference=body.order_reference, now=now))
+    entry = outcome.body["entry"]
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return JSONResponse({"entry_id": entry["id"], "points": entry["points"],
+                         "order_reference": body.order_reference},
+                        status_code=200 if outcome.replayed else 201, headers=headers)
+
+
+@router.get("/brands/{slug}/settlement")
+def settlement(auth: PartnerDep, state: StateDep, now: NowDep,
+               start: Annotated[datetime, Query(alias="from")],
+               end: Annotated[datetime, Query(alias="to")],
+               format: Annotated[Literal["json", "csv"], Query()] = "json") -> Response:
+    """The partner's signed statement for ``[from, to)``; ``format=csv`` for spreadsheets."""
+    brand, partner = auth
+    with session_scope(state.engine) as session:
+        statement = _redemption.settlement(session, keystore=state.keystore, brand=brand,
+                                           partner=partner, start=start, end=end, now=now)
+    if format == "csv":
+        return Response(statement_csv(statement), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="settlement.csv"'})
+    return JSONResponse(statement)

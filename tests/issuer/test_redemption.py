@@ -1,0 +1,318 @@
+"""Cross-brand redemption, partner earns, settlement and data-subject rights through the API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlmodel import func, select
+
+from issuer import _translog
+from issuer._admin import brand_by_slug
+from issuer._db import session_scope
+from issuer._issuance import issue_for_member
+from issuer._keystore import SqlKeyStore
+from issuer._log_models import Redemption, TransparencyLog
+from issuer._models import LedgerEntry, Member, PointHold
+from tessera import merkle
+from tessera.did import DIDDocument
+from tessera.encoding import b64url_decode
+from tessera.formats import sd_jwt
+from tessera.jose import decode_unverified
+from tessera.keys import LocalSigner, generate_signer
+from tessera.redemption import (
+    build_redeem_transaction_data,
+    verify_receipt,
+    verify_statement,
+)
+
+from .conftest import Service
+
+CLIENT_ID = "redirect_uri:https://cafe.example/openid4vp/response"
+
+
+@dataclass
+class World:
+    service: Service
+    did: str
+    doc: dict[str, Any]
+    member: dict[str, Any]
+    holder: LocalSigner
+    partner: dict[str, Any]
+
+    def ph(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.partner['token']}"}
+
+    def credential(self, config: str = "LoyaltyMembershipCredential_sd_jwt") -> str:
+        with session_scope(self.service.engine) as s:
+            brand = brand_by_slug(s, slug="air")
+            member = s.get(Member, self.member["id"])
+            assert member is not None
+            cred, _ = issue_for_member(
+                s, settings=self.service.settings,
+                keystore=SqlKeyStore(self.service.settings.master_key), brand=brand,
+                member=member, configuration_id=config,
+                holder_key=self.holder.public_key, now=self.service.clock.now)
+        return str(cred)
+
+    def td(self, points: int = 100, order: str = "order-1", **kw: Any) -> str:
+        args = {"brand": self.did, "points": points, "partner": self.partner["id"],
+                "order_reference": order, "credential_ids": ["loyalty"]} | kw
+        return build_redeem_transaction_data(**args)
+
+    def body(self, cred: str, td: str, *, covered: list[str] | None = None,
+             aud: str = CLIENT_ID, nonce: str | None = None) -> dict[str, Any]:
+        nonce = nonce or secrets.token_urlsafe(16)
+        vp = sd_jwt.present(cred, disclose=["membership_number"], holder=self.holder,
+                            audience=aud, nonce=nonce, issued_at=self.service.clock.now,
+                            transaction_data=[td] if covered is None else covered or None)
+        return {"vp_token": {"loyalty": [vp]}, "transaction_data": td, "nonce": nonce}
+
+    def redeem(self, body: dict[str, Any], key: str | None = None) -> Any:
+        return self.service.client.post("/brands/air/redemptions", json=body, headers=self.ph(key))
+
+    def available(self) -> int:
+        r = self.service.client.get(f"/admin/v1/members/{self.member['id']}/balance",
+                                    headers=self.service.h("air"))
+        assert r.status_code == 200, r.text
+        return int(r.json()["available"])
+
+    def counts(self) -> tuple[int, int, int, int]:
+        with session_scope(self.service.engine) as s:
+            return (int(s.exec(select(func.count()).select_from(Redemption)).one()),
+                    int(s.exec(select(func.count()).select_from(PointHold)).one()),
+                    int(s.exec(select(func.count()).select_from(LedgerEntry)).one()),
+                    int(s.exec(select(TransparencyLog.size)).one()))
+
+    def brand_key(self, token: str) -> Any:
+        kid = decode_unverified(token).header["kid"]
+        return DIDDocument(self.did, self.doc).key(kid)
+
+
+@pytest.fixture
+def world(service: Service) -> World:
+    service.brand("air")
+    program = service.program("air")
+    holder = generate_signer("ES256")
+    member = service.enrol("air", program["id"], signer=holder)
+    r = service.post("air", f"/admin/v1/members/{member['id']}/points/earn", {"points": 1000})
+    assert r.status_code == 201
+    r = service.client.post("/admin/v1/partners", headers=service.h("air"),
+                            json={"name": "cafe", "client_id": CLIENT_ID})
+    assert r.status_code == 201, r.text
+    doc = service.client.get("/brands/air/did.json").json()
+    return World(service, doc["id"], doc, member, holder, r.json())
+
+
+def test_hold_capture_refund_with_signed_receipts_and_settlement(world: World) -> None:
+    cred = world.credential()
+    r = world.redeem(world.body(cred, world.td(300)))
+    assert r.status_code == 201, r.text
+    out = r.json()
+    rid = out["redemption"]["id"]
+    assert out["redemption"]["status"] == "held"
+    receipt = verify_receipt(out["receipt"], world.brand_key(out["receipt"]), issuer=world.did)
+    assert (receipt["status"], receipt["points"], receipt["sub"]) == ("held", 300, rid)
+    assert world.available() == 700
+    r = world.service.client.post(f"/brands/air/redemptions/{rid}/capture", json={},
+                                  headers=world.ph())
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["redemption"]["status"] == "captured" and len(out["redemption"]["log_entries"]) == 1
+    assert out["fresh_credential"]["offer_uri"].startswith("openid-credential-offer://")
+    assert verify_receipt(out["receipt"], world.brand_key(out["receipt"]))["status"] == "captured"
+    # Capturing again changes nothing.
+    again = world.service.client.post(f"/brands/air/redemptions/{rid}/capture", json={},
+                                      headers=world.ph())
+    assert again.status_code == 200 and world.available() == 700
+    r = world.service.client.post(f"/brands/air/redemptions/{rid}/refund",
+                                  json={"points": 120, "refund_reference": "ret-1"},
+                                  headers=world.ph())
+    assert r.status_code == 200, r.text
+    assert r.json()["redemption"]["refunded_points"] == 120 and world.available() == 820
+    r = world.service.client.post(f"/brands/air/redemptions/{rid}/refund",
+                                  json={"points": 500, "refund_reference": "ret-2"},
+                                  headers=world.ph())
+    assert r.json()["code"] == "invalid_request"
+    # Earning at the partner, once per order.
+    earn = {"membership_number": world.member["membership_number"], "points": 25,
+            "order_reference": "order-9"}
+    r = world.service.client.post("/brands/air/earns", json=earn, headers=world.ph())
+    assert r.status_code == 201, r.text
+    r = world.service.client.post("/brands/air/earns", json=earn, headers=world.ph())
+    assert r.status_code == 200 and r.headers["Idempotent-Replayed"] == "true"
+    assert world.available() == 845
+    period = {"from": "2025-12-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
+    statement = world.service.client.get("/brands/air/settlement", params=period,
+                                         headers=world.ph()).json()
+    assert statement["totals"] == {"redeem": 300, "refund": 120, "earn": 25}
+    assert statement["net_points_burned"] == 180
+    payload = verify_statement(statement["jws"], world.brand_key(statement["jws"]),
+                               issuer=world.did)
+    assert payload["lines"] == statement["lines"]
+    # Reconcile: every line is a leaf of the signed log, with the hash stated.
+    head = world.service.client.get("/brands/air/log/sth").json()
+    for line in statement["lines"]:
+        proof = world.service.client.get("/brands/air/log/proof/inclusion", params={
+            "index": line["log_index"], "size": head["tree_size"]}).json()
+        assert proof["leaf_hash"] == line["leaf_hash"]
+        merkle.verify_inclusion(b64url_decode(line["leaf_hash"]), line["log_index"],
+                                head["tree_size"], [b64url_decode(p) for p in proof["proof"]],
+                                b64url_decode(head["root_hash"]))
+    text = world.service.client.get("/brands/air/settlement", params=period | {"format": "csv"},
+                                    headers=world.ph()).text
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0][0] == "line" and len(rows) == 1 + 3 + 3
+    assert ["total", "redeem", "", "", "300", "", "", "", ""] in rows
+
+
+def test_refusals_write_nothing(world: World, service: Service) -> None:
+    cred = world.credential()
+    before = world.counts()
+
+    def refused(body: dict[str, Any], code: str, key: str | None = None) -> None:
+        r = world.redeem(body, key)
+        assert r.status_code >= 400, r.text
+        assert r.json()["code"] == code, r.text
+        assert world.counts() == before
+
+    td = world.td(100)
+    refused(world.body(cred, td, covered=[]), "transaction_data_mismatch")  # no hashes at all
+    ok = world.body(cred, world.td(100))
+    refused(ok | {"transaction_data": world.td(500)}, "transaction_data_mismatch")  # amount
+    refused(world.body(cred, td, covered=[world.td(100, order="order-2")]),
+            "transaction_data_mismatch")
+    refused(world.body(cred, td, aud="redirect_uri:https://evil.example/cb"),
+            "audience_mismatch")
+    refused(ok | {"nonce": "other"}, "nonce_mismatch")
+    refused(world.body(cred, world.td(5000)), "insufficient_balance")
+    refused(world.body(cred, world.td(100, brand="did:web:other.example")), "invalid_request")
+    other = service.client.post("/admin/v1/partners", headers=service.h("air"),
+                                json={"name": "bar", "client_id": CLIENT_ID}).json()
+    refused(world.body(cred, td), "forbidden", key=other["token"])
+    refused(world.body(cred, td), "unauthorized", key="tpk_nope_nope")
+    refused(world.body(cred, td), "unauthorized", key=service.tokens["air"])
+    foreign = generate_signer("ES256")
+    stranger = world.body(cred, td)
+    forged = sd_jwt.present(cred, disclose=["membership_number"], holder=foreign,
+                            audience=CLIENT_ID, nonce=stranger["nonce"],
+                            issued_at=service.clock.now, transaction_data=[td])
+    refused(stranger | {"vp_token": {"loyalty": [forged]}}, "key_binding_invalid")
+    # Accepted once; the very same presentation again is a replay.
+    first = world.redeem(ok)
+    assert first.status_code == 201
+    after = world.counts()
+    r = world.redeem(ok)
+    assert r.status_code == 409 and r.json()["code"] == "replayed"
+    # The same order with new terms is a conflict; with the same terms, the same redemption.
+    r = world.redeem(world.body(cred, world.td(200)))
+    assert r.json()["code"] == "conflict"
+    r = world.redeem(world.body(cred, world.td(100)))
+    assert r.status_code == 200 and r.json()["redemption"]["id"] == \
+        first.json()["redemption"]["id"]
+    assert world.counts() == after
+
+
+def test_release_and_expiry(world: World) -> None:
+    cred = world.credential()
+    r = world.redeem(world.body(cred, world.td(400)))
+    rid = r.json()["redemption"]["id"]
+    assert world.available() == 600
+    r = world.service.client.post(f"/brands/air/redemptions/{rid}/release", headers=world.ph())
+    assert r.json()["redemption"]["status"] == "released" and world.available() == 1000
+    r = world.redeem(world.body(cred, world.td(400, order="order-2")) | {"hold_ttl_seconds": 30})
+    rid = r.json()["redemption"]["id"]
+    world.service.clock.advance(seconds=31)
+    assert world.available() == 1000  # an expired hold reserves nothing
+    got = world.service.client.get(f"/brands/air/redemptions/{rid}", headers=world.ph())
+    assert got.json()["redemption"]["status"] == "expired"
+    r = world.service.client.post(f"/brands/air/redemptions/{rid}/capture", json={},
+                                  headers=world.ph())
+    assert r.json()["code"] == "expired"
+
+
+def test_a_points_credential_redeems_once(world: World) -> None:
+    cred = world.credential("LoyaltyPointsCredential_sd_jwt")
+    assert world.redeem(world.body(cred, world.td(100))).status_code == 201
+    r = world.redeem(world.body(cred, world.td(100, order="order-2")))
+    assert r.json()["code"] == "revoked"  # superseded when the hold moved the points
+
+
+def test_erasure_keeps_proofs(world: World, service: Service) -> None:
+    cred = world.credential()
+    world.redeem(world.body(cred, world.td(100)))
+    program = service.client.get("/admin/v1/programs", headers=service.h("air")).json()[0]
+    other = service.enrol("air", program["id"])
+    service.post("air", f"/admin/v1/members/{other['id']}/points/earn", {"points": 5})
+    mid = world.member["id"]
+    export = service.client.get(f"/admin/v1/members/{mid}/export",
+                                headers=service.h("air")).json()
+    assert export["member"]["did"] == world.member["did"]
+    assert len(export["transparency_log"]["leaves"]) == 1
+    assert len(export["ledger_entries"]) == 1 and len(export["redemptions"]) == 1
+    head_before = service.client.get("/brands/air/log/sth").json()
+    r = service.client.post(f"/admin/v1/members/{mid}/erase", headers=service.h("air"))
+    assert r.status_code == 200, r.text
+    export = service.client.get(f"/admin/v1/members/{mid}/export",
+                                headers=service.h("air")).json()
+    assert world.member["did"] not in str(export)
+    assert world.member["membership_number"] not in str(export)
+    assert export["transparency_log"]["leaves"][0]["leaf"] is None
+    head = service.client.get("/brands/air/log/sth").json()
+    assert head == head_before  # nothing appended, nothing rehashed
+    with session_scope(service.engine) as s:
+        brand_id = s.exec(select(TransparencyLog.brand_id)).one()
+        assert _translog.check_log(s, brand_id) == []
+    for index in range(head["tree_size"]):
+        proof = service.client.get("/brands/air/log/proof/inclusion", params={
+            "index": index, "size": head["tree_size"]}).json()
+        merkle.verify_inclusion(b64url_decode(proof["leaf_hash"]), index, head["tree_size"],
+                                [b64url_decode(p) for p in proof["proof"]],
+                                b64url_decode(head["root_hash"]))
+    # The erased member's credential no longer redeems.
+    r = world.redeem(world.body(cred, world.td(10, order="order-3")))
+    assert r.status_code >= 400
+
+
+@pytest.mark.skipif(not os.environ.get("TESSERA_TEST_POSTGRES_URL"), reason="needs PostgreSQL")
+@pytest.mark.parametrize("kind", ["same_credential", "same_balance"])
+def test_fifty_simultaneous_redemptions(world: World, kind: str) -> None:
+    config = ("LoyaltyPointsCredential_sd_jwt" if kind == "same_credential"
+              else "LoyaltyMembershipCredential_sd_jwt")
+    cred = world.credential(config)
+    bodies = [world.body(cred, world.td(100, order=f"order-{i}")) for i in range(50)]
+
+    def go(body: dict[str, Any]) -> tuple[int, str]:
+        r = world.redeem(body)
+        return r.status_code, str(r.json().get("code", ""))
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(go, bodies))
+    ok = [r for r in results if r[0] == 201]
+    expected = 1 if kind == "same_credential" else 10
+    assert len(ok) == expected, results
+    refused = {code for status, code in results if status != 201}
+    assert refused == ({"revoked"} if kind == "same_credential" else {"insufficient_balance"})
+    with session_scope(world.service.engine) as s:
+        ids = [r.id for r in s.exec(select(Redemption))]
+    assert len(ids) == expected
+
+    def capture(rid: str) -> int:
+        return int(world.service.client.post(f"/brands/air/redemptions/{rid}/capture", json={},
+                                             headers=world.ph()).status_code)
+
+    with ThreadPoolExecutor(20) as pool:
+        assert list(pool.map(capture, ids * 2)) == [200] * (2 * expected)
+    assert world.available() == 1000 - 100 * expected >= 0
+    with session_scope(world.service.engine) as s:
+        redeemed = s.exec(select(func.sum(LedgerEntry.points))
+                          .where(LedgerEntry.kind == "redeem")).one()
+        assert redeemed == -100 * expected
+        brand_id = s.exec(select(TransparencyLog.brand_id)).one()
+        assert _translog.check_log(s, brand_id) == []
