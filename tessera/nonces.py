@@ -210,6 +210,12 @@ class MemoryNonceStore:
         with self._lock:
             return len(self._entries)
 
+    def __bool__(self) -> bool:
+        # A store is a service, not a collection: an empty one must not read
+        # as "no store" in ``nonces or default`` (that silently split shared
+        # stores between verifier instances once).
+        return True
+
     def _purge_locked(self, now_ms: int) -> int:
         removed = 0
         heap, entries = self._heap, self._entries

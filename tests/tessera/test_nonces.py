@@ -600,3 +600,11 @@ def test_module_imports_without_sqlalchemy_or_redis() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_an_empty_memory_store_is_still_a_store() -> None:
+    from tessera.nonces import MemoryNonceStore
+
+    store = MemoryNonceStore()
+    assert len(store) == 0 and bool(store)
+    assert (store or None) is store
