@@ -71,6 +71,7 @@ from verifier._sdk import VerificationResult, Verifier
 from verifier._sessions import SessionStore, session_store_from_url
 from verifier._status import StatusCheck
 from verifier._trust import TrustList
+from verifier._vcapi import vcapi_verifier_router
 from verifier.errors import DESCRIPTIONS
 
 __all__ = [
@@ -373,6 +374,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.service = service
     for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_type, _handle_error)
+    # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
+    app.include_router(vcapi_verifier_router(
+        resolver=settings.resolver, status_check=settings.status_check,
+    ))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def checkout_page() -> HTMLResponse:
