@@ -36,6 +36,7 @@ TOPICS: dict[str, str] = {
 
 LOAD_TOPICS: dict[str, str] = {
     "verifier_service": "bench.verifier_service",
+    "translog": "bench.translog",
 }
 """topic name -> module with ``run(quick=...)`` and ``print_table(report)``."""
 
