@@ -36,6 +36,8 @@ class PresentationRequest:
     transaction_data: tuple[str, ...] | None
     expires_at: datetime
     state: str
+    # The parsed DCQL, kept so verify does not parse it again (not serialized).
+    parsed_query: Query | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -193,8 +195,8 @@ class Verifier:
         """
         if nonce is not None and len(nonce) < 16:
             raise TesseraError(ErrorCode.INVALID_REQUEST, "a nonce needs at least 16 characters")
-        if dcql is not None:
-            Query.parse(dcql)  # refuse a malformed query now, not at the till
+        # Parsed now so a malformed query is refused here, not at the till.
+        query = Query.parse(dcql) if dcql is not None else None
         request = PresentationRequest(
             nonce=nonce or secrets.token_urlsafe(24),
             audience=audience,
@@ -202,6 +204,7 @@ class Verifier:
             transaction_data=tuple(transaction_data) if transaction_data else None,
             expires_at=self._clock() + self._ttl,
             state=secrets.token_urlsafe(16),
+            parsed_query=query,
         )
         self._nonces.issue(
             request.nonce, ttl_seconds=int(self._ttl.total_seconds()), data=request.to_dict()
@@ -248,7 +251,9 @@ class Verifier:
             req, consumed = request, False
         if now >= req.expires_at:
             return VerificationResult.failure(ErrorCode.REPLAYED)
-        query = Query.parse(req.dcql) if req.dcql is not None else None
+        query = req.parsed_query
+        if query is None and req.dcql is not None:
+            query = Query.parse(req.dcql)
         items = _split_vp_token(vp_token, query)
 
         presented: list[PresentedCredential] = []
