@@ -30,12 +30,13 @@ from fastapi.responses import JSONResponse
 
 from tessera import jsonld
 from tessera.did import did_key
-from tessera.encoding import MAX_JSON_BYTES, parse_json_object
+from tessera.encoding import MAX_JSON_BYTES
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import data_integrity
 from tessera.typing import Clock, Signer
+from tessera.web import read_json_body
 
-__all__ = ["VCAPI_SUITES", "VcApiIssuer", "read_json_body", "validate_credential",
+__all__ = ["VCAPI_SUITES", "VcApiIssuer", "validate_credential",
            "vcapi_issuer_router"]
 
 VCAPI_SUITES: Final[Mapping[str, str]] = {
@@ -94,24 +95,6 @@ class VcApiIssuer:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-async def read_json_body(request: Request, *, max_bytes: int = MAX_JSON_BYTES
-                         ) -> dict[str, Any]:
-    """The request body as a strictly parsed JSON object, read with a size cap."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise TesseraError(ErrorCode.TOO_LARGE, f"request body over {max_bytes} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise TesseraError(ErrorCode.TOO_LARGE, f"request body over {max_bytes} bytes")
-    try:
-        return parse_json_object(bytes(body), max_bytes=max_bytes)
-    except TesseraError as exc:
-        raise TesseraError(exc.code if exc.code == ErrorCode.TOO_LARGE else ErrorCode.MALFORMED,
-                           f"request body: {exc.detail}") from exc
 
 
 def _bad(detail: str) -> TesseraError:

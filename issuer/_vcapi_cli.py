@@ -19,13 +19,10 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from issuer._vcapi import VcApiIssuer, vcapi_issuer_router
 from tessera import jsonld
@@ -33,38 +30,19 @@ from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import signer_from_jwk
 from tessera.typing import Signer
+from tessera.web import install_problem_handlers
 
 __all__ = ["create_vcapi_app", "issuers_for", "vcapi_app"]
 
 _log = logging.getLogger("tessera.vcapi")
 
-PROBLEM_TYPE_BASE = "tag:tessera.dev,2026:error:"
 # The VC API answers a bad request with 400 whatever went wrong in it.
-_STATUS = {ErrorCode.TOO_LARGE: 413, ErrorCode.NOT_FOUND: 404, ErrorCode.INTERNAL_ERROR: 500,
-           ErrorCode.STATUS_UNAVAILABLE: 503}
+_VCAPI_STATUS: Final = {ErrorCode.TOO_LARGE: 413, ErrorCode.NOT_FOUND: 404,
+                        ErrorCode.INTERNAL_ERROR: 500, ErrorCode.STATUS_UNAVAILABLE: 503}
 
 
-def _problem(error: TesseraError, status: int | None = None) -> JSONResponse:
-    status = status or _STATUS.get(error.code, 400)
-    return JSONResponse({
-        "type": PROBLEM_TYPE_BASE + error.code.value,
-        "title": error.code.value.replace("_", " "),
-        "status": status,
-        "detail": error.detail,
-        "code": error.code.value,
-    }, status_code=status, media_type="application/problem+json")
-
-
-async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, TesseraError):
-        return _problem(exc)
-    if isinstance(exc, RequestValidationError):
-        return _problem(TesseraError(ErrorCode.INVALID_REQUEST, "invalid request"))
-    if isinstance(exc, StarletteHTTPException):
-        code = {404: ErrorCode.NOT_FOUND}.get(exc.status_code, ErrorCode.INVALID_REQUEST)
-        return _problem(TesseraError(code, str(exc.detail)), status=exc.status_code)
-    _log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _problem(TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"))
+def _vcapi_status(request: Request, error: TesseraError) -> tuple[int | None, dict[str, Any]]:
+    return _VCAPI_STATUS.get(error.code, 400), {}
 
 
 def issuers_for(signers: Sequence[Signer]) -> list[VcApiIssuer]:
@@ -104,8 +82,7 @@ def create_vcapi_app(
                     "interop test suites. Errors are RFC 9457 problem documents with a "
                     "Tessera error `code`.",
     )
-    for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
-        app.add_exception_handler(exc_type, _handle_error)
+    install_problem_handlers(app, customize=_vcapi_status)
     clock = verifier_settings.get("clock")
     issuer_kwargs: dict[str, Any] = {"loader": loader}
     if clock is not None:

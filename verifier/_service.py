@@ -43,10 +43,8 @@ from typing import Any, Final, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.credentials import MEMBERSHIP, POINTS
 from tessera.dcql import claims_query
@@ -56,6 +54,7 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
 from tessera.nonces import nonce_store_from_url
 from tessera.typing import DIDResolver, Signer
+from tessera.web import install_problem_handlers, problem_response
 from verifier._checkout_page import CHECKOUT_HTML
 from verifier._openid4vp import (
     PREFIX_DID,
@@ -87,23 +86,6 @@ __all__ = [
 
 _log = logging.getLogger("tessera.verifier")
 
-HTTP_STATUS: Final[dict[ErrorCode, int]] = {
-    ErrorCode.TOO_LARGE: 413,
-    ErrorCode.UNSUPPORTED_FORMAT: 415,
-    ErrorCode.SCHEMA_INVALID: 422,
-    ErrorCode.UNTRUSTED_ISSUER: 403,
-    ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED: 403,
-    ErrorCode.STATUS_UNAVAILABLE: 503,
-    ErrorCode.REPLAYED: 409,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.CONFLICT: 409,
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.INVALID_REQUEST: 422,
-    ErrorCode.CONSENT_DENIED: 403,
-    ErrorCode.INTERNAL_ERROR: 500,
-}
-PROBLEM_TYPE_BASE: Final = "tag:tessera.dev,2026:error:"
 REASONS: Final[dict[str, str]] = {
     **{code.value: text for code, text in DESCRIPTIONS.items()},
     ErrorCode.CONSENT_DENIED.value: "The member declined to share.",
@@ -174,38 +156,6 @@ class CreateRequest(BaseModel):
     purpose: str = Field(default="", max_length=500)
     transaction_data: list[str] | None = Field(default=None, max_length=8)
     response_mode: Literal["direct_post", "direct_post.jwt"] | None = None
-
-
-def problem_response(error: TesseraError, *, status: int | None = None,
-                     extra: dict[str, Any] | None = None) -> JSONResponse:
-    status = status or HTTP_STATUS.get(error.code, 400)
-    body = {
-        "type": PROBLEM_TYPE_BASE + error.code.value,
-        "title": error.code.value.replace("_", " "),
-        "status": status,
-        "detail": error.detail,
-        "code": error.code.value,
-        **(extra or {}),
-    }
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
-
-
-async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
-    """The one handler: every failure becomes a TesseraError, then a problem document."""
-    if isinstance(exc, TesseraError):
-        return problem_response(exc)
-    if isinstance(exc, RequestValidationError):
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
-            for e in exc.errors()
-        )[:1000]
-        return problem_response(TesseraError(ErrorCode.INVALID_REQUEST, detail))
-    if isinstance(exc, StarletteHTTPException):
-        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_REQUEST,
-                413: ErrorCode.TOO_LARGE}.get(exc.status_code, ErrorCode.INVALID_REQUEST)
-        return problem_response(TesseraError(code, str(exc.detail)), status=exc.status_code)
-    _log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"))
 
 
 class CheckoutService:
@@ -372,8 +322,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         description="OpenID4VP 1.0 verifier with DCQL and direct_post; a checkout page.",
     )
     app.state.service = service
-    for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
-        app.add_exception_handler(exc_type, _handle_error)
+    install_problem_handlers(app)
     # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
     app.include_router(vcapi_verifier_router(
         resolver=settings.resolver, status_check=settings.status_check,

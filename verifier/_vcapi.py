@@ -34,17 +34,17 @@ from fastapi.responses import JSONResponse
 
 from tessera import jsonld
 from tessera.did import HttpFetcher, Resolver
-from tessera.encoding import MAX_JSON_BYTES, parse_json_object
+from tessera.encoding import MAX_JSON_BYTES
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import data_integrity
 from tessera.keys import PublicKey
 from tessera.nonces import MemoryNonceStore, new_nonce
 from tessera.typing import Clock, DIDResolver, Fetcher, NonceStore
+from tessera.web import PROBLEM_TYPE_BASE, read_json_body
 from verifier._status import StatusCheck, default_status_check
 
 __all__ = ["VcApiVerifier", "vcapi_verifier_router"]
 
-PROBLEM_TYPE_BASE: Final = "tag:tessera.dev,2026:error:"
 _ISSUED: Final = "vcapi-challenge:"
 _USED: Final = "vcapi-challenge-used:"
 _MAX_CHALLENGE: Final = 200
@@ -52,22 +52,6 @@ _MAX_CHALLENGE: Final = 200
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-async def _read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise TesseraError(ErrorCode.TOO_LARGE, f"request body over {max_bytes} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise TesseraError(ErrorCode.TOO_LARGE, f"request body over {max_bytes} bytes")
-    try:
-        return parse_json_object(bytes(body), max_bytes=max_bytes)
-    except TesseraError as exc:
-        raise TesseraError(exc.code if exc.code == ErrorCode.TOO_LARGE else ErrorCode.MALFORMED,
-                           f"request body: {exc.detail}") from exc
 
 
 def _options(body: dict[str, Any], document_key: str) -> tuple[Any, dict[str, Any]]:
@@ -287,7 +271,7 @@ def vcapi_verifier_router(
     def route(work: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
               ) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> JSONResponse:
-            body = await _read_json_body(request, max_body_bytes)
+            body = await read_json_body(request, max_bytes=max_body_bytes)
             status, result = await run_in_threadpool(work, body)
             return JSONResponse(result, status_code=status)
         return endpoint

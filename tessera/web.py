@@ -1,0 +1,158 @@
+"""HTTP glue shared by every Tessera service: one RFC 9457 rendering of errors.
+
+The issuer service, the verifier service and the standalone VC API server
+all install :func:`install_problem_handlers`, so a :class:`TesseraError`
+becomes the same ``application/problem+json`` document everywhere, with the
+machine-readable ``code`` member. Request bodies that are parsed by hand go
+through :func:`read_json_body` (size cap, strict JSON).
+
+This module imports Starlette and FastAPI, so only the services import it;
+the verifier SDK never does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tessera.encoding import MAX_JSON_BYTES, parse_json_object
+from tessera.errors import ErrorCode, TesseraError
+
+__all__ = [
+    "HTTP_STATUS",
+    "PROBLEM_TYPE_BASE",
+    "ProblemCustomizer",
+    "install_problem_handlers",
+    "problem_response",
+    "read_json_body",
+    "to_tessera_error",
+]
+
+_log = logging.getLogger("tessera.web")
+
+PROBLEM_TYPE_BASE: Final = "tag:tessera.dev,2026:error:"
+
+HTTP_STATUS: Final[dict[ErrorCode, int]] = {
+    ErrorCode.MALFORMED: 400,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_FORMAT: 415,
+    ErrorCode.UNSUPPORTED_ALGORITHM: 400,
+    ErrorCode.SCHEMA_INVALID: 422,
+    ErrorCode.INVALID_SIGNATURE: 400,
+    ErrorCode.KEY_NOT_FOUND: 400,
+    ErrorCode.DID_RESOLUTION_FAILED: 400,
+    ErrorCode.UNTRUSTED_ISSUER: 403,
+    ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED: 403,
+    ErrorCode.EXPIRED: 400,
+    ErrorCode.NOT_YET_VALID: 400,
+    ErrorCode.REVOKED: 400,
+    ErrorCode.SUSPENDED: 400,
+    ErrorCode.STATUS_UNAVAILABLE: 503,
+    ErrorCode.NONCE_MISMATCH: 400,
+    ErrorCode.AUDIENCE_MISMATCH: 400,
+    ErrorCode.REPLAYED: 409,
+    ErrorCode.KEY_BINDING_MISSING: 400,
+    ErrorCode.KEY_BINDING_INVALID: 400,
+    ErrorCode.DISCLOSURE_MISMATCH: 400,
+    ErrorCode.TRANSACTION_DATA_MISMATCH: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.INVALID_REQUEST: 422,
+    # Refused because of the account's state, not the request's shape.
+    ErrorCode.INSUFFICIENT_BALANCE: 409,
+    ErrorCode.CONSENT_DENIED: 403,
+    # In a service this can only mean the master key does not open a stored
+    # key: an operator's problem, not the client's.
+    ErrorCode.WRONG_PASSPHRASE: 500,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+ProblemCustomizer = Callable[[Request, TesseraError], tuple[int | None, dict[str, Any]] | None]
+"""``(request, error) -> (status, extra members)`` or None to keep the defaults.
+
+For a route family with its own conventions (OAuth ``error`` members on the
+OpenID4VCI endpoints, the VC API's blanket 400)."""
+
+
+def problem_response(
+    error: TesseraError, *, status: int | None = None, extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    status = status or HTTP_STATUS.get(error.code, 400)
+    body = {
+        "type": PROBLEM_TYPE_BASE + error.code.value,
+        "title": error.code.value.replace("_", " "),
+        "status": status,
+        "detail": error.detail,
+        "code": error.code.value,
+        **(extra or {}),
+    }
+    headers = None
+    if status == 401:
+        oauth_error = (extra or {}).get("error")
+        headers = {"WWW-Authenticate": f'Bearer realm="tessera", error="{oauth_error}"'
+                   if oauth_error else 'Bearer realm="tessera"'}
+    return JSONResponse(body, status_code=status, headers=headers,
+                        media_type="application/problem+json")
+
+
+def to_tessera_error(
+    request: Request, exc: Exception
+) -> tuple[TesseraError, int | None, dict[str, Any]]:
+    """Any exception as (error, status override, extra members); unknown ones are logged."""
+    if isinstance(exc, TesseraError):
+        return exc, None, {}
+    if isinstance(exc, RequestValidationError):
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        # The offending input is not echoed back: it may hold a token.
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)[:1000]
+        return TesseraError(ErrorCode.INVALID_REQUEST, detail), None, {"errors": errors[:50]}
+    if isinstance(exc, StarletteHTTPException):
+        code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
+                404: ErrorCode.NOT_FOUND, 409: ErrorCode.CONFLICT,
+                413: ErrorCode.TOO_LARGE}.get(exc.status_code, ErrorCode.INVALID_REQUEST)
+        status = exc.status_code if 400 <= exc.status_code < 600 else 500
+        return TesseraError(code, str(exc.detail)), status, {}
+    _log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"), None, {}
+
+
+def install_problem_handlers(app: FastAPI, *, customize: ProblemCustomizer | None = None) -> None:
+    """Make every failure of ``app`` an RFC 9457 problem document with a ``code``."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        error, status, extra = to_tessera_error(request, exc)
+        custom = customize(request, error) if customize is not None else None
+        if custom is not None:
+            custom_status, custom_extra = custom
+            status = custom_status or status
+            extra = {**extra, **custom_extra}
+        return problem_response(error, status=status, extra=extra)
+
+    for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, handle)
+
+
+async def read_json_body(request: Request, *, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The request body as a strictly parsed JSON object, read with a size cap."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise TesseraError(ErrorCode.TOO_LARGE, f"request body over {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise TesseraError(ErrorCode.TOO_LARGE, f"request body over {max_bytes} bytes")
+    try:
+        return parse_json_object(bytes(body), max_bytes=max_bytes)
+    except TesseraError as exc:
+        raise TesseraError(exc.code if exc.code == ErrorCode.TOO_LARGE else ErrorCode.MALFORMED,
+                           f"request body: {exc.detail}") from exc
