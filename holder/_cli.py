@@ -113,14 +113,24 @@ def import_cmd(
 
 
 @wallet_app.command("receive")
-def receive(offer_uri: Annotated[str, typer.Argument(help="openid-credential-offer:// URI")],
-            wallet: WalletOption = DEFAULT_WALLET) -> None:
-    """Receive a credential from an OpenID4VCI offer (needs the issuer service)."""
-    del offer_uri, wallet
-    err.print("Receiving by OpenID4VCI offer needs the issuer service's OpenID4VCI endpoints, "
-              "which this wallet does not speak yet. Ask the brand for the credential file and "
-              "run: tessera wallet import FILE")
-    raise typer.Exit(2)
+def receive(
+    offer_uri: Annotated[str, typer.Argument(help="openid-credential-offer:// URI")],
+    wallet: WalletOption = DEFAULT_WALLET,
+    tx_code: Annotated[str | None, typer.Option(
+        help="the code the brand sent separately, if the offer asks for one")] = None,
+    did_document: DocsOption = None,
+) -> None:
+    """Receive credentials from a brand's OpenID4VCI offer (pre-authorized flow)."""
+    from holder._openid4vci import receive_offer
+
+    w = _open(wallet, did_document)
+    try:
+        with _http_client() as http:
+            stored = receive_offer(w, offer_uri, http_client=http, tx_code=tx_code)
+    except TesseraError as exc:
+        _fail(exc)
+    for cred in stored:
+        out.print(f"{cred.id}  {cred.credential_type}  from {cred.issuer}")
 
 
 @wallet_app.command("list")
