@@ -126,22 +126,24 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
 
     brand_id = _brand(engine, "ledger")
 
-    def setup(session: Session) -> str:
+    def setup(session: Session) -> list[str]:
         program = create_program(session, brand_id=brand_id,
                                  data=ProgramCreate(name="Miles"))
-        member = Member(brand_id=brand_id, program_id=program.id, did="did:example:bench",
-                        membership_number="0000000001")
-        session.add(member)
+        # One member per phase: a member's write cost grows with their lots,
+        # so both phases must start from the same (empty) history.
+        members = [Member(brand_id=brand_id, program_id=program.id, did=f"did:example:b{i}",
+                          membership_number=f"000000000{i}") for i in range(2)]
+        session.add_all(members)
         session.flush()
-        return member.id
+        return [m.id for m in members]
 
-    member_id = _ledger.run_write(engine, setup)
+    member_ids = _ledger.run_write(engine, setup)
     n = 200 if quick else 1000
     now = datetime.now(UTC)
 
     def earn(i: int) -> None:
         _ledger.run_write(engine, lambda s: _ledger.earn(
-            s, brand_id=brand_id, member_id=member_id,
+            s, brand_id=brand_id, member_id=member_ids[i // n],
             idempotency_key=f"e{i}-{secrets.token_hex(4)}", points=1, now=now))
 
     t = time.perf_counter()
