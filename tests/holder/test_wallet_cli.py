@@ -1,9 +1,12 @@
-"""``tessera wallet``: init, import, list, show, present with a consent screen, consent log."""
+"""``tessera wallet``: init, import, receive (OpenID4VCI), list, show, present with a consent
+screen, consent log."""
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from holder import Wallet
 from tessera.cli import app
 from tessera.did import Resolver, did_jwk
 from tessera.keys import generate_signer
+from tests.issuer.conftest import FakeClock, Service
 from verifier._service import ServiceSettings, create_app
 from verifier.testing import TestHolder, TestIssuer
 
@@ -69,16 +73,20 @@ def till(brand: TestIssuer, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestCli
         resolver=Resolver(documents={brand.did: brand.did_document}),
     )
     with TestClient(create_app(settings), base_url=BASE) as client:
-        class Shared(httpx.Client):
-            # The CLI closes its client; the till's must outlive one command.
-            def __enter__(self) -> Any:
-                return client
-
-            def __exit__(self, *exc: object) -> None:
-                return None
-
-        monkeypatch.setattr(wallet_cli, "_http_client", Shared)
+        monkeypatch.setattr(wallet_cli, "_http_client", _shared(client))
         yield client
+
+
+def _shared(client: TestClient) -> type[httpx.Client]:
+    class Shared(httpx.Client):
+        # The CLI closes its client; the app's must outlive one command.
+        def __enter__(self) -> Any:
+            return client
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    return Shared
 
 
 def _checkout(till: TestClient) -> dict[str, Any]:
@@ -122,10 +130,80 @@ def test_list_and_show(loaded: Path, runner: CliRunner) -> None:
     assert r.exit_code == 2 and "not_found" in r.output
 
 
-def test_receive_by_offer_says_what_it_needs(loaded: Path, runner: CliRunner) -> None:
-    r = runner.invoke(app, ["wallet", "receive", "openid-credential-offer://?x=1",
-                            "--wallet", str(loaded)])
-    assert r.exit_code == 2 and "issuer service" in r.output and "import" in r.output
+@pytest.fixture
+def acme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+    """Acme's issuer service (SQLite, real clock: the CLI wallet uses the real time),
+    reached by the CLI's HTTP client through the ASGI app."""
+    from issuer._app import create_app as create_issuer_app
+    from issuer._db import make_engine
+    from issuer._settings import Settings
+    from issuer.migrations import upgrade
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'issuer.db'}",
+                        master_key=secrets.token_bytes(32), public_url="https://issuer.example")
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    with TestClient(create_issuer_app(settings, engine=engine)) as client:
+        monkeypatch.setattr(wallet_cli, "_http_client", _shared(client))
+        service = Service(client=client, engine=engine, settings=settings,
+                          clock=FakeClock(datetime.now(UTC)))
+        service.brand("acme")
+        yield service
+    engine.dispose()
+
+
+def _member_offer(acme: Service, wallet_path: Path, tmp_path: Path,
+                  **extra: Any) -> tuple[dict[str, Any], Path]:
+    """Enrol the CLI wallet's DID at Acme with 1,250 points; an offer of both SD-JWT VCs
+    and the brand's pinned DID document."""
+    program = acme.program("acme")
+    member = acme.enrol("acme", program["id"], Wallet.open(wallet_path, PASS).signer)
+    r = acme.post("acme", f"/admin/v1/members/{member['id']}/points/earn", {"points": 1250})
+    assert r.status_code == 201, r.text
+    r = acme.client.post(f"/admin/v1/members/{member['id']}/offers", headers=acme.h("acme"),
+                         json={"credential_configuration_ids": [
+                             "LoyaltyMembershipCredential_sd_jwt",
+                             "LoyaltyPointsCredential_sd_jwt"], **extra})
+    assert r.status_code == 201, r.text
+    doc = tmp_path / "acme.json"
+    doc.write_text(json.dumps(acme.client.get("/brands/acme/did.json").json()))
+    return dict(r.json()), doc
+
+
+def test_receive_by_offer_with_tx_code(acme: Service, wallet_path: Path, runner: CliRunner,
+                                       tmp_path: Path) -> None:
+    offer, doc = _member_offer(acme, wallet_path, tmp_path, tx_code={"length": 6})
+    r = runner.invoke(app, ["wallet", "receive", offer["offer_uri"], "--tx-code",
+                            offer["tx_code"], "--wallet", str(wallet_path),
+                            "--did-document", str(doc)])
+    assert r.exit_code == 0, r.output
+    stored = Wallet.open(wallet_path, PASS).credentials()
+    assert sorted(c.credential_type for c in stored) == ["LoyaltyMembershipCredential",
+                                                         "LoyaltyPointsCredential"]
+    for cred in stored:
+        assert f"{cred.id}  {cred.credential_type}  from {cred.issuer}" in r.output
+        assert cred.issuer == "did:web:issuer.example:brands:acme"
+    points = next(c for c in stored if c.credential_type == "LoyaltyPointsCredential")
+    assert points.claims["points_balance"] == 1250
+    # The offer is spent: receiving it again is refused and keeps nothing more.
+    r = runner.invoke(app, ["wallet", "receive", offer["offer_uri"], "--tx-code",
+                            offer["tx_code"], "--wallet", str(wallet_path),
+                            "--did-document", str(doc)])
+    assert r.exit_code == 2 and "invalid_request" in r.output and "invalid_grant" in r.output
+    assert len(Wallet.open(wallet_path, PASS).credentials()) == 2
+
+
+def test_receive_refuses_a_missing_or_wrong_tx_code(acme: Service, wallet_path: Path,
+                                                    runner: CliRunner, tmp_path: Path) -> None:
+    offer, doc = _member_offer(acme, wallet_path, tmp_path, tx_code={"length": 6})
+    base = ["wallet", "receive", offer["offer_uri"], "--wallet", str(wallet_path),
+            "--did-document", str(doc)]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 2 and "invalid_request" in r.output and "tx_code" in r.output
+    wrong = "000000" if offer["tx_code"] != "000000" else "111111"
+    r = runner.invoke(app, [*base, "--tx-code", wrong])
+    assert r.exit_code == 2 and "invalid_grant" in r.output
+    assert Wallet.open(wallet_path, PASS).credentials() == []
 
 
 def test_present_shows_consent_and_shares_on_yes(loaded: Path, runner: CliRunner,
