@@ -1,24 +1,64 @@
-"""The README's first command: the demo runs and every attack is refused."""
+"""The README's first command: the demo runs through the real services and every attack
+is refused; its exit code says so."""
 
 from __future__ import annotations
 
 import io
+import re
+import time
 
+import pytest
 from rich.console import Console
 
-from tessera.demo import run
+from tessera import demo
+
+
+def _run() -> tuple[int, str]:
+    buffer = io.StringIO()
+    code = demo.run(Console(file=buffer, width=200, emoji=False, highlight=False))
+    return code, buffer.getvalue()
 
 
 def test_demo_passes_and_shows_what_was_learned_and_hidden() -> None:
-    buffer = io.StringIO()
-    code = run(Console(file=buffer, width=200, emoji=False, highlight=False))
-    text = buffer.getvalue()
+    started = time.monotonic()
+    code, text = _run()
+    elapsed = time.monotonic() - started
     assert code == 0, text
-    assert "tier_at_least_silver = true" in text and "points_at_least_1000 = true" in text
-    for refused in ("disclosure_mismatch", "replayed", "expired", "revoked"):
-        assert refused in text
-    # Both credentials came from the running issuer through OpenID4VCI offers.
+    assert elapsed < 20, f"the demo took {elapsed:.1f} s"
+    # Both credentials came from Acme's running issuer through OpenID4VCI offers.
     assert text.count("OpenID4VCI: wallet received") == 2
     assert "LoyaltyMembershipCredential" in text and "LoyaltyPointsCredential" in text
+    # The checkout went through Beta's verifier service: a QR deep link by reference,
+    # a signed request object, a consent screen, direct_post, the till's polled result.
+    beta = re.search(r"Beta's verifier service runs at (http://127\.0\.0\.1:\d+)", text)
+    assert beta, text
+    link = re.search(r"openid4vp://\?client_id=decentralized_identifier%3Adid%3Ajwk%3A\S+"
+                     r"&request_uri=(\S+)", text)
+    assert link, text
+    assert link.group(1).startswith(beta.group(1).replace(":", "%3A").replace("/", "%2F"))
+    assert "Share with Beta Coffee?" in text and "Member answers: yes" in text
+    assert f"direct_post to {beta.group(1)}/response" in text
+    assert re.search(r"The till polled /requests/[\w-]+/result: done", text)
+    verdict = text[text.index("Beta's verdict"):text.index("Acme revoked")]
+    assert "ok=True errors=[]" in verdict
+    assert "tier_at_least_silver = true" in verdict
+    assert "points_at_least_1000 = true" in verdict
+    for hidden in ("points_balance", "membership_number", "tier_at_least_gold"):
+        assert hidden in verdict  # listed on the hidden side
+        assert f"{hidden} =" not in verdict  # never as something Beta learned
+    # Every attack refused with its code, by the service.
+    attacks = text[text.index("Attacks"):]
+    for refused in ("disclosure_mismatch", "replayed", "nonce_mismatch", "expired", "revoked"):
+        assert f"refused ['{refused}']" in attacks, refused
+    assert "NOT REFUSED" not in attacks
     assert "Acme revoked the membership credential" in text
     assert "demo passed" in text
+
+
+def test_demo_fails_when_an_attack_gets_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The "tampered" answer goes out untouched, so Beta rightly accepts it: the demo
+    # must notice that the attack was not refused and exit non-zero.
+    monkeypatch.setattr(demo, "_tamper", lambda vp_token: vp_token)
+    code, text = _run()
+    assert code == 1, text
+    assert "NOT REFUSED" in text and "demo FAILED" in text
