@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 
 import pytest
 from rich.console import Console
@@ -20,11 +19,9 @@ def _run() -> tuple[int, str]:
 
 
 def test_demo_passes_and_shows_what_was_learned_and_hidden() -> None:
-    started = time.monotonic()
+    # No timing assertion here: speed belongs to bench/, not to unit tests.
     code, text = _run()
-    elapsed = time.monotonic() - started
     assert code == 0, text
-    assert elapsed < 20, f"the demo took {elapsed:.1f} s"
     # Both credentials came from Acme's running issuer through OpenID4VCI offers.
     assert text.count("OpenID4VCI: wallet received") == 2
     assert "LoyaltyMembershipCredential" in text and "LoyaltyPointsCredential" in text
