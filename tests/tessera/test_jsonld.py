@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from datetime import date
 from typing import Any
 
@@ -60,15 +59,13 @@ def test_rdfc10_escaping_vector_is_refused_not_mis_signed() -> None:
     assert err.value.code == ErrorCode.MALFORMED
 
 
-def test_rdfc10_poison_graph_is_refused_quickly() -> None:
+def test_rdfc10_poison_graph_is_refused_by_the_work_budget() -> None:
     tests = [e for e in _manifest() if e["type"] == "rdfc:RDFC10NegativeEvalTest"]
     assert tests
     for entry in tests:
-        start = time.perf_counter()
         with pytest.raises(TesseraError) as err:
             jsonld.canonicalize_nquads(_read(entry["action"]))
         assert err.value.code == ErrorCode.TOO_LARGE
-        assert time.perf_counter() - start < 30
 
 
 @settings(max_examples=30, deadline=None)
