@@ -17,13 +17,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from issuer._admin import authenticate
 from issuer._db import make_engine, session_scope
@@ -34,9 +31,9 @@ from issuer._status_lists import StatusPublisher
 from tessera.did import Resolver
 from tessera.errors import ErrorCode, TesseraError
 from tessera.typing import Clock, NonceStore
+from tessera.web import install_problem_handlers, problem_response
 
 __all__ = [
-    "HTTP_STATUS",
     "PROBLEM_RESPONSES",
     "AppState",
     "BrandDep",
@@ -47,50 +44,9 @@ __all__ = [
     "StateDep",
     "create_app",
     "oauth_errors",
-    "problem_response",
 ]
 
 _log = logging.getLogger("tessera.issuer")
-
-HTTP_STATUS: Final[dict[ErrorCode, int]] = {
-    ErrorCode.MALFORMED: 400,
-    ErrorCode.TOO_LARGE: 413,
-    ErrorCode.UNSUPPORTED_FORMAT: 415,
-    ErrorCode.UNSUPPORTED_ALGORITHM: 400,
-    ErrorCode.SCHEMA_INVALID: 422,
-    ErrorCode.INVALID_SIGNATURE: 400,
-    ErrorCode.KEY_NOT_FOUND: 400,
-    ErrorCode.DID_RESOLUTION_FAILED: 400,
-    ErrorCode.UNTRUSTED_ISSUER: 403,
-    ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED: 403,
-    ErrorCode.EXPIRED: 400,
-    ErrorCode.NOT_YET_VALID: 400,
-    ErrorCode.REVOKED: 400,
-    ErrorCode.SUSPENDED: 400,
-    ErrorCode.STATUS_UNAVAILABLE: 503,
-    ErrorCode.NONCE_MISMATCH: 400,
-    ErrorCode.AUDIENCE_MISMATCH: 400,
-    ErrorCode.REPLAYED: 409,
-    ErrorCode.KEY_BINDING_MISSING: 400,
-    ErrorCode.KEY_BINDING_INVALID: 400,
-    ErrorCode.DISCLOSURE_MISMATCH: 400,
-    ErrorCode.TRANSACTION_DATA_MISMATCH: 400,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.CONFLICT: 409,
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.INVALID_REQUEST: 422,
-    # Refused because of the account's state, not the request's shape.
-    ErrorCode.INSUFFICIENT_BALANCE: 409,
-    ErrorCode.CONSENT_DENIED: 403,
-    # In the service this can only mean the master key does not open a
-    # stored key: an operator problem, not the client's.
-    ErrorCode.WRONG_PASSPHRASE: 500,
-    ErrorCode.INTERNAL_ERROR: 500,
-}
-
-PROBLEM_TYPE_BASE: Final = "tag:tessera.dev,2026:error:"
-
 
 class Problem(BaseModel):
     """RFC 9457 problem details with Tessera's ``code`` extension member."""
@@ -146,60 +102,15 @@ def oauth_errors(kind: str) -> Callable[[Request], None]:
     return mark
 
 
-def problem_response(error: TesseraError, *, status: int | None = None,
-                     extra: dict[str, Any] | None = None) -> JSONResponse:
-    code = error.code
-    status = status or HTTP_STATUS.get(code, 400)
-    body = {
-        "type": PROBLEM_TYPE_BASE + code.value,
-        "title": code.value.replace("_", " "),
-        "status": status,
-        "detail": error.detail,
-        "code": code.value,
-        **(extra or {}),
-    }
-    headers = None
-    if status == 401:
-        oauth_error = (extra or {}).get("error")
-        headers = {"WWW-Authenticate": f'Bearer realm="tessera-issuer", error="{oauth_error}"'
-                   if oauth_error else 'Bearer realm="tessera-issuer"'}
-    return JSONResponse(body, status_code=status, headers=headers,
-                        media_type="application/problem+json")
-
-
-async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
-    """The one handler: every exception type is mapped to a TesseraError, then rendered."""
+def _oauth_problem(request: Request, error: TesseraError
+                   ) -> tuple[int | None, dict[str, Any]] | None:
+    """On the OpenID4VCI routes, problems also carry the OAuth ``error`` a wallet expects."""
     kind = getattr(request.state, "oauth_errors", None)
-    if kind is not None:
-        error = exc if isinstance(exc, TesseraError) else None
-        if error is None and isinstance(exc, RequestValidationError | StarletteHTTPException):
-            error = TesseraError(ErrorCode.INVALID_REQUEST, "invalid request")
-        if error is None:
-            _log.exception("unhandled error on %s %s", request.method, request.url.path)
-            error = TesseraError(ErrorCode.INTERNAL_ERROR, "internal error")
-        default, table = OAUTH_ERRORS[kind]
-        oauth_error, status = table.get(error.code, default)
-        response = problem_response(error, status=status, extra={
-            "error": oauth_error, "error_description": error.detail})
-        response.headers["Cache-Control"] = "no-store"
-        return response
-    if isinstance(exc, TesseraError):
-        return problem_response(exc)
-    if isinstance(exc, RequestValidationError):
-        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
-                   "type": str(e.get("type", ""))} for e in exc.errors()]
-        # The offending input is not echoed back: it may hold a token.
-        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)[:1000]
-        return problem_response(TesseraError(ErrorCode.INVALID_REQUEST, detail),
-                                extra={"errors": errors[:50]})
-    if isinstance(exc, StarletteHTTPException):
-        code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
-                404: ErrorCode.NOT_FOUND, 409: ErrorCode.CONFLICT,
-                413: ErrorCode.TOO_LARGE}.get(exc.status_code, ErrorCode.INVALID_REQUEST)
-        status = exc.status_code if 400 <= exc.status_code < 600 else 500
-        return problem_response(TesseraError(code, str(exc.detail)), status=status)
-    _log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"))
+    if kind is None:
+        return None
+    default, table = OAUTH_ERRORS[kind]
+    oauth_error, status = table.get(error.code, default)
+    return status, {"error": oauth_error, "error_description": error.detail}
 
 
 # -- state and dependencies ------------------------------------------------------------------
@@ -343,8 +254,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
                                                                create_table=False),
         clock=clock,
     )
-    for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
-        app.add_exception_handler(exc_type, _handle_error)
+    install_problem_handlers(app, customize=_oauth_problem)
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(public_router)
     app.include_router(admin_router)

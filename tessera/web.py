@@ -94,11 +94,12 @@ def problem_response(
         "code": error.code.value,
         **(extra or {}),
     }
-    headers = None
+    # An error is about this request only: never cached (RFC 6749 §5.2 asks it of OAuth).
+    headers = {"Cache-Control": "no-store"}
     if status == 401:
         oauth_error = (extra or {}).get("error")
-        headers = {"WWW-Authenticate": f'Bearer realm="tessera", error="{oauth_error}"'
-                   if oauth_error else 'Bearer realm="tessera"'}
+        headers["WWW-Authenticate"] = (f'Bearer realm="tessera", error="{oauth_error}"'
+                                       if oauth_error else 'Bearer realm="tessera"')
     return JSONResponse(body, status_code=status, headers=headers,
                         media_type="application/problem+json")
 
