@@ -47,10 +47,20 @@ def test_compose_schema_rejects_a_broken_file() -> None:
 def test_compose_services_and_dependencies(compose: dict[str, object]) -> None:
     services = compose["services"]
     assert isinstance(services, dict)
-    assert {"issuer", "postgres", "redis"} <= set(services)
+    assert {"issuer", "verifier", "postgres", "redis"} <= set(services)
     for name, service in services.items():
         for dep in service.get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown service {dep}"
     build = services["issuer"]["build"]
     context = build if isinstance(build, str) else build["context"]
     assert (ROOT / context / "Dockerfile").is_file()
+
+
+def test_compose_mounts_the_files_the_services_read(compose: dict[str, object]) -> None:
+    services = compose["services"]
+    assert isinstance(services, dict)
+    trust = ROOT / "deploy" / "trust.json"
+    assert trust.is_file(), "the verifier service reads deploy/trust.json"
+    from verifier import TrustList
+
+    TrustList.from_file(trust)  # the shipped example must be a valid trust list
