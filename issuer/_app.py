@@ -11,6 +11,7 @@ routing errors (unknown path, wrong method) and, last, anything unexpected
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from issuer._status_lists import StatusPublisher
 from tessera.did import Resolver
 from tessera.errors import ErrorCode, TesseraError
 from tessera.typing import Clock, NonceStore
-from tessera.web import install_problem_handlers, problem_response
+from tessera.web import StrictBodies, install_problem_handlers
 
 __all__ = [
     "PROBLEM_RESPONSES",
@@ -102,10 +103,17 @@ def oauth_errors(kind: str) -> Callable[[Request], None]:
     return mark
 
 
+_OAUTH_PATHS: Final = re.compile(r"^/brands/[^/]+/(token|nonce|credential)$")
+
+
 def _oauth_problem(request: Request, error: TesseraError
                    ) -> tuple[int | None, dict[str, Any]] | None:
     """On the OpenID4VCI routes, problems also carry the OAuth ``error`` a wallet expects."""
     kind = getattr(request.state, "oauth_errors", None)
+    if kind is None:
+        # Refused before routing (a body that is not strict JSON): go by the path.
+        match = _OAUTH_PATHS.match(request.scope.get("path", ""))
+        kind = ((match.group(1) == "token" and "token") or "credential") if match else None
     if kind is None:
         return None
     default, table = OAUTH_ERRORS[kind]
@@ -179,40 +187,6 @@ _ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[MutableMap
                      Callable[[MutableMapping[str, Any]], Awaitable[None]]], Awaitable[None]]
 
 
-class _BodyLimit:
-    """Refuse request bodies over the cap, whether declared or streamed (``too_large``)."""
-
-    def __init__(self, app: _ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: MutableMapping[str, Any],
-                       receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit()
-                                              or int(value) > self.max_bytes):
-                response = problem_response(TesseraError(
-                    ErrorCode.TOO_LARGE, f"request body over {self.max_bytes} bytes"))
-                await response(scope, receive, send)
-                return
-        seen = 0
-
-        async def limited() -> MutableMapping[str, Any]:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise TesseraError(ErrorCode.TOO_LARGE,
-                                   f"request body over {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-
 # -- factory ------------------------------------------------------------------------------------
 
 
@@ -255,7 +229,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         clock=clock,
     )
     install_problem_handlers(app, customize=_oauth_problem)
-    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(StrictBodies, max_bytes=settings.max_body_bytes,
+                       customize=_oauth_problem)
     app.include_router(public_router)
     app.include_router(admin_router)
     app.include_router(log_router)

@@ -13,7 +13,7 @@ the verifier SDK never does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
@@ -21,13 +21,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tessera.encoding import MAX_JSON_BYTES, parse_json_object
+from tessera.encoding import MAX_JSON_BYTES, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
     "HTTP_STATUS",
     "PROBLEM_TYPE_BASE",
     "ProblemCustomizer",
+    "StrictBodies",
     "install_problem_handlers",
     "problem_response",
     "read_json_body",
@@ -157,3 +158,90 @@ async def read_json_body(request: Request, *, max_bytes: int = MAX_JSON_BYTES) -
     except TesseraError as exc:
         raise TesseraError(exc.code if exc.code == ErrorCode.TOO_LARGE else ErrorCode.MALFORMED,
                            f"request body: {exc.detail}") from exc
+
+
+_ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_ASGIApp = Callable[[MutableMapping[str, Any], _ASGIReceive, _ASGISend], Awaitable[None]]
+
+
+class StrictBodies:
+    """ASGI middleware: every request body is capped, and JSON bodies are strict.
+
+    FastAPI's own JSON parsing accepts duplicate member names (the last wins)
+    and NaN; a body that says two things at once is refused here as
+    ``malformed`` before any route sees it, with the same size and depth caps
+    as every other input (:func:`tessera.encoding.parse_json`).
+    """
+
+    def __init__(self, app: _ASGIApp, max_bytes: int = MAX_JSON_BYTES,
+                 customize: ProblemCustomizer | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.customize = customize
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: _ASGIReceive,
+                       send: _ASGISend) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length", b"")
+        if declared and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send, TesseraError(
+                ErrorCode.TOO_LARGE, f"request body over {self.max_bytes} bytes"))
+            return
+        ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        if not (ctype == b"application/json" or ctype.endswith(b"+json")):
+            await self.app(scope, self._capped(receive), send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._refuse(scope, receive, send, TesseraError(
+                    ErrorCode.TOO_LARGE, f"request body over {self.max_bytes} bytes"))
+                return
+            if not message.get("more_body", False):
+                break
+        if body:
+            try:
+                parse_json(bytes(body), max_bytes=self.max_bytes)
+            except TesseraError as exc:
+                await self._refuse(scope, receive, send, TesseraError(
+                    exc.code, f"request body: {exc.detail}"))
+                return
+        replayed = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _capped(self, receive: _ASGIReceive) -> _ASGIReceive:
+        seen = 0
+
+        async def capped() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise TesseraError(ErrorCode.TOO_LARGE, f"request body over {self.max_bytes} bytes")
+            return message
+
+        return capped
+
+    async def _refuse(self, scope: MutableMapping[str, Any], receive: _ASGIReceive,
+                      send: _ASGISend, error: TesseraError) -> None:
+        # Refused before routing, so the app's handler never sees it: apply the
+        # same customizer here, so a route family keeps its conventions.
+        custom = self.customize(Request(scope), error) if self.customize else None
+        status, extra = custom if custom is not None else (None, {})
+        await problem_response(error, status=status, extra=extra)(scope, receive, send)

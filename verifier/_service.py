@@ -54,7 +54,7 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
 from tessera.nonces import nonce_store_from_url
 from tessera.typing import DIDResolver, Signer
-from tessera.web import install_problem_handlers, problem_response
+from tessera.web import StrictBodies, install_problem_handlers, problem_response
 from verifier._checkout_page import CHECKOUT_HTML
 from verifier._openid4vp import (
     PREFIX_DID,
@@ -323,6 +323,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.service = service
     install_problem_handlers(app)
+    app.add_middleware(StrictBodies)
     # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
     app.include_router(vcapi_verifier_router(
         resolver=settings.resolver, status_check=settings.status_check,

@@ -30,7 +30,7 @@ def test_every_error_is_problem_json(service: Service) -> None:
     h = service.h("acme")
     _is_problem(c.post("/admin/v1/programs", content=b"{not json",
                        headers={**h, "Content-Type": "application/json"}),
-                422, "invalid_request")
+                400, "malformed")
     r = c.post("/admin/v1/programs", json={"name": "x", "tiers": [
         {"name": "Gold!", "rank": 0, "qualifying_points": 0}]}, headers=h)
     _is_problem(r, 422, "invalid_request")

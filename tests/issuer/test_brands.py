@@ -150,3 +150,14 @@ def test_cross_brand_access_refused(service: Service) -> None:
     # And nothing moved for acme.
     bal = service.client.get(f"/admin/v1/members/{mid}/balance", headers=service.h("acme"))
     assert bal.json()["available"] == 400 and bal.json()["held"] == 100
+
+
+def test_admin_bodies_are_parsed_strictly(service: Service) -> None:
+    service.brand("acme")
+    # Two labels at once: FastAPI alone would keep the last; the service refuses.
+    r = service.client.post("/admin/v1/api-keys", content=b'{"label": "a", "label": "b"}',
+                            headers={**service.h("acme"), "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "malformed"
+    r = service.client.post("/admin/v1/api-keys", content=b'{"label": NaN}',
+                            headers={**service.h("acme"), "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "malformed"
