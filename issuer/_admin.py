@@ -22,6 +22,7 @@ from issuer._keystore import KeyStore, did_document
 from issuer._models import (
     ApiKey,
     ApiKeyCreated,
+    ApiKeyPublic,
     Brand,
     BrandCreate,
     EnrolmentChallenge,
@@ -50,10 +51,12 @@ __all__ = [
     "enrol_member",
     "get_member",
     "get_program",
+    "list_api_keys",
     "list_programs",
     "member_public",
     "new_enrolment_challenge",
     "program_public",
+    "revoke_api_key",
     "tiers_of",
 ]
 
@@ -112,6 +115,41 @@ def authenticate(session: Session, *, token: str) -> Brand:
     if brand is None:
         raise refused
     return brand
+
+
+def list_api_keys(session: Session, *, brand_id: str) -> list[ApiKeyPublic]:
+    """The brand's keys, revoked ones included; never their hashes."""
+    stmt = (select(ApiKey).where(ApiKey.brand_id == brand_id)
+            .order_by(col(ApiKey.created_at), col(ApiKey.id)))
+    return [ApiKeyPublic.model_validate(k, from_attributes=True) for k in session.exec(stmt)]
+
+
+def revoke_api_key(session: Session, *, brand_id: str, key_id: str,
+                   now: datetime) -> ApiKeyPublic:
+    """Revoke one of the brand's keys; it is refused from the next request on.
+
+    Revoking a revoked key returns it unchanged. The brand's last active key
+    is never revoked (``conflict``): that would lock the brand out of its own
+    admin API, including the call that made the request. Create another key
+    first.
+    """
+    # Lock the brand row: two concurrent revocations of the last two keys
+    # must not both see the other still active.
+    locked = session.exec(select(Brand).where(Brand.id == brand_id).with_for_update()).first()
+    row = session.get(ApiKey, key_id, populate_existing=True) if len(key_id) <= 32 else None
+    if locked is None or row is None or row.brand_id != brand_id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such API key")
+    if row.revoked_at is None:
+        others = session.exec(select(ApiKey).where(
+            ApiKey.brand_id == brand_id, ApiKey.id != key_id,
+            col(ApiKey.revoked_at).is_(None))).first()
+        if others is None:
+            raise TesseraError(ErrorCode.CONFLICT,
+                               "this is the brand's last active API key; create another first")
+        row.revoked_at = now
+        session.add(row)
+        session.flush()
+    return ApiKeyPublic.model_validate(row, from_attributes=True)
 
 
 def brand_by_slug(session: Session, *, slug: str) -> Brand:

@@ -97,6 +97,15 @@ def _write(fn: Callable[[Session], T]) -> T:
         engine.dispose()
 
 
+def _read(fn: Callable[[Session], T]) -> T:
+    engine = _engine()
+    try:
+        with session_scope(engine) as session:
+            return _run(lambda: fn(session))
+    finally:
+        engine.dispose()
+
+
 def _brand_id(session: Session, slug: str) -> Any:
     return _admin.brand_by_slug(session, slug=slug)
 
@@ -175,6 +184,21 @@ def apikey_create(brand: BrandOpt, label: str = "") -> None:
     """A new API key for a brand; the token is printed once, only its hash is stored."""
     _out(_write(lambda s: _admin.create_api_key(s, brand_id=_brand_id(s, brand).id,
                                                 label=label)))
+
+
+@apikey_app.command("list")
+def apikey_list(brand: BrandOpt) -> None:
+    """The brand's API keys: ids, labels, created/revoked (never secrets or hashes)."""
+    _out([k.model_dump(mode="json") for k in _read(
+        lambda s: _admin.list_api_keys(s, brand_id=_brand_id(s, brand).id))])
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(brand: BrandOpt, key_id: Annotated[str, typer.Argument(
+        help="the key id (the part after tsk_)")]) -> None:
+    """Revoke an API key at once (not the brand's last active one)."""
+    _out(_write(lambda s: _admin.revoke_api_key(s, brand_id=_brand_id(s, brand).id,
+                                                key_id=key_id, now=utcnow())))
 
 
 # -- programs ---------------------------------------------------------------------------------

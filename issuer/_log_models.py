@@ -50,6 +50,8 @@ __all__ = [
     "MemberErasure",
     "Partner",
     "PartnerKey",
+    "PartnerKeyPublic",
+    "PartnerPublic",
     "Redemption",
     "RedemptionStatus",
     "SettlementLine",
@@ -125,6 +127,20 @@ class PartnerKey(SQLModel, table=True):
     secret_sha256: str = Field(max_length=64, repr=False)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
+
+
+class PartnerKeyPublic(SQLModel):
+    id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class PartnerPublic(SQLModel):
+    id: str
+    name: str
+    client_id: str
+    created_at: datetime
+    keys: list[PartnerKeyPublic]
 
 
 class RedemptionStatus(StrEnum):

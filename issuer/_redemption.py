@@ -46,6 +46,8 @@ from issuer._log_models import (
     LogLeafData,
     Partner,
     PartnerKey,
+    PartnerKeyPublic,
+    PartnerPublic,
     Redemption,
     RedemptionStatus,
     SettlementLine,
@@ -77,12 +79,17 @@ __all__ = [
     "authenticate_partner",
     "capture",
     "create_partner",
+    "create_partner_key",
+    "get_partner",
+    "list_partners",
     "partner_earn",
+    "partner_public",
     "place_hold",
     "receipt",
     "redemption_view",
     "refund",
     "release",
+    "revoke_partner_key",
     "settlement",
     "verify_redemption",
 ]
@@ -116,6 +123,47 @@ def create_partner_key(session: Session, *, partner_id: str) -> str:
     session.add(PartnerKey(id=key_id, partner_id=partner_id, secret_sha256=_hash_secret(secret)))
     session.flush()
     return f"{PARTNER_TOKEN_PREFIX}{key_id}_{secret}"
+
+
+def get_partner(session: Session, *, brand_id: str, partner_id: str) -> Partner:
+    partner = session.get(Partner, partner_id) if len(partner_id) <= 36 else None
+    if partner is None or partner.brand_id != brand_id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such partner")
+    return partner
+
+
+def partner_public(session: Session, partner: Partner) -> PartnerPublic:
+    keys = session.exec(select(PartnerKey).where(PartnerKey.partner_id == partner.id)
+                        .order_by(col(PartnerKey.created_at), col(PartnerKey.id)))
+    return PartnerPublic(id=partner.id, name=partner.name, client_id=partner.client_id,
+                         created_at=partner.created_at,
+                         keys=[PartnerKeyPublic.model_validate(k, from_attributes=True)
+                               for k in keys])
+
+
+def list_partners(session: Session, *, brand_id: str) -> list[PartnerPublic]:
+    """The brand's partners with their keys (ids and dates; never the hashes)."""
+    stmt = (select(Partner).where(Partner.brand_id == brand_id)
+            .order_by(col(Partner.created_at), col(Partner.id)))
+    return [partner_public(session, p) for p in session.exec(stmt)]
+
+
+def revoke_partner_key(session: Session, *, brand_id: str, partner_id: str, key_id: str,
+                       now: datetime) -> PartnerKeyPublic:
+    """Revoke a partner key at once; revoking a revoked key returns it unchanged.
+
+    Unlike a brand's own keys, a partner may be left with no active key:
+    that is how a brand cuts a partner off.
+    """
+    partner = get_partner(session, brand_id=brand_id, partner_id=partner_id)
+    row = session.get(PartnerKey, key_id, populate_existing=True) if len(key_id) <= 32 else None
+    if row is None or row.partner_id != partner.id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such partner key")
+    if row.revoked_at is None:
+        row.revoked_at = now
+        session.add(row)
+        session.flush()
+    return PartnerKeyPublic.model_validate(row, from_attributes=True)
 
 
 def authenticate_partner(session: Session, *, brand: Brand, token: str) -> Partner:

@@ -20,6 +20,7 @@ from issuer._app import PROBLEM_RESPONSES, BrandDep, IdempotencyKey, NowDep, Ses
 from issuer._models import (
     MAX_POINTS,
     ApiKeyCreated,
+    ApiKeyPublic,
     Balance,
     BrandKeyPublic,
     BrandPublic,
@@ -136,6 +137,20 @@ def rotate_key(body: KeyRotation, brand: BrandDep, state: StateDep) -> BrandKeyP
 def create_api_key(body: ApiKeyRequest, brand: BrandDep, state: StateDep) -> ApiKeyCreated:
     return _ledger.run_write(state.engine, lambda s: _admin.create_api_key(
         s, brand_id=brand.id, label=body.label))
+
+
+@router.get("/api-keys", response_model=list[ApiKeyPublic])
+def list_api_keys(brand: BrandDep, session: SessionDep) -> list[ApiKeyPublic]:
+    """The brand's API keys (ids, labels, dates); secrets and their hashes are never shown."""
+    return _admin.list_api_keys(session, brand_id=brand.id)
+
+
+@router.delete("/api-keys/{key_id}", response_model=ApiKeyPublic)
+def revoke_api_key(key_id: str, brand: BrandDep, state: StateDep, now: NowDep
+                   ) -> ApiKeyPublic:
+    """Revoke a key at once (the last active key of the brand cannot be revoked)."""
+    return _ledger.run_write(state.engine, lambda s: _admin.revoke_api_key(
+        s, brand_id=brand.id, key_id=key_id, now=now))
 
 
 # -- programs --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from issuer._admin import brand_by_slug
 from issuer._app import PROBLEM_RESPONSES, BrandDep, NowDep, SessionDep, StateDep
 from issuer._db import session_scope
 from issuer._ledger import MAX_HOLD_SECONDS, run_write
-from issuer._log_models import Partner
+from issuer._log_models import Partner, PartnerKeyPublic, PartnerPublic
 from issuer._models import MAX_POINTS, Brand
 from issuer._routes_log import authenticate_member
 from tessera.errors import ErrorCode, TesseraError
@@ -109,6 +109,36 @@ def create_partner(body: PartnerCreate, brand: BrandDep, state: StateDep) -> Par
         return PartnerCreated(id=partner.id, name=partner.name, client_id=partner.client_id,
                               token=token)
     return run_write(state.engine, run)
+
+
+@router.get("/admin/v1/partners", response_model=list[PartnerPublic], tags=["admin"])
+def list_partners(brand: BrandDep, session: SessionDep) -> list[PartnerPublic]:
+    return _redemption.list_partners(session, brand_id=brand.id)
+
+
+class PartnerKeyCreated(BaseModel):
+    partner_id: str
+    token: str = Field(description="shown once; only its hash is stored")
+
+
+@router.post("/admin/v1/partners/{partner_id}/keys", status_code=201,
+             response_model=PartnerKeyCreated, tags=["admin"])
+def create_partner_key(partner_id: str, brand: BrandDep, state: StateDep) -> PartnerKeyCreated:
+    """Another key for the partner (rotate: create, switch, then revoke the old one)."""
+    def run(session: Session) -> PartnerKeyCreated:
+        partner = _redemption.get_partner(session, brand_id=brand.id, partner_id=partner_id)
+        return PartnerKeyCreated(partner_id=partner.id, token=_redemption.create_partner_key(
+            session, partner_id=partner.id))
+    return run_write(state.engine, run)
+
+
+@router.delete("/admin/v1/partners/{partner_id}/keys/{key_id}",
+               response_model=PartnerKeyPublic, tags=["admin"])
+def revoke_partner_key(partner_id: str, key_id: str, brand: BrandDep, state: StateDep,
+                       now: NowDep) -> PartnerKeyPublic:
+    """Revoke a partner key: its next request is ``unauthorized``."""
+    return run_write(state.engine, lambda s: _redemption.revoke_partner_key(
+        s, brand_id=brand.id, partner_id=partner_id, key_id=key_id, now=now))
 
 
 @router.get("/admin/v1/members/{member_id}/export", tags=["admin"])

@@ -127,3 +127,21 @@ def test_offer_create_and_credential_state_from_the_shell(cli: Any, tmp_path: Pa
     for verb in ("revoke", "suspend", "resume"):
         assert "error: not_found" in cli("credential", verb, "--brand", "acme",
                                          "no-such-credential", ok=False)
+
+
+def test_apikey_list_and_revoke(cli: Any) -> None:
+    cli("migrate")
+    first = cli("brand", "create", "acme", "--name", "Acme Air")["api_key"]
+    cli("brand", "create", "beta", "--name", "Beta")
+    second = cli("apikey", "create", "--brand", "acme", "--label", "pos")
+    keys = cli("apikey", "list", "--brand", "acme")
+    assert [k["id"] for k in keys] == [first.split("_")[1], second["id"]]
+    assert all("token" not in k and "secret_sha256" not in k for k in keys)
+    assert "error: not_found" in cli("apikey", "revoke", "--brand", "beta", second["id"],
+                                     ok=False)
+    revoked = cli("apikey", "revoke", "--brand", "acme", second["id"])
+    assert revoked["revoked_at"] is not None
+    assert "error: conflict" in cli("apikey", "revoke", "--brand", "acme",
+                                    first.split("_")[1], ok=False)
+    assert [k["revoked_at"] is None for k in cli("apikey", "list", "--brand", "acme")] \
+        == [True, False]
