@@ -80,6 +80,7 @@ __all__ = [
     "hold_public",
     "list_entries",
     "redeem",
+    "release_expired_holds",
     "release_hold",
     "reverse",
     "run_write",
@@ -482,6 +483,8 @@ def _hold_member(session: Session, brand_id: str, hold_id: str) -> str:
 def _open_hold(session: Session, hold_id: str, now: datetime) -> PointHold:
     hold = session.get(PointHold, hold_id, populate_existing=True)
     assert hold is not None
+    if hold.status == HoldStatus.EXPIRED:
+        raise TesseraError(ErrorCode.EXPIRED, "hold expired")
     if hold.status != HoldStatus.HELD:
         raise TesseraError(ErrorCode.CONFLICT, f"hold is already {hold.status}")
     return hold
@@ -522,6 +525,10 @@ def release_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
     member_id = _hold_member(session, brand_id, hold_id)
 
     def action(member: Member) -> dict[str, Any]:
+        current = session.get(PointHold, hold_id, populate_existing=True)
+        if current is not None and current.status == HoldStatus.EXPIRED:
+            # Already given back by release_expired_holds: releasing it is a no-op.
+            return {"hold": hold_public(current, now).model_dump(mode="json")}
         hold = _open_hold(session, hold_id, now)
         hold.status = HoldStatus.RELEASED
         hold.closed_at = now
@@ -531,6 +538,54 @@ def release_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
     return _write(session, brand_id=brand_id, member_id=member_id,
                   idempotency_key=idempotency_key, operation="release", now=now, action=action,
                   args={"hold": hold_id})
+
+
+def release_expired_holds(session: Session, *, now: datetime, brand_id: str | None = None,
+                          limit: int = 500) -> list[PointHoldPublic]:
+    """Close holds past their expiry (all brands, or one), oldest members first; the cron job.
+
+    An expired hold already reserves nothing (balances skip it), so this
+    moves no points: it records that they came back. Each hold gets one
+    ``expire`` entry of zero points naming it (``hold_id``), written through
+    the same path as every ledger write (member lock, idempotency under
+    ``tessera:hold-expiry:<hold id>``, transparency log), and its status
+    becomes ``expired`` so it can be neither captured nor expired again.
+    Returns the holds this call closed; a concurrent or repeated run finds
+    them closed under the member lock and skips them.
+    """
+    stmt = select(PointHold).where(PointHold.status == HoldStatus.HELD,
+                                   col(PointHold.expires_at) <= now)
+    if brand_id is not None:
+        stmt = stmt.where(PointHold.brand_id == brand_id)
+    # Member order: concurrent runs take member locks in the same order.
+    stmt = stmt.order_by(col(PointHold.member_id), col(PointHold.id)).limit(max(1, limit))
+    candidates = [(h.id, h.brand_id, h.member_id) for h in session.exec(stmt)]
+    released: list[PointHoldPublic] = []
+    for hold_id, hold_brand, member_id in candidates:
+        _lock_member(session, brand_id=hold_brand, member_id=member_id)
+        hold = session.get(PointHold, hold_id, populate_existing=True)
+        if hold is None or hold.status != HoldStatus.HELD:
+            continue  # captured, released or expired by someone else meanwhile
+
+        def action(member: Member, hold: PointHold = hold) -> dict[str, Any]:
+            entry = _new_entry(
+                session, member, now, kind=EntryKind.EXPIRE, points=0, hold_id=hold.id,
+                reference=hold.reference,
+                reason=f"hold {hold.id} expired at {hold.expires_at.isoformat()}; "
+                       f"{hold.points} held points released")
+            hold.status = HoldStatus.EXPIRED
+            hold.closed_at = now
+            session.add(hold)
+            return {"hold": hold_public(hold, now).model_dump(mode="json"),
+                    "entry": _entry_public(entry).model_dump(mode="json")}
+
+        outcome = _write(session, brand_id=hold_brand, member_id=member_id,
+                         idempotency_key=f"tessera:hold-expiry:{hold_id}",
+                         operation="hold-expiry", args={"hold": hold_id}, now=now,
+                         action=action)
+        if not outcome.replayed:
+            released.append(hold_public(hold, now))
+    return released
 
 
 # -- tiers ----------------------------------------------------------------------------------------

@@ -287,6 +287,19 @@ def release_hold(hold_id: str, brand: BrandDep, state: StateDep, now: NowDep,
         s, brand_id=brand.id, hold_id=hold_id, idempotency_key=key, now=now))
 
 
+class ExpiredHoldsReleased(BaseModel):
+    released: list[PointHoldPublic]
+    more: bool = Field(description="the batch was full: call again")
+
+
+@router.post("/holds/release-expired", response_model=ExpiredHoldsReleased)
+def release_expired_holds(brand: BrandDep, state: StateDep, now: NowDep,
+                          limit: Annotated[int, Query(ge=1, le=1000)] = 500
+                          ) -> ExpiredHoldsReleased:
+    """Close the brand's holds past their expiry (one zero-point ``expire`` entry each)."""
+    released = _ledger.run_write(state.engine, lambda s: _ledger.release_expired_holds(
+        s, brand_id=brand.id, now=now, limit=limit))
+    return ExpiredHoldsReleased(released=released, more=len(released) >= limit)
 
 
 # -- OpenID4VCI offers and issued credentials ----------------------------------------------------

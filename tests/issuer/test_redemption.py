@@ -316,3 +316,65 @@ def test_fifty_simultaneous_redemptions(world: World, kind: str) -> None:
         assert redeemed == -100 * expected
         brand_id = s.exec(select(TransparencyLog.brand_id)).one()
         assert _translog.check_log(s, brand_id) == []
+
+
+def test_expired_holds_are_released_once(world: World, service: Service) -> None:
+    cred = world.credential()
+    r = world.redeem(world.body(cred, world.td(300)) | {"hold_ttl_seconds": 30})
+    assert r.status_code == 201, r.text
+    rid = r.json()["redemption"]["id"]
+    assert world.available() == 700
+    redemptions, holds, entries, log_size = world.counts()
+    service.clock.advance(seconds=31)
+
+    def sweep(_: int) -> Any:
+        return service.client.post("/admin/v1/holds/release-expired", headers=service.h("air"))
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(sweep, range(2)))
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    released = [h for a in answers for h in a.json()["released"]]
+    assert len(released) == 1 and released[0]["status"] == "expired"
+    assert released[0]["points"] == 300
+    assert world.counts() == (redemptions, holds, entries + 1, log_size + 1)
+    with session_scope(service.engine) as s:
+        hold_id = s.exec(select(Redemption.hold_id).where(Redemption.id == rid)).one()
+        written = list(s.exec(select(LedgerEntry).where(LedgerEntry.hold_id == hold_id)))
+        assert [(e.kind, e.points) for e in written] == [("expire", 0)]
+        hold = s.get(PointHold, hold_id)
+        assert hold is not None and hold.status == "expired"
+        brand_id = s.exec(select(TransparencyLog.brand_id)).one()
+        assert _translog.check_log(s, brand_id) == []
+    assert world.available() == 1000
+    # Once more: nothing left to release.
+    assert sweep(0).json() == {"released": [], "more": False}
+    assert world.counts()[2:] == (entries + 1, log_size + 1)
+
+    r = service.client.post(f"/brands/air/redemptions/{rid}/capture", json={},
+                            headers=world.ph())
+    assert r.status_code == 400 and r.json()["code"] == "expired", r.text
+    assert world.available() == 1000
+    # The partner cancelling afterwards is harmless.
+    r = service.client.post(f"/brands/air/redemptions/{rid}/release", headers=world.ph())
+    assert r.status_code == 200, r.text
+    assert world.available() == 1000 and world.counts()[2] == entries + 1
+
+
+def test_release_expired_holds_leaves_live_holds_and_other_brands(world: World,
+                                                                  service: Service) -> None:
+    from issuer._ledger import release_expired_holds, run_write
+
+    mid = world.member["id"]
+    for key, ttl in (("short", 60), ("long", 3600)):
+        r = service.post("air", f"/admin/v1/members/{mid}/holds",
+                         {"points": 100, "ttl_seconds": ttl}, key=key)
+        assert r.status_code == 201, r.text
+    service.clock.advance(seconds=61)
+    with session_scope(service.engine) as s:
+        other = brand_by_slug(s, slug="air").id + "-other"
+    assert run_write(service.engine, lambda s: release_expired_holds(
+        s, brand_id=other, now=service.clock.now)) == []
+    done = run_write(service.engine, lambda s: release_expired_holds(s, now=service.clock.now))
+    assert [h.points for h in done] == [100]
+    r = service.client.get(f"/admin/v1/members/{mid}/balance", headers=service.h("air"))
+    assert r.json()["held"] == 100 and r.json()["available"] == 900
