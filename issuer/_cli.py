@@ -14,6 +14,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -42,11 +43,14 @@ program_app = typer.Typer(help="Programs and tiers.", no_args_is_help=True)
 member_app = typer.Typer(help="Members.", no_args_is_help=True)
 points_app = typer.Typer(help="The points ledger.", no_args_is_help=True)
 offer_app = typer.Typer(help="OpenID4VCI credential offers.", no_args_is_help=True)
+partner_app = typer.Typer(help="Partners of a brand and their keys.", no_args_is_help=True)
+holds_app = typer.Typer(help="Point holds.", no_args_is_help=True)
 credential_app = typer.Typer(help="Issued credentials: revoke, suspend, resume.",
                              no_args_is_help=True)
 for _sub, _name in ((brand_app, "brand"), (apikey_app, "apikey"), (program_app, "program"),
                     (member_app, "member"), (points_app, "points"), (offer_app, "offer"),
-                    (credential_app, "credential")):
+                    (credential_app, "credential"), (holds_app, "holds"),
+                    (partner_app, "partner")):
     issuer_app.add_typer(_sub, name=_name)
 
 BrandOpt = Annotated[str, typer.Option("--brand", "-b", help="brand slug")]
@@ -340,6 +344,130 @@ def points_reverse(brand: BrandOpt, member: MemberOpt, entry: int,
     """Undo a ledger entry with a new reverse entry."""
     _points(_ledger.reverse, brand, member, key, entry_id=entry, reason=reason,
             operator=operator)
+
+
+@holds_app.command("release-expired")
+def holds_release_expired(
+    brand: Annotated[str | None, typer.Option("--brand", "-b",
+                                              help="brand slug; default: every brand")] = None,
+    batch: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+) -> None:
+    """Close every hold past its expiry (for cron): one zero-point expire entry each, logged."""
+    released: list[Any] = []
+    while True:  # one transaction per batch, so a big backlog does not hold locks for long
+        def run(session: Session) -> list[Any]:
+            brand_id = _brand_id(session, brand).id if brand is not None else None
+            return _ledger.release_expired_holds(session, brand_id=brand_id, now=utcnow(),
+                                                 limit=batch)
+        done = _write(run)
+        released.extend(h.model_dump(mode="json") for h in done)
+        if len(done) < batch:
+            break
+    _out({"released": released, "count": len(released)})
+
+
+# -- partners and settlement -----------------------------------------------------------------
+
+PartnerOpt = Annotated[str, typer.Option("--partner", "-p", help="partner id")]
+
+
+@partner_app.command("create")
+def partner_create(brand: BrandOpt, name: Annotated[str, typer.Option()],
+                   client_id: Annotated[str, typer.Option(
+                       help="the OpenID4VP Client Identifier of its requests (KB-JWT aud)")]
+                   ) -> None:
+    """Register a partner; its first key (tpk_...) is printed once."""
+    from issuer._redemption import create_partner
+
+    def check() -> None:  # the limits of POST /admin/v1/partners
+        if not 1 <= len(name) <= 200 or not 1 <= len(client_id) <= 2048:
+            raise TesseraError(ErrorCode.INVALID_REQUEST,
+                               "name: 1-200 chars, client id: 1-2048 chars")
+
+    _run(check)
+
+    def run(session: Session) -> dict[str, Any]:
+        partner, token = create_partner(session, brand_id=_brand_id(session, brand).id,
+                                        name=name, client_id=client_id)
+        return {"id": partner.id, "name": partner.name, "client_id": partner.client_id,
+                "token": token}
+
+    _out(_write(run))
+
+
+@partner_app.command("list")
+def partner_list(brand: BrandOpt) -> None:
+    """The brand's partners and their keys (ids and dates, never secrets)."""
+    from issuer._redemption import list_partners
+
+    _out([p.model_dump(mode="json") for p in _read(
+        lambda s: list_partners(s, brand_id=_brand_id(s, brand).id))])
+
+
+@partner_app.command("add-key")
+def partner_add_key(brand: BrandOpt, partner: PartnerOpt) -> None:
+    """Another key for the partner, printed once (rotate: add, switch, revoke the old)."""
+    from issuer._redemption import create_partner_key, get_partner
+
+    def run(session: Session) -> dict[str, Any]:
+        row = get_partner(session, brand_id=_brand_id(session, brand).id, partner_id=partner)
+        return {"partner_id": row.id, "token": create_partner_key(session, partner_id=row.id)}
+
+    _out(_write(run))
+
+
+@partner_app.command("revoke-key")
+def partner_revoke_key(brand: BrandOpt, partner: PartnerOpt, key_id: Annotated[str, typer.Argument(
+        help="the key id (the part after tpk_)")]) -> None:
+    """Revoke a partner key at once."""
+    from issuer._redemption import revoke_partner_key
+
+    _out(_write(lambda s: revoke_partner_key(s, brand_id=_brand_id(s, brand).id,
+                                             partner_id=partner, key_id=key_id, now=utcnow())))
+
+
+def _instant(value: str, option: str) -> datetime:
+    """ISO 8601 date or date-time; without an offset it is UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"{option} must be an ISO 8601 date or date-time") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@issuer_app.command("settlement")
+def settlement(
+    brand: BrandOpt, partner: PartnerOpt,
+    start: Annotated[str, typer.Option("--from", help="start (inclusive), ISO 8601; UTC "
+                                                      "unless an offset is given")],
+    end: Annotated[str, typer.Option("--to", help="end (exclusive), ISO 8601")],
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="also write the CSV here")]
+    = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write the signed "
+                                                                  "JSON statement here")] = None,
+) -> None:
+    """A partner's signed settlement statement for [from, to), as GET /brands/{slug}/settlement."""
+    from issuer._redemption import get_partner
+    from issuer._redemption import settlement as build
+    from tessera.redemption import statement_csv
+
+    settings = _run(Settings.from_env)
+    keystore = SqlKeyStore(settings.master_key)
+    period = _run(lambda: (_instant(start, "--from"), _instant(end, "--to")))
+
+    def run(session: Session) -> dict[str, Any]:
+        b = _brand_id(session, brand)
+        p = get_partner(session, brand_id=b.id, partner_id=partner)
+        return build(session, keystore=keystore, brand=b, partner=p, start=period[0],
+                     end=period[1], now=utcnow())
+
+    statement = _read(run)
+    if csv_file is not None:
+        csv_file.write_bytes(statement_csv(statement).encode("utf-8"))  # CRLF kept
+    if json_file is not None:
+        json_file.write_text(json.dumps(statement, indent=2) + "\n", encoding="utf-8")
+    _out(statement)
 
 
 # -- offers and credentials --------------------------------------------------------------------

@@ -145,3 +145,126 @@ def test_apikey_list_and_revoke(cli: Any) -> None:
                                     first.split("_")[1], ok=False)
     assert [k["revoked_at"] is None for k in cli("apikey", "list", "--brand", "acme")] \
         == [True, False]
+
+
+def _enrolled(cli: Any) -> dict[str, Any]:
+    cli("migrate")
+    cli("brand", "create", "acme", "--name", "Acme Air")
+    program = cli("program", "create", "--brand", "acme", "--name", "Miles")
+    challenge = cli("member", "challenge", "--brand", "acme")
+    signer = generate_signer("ES256")
+    did = did_key(signer.public_key)
+    proof = enrolment_proof(signer, did, challenge["audience"], challenge["nonce"], utcnow())
+    return dict(cli("member", "enrol", "--brand", "acme", "--program", program["id"],
+                    "--did", did, "--proof", proof))
+
+
+def _engine_of(tmp_path: Path) -> Any:
+    from issuer._db import make_engine
+
+    return make_engine(f"sqlite:///{tmp_path}/cli.db")
+
+
+def test_holds_release_expired_for_cron(cli: Any, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from issuer._admin import brand_by_slug
+    from issuer._ledger import create_hold, earn, run_write
+
+    member = _enrolled(cli)
+    engine = _engine_of(tmp_path)
+    try:
+        # The CLI runs on the wall clock: make the past here.
+        def hold(session: Any, ttl: int, key: str) -> Any:
+            brand = brand_by_slug(session, slug="acme")
+            return create_hold(session, brand_id=brand.id, member_id=member["id"],
+                               idempotency_key=key, points=200, ttl_seconds=ttl,
+                               now=utcnow() - timedelta(hours=1))
+        run_write(engine, lambda s: earn(
+            s, brand_id=brand_by_slug(s, slug="acme").id, member_id=member["id"],
+            idempotency_key="e-1", points=500, now=utcnow() - timedelta(hours=2)))
+        run_write(engine, lambda s: hold(s, 60, "h-expired"))
+        run_write(engine, lambda s: hold(s, 7200, "h-live"))
+    finally:
+        engine.dispose()
+    shown = cli("member", "show", "--brand", "acme", "--member", member["id"])
+    assert shown["balance"]["held"] == 200 and shown["balance"]["available"] == 300
+    out = cli("holds", "release-expired")
+    assert out["count"] == 1 and out["released"][0]["status"] == "expired"
+    assert cli("holds", "release-expired", "--brand", "acme") == {"released": [], "count": 0}
+    assert "error: not_found" in cli("holds", "release-expired", "--brand", "nobody", ok=False)
+    shown = cli("member", "show", "--brand", "acme", "--member", member["id"])
+    assert shown["balance"]["held"] == 200 and shown["balance"]["available"] == 300
+
+
+def test_partners_and_settlement_from_the_shell(cli: Any, tmp_path: Path) -> None:
+    import csv
+    import io
+
+    from issuer._admin import brand_by_slug
+    from issuer._db import session_scope
+    from issuer._keystore import SqlKeyStore
+    from issuer._ledger import run_write
+    from issuer._redemption import authenticate_partner, partner_earn
+    from issuer._settings import Settings
+    from tessera.errors import TesseraError
+    from tessera.keys import PublicKey
+    from tessera.redemption import verify_statement
+
+    member = _enrolled(cli)
+    partner = cli("partner", "create", "--brand", "acme", "--name", "cafe",
+                  "--client-id", "redirect_uri:https://cafe.example/cb")
+    assert partner["token"].startswith("tpk_")
+    assert "error: conflict" in cli("partner", "create", "--brand", "acme", "--name", "cafe",
+                                    "--client-id", "x", ok=False)
+    assert "error: invalid_request" in cli("partner", "create", "--brand", "acme", "--name",
+                                           "", "--client-id", "x", ok=False)
+    second = cli("partner", "add-key", "--brand", "acme", "--partner", partner["id"])
+    listed = cli("partner", "list", "--brand", "acme")
+    old_id = partner["token"].split("_")[1]
+    assert [k["id"] for k in listed[0]["keys"]] == [old_id, second["token"].split("_")[1]]
+    assert partner["token"].rsplit("_", 1)[1] not in json.dumps(listed)
+    revoked = cli("partner", "revoke-key", "--brand", "acme", "--partner", partner["id"],
+                  old_id)
+    assert revoked["id"] == old_id and revoked["revoked_at"] is not None
+    assert "error: not_found" in cli("partner", "revoke-key", "--brand", "acme", "--partner",
+                                     partner["id"], "nope", ok=False)
+
+    engine = _engine_of(tmp_path)
+    try:
+        with session_scope(engine) as s:
+            brand = brand_by_slug(s, slug="acme")
+            with pytest.raises(TesseraError) as refused:
+                authenticate_partner(s, brand=brand, token=partner["token"])
+            assert refused.value.code.value == "unauthorized"
+            cafe = authenticate_partner(s, brand=brand, token=second["token"])
+        for order, points in (("o-1", 120), ("o-2", 80)):
+            run_write(engine, lambda s, o=order, p=points: partner_earn(
+                s, brand=brand, partner=cafe, membership_number=member["membership_number"],
+                points=p, order_reference=o, now=utcnow()))
+        with session_scope(engine) as s:
+            keys = SqlKeyStore(Settings.from_env().master_key).public_keys(
+                s, brand_id=brand.id, did=brand.did)
+    finally:
+        engine.dispose()
+
+    csv_path, json_path = tmp_path / "s.csv", tmp_path / "s.json"
+    day = utcnow().date()
+    statement = cli("settlement", "--brand", "acme", "--partner", partner["id"],
+                    "--from", day.isoformat(), "--to", f"{day.isoformat()}T23:59:59+00:00",
+                    "--csv", str(csv_path), "--json", str(json_path))
+    assert json.loads(json_path.read_text()) == statement
+    assert [ln["reference"] for ln in statement["lines"]] == ["o-1", "o-2"]
+    assert statement["totals"]["earn"] == 200
+    key = PublicKey.from_jwk(keys[0].public_jwk)
+    payload = verify_statement(statement["jws"], key, issuer=brand.did)
+    assert payload["totals"] == statement["totals"]
+    rows = list(csv.reader(io.StringIO(csv_path.read_bytes().decode(), newline="")))
+    assert [r[rows[0].index("reference")] for r in rows[1:3]] == ["o-1", "o-2"]
+    assert csv_path.read_bytes().count(b"\r\n") == len(rows)
+    assert "error: invalid_request" in cli("settlement", "--brand", "acme", "--partner",
+                                           partner["id"], "--from", "yesterday", "--to",
+                                           day.isoformat(), ok=False)
+    assert "error: not_found" in cli("settlement", "--brand", "acme", "--partner", "nope",
+                                     "--from", day.isoformat(), "--to",
+                                     f"{day.isoformat()}T23:59:59", ok=False)
