@@ -12,13 +12,14 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from issuer._keystore import KeyStore, did_document
+from issuer._log_models import PartnerKey
 from issuer._models import (
     ApiKey,
     ApiKeyCreated,
@@ -98,19 +99,33 @@ def create_api_key(session: Session, *, brand_id: str, label: str = "") -> ApiKe
                          revoked_at=None, token=f"{TOKEN_PREFIX}{key_id}_{secret}")
 
 
-def authenticate(session: Session, *, token: str) -> Brand:
-    """The brand an API key belongs to, or ``unauthorized`` (never saying which part was wrong)."""
-    refused = TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid API key")
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+_KeyRow = TypeVar("_KeyRow", ApiKey, PartnerKey)
+
+
+def check_secret_token(session: Session, *, model: type[_KeyRow], prefix: str, token: str,
+                       refused: TesseraError) -> _KeyRow:
+    """The unrevoked key row a ``<prefix><id>_<secret>`` token names, or raise ``refused``.
+
+    Never says which part was wrong, and hashes even when the row is missing,
+    so timing does not tell a missing key from a wrong secret.
+    """
+    if not token.startswith(prefix) or len(token) > 200:
         raise refused
-    key_id, _, secret = token[len(TOKEN_PREFIX):].partition("_")
-    row = session.get(ApiKey, key_id) if key_id and secret else None
+    key_id, _, secret = token[len(prefix):].partition("_")
+    row = session.get(model, key_id) if key_id and secret else None
     if row is None or row.revoked_at is not None:
-        # Still hash, so timing does not tell a missing key from a wrong secret.
         hmac.compare_digest(_hash_secret(secret or "x"), "0" * 64)
         raise refused
     if not hmac.compare_digest(_hash_secret(secret), row.secret_sha256):
         raise refused
+    return row
+
+
+def authenticate(session: Session, *, token: str) -> Brand:
+    """The brand an API key belongs to, or ``unauthorized``."""
+    refused = TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid API key")
+    row = check_secret_token(session, model=ApiKey, prefix=TOKEN_PREFIX, token=token,
+                             refused=refused)
     brand = session.get(Brand, row.brand_id)
     if brand is None:
         raise refused

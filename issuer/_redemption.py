@@ -30,7 +30,6 @@ Redemption (DESIGN.md "Cross-brand redemption", OpenID4VP 1.0 §8.4):
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Any, Final
 from sqlmodel import Session, col, select
 
 from issuer import _ledger, _translog
-from issuer._admin import _hash_secret
+from issuer._admin import _hash_secret, check_secret_token
 from issuer._keystore import KeyStore
 from issuer._log_models import (
     LogLeafData,
@@ -168,15 +167,8 @@ def revoke_partner_key(session: Session, *, brand_id: str, partner_id: str, key_
 
 def authenticate_partner(session: Session, *, brand: Brand, token: str) -> Partner:
     refused = TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
-    if not token.startswith(PARTNER_TOKEN_PREFIX) or len(token) > 200:
-        raise refused
-    key_id, _, secret = token[len(PARTNER_TOKEN_PREFIX):].partition("_")
-    row = session.get(PartnerKey, key_id) if key_id and secret else None
-    if row is None or row.revoked_at is not None:
-        hmac.compare_digest(_hash_secret(secret or "x"), "0" * 64)
-        raise refused
-    if not hmac.compare_digest(_hash_secret(secret), row.secret_sha256):
-        raise refused
+    row = check_secret_token(session, model=PartnerKey, prefix=PARTNER_TOKEN_PREFIX,
+                             token=token, refused=refused)
     partner = session.get(Partner, row.partner_id)
     if partner is None or partner.brand_id != brand.id:
         raise refused  # another brand's partner is nobody here

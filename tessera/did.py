@@ -42,6 +42,7 @@ __all__ = [
     "did_web_url",
     "holder_key_of",
     "issuer_key_lookup",
+    "method_key_lookup",
     "multikey_decode",
     "multikey_encode",
 ]
@@ -401,27 +402,35 @@ class Resolver:
         raise TesseraError(ErrorCode.DID_RESOLUTION_FAILED, f"unsupported DID method: {did[:32]}")
 
 
-def issuer_key_lookup(resolver: DIDResolver) -> Callable[[str, dict[str, Any]], PublicKey]:
-    """``(iss, jose_header) -> key`` for a DID issuer, as the formats expect.
+def method_key_lookup(
+    resolver: DIDResolver,
+    *,
+    relationship: str = "assertionMethod",
+    not_a_did: ErrorCode = ErrorCode.UNTRUSTED_ISSUER,
+) -> Callable[[str, dict[str, Any]], PublicKey]:
+    """``(did, jose_header) -> key``: ``kid`` must be a method *of that DID* for ``relationship``.
 
-    ``kid`` must name a verification method *of ``iss``* listed for
-    ``assertionMethod``: a key from any other DID would let one issuer sign
-    in another's name.
+    A key from any other DID would let one party sign in another's name.
     """
 
-    def lookup(iss: str, header: dict[str, Any]) -> PublicKey:
-        if not iss.startswith("did:"):
-            raise TesseraError(ErrorCode.UNTRUSTED_ISSUER, "issuer is not a DID")
+    def lookup(did: str, header: dict[str, Any]) -> PublicKey:
+        if not did.startswith("did:"):
+            raise TesseraError(not_a_did, "signer is not a DID")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
-            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "issuer JWT has no kid")
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "JWT has no kid")
         if kid.startswith("#"):
-            kid = iss + kid
-        if kid.split("#", 1)[0] != iss:
-            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "kid is not a method of the issuer DID")
-        return resolver.resolve(iss).key(kid, relationship="assertionMethod")
+            kid = did + kid
+        if kid.split("#", 1)[0] != did:
+            raise TesseraError(ErrorCode.KEY_NOT_FOUND, "kid is not a method of the signer's DID")
+        return resolver.resolve(did).key(kid, relationship=relationship)
 
     return lookup
+
+
+def issuer_key_lookup(resolver: DIDResolver) -> Callable[[str, dict[str, Any]], PublicKey]:
+    """``(iss, jose_header) -> key`` for a DID issuer's ``assertionMethod`` keys."""
+    return method_key_lookup(resolver)
 
 
 def holder_key_of(resolver: DIDResolver, did: str) -> PublicKey:

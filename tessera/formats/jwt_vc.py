@@ -43,6 +43,7 @@ from typing import Any, Final
 
 from tessera import jsonld
 from tessera.credentials import CredentialType, by_name
+from tessera.did import method_key_lookup
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import DecodedJWS, check_header, decode_unverified, sign_compact
 from tessera.keys import SUPPORTED_ALGS, PublicKey
@@ -326,20 +327,8 @@ def verify_credential(
 
 def holder_key_lookup(resolver: DIDResolver) -> KeyLookup:
     """``(iss, header) -> key`` for a presentation: ``kid`` an authentication method of ``iss``."""
-
-    def lookup(iss: str, header: dict[str, Any]) -> PublicKey:
-        if not iss.startswith("did:"):
-            raise _err(ErrorCode.KEY_BINDING_INVALID, "holder is not a DID")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise _err(ErrorCode.KEY_NOT_FOUND, "presentation JWT has no kid")
-        if kid.startswith("#"):
-            kid = iss + kid
-        if kid.split("#", 1)[0] != iss:
-            raise _err(ErrorCode.KEY_NOT_FOUND, "kid is not a method of the holder DID")
-        return resolver.resolve(iss).key(kid, relationship="authentication")
-
-    return lookup
+    return method_key_lookup(resolver, relationship="authentication",
+                             not_a_did=ErrorCode.KEY_BINDING_INVALID)
 
 
 def _subject_of_token(token: str) -> str | None:
