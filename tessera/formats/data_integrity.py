@@ -111,10 +111,6 @@ def _contexts(doc: dict[str, Any]) -> list[Any]:
     return [ctx]
 
 
-def _loader(loader: jsonld.DocumentLoader | None) -> jsonld.DocumentLoader:
-    return loader or jsonld.default_loader()
-
-
 # -- minimal strict CBOR (RFC 8949) for the ecdsa-sd-2023 proof values -------------
 
 
