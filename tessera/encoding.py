@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import json
+from datetime import datetime
 from typing import Any
 
 from tessera.errors import ErrorCode, TesseraError
@@ -20,6 +21,7 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "canonical_json",
+    "parse_datetime",
     "parse_json",
     "parse_json_object",
 ]
@@ -138,3 +140,19 @@ def parse_json_object(data: str | bytes, *, max_bytes: int = MAX_JSON_BYTES) -> 
 def canonical_json(value: Any) -> bytes:
     """Compact, key-sorted JSON bytes (for thumbprints, hashes and storage)."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def parse_datetime(value: Any, what: str) -> datetime:
+    """An XML Schema dateTime with a time zone (VCDM §4.6); ``malformed`` otherwise.
+
+    Without an offset a time is ambiguous, so it is refused rather than guessed.
+    """
+    if not isinstance(value, str) or len(value) > 64:
+        raise TesseraError(ErrorCode.MALFORMED, f"{what} is not a dateTime string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise TesseraError(ErrorCode.MALFORMED, f"{what} is not an XML Schema dateTime") from exc
+    if parsed.tzinfo is None:
+        raise TesseraError(ErrorCode.MALFORMED, f"{what} has no time zone")
+    return parsed

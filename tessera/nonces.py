@@ -29,6 +29,7 @@ import json
 import secrets
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -189,7 +190,28 @@ class ReplayCache:
 # --------------------------------------------------------------------------- memory
 
 
-class MemoryNonceStore:
+class _RecordingStore(ABC):
+    """``issue`` and ``remember`` on top of each backend's atomic ``_record``.
+
+    ``_record(value, ttl_seconds, data_text)`` stores the value if it is not
+    live and says whether it did; the checks on input live here, once.
+    """
+
+    @abstractmethod
+    def _record(self, value: str, ttl_seconds: int, data_text: str) -> bool: ...
+
+    def issue(self, value: str, *, ttl_seconds: int, data: dict[str, Any] | None = None) -> None:
+        """Record a fresh nonce; ``conflict`` if the value is already live."""
+        value, ttl_seconds, text = _check_value(value), _check_ttl(ttl_seconds), _dump_data(data)
+        if not self._record(value, ttl_seconds, text):
+            raise TesseraError(ErrorCode.CONFLICT, "nonce already issued")
+
+    def remember(self, value: str, *, ttl_seconds: int) -> bool:
+        """``True`` if newly recorded, ``False`` if already present and unexpired."""
+        return self._record(_check_value(value), _check_ttl(ttl_seconds), "{}")
+
+
+class MemoryNonceStore(_RecordingStore):
     """Process-local store: a dict under a lock, with a heap of expiry times.
 
     Expired entries are purged from the heap on every write, so the cost is
@@ -255,16 +277,6 @@ class MemoryNonceStore:
             heapq.heappush(self._heap, (expires_at, value))
             return True
 
-    def issue(self, value: str, *, ttl_seconds: int, data: dict[str, Any] | None = None) -> None:
-        """Record a fresh nonce; ``conflict`` if the value is already live."""
-        value, ttl_seconds, text = _check_value(value), _check_ttl(ttl_seconds), _dump_data(data)
-        if not self._record(value, ttl_seconds, text):
-            raise TesseraError(ErrorCode.CONFLICT, "nonce already issued")
-
-    def remember(self, value: str, *, ttl_seconds: int) -> bool:
-        """``True`` if newly recorded, ``False`` if already present and unexpired."""
-        return self._record(_check_value(value), _check_ttl(ttl_seconds), "{}")
-
     def consume(self, value: str) -> dict[str, Any] | None:
         """The data stored with ``value`` (``{}`` if none), exactly once; else ``None``."""
         if not _valid_value(value):
@@ -321,7 +333,7 @@ def _normalise_sql_url(url: str) -> str:
     return scheme + sep + rest
 
 
-class SqlNonceStore:
+class SqlNonceStore(_RecordingStore):
     """Nonces in one SQL table (SQLite >= 3.35 or PostgreSQL), through SQLAlchemy Core.
 
     ``consume`` is a single ``DELETE ... WHERE value = :v AND expires_at > :now
@@ -415,16 +427,6 @@ class SqlNonceStore:
         self._maybe_purge(now_ms)
         return True
 
-    def issue(self, value: str, *, ttl_seconds: int, data: dict[str, Any] | None = None) -> None:
-        """Record a fresh nonce; ``conflict`` if the value is already live."""
-        value, ttl_seconds, text = _check_value(value), _check_ttl(ttl_seconds), _dump_data(data)
-        if not self._record(value, ttl_seconds, text):
-            raise TesseraError(ErrorCode.CONFLICT, "nonce already issued")
-
-    def remember(self, value: str, *, ttl_seconds: int) -> bool:
-        """``True`` if newly recorded, ``False`` if already present and unexpired."""
-        return self._record(_check_value(value), _check_ttl(ttl_seconds), "{}")
-
     def consume(self, value: str) -> dict[str, Any] | None:
         """The data stored with ``value`` (``{}`` if none), exactly once; else ``None``."""
         import sqlalchemy as sa
@@ -471,7 +473,7 @@ class SqlNonceStore:
 # --------------------------------------------------------------------------- Redis
 
 
-class RedisNonceStore:
+class RedisNonceStore(_RecordingStore):
     """Nonces as Redis keys with a server-side TTL (``SET NX EX``), consumed with ``GETDEL``.
 
     Expiry follows the Redis server clock, so there is no injectable clock.
@@ -496,16 +498,9 @@ class RedisNonceStore:
     def _key(self, value: str) -> str:
         return self._prefix + value
 
-    def issue(self, value: str, *, ttl_seconds: int, data: dict[str, Any] | None = None) -> None:
-        """Record a fresh nonce; ``conflict`` if the value is already live."""
-        value, ttl_seconds, text = _check_value(value), _check_ttl(ttl_seconds), _dump_data(data)
-        if not self._client.set(self._key(value), text, nx=True, ex=ttl_seconds):
-            raise TesseraError(ErrorCode.CONFLICT, "nonce already issued")
-
-    def remember(self, value: str, *, ttl_seconds: int) -> bool:
-        """``True`` if newly recorded, ``False`` if already present and unexpired."""
-        value, ttl_seconds = _check_value(value), _check_ttl(ttl_seconds)
-        return bool(self._client.set(self._key(value), "{}", nx=True, ex=ttl_seconds))
+    def _record(self, value: str, ttl_seconds: int, data_text: str) -> bool:
+        # SET NX EX is the atomic "record if absent" (expiry on the server clock).
+        return bool(self._client.set(self._key(value), data_text, nx=True, ex=ttl_seconds))
 
     def consume(self, value: str) -> dict[str, Any] | None:
         """The data stored with ``value`` (``{}`` if none), exactly once; else ``None``."""

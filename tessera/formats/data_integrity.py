@@ -35,7 +35,7 @@ from typing import Any, Final
 from tessera import jsonld
 from tessera.credentials import CredentialType, by_name
 from tessera.did import base58btc_decode, base58btc_encode, multikey_decode, multikey_encode
-from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
+from tessera.encoding import b64url_decode, b64url_encode, parse_datetime, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import PublicKey, generate_signer
 from tessera.typing import Signer
@@ -87,19 +87,6 @@ def _xsd_datetime(when: datetime) -> str:
     if when.tzinfo is None:
         raise _err(ErrorCode.MALFORMED, "datetimes must be timezone-aware")
     return when.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _parse_datetime(value: Any, what: str) -> datetime:
-    if not isinstance(value, str) or len(value) > 64:
-        raise _err(ErrorCode.MALFORMED, f"{what} is not a dateTime string")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise _err(ErrorCode.MALFORMED, f"{what} is not an XML Schema dateTime") from exc
-    if parsed.tzinfo is None:
-        # VCDM 2.0 §4.6: without an offset the time is ambiguous; refuse it.
-        raise _err(ErrorCode.MALFORMED, f"{what} has no time zone")
-    return parsed
 
 
 def _contexts(doc: dict[str, Any]) -> list[Any]:
@@ -656,9 +643,9 @@ def _check_validity(vc: dict[str, Any], now: datetime) -> None:
         raise _err(ErrorCode.MALFORMED, "now must be timezone-aware")
     start = vc.get("validFrom", vc.get("issuanceDate"))
     end = vc.get("validUntil", vc.get("expirationDate"))
-    if start is not None and now < _parse_datetime(start, "validFrom"):
+    if start is not None and now < parse_datetime(start, "validFrom"):
         raise _err(ErrorCode.NOT_YET_VALID, "credential is not valid yet")
-    if end is not None and now > _parse_datetime(end, "validUntil"):
+    if end is not None and now > parse_datetime(end, "validUntil"):
         raise _err(ErrorCode.EXPIRED, "credential has expired")
 
 
@@ -701,7 +688,7 @@ def _verify_document(doc: dict[str, Any], *, key_lookup: KeyLookup, relationship
     if not isinstance(vm, str):
         raise _err(ErrorCode.MALFORMED, "proof has no verificationMethod")
     unsecured = {k: v for k, v in doc.items() if k != "proof"}
-    _parse_datetime(proof.get("created"), "proof created")
+    parse_datetime(proof.get("created"), "proof created")
     jsonld.check_all_terms_defined(unsecured, loader=loader)
     key = key_lookup(vm, relationship)
     if suite == ECDSA_SD_2023:

@@ -44,6 +44,7 @@ from typing import Any, Final
 from tessera import jsonld
 from tessera.credentials import CredentialType, by_name
 from tessera.did import method_key_lookup
+from tessera.encoding import parse_datetime
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import DecodedJWS, check_header, decode_unverified, sign_compact
 from tessera.keys import SUPPORTED_ALGS, PublicKey
@@ -79,19 +80,6 @@ def _err(code: ErrorCode, detail: str) -> TesseraError:
 # -- dates -------------------------------------------------------------------------
 
 
-def _parse_datetime(value: Any, what: str) -> datetime:
-    if not isinstance(value, str) or len(value) > 64:
-        raise _err(ErrorCode.MALFORMED, f"{what} is not a dateTime string")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise _err(ErrorCode.MALFORMED, f"{what} is not an XML Schema dateTime") from exc
-    if parsed.tzinfo is None:
-        # A dateTime without an offset is ambiguous; NumericDate is UTC.
-        raise _err(ErrorCode.MALFORMED, f"{what} has no time zone")
-    return parsed
-
-
 def _xsd(when: datetime) -> str:
     when = when.astimezone(UTC)
     if when.microsecond == 0:
@@ -112,7 +100,7 @@ def _numeric_date(value: Any, name: str) -> float | None:
 
 def _to_numeric(value: Any, what: str) -> int:
     # Rounded down: for exp that ends validity a fraction early, never late.
-    return math.floor(_parse_datetime(value, what).timestamp())
+    return math.floor(parse_datetime(value, what).timestamp())
 
 
 def _aware(now: datetime) -> datetime:
@@ -253,7 +241,7 @@ def _merge_date(vc: dict[str, Any], prop: str, claim: float | None) -> None:
     if claim is None:
         return
     if prop in vc:
-        stated = _parse_datetime(vc[prop], prop).timestamp()
+        stated = parse_datetime(vc[prop], prop).timestamp()
         # The encoder may round a fractional dateTime to whole seconds.
         if abs(stated - claim) >= 1:
             raise _err(ErrorCode.MALFORMED, f"{prop} disagrees with the JWT claim")
@@ -292,10 +280,10 @@ def _decode_credential(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_validity(vc: dict[str, Any], now: datetime, skew: timedelta) -> None:
-    start = _parse_datetime(vc["issuanceDate"], "issuanceDate")
+    start = parse_datetime(vc["issuanceDate"], "issuanceDate")
     if now + skew < start:
         raise _err(ErrorCode.NOT_YET_VALID, "credential is not valid yet")
-    if "expirationDate" in vc and now - skew >= _parse_datetime(vc["expirationDate"],
+    if "expirationDate" in vc and now - skew >= parse_datetime(vc["expirationDate"],
                                                                 "expirationDate"):
         raise _err(ErrorCode.EXPIRED, "credential has expired")
 
