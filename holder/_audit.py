@@ -82,12 +82,8 @@ def _get(http: httpx.Client, url: str, params: dict[str, Any],
     body = parse_json_object(response.content, max_bytes=MAX_RESPONSE_BYTES) \
         if response.content else {}
     if response.status_code != 200:
-        try:
-            code = ErrorCode(str(body.get("code")))
-        except ValueError:
-            code = ErrorCode.INVALID_REQUEST
-        raise TesseraError(code, str(body.get("detail") or f"brand answered "
-                                     f"{response.status_code}"))
+        raise TesseraError.from_problem(
+            body, fallback=f"brand answered {response.status_code}")
     return body
 
 

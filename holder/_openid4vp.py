@@ -408,10 +408,6 @@ def _post(http: httpx.Client, url: str, form: dict[str, str]) -> dict[str, Any]:
     except TesseraError:
         body = {}
     if response.status_code != 200:
-        try:
-            code = ErrorCode(str(body.get("code")))
-        except ValueError:
-            code = ErrorCode.INVALID_REQUEST
-        raise TesseraError(code, str(body.get("detail") or f"verifier answered "
-                                     f"{response.status_code}"))
+        raise TesseraError.from_problem(
+            body, fallback=f"verifier answered {response.status_code}")
     return body

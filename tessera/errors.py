@@ -72,5 +72,19 @@ class TesseraError(Exception):
         self.detail = detail or self.code.value.replace("_", " ")
         super().__init__(f"{self.code.value}: {self.detail}")
 
+    @classmethod
+    def from_problem(cls, body: object, *, fallback: str) -> TesseraError:
+        """The error a Tessera service reported in an RFC 9457 problem document.
+
+        An unknown or missing ``code`` becomes ``invalid_request``: the peer
+        refused, and a client must not guess more than that.
+        """
+        fields = body if isinstance(body, dict) else {}
+        try:
+            code = ErrorCode(str(fields.get("code")))
+        except ValueError:
+            code = ErrorCode.INVALID_REQUEST
+        return cls(code, str(fields.get("detail") or fallback))
+
     def __reduce__(self) -> tuple[type[TesseraError], tuple[ErrorCode, str]]:
         return (type(self), (self.code, self.detail))
