@@ -20,5 +20,6 @@ def test_unknown_or_missing_codes_do_not_invent_meaning() -> None:
 
 
 def test_errors_pickle_with_their_code() -> None:
-    err = pickle.loads(pickle.dumps(TesseraError(ErrorCode.EXPIRED, "late")))
+    # Errors cross process boundaries (uvicorn workers, multiprocessing pools).
+    err = pickle.loads(pickle.dumps(TesseraError(ErrorCode.EXPIRED, "late")))  # noqa: S301
     assert err.code is ErrorCode.EXPIRED and err.detail == "late"
