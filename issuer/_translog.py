@@ -421,9 +421,18 @@ def erase_member(session: Session, *, brand_id: str, member_id: str,
     (every proof of every other member still verifies) and the ledger's
     amounts under the member's random id, which the brand's accounting must
     keep (GDPR art. 17(3)(b)) and which no longer point to a person.
+
+    Every column computed from the member's key goes too: a did:key *is* the
+    public key, so its JWK thumbprint, or the hash of a credential or KB-JWT
+    bound to it, re-identifies the member to anyone holding the public DID or
+    a presentation (GDPR recital 26). Credential thumbprints are cleared;
+    a redemption's credential and presentation hashes become random values
+    (the columns are required and the presentation hash unique; replays stay
+    refused by the partner's nonce and the revoked credential).
     """
     from issuer._admin import get_member
-    from issuer._log_models import MemberErasure
+    from issuer._log_models import MemberErasure, Redemption
+    from issuer._models import IssuedCredential
     from issuer._status_lists import revoke_current
 
     member = session.exec(select(Member).where(Member.id == member_id,
@@ -439,11 +448,24 @@ def erase_member(session: Session, *, brand_id: str, member_id: str,
                                  reason="member erased")
                   for ctype in ("LoyaltyPointsCredential", "LoyaltyMembershipCredential"))
     leaves = erase_member_leaves(session, brand_id=brand_id, member_id=member_id)
+    keyed = session.execute(
+        update(IssuedCredential)
+        .where(col(IssuedCredential.member_id) == member_id,
+               col(IssuedCredential.holder_key_thumbprint).is_not(None))
+        .values(holder_key_thumbprint=None))
+    redemptions = list(session.exec(select(Redemption).where(Redemption.member_id == member_id)))
+    for redemption in redemptions:
+        redemption.credential_hash = secrets.token_hex(32)
+        redemption.presentation_hash = secrets.token_hex(32)
+        session.add(redemption)
     member.did = f"erased:{member.id}"
     member.membership_number = f"erased-{secrets.token_hex(8)}"
     session.add(member)
     row = MemberErasure(member_id=member_id, brand_id=brand_id, erased_at=now,
-                        details={"leaf_texts_dropped": leaves, "credentials_revoked": revoked})
+                        details={"leaf_texts_dropped": leaves, "credentials_revoked": revoked,
+                                 "key_thumbprints_dropped":
+                                     int(getattr(keyed, "rowcount", 0) or 0),
+                                 "redemption_hashes_replaced": len(redemptions)})
     session.add(row)
     session.flush()
     return row.model_dump(mode="json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import secrets
@@ -31,6 +32,7 @@ from tessera.redemption import (
     verify_receipt,
     verify_statement,
 )
+from tessera.status import verify_status_list_token
 
 from .conftest import Service
 
@@ -278,6 +280,67 @@ def test_erasure_keeps_proofs(world: World, service: Service) -> None:
     # The erased member's credential no longer redeems.
     r = world.redeem(world.body(cred, world.td(10, order="order-3")))
     assert r.status_code >= 400
+
+
+def _database_text(service: Service) -> str:
+    """Every value of every row of every table, as one searchable text."""
+    from sqlalchemy import select as core_select
+    from sqlmodel import SQLModel
+
+    parts: list[str] = []
+    with session_scope(service.engine) as s:
+        for table in SQLModel.metadata.sorted_tables:
+            for row in s.execute(core_select(table)):
+                parts.extend(f"{table.name}: " + (v.hex() if isinstance(v, bytes) else str(v))
+                             for v in row)
+    return "\n".join(parts)
+
+
+def test_erasure_drops_every_column_derived_from_the_members_key(world: World,
+                                                                 service: Service) -> None:
+    # A did:key member: the public DID is the key, so anything computed from
+    # the key (its thumbprint, hashes of credentials and KB-JWTs bound to it)
+    # names the member to whoever knows the DID (GDPR recital 26).
+    points = world.credential("LoyaltyPointsCredential_sd_jwt")
+    membership = world.credential()
+    assert world.redeem(world.body(membership, world.td(100))).status_code == 201
+    mid = world.member["id"]
+    with session_scope(service.engine) as s:
+        row = s.exec(select(Redemption)).one()
+        derived = {"thumbprint": world.holder.public_key.thumbprint(),
+                   "credential_hash": row.credential_hash,
+                   "presentation_hash": row.presentation_hash,
+                   "jwk_x": str(world.holder.public_key.to_jwk()["x"]),
+                   "did": world.member["did"]}
+    assert hashlib.sha256(membership.split("~", 1)[0].encode()).hexdigest() \
+        == derived["credential_hash"]
+    before = _database_text(service)
+    export = service.client.get(f"/admin/v1/members/{mid}/export", headers=service.h("air"))
+    assert derived["thumbprint"] in before and derived["thumbprint"] in export.text
+    assert derived["credential_hash"] in before and derived["credential_hash"] in export.text
+    r = service.client.post(f"/admin/v1/members/{mid}/erase", headers=service.h("air"))
+    assert r.status_code == 200, r.text
+    after = _database_text(service)
+    export = service.client.get(f"/admin/v1/members/{mid}/export", headers=service.h("air"))
+    assert export.status_code == 200
+    for name, value in derived.items():
+        assert value not in after, [line for line in after.splitlines() if value in line]
+        assert value not in export.text, f"{name} survives erasure in the export"
+    # What does not name the member keeps working: the status lists (the
+    # erased member's credentials are revoked there) and the settlement.
+    for cred in (points, membership):
+        entry = decode_unverified(cred.split("~", 1)[0]).payload["status"]["status_list"]
+        status_jwt = service.client.get(entry["uri"].removeprefix("https://issuer.example"))
+        token = verify_status_list_token(status_jwt.text, world.brand_key(status_jwt.text),
+                                         uri=entry["uri"], now=service.clock.now)
+        assert token.status_list.get(entry["idx"]) == 1  # revoked
+    capture = world.service.client.post(
+        f"/brands/air/redemptions/{row.id}/capture", json={}, headers=world.ph())
+    assert capture.status_code == 200, capture.text
+    settlement = service.client.get("/brands/air/settlement", headers=world.ph(), params={
+        "from": "2025-12-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"})
+    assert settlement.status_code == 200, settlement.text
+    assert settlement.json()["totals"]["redeem"] == 100
 
 
 @pytest.mark.skipif(not os.environ.get("TESSERA_TEST_POSTGRES_URL"), reason="needs PostgreSQL")
