@@ -214,8 +214,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         version="0.1.0",
         description="Brands, programs, tiers, members and the points ledger; OpenID4VCI "
                     "issuance and status lists. Every error is RFC 9457 "
-                    "`application/problem+json` with a stable `code` (and, on the OpenID4VCI "
-                    "endpoints, the OAuth `error`).",
+                    "`application/problem+json` with a stable `code`, except on the "
+                    "OpenID4VCI token, nonce and credential endpoints: there errors are "
+                    "`application/json` with the OAuth `error` and `error_description` "
+                    "(RFC 6749 §5.2, OpenID4VCI 1.0 §8.3.1.2).",
     )
     app.state.tessera = AppState(
         settings=settings,

@@ -1,9 +1,9 @@
 """Public OpenID4VCI and status list routes of every brand.
 
-Errors go through the app's one problem+json handler; the dependency
+Errors go through the app's one problem handler; the dependency
 :func:`issuer._app.oauth_errors` tells it which OAuth ``error`` member to add
 (RFC 6749 §5.2 at the token endpoint, OpenID4VCI §8.3.1.2 and RFC 6750 §3.1
-at the credential endpoint).
+at the credential endpoint), which makes the answer ``application/json``.
 """
 
 from __future__ import annotations

@@ -20,16 +20,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from tessera.encoding import MAX_JSON_BYTES, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
     "HTTP_STATUS",
+    "PROBLEM_JSON",
     "PROBLEM_TYPE_BASE",
     "ProblemCustomizer",
     "StrictBodies",
+    "allowed_methods",
     "install_problem_handlers",
+    "problem_media_type",
     "problem_response",
     "read_json_body",
     "to_tessera_error",
@@ -83,9 +87,25 @@ For a route family with its own conventions (OAuth ``error`` members on the
 OpenID4VCI endpoints, the VC API's blanket 400)."""
 
 
+PROBLEM_JSON: Final = "application/problem+json"
+
+
+def problem_media_type(extra: Mapping[str, Any] | None) -> str:
+    """``application/json`` for an OAuth error (one with an ``error`` member), else RFC 9457's.
+
+    RFC 6749 §5.2 (token endpoint) and OpenID4VCI 1.0 §8.3.1.2 (credential
+    endpoint) define their error responses as ``application/json``; a wallet may
+    refuse any other media type. The members of the problem document stay, as
+    extra parameters a client ignores.
+    """
+    return "application/json" if extra and "error" in extra else PROBLEM_JSON
+
+
 def problem_response(
     error: TesseraError, *, status: int | None = None, extra: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
+    """The error as a problem document; ``headers`` (e.g. a 405's ``Allow``) are kept."""
     status = status or HTTP_STATUS.get(error.code, 400)
     body = {
         "type": PROBLEM_TYPE_BASE + error.code.value,
@@ -96,13 +116,13 @@ def problem_response(
         **(extra or {}),
     }
     # An error is about this request only: never cached (RFC 6749 §5.2 asks it of OAuth).
-    headers = {"Cache-Control": "no-store"}
+    all_headers = {**(headers or {}), "Cache-Control": "no-store"}
     if status == 401:
         oauth_error = (extra or {}).get("error")
-        headers["WWW-Authenticate"] = (f'Bearer realm="tessera", error="{oauth_error}"'
-                                       if oauth_error else 'Bearer realm="tessera"')
-    return JSONResponse(body, status_code=status, headers=headers,
-                        media_type="application/problem+json")
+        all_headers["WWW-Authenticate"] = (f'Bearer realm="tessera", error="{oauth_error}"'
+                                           if oauth_error else 'Bearer realm="tessera"')
+    return JSONResponse(body, status_code=status, headers=all_headers,
+                        media_type=problem_media_type(extra))
 
 
 def to_tessera_error(
@@ -127,17 +147,33 @@ def to_tessera_error(
     return TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"), None, {}
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the app takes on this path (Starlette names only the first)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def install_problem_handlers(app: FastAPI, *, customize: ProblemCustomizer | None = None) -> None:
     """Make every failure of ``app`` an RFC 9457 problem document with a ``code``."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         error, status, extra = to_tessera_error(request, exc)
-        custom = customize(request, error) if customize is not None else None
+        headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else {}
+        # A wrong method is the router's answer, not the route family's: a 405
+        # keeps its status everywhere, with the Allow header RFC 9110 §15.5.6 requires.
+        routing = isinstance(exc, StarletteHTTPException) and exc.status_code == 405
+        if routing:
+            headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+        custom = customize(request, error) if customize is not None and not routing else None
         if custom is not None:
             custom_status, custom_extra = custom
             status = custom_status or status
             extra = {**extra, **custom_extra}
-        return problem_response(error, status=status, extra=extra)
+        return problem_response(error, status=status, extra=extra, headers=headers)
 
     for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_type, handle)

@@ -49,7 +49,8 @@ def _offer(service: Service, member_id: str, ids: tuple[str, ...] = SD, *,
 
 def _oauth_error(r: Any, status: int, error: str) -> None:
     assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
+    # RFC 6749 §5.2, OpenID4VCI 1.0 §8.3.1.2: OAuth errors are application/json.
+    assert r.headers["content-type"] == "application/json"
     body = r.json()
     assert body["error"] == error and body["code"] and body["error_description"]
     assert r.headers["cache-control"] == "no-store"
@@ -299,6 +300,32 @@ def test_expired_offer_and_bad_tokens_refused(service: Service) -> None:
     service.clock.advance(seconds=301)  # the access token is short-lived
     proof = wallet.proof(session, nonce=wallet.nonce(session), now=service.clock.now)
     _oauth_error(wallet.credential(session, SD[0], proof), 401, "invalid_token")
+
+
+def test_oauth_errors_before_routing_are_application_json(service: Service) -> None:
+    service.brand("acme")
+    base = "https://issuer.example/brands/acme"
+    # Refused by the strict-body middleware, before any route ran.
+    r = service.client.post(f"{base}/credential", content=b'{"a": 1, "a": 2}',
+                            headers={"Content-Type": "application/json"})
+    _oauth_error(r, 400, "invalid_credential_request")
+    _oauth_error(service.client.post(f"{base}/nonce", content=b'{"a": NaN}',
+                                     headers={"Content-Type": "application/json"}),
+                 400, "invalid_credential_request")
+    # Anything else stays RFC 9457.
+    r = service.client.get("/admin/v1/brand")
+    assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("endpoint", ["token", "nonce", "credential"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "TRACE"])
+def test_wrong_method_on_oauth_endpoints_is_405_with_allow(service: Service, endpoint: str,
+                                                           method: str) -> None:
+    service.brand("acme")
+    r = service.client.request(method, f"https://issuer.example/brands/acme/{endpoint}")
+    assert r.status_code == 405, r.text
+    assert r.headers["allow"] == "POST"
+    assert r.json()["status"] == 405 and "error" not in r.json()
 
 
 def test_offers_are_scoped_to_the_brand(service: Service) -> None:

@@ -35,6 +35,14 @@ def client() -> TestClient:
     def boom() -> None:
         raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE, "not enough points")
 
+    @app.get("/items")
+    def list_items() -> list[int]:
+        return []
+
+    @app.delete("/items")
+    def delete_items() -> None:
+        return None
+
     @app.get("/crash")
     def crash() -> None:
         raise RuntimeError("secret internals")
@@ -92,3 +100,37 @@ def test_errors_are_problem_documents(client: TestClient) -> None:
     assert "secret" not in body["detail"]
     body = _problem(client.post("/json", json={"points": "many"}), 422, "invalid_request")
     assert body["errors"][0]["loc"][-1] == "points"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "TRACE"])
+def test_wrong_method_is_405_with_every_allowed_method(client: TestClient, method: str) -> None:
+    r = client.request(method, "/items")
+    _problem(r, 405, "invalid_request")
+    # RFC 9110 §15.5.6: a 405 MUST carry Allow; both routes of the path count.
+    assert r.headers["allow"] == "DELETE, GET"
+    assert client.request(method, "/boom").headers["allow"] == "GET"
+
+
+def test_a_customizer_keeps_405_and_may_make_oauth_errors_application_json() -> None:
+    app = FastAPI()
+
+    def oauth(request: Request, error: TesseraError) -> tuple[int | None, dict[str, Any]]:
+        return 400, {"error": "invalid_request", "error_description": error.detail}
+
+    install_problem_handlers(app, customize=oauth)
+    app.add_middleware(StrictBodies, max_bytes=1024, customize=oauth)
+
+    @app.post("/token")
+    def token() -> None:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such code")
+
+    client = TestClient(app)
+    r = client.post("/token")
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == "invalid_request" and r.json()["code"] == "not_found"
+    r = client.post("/token", content=b'{"a": 1, "a": 1}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    r = client.request("TRACE", "/token")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.headers["content-type"] == "application/problem+json" and "error" not in r.json()
