@@ -2,8 +2,11 @@
 
 JSON from a presentation, a DID document or a status list is parsed with a
 size cap, a nesting cap, no duplicate member names (RFC 8259 §4 leaves them
-undefined; RFC 9901 §7.1 forbids ambiguity in disclosures) and no NaN or
-Infinity. base64url is the unpadded alphabet of RFC 4648 §5 and nothing else.
+undefined; RFC 9901 §7.1 forbids ambiguity in disclosures), no NaN or
+Infinity, and no number outside I-JSON's interoperable range (RFC 7493 §2.2:
+magnitude at most 2**53 - 1, so ``1e400`` cannot become ``inf`` and every
+NumericDate, index or amount fits a double and a 64-bit column). base64url
+is the unpadded alphabet of RFC 4648 §5 and nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tessera.errors import ErrorCode, TesseraError
 __all__ = [
     "MAX_DEPTH",
     "MAX_JSON_BYTES",
+    "MAX_JSON_NUMBER",
     "b64url_decode",
     "b64url_encode",
     "canonical_json",
@@ -28,6 +32,10 @@ __all__ = [
 
 MAX_JSON_BYTES = 256 * 1024
 MAX_DEPTH = 32
+# RFC 7493 §2.2 (I-JSON): integers beyond ±(2**53 - 1) lose precision in
+# other parsers, so two verifiers could read different values; floats beyond
+# it have no use in a credential and 1e400 would parse to infinity.
+MAX_JSON_NUMBER = 2**53 - 1
 
 _B64URL_INDEX = {
     c: i
@@ -105,7 +113,30 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+def _bounded_int(text: str) -> int:
+    # Length first: int() of a 4,000-digit string is quadratic work.
+    if len(text) > 17:
+        raise TesseraError(ErrorCode.MALFORMED, "JSON number out of range")
+    value = int(text)
+    if not -MAX_JSON_NUMBER <= value <= MAX_JSON_NUMBER:
+        raise TesseraError(ErrorCode.MALFORMED, "JSON number out of range")
+    return value
+
+
+def _bounded_float(text: str) -> float:
+    value = float(text)
+    # The negated test also catches NaN; inf is what 1e400 becomes.
+    if not -MAX_JSON_NUMBER <= value <= MAX_JSON_NUMBER:
+        raise TesseraError(ErrorCode.MALFORMED, "JSON number out of range or not finite")
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates,
+    parse_constant=_refuse_constant,
+    parse_int=_bounded_int,
+    parse_float=_bounded_float,
+)
 
 
 def parse_json(

@@ -145,6 +145,9 @@ def _dump_data(data: dict[str, Any] | None) -> str:
         raise TesseraError(ErrorCode.MALFORMED, "nonce data is not JSON-serializable") from exc
     if len(text) > MAX_DATA_BYTES:
         raise TesseraError(ErrorCode.TOO_LARGE, f"nonce data over {MAX_DATA_BYTES} bytes")
+    # Refused now what _load_data would refuse at consume (an int beyond
+    # I-JSON's range, deep nesting): the caller sees it, not the next reader.
+    _load_data(text)
     return text
 
 

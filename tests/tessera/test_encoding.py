@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tessera.encoding import (
     MAX_DEPTH,
+    MAX_JSON_NUMBER,
     b64url_decode,
     b64url_encode,
     canonical_json,
@@ -22,8 +23,10 @@ from tessera.errors import ErrorCode, TesseraError
 
 B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.floats(
-    allow_nan=False, allow_infinity=False
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-MAX_JSON_NUMBER, MAX_JSON_NUMBER)
+    | st.text(max_size=20)
+    | st.floats(-MAX_JSON_NUMBER, MAX_JSON_NUMBER, allow_nan=False, allow_infinity=False)
 )
 json_values = st.recursive(
     json_scalars,
@@ -122,7 +125,8 @@ def test_parse_json_round_trip(value: Any) -> None:
     assert parse_json(text.encode("utf-8")) == value
 
 
-@given(st.dictionaries(st.text(max_size=6), st.integers(), min_size=1, max_size=5), st.data())
+@given(st.dictionaries(st.text(max_size=6), st.integers(-MAX_JSON_NUMBER, MAX_JSON_NUMBER),
+                       min_size=1, max_size=5), st.data())
 def test_parse_json_refuses_duplicate_members(obj: dict[str, int], data: st.DataObject) -> None:
     dup = data.draw(st.sampled_from(sorted(obj)))
     members = [json.dumps(k) + ":" + json.dumps(v) for k, v in obj.items()]
@@ -183,6 +187,36 @@ def test_parse_json_refuses_non_json(bad: str) -> None:
     with pytest.raises(TesseraError) as exc:
         parse_json(bad)
     assert _code(exc) is ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize("bad", [
+    "1e400", "-1e400", "[1E400]", '{"iat": 1e400}', "1e309", "9007199254740992",
+    "-9007199254740992", "1e16", "-1.5e300", "1" * 5000, "[" + "9" * 18 + "]",
+])
+def test_parse_json_refuses_non_finite_and_out_of_range_numbers(bad: str) -> None:
+    # 1e400 used to parse to inf, and int(inf) raised OverflowError deep in
+    # the verifiers (issue 9 item 6).
+    with pytest.raises(TesseraError) as exc:
+        parse_json(bad)
+    assert _code(exc) is ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize("good", [
+    "9007199254740991", "-9007199254740991", "9.007199254740991e15", "1e-400", "-0", "0.5",
+])
+def test_parse_json_keeps_numbers_at_the_edge_of_the_range(good: str) -> None:
+    assert parse_json(good) == json.loads(good)
+
+
+@given(st.integers() | st.floats(allow_nan=False))
+def test_parse_json_numbers_in_range_or_malformed(value: int | float) -> None:
+    text = json.dumps(value)
+    if abs(value) <= MAX_JSON_NUMBER:
+        assert parse_json(text) == value
+    else:
+        with pytest.raises(TesseraError) as exc:
+            parse_json(text)
+        assert _code(exc) is ErrorCode.MALFORMED
 
 
 def test_parse_json_refuses_invalid_utf8() -> None:

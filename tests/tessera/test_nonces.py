@@ -249,6 +249,8 @@ def test_replay_cache(backend: Backend) -> None:
         ({"value": "ok", "ttl_seconds": 60, "data": ["not", "object"]}, ErrorCode.MALFORMED),
         ({"value": "ok", "ttl_seconds": 60, "data": {"b": b"bytes"}}, ErrorCode.MALFORMED),
         ({"value": "ok", "ttl_seconds": 60, "data": {"f": float("nan")}}, ErrorCode.MALFORMED),
+        # Beyond I-JSON's range: consume could not read it back (tessera.encoding).
+        ({"value": "ok", "ttl_seconds": 60, "data": {"big": 2**63 - 1}}, ErrorCode.MALFORMED),
         ({"value": "ok", "ttl_seconds": 60, "data": {"s": "x" * MAX_DATA_BYTES}},
          ErrorCode.TOO_LARGE),
     ],
@@ -401,8 +403,8 @@ def test_naive_clock_is_refused() -> None:
 JSON_SCALARS = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
+    | st.floats(-(2**53 - 1), 2**53 - 1, allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )
 JSON_OBJECTS = st.dictionaries(
@@ -420,7 +422,7 @@ JSON_OBJECTS = st.dictionaries(
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(data=JSON_OBJECTS | st.just({"lone": "\ud800", "nul": "a\x00b", "big": 2**63 - 1}))
+@given(data=JSON_OBJECTS | st.just({"lone": "\ud800", "nul": "a\x00b", "big": 2**53 - 1}))
 def test_data_round_trip_property(tmp_path: Path, data: dict[str, Any]) -> None:
     # Stored JSON is ASCII with escapes, so even NUL and lone surrogates survive.
     sql = _property_sql_store(tmp_path)
