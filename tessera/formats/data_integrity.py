@@ -73,6 +73,7 @@ _SD_BASE_HEADER: Final = bytes([0xD9, 0x5D, 0x00])  # CBOR tag 23808 (vc-di-ecds
 _SD_DERIVED_HEADER: Final = bytes([0xD9, 0x5D, 0x01])  # CBOR tag 23809 (§3.5.6)
 _MAX_POINTERS: Final = 256
 _MAX_SIGNATURES: Final = 4096
+_MAX_PROOFS: Final = 8  # a proof set or chain; each proof costs two canonicalizations
 
 
 def _err(code: ErrorCode, detail: str) -> TesseraError:
@@ -661,12 +662,44 @@ def _loyalty_type(vc: dict[str, Any]) -> CredentialType | None:
 def _single_proof(doc: dict[str, Any]) -> dict[str, Any]:
     proof = doc.get("proof")
     if isinstance(proof, list):
-        # Proof sets/chains are not produced by Tessera; refusing them keeps a
-        # verifier from accepting a document on the strength of one of many.
-        raise _err(ErrorCode.UNSUPPORTED_FORMAT, "proof sets are not supported")
+        # Presentations: a holder proof set would leave open which proof the
+        # challenge binds; credentials accept sets and chains (_all_proofs).
+        raise _err(ErrorCode.UNSUPPORTED_FORMAT, "proof sets are not supported here")
     if not isinstance(proof, dict):
         raise _err(ErrorCode.MALFORMED, "document has no proof")
     return proof
+
+
+def _all_proofs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``proof``: one object or an unordered set of them (Data Integrity §2.1, §2.1.1)."""
+    proof = doc.get("proof")
+    items: list[Any] = proof if isinstance(proof, list) else [proof]
+    proofs = [p for p in items if isinstance(p, dict)]
+    if not proofs or len(proofs) != len(items):
+        raise _err(ErrorCode.MALFORMED, "proof must be an object or a non-empty list of objects")
+    if len(proofs) > _MAX_PROOFS:
+        raise _err(ErrorCode.TOO_LARGE, f"more than {_MAX_PROOFS} proofs")
+    return proofs
+
+
+def _previous_proofs(all_proofs: list[dict[str, Any]], proof: dict[str, Any]
+                     ) -> list[dict[str, Any]]:
+    """The proofs ``proof.previousProof`` names (Data Integrity §4.5, Verify Proof Sets
+    and Chains): each must be in the set, or "an error MUST be raised"."""
+    if "previousProof" not in proof:
+        return []
+    ref = proof["previousProof"]
+    ids = [ref] if isinstance(ref, str) else ref
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise _err(ErrorCode.MALFORMED, "previousProof must be a string or a list of strings")
+    matching: list[dict[str, Any]] = []
+    for proof_id in ids:
+        found = [p for p in all_proofs if p.get("id") == proof_id]
+        if not found:
+            raise _err(ErrorCode.MALFORMED,
+                       f"previousProof {proof_id[:100]!r} is not a proof of this document")
+        matching.extend(p for p in found if p not in matching)
+    return matching
 
 
 def _issuer_id(vc: dict[str, Any]) -> str:
@@ -678,8 +711,15 @@ def _issuer_id(vc: dict[str, Any]) -> str:
 
 
 def _verify_document(doc: dict[str, Any], *, key_lookup: KeyLookup, relationship: str,
-                     loader: jsonld.DocumentLoader | None) -> dict[str, Any]:
-    proof = _single_proof(doc)
+                     loader: jsonld.DocumentLoader | None, proof: dict[str, Any] | None = None,
+                     previous: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Verify one proof of ``doc`` (its only one unless ``proof`` is given).
+
+    ``previous`` are the proofs a chained proof names: it was made over the
+    document with exactly those as its ``proof`` (Data Integrity §4.3 Add Proof
+    Set/Chain, step 4), so that is what its signature is checked against.
+    """
+    proof = _single_proof(doc) if proof is None else proof
     suite = _suite_of(proof)
     expected = "assertionMethod" if relationship == "assertionMethod" else "authentication"
     if proof.get("proofPurpose") != expected:
@@ -694,7 +734,8 @@ def _verify_document(doc: dict[str, Any], *, key_lookup: KeyLookup, relationship
     if suite == ECDSA_SD_2023:
         _verify_sd_derived(unsecured, proof, key, loader)
     else:
-        _verify_proof_signature(unsecured, proof, key, suite, loader)
+        signed = {**unsecured, "proof": list(previous)} if previous else unsecured
+        _verify_proof_signature(signed, proof, key, suite, loader)
     return proof
 
 
@@ -711,15 +752,27 @@ def verify_credential(
     The key must be listed for assertionMethod and, unless
     ``issuer_must_control_key`` is off (spec test vectors name an https
     issuer but sign with a did:key), belong to the issuer's DID.
+
+    A proof set or chain (``proof`` a list, ``previousProof`` naming earlier
+    proofs) verifies only if every proof in it does (Data Integrity §4.5);
+    then at least one of them must be the issuer's key: each proof covers the
+    whole document, so that one is the issuer's word for all of it.
+    ``ecdsa-sd-2023`` proofs stand alone.
     """
     if not isinstance(vc, dict):
         raise _err(ErrorCode.MALFORMED, "credential is not an object")
-    proof = _single_proof(vc)
-    vm = proof.get("verificationMethod")
+    proofs = _all_proofs(vc)
+    vms = [p.get("verificationMethod") for p in proofs]
     issuer = _issuer_id(vc)
-    if not isinstance(vm, str) or (issuer_must_control_key and vm.split("#", 1)[0] != issuer):
+    if not all(isinstance(vm, str) for vm in vms) or (issuer_must_control_key and not any(
+            str(vm).split("#", 1)[0] == issuer for vm in vms)):
         raise _err(ErrorCode.INVALID_SIGNATURE, "proof key does not belong to the issuer")
-    _verify_document(vc, key_lookup=key_lookup, relationship="assertionMethod", loader=loader)
+    if len(proofs) > 1 and any(p.get("cryptosuite") == ECDSA_SD_2023 for p in proofs):
+        raise _err(ErrorCode.UNSUPPORTED_FORMAT, "an ecdsa-sd-2023 proof cannot be in a set")
+    for proof in proofs:
+        _verify_document(vc, key_lookup=key_lookup, relationship="assertionMethod",
+                         loader=loader, proof=proof, previous=_previous_proofs(proofs, proof))
+    proof = proofs[0]
     _check_validity(vc, now)
     unsecured = {k: v for k, v in vc.items() if k != "proof"}
     ctype = _loyalty_type(unsecured)
