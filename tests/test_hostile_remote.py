@@ -10,19 +10,31 @@ the refusal code, and where work is bounded, a CPU bound measured with
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tessera import credentials
+from tessera.did import HttpFetcher, Resolver, did_key
 from tessera.encoding import MAX_JSON_NUMBER, b64url_encode
 from tessera.errors import ErrorCode, TesseraError
+from tessera.formats import data_integrity as di
 from tessera.formats import sd_jwt
 from tessera.formats.sd_jwt import SdJwt, parse
 from tessera.jose import decode_unverified
+from tessera.keys import generate_signer
+from tessera.status import (
+    BitstringStatusList,
+    StatusList,
+    bitstring_status_list_credential,
+    sign_status_list_token,
+)
 from tessera.typing import Signer
-from verifier import PresentationRequest, Verifier
+from verifier import PresentationRequest, Verifier, default_status_check
 from verifier.errors import VERIFICATION_CODES
 from verifier.testing import FixedClock, InMemoryResolver, TestHolder, TestIssuer
 
@@ -148,3 +160,134 @@ def test_sd_jwt_verify_never_raises_overflow(claim: str) -> None:
         sd_jwt.verify(vp, issuer_key=w.brand.signer.public_key, now=w.clock(), audience=AUD,
                       nonce=req.nonce)
     assert exc.value.code is ErrorCode.MALFORMED
+
+
+# -- trust before traffic (item 5) -------------------------------------------------------------
+
+
+class Recorder:
+    """A MockTransport web: serves ``pages`` and records every URL asked for."""
+
+    def __init__(self, pages: dict[str, tuple[str, bytes]] | None = None) -> None:
+        self.pages = pages or {}
+        self.calls: list[str] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(str(request.url))
+        page = self.pages.get(str(request.url))
+        if page is None:
+            return httpx.Response(404)
+        return httpx.Response(200, headers={"content-type": page[0]}, content=page[1])
+
+    def fetcher(self) -> HttpFetcher:
+        return HttpFetcher(httpx.Client(transport=httpx.MockTransport(self.handler)),
+                           is_public_host=lambda host: True)
+
+
+ROGUE = "did:web:rogue.test"
+ROGUE_DOC_URL = "https://rogue.test/.well-known/did.json"
+LIST_URL = "https://lists.test/1"
+
+
+def _rogue() -> TestIssuer:
+    return TestIssuer(ROGUE, signer=generate_signer("ES256"))
+
+
+def _doc(issuer: TestIssuer) -> tuple[str, bytes]:
+    return "application/did+json", json.dumps(issuer.did_document).encode()
+
+
+def test_untrusted_sd_jwt_issuer_causes_no_traffic() -> None:
+    # Before: the rogue's did.json was fetched and its signature checked, and
+    # only then was the issuer found not to be on the trust list.
+    clock = FixedClock()
+    brand, rogue, member = TestIssuer(clock=clock), _rogue(), TestHolder(clock=clock)
+    rogue.clock = clock
+    web = Recorder({ROGUE_DOC_URL: _doc(rogue)})
+    v = Verifier(trust=brand.trust_list(), resolver=Resolver(web.fetcher()), clock=clock)
+    req = v.create_request(audience=AUD)
+    result = v.verify(member.present(rogue.issue_membership(member), ["tier_at_least_gold"],
+                                     req), request=req)
+    assert result.errors == ("untrusted_issuer",)
+    assert web.calls == []
+
+
+def test_untrusted_data_integrity_issuer_causes_no_traffic() -> None:
+    rogue = _rogue()
+    holder = generate_signer("EdDSA")
+    holder_did = did_key(holder.public_key)
+    holder = holder.with_key_id(f"{holder_did}#{holder_did.split(':')[2]}")
+    clock = FixedClock()
+    claims = credentials.membership_claims(
+        program={"id": "rogue-rewards", "name": "Rogue", "brand": ROGUE},
+        membership_number="M-1", tier="gold", tiers=[("silver", 1), ("gold", 2)],
+        member_since=clock().date(), tier_valid_until=clock().date(), name="Alice",
+    )
+    vc = di.loyalty_credential(credentials.MEMBERSHIP, claims, issuer=ROGUE, subject=holder_did,
+                               valid_from=clock() - timedelta(days=1))
+    signed = di.issue(vc, signer=rogue.signer, cryptosuite="ecdsa-rdfc-2019",
+                      verification_method=rogue.signer.key_id, created=clock())
+    web = Recorder({ROGUE_DOC_URL: _doc(rogue)})
+    v = Verifier(trust=TestIssuer().trust_list(), resolver=Resolver(web.fetcher()), clock=clock)
+    req = v.create_request(audience=AUD)
+    vp = di.present([signed], signer=holder, holder=holder_did, challenge=req.nonce,
+                    domain=AUD, created=clock())
+    assert v.verify(vp, request=req).errors == ("untrusted_issuer",)
+    assert web.calls == []
+
+
+def test_credential_refused_by_trust_fetches_no_status_list() -> None:
+    # A trusted brand, but not for this credential type: the status URL (the
+    # presenter's choice) is not fetched for a credential already refused.
+    clock = FixedClock()
+    brand, member = TestIssuer(clock=clock), TestHolder(clock=clock)
+    web = Recorder()
+    v = Verifier(trust=brand.trust_list("LoyaltyPointsCredential"),
+                 resolver=Resolver(web.fetcher(), documents={brand.did: brand.did_document}),
+                 clock=clock)
+    req = v.create_request(audience=AUD)
+    cred = brand.issue_membership(member, status={"status_list": {"idx": 3, "uri": LIST_URL}})
+    result = v.verify(member.present(cred, ["tier_at_least_gold"], req), request=req)
+    assert result.errors == ("credential_type_not_allowed",)
+    assert web.calls == []
+
+
+def test_status_list_token_of_an_untrusted_signer_resolves_no_did() -> None:
+    # The list is fetched (the trusted issuer named it), but a token signed
+    # by someone off the trust list never gets that signer's DID fetched.
+    clock = FixedClock()
+    brand, member, rogue = TestIssuer(clock=clock), TestHolder(clock=clock), _rogue()
+    token = sign_status_list_token(StatusList(), rogue.signer, uri=LIST_URL, issued_at=clock(),
+                                   expires_at=None, issuer=ROGUE)
+    web = Recorder({LIST_URL: ("application/statuslist+jwt", token.encode()),
+                    ROGUE_DOC_URL: _doc(rogue)})
+    fetcher = web.fetcher()
+    resolver = Resolver(fetcher, documents={brand.did: brand.did_document})
+    v = Verifier(trust=brand.trust_list(), resolver=resolver, clock=clock,
+                 status_check=default_status_check(resolver, fetcher, clock=clock,
+                                                   trusted=lambda did: did == brand.did))
+    req = v.create_request(audience=AUD)
+    cred = brand.issue_membership(member, status={"status_list": {"idx": 3, "uri": LIST_URL}})
+    result = v.verify(member.present(cred, ["tier_at_least_gold"], req), request=req)
+    assert result.errors == ("status_unavailable",)
+    assert web.calls == [LIST_URL]
+
+
+def test_bitstring_list_signed_by_another_did_resolves_no_did() -> None:
+    clock = FixedClock()
+    brand, rogue = TestIssuer(clock=clock), _rogue()
+    body = bitstring_status_list_credential(
+        BitstringStatusList(), credential_id=LIST_URL, issuer=ROGUE, status_purpose="revocation",
+        valid_from=clock() - timedelta(days=1))
+    signed = di.issue(body, signer=rogue.signer, cryptosuite="ecdsa-rdfc-2019",
+                      verification_method=rogue.signer.key_id, created=clock())
+    web = Recorder({LIST_URL: ("application/vc+ld+json", json.dumps(signed).encode()),
+                    ROGUE_DOC_URL: _doc(rogue)})
+    fetcher = web.fetcher()
+    check = default_status_check(Resolver(fetcher), fetcher, clock=clock)
+    entry = {"type": "BitstringStatusListEntry", "statusPurpose": "revocation",
+             "statusListIndex": "3", "statusListCredential": LIST_URL}
+    with pytest.raises(TesseraError) as exc:
+        check(entry, issuer=brand.did, now=clock())
+    assert exc.value.code is ErrorCode.STATUS_UNAVAILABLE
+    assert web.calls == [LIST_URL]

@@ -168,7 +168,8 @@ class Verifier:
 
         self.trust = trust
         self._resolver: DIDResolver = resolver or Resolver(HttpFetcher())
-        self._status_check = status_check or default_status_check(self._resolver, clock=clock)
+        self._status_check = status_check or default_status_check(
+            self._resolver, clock=clock, trusted=lambda did: self.trust.knows(did))
         # "is not None": an empty MemoryNonceStore has len() == 0, so it is falsy.
         self._nonces: NonceStore = nonces if nonces is not None else MemoryNonceStore(clock)
         self._clock = clock
@@ -176,7 +177,7 @@ class Verifier:
         self._ttl = request_ttl
         self._max_kb_age = max_kb_age
         self._skew = clock_skew
-        self._issuer_key = issuer_key_lookup(self._resolver)
+        self._resolve_issuer_key = issuer_key_lookup(self._resolver)
 
     # -- requests -------------------------------------------------------------
     def create_request(
@@ -212,6 +213,17 @@ class Verifier:
         return request
 
     # -- verification ---------------------------------------------------------
+    def _issuer_key(self, iss: str, header: dict[str, Any]) -> PublicKey:
+        # Trust first, from the still unverified iss: resolving an unlisted
+        # issuer's did:web would let anyone make this verifier fetch any URL
+        # (and wait on it) before the answer is already known to be no.
+        self._check_known(iss)
+        return self._resolve_issuer_key(iss, header)
+
+    def _check_known(self, issuer: str) -> None:
+        if not self.trust.knows(issuer):
+            raise TesseraError(ErrorCode.UNTRUSTED_ISSUER, f"{issuer[:64]} is not trusted")
+
     def verify(
         self,
         vp_token: str | Mapping[str, Any],
@@ -322,11 +334,7 @@ class Verifier:
             sd_jwt.check_times(vc.payload, now, self._skew)
         except TesseraError as exc:
             errors.append(exc.code)
-        try:
-            self.trust.check(vc.issuer, ctype.name)
-        except TesseraError as exc:
-            errors.append(exc.code)
-        errors.extend(self._check_status(vc.payload.get("status"), vc.issuer, now))
+        errors.extend(self._trusted_status(vc.issuer, ctype.name, vc.payload.get("status"), now))
         status = vc.payload.get("status")
         cred = PresentedCredential(
             query_id=cq.id if cq else None,
@@ -340,6 +348,17 @@ class Verifier:
         # Compared across credentials (and formats) as the DID of the holder key.
         holder = holder_id(vc.holder_key, {}) if vc.holder_key is not None else None
         return [cred], errors, holder
+
+    def _trusted_status(self, issuer: str, type_name: str, status: Any,
+                        now: datetime) -> list[ErrorCode]:
+        """The trust decision, then (only for a trusted issuer) the status list."""
+        try:
+            self.trust.check(issuer, type_name)
+        except TesseraError as exc:
+            # No fetch for a credential already refused: the list's URL is
+            # the presenter's choice.
+            return [exc.code]
+        return self._check_status(status, issuer, now)
 
     def _check_status(self, status: Any, issuer: str, now: datetime) -> list[ErrorCode]:
         if status is None:
@@ -357,8 +376,18 @@ class Verifier:
         """A W3C VP with a Data Integrity holder proof (``ldp_vc``)."""
         from tessera.formats import data_integrity
 
+        embedded = vp.get("verifiableCredential")
+        for unverified in embedded if isinstance(embedded, list) else [embedded]:
+            # Trust first (see _issuer_key): no credential of an unlisted
+            # issuer gets its proof key resolved.
+            if isinstance(unverified, dict):
+                self._check_known(_issuer_of_unverified(unverified))
+
         def key_lookup(vm: str, relationship: str) -> PublicKey:
-            return self._resolver.resolve(vm.split("#", 1)[0]).key(vm, relationship=relationship)
+            did = vm.split("#", 1)[0]
+            if relationship == "assertionMethod":
+                self._check_known(did)
+            return self._resolver.resolve(did).key(vm, relationship=relationship)
 
         verified = data_integrity.verify_presentation(
             vp, key_lookup=key_lookup, challenge=req.nonce, domain=req.audience, now=now,
@@ -372,8 +401,7 @@ class Verifier:
             ctype = next((t for t in credentials.CREDENTIAL_TYPES if t.name in types), None)
             if ctype is None:
                 raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "not a loyalty credential type")
-            issuer_field = vc.get("issuer")
-            issuer = str(issuer_field.get("id") if isinstance(issuer_field, dict) else issuer_field)
+            issuer = _issuer_of_unverified(vc)
             subject = vc.get("credentialSubject")
             claims = {k: v for k, v in subject.items() if k != "id"} if isinstance(
                 subject, dict) else {}
@@ -387,11 +415,7 @@ class Verifier:
                              if len(c.path) > 1 and c.path[0] == "credentialSubject"}
                     claims = {k: v for k, v in claims.items()
                               if k in asked | ctype.always_visible}
-            try:
-                self.trust.check(issuer, ctype.name)
-            except TesseraError as exc:
-                errors.append(exc.code)
-            errors.extend(self._check_status(vc.get("credentialStatus"), issuer, now))
+            errors.extend(self._trusted_status(issuer, ctype.name, vc.get("credentialStatus"), now))
             out.append(PresentedCredential(
                 query_id=cq.id if cq else None, format="ldp_vc", credential_type=ctype.name,
                 issuer=issuer, holder=holder, claims=claims,
@@ -402,6 +426,11 @@ class Verifier:
 
 
 Presentation = str | dict[str, Any]
+
+
+def _issuer_of_unverified(vc: Mapping[str, Any]) -> str:
+    issuer = vc.get("issuer")
+    return str(issuer.get("id") if isinstance(issuer, dict) else issuer)
 
 
 def _is_di_presentation(value: Mapping[str, Any]) -> bool:

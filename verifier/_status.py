@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -61,6 +61,10 @@ class _BitstringLists:
 
         def key_lookup(vm: str, relationship: str) -> PublicKey:
             did = vm.split("#", 1)[0]
+            if did != issuer:
+                # Refused before resolving: a list signed by anyone else says
+                # nothing about the credential, so that DID is never fetched.
+                raise TesseraError(ErrorCode.STATUS_UNAVAILABLE, "status list not signed by issuer")
             return self._resolver.resolve(did).key(vm, relationship=relationship)
 
         try:
@@ -84,6 +88,7 @@ def default_status_check(
     *,
     max_age: timedelta = timedelta(minutes=5),
     clock: Clock = _utcnow,
+    trusted: Callable[[str], bool] | None = None,
 ) -> StatusCheck:
     """Status checking for both formats, with caches bounded by ``max_age``.
 
@@ -91,12 +96,19 @@ def default_status_check(
     credentials: W3C Bitstring Status List credentials, whose own proof is
     verified. In both cases the list must be signed by the credential's
     issuer: a list signed by anyone else says nothing about the credential.
+    ``trusted`` (the verifier's trust list) is asked about a list's signer
+    before its DID is resolved, so an unlisted signer causes no DID fetch.
     """
     fetcher = fetcher or HttpFetcher()
     lookup = issuer_key_lookup(resolver)
-    tokens = StatusChecker(
-        fetcher, lambda h, p: lookup(_signer_did(h, p), h), clock=clock, max_age=max_age
-    )
+
+    def token_key(header: Mapping[str, Any], payload: Mapping[str, Any]) -> PublicKey:
+        signer = _signer_did(header, payload)
+        if trusted is not None and not trusted(signer):
+            raise TesseraError(ErrorCode.UNTRUSTED_ISSUER, "status list signer is not trusted")
+        return lookup(signer, dict(header))
+
+    tokens = StatusChecker(fetcher, token_key, clock=clock, max_age=max_age)
     bitstrings = _BitstringLists(fetcher, resolver, max_age)
 
     def check(status: Any, *, issuer: str, now: datetime) -> None:

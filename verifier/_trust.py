@@ -61,6 +61,14 @@ class TrustList:
         """Build in code: ``TrustList.of([(did, ["LoyaltyMembershipCredential"])])``."""
         return cls({i: TrustedIssuer(i, frozenset(t)) for i, t in pairs})
 
+    def knows(self, issuer: str) -> bool:
+        """Whether ``issuer`` is listed at all (for any credential type).
+
+        Asked *before* anything about a credential is fetched: an unlisted
+        issuer's DID and status lists are never resolved.
+        """
+        return issuer in self.issuers
+
     def check(self, issuer: str, credential_type: str) -> None:
         entry = self.issuers.get(issuer)
         if entry is None:

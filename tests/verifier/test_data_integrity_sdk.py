@@ -122,6 +122,7 @@ def test_tampered_claim_and_expired_credential(parties: dict[str, Any]) -> None:
                     challenge=req.nonce, domain=PARTNER, created=NOW)
     assert v.verify(vp, request=req).errors == ("invalid_signature",)
     old = _membership(parties, valid_until=NOW - timedelta(hours=1))
+    v = _verifier(parties)  # _membership made a new issuer DID for the eddsa suite
     req = v.create_request(audience=PARTNER)
     vp = di.present([old], signer=parties["holder"], holder=parties["holder_did"],
                     challenge=req.nonce, domain=PARTNER, created=NOW)

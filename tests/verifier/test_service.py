@@ -315,7 +315,8 @@ def test_untrusted_issuer(client: TestClient, member: TestHolder, member_key: jw
     wallet = SpecWallet(member_key, rogue.issue_membership(member))
     created = _start(client)
     r = wallet.answer(created["deep_link"], client)
-    assert r.status_code == 400  # the rogue DID cannot even be resolved offline
+    assert r.status_code == 403  # refused from the trust list, before any DID resolution
+    assert r.json()["code"] == "untrusted_issuer"
     assert _result(client, created)["result"]["ok"] is False
 
 
