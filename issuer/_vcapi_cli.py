@@ -120,6 +120,9 @@ def serve(
     )] = None,
     require_issued_challenge: Annotated[bool, typer.Option(
         help="Accept only presentation challenges minted by POST /challenges.")] = False,
+    require_holder_binding: Annotated[bool, typer.Option(
+        help="Presentations must name a holder who is every credential's subject "
+             "(off: VCDM 2.0 verification, with a warning per unbound credential).")] = False,
     allow_http: Annotated[bool, typer.Option(
         help="Let did:web and status lists be fetched over plain http (local suites).")] = False,
 ) -> None:
@@ -140,6 +143,7 @@ def serve(
             issuers, loader=_load_contexts(context or []),
             fetcher=HttpFetcher(allow_http=allow_http),
             require_issued_challenge=require_issued_challenge,
+            require_holder_binding=require_holder_binding,
         )
     except TesseraError as exc:
         typer.echo(json.dumps({"error": exc.code.value, "detail": exc.detail}), err=True)

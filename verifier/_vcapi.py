@@ -99,6 +99,13 @@ class VcApiVerifier:
 
     Every check that applies is always run: ``options.checks`` cannot turn
     the proof, validity or status checks off, it is only accepted.
+
+    Presentations are verified as VCDM 2.0 §4.13 defines them: ``holder`` and
+    ``verifiableCredential`` are optional and a credential's subject need not
+    be the holder (the result then carries a warning saying so); a named holder
+    must own the proof key. ``require_holder_binding=True`` makes a missing
+    holder ``key_binding_missing`` and a subject other than the holder
+    ``key_binding_invalid``, as Tessera's own OpenID4VP flow always does.
     """
 
     def __init__(
@@ -112,6 +119,7 @@ class VcApiVerifier:
         challenge_ttl_seconds: int = 300,
         loader: jsonld.DocumentLoader | None = None,
         clock: Clock = _utcnow,
+        require_holder_binding: bool = False,
     ) -> None:
         fetcher = fetcher or HttpFetcher()
         self.resolver: DIDResolver = resolver or Resolver(fetcher)
@@ -121,6 +129,7 @@ class VcApiVerifier:
         self.challenge_ttl = challenge_ttl_seconds
         self.loader = loader
         self.clock = clock
+        self.require_holder_binding = require_holder_binding
 
     def _key(self, vm: str, relationship: str) -> PublicKey:
         return self.resolver.resolve(vm.split("#", 1)[0]).key(vm, relationship=relationship)
@@ -213,9 +222,16 @@ class VcApiVerifier:
             outcome.checks.append("proof")
             credentials = data_integrity.verify_presentation(
                 vp, key_lookup=self._key, challenge=expected_challenge, domain=expected_domain,
-                now=now, loader=self.loader)
+                now=now, loader=self.loader, holder_binding=self.require_holder_binding)
             outcome.checks.append("credentials")
-            for vc in credentials:
+            holder = vp.get("holder")
+            if holder is None:
+                outcome.warnings.append("the presentation names no holder")
+            for n, vc in enumerate(credentials):
+                subject = vc.get("credentialSubject")
+                if not isinstance(subject, dict) or subject.get("id") != holder:
+                    outcome.warnings.append(
+                        f"verifiableCredential[{n}]: its subject is not the holder")
                 self._status(vc, outcome, now)
         except TesseraError as exc:
             return outcome.failed(exc)

@@ -833,12 +833,18 @@ def verify_presentation(
     domain: str,
     now: datetime,
     loader: jsonld.DocumentLoader | None = None,
+    holder_binding: bool = True,
 ) -> list[dict[str, Any]]:
     """Verify a VP's holder proof and every credential in it; return the credentials.
 
     A wrong challenge is ``nonce_mismatch`` and a wrong domain
     ``audience_mismatch`` (single use of the challenge is the caller's nonce
     store). Each credential's subject must be the holder (``key_binding_invalid``).
+
+    ``holder_binding=False`` is plain VCDM 2.0 §4.13 verification (the VC API
+    does it): ``holder`` and ``verifiableCredential`` are optional and a
+    credential's subject need not be the holder. A holder that is named must
+    still own the proof key, and every credential present is verified.
     """
     if not isinstance(vp, dict):
         raise _err(ErrorCode.MALFORMED, "presentation is not an object")
@@ -847,10 +853,13 @@ def verify_presentation(
         raise _err(ErrorCode.MALFORMED, "not a VerifiablePresentation")
     proof = _single_proof(vp)
     holder = vp.get("holder")
-    if not isinstance(holder, str):
-        raise _err(ErrorCode.KEY_BINDING_MISSING, "presentation names no holder")
     vm = proof.get("verificationMethod")
-    if not isinstance(vm, str) or vm.split("#", 1)[0] != holder:
+    if holder is None and not holder_binding:
+        if not isinstance(vm, str):
+            raise _err(ErrorCode.MALFORMED, "proof has no verificationMethod")
+    elif not isinstance(holder, str):
+        raise _err(ErrorCode.KEY_BINDING_MISSING, "presentation names no holder")
+    elif not isinstance(vm, str) or vm.split("#", 1)[0] != holder:
         raise _err(ErrorCode.KEY_BINDING_INVALID, "presentation key is not the holder's")
     # Binding checks first: they are cheap and their codes are more useful.
     if proof.get("challenge") != challenge:
@@ -858,16 +867,17 @@ def verify_presentation(
     if proof.get("domain") != domain:
         raise _err(ErrorCode.AUDIENCE_MISMATCH, "presentation domain does not match")
     _verify_document(vp, key_lookup=key_lookup, relationship="authentication", loader=loader)
-    creds = vp.get("verifiableCredential")
+    creds = vp.get("verifiableCredential", None if holder_binding else [])
     creds = creds if isinstance(creds, list) else [creds]
-    if not creds or not all(isinstance(c, dict) for c in creds):
+    if (holder_binding and not creds) or not all(isinstance(c, dict) for c in creds):
+        # VCDM 2.0 §4.13: credentials are objects, never strings or URLs.
         raise _err(ErrorCode.MALFORMED, "presentation holds no credential")
     verified = []
     for cred in creds:
         result = verify_credential(cred, key_lookup=key_lookup, now=now, loader=loader)
         subject = result.get("credentialSubject")
         subject_id = subject.get("id") if isinstance(subject, dict) else None
-        if subject_id != holder:
+        if holder_binding and subject_id != holder:
             raise _err(ErrorCode.KEY_BINDING_INVALID, "credential subject is not the holder")
         verified.append(result)
     return verified

@@ -269,13 +269,62 @@ def test_strict_mode_accepts_only_issued_challenges(
 
 def test_credential_of_someone_else_in_a_presentation(
     client: TestClient, issuers: list[VcApiIssuer], holder: tuple[LocalSigner, str],
+    lists: _Lists,
 ) -> None:
+    # VCDM 2.0 §4.13 does not ask the subject to be the holder: verified, with a
+    # warning; --require-holder-binding refuses it as Tessera's OpenID4VP flow does.
     signer, did = holder
     vc = _issue(client, _suite(issuers, "eddsa-rdfc-2022"), subject="did:example:bob")
     vp = di.present([vc], signer=signer, holder=did, challenge="c-1", domain=DOMAIN,
                     created=NOW)
-    assert _verify_vp(client, vp, challenge="c-1", domain=DOMAIN)[1]["errors"] \
+    status, result = _verify_vp(client, vp, challenge="c-1", domain=DOMAIN)
+    assert status == 200, result
+    assert result["warnings"] == ["verifiableCredential[0]: its subject is not the holder"]
+    strict = TestClient(create_vcapi_app(issuers, clock=lambda: NOW, fetcher=lists,
+                                         require_holder_binding=True))
+    assert _verify_vp(strict, vp, challenge="c-1", domain=DOMAIN)[1]["errors"] \
         == ["key_binding_invalid"]
+
+
+def _bare_vp(signer: LocalSigner, **members: Any) -> dict[str, Any]:
+    """A VP signed by ``signer`` with only the members given (no holder unless given)."""
+    vp = {"@context": [V2], "type": ["VerifiablePresentation"], **members}
+    proof = di._new_proof("eddsa-rdfc-2022", verification_method=str(signer.key_id),
+                          created=NOW, purpose="authentication", challenge="c-1",
+                          domain=DOMAIN)
+    return {**vp, "proof": di._sign_proof(vp, proof, signer, "eddsa-rdfc-2022", None)}
+
+
+def test_holder_and_credentials_are_optional_in_a_presentation(
+    client: TestClient, issuers: list[VcApiIssuer], holder: tuple[LocalSigner, str],
+    lists: _Lists,
+) -> None:
+    signer, _ = holder
+    vc = _issue(client, _suite(issuers, "eddsa-rdfc-2022"))
+    for members in ({}, {"verifiableCredential": [vc]}, {"id": "urn:uuid:1"}):
+        status, result = _verify_vp(client, _bare_vp(signer, **members), challenge="c-1",
+                                    domain=DOMAIN)
+        assert status == 200, (members, result)
+        assert "the presentation names no holder" in result["warnings"]
+    strict = TestClient(create_vcapi_app(issuers, clock=lambda: NOW, fetcher=lists,
+                                         require_holder_binding=True))
+    assert _verify_vp(strict, _bare_vp(signer, verifiableCredential=[vc]), challenge="c-1",
+                      domain=DOMAIN)[1]["errors"] == ["key_binding_missing"]
+
+
+@pytest.mark.parametrize(("members", "code"), [
+    # a named holder must own the proof key, binding or not
+    ({"holder": "did:example:someone-else"}, "key_binding_invalid"),
+    # VCDM 2.0 §4.13: credentials are objects, not strings or URLs
+    ({"verifiableCredential": ["https://example.test/vc/1"]}, "malformed"),
+    ({"verifiableCredential": 5}, "malformed"),
+])
+def test_presentations_still_refused(
+    client: TestClient, holder: tuple[LocalSigner, str], members: dict[str, Any], code: str,
+) -> None:
+    status, result = _verify_vp(client, _bare_vp(holder[0], **members), challenge="c-1",
+                                domain=DOMAIN)
+    assert status == 400 and result["errors"] == [code], result
 
 
 @pytest.mark.parametrize(("path", "body", "code"), [
