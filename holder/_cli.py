@@ -36,6 +36,11 @@ WalletOption = Annotated[Path, typer.Option(
     "--wallet", envvar="TESSERA_WALLET", help="wallet file")]
 DocsOption = Annotated[list[Path] | None, typer.Option(
     "--did-document", help="pin a DID document (offline did:web); repeatable")]
+DevOption = Annotated[list[str] | None, typer.Option(
+    "--dev-origin", help="DEVELOPMENT MODE: fetch did:web documents of this local origin "
+                         "over http (http://localhost:8000); repeatable; also "
+                         "TESSERA_DEV_ORIGINS")]
+KEY_PASSPHRASE_ENV = "TESSERA_KEY_PASSPHRASE"  # noqa: S105 - the variable's name
 
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
@@ -60,8 +65,9 @@ def _passphrase(*, confirm: bool = False) -> str:
     return prompted
 
 
-def _resolver(documents: list[Path] | None) -> Any:
-    from tessera.did import HttpFetcher, Resolver
+def _resolver(documents: list[Path] | None, dev: list[str] | None = None) -> Any:
+    from tessera.devmode import dev_fetcher, dev_origins
+    from tessera.did import Resolver
 
     pinned: dict[str, dict[str, Any]] = {}
     for path in documents or []:
@@ -70,12 +76,17 @@ def _resolver(documents: list[Path] | None) -> Any:
         except OSError as exc:
             raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
         pinned[str(doc.get("id"))] = doc
-    return Resolver(HttpFetcher(), documents=pinned)
-
-
-def _open(path: Path, documents: list[Path] | None = None) -> Wallet:
     try:
-        return Wallet.open(path, _passphrase(), resolver=_resolver(documents))
+        origins = dev_origins(dev or ())
+    except TesseraError as exc:
+        _fail(exc)
+    return Resolver(dev_fetcher(origins), documents=pinned)
+
+
+def _open(path: Path, documents: list[Path] | None = None,
+          dev: list[str] | None = None) -> Wallet:
+    try:
+        return Wallet.open(path, _passphrase(), resolver=_resolver(documents, dev))
     except TesseraError as exc:
         _fail(exc)
 
@@ -84,13 +95,81 @@ def _open(path: Path, documents: list[Path] | None = None) -> Wallet:
 def init(
     wallet: WalletOption = DEFAULT_WALLET,
     alg: Annotated[str, typer.Option(help="ES256 (default), ES384 or EdDSA")] = "ES256",
+    import_key: Annotated[Path | None, typer.Option(
+        "--import-key", help="use this key instead of a new one: a private JWK file, or one "
+                             "sealed with `tessera key seal` (its passphrase from "
+                             "TESSERA_KEY_PASSPHRASE or a prompt)")] = None,
 ) -> None:
-    """Create a wallet: a fresh key, its did:key, sealed under your passphrase."""
+    """Create a wallet: a fresh (or imported) key, its did:key, sealed under your passphrase."""
     try:
-        created = Wallet.create(wallet, _passphrase(confirm=True), alg=alg)
+        signer = _load_key(import_key) if import_key is not None else None
+        created = Wallet.create(wallet, _passphrase(confirm=True), alg=alg, signer=signer)
     except TesseraError as exc:
         _fail(exc)
     out.print(created.did)
+
+
+def _load_key(path: Path) -> Any:
+    from tessera.keys import signer_from_jwk, unseal_with_passphrase
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TesseraError(ErrorCode.NOT_FOUND, f"cannot read {path}: {exc.strerror}") from None
+    document = parse_json_object(raw, max_bytes=64 * 1024)
+    if "sealed" in document:
+        box = document["sealed"]
+        if not isinstance(box, dict):
+            raise TesseraError(ErrorCode.MALFORMED, f"{path} is not a sealed key file")
+        passphrase = os.environ.get(KEY_PASSPHRASE_ENV) or typer.prompt(
+            f"Passphrase of {path}", hide_input=True)
+        document = parse_json_object(unseal_with_passphrase(box, passphrase))
+    if "d" not in document:
+        raise TesseraError(ErrorCode.MALFORMED,
+                           f"{path} holds no private key (a JWK with \"d\" is needed to sign)")
+    return signer_from_jwk(document)
+
+
+@wallet_app.command("did")
+def did_cmd(
+    wallet: WalletOption = DEFAULT_WALLET,
+    jwk: Annotated[bool, typer.Option("--jwk", help="print the public JWK instead "
+                                                    "(asks for the passphrase)")] = False,
+) -> None:
+    """Print the wallet's DID (public; safe to share with a brand)."""
+    if jwk:
+        typer.echo(json.dumps(_open(wallet).signer.public_key.to_jwk()))
+        return
+    try:
+        outer = parse_json_object(wallet.read_bytes(), max_bytes=16 * 1024 * 1024)
+    except OSError:
+        _fail(TesseraError(ErrorCode.NOT_FOUND, f"no wallet at {wallet}"))
+    except TesseraError as exc:
+        _fail(exc)
+    if not isinstance(outer.get("did"), str):
+        _fail(TesseraError(ErrorCode.MALFORMED, "not a Tessera wallet file"))
+    typer.echo(outer["did"])
+
+
+@wallet_app.command("enrol")
+def enrol(
+    challenge: Annotated[Path, typer.Argument(
+        help="the brand's enrolment challenge (JSON from `tessera issuer member challenge` "
+             "or POST /admin/v1/enrolment-challenges); '-' reads stdin")],
+    wallet: WalletOption = DEFAULT_WALLET,
+) -> None:
+    """Sign a brand's enrolment challenge: prints the proof (a JWS) to hand back."""
+    import sys
+
+    try:
+        raw = sys.stdin.buffer.read() if str(challenge) == "-" else challenge.read_bytes()
+    except OSError as exc:
+        _fail(TesseraError(ErrorCode.NOT_FOUND, f"cannot read {challenge}: {exc.strerror}"))
+    w = _open(wallet)
+    try:
+        typer.echo(w.enrolment_proof(parse_json_object(raw, max_bytes=16 * 1024)))
+    except TesseraError as exc:
+        _fail(exc)
 
 
 @wallet_app.command("import")
@@ -98,9 +177,10 @@ def import_cmd(
     file: Annotated[Path, typer.Argument(help="file holding an SD-JWT VC")],
     wallet: WalletOption = DEFAULT_WALLET,
     did_document: DocsOption = None,
+    dev_origin: DevOption = None,
 ) -> None:
     """Check an issued SD-JWT VC (issuer signature, bound to this wallet) and keep it."""
-    w = _open(wallet, did_document)
+    w = _open(wallet, did_document, dev_origin)
     try:
         text = file.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -119,11 +199,12 @@ def receive(
     tx_code: Annotated[str | None, typer.Option(
         help="the code the brand sent separately, if the offer asks for one")] = None,
     did_document: DocsOption = None,
+    dev_origin: DevOption = None,
 ) -> None:
     """Receive credentials from a brand's OpenID4VCI offer (pre-authorized flow)."""
     from holder._openid4vci import receive_offer
 
-    w = _open(wallet, did_document)
+    w = _open(wallet, did_document, dev_origin)
     try:
         with _http_client() as http:
             stored = receive_offer(w, offer_uri, http_client=http, tx_code=tx_code)
@@ -297,12 +378,13 @@ def audit_cmd(
         "--base-url", help="the brand's URL if not the one its did:web names")] = None,
     wallet: WalletOption = DEFAULT_WALLET,
     did_document: DocsOption = None,
+    dev_origin: DevOption = None,
 ) -> None:
     """Check your points history in each brand's transparency log (exit 3 on a mismatch)."""
     from holder._audit import audit
     from tessera import credentials
 
-    w = _open(wallet, did_document)
+    w = _open(wallet, did_document, dev_origin)
     brands = brand or sorted({c.issuer for c in w.credentials()
                               if c.vct == credentials.POINTS.vct})
     if not brands:
@@ -311,7 +393,7 @@ def audit_cmd(
     with _http_client() as http:
         for did in brands:
             try:
-                report = audit(w, brand_did=did, http=http, resolver=_resolver(did_document),
+                report = audit(w, brand_did=did, http=http, resolver=w.resolver,
                                base_url=base_url)
             except TesseraError as exc:
                 _fail(exc)

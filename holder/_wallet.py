@@ -21,6 +21,7 @@ from tessera.keys import unseal_with_passphrase as _unseal
 from tessera.typing import Clock, DIDResolver
 
 WALLET_VERSION: Final = 1
+ENROLMENT_TYP: Final = "tessera-enrolment+jwt"
 MAX_WALLET_BYTES: Final = 16 * 1024 * 1024
 
 
@@ -113,15 +114,17 @@ class Wallet:
     def create(
         cls, path: str | Path, passphrase: str, *, alg: str = "ES256",
         resolver: DIDResolver | None = None, clock: Clock = _utcnow,
+        signer: LocalSigner | None = None,
     ) -> Wallet:
-        """A new wallet with a fresh key. ES256 by default: every peer wallet and
-        verifier we tested speaks it; EdDSA works with Tessera verifiers too."""
+        """A new wallet with a fresh key, or with ``signer`` (a key the member already
+        has). ES256 by default: every peer wallet and verifier we tested speaks it;
+        EdDSA works with Tessera verifiers too."""
         target = Path(path)
         if target.exists():
             raise TesseraError(ErrorCode.CONFLICT, f"{target} already exists")
         if len(passphrase) < 8:
             raise TesseraError(ErrorCode.INVALID_REQUEST, "passphrase needs 8 characters or more")
-        signer = generate_signer(alg)
+        signer = signer or generate_signer(alg)
         wallet = cls(target, passphrase, signer, resolver=resolver, clock=clock)
         wallet._signer = signer.with_key_id(f"{wallet.did}#{wallet.did.split(':')[-1]}")
         wallet.save()
@@ -174,10 +177,47 @@ class Wallet:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    # -- enrolment ----------------------------------------------------------------
+    def enrolment_proof(self, challenge: Mapping[str, Any]) -> str:
+        """Sign a brand's enrolment challenge (docs/issuer-service.md, "Enrolment proof").
+
+        ``challenge`` is what ``POST /admin/v1/enrolment-challenges`` (or
+        ``tessera issuer member challenge``) returns: ``nonce``, ``audience`` (the
+        brand's DID), ``typ`` and ``expires_at``. The proof is a compact JWS with
+        header ``typ: tessera-enrolment+jwt`` and ``kid`` (this wallet's key), over
+        ``{iss: our DID, aud: the brand DID, nonce, iat}``.
+        """
+        nonce, audience = challenge.get("nonce"), challenge.get("audience")
+        if not isinstance(nonce, str) or not nonce or not isinstance(audience, str) \
+                or not audience.startswith("did:"):
+            raise TesseraError(ErrorCode.MALFORMED,
+                               "an enrolment challenge has a nonce and an audience (a DID)")
+        typ = challenge.get("typ", ENROLMENT_TYP)
+        if typ != ENROLMENT_TYP:
+            raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT,
+                               f"challenge typ is {typ!r}, not {ENROLMENT_TYP}")
+        now = self._clock()
+        expires = challenge.get("expires_at")
+        if isinstance(expires, str):
+            from tessera.encoding import parse_datetime
+
+            if parse_datetime(expires, "challenge expires_at") <= now:
+                raise TesseraError(ErrorCode.EXPIRED,
+                                   "the challenge has expired: ask the brand for a new one")
+        from tessera.jose import sign_compact
+
+        return sign_compact({"typ": ENROLMENT_TYP}, {
+            "iss": self.did, "aud": audience, "nonce": nonce, "iat": int(now.timestamp()),
+        }, self._signer)
+
     # -- credentials ------------------------------------------------------------
     @property
     def signer(self) -> LocalSigner:
         return self._signer
+
+    @property
+    def resolver(self) -> DIDResolver:
+        return self._resolver
 
     def credentials(self) -> list[StoredCredential]:
         return list(self._creds)

@@ -63,7 +63,8 @@ PROBLEM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}},
              "description": description}
     for status, description in ((401, "missing or invalid API key"), (404, "not found"),
-                                (409, "conflict"), (422, "invalid request"))
+                                (409, "conflict"), (422, "invalid request"),
+                                (503, "database unreachable or not migrated"))
 }
 
 

@@ -21,13 +21,19 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from issuer import _admin, _ledger
-from issuer._db import make_engine, session_scope
+from issuer._db import describe_database, make_engine, session_scope
 from issuer._keystore import SqlKeyStore
 from issuer._models import BrandCreate, MemberEnrol, ProgramCreate, TierCreate, utcnow
-from issuer._settings import DEFAULT_DATABASE_URL, Settings, generate_master_key
+from issuer._settings import (
+    DEFAULT_DATABASE_URL,
+    MASTER_KEY_FILE_ENV,
+    Settings,
+    generate_master_key,
+)
 from tessera.did import Resolver
 from tessera.errors import ErrorCode, TesseraError
 
@@ -72,8 +78,17 @@ def _database_url() -> str:
             or DEFAULT_DATABASE_URL)
 
 
-def _engine() -> Engine:
-    return make_engine(_database_url())
+def _engine(*, check: bool = True) -> Engine:
+    engine = make_engine(_database_url())
+    if check:  # an unmigrated database: one clear error, not a traceback at the first query
+        from issuer.migrations import require_current
+
+        try:
+            _run(lambda: require_current(engine))
+        except BaseException:
+            engine.dispose()
+            raise
+    return engine
 
 
 def _out(value: Any) -> None:
@@ -90,6 +105,10 @@ def _run(fn: Callable[[], T]) -> T:
         raise typer.Exit(1) from None
     except ValidationError as exc:
         typer.echo(f"error: {ErrorCode.INVALID_REQUEST.value}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:  # the database went away mid-command
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        typer.echo(f"error: {ErrorCode.DATABASE_UNAVAILABLE.value}: {cause}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -123,9 +142,37 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     """Run the HTTP service with uvicorn (migrate first)."""
     import uvicorn
 
-    _run(lambda: Settings.from_env())  # fail fast on a missing master key
+    settings = _run(lambda: Settings.from_env())  # fail fast on a missing master key
+    _engine().dispose()  # ... and on a database that is not there or not migrated
+    warning = public_url_mismatch(settings.public_url, host, port)
+    if warning:
+        typer.secho(f"warning: {warning}", err=True, fg="yellow", bold=True)
     uvicorn.run("issuer._cli:app_from_env", factory=True, host=host, port=port,
                 workers=workers, proxy_headers=True)
+
+
+def public_url_mismatch(public_url: str, host: str, port: int) -> str | None:
+    """Development only (an http URL on a local name): does TESSERA_PUBLIC_URL name the
+    address we listen on? Brand DIDs and offer URLs are built from it, so a mismatch
+    gives DIDs nobody can resolve. Behind a proxy (https) the two differ by design."""
+    import urllib.parse
+
+    from tessera.devmode import is_local_host
+
+    parsed = urllib.parse.urlsplit(public_url)
+    named = parsed.hostname or ""
+    if parsed.scheme != "http" or not is_local_host(named):
+        return None
+    named_port = parsed.port or 80
+    loopback = {"localhost", "127.0.0.1", "::1"}
+    same_host = (host in ("0.0.0.0", "::") or host == named  # noqa: S104 - compared, not bound
+                 or (host in loopback and named in loopback))
+    if named_port == port and same_host:
+        return None
+    return (f"TESSERA_PUBLIC_URL is {public_url} but the service listens on {host}:{port}: "
+            f"brand DIDs and offer URLs will name {named}:{named_port}. Set "
+            f"TESSERA_PUBLIC_URL=http://{'localhost' if host in loopback else host}:{port} "
+            "(see docs/configuration.md)")
 
 
 @issuer_app.command()
@@ -133,13 +180,66 @@ def migrate(revision: str = "head") -> None:
     """Create or upgrade the database schema (Alembic)."""
     from issuer.migrations import current, upgrade
 
-    engine = _engine()
+    engine = _engine(check=False)
     try:
-        upgrade(engine, revision)
-        _out({"database": engine.url.render_as_string(hide_password=True),
-              "revision": current(engine)})
+        _run(lambda: _upgrade(engine, revision, upgrade))
+        _out({"database": describe_database(engine.url), "revision": current(engine)})
     finally:
         engine.dispose()
+
+
+def _upgrade(engine: Engine, revision: str, upgrade: Callable[[Engine, str], None]) -> None:
+    try:
+        upgrade(engine, revision)
+    except SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        raise TesseraError(ErrorCode.DATABASE_UNAVAILABLE,
+                           f"cannot migrate {describe_database(engine.url)}: {cause}") from None
+
+
+@issuer_app.command()
+def init(
+    master_key_file: Annotated[Path | None, typer.Option(
+        help="where to keep the master key, created with mode 0600 unless it exists "
+             "[default: $TESSERA_MASTER_KEY_FILE or ./tessera-master.key]")] = None,
+) -> None:
+    """First run: a master key file, the migrated database, and the commands to run next."""
+    from issuer.migrations import current, upgrade
+
+    env_key = os.environ.get("TESSERA_MASTER_KEY", "").strip()
+    key_path = (master_key_file or Path(os.environ.get(MASTER_KEY_FILE_ENV, "").strip()
+                                        or "tessera-master.key")).resolve()
+    if env_key:
+        key_note = "master key: from TESSERA_MASTER_KEY (no file written)"
+    else:
+        key_note = f"master key: {key_path} ({_ensure_master_key(key_path)})"
+    engine = _engine(check=False)
+    try:
+        _run(lambda: _upgrade(engine, "head", upgrade))
+        where, revision = describe_database(engine.url), current(engine)
+    finally:
+        engine.dispose()
+    typer.echo(key_note)
+    typer.echo(f"database: {where} (schema {revision})")
+    typer.echo("next, in this shell:")
+    if not env_key:
+        typer.echo(f"  export {MASTER_KEY_FILE_ENV}={key_path}")
+    if not (os.environ.get("TESSERA_DATABASE_URL") or os.environ.get("DATABASE_URL")):
+        typer.echo(f"  export TESSERA_DATABASE_URL={where}")
+    typer.echo("  tessera issuer serve --port 8000 &")
+    typer.echo('  tessera issuer brand create acme --name "Acme"')
+    typer.echo("  (docs/issuer-service.md walks through the rest)")
+
+
+def _ensure_master_key(path: Path) -> str:
+    if path.exists():
+        _run(lambda: Settings.from_env({MASTER_KEY_FILE_ENV: str(path)}))  # must be a valid key
+        return "kept: it already exists"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(generate_master_key() + "\n")
+    return "created, mode 0600; back it up: it seals every brand's keys"
 
 
 @issuer_app.command("master-key")

@@ -15,20 +15,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
 from issuer._settings import normalise_database_url
 
-__all__ = ["is_sqlite", "make_engine", "session_scope"]
+__all__ = ["describe_database", "is_sqlite", "make_engine", "session_scope"]
 
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def describe_database(url: str | URL) -> str:
+    """The URL without its password; a relative SQLite path made absolute, because
+    ``sqlite:///./tessera.db`` is a different file in every directory."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if (parsed.get_backend_name() == "sqlite" and parsed.database
+            and parsed.database != ":memory:" and not Path(parsed.database).is_absolute()):
+        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
+    return parsed.render_as_string(hide_password=True)
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

@@ -1,4 +1,4 @@
-"""Unauthenticated routes: health and each brand's did:web document."""
+"""Unauthenticated routes: liveness, readiness and each brand's did:web document."""
 
 from __future__ import annotations
 
@@ -17,7 +17,17 @@ router = APIRouter(tags=["public"])
 
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
+    """Liveness: the process answers (it checks nothing else)."""
     return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: PROBLEM_RESPONSES[503]})
+def readyz(state: StateDep) -> dict[str, str]:
+    """Readiness: the database answers and its schema is this version's
+    (``database_unavailable``, 503, otherwise)."""
+    from issuer.migrations import require_current
+
+    return {"status": "ready", "database": "ok", "schema": require_current(state.engine)}
 
 
 @router.get("/brands/{slug}/did.json", responses={404: PROBLEM_RESPONSES[404]},

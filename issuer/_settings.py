@@ -3,7 +3,7 @@
 ``TESSERA_DATABASE_URL`` (or ``DATABASE_URL``)
     SQLAlchemy URL; ``sqlite:///./tessera.db`` by default. ``postgresql://``
     and ``postgres://`` are normalised to the psycopg 3 driver.
-``TESSERA_MASTER_KEY``
+``TESSERA_MASTER_KEY`` (or ``TESSERA_MASTER_KEY_FILE``, a file holding it)
     unpadded base64url of 32 random bytes; seals every brand's private keys.
     Required, except in explicit dev mode (``TESSERA_DEV=1``), where a
     throw-away key is generated and a warning says so: keys sealed under it
@@ -21,6 +21,7 @@ import secrets
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tessera.encoding import b64url_decode, b64url_encode
 from tessera.errors import ErrorCode, TesseraError
@@ -31,6 +32,7 @@ _log = logging.getLogger("tessera.issuer")
 
 DEFAULT_DATABASE_URL = "sqlite:///./tessera.db"
 DEFAULT_PUBLIC_URL = "http://localhost:8000"
+MASTER_KEY_FILE_ENV = "TESSERA_MASTER_KEY_FILE"
 
 
 def normalise_database_url(url: str) -> str:
@@ -69,10 +71,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         dev = _truthy(env.get("TESSERA_DEV"))
-        raw_key = env.get("TESSERA_MASTER_KEY", "").strip()
+        raw_key = env.get("TESSERA_MASTER_KEY", "").strip() or _key_file(env)
         if raw_key:
             master_key = b64url_decode(raw_key, max_len=64)
         elif dev:
+            from tessera.devmode import refuse_in_production
+
+            refuse_in_production("TESSERA_DEV", env, [env.get("TESSERA_PUBLIC_URL", "")])
             master_key = secrets.token_bytes(32)
             _log.warning(
                 "TESSERA_DEV is set and TESSERA_MASTER_KEY is not: using a throw-away master "
@@ -82,8 +87,8 @@ class Settings:
             raise TesseraError(
                 ErrorCode.MALFORMED,
                 "TESSERA_MASTER_KEY is not set (base64url of 32 random bytes; "
-                "`tessera issuer master-key` prints one), or set TESSERA_DEV=1 for a throw-away "
-                "key",
+                "`tessera issuer master-key` prints one; `tessera issuer init` writes one to a "
+                "file for TESSERA_MASTER_KEY_FILE), or set TESSERA_DEV=1 for a throw-away key",
             )
         return cls(
             database_url=env.get("TESSERA_DATABASE_URL")
@@ -106,6 +111,17 @@ class Settings:
             host += f"%3A{parsed.port}"
         segments = [s for s in parsed.path.split("/") if s] + ["brands", slug]
         return "did:web:" + ":".join([host, *(urllib.parse.quote(s, safe="") for s in segments)])
+
+
+def _key_file(env: Mapping[str, str]) -> str:
+    name = env.get(MASTER_KEY_FILE_ENV, "").strip()
+    if not name:
+        return ""
+    try:
+        return Path(name).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TesseraError(ErrorCode.MALFORMED,
+                           f"{MASTER_KEY_FILE_ENV}={name}: cannot read it ({exc})") from None
 
 
 def generate_master_key() -> str:

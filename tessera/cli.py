@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from tessera.encoding import parse_json_object
-from tessera.errors import TesseraError
+from tessera.errors import ErrorCode, TesseraError
 
 app = typer.Typer(
     name="tessera",
@@ -57,6 +57,28 @@ def key_new(
 
     try:
         typer.echo(json.dumps(generate_signer(alg).export_private_jwk()))
+    except TesseraError as exc:
+        _fail(exc)
+
+
+@key_app.command("seal")
+def key_seal(keyfile: Path) -> None:
+    """Seal a private JWK under a passphrase (scrypt + AES-256-GCM) for safe keeping or
+    `tessera wallet init --import-key`; the passphrase comes from TESSERA_KEY_PASSPHRASE
+    or a prompt."""
+    import os
+
+    from tessera.keys import seal_with_passphrase, signer_from_jwk
+
+    try:
+        jwk = _read_json(keyfile)
+        signer_from_jwk(jwk)  # refuse to seal something that is not a private key
+        passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE") or typer.prompt(
+            "Passphrase", hide_input=True, confirmation_prompt=True)
+        if len(passphrase) < 8:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "passphrase needs 8 characters or more")
+        box = seal_with_passphrase(json.dumps(jwk).encode(), passphrase)
+        typer.echo(json.dumps({"sealed": box}))
     except TesseraError as exc:
         _fail(exc)
 

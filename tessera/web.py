@@ -77,6 +77,7 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     # In a service this can only mean the master key does not open a stored
     # key: an operator's problem, not the client's.
     ErrorCode.WRONG_PASSPHRASE: 500,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 

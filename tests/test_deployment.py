@@ -64,3 +64,33 @@ def test_compose_mounts_the_files_the_services_read(compose: dict[str, object]) 
     from verifier import TrustList
 
     TrustList.from_file(trust)  # the shipped example must be a valid trust list
+
+
+def test_compose_wires_a_working_development_pair(compose: dict[str, object]) -> None:
+    # The verifier's container cannot reach the issuer at localhost:8000 (that is
+    # itself): development mode maps the DIDs' address to the issuer's service name.
+    import re
+
+    from issuer._settings import Settings
+    from tessera.devmode import dev_origins
+    from verifier import TrustList
+
+    services = compose["services"]
+    assert isinstance(services, dict)
+    verifier_env = services["verifier"]["environment"]
+    issuer_env = services["issuer"]["environment"]
+
+    def default(value: str) -> str:  # ${NAME:-default} as compose resolves it when unset
+        found = re.fullmatch(r"\$\{[A-Z_]+:-(.*)\}", value)
+        return found.group(1) if found else value
+
+    public_url = default(issuer_env["TESSERA_PUBLIC_URL"])
+    origins = dev_origins([], {"TESSERA_DEV_ORIGINS": default(verifier_env["TESSERA_DEV_ORIGINS"])})
+    issuer_port = services["issuer"]["command"][-1].split("--port ")[1].split()[0]
+    assert [(o.authority, o.target) for o in origins] == [
+        ("localhost:8000", f"http://issuer:{issuer_port}")]
+    assert public_url == "http://localhost:8000"
+    brand_did = Settings(master_key=bytes(32), public_url=public_url).brand_did("acme")
+    trusted = TrustList.from_file(ROOT / "deploy" / "trust.json")
+    assert brand_did in trusted.issuers
+    assert "issuer" in services["verifier"]["depends_on"]

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from tessera.devmode import ENV_ORIGINS
 from tessera.errors import TesseraError
 
 verifier_app = typer.Typer(help="Run the verifier service.", no_args_is_help=True)
@@ -33,6 +34,7 @@ def serve(
         min=1, max=64, help="uvicorn worker processes (more than 1 needs --key and a "
                             "SQL or Redis store)")] = 1,
     base_url: Annotated[str | None, typer.Option(
+        envvar="TESSERA_VERIFIER_BASE_URL",
         help="public URL wallets reach (default http://HOST:PORT)")] = None,
     store: Annotated[str, typer.Option(
         envvar="TESSERA_VERIFIER_STORE",
@@ -50,6 +52,10 @@ def serve(
     did_document: Annotated[list[Path] | None, typer.Option(
         help="pin an issuer DID document (offline did:web); repeatable")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    dev_origin: Annotated[list[str] | None, typer.Option(
+        help="DEVELOPMENT MODE: fetch DID documents and status lists of this local origin "
+             "over http (http://localhost:8000, or ORIGIN=TARGET); repeatable; also "
+             "TESSERA_DEV_ORIGINS. Refused beside TESSERA_ENV=production")] = None,
 ) -> None:
     """Serve OpenID4VP requests, the response endpoint and the checkout page."""
     import uvicorn
@@ -69,6 +75,10 @@ def serve(
             [str(p.resolve()) for p in did_document or []]),
         "TESSERA_VERIFIER_WORKERS": str(workers),
     }
+    named = [*(dev_origin or []),
+             *(s for s in os.environ.get(ENV_ORIGINS, "").split(",") if s.strip())]
+    if named:
+        env[ENV_ORIGINS] = ",".join(named)
     try:
         settings = settings_from_env({**os.environ, **env})
     except TesseraError as exc:
@@ -76,6 +86,9 @@ def serve(
         raise typer.Exit(2) from None
     assert settings.signer is not None
     os.environ.update(env)
+    if named:
+        typer.secho(f"DEVELOPMENT MODE: plain http from {', '.join(named)} "
+                    "(never in production)", err=True, fg="yellow", bold=True)
     typer.echo(f"verifier {verifier_did(settings.signer)} at {settings.base_url} "
                f"({workers} worker{'s' if workers > 1 else ''}, store "
                f"{store.split('://', 1)[0]})", err=True)

@@ -48,7 +48,8 @@ from pydantic import BaseModel, Field
 
 from tessera.credentials import MEMBERSHIP, POINTS
 from tessera.dcql import claims_query
-from tessera.did import HttpFetcher, Resolver, did_jwk, did_key
+from tessera.devmode import dev_fetcher, dev_origins
+from tessera.did import Resolver, did_jwk, did_key
 from tessera.encoding import b64url_decode, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
@@ -68,7 +69,7 @@ from verifier._openid4vp import (
 )
 from verifier._sdk import VerificationResult, Verifier
 from verifier._sessions import SessionStore, session_store_from_url
-from verifier._status import StatusCheck
+from verifier._status import StatusCheck, default_status_check
 from verifier._trust import TrustList
 from verifier._vcapi import vcapi_verifier_router
 from verifier.errors import DESCRIPTIONS
@@ -537,6 +538,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                f"cannot read {doc_path}: {exc.strerror}") from exc
         documents[str(doc.get("id"))] = doc
+    base_url = get("BASE_URL", "http://127.0.0.1:8090")
+    # Development mode (docs/configuration.md): http from named local origins only.
+    fetcher = dev_fetcher(dev_origins(environ=env, public_urls=[base_url]))
+    resolver = Resolver(fetcher, documents=documents)
     mode = get("RESPONSE_MODE", "direct_post")
     if mode not in RESPONSE_MODES:
         raise TesseraError(ErrorCode.INVALID_REQUEST, f"unknown response mode {mode!r}")
@@ -546,12 +551,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
         raise TesseraError(ErrorCode.INVALID_REQUEST,
                            f"cannot read the trust list {trust_path}: {exc.strerror}") from exc
     return ServiceSettings(
-        base_url=get("BASE_URL", "http://127.0.0.1:8090"),
-        trust=trust, signer=signer,
+        base_url=base_url, trust=trust, signer=signer,
         client_id_prefix=get("PREFIX", PREFIX_DID),
         client_name=get("NAME", "Partner checkout"),
         contacts=tuple(_env_list(get("CONTACTS"))), store_url=store,
-        resolver=Resolver(HttpFetcher(), documents=documents), response_mode=mode,
+        resolver=resolver, status_check=default_status_check(resolver, fetcher),
+        response_mode=mode,
     )
 
 

@@ -283,3 +283,117 @@ def test_present_refuses_a_bad_request_uri(loaded: Path, runner: CliRunner,
     r = runner.invoke(app, ["wallet", "present", created["deep_link"], "--yes",
                             "--wallet", str(loaded)])
     assert r.exit_code == 2 and "invalid_request" in r.output
+
+
+# -- enrolment and bringing one's own key ------------------------------------------------------
+
+
+def test_wallet_enrol_signs_the_issuers_challenge(
+        tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    from issuer._admin import ENROLMENT_TYP
+    from issuer._settings import generate_master_key
+    from tessera.jose import decode_unverified
+
+    monkeypatch.setenv("TESSERA_DATABASE_URL", f"sqlite:///{tmp_path}/issuer.db")
+    monkeypatch.setenv("TESSERA_MASTER_KEY", generate_master_key())
+    monkeypatch.setenv("TESSERA_WALLET", str(tmp_path / "w.wallet"))
+
+    def issuer(*args: str) -> Any:
+        r = runner.invoke(app, ["issuer", *args])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    issuer("migrate")
+    issuer("brand", "create", "acme", "--name", "Acme")
+    program = issuer("program", "create", "-b", "acme", "--name", "R", "--tier", "blue:0:0")
+    did = runner.invoke(app, ["wallet", "init"]).stdout.strip()
+    assert runner.invoke(app, ["wallet", "did"]).stdout.strip() == did  # no passphrase needed
+    challenge = tmp_path / "challenge.json"
+    challenge.write_text(json.dumps(issuer("member", "challenge", "-b", "acme")))
+    signed = runner.invoke(app, ["wallet", "enrol", str(challenge)])
+    assert signed.exit_code == 0, signed.output
+    proof = signed.stdout.strip()
+    decoded = decode_unverified(proof)
+    assert decoded.header["typ"] == ENROLMENT_TYP
+    assert decoded.header["kid"].startswith(did + "#")
+    assert set(decoded.payload) == {"iss", "aud", "nonce", "iat"}
+    member = issuer("member", "enrol", "-b", "acme", "--program", program["id"], "--did", did,
+                    "--proof", proof)
+    assert member["did"] == did
+    # stdin works too; a challenge that is not one is refused clearly.
+    bad = runner.invoke(app, ["wallet", "enrol", "-"], input='{"nonce": "n"}')
+    assert bad.exit_code == 2 and "error malformed: an enrolment challenge" in bad.output
+    other = runner.invoke(app, ["wallet", "enrol", "-"], input=json.dumps(
+        {"nonce": "n", "audience": "did:web:x", "typ": "other+jwt"}))
+    assert other.exit_code == 2 and "unsupported_format" in other.output
+    late = runner.invoke(app, ["wallet", "enrol", "-"], input=json.dumps(
+        {"nonce": "n", "audience": "did:web:x", "expires_at": "2020-01-01T00:00:00Z"}))
+    assert late.exit_code == 2 and "error expired" in late.output
+
+
+def test_wallet_init_imports_a_jwk_and_exports_the_did(
+        tmp_path: Path, runner: CliRunner) -> None:
+    from tessera.did import did_key
+
+    signer = generate_signer("ES256")
+    key = tmp_path / "member.jwk"
+    key.write_text(json.dumps(signer.export_private_jwk()))
+    path = tmp_path / "mine.wallet"
+    r = runner.invoke(app, ["wallet", "init", "--wallet", str(path), "--import-key", str(key)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == did_key(signer.public_key)
+    shown = runner.invoke(app, ["wallet", "did", "--wallet", str(path), "--jwk"])
+    assert json.loads(shown.stdout) == signer.public_key.to_jwk()
+    assert "\"d\"" not in shown.stdout
+    assert Wallet.open(path, PASS).did == did_key(signer.public_key)
+
+
+def test_wallet_init_imports_a_sealed_key(tmp_path: Path, runner: CliRunner,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    signer = generate_signer("EdDSA")
+    key = tmp_path / "member.jwk"
+    key.write_text(json.dumps(signer.export_private_jwk()))
+    monkeypatch.setenv("TESSERA_KEY_PASSPHRASE", "key file secret")
+    sealed = runner.invoke(app, ["key", "seal", str(key)])
+    assert sealed.exit_code == 0, sealed.output
+    assert signer.export_private_jwk()["d"] not in sealed.stdout
+    sealed_file = tmp_path / "member.sealed.json"
+    sealed_file.write_text(sealed.stdout)
+    monkeypatch.setenv("TESSERA_KEY_PASSPHRASE", "not the secret")
+    wrong = runner.invoke(app, ["wallet", "init", "--wallet", str(tmp_path / "a.wallet"),
+                                "--import-key", str(sealed_file)])
+    assert wrong.exit_code == 2 and "error wrong_passphrase" in wrong.output
+    assert not (tmp_path / "a.wallet").exists()
+    monkeypatch.setenv("TESSERA_KEY_PASSPHRASE", "key file secret")
+    ok = runner.invoke(app, ["wallet", "init", "--wallet", str(tmp_path / "a.wallet"),
+                             "--import-key", str(sealed_file)])
+    assert ok.exit_code == 0, ok.output
+    assert Wallet.open(tmp_path / "a.wallet", PASS).signer.public_key.to_jwk() == \
+        signer.public_key.to_jwk()
+
+
+@pytest.mark.parametrize(("content", "code"), [
+    ("{not json", "malformed"),
+    ('{"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA", "d": "AAAA"}', "malformed"),
+    ('{"kty": "oct", "k": "c2VjcmV0", "d": "AAAA"}', "unsupported_algorithm"),
+    ("PUBLIC", "malformed"),  # a public key cannot sign: refused before any wallet exists
+])
+def test_wallet_init_refuses_a_bad_key_file(tmp_path: Path, runner: CliRunner, content: str,
+                                            code: str) -> None:
+    if content == "PUBLIC":
+        content = json.dumps(generate_signer("ES256").public_key.to_jwk())
+    key = tmp_path / "bad.jwk"
+    key.write_text(content)
+    path = tmp_path / "bad.wallet"
+    r = runner.invoke(app, ["wallet", "init", "--wallet", str(path), "--import-key", str(key)])
+    assert r.exit_code == 2
+    assert r.output.startswith(f"error {code}:"), r.output
+    assert "Traceback" not in r.output and not path.exists()
+
+
+def test_wallet_opened_with_a_wrong_passphrase(wallet_path: Path, runner: CliRunner,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TESSERA_WALLET_PASSPHRASE", "wrong passphrase")
+    r = runner.invoke(app, ["wallet", "enrol", "-", "--wallet", str(wallet_path)],
+                      input='{"nonce": "n", "audience": "did:web:x"}')
+    assert r.exit_code == 2 and "error wrong_passphrase" in r.output

@@ -128,3 +128,31 @@ def test_enrolment_requires_proof_of_did_control(service: Service) -> None:
     d3 = did_key(s3.public_key)
     _is_problem(enrol(enrolment_proof(s3, d3, ch3["audience"], ch3["nonce"],
                                       service.clock.now), d3), 400, "expired")
+
+
+def test_readyz_reports_an_unmigrated_or_unreachable_database(tmp_path: Any) -> None:
+    import secrets
+
+    from issuer._app import create_app
+    from issuer._db import make_engine
+    from issuer._settings import Settings
+    from issuer.migrations import upgrade
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/fresh.db",
+                        master_key=secrets.token_bytes(32))
+    engine = make_engine(settings.database_url)
+    with TestClient(create_app(settings, engine=engine)) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}  # liveness only
+        r = c.get("/readyz")
+        _is_problem(r, 503, "database_unavailable")
+        assert "tessera issuer migrate" in r.json()["detail"]
+        upgrade(engine)
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    engine.dispose()
+    gone = make_engine(f"sqlite:///{tmp_path}/no/such/dir.db")
+    with TestClient(create_app(settings, engine=gone)) as c:
+        r = c.get("/readyz")
+        _is_problem(r, 503, "database_unavailable")
+        assert "cannot reach the database" in r.json()["detail"]
+    gone.dispose()

@@ -268,3 +268,91 @@ def test_partners_and_settlement_from_the_shell(cli: Any, tmp_path: Path) -> Non
     assert "error: not_found" in cli("settlement", "--brand", "acme", "--partner", "nope",
                                      "--from", day.isoformat(), "--to",
                                      f"{day.isoformat()}T23:59:59", ok=False)
+
+
+# -- first run: init, an unmigrated database, the public URL ----------------------------------
+
+
+def test_admin_commands_on_an_unmigrated_database_say_what_to_do(cli: Any) -> None:
+    err = cli("brand", "create", "acme", "--name", "Acme", ok=False)
+    assert err.startswith("error: database_unavailable: the database sqlite:////")
+    assert "has no Tessera schema: run `tessera issuer migrate`" in err
+    assert "Traceback" not in err and "no such table" not in err
+    assert "database_unavailable" in cli("member", "show", "-b", "acme", "-m", "x", ok=False)
+
+
+def test_an_unreachable_database_is_one_line(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TESSERA_DATABASE_URL", f"sqlite:///{tmp_path}/missing/dir/x.db")
+    monkeypatch.setenv("TESSERA_MASTER_KEY", generate_master_key())
+    result = CliRunner().invoke(issuer_app, ["apikey", "list", "-b", "acme"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: database_unavailable: cannot reach the database")
+    assert "Traceback" not in result.output
+
+
+def test_serve_refuses_an_unmigrated_database(cli: Any) -> None:
+    # Before this, serve started and /healthz said ok on a database without tables.
+    assert "has no Tessera schema" in cli("serve", "--port", "1", ok=False)
+
+
+def test_init_writes_a_master_key_migrates_and_prints_next_steps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("TESSERA_MASTER_KEY", "TESSERA_MASTER_KEY_FILE", "TESSERA_DATABASE_URL",
+                 "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    runner = CliRunner()
+    first = runner.invoke(issuer_app, ["init"])
+    assert first.exit_code == 0, first.output
+    key = tmp_path / "tessera-master.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert f"export TESSERA_MASTER_KEY_FILE={key}" in first.stdout
+    assert f"export TESSERA_DATABASE_URL=sqlite:///{tmp_path}/tessera.db" in first.stdout
+    assert "tessera issuer brand create acme" in first.stdout
+    again = runner.invoke(issuer_app, ["init"])  # idempotent: the key is kept
+    assert again.exit_code == 0 and "kept: it already exists" in again.stdout
+    monkeypatch.setenv("TESSERA_MASTER_KEY_FILE", str(key))
+    made = runner.invoke(issuer_app, ["brand", "create", "acme", "--name", "Acme"])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout)["did"] == "did:web:localhost%3A8000:brands:acme"
+    # A damaged key file is refused, not replaced.
+    key.write_text("not a key\n")
+    bad = runner.invoke(issuer_app, ["init"])
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: malformed:")
+
+
+def test_master_key_file_that_cannot_be_read(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from issuer._settings import Settings
+    from tessera.errors import TesseraError
+
+    with pytest.raises(TesseraError) as info:
+        Settings.from_env({"TESSERA_MASTER_KEY_FILE": str(tmp_path / "nope")})
+    assert "TESSERA_MASTER_KEY_FILE" in info.value.detail
+
+
+@pytest.mark.parametrize(("public", "host", "port", "warns"), [
+    ("http://localhost:8000", "127.0.0.1", 8000, False),
+    ("http://localhost:8000", "0.0.0.0", 8000, False),  # noqa: S104 - compared only
+    ("http://localhost:8000", "127.0.0.1", 8001, True),
+    ("http://issuer:8000", "127.0.0.1", 8000, True),
+    ("https://acme.example", "127.0.0.1", 8001, False),  # behind a proxy by design
+])
+def test_public_url_mismatch_warning(public: str, host: str, port: int, warns: bool) -> None:
+    from issuer._cli import public_url_mismatch
+
+    warning = public_url_mismatch(public, host, port)
+    assert (warning is not None) == warns
+    if warning:
+        assert "TESSERA_PUBLIC_URL" in warning and f":{port}" in warning
+
+
+def test_dev_master_key_refused_in_production() -> None:
+    from issuer._settings import Settings
+    from tessera.errors import ErrorCode, TesseraError
+
+    with pytest.raises(TesseraError) as info:
+        Settings.from_env({"TESSERA_DEV": "1", "TESSERA_ENV": "production"})
+    assert info.value.code == ErrorCode.FORBIDDEN
+    assert Settings.from_env({"TESSERA_DEV": "1"}).dev_mode
