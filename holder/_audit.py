@@ -9,9 +9,14 @@
    of the new one (consistency proof): a rewritten history is caught here
    even when the rewrite re-hashed the whole tree.
 4. Recompute the balance from the leaves and compare it with the ledger's
-   own total; check each points credential's checkpoint is a head of the same
-   log and that its balance does not exceed what the log held at that point
-   (pending and held points make it lower, never higher).
+   own total; replay the leaves (:func:`tessera.pointslog.fold`) into every
+   figure the brand shows or signs (available, pending, held, the next
+   expiring lot) and compare it with the balance the brand's API states for
+   each membership and with each points credential at its checkpoint (a head
+   of the same log) and ``as_of``. Any difference is a problem: lots or holds
+   were changed beside the log. A history whose leaves predate lots in the log
+   (version 1) supports only its total; then a credential may state less than
+   the log held (pending or held points), never more.
 
 Only when everything holds is the new head stored in the wallet.
 """
@@ -28,10 +33,10 @@ import httpx
 from holder._wallet import Wallet
 from tessera import credentials, merkle
 from tessera.did import Resolver, did_web_url
-from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
+from tessera.encoding import b64url_decode, b64url_encode, parse_datetime, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import decode_unverified, sign_compact
-from tessera.pointslog import LogLeaf, parse_leaf
+from tessera.pointslog import Figures, LogLeaf, fold, parse_leaf
 from tessera.typing import DIDResolver
 
 __all__ = ["LOG_ACCESS_TYP", "AuditReport", "audit", "brand_base_url", "log_access_token"]
@@ -51,6 +56,7 @@ class AuditReport:
     ledger_total: int = 0
     previous_size: int | None = None
     credentials_checked: int = 0
+    balances_checked: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -99,6 +105,36 @@ def _consistent(http: httpx.Client, base: str, first: int, first_root: bytes,
                 {"first": first, "second": head.tree_size})
     merkle.verify_consistency(first, head.tree_size, _hashes(body.get("proof")), first_root,
                               head.root_hash)
+
+
+def _implied(report: AuditReport, leaves: list[tuple[int, LogLeaf]],
+             at: datetime) -> Figures | None:
+    """The figures the leaves imply, or ``None`` (with a note) when they cannot say."""
+    if report.erased_entries:
+        return None
+    try:
+        return fold((leaf for _, leaf in leaves), at=at)
+    except TesseraError as exc:
+        if exc.code is ErrorCode.UNSUPPORTED_FORMAT:
+            note = "older leaves carry no lots: only totals are checked"
+            if note not in report.notes:
+                report.notes.append(note)
+        else:
+            report.problems.append(f"the log breaks the ledger's rules: {exc.detail}")
+        return None
+
+
+def _figure(figures: Figures, what: str) -> Any:
+    if what == "expiring next":
+        return figures.expiring_next
+    return getattr(figures, what)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        points, when = value
+        return f"{points} points on {when.isoformat() if isinstance(when, datetime) else when}"
+    return "nothing" if value is None else str(value)
 
 
 def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
@@ -175,7 +211,42 @@ def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
                     f"the log is not an extension of the head seen before (size "
                     f"{report.previous_size}): history was rewritten")
 
-    # 4. Points credentials: their checkpoint is a head of this log, their balance holds.
+    # 4a. The balance the brand's API states, against what the leaves imply.
+    by_name: dict[str, list[tuple[int, LogLeaf]]] = {}
+    for index, leaf in leaves:
+        by_name.setdefault(leaf.member, []).append((index, leaf))
+    programs: dict[str, str] = {}
+    accounts = body.get("accounts")
+    if not isinstance(accounts, list):
+        report.notes.append("the brand states no balances: only totals and credentials checked")
+        accounts = []
+    for account in accounts:
+        if not isinstance(account, dict) or account.get("pseudonym") not in names \
+                or not isinstance(account.get("program_id"), str) \
+                or not isinstance(account.get("balance"), dict):
+            raise TesseraError(ErrorCode.MALFORMED, "malformed account in the answer")
+        name = str(account["pseudonym"])
+        programs[str(account["program_id"])] = name
+        shown = account["balance"]
+        at = parse_datetime(shown.get("as_of"), "balance as_of")
+        implied = _implied(report, by_name.get(name, []), at)
+        if implied is None:
+            continue
+        report.balances_checked += 1
+        nxt = shown.get("expiring_next")
+        stated = {"available": shown.get("available"), "pending": shown.get("pending"),
+                  "held": shown.get("held"),
+                  "expiring next": (nxt.get("points"), parse_datetime(nxt.get("at"),
+                                                                      "expiring_next at"))
+                  if isinstance(nxt, dict) else None}
+        for what, value in stated.items():
+            expected = _figure(implied, what)
+            if value != expected:
+                report.problems.append(
+                    f"the brand's balance API says {what} {_show(value)}; the log implies "
+                    f"{_show(expected)}: its lots or holds were changed outside the log")
+
+    # 4b. Points credentials: their checkpoint is a head of this log, their figures hold.
     for cred in wallet.credentials():
         if cred.issuer != brand_did or cred.vct != credentials.POINTS.vct:
             continue
@@ -196,7 +267,32 @@ def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
             continue
         at_checkpoint = sum(leaf.delta for index, leaf in leaves if index < size)
         claimed = cred.claims.get("points_balance")
-        if isinstance(claimed, int) and claimed > at_checkpoint:
+        program = cred.claims.get("program")
+        program_id = program.get("id") if isinstance(program, dict) else None
+        account = next((n for p, n in programs.items()
+                        if isinstance(program_id, str) and program_id.endswith(f"/programs/{p}")),
+                       None)
+        implied = None
+        if account is not None:
+            implied = _implied(report, [(i, leaf) for i, leaf in by_name.get(account, [])
+                                        if i < size],
+                               parse_datetime(cred.claims.get("as_of"), "credential as_of"))
+        if implied is not None:
+            nxt = cred.claims.get("points_expiring_next")
+            stated = {"available": claimed,
+                      "expiring next": (nxt.get("points"), nxt.get("on"))
+                      if isinstance(nxt, dict) else None}
+            expected_next = implied.expiring_next
+            expected = {"available": implied.available,
+                        "expiring next": (expected_next[0],
+                                          expected_next[1].date().isoformat())
+                        if expected_next else None}
+            for what, value in stated.items():
+                if value != expected[what]:
+                    report.problems.append(
+                        f"credential {cred.id[:8]} states {what} {_show(value)}; the log "
+                        f"implied {_show(expected[what])} at its checkpoint")
+        elif isinstance(claimed, int) and claimed > at_checkpoint:
             report.problems.append(f"credential {cred.id[:8]} states {claimed} points; the "
                                    f"log held {at_checkpoint} at its checkpoint")
         elif isinstance(claimed, int) and claimed < at_checkpoint:

@@ -124,7 +124,7 @@ def _claims(session: Session, *, settings: Settings, brand: Brand, member: Membe
             tier_valid_until=until.date())
         tier_end = datetime.combine(until.date(), datetime.max.time(), tzinfo=UTC)
         return claims, min(now + MEMBERSHIP_TTL, tier_end), prog
-    bal = _ledger.balance(session, member=member, now=now)
+    bal = _ledger.checked_balance(session, member=member, now=now)
     nxt: tuple[int, date] | None = None
     if bal.expiring_next is not None:
         nxt = (bal.expiring_next.points, bal.expiring_next.at.date())

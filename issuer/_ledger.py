@@ -74,6 +74,7 @@ __all__ = [
     "adjust",
     "balance",
     "capture_hold",
+    "checked_balance",
     "create_hold",
     "earn",
     "evaluate_tier",
@@ -182,6 +183,33 @@ def balance(session: Session, *, member: Member, now: datetime) -> Balance:
     )
 
 
+def checked_balance(session: Session, *, member: Member, now: datetime) -> Balance:
+    """The balance, refused unless it is what the member's log implies: what the brand signs.
+
+    Lots and holds are a cache of the log (DESIGN.md, "Points, redemption and
+    the log"); a row changed behind the ledger's back (a ``point_lot.remaining``
+    rewritten in the database) must not reach a credential. A history whose
+    first leaves predate lots in the log (v1) supports only its total and is
+    not checked here; the member's audit says so.
+    """
+    shown = balance(session, member=member, now=now)
+    try:
+        implied = _translog.member_figures(session, brand_id=member.brand_id,
+                                           member_id=member.id, at=now)
+    except TesseraError as exc:
+        if exc.code is ErrorCode.UNSUPPORTED_FORMAT:
+            return shown
+        raise TesseraError(ErrorCode.INTERNAL_ERROR,
+                           "the points log breaks the ledger's rules") from exc
+    nxt = shown.expiring_next
+    if (shown.available, shown.pending, shown.held,
+            (nxt.points, nxt.at) if nxt is not None else None) != (
+            implied.available, implied.pending, implied.held, implied.expiring_next):
+        raise TesseraError(ErrorCode.INTERNAL_ERROR,
+                           "the ledger's lots or holds disagree with its log")
+    return shown
+
+
 def list_entries(session: Session, *, member: Member, after: int = 0,
                  limit: int = 100) -> list[LedgerEntryPublic]:
     stmt = (select(LedgerEntry)
@@ -264,13 +292,18 @@ def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -
     return entry
 
 
+def _ms(value: datetime) -> datetime:
+    """``value`` at the millisecond precision of log leaves, so the log and the lots agree."""
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
 def _credit(session: Session, member: Member, entry: LedgerEntry, points: int, now: datetime,
             *, pending_days: int) -> None:
     validity = _program(session, member).points_validity_days
     assert entry.id is not None
     session.add(PointLot(member_id=member.id, entry_id=entry.id, amount=points,
-                         remaining=points, available_at=now + timedelta(days=pending_days),
-                         expires_at=now + timedelta(days=validity) if validity else None))
+                         remaining=points, available_at=_ms(now + timedelta(days=pending_days)),
+                         expires_at=_ms(now + timedelta(days=validity)) if validity else None))
 
 
 def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, now: datetime,
@@ -414,7 +447,8 @@ def reverse(session: Session, *, brand_id: str, member_id: str, idempotency_key:
         original = session.get(LedgerEntry, entry_id)
         if original is None or original.member_id != member.id:
             raise TesseraError(ErrorCode.NOT_FOUND, "no such ledger entry for this member")
-        if original.kind in (EntryKind.REVERSE, EntryKind.EXPIRE):
+        if original.kind in (EntryKind.REVERSE, EntryKind.EXPIRE, EntryKind.HOLD,
+                             EntryKind.RELEASE):
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                f"a {original.kind} entry cannot be reversed; use an adjustment")
         done = select(LedgerEntry).where(LedgerEntry.reverses_id == original.id)
@@ -463,9 +497,11 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
                                f"{points} points requested, {free} available")
         hold = PointHold(brand_id=member.brand_id, member_id=member.id, points=points,
                          reference=reference, created_at=now,
-                         expires_at=now + timedelta(seconds=ttl_seconds))
+                         expires_at=_ms(now + timedelta(seconds=ttl_seconds)))
         session.add(hold)
         session.flush()
+        _new_entry(session, member, now, kind=EntryKind.HOLD, points=0, hold_id=hold.id,
+                   reference=reference)
         return {"hold": hold_public(hold, now).model_dump(mode="json")}
 
     return _write(session, brand_id=brand_id, member_id=member_id,
@@ -533,6 +569,8 @@ def release_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
         hold.status = HoldStatus.RELEASED
         hold.closed_at = now
         session.add(hold)
+        _new_entry(session, member, now, kind=EntryKind.RELEASE, points=0, hold_id=hold.id,
+                   reference=hold.reference)
         return {"hold": hold_public(hold, now).model_dump(mode="json")}
 
     return _write(session, brand_id=brand_id, member_id=member_id,

@@ -131,6 +131,10 @@ class EntryKind(StrEnum):
     ADJUST = "adjust"
     EXPIRE = "expire"
     REVERSE = "reverse"
+    # Zero-point entries that put holds in the log, so that the held figure is
+    # derivable from it (tessera.pointslog.fold); capture is a ``redeem``.
+    HOLD = "hold"
+    RELEASE = "release"
 
 
 class HoldStatus(StrEnum):

@@ -19,11 +19,11 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from sqlmodel import Session, col, func, select
 
-from issuer import _translog
+from issuer import _ledger, _translog
 from issuer._admin import IAT_LEEWAY, brand_by_slug
 from issuer._app import PROBLEM_RESPONSES, NowDep, SessionDep, StateDep
 from issuer._log_models import LogLeafData, TreeHead
-from issuer._models import Brand, LedgerEntry, Member
+from issuer._models import Balance, Brand, LedgerEntry, Member
 from tessera.did import Resolver
 from tessera.encoding import b64url_encode
 from tessera.errors import ErrorCode, TesseraError
@@ -63,6 +63,14 @@ class EntryView(BaseModel):
     proof: list[str]
 
 
+class AccountView(BaseModel):
+    """One membership of the DID: its name in the log and what the balance API says now."""
+
+    pseudonym: str
+    program_id: str
+    balance: Balance
+
+
 class MemberEntriesView(BaseModel):
     member: str
     pseudonyms: list[str]
@@ -70,6 +78,9 @@ class MemberEntriesView(BaseModel):
     entries: list[EntryView]
     ledger_total: int
     """What the brand's ledger says these entries add up to (the audit compares)."""
+    accounts: list[AccountView]
+    """The balance the ledger shows for each membership, at the head: the audit
+    recomputes every figure from the leaves (tessera.pointslog.fold)."""
 
 
 def head_view(session: Session, state: Any, brand: Brand, now: datetime) -> TreeHeadView:
@@ -154,12 +165,19 @@ def get_entries(slug: str, request: Request, session: SessionDep, state: StateDe
                                path=request.url.path, now=now)
     if any(m.did != member for m in rows):
         raise TesseraError(ErrorCode.FORBIDDEN, "a member reads only their own entries")
+    # Writers lock the member row before they append: holding it (shared)
+    # keeps the head, the leaves and the balances below one consistent cut.
+    session.exec(select(Member).where(col(Member.id).in_([m.id for m in rows]))
+                 .with_for_update(read=True)).all()
     head = head_view(session, state, brand, now)
     entries: list[EntryView] = []
     names: list[str] = []
+    accounts: list[AccountView] = []
     total = 0
     for row in rows:
         names.append(_translog.pseudonym(session, brand.id, row.id))
+        accounts.append(AccountView(pseudonym=names[-1], program_id=row.program_id,
+                                    balance=_ledger.balance(session, member=row, now=now)))
         for index, leaf, proof in _translog.member_leaves(
                 session, brand_id=brand.id, member_id=row.id, size=head.tree_size,
                 after=after):
@@ -172,4 +190,4 @@ def get_entries(slug: str, request: Request, session: SessionDep, state: StateDe
                    col(LogLeafData.idx) < head.tree_size)).one())
     entries.sort(key=lambda e: e.index)
     return MemberEntriesView(member=member, pseudonyms=names, head=head, entries=entries,
-                             ledger_total=total)
+                             ledger_total=total, accounts=accounts)

@@ -27,11 +27,21 @@ from sqlalchemy import exists, insert, update
 from sqlmodel import Session, col, select
 
 from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
-from issuer._models import LedgerEntry, Member
+from issuer._models import EntryKind, LedgerEntry, LotAllocation, Member, PointHold, PointLot
 from tessera import merkle
 from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
-from tessera.pointslog import LogLeaf, member_pseudonym
+from tessera.pointslog import (
+    Allocation,
+    Figures,
+    HoldRef,
+    LogLeaf,
+    LotOpen,
+    fold,
+    leaf_time,
+    member_pseudonym,
+    parse_leaf,
+)
 from tessera.typing import Signer
 
 __all__ = [
@@ -48,6 +58,7 @@ __all__ = [
     "export_member",
     "inclusion_proof",
     "log_state",
+    "member_figures",
     "member_leaves",
     "pseudonym",
     "root_at",
@@ -103,13 +114,35 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
         return []
     log = log_state(session, brand_id, lock=True)
     name = member_pseudonym(bytes.fromhex(log.pseudonym_secret), member_id)
+    ids = [entry.id for entry in pending]
+    lots = {lot.entry_id: lot for lot in session.exec(
+        select(PointLot).where(col(PointLot.entry_id).in_(ids)))}
+    allocations: dict[int, list[Allocation]] = {}
+    for entry_id, lot_entry, points in session.exec(
+            select(LotAllocation.entry_id, PointLot.entry_id, LotAllocation.amount)
+            .join(PointLot, col(PointLot.id) == col(LotAllocation.lot_id))
+            .where(col(LotAllocation.entry_id).in_(ids))
+            .order_by(col(LotAllocation.id))):
+        allocations.setdefault(entry_id, []).append(Allocation(lot_entry, points))
+    holds = {hold.id: hold for hold in session.exec(select(PointHold).where(
+        col(PointHold.id).in_([e.hold_id for e in pending if e.hold_id is not None])))}
     records = []
     for entry in pending:
         assert entry.id is not None
+        lot = lots.get(entry.id)
+        hold: HoldRef | None = None
+        if entry.hold_id is not None:
+            opened = holds[entry.hold_id]
+            hold = (HoldRef(opened.id, opened.points, leaf_time(_aware(opened.expires_at)))
+                    if entry.kind == EntryKind.HOLD else HoldRef(opened.id))
         records.append(LeafRecord(LogLeaf.of(
             entry=entry.id, member=name, delta=entry.points, kind=str(entry.kind),
             reason=entry.reason, time=_aware(entry.created_at),
-            idempotency_key=idempotency_key), entry.id))
+            idempotency_key=idempotency_key,
+            lot=LotOpen.of(_aware(lot.available_at),
+                           _aware(lot.expires_at) if lot.expires_at else None)
+            if lot is not None else None,
+            alloc=allocations.get(entry.id, ()), hold=hold), entry.id))
     return append_leaves(session, log, records)
 
 
@@ -310,6 +343,24 @@ def member_leaves(session: Session, *, brand_id: str, member_id: str, size: int,
              merkle.inclusion_proof(source, row.idx, size)) for row in rows]
 
 
+def member_figures(session: Session, *, brand_id: str, member_id: str,
+                   at: datetime) -> Figures:
+    """What the member's leaves imply at ``at`` (:func:`tessera.pointslog.fold`).
+
+    ``unsupported_format`` when the history cannot support it: a leaf written
+    before leaves carried lots (v1), or one whose text was erased.
+    """
+    name = pseudonym(session, brand_id, member_id)
+    leaves = []
+    for data in session.exec(select(LogLeafData.data).where(
+            LogLeafData.brand_id == brand_id, LogLeafData.member == name)
+            .order_by(col(LogLeafData.idx))):
+        if data is None:
+            raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "the member's leaves were erased")
+        leaves.append(parse_leaf(parse_json_object(data)))
+    return fold(leaves, at=at)
+
+
 def erase_member_leaves(session: Session, *, brand_id: str, member_id: str) -> int:
     """Drop the leaf texts of a member; the hashes (and every proof) stay."""
     name = pseudonym(session, brand_id, member_id)
@@ -369,6 +420,34 @@ def check_log(session: Session, brand_id: str) -> list[str]:
     missing = set(entries) - logged
     if missing:
         problems.append(f"ledger entries without a leaf: {sorted(missing)[:10]}")
+    problems.extend(_check_cache(session, brand_id, {e.member_id for e in entries.values()}))
+    return problems
+
+
+def _check_cache(session: Session, brand_id: str, member_ids: Iterable[str]) -> list[str]:
+    """The lots and open holds the ledger keeps are the ones its log implies."""
+    problems: list[str] = []
+    now = datetime.now(UTC)
+    for member_id in sorted(member_ids):
+        try:
+            implied = member_figures(session, brand_id=brand_id, member_id=member_id, at=now)
+        except TesseraError as exc:
+            if exc.code is not ErrorCode.UNSUPPORTED_FORMAT:
+                problems.append(f"member {member_id}: the log breaks the ledger's rules: "
+                                f"{exc.detail}")
+            continue
+        kept = {int(lot.entry_id): (int(lot.remaining), _aware(lot.available_at),
+                                    _aware(lot.expires_at) if lot.expires_at else None)
+                for lot in session.exec(select(PointLot).where(
+                    PointLot.member_id == member_id, col(PointLot.remaining) > 0))}
+        if kept != {lot.entry: (lot.remaining, lot.available_at, lot.expires_at)
+                    for lot in implied.lots}:
+            problems.append(f"member {member_id}: point lots disagree with the log")
+        held = {h.id: (h.points, _aware(h.expires_at)) for h in session.exec(
+            select(PointHold).where(PointHold.member_id == member_id,
+                                    PointHold.status == "held"))}
+        if held != {h.id: (h.points, h.expires_at) for h in implied.holds}:
+            problems.append(f"member {member_id}: open holds disagree with the log")
     return problems
 
 

@@ -1,46 +1,80 @@
-"""What a leaf of a brand's points transparency log is, shared by the issuer and the wallet.
+"""What a leaf of a brand's points transparency log is, and what a member's leaves add up to.
 
-Every ledger entry becomes one leaf: the canonical JSON (key-sorted, compact,
-:func:`tessera.encoding.canonical_json`) of
+Shared by the issuer and the wallet. Every ledger entry becomes one leaf: the
+canonical JSON (key-sorted, compact, :func:`tessera.encoding.canonical_json`) of
 
-``{"v": 1, "entry": <ledger entry id>, "member": <pseudonym>, "delta": <points>,
-"kind": <earn|redeem|adjust|expire|reverse>, "reason": <text|null>,
-"time": <RFC 3339 UTC>, "idempotency_key": <text|null>}``
+``{"v": 2, "entry": <ledger entry id>, "member": <pseudonym>, "delta": <points>,
+"kind": <earn|redeem|adjust|expire|reverse|hold|release>, "reason": <text|null>,
+"time": <RFC 3339 UTC>, "idempotency_key": <text|null>, "lot": <lot|null>,
+"alloc": [<allocation>...], "hold": <hold|null>}``
 
-hashed with RFC 9162 ``leaf_hash`` (:mod:`tessera.merkle`). The member is a
-*pseudonym*: HMAC-SHA-256 of the member id under a secret of the brand's
-log. Public readers see only pseudonyms and hashes; a member erased later
-leaves hashes behind that still prove every other member's entries.
+hashed with RFC 9162 ``leaf_hash`` (:mod:`tessera.merkle`). Version 2 carries
+what the ledger keeps beside the log, so that every figure the brand signs
+can be recomputed from the leaves alone (DESIGN.md: "state kept beside the
+log (lots, holds) is a cache of it, and the audit recomputes it"):
+
+* ``lot``: a credit opens a lot, ``{"available_at": T, "expires_at": T|null}``
+  (pending until ``available_at``, the return window; gone at ``expires_at``);
+  its amount is the leaf's delta and its name the leaf's ``entry``.
+* ``alloc``: ``[{"lot": <entry that opened it>, "points": n}]``, what a debit
+  took from each lot (negative when a reversal puts points back).
+  ``delta == (lot amount) - sum(alloc)`` for every leaf.
+* ``hold``: a ``hold`` leaf opens one, ``{"id", "points", "expires_at"}``;
+  the ``redeem`` that captures it, the ``release`` and the zero-point
+  ``expire`` that closes it name it as ``{"id"}``.
+
+:func:`fold` is the one definition of those figures (balance, available,
+pending, held, lots with their expiry); the issuer checks what it signs
+against it and the wallet's audit recomputes it. Version 1 leaves (``v: 1``,
+without the last three members) still parse and verify; a history holding one
+only supports its total.
+
+The member is a *pseudonym*: HMAC-SHA-256 of the member id under a secret of
+the brand's log. Public readers see only pseudonyms and hashes; a member
+erased later leaves hashes behind that still prove every other member's
+entries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tessera.encoding import b64url_encode, canonical_json
+from tessera.encoding import b64url_encode, canonical_json, parse_datetime
 from tessera.errors import ErrorCode, TesseraError
 from tessera.merkle import leaf_hash
 
 __all__ = [
     "LEAF_KINDS",
     "LEAF_VERSION",
+    "Allocation",
+    "Figures",
+    "HoldRef",
     "LogLeaf",
+    "LotOpen",
+    "LotState",
+    "OpenHold",
+    "fold",
     "leaf_bytes",
+    "leaf_time",
     "member_pseudonym",
     "parse_leaf",
     "total",
 ]
 
-LEAF_VERSION: Final = 1
-LEAF_KINDS: Final = frozenset({"earn", "redeem", "adjust", "expire", "reverse"})
-_KEYS: Final = frozenset({"v", "entry", "member", "delta", "kind", "reason", "time",
-                          "idempotency_key"})
+LEAF_VERSION: Final = 2
+LEAF_KINDS: Final = frozenset({"earn", "redeem", "adjust", "expire", "reverse", "hold",
+                               "release"})
+_V1_KINDS: Final = frozenset({"earn", "redeem", "adjust", "expire", "reverse"})
+_KEYS_V1: Final = frozenset({"v", "entry", "member", "delta", "kind", "reason", "time",
+                             "idempotency_key"})
+_KEYS: Final = _KEYS_V1 | {"lot", "alloc", "hold"}
 MAX_TEXT: Final = 500
+MAX_ALLOCATIONS: Final = 10_000
 
 
 def member_pseudonym(secret: bytes, member_id: str) -> str:
@@ -51,12 +85,50 @@ def member_pseudonym(secret: bytes, member_id: str) -> str:
     return b64url_encode(mac.digest())
 
 
-def _time(value: datetime) -> str:
+def leaf_time(value: datetime) -> str:
+    """A time as leaves write it: UTC, millisecond precision, ``Z``."""
     if value.tzinfo is None:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "leaf time must be timezone-aware")
     # Millisecond precision: PostgreSQL keeps microseconds, SQLite may not keep
     # the offset; truncating keeps the leaf identical wherever it is rebuilt.
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class LotOpen:
+    """The lot a credit opens: pending until ``available_at``, gone at ``expires_at``."""
+
+    available_at: str
+    expires_at: str | None
+
+    @classmethod
+    def of(cls, available_at: datetime, expires_at: datetime | None) -> LotOpen:
+        return cls(leaf_time(available_at), leaf_time(expires_at) if expires_at else None)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"available_at": self.available_at, "expires_at": self.expires_at}
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """``points`` taken from the lot opened by entry ``lot`` (negative: given back)."""
+
+    lot: int
+    points: int
+
+
+@dataclass(frozen=True)
+class HoldRef:
+    """A hold: opened with ``points`` and ``expires_at``, closed by naming its ``id``."""
+
+    id: str
+    points: int | None = None
+    expires_at: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.points is None:
+            return {"id": self.id}
+        return {"id": self.id, "points": self.points, "expires_at": self.expires_at}
 
 
 @dataclass(frozen=True)
@@ -68,16 +140,28 @@ class LogLeaf:
     reason: str | None
     time: str
     idempotency_key: str | None
+    lot: LotOpen | None = None
+    alloc: tuple[Allocation, ...] = ()
+    hold: HoldRef | None = None
+    v: int = LEAF_VERSION
 
     @classmethod
     def of(cls, *, entry: int, member: str, delta: int, kind: str, reason: str | None,
-           time: datetime, idempotency_key: str | None) -> LogLeaf:
-        return cls(entry, member, delta, kind, reason, _time(time), idempotency_key)
+           time: datetime, idempotency_key: str | None, lot: LotOpen | None = None,
+           alloc: Sequence[Allocation] = (), hold: HoldRef | None = None) -> LogLeaf:
+        return cls(entry, member, delta, kind, reason, leaf_time(time), idempotency_key,
+                   lot, tuple(alloc), hold)
 
     def as_json(self) -> dict[str, Any]:
-        return {"v": LEAF_VERSION, "entry": self.entry, "member": self.member,
-                "delta": self.delta, "kind": self.kind, "reason": self.reason,
-                "time": self.time, "idempotency_key": self.idempotency_key}
+        body: dict[str, Any] = {
+            "v": self.v, "entry": self.entry, "member": self.member, "delta": self.delta,
+            "kind": self.kind, "reason": self.reason, "time": self.time,
+            "idempotency_key": self.idempotency_key}
+        if self.v >= 2:
+            body["lot"] = self.lot.as_json() if self.lot else None
+            body["alloc"] = [{"lot": a.lot, "points": a.points} for a in self.alloc]
+            body["hold"] = self.hold.as_json() if self.hold else None
+        return body
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.as_json())
@@ -105,26 +189,200 @@ def _text(value: Any, what: str, *, optional: bool) -> str | None:
     return value
 
 
+def _when(value: Any, what: str, *, optional: bool = False) -> str | None:
+    text = _text(value, what, optional=optional)
+    if text is not None:
+        parse_datetime(text, f"leaf {what}")
+    return text
+
+
+def _object(value: Any, keys: frozenset[str], what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or set(value) != keys:
+        raise TesseraError(ErrorCode.MALFORMED, f"leaf {what} has missing or unknown members")
+    return value
+
+
+def _lot(value: Any) -> LotOpen | None:
+    if value is None:
+        return None
+    body = _object(value, frozenset({"available_at", "expires_at"}), "lot")
+    available = _when(body["available_at"], "lot available_at")
+    assert available is not None
+    return LotOpen(available, _when(body["expires_at"], "lot expires_at", optional=True))
+
+
+def _alloc(value: Any) -> tuple[Allocation, ...]:
+    if not isinstance(value, list) or len(value) > MAX_ALLOCATIONS:
+        raise TesseraError(ErrorCode.MALFORMED, "leaf alloc must be a list")
+    out = []
+    for item in value:
+        body = _object(item, frozenset({"lot", "points"}), "allocation")
+        out.append(Allocation(_int(body["lot"], "allocation lot"),
+                              _int(body["points"], "allocation points")))
+    return tuple(out)
+
+
+def _hold(value: Any) -> HoldRef | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping) and set(value) == {"id"}:
+        ident = _text(value["id"], "hold id", optional=False)
+        assert ident is not None
+        return HoldRef(ident)
+    body = _object(value, frozenset({"id", "points", "expires_at"}), "hold")
+    ident = _text(body["id"], "hold id", optional=False)
+    assert ident is not None
+    return HoldRef(ident, _int(body["points"], "hold points"),
+                   _when(body["expires_at"], "hold expires_at"))
+
+
 def parse_leaf(value: Mapping[str, Any]) -> LogLeaf:
     """A leaf as served by the log API, checked strictly (unknown members refused)."""
-    if not isinstance(value, Mapping) or set(value) != _KEYS:
+    if not isinstance(value, Mapping) or "v" not in value:
         raise TesseraError(ErrorCode.MALFORMED, "leaf has missing or unknown members")
-    if value["v"] != LEAF_VERSION:
+    version = value["v"]
+    if version not in (1, LEAF_VERSION) or isinstance(version, bool):
         raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "unknown leaf version")
+    if set(value) != (_KEYS_V1 if version == 1 else _KEYS):
+        raise TesseraError(ErrorCode.MALFORMED, "leaf has missing or unknown members")
     kind = value["kind"]
-    if kind not in LEAF_KINDS:
+    if kind not in (_V1_KINDS if version == 1 else LEAF_KINDS):
         raise TesseraError(ErrorCode.MALFORMED, "unknown leaf kind")
     time = _text(value["time"], "time", optional=False)
     assert time is not None
     member = _text(value["member"], "member", optional=False)
     assert member is not None
+    extra: dict[str, Any] = {}
+    if version >= 2:
+        extra = {"lot": _lot(value["lot"]), "alloc": _alloc(value["alloc"]),
+                 "hold": _hold(value["hold"])}
     return LogLeaf(entry=_int(value["entry"], "entry"), member=member,
                    delta=_int(value["delta"], "delta"), kind=kind,
                    reason=_text(value["reason"], "reason", optional=True), time=time,
                    idempotency_key=_text(value["idempotency_key"], "idempotency_key",
-                                         optional=True))
+                                         optional=True), v=int(version), **extra)
 
 
 def total(leaves: Iterable[LogLeaf]) -> int:
     """The balance the log supports: the sum of the deltas (pending and held included)."""
     return sum(leaf.delta for leaf in leaves)
+
+
+# -- the figures a member's leaves imply ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LotState:
+    entry: int
+    amount: int
+    remaining: int
+    available_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OpenHold:
+    id: str
+    points: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What the log says of one member at ``at``, computed as the ledger's balance is.
+
+    ``available`` is matured, unexpired lots less live holds (never below
+    zero), ``pending`` the unexpired lots still in their return window,
+    ``held`` the holds not yet closed nor past their expiry, and
+    ``expiring_next`` the points of the live lots that expire first and when.
+    ``lots`` and ``holds`` are the state the ledger keeps beside the log:
+    every lot with points left, every hold not closed.
+    """
+
+    at: datetime
+    total: int
+    available: int
+    pending: int
+    held: int
+    expiring_next: tuple[int, datetime] | None
+    lots: tuple[LotState, ...] = field(default=())
+    holds: tuple[OpenHold, ...] = field(default=())
+
+
+def _bad(leaf: LogLeaf, why: str) -> TesseraError:
+    return TesseraError(ErrorCode.MALFORMED, f"leaf of entry {leaf.entry}: {why}")
+
+
+def _dt(value: str) -> datetime:
+    return parse_datetime(value, "leaf time")
+
+
+def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
+    """Replay one member's leaves (in log order) into the figures they imply at ``at``.
+
+    Pure and total over well-formed input: a history that breaks the ledger's
+    own rules (a lot taken below zero or above its amount, an allocation from
+    a lot never opened, a delta that is not credit minus allocations, a hold
+    closed twice or captured above its amount) is ``malformed``; a history
+    with a version 1 leaf is ``unsupported_format`` (it carries no lots).
+    """
+    if at.tzinfo is None:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "fold time must be timezone-aware")
+    lots: dict[int, list[Any]] = {}  # entry -> [amount, remaining, available_at, expires_at]
+    holds: dict[str, OpenHold] = {}
+    closed: set[str] = set()
+    balance = 0
+    for leaf in leaves:
+        if leaf.v < 2:
+            raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT,
+                               f"leaf of entry {leaf.entry} predates lots in the log (v1)")
+        credit = 0
+        if leaf.lot is not None:
+            if leaf.delta <= 0 or leaf.entry in lots:
+                raise _bad(leaf, "a lot must open once with a positive amount")
+            credit = leaf.delta
+            lots[leaf.entry] = [leaf.delta, leaf.delta, _dt(leaf.lot.available_at),
+                                _dt(leaf.lot.expires_at) if leaf.lot.expires_at else None]
+        taken = 0
+        for a in leaf.alloc:
+            lot = lots.get(a.lot)
+            if lot is None or a.points == 0:
+                raise _bad(leaf, f"allocation from unknown lot {a.lot}")
+            lot[1] -= a.points
+            if not 0 <= lot[1] <= lot[0]:
+                raise _bad(leaf, f"lot {a.lot} would hold {lot[1]} of {lot[0]} points")
+            taken += a.points
+        if leaf.delta != credit - taken:
+            raise _bad(leaf, "delta is not the lot opened less the points allocated")
+        balance += leaf.delta
+        ref = leaf.hold
+        if leaf.kind == "hold":
+            if ref is None or ref.points is None or ref.expires_at is None or ref.points <= 0 \
+                    or ref.id in holds or ref.id in closed or leaf.delta != 0:
+                raise _bad(leaf, "a hold opens once, with points and an expiry")
+            holds[ref.id] = OpenHold(ref.id, ref.points, _dt(ref.expires_at))
+        elif ref is not None:
+            opened = holds.pop(ref.id, None)
+            if opened is None or ref.points is not None:
+                raise _bad(leaf, f"closes hold {ref.id}, which is not open")
+            if -leaf.delta > opened.points:
+                raise _bad(leaf, "captures more than was held")
+            closed.add(ref.id)
+        elif leaf.kind == "release":
+            raise _bad(leaf, "a release names its hold")
+    live = [(entry, lot) for entry, lot in lots.items()
+            if lot[1] > 0 and (lot[3] is None or lot[3] > at)]
+    matured = sum(lot[1] for _, lot in live if lot[2] <= at)
+    pending = sum(lot[1] for _, lot in live if lot[2] > at)
+    held = sum(h.points for h in holds.values() if h.expires_at > at)
+    expiring = [lot[3] for _, lot in live if lot[3] is not None]
+    nxt = None
+    if expiring:
+        first = min(expiring)
+        nxt = (sum(lot[1] for _, lot in live if lot[3] == first), first)
+    return Figures(
+        at=at, total=balance, available=max(0, matured - held), pending=pending, held=held,
+        expiring_next=nxt,
+        lots=tuple(LotState(entry, lot[0], lot[1], lot[2], lot[3])
+                   for entry, lot in lots.items() if lot[1] > 0),
+        holds=tuple(holds.values()))

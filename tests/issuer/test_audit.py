@@ -6,6 +6,7 @@ imports nothing from issuer/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from issuer._db import session_scope
 from issuer._issuance import issue_for_member
 from issuer._keystore import SqlKeyStore
 from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
-from issuer._models import LedgerEntry, Member
+from issuer._models import LedgerEntry, LotAllocation, Member, PointLot
 from tessera.did import Resolver
 from tessera.pointslog import parse_leaf
 
@@ -152,11 +153,21 @@ def test_history_rewritten_and_rehashed_is_caught(service: Service, tmp_path: Pa
         for row in rows:
             leaf = parse_leaf(json.loads(row.data or ""))
             if leaf.kind == "redeem":
-                leaf = type(leaf)(**{**leaf.__dict__, "delta": -10})
+                # ... and the lot it took from, everywhere, so the log's own rules hold.
+                (taken,) = leaf.alloc
+                leaf = dataclasses.replace(leaf, delta=-10,
+                                           alloc=(dataclasses.replace(taken, points=10),))
                 entry = s.get(LedgerEntry, leaf.entry)
                 assert entry is not None
                 entry.points = -10
                 s.add(entry)
+                alloc = s.exec(select(LotAllocation).where(
+                    LotAllocation.entry_id == leaf.entry)).one()
+                alloc.amount = 10
+                lot = s.get(PointLot, alloc.lot_id)
+                assert lot is not None
+                lot.remaining += 90
+                s.add_all([alloc, lot])
             records.append(_translog.LeafRecord(leaf, row.entry_id))
         log.size, log.frontier = 0, []
         _translog.append_leaves(s, log, records)
@@ -197,3 +208,124 @@ def test_cli_audit(service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyP
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 3, result.output
     assert "MISMATCH" in result.output
+
+
+# -- every figure the brand shows or signs comes from the log (issue 9 item 7) -------------------
+
+TAMPERING = {
+    # Drain 200 of the 300-point lot: the balance API and fresh credentials would drop.
+    "lot_remaining": ("UPDATE point_lot SET remaining = remaining - 200 WHERE amount = 300",
+                      "available 450; the log implies 650"),
+    # Make the lots expire (sooner than they do): points_expiring_next changes.
+    "lot_expiry": ("UPDATE point_lot SET expires_at = '2026-02-01 00:00:00' WHERE amount = 500",
+                   "expiring next 400 points on 2026-02-01T00:00:00+00:00; the log implies "
+                   "nothing"),
+    # Inflate a hold: fewer points available, more held.
+    "hold_points": ("UPDATE point_hold SET points = 650", "held 650; the log implies 50"),
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERING))
+def test_lots_and_holds_rewritten_in_the_database_are_caught(service: Service, tmp_path: Path,
+                                                             tamper: str) -> None:
+    from sqlalchemy import text
+
+    from tessera.errors import ErrorCode, TesseraError
+
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    hold = service.post("air", f"/admin/v1/members/{member['id']}/holds", {"points": 50})
+    assert hold.status_code == 201, hold.text
+    _points_credential(service, wallet, member["id"])
+    report = _audit(service, wallet, resolver, did)
+    assert report.ok, report.problems
+    assert (report.balances_checked, report.credentials_checked) == (1, 1)
+    assert not report.notes  # every figure was derived from the leaves
+    statement, expected = TAMPERING[tamper]
+    with session_scope(service.engine) as s:
+        assert s.execute(text(statement)).rowcount == 1  # type: ignore[attr-defined]
+    shown = service.client.get(f"/admin/v1/members/{member['id']}/balance",
+                               headers=service.h("air")).json()
+    assert (shown["available"], shown["held"]) != (650, 50) or shown["expiring_next"]
+    report = _audit(service, wallet, resolver, did)
+    assert not report.ok
+    assert any(expected in p and "changed outside the log" in p for p in report.problems), \
+        report.problems
+    # The brand will not sign figures its log does not support ...
+    with pytest.raises(TesseraError) as info:
+        _points_credential(service, wallet, member["id"])
+    assert info.value.code is ErrorCode.INTERNAL_ERROR
+    # ... and its own self-check names the cache that drifted.
+    with session_scope(service.engine) as s:
+        problems = _translog.check_log(s, brand_by_slug(s, slug="air").id)
+    assert any("disagree with the log" in p for p in problems), problems
+
+
+def test_a_credential_stating_other_figures_than_the_log_is_a_problem(
+        service: Service, tmp_path: Path) -> None:
+    from issuer._credentials import CredentialIssuer
+    from issuer._issuance import ledger_checkpoint
+    from tessera import credentials
+
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    _points_credential(service, wallet, member["id"])
+    with session_scope(service.engine) as s:
+        # Signed by the brand's own key, from a balance that lost 100 points
+        # beside the log: the wallet used to call this a note ("pending or held").
+        brand = brand_by_slug(s, slug="air")
+        row = s.get(Member, member["id"])
+        assert row is not None
+        signer = SqlKeyStore(service.settings.master_key).signer(s, brand_id=brand.id,
+                                                                  did=brand.did)
+        genuine = next(c for c in wallet.credentials() if c.vct == credentials.POINTS.vct)
+        claims = credentials.points_claims(
+            program=genuine.claims["program"], membership_number=row.membership_number,
+            balance=600, as_of=service.clock.now, checkpoint=ledger_checkpoint(s, row))
+        issuer = CredentialIssuer(signer=signer, did=brand.did, program=_program(genuine),
+                                  clock=lambda: service.clock.now)
+        cred = issuer.issue_claims("LoyaltyPointsCredential", claims,
+                                   holder_key=wallet.signer.public_key)
+    wallet.receive(cred)
+    report = _audit(service, wallet, resolver, did)
+    assert report.credentials_checked == 2 and not report.ok
+    assert [p for p in report.problems if "states available 600" in p
+            and "the log implied 700" in p], report.problems
+
+
+def _program(cred: Any) -> Any:
+    from issuer._credentials import Program
+
+    program = cred.claims["program"]
+    return Program(id=program["id"], name=program["name"], brand=program["brand"])
+
+
+def test_cli_audit_fails_on_a_drained_lot(service: Service, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import text
+
+    service.clock.now = datetime.now(UTC).replace(microsecond=0)  # the CLI uses real time
+    wallet, member, _, _ = _world(service, tmp_path)
+    _history(service, member["id"])
+    _points_credential(service, wallet, member["id"])
+
+    class _Client:
+        def __enter__(self) -> Any:
+            return service.client
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(wallet_cli, "_http_client", _Client)
+    monkeypatch.setenv(wallet_cli.PASSPHRASE_ENV, "passphrase-1")
+    from tessera.cli import app
+
+    args = ["wallet", "audit", "--wallet", str(wallet.path), "--base-url", BASE,
+            "--did-document", str(tmp_path / "brand.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with session_scope(service.engine) as s:
+        s.execute(text("UPDATE point_lot SET remaining = 0 WHERE amount = 300"))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "MISMATCH" in result.output and "changed outside the log" in result.output

@@ -256,8 +256,8 @@ def test_erasure_keeps_proofs(world: World, service: Service) -> None:
     export = service.client.get(f"/admin/v1/members/{mid}/export",
                                 headers=service.h("air")).json()
     assert export["member"]["did"] == world.member["did"]
-    assert len(export["transparency_log"]["leaves"]) == 1
-    assert len(export["ledger_entries"]) == 1 and len(export["redemptions"]) == 1
+    assert len(export["transparency_log"]["leaves"]) == 2  # the earn and the hold
+    assert len(export["ledger_entries"]) == 2 and len(export["redemptions"]) == 1
     head_before = service.client.get("/brands/air/log/sth").json()
     r = service.client.post(f"/admin/v1/members/{mid}/erase", headers=service.h("air"))
     assert r.status_code == 200, r.text
@@ -403,7 +403,7 @@ def test_expired_holds_are_released_once(world: World, service: Service) -> None
     with session_scope(service.engine) as s:
         hold_id = s.exec(select(Redemption.hold_id).where(Redemption.id == rid)).one()
         written = list(s.exec(select(LedgerEntry).where(LedgerEntry.hold_id == hold_id)))
-        assert [(e.kind, e.points) for e in written] == [("expire", 0)]
+        assert [(e.kind, e.points) for e in written] == [("hold", 0), ("expire", 0)]
         hold = s.get(PointHold, hold_id)
         assert hold is not None and hold.status == "expired"
         brand_id = s.exec(select(TransparencyLog.brand_id)).one()

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from tessera.errors import ErrorCode, TesseraError
 from tessera.merkle import leaf_hash
-from tessera.pointslog import LogLeaf, member_pseudonym, parse_leaf, total
+from tessera.pointslog import (
+    Allocation,
+    HoldRef,
+    LogLeaf,
+    LotOpen,
+    fold,
+    member_pseudonym,
+    parse_leaf,
+    total,
+)
 
 SECRET = bytes(range(32))
 
@@ -51,8 +60,11 @@ def test_total() -> None:
 
 
 @pytest.mark.parametrize("change", [
-    {"v": 2}, {"kind": "mint"}, {"delta": "5"}, {"delta": True}, {"extra": 1},
-    {"reason": 5}, {"time": None},
+    {"v": 3}, {"v": 1}, {"v": True}, {"kind": "mint"}, {"delta": "5"}, {"delta": True},
+    {"extra": 1}, {"reason": 5}, {"time": None}, {"alloc": None}, {"alloc": [[1, 2]]},
+    {"alloc": [{"lot": 1}]}, {"lot": {"available_at": "2026-01-01T00:00:00Z"}},
+    {"lot": {"available_at": "yesterday", "expires_at": None}},
+    {"hold": {"id": "h", "points": 5}}, {"hold": "h"},
 ])
 def test_parse_refuses(change: dict) -> None:  # type: ignore[type-arg]
     body = _leaf().as_json() | change
@@ -66,3 +78,84 @@ def test_parse_refuses(change: dict) -> None:  # type: ignore[type-arg]
 def test_parse_never_crashes(value: dict) -> None:  # type: ignore[type-arg]
     with contextlib.suppress(TesseraError):
         parse_leaf(value)
+
+
+# -- fold: the figures a member's leaves imply -----------------------------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def _credit(entry: int, points: int, *, pending: int = 0, valid: int | None = None) -> LogLeaf:
+    return _leaf(entry=entry, delta=points, kind="earn", time=T0,
+                 lot=LotOpen.of(T0 + pending * DAY, T0 + valid * DAY if valid else None))
+
+
+def _debit(entry: int, *taken: tuple[int, int], kind: str = "redeem",
+           hold: HoldRef | None = None) -> LogLeaf:
+    return _leaf(entry=entry, delta=-sum(p for _, p in taken), kind=kind, time=T0,
+                 alloc=[Allocation(lot, p) for lot, p in taken], hold=hold)
+
+
+def test_fold_follows_lots_holds_pending_and_expiry() -> None:
+    hold = _leaf(entry=5, delta=0, kind="hold", time=T0,
+                 hold=HoldRef("h1", 30, "2026-01-03T00:00:00.000Z"))
+    leaves = [_credit(1, 100, valid=10), _credit(2, 50, pending=3), _credit(3, 70, valid=20),
+              _debit(4, (1, 40)), hold]
+    at = T0 + DAY
+    got = fold(leaves, at=at)
+    assert (got.total, got.available, got.pending, got.held) == (180, 100, 50, 30)
+    assert got.expiring_next == (60, T0 + 10 * DAY)
+    assert {lot.entry: lot.remaining for lot in got.lots} == {1: 60, 2: 50, 3: 70}
+    # Two days later the hold has lapsed; after day 3 the pending lot matures.
+    assert fold(leaves, at=T0 + 4 * DAY).available == 180
+    # Past day 10 the first lot is gone whether or not an expire leaf was written.
+    later = fold(leaves, at=T0 + 11 * DAY)
+    assert (later.available, later.expiring_next) == (120, (70, T0 + 20 * DAY))
+    swept = fold([*leaves, _debit(6, (1, 60), kind="expire")], at=T0 + 11 * DAY)
+    assert swept.available == 120 and swept.total == 120
+    # Capture closes the hold; a reversal gives the points back to their lot.
+    captured = fold([*leaves, _debit(6, (3, 30), hold=HoldRef("h1")),
+                     _leaf(entry=7, delta=30, kind="reverse", time=T0,
+                           alloc=[Allocation(3, -30)])], at=at)
+    assert (captured.held, captured.available, captured.total) == (0, 130, 180)
+    released = fold([*leaves, _leaf(entry=6, delta=0, kind="release", time=T0,
+                                    hold=HoldRef("h1"))], at=at)
+    assert (released.held, released.available) == (0, 130)
+
+
+@pytest.mark.parametrize("leaves", [
+    [_credit(1, 10), _debit(2, (1, 11))],                      # lot below zero
+    [_credit(1, 10), _debit(2, (9, 1))],                       # lot never opened
+    [_credit(1, 10), _leaf(entry=2, delta=-5, kind="redeem")],  # debit without allocation
+    [_credit(1, 10), _leaf(entry=2, delta=5, kind="reverse", alloc=[Allocation(1, -5)])],
+    [_credit(1, 10), _credit(1, 10)],                          # a lot opened twice
+    [_leaf(entry=1, delta=0, kind="release", hold=HoldRef("h"))],  # closing what is not open
+    [_leaf(entry=1, delta=0, kind="release")],
+    [_credit(1, 10), _leaf(entry=2, delta=0, kind="hold",
+                           hold=HoldRef("h", 5, "2026-01-03T00:00:00.000Z")),
+     _debit(3, (1, 6), hold=HoldRef("h"))],                   # captures more than held
+])
+def test_fold_refuses_a_history_that_breaks_the_ledgers_rules(leaves: list[LogLeaf]) -> None:
+    with pytest.raises(TesseraError) as info:
+        fold(leaves, at=T0)
+    assert info.value.code is ErrorCode.MALFORMED
+
+
+def test_version_1_leaves_parse_and_verify_but_support_only_totals() -> None:
+    old = {"v": 1, "entry": 1, "member": "m", "delta": 10, "kind": "earn", "reason": None,
+           "time": "2026-01-01T00:00:00.000Z", "idempotency_key": None}
+    leaf = parse_leaf(old)
+    assert leaf.to_bytes() == json.dumps(old, separators=(",", ":"), sort_keys=True).encode()
+    assert total([leaf]) == 10
+    with pytest.raises(TesseraError) as info:
+        fold([leaf], at=T0)
+    assert info.value.code is ErrorCode.UNSUPPORTED_FORMAT
+    with pytest.raises(TesseraError):
+        parse_leaf(old | {"kind": "hold"})  # v1 knew no holds
+
+
+def test_v2_leaves_round_trip() -> None:
+    for leaf in (_credit(1, 10, pending=2, valid=5), _debit(2, (1, 4), hold=HoldRef("h")),
+                 _leaf(kind="hold", delta=0, hold=HoldRef("h", 5, "2026-01-03T00:00:00.000Z"))):
+        assert parse_leaf(json.loads(leaf.to_bytes())) == leaf
