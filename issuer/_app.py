@@ -32,7 +32,7 @@ from issuer._status_lists import StatusPublisher
 from tessera.did import Resolver
 from tessera.errors import ErrorCode, TesseraError
 from tessera.typing import Clock, NonceStore
-from tessera.web import StrictBodies, install_problem_handlers
+from tessera.web import StrictBodies, install_problem_handlers, problem_responses
 
 __all__ = [
     "PROBLEM_RESPONSES",
@@ -40,32 +40,34 @@ __all__ = [
     "BrandDep",
     "IdempotencyKey",
     "NowDep",
-    "Problem",
+    "OAuthError",
     "SessionDep",
     "StateDep",
     "create_app",
     "oauth_errors",
+    "oauth_responses",
 ]
 
 _log = logging.getLogger("tessera.issuer")
 
-class Problem(BaseModel):
-    """RFC 9457 problem details with Tessera's ``code`` extension member."""
+PROBLEM_RESPONSES: Final = problem_responses({
+    401: "missing or invalid API key", 404: "not found", 409: "conflict",
+    422: "invalid request", 503: "database unreachable or not migrated"})
 
-    type: str
-    title: str
-    status: int
-    detail: str
+
+class OAuthError(BaseModel):
+    """An OAuth error response (RFC 6749 §5.2), ``application/json``; it also keeps the
+    problem document's members and Tessera's ``code``."""
+
+    error: str
+    error_description: str
     code: ErrorCode
 
 
-PROBLEM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}},
-             "description": description}
-    for status, description in ((401, "missing or invalid API key"), (404, "not found"),
-                                (409, "conflict"), (422, "invalid request"),
-                                (503, "database unreachable or not migrated"))
-}
+def oauth_responses(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries of an OpenID4VCI endpoint: OAuth errors, ``application/json``."""
+    return {status: {"model": OAuthError, "description": text}
+            for status, text in described.items()}
 
 
 # OAuth error members for the OpenID4VCI endpoints, per endpoint kind: the
@@ -162,7 +164,10 @@ def _now(state: StateDep) -> datetime:
 
 NowDep = Annotated[datetime, Depends(_now)]
 
-_bearer = HTTPBearer(auto_error=False, description="a brand API key: `tsk_<id>_<secret>`")
+# Each bearer scheme has its own name: FastAPI keys schemes by name, so two
+# unnamed HTTPBearer would merge into one with the last description.
+_bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                     description="a brand API key: `tsk_<id>_<secret>`")
 
 
 def _brand(state: StateDep,

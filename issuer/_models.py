@@ -225,7 +225,9 @@ class ApiKeyCreated(ApiKeyPublic):
 
 
 class TierBase(SQLModel):
-    name: str = Field(min_length=1, max_length=64)
+    # The pattern is checked by _name; it is stated here so the OpenAPI document says it.
+    name: str = Field(min_length=1, max_length=64,
+                      schema_extra={"pattern": "^[a-z][a-z0-9_]*$"})
     rank: int = Field(ge=0, le=1000)
     qualifying_points: int = Field(ge=0, le=MAX_POINTS)
     qualification_period_days: int = Field(default=365, ge=1, le=3660)

@@ -9,17 +9,25 @@ at the credential endpoint), which makes the answer ``application/json``.
 from __future__ import annotations
 
 import io
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from issuer import _ledger
 from issuer._admin import brand_by_slug
-from issuer._app import PROBLEM_RESPONSES, NowDep, SessionDep, StateDep, oauth_errors
+from issuer._app import (
+    PROBLEM_RESPONSES,
+    NowDep,
+    SessionDep,
+    StateDep,
+    oauth_errors,
+    oauth_responses,
+)
 from issuer._issuance import issue_for_member, issuer_url, status_list_url
 from issuer._models import KeyStatus, StatusListShard
 from issuer._openid4vci import (
+    GRANT_PRE_AUTHORIZED,
     authorization_server_metadata,
     authorize,
     check_offer_reference,
@@ -34,11 +42,13 @@ from issuer._openid4vci import (
 )
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.web import PNG_CONTENT, PngResponse
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["openid4vci"], responses={404: PROBLEM_RESPONSES[404]})
+router = APIRouter(tags=["openid4vci"])
 NO_STORE = {"Cache-Control": "no-store"}
+_404: Final[dict[int | str, dict[str, Any]]] = {404: PROBLEM_RESPONSES[404]}
 
 
 def _signing_algs(state: Any, session: Any, brand: Any) -> list[str]:
@@ -65,18 +75,18 @@ def _as_metadata(slug: str, session: SessionDep, state: StateDep) -> JSONRespons
 # and path; the appended form is what many wallets of the drafts still fetch.
 for _path in ("/.well-known/openid-credential-issuer/brands/{slug}",
               "/brands/{slug}/.well-known/openid-credential-issuer"):
-    router.add_api_route(_path, _issuer_metadata, methods=["GET"],
+    router.add_api_route(_path, _issuer_metadata, methods=["GET"], responses=_404,
                          response_model=dict[str, Any], summary="Credential Issuer Metadata")
 for _path in ("/.well-known/oauth-authorization-server/brands/{slug}",
               "/brands/{slug}/.well-known/oauth-authorization-server"):
-    router.add_api_route(_path, _as_metadata, methods=["GET"],
+    router.add_api_route(_path, _as_metadata, methods=["GET"], responses=_404,
                          response_model=dict[str, Any], summary="OAuth AS Metadata")
 
 
 # -- offers by reference -------------------------------------------------------------------
 
 
-@router.get("/brands/{slug}/offers/{reference}", response_model=dict[str, Any])
+@router.get("/brands/{slug}/offers/{reference}", response_model=dict[str, Any], responses=_404)
 def get_offer(slug: str, reference: str, session: SessionDep, state: StateDep,
               now: NowDep) -> JSONResponse:
     """The Credential Offer behind a ``credential_offer_uri`` (OpenID4VCI §4.1.3)."""
@@ -86,8 +96,8 @@ def get_offer(slug: str, reference: str, session: SessionDep, state: StateDep,
     return JSONResponse(body, headers=NO_STORE)
 
 
-@router.get("/brands/{slug}/offers/{reference}/qr.png",
-            responses={200: {"content": {"image/png": {}}}})
+@router.get("/brands/{slug}/offers/{reference}/qr.png", response_class=PngResponse,
+            responses={**_404, 200: {"content": PNG_CONTENT}})
 def get_offer_qr(slug: str, reference: str, session: SessionDep, state: StateDep,
                  now: NowDep) -> Response:
     """A QR code of the by-reference offer URI, for a wallet's camera."""
@@ -101,14 +111,31 @@ def get_offer_qr(slug: str, reference: str, session: SessionDep, state: StateDep
         {"credential_offer_uri": f"{issuer_url(state.settings, brand)}/offers/{reference}"})
     buffer = io.BytesIO()
     segno.make(uri, error="m").save(buffer, kind="png", scale=6, border=4)
-    return Response(buffer.getvalue(), media_type="image/png", headers=NO_STORE)
+    return PngResponse(buffer.getvalue(), headers=NO_STORE)
 
 
 # -- token, nonce, credential --------------------------------------------------------------
 
 
+_TOKEN_FORM: Final = {"requestBody": {"required": True, "content": {
+    "application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "required": ["grant_type", "pre-authorized_code"],
+        "properties": {"grant_type": {"type": "string", "enum": [GRANT_PRE_AUTHORIZED]},
+                       "pre-authorized_code": {"type": "string"},
+                       "tx_code": {"type": "string"}}}}}}}
+_CREDENTIAL_REQUEST: Final = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {
+        "type": "object", "required": ["credential_configuration_id", "proofs"],
+        "properties": {"credential_configuration_id": {"type": "string"},
+                       "proofs": {"type": "object", "required": ["jwt"], "properties": {
+                           "jwt": {"type": "array", "items": {"type": "string"},
+                                   "minItems": 1, "maxItems": 1}}}}}}}}}
+
+
 @router.post("/brands/{slug}/token", dependencies=[Depends(oauth_errors("token"))],
-             response_model=dict[str, Any])
+             response_model=dict[str, Any], openapi_extra=_TOKEN_FORM,
+             responses=oauth_responses({
+                 400: "invalid_request, invalid_grant or unsupported_grant_type"}))
 async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JSONResponse:
     """Token endpoint (OpenID4VCI §6): ``grant_type`` pre-authorized_code, form-encoded."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -128,7 +155,8 @@ async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JS
 
 
 @router.post("/brands/{slug}/nonce", dependencies=[Depends(oauth_errors("credential"))],
-             response_model=dict[str, str])
+             response_model=dict[str, str],
+             responses=oauth_responses({400: "no such brand, or a malformed request"}))
 def nonce(slug: str, state: StateDep) -> JSONResponse:
     """Nonce endpoint (OpenID4VCI §7): a fresh single-use ``c_nonce``."""
     from issuer._db import session_scope
@@ -141,7 +169,12 @@ def nonce(slug: str, state: StateDep) -> JSONResponse:
 
 
 @router.post("/brands/{slug}/credential", dependencies=[Depends(oauth_errors("credential"))],
-             response_model=dict[str, Any])
+             response_model=dict[str, Any], openapi_extra=_CREDENTIAL_REQUEST,
+             responses=oauth_responses({
+                 400: "invalid_credential_request, invalid_proof, invalid_nonce, "
+                      "unknown_credential_configuration or credential_request_denied",
+                 401: "invalid_token: missing, unknown or expired access token",
+                 403: "insufficient_scope: the token does not cover this configuration"}))
 async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
                      authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Credential endpoint (OpenID4VCI §8): one credential per request, bound to the proof key."""
@@ -208,7 +241,8 @@ def _status(slug: str, list_id: str, purpose: str | None, request: Request,
 
 
 @router.get("/brands/{slug}/status/{list_id}",
-            responses={200: {"content": {"application/statuslist+jwt": {}}}})
+            responses={**_404, 200: {"content": {"application/statuslist+jwt": {
+                "schema": {"type": "string"}}}}})
 def token_status_list(slug: str, list_id: str, request: Request, session: SessionDep,
                       state: StateDep, now: NowDep) -> Response:
     """IETF Token Status List (``statuslist+jwt``, 2 bits) of SD-JWT VCs."""
@@ -216,7 +250,8 @@ def token_status_list(slug: str, list_id: str, request: Request, session: Sessio
 
 
 @router.get("/brands/{slug}/status/{list_id}/{purpose}",
-            responses={200: {"content": {"application/vc+ld+json": {}}}})
+            responses={**_404, 200: {"content": {"application/vc+ld+json": {
+                "schema": {"type": "object"}}}}})
 def bitstring_status_list(slug: str, list_id: str, purpose: str, request: Request,
                           session: SessionDep, state: StateDep, now: NowDep) -> Response:
     """W3C BitstringStatusListCredential (``revocation`` or ``suspension``)."""

@@ -30,13 +30,16 @@ def readyz(state: StateDep) -> dict[str, str]:
     return {"status": "ready", "database": "ok", "schema": require_current(state.engine)}
 
 
+class DidDocumentResponse(JSONResponse):
+    media_type = "application/did+json"
+
+
 @router.get("/brands/{slug}/did.json", responses={404: PROBLEM_RESPONSES[404]},
-            response_model=dict[str, Any])
+            response_model=dict[str, Any], response_class=DidDocumentResponse)
 def did_json(slug: str, session: SessionDep, state: StateDep) -> JSONResponse:
     """The brand's DID document (did:web §3.2: ``did:web:host:brands:<slug>``)."""
     brand = brand_by_slug(session, slug=slug)
     document = brand_did_document(session, keystore=state.keystore, brand=brand)
     # Short cache: a rotation must reach verifiers quickly, but a CDN may
     # still absorb verification traffic.
-    return JSONResponse(document, media_type="application/did+json",
-                        headers={"Cache-Control": "public, max-age=300"})
+    return DidDocumentResponse(document, headers={"Cache-Control": "public, max-age=300"})

@@ -34,7 +34,8 @@ from tessera.redemption import statement_csv
 __all__ = ["router"]
 
 router = APIRouter(tags=["redemption"], responses=PROBLEM_RESPONSES)
-_bearer = HTTPBearer(auto_error=False, description="a partner key: `tpk_<id>_<secret>`")
+_bearer = HTTPBearer(auto_error=False, scheme_name="PartnerKey",
+                     description="a partner key: `tpk_<id>_<secret>`")
 
 
 class PartnerCreate(BaseModel):

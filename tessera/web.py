@@ -12,13 +12,14 @@ the verifier SDK never does.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -27,14 +28,20 @@ from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
     "HTTP_STATUS",
+    "PNG_CONTENT",
     "PROBLEM_JSON",
+    "PROBLEM_REF",
+    "PROBLEM_SCHEMA",
     "PROBLEM_TYPE_BASE",
+    "PngResponse",
     "ProblemCustomizer",
     "StrictBodies",
     "allowed_methods",
+    "document_problems",
     "install_problem_handlers",
     "problem_media_type",
     "problem_response",
+    "problem_responses",
     "read_json_body",
     "to_tessera_error",
 ]
@@ -148,14 +155,20 @@ def to_tessera_error(
     return TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"), None, {}
 
 
+_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> str:
-    """Every method some route of the app takes on this path (Starlette names only the first)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return ", ".join(sorted(methods))
+    """Every method some route of the app takes on this path.
+
+    Starlette's 405 names the methods of the first route that matched the path
+    only; asking the router about each method counts every route, those of
+    included routers too."""
+    routes = request.app.router.routes
+    allowed = [method for method in _METHODS
+               if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                      for route in routes)]
+    return ", ".join(allowed)
 
 
 def install_problem_handlers(app: FastAPI, *, customize: ProblemCustomizer | None = None) -> None:
@@ -178,6 +191,7 @@ def install_problem_handlers(app: FastAPI, *, customize: ProblemCustomizer | Non
 
     for exc_type in (TesseraError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_type, handle)
+    document_problems(app)
 
 
 async def read_json_body(request: Request, *, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
@@ -195,6 +209,102 @@ async def read_json_body(request: Request, *, max_bytes: int = MAX_JSON_BYTES) -
     except TesseraError as exc:
         raise TesseraError(exc.code if exc.code == ErrorCode.TOO_LARGE else ErrorCode.MALFORMED,
                            f"request body: {exc.detail}") from exc
+
+
+# -- the OpenAPI documents ------------------------------------------------------------------
+
+PROBLEM_SCHEMA: Final[dict[str, Any]] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details with Tessera's stable `code` (docs/errors.md)",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "enum": [c.value for c in ErrorCode]},
+    },
+}
+PROBLEM_REF: Final = {"$ref": "#/components/schemas/Problem"}
+
+
+class PngResponse(Response):
+    """An image: declared ``image/png`` in the OpenAPI document, not FastAPI's JSON default."""
+
+    media_type = "image/png"
+
+
+PNG_CONTENT: Final = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def problem_responses(described: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for a route: each status as a problem document."""
+    return {status: {"description": text,
+                     "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}}}
+            for status, text in described.items()}
+
+
+_BODY_ERRORS: Final = {
+    "400": "the body is not strict JSON (duplicate member, NaN, too deep) or not the "
+           "documented form",
+    "413": "the body is over the service's size cap",
+}
+
+
+def _complete(schema: dict[str, Any]) -> dict[str, Any]:
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status, response in responses.items():
+                if not status.startswith(("4", "5")):
+                    continue
+                content = response.setdefault("content", {})
+                json_schema = content.get("application/json", {}).get("schema", {})
+                if json_schema.get("$ref", "").endswith(("/HTTPValidationError", "/Problem")):
+                    # FastAPI's defaults: its validation error shape, or a model
+                    # declared beside problem+json. What leaves is the problem document.
+                    del content["application/json"]
+                    content[PROBLEM_JSON] = {"schema": PROBLEM_REF}
+                if PROBLEM_JSON in content and not content[PROBLEM_JSON].get("schema"):
+                    content[PROBLEM_JSON] = {"schema": PROBLEM_REF}
+            # A route family that renders its own 400 (OAuth, through a customizer)
+            # folds validation errors and oversized bodies into it.
+            own_400 = responses.get("400", {}).get("content", {})
+            own_errors = bool(own_400) and PROBLEM_JSON not in own_400
+            if own_errors:
+                responses.pop("422", None)
+            if "requestBody" in operation:
+                # StrictBodies answers for every body: malformed JSON, over the cap.
+                for status, text in _BODY_ERRORS.items():
+                    if status == "413" and own_errors:
+                        continue
+                    responses.setdefault(status, problem_responses({int(status): text})[
+                        int(status)])
+    if "/HTTPValidationError" not in json.dumps(schema["paths"]):
+        for name in ("HTTPValidationError", "ValidationError"):
+            components["schemas"].pop(name, None)
+    return schema
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make ``app.openapi()`` say what the shared stack answers on every operation.
+
+    The problem handler and :class:`StrictBodies` answer on routes that do not
+    know about them: every error is a ``Problem`` (not FastAPI's validation
+    shape), and every operation with a body can get 400 (malformed) and 413.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI caches the document it builds; completing it again changes nothing.
+        return _complete(build())
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 _ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]

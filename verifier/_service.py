@@ -55,7 +55,14 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
 from tessera.nonces import nonce_store_from_url
 from tessera.typing import DIDResolver, Signer
-from tessera.web import StrictBodies, install_problem_handlers, problem_response
+from tessera.web import (
+    PNG_CONTENT,
+    PngResponse,
+    StrictBodies,
+    install_problem_handlers,
+    problem_response,
+    problem_responses,
+)
 from verifier._checkout_page import CHECKOUT_HTML
 from verifier._openid4vp import (
     PREFIX_DID,
@@ -316,6 +323,21 @@ class CheckoutService:
         return result
 
 
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+_NOT_FOUND: Final = problem_responses({404: "no such checkout request (or it expired)"})
+_RESPONSE_FORM: Final = {"requestBody": {"required": True, "content": {
+    "application/x-www-form-urlencoded": {"schema": {
+        "type": "object",
+        "description": "OpenID4VP 1.0 §8.2 (direct_post: vp_token and state, or error and "
+                       "state) or §8.3 (direct_post.jwt: response, a JWE)",
+        "properties": {"vp_token": {"type": "string"}, "state": {"type": "string"},
+                       "response": {"type": "string"}, "error": {"type": "string"},
+                       "error_description": {"type": "string"}}}}}}}
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     service = CheckoutService(settings)
     app = FastAPI(
@@ -343,27 +365,45 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return [{"id": p.id, "label": p.label, "purpose": p.purpose}
                 for p in service.policies.values()]
 
-    @app.post("/requests", status_code=201)
+    @app.post("/requests", status_code=201, responses=problem_responses({
+        400: "a DCQL query or transaction data that cannot be used",
+        404: "no such policy"}))
     def create_request(body: CreateRequest) -> dict[str, Any]:
         return service.create(body)
 
-    @app.get("/requests/{request_id}/qr.png")
+    @app.get("/requests/{request_id}/qr.png", response_class=PngResponse,
+             responses={**_NOT_FOUND, 200: {"content": PNG_CONTENT}})
     def qr_png(request_id: str) -> Response:
         import segno
 
         session = service.session(request_id)
         out = io.BytesIO()
         segno.make(session["deep_link"], error="m").save(out, kind="png", scale=6, border=2)
-        return Response(out.getvalue(), media_type="image/png",
-                        headers={"Cache-Control": "no-store"})
+        return PngResponse(out.getvalue(), headers={"Cache-Control": "no-store"})
 
-    @app.get("/requests/{request_id}/object")
+    @app.get("/requests/{request_id}/object", response_class=Response, responses={
+        **problem_responses({404: "no such checkout request (or it expired)",
+                             409: "already fetched: the checkout is cancelled"}),
+        200: {"description": "the signed Request Object (OpenID4VP 1.0 §5.2)",
+              "content": {"application/oauth-authz-req+jwt": {"schema": {"type": "string"}}}},
+    })
     def request_object(request_id: str) -> Response:
         return Response(service.request_object(request_id),
                         media_type="application/oauth-authz-req+jwt",
                         headers={"Cache-Control": "no-store"})
 
-    @app.post("/response")
+    @app.post("/response", openapi_extra=_RESPONSE_FORM, responses={
+        200: {"description": "received (§8.2)",
+              "content": {"application/json": {"schema": {"type": "object"}}}},
+        **problem_responses({
+            400: "not verified: the problem document lists the error codes in `errors`",
+            403: "not verified: untrusted issuer or credential type",
+            404: "no pending request has this state or key",
+            409: "already answered", 413: "body too large",
+            415: "not application/x-www-form-urlencoded",
+            422: "the answer does not fit the request",
+            503: "a status list could not be fetched"}),
+    })
     async def response_endpoint(request: Request) -> JSONResponse:
         if not request.headers.get("content-type", "").startswith(
             "application/x-www-form-urlencoded"
@@ -385,11 +425,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             extra={"errors": list(result.errors)},
         )
 
-    @app.get("/requests/{request_id}/result")
+    @app.get("/requests/{request_id}/result", responses=_NOT_FOUND)
     def result(request_id: str) -> dict[str, Any]:
         return service.public_view(service.session(request_id))
 
-    @app.get("/requests/{request_id}/events")
+    @app.get("/requests/{request_id}/events", response_class=EventStreamResponse, responses={
+        **_NOT_FOUND,
+        200: {"description": "Server-Sent Events: `status` events carrying the result view",
+              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    })
     async def events(request_id: str) -> StreamingResponse:
         first = await run_in_threadpool(service.session, request_id)
 
@@ -413,9 +457,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                     service.sessions.get, f"session:{request_id}"
                 )
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store",
-                                          "X-Accel-Buffering": "no"})
+        return EventStreamResponse(stream(), headers={"Cache-Control": "no-store",
+                                                      "X-Accel-Buffering": "no"})
 
     return app
 

@@ -256,7 +256,7 @@ _RESULT_SCHEMA: Final[dict[str, Any]] = {
 def _openapi(document_key: str, options: dict[str, Any]) -> dict[str, Any]:
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": [document_key],
+            "type": "object", "required": [document_key], "additionalProperties": False,
             "properties": {document_key: {"type": "object"},
                            "options": {"type": "object", "properties": options}},
         }}}},
@@ -267,6 +267,9 @@ def _openapi(document_key: str, options: dict[str, Any]) -> dict[str, Any]:
                                    "request (RFC 9457 problem document)",
                     "content": {"application/json": {"schema": _RESULT_SCHEMA},
                                 "application/problem+json": {}}},
+            "422": {"description": "A member the VC API does not define (RFC 9457 problem "
+                                   "document)",
+                    "content": {"application/problem+json": {}}},
         },
     }
 
