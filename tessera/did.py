@@ -6,13 +6,17 @@
 * did:jwk: the base64url of the public JWK's JSON; the one method is ``#0``.
 * did:web (W3C CCG did:web §3.2): ``did:web:host[%3Aport][:path]`` maps to
   ``https://host[:port]/path/did.json`` (or ``/.well-known/did.json``),
-  fetched through :class:`HttpFetcher`: https only, a timeout, a size cap, no
-  private or loopback addresses (unless configured), and every redirect hop
-  checked the same way (SSRF).
+  fetched through :class:`HttpFetcher`: https only, a per-read timeout and a
+  total deadline per fetch (and per verification, :func:`fetch_budget`), a
+  size cap, no private or loopback addresses (unless configured), the
+  connection made to the very address that was checked (no DNS rebinding),
+  and every redirect hop checked the same way (SSRF).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import json
 import socket
@@ -20,7 +24,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -40,6 +44,7 @@ __all__ = [
     "did_jwk",
     "did_key",
     "did_web_url",
+    "fetch_budget",
     "holder_key_of",
     "issuer_key_lookup",
     "method_key_lookup",
@@ -244,20 +249,80 @@ def _resolve_did_jwk(did: str) -> DIDDocument:
     )
 
 
-def _public_address(host: str) -> bool:
+def system_resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to (the system resolver, as httpx would ask it)."""
+    infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# The absolute time.monotonic() by which every fetch of the current
+# verification must be done (see fetch_budget); None when no budget is set.
+_BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "tessera_fetch_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def fetch_budget(seconds: float) -> Iterator[None]:
+    """Bound every :class:`HttpFetcher` fetch made inside the block to ``seconds`` in total.
+
+    A verification may resolve several DIDs and status lists; each fetch has
+    its own deadline, and this bounds their sum. Nested budgets keep the
+    earlier end. ``Verifier(fetch_budget=...)`` wraps each ``verify`` in one.
+    """
+    end = time.monotonic() + seconds
+    outer = _BUDGET.get()
+    token = _BUDGET.set(end if outer is None else min(end, outer))
     try:
-        infos = socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return False
-    addresses = {info[4][0] for info in infos}
-    return bool(addresses) and all(ipaddress.ip_address(a).is_global for a in addresses)
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def _within(seconds: float, work: Callable[[], list[str]]) -> list[str]:
+    # getaddrinfo has no timeout of its own; a worker thread lets the caller
+    # give up at the deadline (the thread ends when the system resolver does).
+    box: list[list[str] | BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(work())
+        except BaseException as exc:  # handed to the caller below
+            box.append(exc)
+
+    worker = threading.Thread(target=run, name="tessera-resolve", daemon=True)
+    worker.start()
+    worker.join(max(seconds, 0.0))
+    if not box:
+        raise TimeoutError("name resolution did not finish before the deadline")
+    result = box[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 class HttpFetcher:
     """Bounded HTTP GET for DID documents and status lists.
 
+    * ``timeout`` bounds each connect and each read; ``deadline`` bounds the
+      whole fetch, redirects, name resolution and a body trickled one byte
+      at a time included (and :func:`fetch_budget`, when active, bounds all
+      fetches of one verification). Past it the fetch fails with
+      ``did_resolution_failed`` (status lists report ``status_unavailable``).
+    * SSRF: https only (unless ``allow_http``), and every address the host
+      resolves to must be public (unless ``allow_private``). The connection
+      then goes to the (first) address that was checked, with the name as
+      ``Host`` and as TLS SNI, so the certificate is still verified for the
+      name: a resolver that answers a public address for the check and
+      127.0.0.1 for the connect (DNS rebinding) reaches nothing. Every
+      redirect hop is resolved, checked and pinned the same way.
+
     ``client`` may carry an ``httpx.MockTransport`` so tests never touch the
-    network; ``is_public_host`` is the SSRF check and can be replaced too.
+    network; ``resolve`` (``(host, port) -> addresses``) replaces the system
+    resolver. With ``allow_private`` and no ``resolve`` nothing is checked,
+    so nothing is pinned (development mode, tests). ``is_public_host`` is the
+    older, name-only check: when given, it decides and the connection is not
+    pinned (tests with mock transports).
     """
 
     def __init__(
@@ -265,39 +330,92 @@ class HttpFetcher:
         client: httpx.Client | None = None,
         *,
         timeout: float = 5.0,
+        deadline: float = 10.0,
         max_bytes: int = 1024 * 1024,
         max_redirects: int = 3,
         allow_http: bool = False,
         allow_private: bool = False,
-        is_public_host: Callable[[str], bool] = _public_address,
+        resolve: Callable[[str, int], Sequence[str]] | None = None,
+        is_public_host: Callable[[str], bool] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = client or httpx.Client(timeout=timeout)
+        # No keep-alive: a pooled connection is keyed by the pinned address,
+        # and one verified for another name must never carry this request.
+        self._client = client or httpx.Client(
+            timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         self._timeout = timeout
+        self._deadline = deadline
         self._max_bytes = max_bytes
         self._max_redirects = max_redirects
         self._allow_http = allow_http
         self._allow_private = allow_private
+        self._resolve = resolve or system_resolve
+        # With allow_private nothing is checked, so there is nothing to pin
+        # and the name is left to httpx, unless the caller maps names itself.
+        self._pin = not allow_private or resolve is not None
         self._is_public_host = is_public_host
+        self._now = monotonic
 
-    def _check_url(self, url: str) -> None:
+    def _left(self, end: float, url: str) -> float:
+        left = end - self._now()
+        if left <= 0:
+            raise TesseraError(
+                ErrorCode.DID_RESOLUTION_FAILED, f"GET {url}: deadline exceeded"
+            )
+        return left
+
+    def _route(self, url: str, end: float) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Check ``url`` and say where to connect: (request URL, headers, extensions)."""
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "https" and not (self._allow_http and parsed.scheme == "http"):
             raise TesseraError(ErrorCode.DID_RESOLUTION_FAILED, f"refusing non-https URL {url}")
         host = parsed.hostname or ""
         if not host:
             raise TesseraError(ErrorCode.DID_RESOLUTION_FAILED, "URL has no host")
-        if not self._allow_private and not self._is_public_host(host):
+        if self._is_public_host is not None:
+            if not self._allow_private and not self._is_public_host(host):
+                raise TesseraError(
+                    ErrorCode.DID_RESOLUTION_FAILED, f"refusing non-public address for {host}"
+                )
+            return url, {}, {}
+        if not self._pin:
+            return url, {}, {}
+        try:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            addresses = _within(self._left(end, url), lambda: list(self._resolve(host, port)))
+            ips = [ipaddress.ip_address(a) for a in addresses]
+        except (OSError, ValueError) as exc:
+            raise TesseraError(
+                ErrorCode.DID_RESOLUTION_FAILED, f"cannot resolve {host}: {type(exc).__name__}"
+            ) from exc
+        if not ips or not (self._allow_private or all(ip.is_global for ip in ips)):
             raise TesseraError(
                 ErrorCode.DID_RESOLUTION_FAILED, f"refusing non-public address for {host}"
             )
+        pinned = ips[0]
+        literal = f"[{pinned}]" if pinned.version == 6 else str(pinned)
+        netloc = literal if parsed.port is None else f"{literal}:{parsed.port}"
+        target = urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+        # Host keeps the name (and port) for virtual hosting; sni_hostname
+        # makes httpcore send the name in the TLS handshake and check the
+        # certificate against it (ssl server_hostname), not against the IP.
+        headers = {"Host": parsed.netloc.rpartition("@")[2]}
+        return target, headers, {"sni_hostname": host}
 
     def fetch(self, url: str, *, accept: str = "application/json") -> bytes:
+        end = self._now() + self._deadline
+        budget = _BUDGET.get()
+        if budget is not None:
+            # The budget is on time.monotonic; carry what is left of it over.
+            end = min(end, self._now() + (budget - time.monotonic()))
         for _ in range(self._max_redirects + 1):
-            self._check_url(url)
+            target, headers, extensions = self._route(url, end)
             try:
                 with self._client.stream(
-                    "GET", url, headers={"Accept": accept}, follow_redirects=False,
-                    timeout=self._timeout,
+                    "GET", target, headers={"Accept": accept, **headers},
+                    follow_redirects=False, timeout=min(self._timeout, self._left(end, url)),
+                    extensions=extensions,
                 ) as response:
                     if response.is_redirect:
                         location = response.headers.get("location", "")
@@ -316,6 +434,9 @@ class HttpFetcher:
                         body += chunk
                         if len(body) > self._max_bytes:
                             raise TesseraError(ErrorCode.TOO_LARGE, f"{url} is over the size cap")
+                        # Each read is bounded by the timeout; this bounds
+                        # their sum (a server trickling one byte a second).
+                        self._left(end, url)
                     return bytes(body)
             except httpx.HTTPError as exc:
                 raise TesseraError(

@@ -10,7 +10,15 @@ the refusal code, and where work is bounded, a CPU bound measured with
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -291,3 +299,215 @@ def test_bitstring_list_signed_by_another_did_resolves_no_did() -> None:
         check(entry, issuer=brand.did, now=clock())
     assert exc.value.code is ErrorCode.STATUS_UNAVAILABLE
     assert web.calls == [LIST_URL]
+
+
+# -- slow, huge and rebinding remote documents (items 3 and 4) -----------------------------------
+
+
+class SlowServer:
+    """A loopback HTTP(S) server in a thread, answering every GET with ``body``.
+
+    ``pace`` seconds pass between chunks of ``chunk`` bytes; ``length`` is the
+    declared Content-Length (None: close-delimited). ``sent`` counts the bytes
+    actually written before the client hung up.
+    """
+
+    def __init__(self, body: Callable[[], Iterator[bytes]], *, pace: float = 0.0,
+                 length: int | None = None, tls: ssl.SSLContext | None = None) -> None:
+        self.body, self.pace, self.length, self.tls = body, pace, length, tls
+        self.sent = 0
+        self.requests: list[str] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                if self.tls is not None:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                self._answer(conn)
+            except (OSError, ssl.SSLError):
+                pass  # the client gave up (what the deadline tests want)
+            finally:
+                conn.close()
+
+    def _answer(self, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = conn.recv(4096)
+            if not data:
+                return
+            head += data
+        self.requests.append(head.split(b"\r\n", 1)[0].decode())
+        length = f"Content-Length: {self.length}\r\n" if self.length is not None else ""
+        conn.sendall(f"HTTP/1.1 200 OK\r\n{length}Connection: close\r\n\r\n".encode())
+        for chunk in self.body():
+            if self._stop.is_set():
+                return
+            conn.sendall(chunk)
+            self.sent += len(chunk)
+            if self.pace:
+                time.sleep(self.pace)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(5)
+
+
+def _trickle(total: int) -> Callable[[], Iterator[bytes]]:
+    return lambda: (b" " for _ in range(total))
+
+
+def _endless() -> Iterator[bytes]:
+    while True:
+        yield b" " * 65536
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> dict[str, Path]:
+    """A throwaway CA and a leaf certificate for ``did.test`` (openssl CLI)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl CLI not installed: needed to make test certificates")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=tmp_path, check=True,  # noqa: S603 - fixed args
+                       capture_output=True)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Tessera test CA")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=did.test")
+    (tmp_path / "san.ext").write_text("subjectAltName=DNS:did.test\n")
+    run("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "san.ext")
+    return {"ca": tmp_path / "ca.pem", "cert": tmp_path / "leaf.pem",
+            "key": tmp_path / "leaf.key"}
+
+
+def _server_tls(certs: dict[str, Path]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs["cert"], certs["key"])
+    return ctx
+
+
+def _loopback_fetcher(certs: dict[str, Path], **kw: Any) -> HttpFetcher:
+    """Names resolve to 127.0.0.1 (allowed here), TLS trusts only the test CA."""
+    client = httpx.Client(verify=ssl.create_default_context(cafile=str(certs["ca"])))
+    return HttpFetcher(client, resolve=lambda host, port: ["127.0.0.1"], allow_private=True,
+                       **kw)
+
+
+def test_pinned_connection_still_verifies_the_certificate_for_the_name(
+    certs: dict[str, Path],
+) -> None:
+    # The connection goes to 127.0.0.1 (the pinned address), yet TLS is
+    # checked against the name: the certificate has no IP address in it.
+    doc = json.dumps({"id": "did:web:did.test"}).encode()
+    server = SlowServer(lambda: iter([doc]), length=len(doc), tls=_server_tls(certs))
+    try:
+        fetcher = _loopback_fetcher(certs)
+        assert fetcher.fetch(f"https://did.test:{server.port}/.well-known/did.json") == doc
+        # Another name on the same address: the certificate does not cover it.
+        with pytest.raises(TesseraError) as exc:
+            fetcher.fetch(f"https://evil.test:{server.port}/.well-known/did.json")
+        assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED
+        assert len(server.requests) == 1  # no HTTP request without a verified certificate
+    finally:
+        server.close()
+
+
+def _verify_once(v: Verifier, brand: TestIssuer, member: TestHolder,
+                 status: dict[str, Any] | None = None) -> tuple[tuple[str, ...], float]:
+    req = v.create_request(audience=AUD)
+    vp = member.present(brand.issue_membership(member, status=status), ["tier_at_least_gold"],
+                        req)
+    started = time.process_time()
+    result = v.verify(vp, request=req)
+    return result.errors, time.process_time() - started
+
+
+def test_did_web_trickled_one_byte_at_a_time_is_cut_at_the_verification_budget(
+    certs: dict[str, Path],
+) -> None:
+    # 200 bytes at 20 ms each would take 4 s; per-read timeouts never fire.
+    server = SlowServer(_trickle(200), pace=0.02, length=200, tls=_server_tls(certs))
+    try:
+        brand = TestIssuer(f"did:web:did.test%3A{server.port}")
+        member = TestHolder()
+        v = Verifier(trust=brand.trust_list(), resolver=Resolver(_loopback_fetcher(certs)),
+                     fetch_budget=timedelta(seconds=0.3))
+        errors, cpu = _verify_once(v, brand, member)
+        assert errors == ("did_resolution_failed",)
+        assert server.requests and server.sent < 200  # the client hung up early
+        assert cpu < 1.0
+    finally:
+        server.close()
+
+
+def test_status_list_trickled_is_cut_at_the_fetch_deadline() -> None:
+    server = SlowServer(_trickle(200), pace=0.02, length=200)
+    try:
+        clock = FixedClock()
+        brand, member = TestIssuer(clock=clock), TestHolder(clock=clock)
+        resolver = Resolver(documents={brand.did: brand.did_document})
+        fetcher = HttpFetcher(allow_http=True, allow_private=True, deadline=0.3)
+        v = Verifier(trust=brand.trust_list(), resolver=resolver, clock=clock,
+                     status_check=default_status_check(resolver, fetcher, clock=clock))
+        status = {"status_list": {"idx": 3, "uri": f"http://127.0.0.1:{server.port}/list"}}
+        errors, cpu = _verify_once(v, brand, member, status)
+        assert errors == ("status_unavailable",)
+        assert server.requests and server.sent < 200
+        assert cpu < 1.0
+    finally:
+        server.close()
+
+
+def test_huge_did_document_is_cut_at_the_size_cap(certs: dict[str, Path]) -> None:
+    server = SlowServer(_endless, tls=_server_tls(certs))  # no Content-Length, never ends
+    try:
+        brand = TestIssuer(f"did:web:did.test%3A{server.port}")
+        v = Verifier(trust=brand.trust_list(), resolver=Resolver(_loopback_fetcher(certs)))
+        errors, cpu = _verify_once(v, brand, TestHolder())
+        assert errors == ("too_large",)
+        assert cpu < 1.0
+    finally:
+        server.close()
+
+
+def test_dns_rebinding_to_loopback_reaches_nothing() -> None:
+    # Simulated network: the transport stands for every host; the resolver
+    # answers a public address for the first lookup and 127.0.0.1 after.
+    clock = FixedClock()
+    rogue_member = TestHolder(clock=clock)
+    brand = TestIssuer("did:web:rebind.example", clock=clock)
+    doc = json.dumps(brand.did_document).encode()
+    answers = ["93.184.216.34", "127.0.0.1"]
+    asked: list[str] = []
+    connected: list[str] = []
+
+    def dns(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return [answers.pop(0) if len(answers) > 1 else answers[0]]
+
+    def network(request: httpx.Request) -> httpx.Response:
+        connected.append(request.url.host)
+        if request.url.host == "127.0.0.1":  # what an attacker wants reached
+            return httpx.Response(200, content=b'{"id": "did:web:rebind.example"}')
+        return httpx.Response(200, content=doc)
+
+    fetcher = HttpFetcher(httpx.Client(transport=httpx.MockTransport(network)), resolve=dns)
+    v = Verifier(trust=brand.trust_list(), resolver=Resolver(fetcher), clock=clock)
+    errors, cpu = _verify_once(v, brand, rogue_member)
+    assert errors == ()
+    assert asked == ["rebind.example"] and connected == ["93.184.216.34"]
+    assert cpu < 1.0

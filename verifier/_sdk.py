@@ -11,6 +11,7 @@ from typing import Any
 from tessera import credentials
 from tessera.dcql import CredentialQuery, Query
 from tessera.did import HttpFetcher, Resolver, did_jwk, did_key, issuer_key_lookup
+from tessera.did import fetch_budget as within_fetch_budget
 from tessera.encoding import parse_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import sd_jwt
@@ -149,6 +150,12 @@ class Verifier:
     fetched the same way, an in-memory nonce store, the system clock); pass
     your own to share nonces across instances (SQL or Redis store) or to run
     without a network.
+
+    ``fetch_budget`` bounds the time one :meth:`verify` may spend fetching
+    (DID documents and status lists together, through
+    :class:`~tessera.did.HttpFetcher`); each fetch also has its own deadline.
+    Past it the presentation is refused (``did_resolution_failed`` or
+    ``status_unavailable``), never left waiting on a slow server.
     """
 
     def __init__(
@@ -163,6 +170,7 @@ class Verifier:
         request_ttl: timedelta = timedelta(minutes=5),
         max_kb_age: timedelta = timedelta(minutes=5),
         clock_skew: timedelta = timedelta(seconds=60),
+        fetch_budget: timedelta = timedelta(seconds=10),
     ) -> None:
         from tessera.nonces import MemoryNonceStore
 
@@ -177,6 +185,7 @@ class Verifier:
         self._ttl = request_ttl
         self._max_kb_age = max_kb_age
         self._skew = clock_skew
+        self._fetch_budget = fetch_budget.total_seconds()
         self._resolve_issuer_key = issuer_key_lookup(self._resolver)
 
     # -- requests -------------------------------------------------------------
@@ -238,7 +247,8 @@ class Verifier:
         any verifier instance able to finish it). Each nonce is accepted once.
         """
         try:
-            return self._verify(vp_token, request, now or self._clock())
+            with within_fetch_budget(self._fetch_budget):
+                return self._verify(vp_token, request, now or self._clock())
         except TesseraError as exc:
             return VerificationResult.failure(exc.code)
         except (ValueError, TypeError, KeyError, RecursionError):

@@ -18,12 +18,12 @@ from tessera.did import (
     DIDDocument,
     HttpFetcher,
     Resolver,
-    _public_address,
     base58btc_decode,
     base58btc_encode,
     did_jwk,
     did_key,
     did_web_url,
+    fetch_budget,
     multikey_decode,
     multikey_encode,
 )
@@ -249,20 +249,29 @@ def test_did_web_url_refuses_tricks(did: str) -> None:
     assert exc.value.code is ErrorCode.MALFORMED
 
 
-def _is_public(host: str) -> bool:
-    """A stand-in for DNS: IP literals by their class, names by a fixed table."""
+PRIVATE_NAMES = {"intranet.corp": "10.1.2.3", "localhost": "127.0.0.1",
+                 "metadata.internal": "169.254.169.254"}
+
+
+def fake_dns(host: str, port: int) -> list[str]:
+    """A stand-in for DNS: IP literals are themselves, names a fixed table or a public IP."""
     try:
-        return ipaddress.ip_address(host).is_global
+        return [str(ipaddress.ip_address(host))]
     except ValueError:
-        return host not in {"intranet.corp", "localhost", "metadata.internal"}
+        return [PRIVATE_NAMES.get(host, "93.184.216.34")]
 
 
 class Site:
-    """A tiny in-memory web server for httpx.MockTransport, counting requests."""
+    """A tiny in-memory web server for httpx.MockTransport, counting requests.
+
+    The fetcher connects to the pinned address with the name in ``Host``;
+    ``requests`` records the URL as named, ``connected`` the address used.
+    """
 
     def __init__(self) -> None:
         self.routes: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
         self.requests: list[str] = []
+        self.connected: list[str] = []
 
     def json(self, url: str, document: Any) -> None:
         body = json.dumps(document).encode()
@@ -270,14 +279,15 @@ class Site:
             200, content=body, headers={"content-type": "application/did+json"})
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        url = str(request.url)
+        self.connected.append(request.url.host)
+        url = str(request.url.copy_with(netloc=request.headers["host"].encode()))
         self.requests.append(url)
         route = self.routes.get(url)
         return route(request) if route else httpx.Response(404)
 
     def fetcher(self, **kwargs: Any) -> HttpFetcher:
         client = httpx.Client(transport=httpx.MockTransport(self.handler))
-        kwargs.setdefault("is_public_host", _is_public)
+        kwargs.setdefault("resolve", fake_dns)
         return HttpFetcher(client, **kwargs)
 
 
@@ -420,14 +430,170 @@ def test_oversized_document_refused(site: Site) -> None:
     assert exc.value.code is ErrorCode.TOO_LARGE
 
 
-def test_default_public_address_check_on_literals() -> None:
-    # IP literals need no DNS, so the real check can run offline.
-    assert not _public_address("127.0.0.1")
-    assert not _public_address("10.1.2.3")
-    assert not _public_address("169.254.169.254")
-    assert not _public_address("::1")
-    assert not _public_address("fd00::1")
-    assert _public_address("8.8.8.8")
+def test_default_address_check_on_literals() -> None:
+    # IP literals need no DNS, so the real resolver and check run offline.
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, content=b"{}")
+
+    fetcher = HttpFetcher(httpx.Client(transport=httpx.MockTransport(handler)))
+    for literal in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "[::1]", "[fd00::1]"):
+        with pytest.raises(TesseraError) as exc:
+            fetcher.fetch(f"https://{literal}/did.json")
+        assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED
+    assert seen == []
+    assert fetcher.fetch("https://8.8.8.8/did.json") == b"{}"
+    assert seen == ["https://8.8.8.8/did.json"]
+
+
+# -- DNS rebinding: connect to the address that was checked (issue 9 item 4) -------------------
+
+
+class Rebinder:
+    """DNS that answers a public address first and loopback afterwards."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.asked: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        return [self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]]
+
+
+def test_connection_goes_to_the_checked_address_with_name_in_host_and_sni() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"{}")
+
+    dns = Rebinder("93.184.216.34", "127.0.0.1")
+    fetcher = HttpFetcher(httpx.Client(transport=httpx.MockTransport(handler)), resolve=dns)
+    assert fetcher.fetch("https://rebind.example:8443/.well-known/did.json") == b"{}"
+    # One lookup, checked, and used: httpx never gets the name to resolve again
+    # (it would now answer 127.0.0.1).
+    assert dns.asked == ["rebind.example"]
+    [request] = seen
+    assert request.url.host == "93.184.216.34" and request.url.port == 8443
+    assert request.headers["host"] == "rebind.example:8443"
+    assert request.extensions["sni_hostname"] == "rebind.example"
+
+
+def test_every_redirect_hop_is_resolved_checked_and_pinned(site: Site) -> None:
+    site.routes["https://brand.example/.well-known/did.json"] = lambda _r: httpx.Response(
+        302, headers={"location": "https://cdn.example/did.json"})
+    site.json("https://cdn.example/did.json", {"id": "did:web:brand.example"})
+    dns = Rebinder("93.184.216.34", "127.0.0.1")
+    with pytest.raises(TesseraError) as exc:
+        Resolver(site.fetcher(resolve=dns)).resolve("did:web:brand.example")
+    assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED
+    assert dns.asked == ["brand.example", "cdn.example"]
+    assert site.connected == ["93.184.216.34"]  # the loopback hop is never connected
+
+    dns = Rebinder("93.184.216.34", "8.8.4.4")
+    site.requests.clear()
+    site.connected.clear()
+    assert site.fetcher(resolve=dns).fetch("https://brand.example/.well-known/did.json")
+    assert site.requests == ["https://brand.example/.well-known/did.json",
+                             "https://cdn.example/did.json"]
+    assert site.connected == ["93.184.216.34", "8.8.4.4"]
+
+
+def test_a_name_with_any_private_address_is_refused(site: Site) -> None:
+    with pytest.raises(TesseraError) as exc:
+        site.fetcher(resolve=lambda h, p: ["93.184.216.34", "127.0.0.1"]).fetch(
+            "https://both.example/did.json")
+    assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED
+    with pytest.raises(TesseraError) as exc:
+        site.fetcher(resolve=lambda h, p: []).fetch("https://nothing.example/did.json")
+    assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED
+
+    def fails(host: str, port: int) -> list[str]:
+        raise OSError("no such name")
+
+    with pytest.raises(TesseraError) as exc:
+        site.fetcher(resolve=fails).fetch("https://nothing.example/did.json")
+    assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED
+    assert site.connected == []
+
+
+# -- deadlines (issue 9 item 3) ----------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_trickled_body_hits_the_total_deadline(site: Site) -> None:
+    # Each chunk arrives well within the per-read timeout; only the total
+    # deadline stops it (before: the fetch ran until 1 MiB had arrived).
+    clock = FakeClock()
+    chunks: list[int] = []
+
+    def trickle() -> Iterator[bytes]:
+        while True:
+            clock.t += 1.0  # one byte a second
+            chunks.append(1)
+            yield b" "
+
+    url = "https://slow.example/.well-known/did.json"
+    site.routes[url] = lambda _r: httpx.Response(200, content=trickle())
+    with pytest.raises(TesseraError) as exc:
+        site.fetcher(deadline=30.0, monotonic=clock).fetch(url)
+    assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED
+    assert "deadline" in exc.value.detail
+    assert 29 <= len(chunks) <= 31
+
+
+def test_deadline_counts_across_redirects(site: Site) -> None:
+    clock = FakeClock()
+
+    def slow_redirect(_r: httpx.Request) -> httpx.Response:
+        clock.t += 4.0
+        return httpx.Response(302, headers={"location": "/.well-known/did.json"})
+
+    site.routes["https://brand.example/.well-known/did.json"] = slow_redirect
+    with pytest.raises(TesseraError) as exc:
+        site.fetcher(deadline=10.0, max_redirects=10, monotonic=clock).fetch(
+            "https://brand.example/.well-known/did.json")
+    assert "deadline" in exc.value.detail
+    assert len(site.requests) == 3  # 4 s each: the fourth hop would start past 10 s
+
+
+def test_fetch_budget_bounds_all_fetches_of_a_block(site: Site) -> None:
+    site.json("https://brand.example/.well-known/did.json", {"id": "did:web:brand.example"})
+    fetcher = site.fetcher()
+    with fetch_budget(0.0), pytest.raises(TesseraError) as exc:
+        fetcher.fetch("https://brand.example/.well-known/did.json")
+    assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED and "deadline" in exc.value.detail
+    assert site.requests == []
+    with fetch_budget(60.0), fetch_budget(30.0):
+        assert fetcher.fetch("https://brand.example/.well-known/did.json")
+
+
+def test_slow_name_resolution_hits_the_deadline(site: Site) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def hangs(host: str, port: int) -> list[str]:
+        release.wait(5)
+        return ["93.184.216.34"]
+
+    try:
+        with pytest.raises(TesseraError) as exc:
+            site.fetcher(resolve=hangs, deadline=0.05).fetch("https://slow.example/did.json")
+        assert exc.value.code is ErrorCode.DID_RESOLUTION_FAILED
+        assert site.connected == []
+    finally:
+        release.set()
 
 
 # -- cache -------------------------------------------------------------------------------
