@@ -511,3 +511,25 @@ def test_dns_rebinding_to_loopback_reaches_nothing() -> None:
     assert errors == ()
     assert asked == ["rebind.example"] and connected == ["93.184.216.34"]
     assert cpu < 1.0
+
+
+def test_vc_api_verifier_bounds_its_fetches_per_request() -> None:
+    # A zero budget: the did:web fetch is refused before any request is sent.
+    from verifier._vcapi import VcApiVerifier
+
+    brand = TestIssuer("did:web:brand.example", signer=generate_signer("ES256"))
+    clock = FixedClock()
+    vc = di.issue({"@context": ["https://www.w3.org/ns/credentials/v2"],
+                   "type": ["VerifiableCredential"], "issuer": brand.did,
+                   "credentialSubject": {"id": "did:example:a"}},
+                  signer=brand.signer, cryptosuite="ecdsa-rdfc-2019",
+                  verification_method=brand.signer.key_id, created=clock())
+    web = Recorder({"https://brand.example/.well-known/did.json": _doc(brand)})
+    v = VcApiVerifier(resolver=Resolver(web.fetcher()), clock=clock,
+                      fetch_budget=timedelta(0))
+    status, result = v.verify_credential({"verifiableCredential": vc})
+    assert (status, result["errors"]) == (400, ["did_resolution_failed"])
+    assert "deadline" in result["problemDetails"][0]["detail"]
+    assert web.calls == []
+    roomy = VcApiVerifier(resolver=Resolver(web.fetcher()), clock=clock)
+    assert roomy.verify_credential({"verifiableCredential": vc})[0] == 200

@@ -25,7 +25,7 @@ only challenges minted here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 
 from tessera import jsonld
 from tessera.did import HttpFetcher, Resolver
+from tessera.did import fetch_budget as within_fetch_budget
 from tessera.encoding import MAX_JSON_BYTES
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import data_integrity
@@ -120,6 +121,7 @@ class VcApiVerifier:
         loader: jsonld.DocumentLoader | None = None,
         clock: Clock = _utcnow,
         require_holder_binding: bool = False,
+        fetch_budget: timedelta = timedelta(seconds=10),
     ) -> None:
         fetcher = fetcher or HttpFetcher()
         self.resolver: DIDResolver = resolver or Resolver(fetcher)
@@ -130,6 +132,8 @@ class VcApiVerifier:
         self.loader = loader
         self.clock = clock
         self.require_holder_binding = require_holder_binding
+        # All DID and status-list fetches of one request together (issue 9 item 3).
+        self.fetch_budget = fetch_budget.total_seconds()
 
     def _key(self, vm: str, relationship: str) -> PublicKey:
         return self.resolver.resolve(vm.split("#", 1)[0]).key(vm, relationship=relationship)
@@ -167,6 +171,14 @@ class VcApiVerifier:
                                "challenge was not issued by this verifier or has expired")
 
     def verify_credential(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with within_fetch_budget(self.fetch_budget):
+            return self._verify_credential(body)
+
+    def verify_presentation(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with within_fetch_budget(self.fetch_budget):
+            return self._verify_presentation(body)
+
+    def _verify_credential(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         vc, _ = _options(body, "verifiableCredential")
         outcome = _Outcome()
         now = self.clock()
@@ -184,7 +196,7 @@ class VcApiVerifier:
             return outcome.failed(TesseraError(ErrorCode.MALFORMED, "malformed credential"))
         return outcome.ok()
 
-    def verify_presentation(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _verify_presentation(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         vp, options = _options(body, "verifiablePresentation")
         challenge, domain = options.get("challenge"), options.get("domain")
         for name, value in (("challenge", challenge), ("domain", domain)):
