@@ -36,7 +36,9 @@ from tessera.formats.sd_jwt import SdJwt, parse
 from tessera.jose import decode_unverified
 from tessera.keys import generate_signer
 from tessera.status import (
+    STATUS_LIST_JWT_TYP,
     BitstringStatusList,
+    StatusChecker,
     StatusList,
     bitstring_status_list_credential,
     sign_status_list_token,
@@ -47,6 +49,7 @@ from verifier.errors import VERIFICATION_CODES
 from verifier.testing import FixedClock, InMemoryResolver, TestHolder, TestIssuer
 
 AUD = "https://shop.example"
+LIST_URL = "https://lists.test/1"
 
 # -- numbers (item 6) -------------------------------------------------------------------------
 
@@ -82,6 +85,14 @@ def _with_number(payload: dict[str, Any], path: tuple[str, ...], text: str) -> s
     return json.dumps(edited).replace(f'"{marker}"', text)
 
 
+def with_kb_number(presentation: str, claim: str, text: str, holder: Signer) -> str:
+    """``presentation`` with its KB-JWT re-signed by ``holder``, ``claim`` set to ``text``."""
+    head, _, kb = presentation.rpartition("~")
+    jws = decode_unverified(kb)
+    header = {k: v for k, v in jws.header.items() if k != "alg"}
+    return f"{head}~" + _sign_raw(header, _with_number(jws.payload, (claim,), text), holder)
+
+
 class _World:
     def __init__(self) -> None:
         self.clock = FixedClock()
@@ -113,11 +124,7 @@ class _World:
                                    holder=self.member.signer, audience=req.audience,
                                    nonce=req.nonce, issued_at=self.clock())
         if kb_claim:
-            head, _, kb = presented.rpartition("~")
-            jws = decode_unverified(kb)
-            header = {k: v for k, v in jws.header.items() if k != "alg"}
-            presented = f"{head}~" + _sign_raw(
-                header, _with_number(jws.payload, kb_claim, text), self.member.signer)
+            presented = with_kb_number(presented, kb_claim[0], text, self.member.signer)
         return presented
 
 
@@ -170,6 +177,37 @@ def test_sd_jwt_verify_never_raises_overflow(claim: str) -> None:
     assert exc.value.code is ErrorCode.MALFORMED
 
 
+class _OneDocument:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def fetch(self, url: str, *, accept: str = "application/json") -> bytes:
+        return self.body
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["iat", "exp", "nbf", "ttl"]), number_texts)
+def test_any_number_in_a_status_list_token_claim_gets_a_code(claim: str, text: str) -> None:
+    clock = FixedClock()
+    brand = TestIssuer(clock=clock)
+    now = int(clock().timestamp())
+    payload = {"sub": LIST_URL, "iat": now - 60, "exp": now + 3600,
+               "status_list": StatusList(bits=1, size=16).encode()}
+    token = _sign_raw({"typ": STATUS_LIST_JWT_TYP, "kid": brand.signer.key_id},
+                      _with_number(payload, (claim,), text), brand.signer)
+    checker = StatusChecker(_OneDocument(token.encode()),
+                            lambda h, p: brand.signer.public_key, clock=clock)
+    try:
+        checker.status(LIST_URL, 3)
+    except TesseraError as exc:
+        assert exc.code is ErrorCode.STATUS_UNAVAILABLE
+        if not _in_range(text):
+            # Refused by the parser, not by an OverflowError caught later.
+            assert ": malformed: " in exc.detail
+    else:
+        assert _in_range(text)
+
+
 # -- trust before traffic (item 5) -------------------------------------------------------------
 
 
@@ -194,7 +232,6 @@ class Recorder:
 
 ROGUE = "did:web:rogue.test"
 ROGUE_DOC_URL = "https://rogue.test/.well-known/did.json"
-LIST_URL = "https://lists.test/1"
 
 
 def _rogue() -> TestIssuer:

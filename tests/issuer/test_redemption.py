@@ -441,3 +441,15 @@ def test_release_expired_holds_leaves_live_holds_and_other_brands(world: World,
     assert [h.points for h in done] == [100]
     r = service.client.get(f"/admin/v1/members/{mid}/balance", headers=service.h("air"))
     assert r.json()["held"] == 100 and r.json()["available"] == 900
+
+
+def test_kb_jwt_with_an_infinite_iat_is_refused_not_a_server_error(world: World) -> None:
+    # iat 1e400 parsed to inf and int(inf) raised OverflowError: a 500 (issue 9 item 6).
+    from tests.test_hostile_remote import with_kb_number
+
+    body = world.body(world.credential(), world.td(100))
+    before = world.counts()
+    vp = with_kb_number(body["vp_token"]["loyalty"][0], "iat", "1e400", world.holder)
+    r = world.redeem(body | {"vp_token": {"loyalty": [vp]}})
+    assert r.status_code == 400 and r.json()["code"] == "key_binding_invalid", r.text
+    assert world.counts() == before

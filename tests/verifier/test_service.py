@@ -320,6 +320,24 @@ def test_untrusted_issuer(client: TestClient, member: TestHolder, member_key: jw
     assert _result(client, created)["result"]["ok"] is False
 
 
+def test_kb_jwt_with_an_infinite_iat_is_refused_not_a_server_error(
+    client: TestClient, brand: TestIssuer, member: TestHolder, member_key: jwk.JWK,
+) -> None:
+    # iat 1e400 parsed to inf and int(inf) raised OverflowError: a 500 (issue 9 item 6).
+    from tessera.formats import sd_jwt
+    from tests.test_hostile_remote import with_kb_number
+
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    client_id, request = wallet.fetch(_start(client)["deep_link"], client)
+    query = request["dcql_query"]["credentials"][0]
+    vp = sd_jwt.present(wallet.credential, disclose=["tier_at_least_gold"],
+                        holder=member.signer, audience=client_id, nonce=request["nonce"])
+    vp = with_kb_number(vp, "iat", "1e400", member.signer)
+    r = wallet.post(client, request, {"vp_token": json.dumps({query["id"]: [vp]}),
+                                      "state": request["state"]})
+    assert r.status_code == 400 and r.json()["code"] == "key_binding_invalid", r.text
+
+
 # -- HTTP surface -----------------------------------------------------------------------------
 
 
