@@ -6,10 +6,12 @@ configured explicitly, and refuses every other URL. Nothing here opens a
 socket.
 
 Canonicalization is RDFC-1.0 (W3C Recommendation, 2024), which pyld still
-calls ``URDNA2015``: the two produce the same output with SHA-256. The
-algorithm is run with a budget on the number of N-degree hash calls
-(RDFC-1.0 §4.4, "poison graphs" and §6 security considerations) so a hostile
-dataset cannot pin a CPU.
+calls ``URDNA2015``: the two produce the same output with SHA-256. Every
+operation runs under a work budget (see "Work budget" below): pyld's
+expansion, node map and RDFC-1.0's N-degree hashing are superlinear in some
+inputs, so each step is charged what it is about to cost *before* it runs,
+and a document that would need more is refused as ``too_large`` within a
+bounded amount of CPU.
 
 pyld silently drops JSON keys that the active context does not define, so a
 signer that trusts it would sign *less* than the caller thinks it signed.
@@ -20,12 +22,16 @@ signing, verification before trusting any claim.
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, ParamSpec, TypeVar
 
 import pyoxigraph as _ox
 from c14n.Canonicalize import canonicalize as _jcs  # type: ignore[import-untyped]
@@ -36,6 +42,7 @@ from pyld.context_resolver import ContextResolver as _ContextResolver
 from pyld.resolved_context import ResolvedContext as _ResolvedContext
 
 import schemas
+from tessera.encoding import MAX_DEPTH
 from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
@@ -44,15 +51,23 @@ __all__ = [
     "CREDENTIALS_V2",
     "DATA_INTEGRITY_V2",
     "LOYALTY_V1",
+    "MAX_NODES",
+    "MAX_QUADS",
+    "MAX_RELATED_BLANK_NODES",
+    "MAX_VALUES_PER_TERM",
+    "MAX_WORK",
     "TESSERA_VOCAB",
     "DocumentLoader",
+    "WorkBudget",
     "canonicalize",
     "canonicalize_nquads",
     "check_all_terms_defined",
     "compact",
     "default_loader",
     "expand",
+    "metered",
     "to_nquads",
+    "work_budget",
 ]
 
 CREDENTIALS_V1: Final = "https://www.w3.org/2018/credentials/v1"
@@ -77,11 +92,16 @@ BUNDLED_CONTEXTS: Final[Mapping[str, str]] = {
     LOYALTY_V1: "loyalty-v1.jsonld",
 }
 
-# Per RDFC-1.0 §6 an implementation should bound its work; a 10-node blank
-# clique (the suite's poison test) needs millions of calls, real credentials
-# need a few dozen.
-MAX_NDEGREE_CALLS: Final = 4096
+# Limits on what one JSON-LD operation (or one request, see work_budget) may
+# ask of pyld; see "Work budget" below and docs/data-integrity.md.
+MAX_WORK: Final = 600_000
+MAX_VALUES_PER_TERM: Final = 1_000
+MAX_NODES: Final = 10_000
 MAX_QUADS: Final = 20_000
+MAX_RELATED_BLANK_NODES: Final = 8
+# Nesting a document may have; twice the parser's, because compaction is
+# given expanded documents, where every level of the JSON is two.
+MAX_JSONLD_DEPTH: Final = 2 * MAX_DEPTH + 2
 
 # Derived booleans whose names depend on the programme (tier slugs, points
 # ladder). The loyalty context maps them through a type-scoped @vocab; only
@@ -174,6 +194,132 @@ def default_loader() -> DocumentLoader:
     return DocumentLoader()
 
 
+# -- work budget -------------------------------------------------------------------
+#
+# pyld is not linear in its input. Adding a value to a node's property in the
+# node map (toRdf, flattening) first compares it with every value already
+# there, so one term with n values costs n²/2 comparisons (6,000 names: 12 s).
+# A property- or type-scoped context is processed again under every new
+# active context, so nesting multiplies the terms of a big scoped context by
+# the nodes using it. RDFC-1.0's Hash N-Degree Quads (§4.8) tries every
+# permutation of the blank nodes that share a hash, and recurses from each
+# (a 40-node blank clique: 13 s). Counting calls does not bound that work.
+#
+# So every step that can repeat is charged, before it runs, the units of work
+# it is about to do, counted from its actual inputs: the values a new value
+# is compared with, the terms a context defines, the k! permutations of a
+# blank node group and the identifier issuer each one copies. The weights
+# below were measured on the reference machine (2 vCPU), where a unit costs
+# 0.3-0.7 µs depending on the step, so MAX_WORK is at most about 0.4 s of CPU.
+# A step that would exceed the budget is refused (too_large) instead of run,
+# so a refusal costs at most the budget.
+#
+# The budget covers one operation, or every operation inside one
+# ``work_budget()`` block: a verification (a presentation, its credentials,
+# their status lists) is one block, so its total, not each part, is bounded.
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# Weights (units per step), measured with time.process_time on pyld 3.3.
+_W_OPERATION: Final = 200     # setting up one pyld operation
+_W_EXPAND: Final = 14         # one element through _expand
+_W_KEY: Final = 6             # one entry (key, or item of a key's array) of an object
+_W_TERM: Final = 30           # one term definition (context processing)
+_W_CLONE_SHIFT: Final = 4     # cloning an active context: mappings / 16
+_W_NODE: Final = 2            # one element through the node map
+_W_NODE_OBJECT: Final = 10    # one node object through the node map (its keys, its id)
+_W_COMPARE: Final = 1         # one value compared with a new one (node map)
+_W_RDF: Final = 4             # one RDF term built from a node map value
+_W_COMPACT: Final = 6         # one element through _compact
+_W_IRI_SHIFT: Final = 1       # compacting an IRI scans the mappings: / 2
+_W_QUAD: Final = 6            # one quad through RDFC-1.0 (serialize, hash, sort)
+_W_FIRST_DEGREE: Final = 12   # one quad of a first-degree hash (copy, serialize)
+_W_PERMUTATION: Final = 12    # one permutation: next permutation and issuer copy
+_W_JCS_SHIFT: Final = 2       # JCS of an inline context: its size (see _json_size) / 4
+_W_TEXT_SHIFT: Final = 3      # text in a JSON value: characters / 8
+
+
+class WorkBudget:
+    """Units of JSON-LD work left; :meth:`charge` refuses the step that would overrun."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int = MAX_WORK) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def charge(self, units: int) -> None:
+        self.used += units
+        if self.used > self.limit:
+            raise TesseraError(
+                ErrorCode.TOO_LARGE,
+                f"JSON-LD document needs more than {self.limit:,} units of work",
+            )
+
+
+_BUDGET: ContextVar[WorkBudget | None] = ContextVar("tessera_jsonld_budget", default=None)
+
+
+@contextmanager
+def work_budget(units: int = MAX_WORK) -> Iterator[WorkBudget]:
+    """One budget for every JSON-LD operation in the block (nested blocks share the outer)."""
+    outer = _BUDGET.get()
+    if outer is not None:
+        yield outer
+        return
+    budget = WorkBudget(units)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def metered(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` inside :func:`work_budget`, so all of its JSON-LD work shares one budget."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with work_budget():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _too_large(detail: str) -> TesseraError:
+    return TesseraError(ErrorCode.TOO_LARGE, detail)
+
+
+def _prescan(doc: Any, budget: WorkBudget) -> None:
+    """Refuse, before pyld sees it, a document nested or wide beyond the limits.
+
+    Every array is the values of one term and every object's members are
+    terms or map entries (language, index, id and type maps become values of
+    one term), so neither may exceed MAX_VALUES_PER_TERM. pyld's first step
+    deep-copies the input: each JSON value is charged for that.
+    """
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            items: Any = value.values()
+        elif isinstance(value, list):
+            items = value
+        else:
+            count += 1
+            continue
+        count += 1 + len(value)
+        if depth > MAX_JSONLD_DEPTH:
+            raise _too_large(f"JSON-LD document nested deeper than {MAX_JSONLD_DEPTH}")
+        if len(value) > MAX_VALUES_PER_TERM:
+            raise _too_large(f"more than {MAX_VALUES_PER_TERM} values for one term")
+        stack.extend((item, depth + 1) for item in items
+                     if isinstance(item, (dict, list)))
+    budget.charge(count)
+
+
 def _first_is_plain_object(local_ctx: Any) -> bool:
     if isinstance(local_ctx, Mapping) and isinstance(local_ctx.get("@context"), list):
         local_ctx = local_ctx["@context"]
@@ -197,10 +343,28 @@ class _Resolver(_ContextResolver):  # type: ignore[misc]
     _memo_lock: ClassVar[threading.Lock] = threading.Lock()
     _MEMO_MAX: ClassVar[int] = 4096
 
+    def __init__(self, shared_cache: Any, document_loader: Any, budget: WorkBudget) -> None:
+        super().__init__(shared_cache, document_loader)
+        self._budget = budget
+        self._sizes: dict[int, tuple[Any, int]] = {}
+
+    def _charge_inline(self, ctx: Any) -> None:
+        # pyld serializes an inline context (JCS) every time a scope applies
+        # it; the size is walked once per operation and charged every time.
+        hit = self._sizes.get(id(ctx))
+        if hit is None or hit[0] is not ctx:
+            size = _json_size(ctx)
+            self._budget.charge(size)
+            hit = self._sizes[id(ctx)] = (ctx, size)
+        self._budget.charge(1 + (hit[1] >> _W_JCS_SHIFT))
+
     def resolve(self, active_ctx: Any, context: Any, base: Any, cycles: Any = None) -> Any:
         if isinstance(context, Mapping) and "@context" in context:
             context = context["@context"]
         items = context if isinstance(context, list) else [context]
+        for ctx in items:
+            if isinstance(ctx, dict) and not isinstance(ctx, frozendict):
+                self._charge_inline(ctx)
         if not any(isinstance(c, frozendict) for c in items):
             return super().resolve(active_ctx, context, base, cycles)
         out: list[Any] = []
@@ -242,9 +406,17 @@ class _Processor(_pyld.JsonLdProcessor):  # type: ignore[misc]
     change whether pyld clones at all); anything else goes the stock way.
     """
 
+    def __init__(self, budget: WorkBudget) -> None:
+        super().__init__()
+        self._budget = budget
+        self._node_objects = 0
+        self._rdf_terms = 0
+        budget.charge(_W_OPERATION)
+
     def _process_context(self, active_ctx: Any, local_ctx: Any, options: Any,
                          override_protected: bool = False, propagate: bool = True,
                          validate_scoped: bool = True, cycles: Any = None) -> Any:
+        self._budget.charge(_W_EXPAND)
         uuid = active_ctx.get("_uuid")
         if (not propagate and not active_ctx.get("previousContext") and isinstance(uuid, str)
                 and _first_is_plain_object(local_ctx)):
@@ -256,12 +428,139 @@ class _Processor(_pyld.JsonLdProcessor):  # type: ignore[misc]
             active_ctx, local_ctx, options, override_protected=override_protected,
             propagate=propagate, validate_scoped=validate_scoped, cycles=cycles)
 
+    # -- metering: each hook charges its step before pyld runs it --------------
 
-def _options(loader: DocumentLoader | None) -> dict[str, Any]:
+    def _create_term_definition(self, active_ctx: Any, local_ctx: Any, term: Any,
+                                *args: Any, **kwargs: Any) -> Any:
+        definition = local_ctx.get(term) if isinstance(local_ctx, Mapping) else None
+        self._budget.charge(_W_TERM + _json_size(definition) + (len(term) >> _W_TEXT_SHIFT))
+        return super()._create_term_definition(active_ctx, local_ctx, term, *args, **kwargs)
+
+    def _clone_active_context(self, active_ctx: Any) -> Any:
+        self._budget.charge(1 + (len(active_ctx["mappings"]) >> _W_CLONE_SHIFT))
+        return super()._clone_active_context(active_ctx)
+
+    def _expand(self, active_ctx: Any, active_property: Any, element: Any, options: Any,
+                *args: Any, **kwargs: Any) -> Any:
+        units = _W_EXPAND
+        if isinstance(element, dict):
+            # Keys, and arrays pyld walks in place (@type, maps): one level down.
+            units += _W_KEY * sum(len(v) if isinstance(v, list | dict) else 1
+                                  for v in element.values())
+        self._budget.charge(units)
+        return super()._expand(active_ctx, active_property, element, options, *args, **kwargs)
+
+    def _compact(self, active_ctx: Any, active_property: Any, element: Any,
+                 options: Any) -> Any:
+        units = _W_COMPACT
+        if isinstance(element, dict):
+            units += _W_KEY * sum(len(v) if isinstance(v, list | dict) else 1
+                                  for v in element.values())
+        self._budget.charge(units)
+        return super()._compact(active_ctx, active_property, element, options)
+
+    def _compact_iri(self, active_ctx: Any, iri: Any, *args: Any, **kwargs: Any) -> Any:
+        # With no term for it, pyld scans every mapping for a CURIE prefix.
+        self._budget.charge(_W_COMPACT + (len(active_ctx["mappings"]) >> _W_IRI_SHIFT))
+        return super()._compact_iri(active_ctx, iri, *args, **kwargs)
+
+    def _get_inverse_context(self, active_ctx: Any) -> Any:
+        if _pyld._inverse_context_cache.get(active_ctx["_uuid"]) is None:
+            self._budget.charge(_W_TERM * len(active_ctx["mappings"]))
+        return super()._get_inverse_context(active_ctx)
+
+    def _object_to_rdf(self, item: Any, issuer: Any, triples: Any, options: Any) -> Any:
+        self._rdf_terms += 1
+        if self._rdf_terms > MAX_QUADS:
+            raise _too_large(f"RDF dataset has more than {MAX_QUADS} quads")
+        self._budget.charge(_W_RDF)
+        return super()._object_to_rdf(item, issuer, triples, options)
+
+    def _create_node_map(self, input_: Any, graph_map: Any, active_graph: Any, issuer: Any,
+                         active_subject: Any = None, active_property: Any = None,
+                         list_: Any = None) -> Any:
+        units = _W_NODE
+        if isinstance(input_, dict):
+            units += self._node_map_compares(input_, graph_map.get(active_graph), issuer,
+                                             active_subject, active_property, list_)
+        self._budget.charge(units)
+        return super()._create_node_map(input_, graph_map, active_graph, issuer,
+                                        active_subject, active_property, list_)
+
+    def _node_map_compares(self, input_: dict[str, Any], graph: dict[str, Any] | None,
+                           issuer: Any, active_subject: Any, active_property: Any,
+                           list_: Any) -> int:
+        """The comparisons pyld's add_value is about to make for ``input_`` (it dedups by scan)."""
+        is_value = "@value" in input_
+        units = 0
+        if not is_value and "@list" not in input_:
+            self._node_objects += 1
+            if self._node_objects > MAX_NODES:
+                raise _too_large(f"JSON-LD document has more than {MAX_NODES} nodes")
+            units += _W_NODE_OBJECT + _W_KEY * len(input_)
+        if graph is None:
+            return units
+        if (isinstance(active_subject, str) and not list_ and "@list" not in input_
+                and active_property is not None):
+            subject = graph.get(active_subject)
+            if subject is not None:
+                units += _compares(subject.get(active_property), input_)
+        if is_value or "@list" in input_:
+            return units
+        node_id = input_.get("@id")
+        if isinstance(node_id, str) and node_id.startswith("_:"):
+            node_id = issuer.existing.get(node_id)
+        node = graph.get(node_id) if isinstance(node_id, str) else None
+        if isinstance(active_subject, dict) and node is not None:
+            # A reverse property: the referencing node is added to this one.
+            units += _compares(node.get(active_property), active_subject)
+        types = input_.get("@type")
+        if isinstance(types, list) and types:
+            have = len(node.get("@type", ())) if node is not None else 0
+            if have + len(types) > MAX_VALUES_PER_TERM:
+                raise _too_large(f"more than {MAX_VALUES_PER_TERM} values for one term")
+            units += _W_COMPARE * len(types) * (have + len(types) // 2)
+        return units
+
+
+def _json_size(value: Any) -> int:
+    """Units to walk a JSON value: one per value, plus one per 8 characters of text.
+
+    Iterative, as the input may be deep. Text counts because the steps that
+    repeat (serializing and processing a scoped context, comparing JSON
+    literals) are linear in it: a 40 KB IRI in a scoped context would
+    otherwise cost as little as a short one, once per node using it.
+    """
+    size, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        size += 1
+        if isinstance(item, str):
+            size += len(item) >> _W_TEXT_SHIFT
+        elif isinstance(item, Mapping):
+            size += sum(len(k) for k in item) >> _W_TEXT_SHIFT
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return size
+
+
+def _compares(existing: Any, value: dict[str, Any]) -> int:
+    if existing is None:
+        return 0
+    n = len(existing) if isinstance(existing, list) else 1
+    if n >= MAX_VALUES_PER_TERM:
+        raise _too_large(f"more than {MAX_VALUES_PER_TERM} values for one term")
+    # Two JSON literals compare by deep equality, which costs their size.
+    per = _json_size(value["@value"]) if value.get("@type") == "@json" else 1
+    return _W_COMPARE * n * per
+
+
+def _options(loader: DocumentLoader | None, budget: WorkBudget) -> dict[str, Any]:
     load = (loader or default_loader()).for_pyld
     return {
         "documentLoader": load,
-        "contextResolver": _Resolver(_pyld._resolved_context_cache, load),
+        "contextResolver": _Resolver(_pyld._resolved_context_cache, load, budget),
         "base": None,
         "processingMode": "json-ld-1.1",
     }
@@ -286,48 +585,100 @@ def _jsonld_error(exc: Exception, what: str) -> TesseraError:
 
 def expand(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> list[Any]:
     """JSON-LD 1.1 expansion with the offline loader."""
-    try:
-        result: list[Any] = _Processor().expand(doc, _options(loader))
-    except TesseraError:
-        raise
-    except Exception as exc:  # pyld raises JsonLdError and, on bad input, anything
-        raise _jsonld_error(exc, "expansion") from exc
+    with work_budget() as budget:
+        _prescan(doc, budget)
+        try:
+            result: list[Any] = _Processor(budget).expand(doc, _options(loader, budget))
+        except TesseraError:
+            raise
+        except Exception as exc:  # pyld raises JsonLdError and, on bad input, anything
+            raise _jsonld_error(exc, "expansion") from exc
     return result
 
 
 def compact(doc: Any, context: Any, *, loader: DocumentLoader | None = None) -> dict[str, Any]:
     """JSON-LD 1.1 compaction with the offline loader."""
-    try:
-        result: dict[str, Any] = _Processor().compact(doc, context, _options(loader))
-    except TesseraError:
-        raise
-    except Exception as exc:
-        raise _jsonld_error(exc, "compaction") from exc
+    with work_budget() as budget:
+        _prescan(doc, budget)
+        _prescan(context, budget)
+        try:
+            result: dict[str, Any] = _Processor(budget).compact(
+                doc, context, _options(loader, budget))
+        except TesseraError:
+            raise
+        except Exception as exc:
+            raise _jsonld_error(exc, "compaction") from exc
     return result
 
 
-def to_nquads(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> list[str]:
-    """The document's RDF dataset as N-Quads lines (not canonical), each ending in newline."""
+def _to_rdf(doc: Any, loader: DocumentLoader | None, budget: WorkBudget) -> dict[str, Any]:
+    _prescan(doc, budget)
     try:
-        dataset = _Processor().to_rdf(doc, {**_options(loader), "produceGeneralizedRdf": False})
-        text: str = _pyld.JsonLdProcessor.to_nquads(dataset)
+        dataset: dict[str, Any] = _Processor(budget).to_rdf(
+            doc, {**_options(loader, budget), "produceGeneralizedRdf": False})
     except TesseraError:
         raise
     except Exception as exc:
         raise _jsonld_error(exc, "toRdf") from exc
+    return dataset
+
+
+def to_nquads(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> list[str]:
+    """The document's RDF dataset as N-Quads lines (not canonical), each ending in newline."""
+    with work_budget() as budget:
+        dataset = _to_rdf(doc, loader, budget)
+        budget.charge(_W_QUAD * sum(len(quads) for quads in dataset.values()))
+        text: str = _pyld.JsonLdProcessor.to_nquads(dataset)
     return text.splitlines(keepends=True)
 
 
-class _BoundedURDNA2015(_URDNA2015):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__()
-        self._ndegree_calls = 0
+class _MeteredURDNA2015(_URDNA2015):  # type: ignore[misc]
+    """pyld's RDFC-1.0 with every step charged to a work budget before it runs.
 
-    def hash_n_degree_quads(self, id_: str, issuer: Any) -> Any:
-        self._ndegree_calls += 1
-        if self._ndegree_calls > MAX_NDEGREE_CALLS:
-            raise TesseraError(ErrorCode.TOO_LARGE, "RDF dataset too complex to canonicalize")
-        return super().hash_n_degree_quads(id_, issuer)
+    Hash N-Degree Quads (RDFC-1.0 §4.8) is the expensive part: for each group
+    of related blank nodes that share a hash it walks all k! permutations,
+    each copying the path identifier issuer (pyld deep-copies it), and
+    recurses from every permutation that survives. pyld builds those groups
+    in ``create_hash_to_related`` and permutes them right after it returns,
+    so that is where the permutations of the call are charged, all of them,
+    before the first is generated: a group the budget cannot pay for is
+    refused without trying a single permutation. Recursive calls charge
+    their own. A group larger than MAX_RELATED_BLANK_NODES is refused
+    outright (9! permutations exceed any budget worth having). This is the
+    bound RDFC-1.0 §6 asks implementations to have against "poison graphs".
+    """
+
+    def __init__(self, budget: WorkBudget) -> None:
+        super().__init__()
+        self._budget = budget
+
+    def main(self, dataset: Any, options: Any) -> Any:
+        quads = sum(len(v) for v in dataset.values())
+        if quads > MAX_QUADS:
+            raise _too_large(f"RDF dataset has more than {MAX_QUADS} quads")
+        self._budget.charge(_W_QUAD * quads)
+        return super().main(dataset, options)
+
+    def hash_first_degree_quads(self, id_: str) -> Any:
+        info = self.blank_node_info[id_]
+        if "hash" not in info:
+            self._budget.charge(_W_FIRST_DEGREE * len(info["quads"]))
+        return super().hash_first_degree_quads(id_)
+
+    def create_hash_to_related(self, id_: str, issuer: Any) -> Any:
+        self._budget.charge(_W_QUAD * len(self.blank_node_info[id_]["quads"]))
+        groups: dict[str, list[str]] = super().create_hash_to_related(id_, issuer)
+        issued = len(issuer.existing)
+        for group in groups.values():
+            k = len(group)
+            if k > MAX_RELATED_BLANK_NODES:
+                raise _too_large(
+                    f"more than {MAX_RELATED_BLANK_NODES} blank nodes related to one blank "
+                    "node by the same hash (RDFC-1.0 §4.8 would try every permutation)")
+            # Each permutation: the next one (k steps), a deep copy of the
+            # issuer (its identifiers, up to k more by then), the path (k).
+            self._budget.charge(math.factorial(k) * (_W_PERMUTATION + 3 * (issued + k) + k))
+        return groups
 
 
 def _check_literals(dataset: dict[str, Any]) -> None:
@@ -345,9 +696,10 @@ def _check_literals(dataset: dict[str, Any]) -> None:
                 )
 
 
-def _canonicalize_dataset(dataset: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def _canonicalize_dataset(dataset: dict[str, Any],
+                          budget: WorkBudget) -> tuple[str, dict[str, str]]:
     _check_literals(dataset)
-    algo = _BoundedURDNA2015()
+    algo = _MeteredURDNA2015(budget)
     try:
         out: str = algo.main(dataset, {"format": "application/n-quads"})
     except TesseraError:
@@ -398,18 +750,18 @@ def canonicalize_nquads(nquads: str) -> tuple[str, dict[str, str]]:
     disclosure suites need it to relabel blank nodes (vc-di-data-integrity
     §3.4.5 labelReplacementCanonicalizeNQuads).
     """
-    return _canonicalize_dataset(_parse_nquads(nquads))
+    with work_budget() as budget:
+        lines = nquads.count("\n") + 1
+        if lines > MAX_QUADS:
+            raise _too_large(f"RDF dataset has more than {MAX_QUADS} quads")
+        budget.charge(_W_QUAD * lines)
+        return _canonicalize_dataset(_parse_nquads(nquads), budget)
 
 
 def canonicalize(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> str:
     """RDFC-1.0 canonical N-Quads of a JSON-LD document."""
-    try:
-        dataset = _Processor().to_rdf(doc, {**_options(loader), "produceGeneralizedRdf": False})
-    except TesseraError:
-        raise
-    except Exception as exc:
-        raise _jsonld_error(exc, "toRdf") from exc
-    return _canonicalize_dataset(dataset)[0]
+    with work_budget() as budget:
+        return _canonicalize_dataset(_to_rdf(doc, loader, budget), budget)[0]
 
 
 # -- term checking ---------------------------------------------------------------

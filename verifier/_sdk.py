@@ -4,6 +4,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -247,7 +248,7 @@ class Verifier:
         any verifier instance able to finish it). Each nonce is accepted once.
         """
         try:
-            with within_fetch_budget(self._fetch_budget):
+            with within_fetch_budget(self._fetch_budget), _jsonld_work_budget(vp_token):
                 return self._verify(vp_token, request, now or self._clock())
         except TesseraError as exc:
             return VerificationResult.failure(exc.code)
@@ -441,6 +442,18 @@ Presentation = str | dict[str, Any]
 def _issuer_of_unverified(vc: Mapping[str, Any]) -> str:
     issuer = vc.get("issuer")
     return str(issuer.get("id") if isinstance(issuer, dict) else issuer)
+
+
+def _jsonld_work_budget(vp_token: str | Mapping[str, Any]) -> AbstractContextManager[object]:
+    """One JSON-LD work budget for a whole answer: every VP in it and their status lists.
+
+    An answer of SD-JWTs only has no JSON-LD: pyld is then not even imported.
+    """
+    if isinstance(vp_token, str) and not vp_token.lstrip().startswith("{"):
+        return nullcontext()
+    from tessera import jsonld
+
+    return jsonld.work_budget()
 
 
 def _is_di_presentation(value: Mapping[str, Any]) -> bool:

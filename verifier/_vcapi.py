@@ -171,11 +171,13 @@ class VcApiVerifier:
                                "challenge was not issued by this verifier or has expired")
 
     def verify_credential(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        with within_fetch_budget(self.fetch_budget):
+        # One fetch budget and one JSON-LD work budget for the credential and its status list.
+        with within_fetch_budget(self.fetch_budget), jsonld.work_budget():
             return self._verify_credential(body)
 
     def verify_presentation(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        with within_fetch_budget(self.fetch_budget):
+        # The same for the presentation, its credentials and their status lists.
+        with within_fetch_budget(self.fetch_budget), jsonld.work_budget():
             return self._verify_presentation(body)
 
     def _verify_credential(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

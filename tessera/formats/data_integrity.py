@@ -297,6 +297,7 @@ def _verify_proof_signature(unsecured: dict[str, Any], proof: dict[str, Any], ke
 # -- issue ---------------------------------------------------------------------------
 
 
+@jsonld.metered
 def issue(
     credential: dict[str, Any],
     *,
@@ -545,6 +546,7 @@ def _decode_proof_value(value: Any, header: bytes) -> list[Any]:
     return decoded
 
 
+@jsonld.metered
 def derive(
     signed: dict[str, Any],
     *,
@@ -739,6 +741,7 @@ def _verify_document(doc: dict[str, Any], *, key_lookup: KeyLookup, relationship
     return proof
 
 
+@jsonld.metered
 def verify_credential(
     vc: dict[str, Any],
     *,
@@ -788,6 +791,7 @@ def verify_credential(
 # -- presentations -----------------------------------------------------------------
 
 
+@jsonld.metered
 def present(
     credentials: Sequence[dict[str, Any]],
     *,
@@ -825,6 +829,7 @@ def present(
     return {**vp, "proof": _sign_proof(vp, proof, signer, suite, loader)}
 
 
+@jsonld.metered
 def verify_presentation(
     vp: dict[str, Any],
     *,
