@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from issuer._vcapi_cli import create_vcapi_app, issuers_for
-from tessera import jsonld
+from tessera import credentials, jsonld
 from tessera.did import Resolver, did_jwk, did_key
 from tessera.encoding import MAX_JSON_BYTES
 from tessera.errors import ErrorCode, TesseraError
@@ -215,7 +215,10 @@ def test_sdk_verifier_refuses_a_presentation_carrying_it_fast(
 ) -> None:
     holder = generate_signer("EdDSA")
     holder_did = did_key(holder.public_key)
-    verifier = Verifier(trust=TrustList.of([]), resolver=Resolver(), clock=lambda: NOW)
+    # The verifier checks its trust list first, from the unverified issuer; a
+    # hostile credential only has to name a trusted issuer to get past it.
+    trust = TrustList.of([(issuer[0], [t.name for t in credentials.CREDENTIAL_TYPES])])
+    verifier = Verifier(trust=trust, resolver=Resolver(), clock=lambda: NOW)
     request = verifier.create_request(audience="https://shop.test")
     vp = {
         "@context": [V2], "type": ["VerifiablePresentation"], "holder": holder_did,
