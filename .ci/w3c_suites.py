@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWLIST = ROOT / ".ci" / "w3c-allowlist.toml"
+SUITE_TIMEOUT_S = 900
 SUITES = (
     "vc-di-eddsa-test-suite",
     "vc-data-model-2.0-test-suite",
@@ -113,8 +115,17 @@ def run_suite(run_sh: Path, suite: str, tessera: Path, out: Path) -> dict[str, A
     env.setdefault("npm_config_prefer_offline", "true")
     log = out.parent / f"{suite}.log"
     with log.open("wb") as fh:
-        rc = subprocess.run([str(run_sh), suite], env=env, stdout=fh,  # noqa: S603
-                            stderr=subprocess.STDOUT, check=False).returncode
+        # Its own session, so a hung suite can be stopped with its server and mocha
+        # (run.sh's TERM trap stops the server it started).
+        proc = subprocess.Popen([str(run_sh), suite], env=env, stdout=fh,  # noqa: S603
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=SUITE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+            print(f"{suite}: stopped after {SUITE_TIMEOUT_S} s")
+            return None
     results = out / "results.json"
     if rc != 0 or not results.is_file():
         sys.stdout.write(log.read_text(encoding="utf-8", errors="replace")[-4000:])

@@ -84,3 +84,36 @@ def test_malformed_allow_lists_are_refused(tmp_path: Path, body: str, message: s
     path.write_text(body)
     with pytest.raises(ValueError, match=message):
         w3c.load_allowlist(path)
+
+
+def _fake_run_sh(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "run.sh"
+    script.write_text("#!/usr/bin/env bash\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def test_run_suite_reads_the_report_run_sh_leaves_in_w3c_out(tmp_path: Path) -> None:
+    run_sh = _fake_run_sh(tmp_path, (
+        'mkdir -p "$W3C_OUT"; [ "$1" = vc-api-issuer-test-suite ] || exit 9\n'
+        'echo "{\\"stats\\": {\\"tests\\": 1, \\"passes\\": 1}, \\"tessera\\": \\"$TESSERA\\"}"'
+        ' > "$W3C_OUT/results.json"\n'))
+    out = tmp_path / "work" / "vc-api-issuer-test-suite"
+    out.parent.mkdir()
+    results = w3c.run_suite(run_sh, "vc-api-issuer-test-suite", Path("/x/tessera"), out)
+    assert results == {"stats": {"tests": 1, "passes": 1}, "tessera": "/x/tessera"}
+
+
+def test_run_suite_without_a_report_or_with_an_error_is_none(tmp_path: Path) -> None:
+    out = tmp_path / "work" / "s"
+    out.parent.mkdir()
+    assert w3c.run_suite(_fake_run_sh(tmp_path, "exit 3\n"), "s", Path("t"), out) is None
+    assert w3c.run_suite(_fake_run_sh(tmp_path, "exit 0\n"), "s", Path("t"), out) is None
+
+
+def test_a_hung_suite_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(w3c, "SUITE_TIMEOUT_S", 1)
+    out = tmp_path / "work" / "s"
+    out.parent.mkdir()
+    run_sh = _fake_run_sh(tmp_path, "trap 'exit 130' TERM\nsleep 60 & wait\n")
+    assert w3c.run_suite(run_sh, "s", Path("t"), out) is None
