@@ -88,3 +88,17 @@ def test_guide_output_check_can_fail() -> None:
     assert not checker.check_output("a\nb\n", "a\n", doctest.ELLIPSIS)
     blocks = command_blocks("```sh\necho hi\n```\n\n```text\nhi\n```\n```sh\ntrue\n```\n")
     assert blocks == [("echo hi\n", "hi\n"), ("true\n", None)]
+
+
+def test_redemption_refusal_statuses_are_the_services() -> None:
+    from tessera.web import HTTP_STATUS
+
+    text = (DOC.parent / "points-log-and-redemption.md").read_text()
+    section = text[text.index("### Refusals and their HTTP status"):]
+    section = section[:section.index("\n### ")]
+    rows = re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \| ([0-9, ]+) \|", section, flags=re.M)
+    assert len(rows) >= 15
+    for codes, statuses in rows:
+        names = re.findall(r"`([a-z_]+)`", codes)
+        shown = {int(s) for s in statuses.split(",")}
+        assert shown == {HTTP_STATUS.get(ErrorCode(n), 400) for n in names}, (names, shown)
