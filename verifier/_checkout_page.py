@@ -1,35 +1,41 @@
-"""The till's checkout page: plain HTML and a little JavaScript, no build step.
+"""The till's checkout page: plain HTML, a stylesheet and a script, no build step.
 
-Everything that comes from a wallet (claim names and values) is inserted with
-``textContent``, never as HTML, so a hostile credential cannot script the till.
+The page carries no inline script or style, so its Content-Security-Policy
+allows only this origin's files (``script-src 'self'``, no ``'unsafe-inline'``):
+an injected ``<script>`` does not run. It also refuses to be framed
+(``frame-ancestors 'none'``), so another site cannot overlay the till's buttons
+(clickjacking). Everything that comes from a wallet (claim names and values) is
+inserted with ``textContent``, never as HTML, so a hostile credential cannot
+script the till.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+__all__ = ["CHECKOUT_CSS", "CHECKOUT_HTML", "CHECKOUT_JS", "PAGE_HEADERS"]
+
+# CSP level 3. img-src allows blob: for the QR code, which the page fetches with
+# the till's key and shows from memory (an <img src> cannot send the key).
+PAGE_HEADERS: Final[dict[str, str]] = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'",
+    # For browsers older than CSP 2's frame-ancestors.
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
 CHECKOUT_HTML: Final = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<script src="/checkout.js" defer></script>
 <title>Checkout - member benefits</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 46rem; color: #1d2330; }
-  h1 { font-size: 1.5rem; }
-  .policies button { font-size: 1rem; margin: 0 .5rem .5rem 0; padding: .6rem 1rem;
-                     border-radius: .4rem; border: 1px solid #345; background: #f4f7fb;
-                     cursor: pointer; }
-  #request, #result { margin-top: 1.5rem; padding: 1rem; border-radius: .5rem;
-                      border: 1px solid #ccd; }
-  #qr { width: 16rem; height: 16rem; image-rendering: pixelated; }
-  #deep-link { word-break: break-all; font-size: .8rem; }
-  #result.ok { background: #e8f7ec; border-color: #3a8a52; }
-  #result.refused { background: #fcebea; border-color: #b4443a; }
-  table { border-collapse: collapse; margin-top: .5rem; }
-  td, th { border: 1px solid #ccd; padding: .25rem .6rem; text-align: left; }
-  [hidden] { display: none !important; }
-</style>
+<link rel="stylesheet" href="/checkout.css">
 </head>
 <body>
 <h1>Member benefits at checkout</h1>
@@ -53,7 +59,28 @@ CHECKOUT_HTML: Final = """<!doctype html>
   <p><button id="again" type="button">New checkout</button></p>
 </section>
 
-<script>
+</body>
+</html>
+"""
+
+CHECKOUT_CSS: Final = """\
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 46rem; color: #1d2330; }
+h1 { font-size: 1.5rem; }
+.policies button { font-size: 1rem; margin: 0 .5rem .5rem 0; padding: .6rem 1rem;
+                   border-radius: .4rem; border: 1px solid #345; background: #f4f7fb;
+                   cursor: pointer; }
+#request, #result { margin-top: 1.5rem; padding: 1rem; border-radius: .5rem;
+                    border: 1px solid #ccd; }
+#qr { width: 16rem; height: 16rem; image-rendering: pixelated; }
+#deep-link { word-break: break-all; font-size: .8rem; }
+#result.ok { background: #e8f7ec; border-color: #3a8a52; }
+#result.refused { background: #fcebea; border-color: #b4443a; }
+table { border-collapse: collapse; margin-top: .5rem; }
+td, th { border: 1px solid #ccd; padding: .25rem .6rem; text-align: left; }
+[hidden] { display: none !important; }
+"""
+
+CHECKOUT_JS: Final = """\
 "use strict";
 const $ = (id) => document.getElementById(id);
 const STATUS_TEXT = {pending: "waiting for the wallet", fetched: "the wallet opened the request",
@@ -144,7 +171,4 @@ async function init() {
   });
 }
 init();
-</script>
-</body>
-</html>
 """

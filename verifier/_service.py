@@ -63,7 +63,12 @@ from tessera.web import (
     problem_response,
     problem_responses,
 )
-from verifier._checkout_page import CHECKOUT_HTML
+from verifier._checkout_page import (
+    CHECKOUT_CSS,
+    CHECKOUT_HTML,
+    CHECKOUT_JS,
+    PAGE_HEADERS,
+)
 from verifier._openid4vp import (
     PREFIX_DID,
     PREFIX_REDIRECT_URI,
@@ -354,11 +359,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def checkout_page() -> HTMLResponse:
-        return HTMLResponse(CHECKOUT_HTML, headers={
-            "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-            "style-src 'self' 'unsafe-inline'; img-src 'self'",
-            "Cache-Control": "no-store",
-        })
+        return HTMLResponse(CHECKOUT_HTML, headers=PAGE_HEADERS)
+
+    @app.get("/checkout.js", include_in_schema=False)
+    def checkout_script() -> Response:
+        return Response(CHECKOUT_JS, media_type="text/javascript; charset=utf-8",
+                        headers=PAGE_HEADERS)
+
+    @app.get("/checkout.css", include_in_schema=False)
+    def checkout_style() -> Response:
+        return Response(CHECKOUT_CSS, media_type="text/css; charset=utf-8",
+                        headers=PAGE_HEADERS)
 
     @app.get("/policies")
     def policies() -> list[dict[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -370,9 +371,35 @@ def test_qr_code_and_page(client: TestClient) -> None:
     assert png.headers["content-type"] == "image/png"
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n") and len(png.content) > 500
     page = client.get("/")
-    assert page.status_code == 200 and "textContent" in page.text
-    assert "Content-Security-Policy" in page.headers
+    assert page.status_code == 200 and '<script src="/checkout.js"' in page.text
+    assert "textContent" in client.get("/checkout.js").text
     assert [p["id"] for p in client.get("/policies").json()] == ["gold-10", "points-1000"]
+
+
+def _csp(response: httpx.Response) -> dict[str, str]:
+    directives = (d.strip().split(" ", 1) for d in
+                  response.headers["content-security-policy"].split(";") if d.strip())
+    return {d[0]: d[1] if len(d) > 1 else "" for d in directives}
+
+
+def test_checkout_page_cannot_be_framed_or_scripted_inline(client: TestClient) -> None:
+    """Clickjacking and injected script: the page refuses both (CSP level 3)."""
+    for path, ctype in (("/", "text/html"), ("/checkout.js", "text/javascript"),
+                        ("/checkout.css", "text/css")):
+        r = client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(ctype)
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["x-content-type-options"] == "nosniff"
+        csp = _csp(r)
+        assert csp["frame-ancestors"] == "'none'"
+        assert csp["default-src"] == "'none'" and csp["script-src"] == "'self'"
+        assert "unsafe-inline" not in r.headers["content-security-policy"]
+        assert "unsafe-eval" not in r.headers["content-security-policy"]
+    page = client.get("/").text
+    # No inline script or style: every <script> has a src, and nothing on*= or style=.
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="/checkout.js" defer>']
+    assert "<style" not in page and " style=" not in page
+    assert not re.search(r"\son[a-z]+=", page)
 
 
 def test_custom_dcql_request(client: TestClient) -> None:
