@@ -8,8 +8,6 @@ caller's brand: another brand's program or member is simply ``not_found``
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -40,6 +38,7 @@ from tessera.did import Resolver
 from tessera.encoding import b64url_encode
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import decode_unverified, verify_compact
+from tessera.keys import new_secret_token, secret_token_row
 
 __all__ = [
     "ENROLMENT_TYP",
@@ -82,21 +81,13 @@ def create_brand(session: Session, *, keystore: KeyStore, data: BrandCreate, did
     return brand, create_api_key(session, brand_id=brand.id, label="initial")
 
 
-def _hash_secret(secret: str) -> str:
-    # The secret is 256 random bits, so a plain SHA-256 is enough: there is
-    # nothing to brute-force that a slow KDF would protect.
-    return hashlib.sha256(secret.encode("ascii")).hexdigest()
-
-
 def create_api_key(session: Session, *, brand_id: str, label: str = "") -> ApiKeyCreated:
-    key_id = secrets.token_hex(8)
-    secret = b64url_encode(secrets.token_bytes(32))
-    row = ApiKey(id=key_id, brand_id=brand_id, secret_sha256=_hash_secret(secret),
-                 label=label[:200])
+    key_id, token, secret_sha256 = new_secret_token(TOKEN_PREFIX)
+    row = ApiKey(id=key_id, brand_id=brand_id, secret_sha256=secret_sha256, label=label[:200])
     session.add(row)
     session.flush()
     return ApiKeyCreated(id=row.id, label=row.label, created_at=row.created_at,
-                         revoked_at=None, token=f"{TOKEN_PREFIX}{key_id}_{secret}")
+                         revoked_at=None, token=token)
 
 
 _KeyRow = TypeVar("_KeyRow", ApiKey, PartnerKey)
@@ -104,21 +95,14 @@ _KeyRow = TypeVar("_KeyRow", ApiKey, PartnerKey)
 
 def check_secret_token(session: Session, *, model: type[_KeyRow], prefix: str, token: str,
                        refused: TesseraError) -> _KeyRow:
-    """The unrevoked key row a ``<prefix><id>_<secret>`` token names, or raise ``refused``.
+    """The unrevoked key row a ``<prefix><id>_<secret>`` token names, or raise ``refused``."""
 
-    Never says which part was wrong, and hashes even when the row is missing,
-    so timing does not tell a missing key from a wrong secret.
-    """
-    if not token.startswith(prefix) or len(token) > 200:
-        raise refused
-    key_id, _, secret = token[len(prefix):].partition("_")
-    row = session.get(model, key_id) if key_id and secret else None
-    if row is None or row.revoked_at is not None:
-        hmac.compare_digest(_hash_secret(secret or "x"), "0" * 64)
-        raise refused
-    if not hmac.compare_digest(_hash_secret(secret), row.secret_sha256):
-        raise refused
-    return row
+    def lookup(key_id: str) -> _KeyRow | None:
+        row = session.get(model, key_id)
+        return row if row is not None and row.revoked_at is None else None
+
+    return secret_token_row(token, prefix=prefix, lookup=lookup,
+                            stored_hash=lambda row: row.secret_sha256, refused=refused)
 
 
 def authenticate(session: Session, *, token: str) -> Brand:

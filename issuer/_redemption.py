@@ -30,7 +30,6 @@ Redemption (DESIGN.md "Cross-brand redemption", OpenID4VP 1.0 §8.4):
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +38,7 @@ from typing import Any, Final
 from sqlmodel import Session, col, select
 
 from issuer import _ledger, _translog
-from issuer._admin import _hash_secret, check_secret_token
+from issuer._admin import check_secret_token
 from issuer._keystore import KeyStore
 from issuer._log_models import (
     LogLeafData,
@@ -64,7 +63,7 @@ from tessera.did import Resolver, holder_key_of
 from tessera.encoding import b64url_encode, parse_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import sd_jwt
-from tessera.keys import PublicKey
+from tessera.keys import PublicKey, new_secret_token
 from tessera.redemption import (
     RedeemTransaction,
     parse_redeem_transaction_data,
@@ -117,11 +116,10 @@ def create_partner(session: Session, *, brand_id: str, name: str, client_id: str
 
 
 def create_partner_key(session: Session, *, partner_id: str) -> str:
-    key_id = secrets.token_hex(8)
-    secret = b64url_encode(secrets.token_bytes(32))
-    session.add(PartnerKey(id=key_id, partner_id=partner_id, secret_sha256=_hash_secret(secret)))
+    key_id, token, secret_sha256 = new_secret_token(PARTNER_TOKEN_PREFIX)
+    session.add(PartnerKey(id=key_id, partner_id=partner_id, secret_sha256=secret_sha256))
     session.flush()
-    return f"{PARTNER_TOKEN_PREFIX}{key_id}_{secret}"
+    return token
 
 
 def get_partner(session: Session, *, brand_id: str, partner_id: str) -> Partner:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,9 +39,12 @@ __all__ = [
     "LocalSigner",
     "PublicKey",
     "generate_signer",
+    "hash_secret",
+    "new_secret_token",
     "public_key_from_jwk",
     "seal",
     "seal_with_passphrase",
+    "secret_token_row",
     "signer_from_jwk",
     "unseal",
     "unseal_with_passphrase",
@@ -327,3 +331,51 @@ def unseal_with_passphrase(box: dict[str, Any], passphrase: str) -> bytes:
         # Bounded so a hostile wallet file cannot make us burn minutes or GiB.
         raise TesseraError(ErrorCode.MALFORMED, "unsupported key-derivation parameters")
     return unseal(box, _scrypt(passphrase, salt, n, r, p))
+
+
+# -- bearer secrets: API keys, partner keys, till keys -------------------------------------
+
+_T = TypeVar("_T")
+
+
+def hash_secret(secret: str) -> str:
+    """What a service stores for a bearer secret: its SHA-256, hex.
+
+    The secret is 256 random bits, so a plain SHA-256 is enough: there is
+    nothing to brute-force that a slow KDF would protect.
+    """
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret_token(prefix: str) -> tuple[str, str, str]:
+    """A fresh ``<prefix><id>_<secret>`` token: (id, token, hash of the secret).
+
+    The id is the public half (it names the row); only the hash of the secret
+    is kept, and the token is shown once.
+    """
+    import secrets
+
+    key_id = secrets.token_hex(8)
+    secret = b64url_encode(secrets.token_bytes(32))
+    return key_id, f"{prefix}{key_id}_{secret}", hash_secret(secret)
+
+
+def secret_token_row(token: str, *, prefix: str, lookup: Callable[[str], _T | None],
+                     stored_hash: Callable[[_T], str], refused: TesseraError) -> _T:
+    """The row a ``<prefix><id>_<secret>`` token names if its secret matches, or raise ``refused``.
+
+    ``lookup`` returns the live (unrevoked) row of an id, or None. The check
+    never says which part was wrong, and hashes and compares in constant time
+    even when the row is missing, so timing does not tell a missing key from a
+    wrong secret.
+    """
+    import hmac
+
+    if not token.startswith(prefix) or len(token) > 200:
+        raise refused
+    key_id, _, secret = token[len(prefix):].partition("_")
+    row = lookup(key_id) if key_id and secret and len(key_id) <= 32 else None
+    expected = stored_hash(row) if row is not None else "0" * 64
+    if not hmac.compare_digest(hash_secret(secret or "x"), expected) or row is None:
+        raise refused
+    return row
