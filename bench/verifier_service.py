@@ -16,8 +16,8 @@ one ends), for a fixed time after a warm-up whose checkouts are discarded.
 
 One exchange is what a till and a wallet do for one checkout:
 
-1. ``POST /requests`` (the till; the service creates the request, its nonce
-   and state, stores the session);
+1. ``POST /requests`` (the till, with its till key; the service creates the
+   request, its nonce and state, stores the session);
 2. ``GET`` the ``request_uri`` (the wallet; the service signs the request
    object, single use);
 3. the wallet builds its SD-JWT presentation with a KB-JWT over the nonce;
@@ -158,7 +158,7 @@ async def _one_exchange(http: Any, wallet: dict[str, Any]) -> tuple[float, float
     return ((t1 - t0) + (t4 - t2)) * 1000, (t3 - t2) * 1000
 
 
-async def _drive(base_url: str, wallets: list[dict[str, Any]], warmup: float,
+async def _drive(base_url: str, till_key: str, wallets: list[dict[str, Any]], warmup: float,
                  seconds: float) -> dict[str, Any]:
     import httpx
 
@@ -168,7 +168,10 @@ async def _drive(base_url: str, wallets: list[dict[str, Any]], warmup: float,
     latencies: list[float] = []
     steps: list[float] = []
     errors: list[str] = []
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0) as http:
+    # One client plays the till and the wallets: the till key rides on every call
+    # (the wallet's two routes ignore it), as cheap as a header gets.
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0,
+                                 headers={"Authorization": f"Bearer {till_key}"}) as http:
 
         async def user(wallet: dict[str, Any]) -> None:
             while time.perf_counter() < until:
@@ -196,9 +199,9 @@ def _load_process(wallets: list[dict[str, Any]], jobs: Any, out: Any) -> None:
             for w in wallets]
     out.put({"ready": True})
     while (job := jobs.get()) is not None:
-        base_url, warmup, seconds = job
+        base_url, till_key, warmup, seconds = job
         try:
-            out.put(asyncio.run(_drive(base_url, live, warmup, seconds)))
+            out.put(asyncio.run(_drive(base_url, till_key, live, warmup, seconds)))
         except Exception as exc:
             out.put({"fatal": f"{type(exc).__name__}: {exc}"})
 
@@ -234,7 +237,7 @@ def _start_server(config: Config, work: Path, store_url: str) -> tuple[subproces
            "verifier", "serve", "--port", str(port), "--workers", str(config.workers),
            "--store", store_url, "--trust", str(work / "trust.json"),
            "--did-document", str(work / "brand.json"), "--key", str(work / "verifier.jwk"),
-           "--log-level", "warning"]
+           "--tills", str(work / "tills.json"), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -243,7 +246,7 @@ def _start_server(config: Config, work: Path, store_url: str) -> tuple[subproces
         if proc.poll() is not None:
             break
         try:
-            if httpx.get(base + "/policies", timeout=1).status_code == 200:
+            if httpx.get(base + "/", timeout=1).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
             pass
@@ -264,9 +267,10 @@ def _stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
-def _prepare(work: Path, count: int) -> list[dict[str, Any]]:
-    """Brand, trust list, DID document and one credential per virtual wallet."""
+def _prepare(work: Path, count: int) -> tuple[list[dict[str, Any]], str]:
+    """Brand, trust list, DID document, one credential per virtual wallet; a till key."""
     from tessera.keys import generate_signer
+    from verifier._tills import TillKeys
     from verifier.testing import TestHolder, TestIssuer
 
     brand = TestIssuer()
@@ -279,7 +283,7 @@ def _prepare(work: Path, count: int) -> list[dict[str, Any]]:
         credential = brand.issue_membership(TestHolder(signer), tier="gold",
                                             membership_number=f"B-{i:04d}")
         wallets.append({"credential": credential, "jwk": signer.export_private_jwk()})
-    return wallets
+    return wallets, str(TillKeys(work / "tills.json").create("bench")["token"])
 
 
 def _store_url(config: Config, work: Path) -> str | None:
@@ -302,7 +306,7 @@ def run(*, quick: bool = False, configs: Sequence[Config] = CONFIGS,
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="tessera-bench-verifier-") as tmp:
         work = Path(tmp)
-        wallets = _prepare(work, concurrency)
+        wallets, till_key = _prepare(work, concurrency)
         ctx = multiprocessing.get_context("spawn")
         jobs, results = ctx.Queue(), ctx.Queue()
         loader = ctx.Process(target=_load_process, args=(wallets, jobs, results), daemon=True)
@@ -324,7 +328,7 @@ def run(*, quick: bool = False, configs: Sequence[Config] = CONFIGS,
                         outcome.skipped = "no Redis answered (set TESSERA_BENCH_REDIS_URL)"
                         continue
                     proc, base = servers[config.name]
-                    jobs.put((base, warmup, seconds))
+                    jobs.put((base, till_key, warmup, seconds))
                     report = results.get(timeout=warmup + seconds + 120)
                     _stop_server(proc)
                     if "fatal" in report:

@@ -14,9 +14,11 @@ Everything goes through the real services, each in this process on
   the admin API, and the wallet receives both credentials through OpenID4VCI
   offers (one by value with a tx_code, one by reference);
 * Beta runs the verifier service: the till creates a checkout (``POST
-  /requests``), the member's wallet reads the QR code's deep link, fetches
-  the signed request object, shows the consent screen and answers by
-  ``direct_post``; the till polls ``/requests/{id}/result``.
+  /requests``, with its till key), the member's wallet reads the QR code's
+  deep link, fetches the signed request object, shows the consent screen and
+  answers by ``direct_post``; the till polls ``/requests/{id}/result`` (till
+  key again: someone who photographs the QR code learns the request id, not
+  the answer).
 
 Beta resolves Acme's did:web and fetches its status list over HTTP on
 loopback: ``allow_http`` and ``allow_private`` are for this demo only
@@ -185,11 +187,18 @@ def _start_issuer(folder: Path) -> _Issuer:
     return _Issuer(server, engine, settings)
 
 
-def _start_verifier(folder: Path, *, acme_did: str, acme_origin: str) -> _Server:
-    """Beta's verifier service on a free loopback port: trusts Acme, checks status live."""
+def _start_verifier(folder: Path, *, acme_did: str, acme_origin: str) -> tuple[_Server, str]:
+    """Beta's verifier service on a free loopback port: trusts Acme, checks status live.
+
+    Returns the server and the key of Beta's one till.
+    """
     from tessera.keys import generate_signer
     from verifier import TrustList, default_status_check
     from verifier._service import Policy, ServiceSettings, create_app, verifier_did
+    from verifier._tills import TillKeys
+
+    tills = TillKeys()
+    till_key = str(tills.create("Beta Coffee, till 1")["token"])
 
     port = _free_port()
     resolver, fetcher = _loopback_resolver(acme_origin)
@@ -211,8 +220,9 @@ def _start_verifier(folder: Path, *, acme_did: str, acme_origin: str) -> _Server
             Policy(POINTS_1000, "1000 points to redeem", "A 1000-point redemption",
                    _dcql("points")),
         ),
+        tills=tills,
     )
-    return _serve(create_app(settings), port, "verifier")
+    return _serve(create_app(settings), port, "verifier"), till_key
 
 
 def run(console: Console | None = None) -> int:
@@ -231,10 +241,12 @@ def run(console: Console | None = None) -> int:
 class _Till:
     """Beta's till: the cashier's side of the verifier service's HTTP API."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, key: str) -> None:
         import httpx
 
-        self.http = httpx.Client(base_url=base_url, timeout=10)
+        # The till's key on every call: only this till may ask, and read the answers.
+        self.http = httpx.Client(base_url=base_url, timeout=10,
+                                 headers={"Authorization": f"Bearer {key}"})
 
     def checkout(self, policy: str) -> dict[str, Any]:
         r = self.http.post("/requests", json={"policy": policy})
@@ -286,15 +298,16 @@ def _run(out: Console, tmp: Path, acme_service: _Issuer) -> int:
     out.print(f"Acme's issuer service runs at [cyan]{acme_service.base_url}[/]; "
               f"brand DID [cyan]{acme_did}[/]")
     # -- Beta, the partner, runs the verifier service ---------------------------------
-    beta_service = _start_verifier(tmp, acme_did=acme_did, acme_origin=acme_service.base_url)
+    beta_service, till_key = _start_verifier(tmp, acme_did=acme_did,
+                                             acme_origin=acme_service.base_url)
     try:
-        return _story(out, tmp, acme_service, beta_service, keystore, api_key.token)
+        return _story(out, tmp, acme_service, beta_service, keystore, api_key.token, till_key)
     finally:
         beta_service.stop()
 
 
 def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server,
-           keystore: Any, api_token: str) -> int:
+           keystore: Any, api_token: str, till_key: str) -> int:
     import httpx
 
     from holder import ConsentRequest, Wallet
@@ -322,7 +335,7 @@ def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server
     resolver, _ = _loopback_resolver(acme_service.base_url)
 
     # -- the member's wallet -------------------------------------------------------
-    till = _Till(beta_service.base_url)
+    till = _Till(beta_service.base_url, till_key)
     wallet_http = httpx.Client(timeout=10)  # the phone's own connection
     with contextlib.closing(http), contextlib.closing(till.http), \
             contextlib.closing(wallet_http):
@@ -435,6 +448,11 @@ def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server
                                 _post_answer(wallet_http, other_seen.response_uri, {
                                     "vp_token": captured["vp_token"],
                                     "state": other_seen.state})))
+        # A photo of the till's screen: the QR code's request_uri names the first
+        # checkout; without the till's key its answer stays with the till.
+        peek = wallet_http.get(f"{beta_service.base_url}{created['result']}")
+        outcomes.append(Outcome("result read with the request id from the QR code",
+                                "unauthorized", [str(peek.json().get("code"))]))
 
         from issuer._admin import brand_by_slug
         from issuer._db import session_scope

@@ -45,7 +45,8 @@ def test_demo_passes_and_shows_what_was_learned_and_hidden() -> None:
         assert f"{hidden} =" not in verdict  # never as something Beta learned
     # Every attack refused with its code, by the service.
     attacks = text[text.index("Attacks"):]
-    for refused in ("disclosure_mismatch", "replayed", "nonce_mismatch", "expired", "revoked"):
+    for refused in ("disclosure_mismatch", "replayed", "nonce_mismatch", "unauthorized",
+                    "expired", "revoked"):
         assert f"refused ['{refused}']" in attacks, refused
     assert "NOT REFUSED" not in attacks
     assert "Acme revoked the membership credential" in text

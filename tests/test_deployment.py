@@ -94,3 +94,16 @@ def test_compose_wires_a_working_development_pair(compose: dict[str, object]) ->
     trusted = TrustList.from_file(ROOT / "deploy" / "trust.json")
     assert brand_did in trusted.issuers
     assert "issuer" in services["verifier"]["depends_on"]
+
+
+def test_compose_verifier_keeps_its_tills_on_a_volume(compose: dict[str, object]) -> None:
+    """Two workers need one till key file (issue 9 item 8), where `till create` can write."""
+    services = compose["services"]
+    assert isinstance(services, dict)
+    verifier = services["verifier"]
+    command = verifier["command"]
+    tills = command[command.index("--tills") + 1]
+    assert int(command[command.index("--workers") + 1]) > 1
+    mounts = [v.split(":") for v in verifier["volumes"]]
+    assert any(tills.startswith(target + "/") and (len(rest) == 0 or rest[0] != "ro")
+               for _source, target, *rest in mounts), mounts

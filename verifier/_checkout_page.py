@@ -39,7 +39,16 @@ CHECKOUT_HTML: Final = """<!doctype html>
 </head>
 <body>
 <h1>Member benefits at checkout</h1>
-<p>Pick what to ask the member's wallet for. Only the answer to that question is shared.</p>
+<section id="login" hidden>
+  <p>This till has no key yet. Paste the till key the operator created
+  (<code>tessera verifier till create</code>); it stays on this device.</p>
+  <p><label for="till-key">Till key</label>
+  <input id="till-key" type="password" autocomplete="off" size="60">
+  <button id="till-save" type="button">Use this key</button></p>
+  <p id="login-error" hidden>The service refused this key.</p>
+</section>
+<p id="intro" hidden>Pick what to ask the member's wallet for. Only the answer to that
+question is shared.</p>
 <div class="policies" id="policies"></div>
 
 <section id="request" hidden>
@@ -77,14 +86,27 @@ h1 { font-size: 1.5rem; }
 #result.refused { background: #fcebea; border-color: #b4443a; }
 table { border-collapse: collapse; margin-top: .5rem; }
 td, th { border: 1px solid #ccd; padding: .25rem .6rem; text-align: left; }
+#login-error { color: #b4443a; }
 [hidden] { display: none !important; }
 """
 
-CHECKOUT_JS: Final = """\
+# Raw: the script's own "\n" escapes must reach the browser as written.
+CHECKOUT_JS: Final = r"""
 "use strict";
+// The till's key authenticates every call but the page itself: creating a
+// request, its QR code, its result and its events. It is sent in an
+// Authorization header, never in a URL, so it is not in the QR code, the
+// server's access log or the browser's history. An <img src> or an EventSource
+// cannot send a header, so the QR code and the events are fetched with fetch().
 const $ = (id) => document.getElementById(id);
+const KEY_ITEM = "tessera-till-key";
 const STATUS_TEXT = {pending: "waiting for the wallet", fetched: "the wallet opened the request",
                      done: "answered"};
+let qrUrl = null;
+
+function auth() {
+  return {authorization: "Bearer " + (localStorage.getItem(KEY_ITEM) || "")};
+}
 
 function show(value) {
   return typeof value === "object" ? JSON.stringify(value) : String(value);
@@ -118,7 +140,7 @@ function render(view) {
 
 async function poll(req) {
   for (;;) {
-    const r = await fetch(req.result, {cache: "no-store"});
+    const r = await fetch(req.result, {cache: "no-store", headers: auth()});
     if (!r.ok) { $("status").textContent = "request expired"; return; }
     const view = await r.json();
     render(view);
@@ -127,37 +149,79 @@ async function poll(req) {
   }
 }
 
-function listen(req) {
-  if (!window.EventSource) { poll(req); return; }
-  const es = new EventSource(req.events);
+// Server-sent events read from a fetch() body (text/event-stream, one
+// "status" event per change); polling if the stream fails.
+async function listen(req) {
   let finished = false;
-  es.addEventListener("status", (e) => {
-    const view = JSON.parse(e.data);
-    render(view);
-    if (view.status === "done") { finished = true; es.close(); }
-  });
-  es.onerror = () => { es.close(); if (!finished) poll(req); };
+  try {
+    const r = await fetch(req.events, {cache: "no-store", headers: auth()});
+    if (!r.ok || !r.body) throw new Error("no event stream");
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    while (!finished) {
+      const {value, done} = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const lines = block.split("\n");
+        if (!lines.includes("event: status")) continue;
+        const data = lines.filter((l) => l.startsWith("data: ")).map((l) => l.slice(6));
+        const view = JSON.parse(data.join("\n"));
+        render(view);
+        if (view.status === "done") { finished = true; reader.cancel(); break; }
+      }
+    }
+  } catch (e) {
+    // fall through to polling
+  }
+  if (!finished) poll(req);
+}
+
+async function showQr(req) {
+  const r = await fetch(req.qr, {cache: "no-store", headers: auth()});
+  if (!r.ok) return;
+  if (qrUrl) URL.revokeObjectURL(qrUrl);
+  qrUrl = URL.createObjectURL(await r.blob());
+  $("qr").src = qrUrl;
 }
 
 async function start(policy) {
   $("result").hidden = true;
   const r = await fetch("/requests", {method: "POST",
-    headers: {"content-type": "application/json"}, body: JSON.stringify({policy})});
+    headers: {"content-type": "application/json", ...auth()},
+    body: JSON.stringify({policy})});
   const req = await r.json();
+  if (r.status === 401) { login(true); return; }
   if (!r.ok) { alert(req.detail || "cannot create the request"); return; }
   $("request").hidden = false;
   $("request").dataset.requestId = req.id;
   $("request-label").textContent = req.label;
   $("request-purpose").textContent = req.purpose;
-  $("qr").src = req.qr;
   $("deep-link").href = req.deep_link;
   $("deep-link").textContent = req.deep_link;
   $("status").textContent = STATUS_TEXT.pending;
+  showQr(req);
   listen(req);
 }
 
-async function init() {
-  const r = await fetch("/policies");
+function login(refused) {
+  $("login").hidden = false;
+  $("login-error").hidden = !refused;
+  $("intro").hidden = true;
+  $("policies").replaceChildren();
+  $("request").hidden = true;
+  $("result").hidden = true;
+}
+
+async function loadPolicies() {
+  const r = await fetch("/policies", {headers: auth()});
+  if (!r.ok) { login(localStorage.getItem(KEY_ITEM) !== null); return; }
+  $("login").hidden = true;
+  $("intro").hidden = false;
+  $("policies").replaceChildren();
   for (const p of await r.json()) {
     const b = document.createElement("button");
     b.type = "button";
@@ -166,9 +230,18 @@ async function init() {
     b.addEventListener("click", () => start(p.id));
     $("policies").append(b);
   }
+}
+
+function init() {
+  $("till-save").addEventListener("click", () => {
+    localStorage.setItem(KEY_ITEM, $("till-key").value.trim());
+    $("till-key").value = "";
+    loadPolicies();
+  });
   $("again").addEventListener("click", () => {
     $("result").hidden = true; $("request").hidden = true;
   });
+  loadPolicies();
 }
 init();
 """

@@ -1,13 +1,18 @@
-"""``tessera verifier ...``: run the verifier service and its checkout page.
+"""``tessera verifier ...``: run the verifier service and its checkout page; manage tills.
 
 ``serve`` validates its options once, in the parent process (so a bad trust
 list or key file fails before any worker starts, and the key file is created
 once), then hands them to uvicorn through ``TESSERA_VERIFIER_*`` variables:
 each worker builds the app with :func:`verifier._service.app_from_env`.
+
+``till create|list|revoke`` edit the till key file the service reads
+(:mod:`verifier._tills`): a running service sees a new or revoked key on its
+next request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,8 +22,51 @@ import typer
 
 from tessera.devmode import ENV_ORIGINS
 from tessera.errors import TesseraError
+from verifier._tills import TillKeys
 
-verifier_app = typer.Typer(help="Run the verifier service.", no_args_is_help=True)
+verifier_app = typer.Typer(help="Run the verifier service; manage its tills.",
+                           no_args_is_help=True)
+till_app = typer.Typer(help="Till keys: who may create checkout requests and read results.",
+                       no_args_is_help=True)
+verifier_app.add_typer(till_app, name="till")
+
+TillsOpt = Annotated[Path, typer.Option(
+    envvar="TESSERA_VERIFIER_TILLS",
+    help="till key file (JSON; ids, labels and SHA-256 hashes of the keys, never a key)")]
+
+
+def _fail(exc: TesseraError) -> typer.Exit:
+    typer.echo(json.dumps({"error": exc.code.value, "detail": exc.detail}), err=True)
+    return typer.Exit(2)
+
+
+@till_app.command("create")
+def till_create(tills: TillsOpt, label: Annotated[str, typer.Option(
+        help="which till this is, e.g. 'store 12, lane 3'")] = "") -> None:
+    """A key for one till; it is printed once, only its hash is stored."""
+    try:
+        typer.echo(json.dumps(TillKeys(tills).create(label), indent=2))
+    except TesseraError as exc:
+        raise _fail(exc) from None
+
+
+@till_app.command("list")
+def till_list(tills: TillsOpt) -> None:
+    """The tills: ids, labels, created/revoked (never keys or hashes)."""
+    try:
+        typer.echo(json.dumps(TillKeys(tills).list(), indent=2))
+    except TesseraError as exc:
+        raise _fail(exc) from None
+
+
+@till_app.command("revoke")
+def till_revoke(tills: TillsOpt, key_id: Annotated[str, typer.Argument(
+        help="the till id (the part after tvk_)")]) -> None:
+    """Revoke a till's key: refused from its next request on, by every worker."""
+    try:
+        typer.echo(json.dumps(TillKeys(tills).revoke(key_id), indent=2))
+    except TesseraError as exc:
+        raise _fail(exc) from None
 
 
 @verifier_app.command("serve")
@@ -51,6 +99,10 @@ def serve(
     contact: Annotated[list[str] | None, typer.Option(help="contact shown to members")] = None,
     did_document: Annotated[list[Path] | None, typer.Option(
         help="pin an issuer DID document (offline did:web); repeatable")] = None,
+    tills: Annotated[Path | None, typer.Option(
+        envvar="TESSERA_VERIFIER_TILLS",
+        help="till key file (`tessera verifier till create`). Without it: one till key "
+             "for this run only, printed at start, and a single worker")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
     dev_origin: Annotated[list[str] | None, typer.Option(
         help="DEVELOPMENT MODE: fetch DID documents and status lists of this local origin "
@@ -74,6 +126,7 @@ def serve(
         "TESSERA_VERIFIER_DID_DOCUMENTS": json.dumps(
             [str(p.resolve()) for p in did_document or []]),
         "TESSERA_VERIFIER_WORKERS": str(workers),
+        "TESSERA_VERIFIER_TILLS": str(tills.resolve()) if tills else "",
     }
     named = [*(dev_origin or []),
              *(s for s in os.environ.get(ENV_ORIGINS, "").split(",") if s.strip())]
@@ -82,8 +135,14 @@ def serve(
     try:
         settings = settings_from_env({**os.environ, **env})
     except TesseraError as exc:
-        typer.echo(json.dumps({"error": exc.code.value, "detail": exc.detail}), err=True)
-        raise typer.Exit(2) from None
+        raise _fail(exc) from None
+    if settings.tills is None:
+        # One process, no till file: a till key that lives as long as this run.
+        settings = dataclasses.replace(settings, tills=TillKeys())
+        assert settings.tills is not None
+        one_run = settings.tills.create("this run")
+        typer.echo(f"till key for this run (pass --tills FILE to keep keys): "
+                   f"{one_run['token']}", err=True)
     assert settings.signer is not None
     os.environ.update(env)
     if named:

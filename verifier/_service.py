@@ -3,16 +3,25 @@
 Imported only by ``tessera verifier serve`` and tests: ``import verifier``
 never loads FastAPI. Routes:
 
-* ``GET /``: the checkout page; ``GET /policies``: what the cashier can ask;
-* ``POST /requests``: a policy (or a DCQL query) -> request id, request URI,
-  deep link, QR code (``/requests/{id}/qr.png``);
+* ``GET /``: the checkout page (``/checkout.js``, ``/checkout.css``);
+* ``GET /policies``: what the cashier can ask (till key);
+* ``POST /requests`` (till key): a policy (or a DCQL query) -> request id,
+  request URI, deep link, QR code (``/requests/{id}/qr.png``, till key);
 * ``GET /requests/{id}/object``: the ``request_uri`` endpoint. It answers
   once: a second fetch means a second device read the QR code, so the
   checkout is cancelled rather than raced;
 * ``POST /response``: the response endpoint, ``direct_post`` (§8.2) or
   ``direct_post.jwt`` (§8.3, a JWE found by its ``kid``, decrypted with the
   request's own key);
-* ``GET /requests/{id}/result`` (polling) and ``/requests/{id}/events`` (SSE).
+* ``GET /requests/{id}/result`` (polling) and ``/requests/{id}/events`` (SSE),
+  with the key of the till that created the request.
+
+Only the request object and the response endpoint are public: the request id
+travels in the QR code, so anyone who photographs the till's screen knows it.
+Creating a request (which the partner's key signs, with a purpose the wallet
+shows as the partner's) and reading what a member disclosed need a till key
+(:mod:`verifier._tills`), and a request's QR code, result and events are
+answered only to the till that created it.
 
 State lives in a session store and in the nonce store (single-use steps),
 both selected by one URL: SQLite by default, PostgreSQL, or Redis for many
@@ -39,11 +48,12 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from tessera.credentials import MEMBERSHIP, POINTS
@@ -82,6 +92,7 @@ from verifier._openid4vp import (
 from verifier._sdk import VerificationResult, Verifier
 from verifier._sessions import SessionStore, session_store_from_url
 from verifier._status import StatusCheck, default_status_check
+from verifier._tills import TillKeys
 from verifier._trust import TrustList
 from verifier._vcapi import vcapi_verifier_router
 from verifier.errors import DESCRIPTIONS
@@ -161,6 +172,8 @@ class ServiceSettings:
     redis_prefix: str = "tessera:verifier:"
     # What a request asks for unless POST /requests says otherwise.
     response_mode: str = "direct_post"
+    # The tills allowed to create requests and read results; None: no till is.
+    tills: TillKeys | None = None
 
 
 class CreateRequest(BaseModel):
@@ -206,6 +219,7 @@ class CheckoutService:
             contacts=settings.contacts,
         )
         self.policies = {p.id: p for p in settings.policies}
+        self.tills = settings.tills if settings.tills is not None else TillKeys()
 
     # -- sessions ---------------------------------------------------------------
     def _save(self, session: dict[str, Any]) -> None:
@@ -213,9 +227,14 @@ class CheckoutService:
         ttl = max(self.settings.request_ttl_seconds, self.settings.result_ttl_seconds)
         self.sessions.put(f"session:{session['id']}", session, ttl_seconds=ttl)
 
-    def session(self, request_id: str) -> dict[str, Any]:
+    def session(self, request_id: str, *, till: str | None = None) -> dict[str, Any]:
+        """The session of a request; with ``till``, only if that till created it.
+
+        Another till's request is ``not_found``, as an unknown one: a till
+        learns nothing about requests it did not make.
+        """
         found = self.sessions.get(f"session:{request_id}") if len(request_id) <= 64 else None
-        if found is None:
+        if found is None or (till is not None and found.get("till") != till):
             raise TesseraError(ErrorCode.NOT_FOUND, "no such checkout request (or it expired)")
         return found
 
@@ -225,7 +244,7 @@ class CheckoutService:
                                             "result", "version", "expires_at")}
 
     # -- steps --------------------------------------------------------------------
-    def create(self, body: CreateRequest) -> dict[str, Any]:
+    def create(self, body: CreateRequest, *, till: str) -> dict[str, Any]:
         if (body.policy is None) == (body.dcql is None):
             raise TesseraError(ErrorCode.INVALID_REQUEST, "give exactly one of policy or dcql")
         if body.policy is not None:
@@ -254,7 +273,8 @@ class CheckoutService:
         self.nonces.issue(f"resp:{request.state}", ttl_seconds=ttl, data={"id": request_id})
         self.sessions.put(f"state:{request.state}", {"id": request_id}, ttl_seconds=ttl)
         session = {
-            "id": request_id, "status": "pending", "policy": body.policy, "label": label,
+            "id": request_id, "till": till, "status": "pending", "policy": body.policy,
+            "label": label,
             "purpose": purpose, "request": request.to_dict(), "deep_link": deep_link,
             "result": None, "expires_at": request.presentation.expires_at.isoformat(),
         }
@@ -332,7 +352,6 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
-_NOT_FOUND: Final = problem_responses({404: "no such checkout request (or it expired)"})
 _RESPONSE_FORM: Final = {"requestBody": {"required": True, "content": {
     "application/x-www-form-urlencoded": {"schema": {
         "type": "object",
@@ -341,6 +360,28 @@ _RESPONSE_FORM: Final = {"requestBody": {"required": True, "content": {
         "properties": {"vp_token": {"type": "string"}, "state": {"type": "string"},
                        "response": {"type": "string"}, "error": {"type": "string"},
                        "error_description": {"type": "string"}}}}}}}
+
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="tillKey",
+                     description="a till key, `tvk_<id>_<secret>` (`tessera verifier till create`)")
+
+
+def _till_key(request: Request,
+              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+              ) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid till key")
+    service: CheckoutService = request.app.state.service
+    return service.tills.authenticate(credentials.credentials)
+
+
+Till = Annotated[str, Depends(_till_key)]
+"""The id of the till whose key authenticates the request."""
+
+_TILL_REFUSED: Final = "missing, wrong or revoked till key"
+# Another till's request is not found, as an unknown one.
+_TILL_NOT_FOUND: Final = problem_responses({
+    401: _TILL_REFUSED, 404: "no such checkout request of this till (or it expired)"})
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -371,23 +412,23 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return Response(CHECKOUT_CSS, media_type="text/css; charset=utf-8",
                         headers=PAGE_HEADERS)
 
-    @app.get("/policies")
-    def policies() -> list[dict[str, str]]:
+    @app.get("/policies", responses=problem_responses({401: _TILL_REFUSED}))
+    def policies(_till: Till) -> list[dict[str, str]]:
         return [{"id": p.id, "label": p.label, "purpose": p.purpose}
                 for p in service.policies.values()]
 
     @app.post("/requests", status_code=201, responses=problem_responses({
         400: "a DCQL query or transaction data that cannot be used",
-        404: "no such policy"}))
-    def create_request(body: CreateRequest) -> dict[str, Any]:
-        return service.create(body)
+        401: _TILL_REFUSED, 404: "no such policy"}))
+    def create_request(body: CreateRequest, till: Till) -> dict[str, Any]:
+        return service.create(body, till=till)
 
     @app.get("/requests/{request_id}/qr.png", response_class=PngResponse,
-             responses={**_NOT_FOUND, 200: {"content": PNG_CONTENT}})
-    def qr_png(request_id: str) -> Response:
+             responses={**_TILL_NOT_FOUND, 200: {"content": PNG_CONTENT}})
+    def qr_png(request_id: str, till: Till) -> Response:
         import segno
 
-        session = service.session(request_id)
+        session = service.session(request_id, till=till)
         out = io.BytesIO()
         segno.make(session["deep_link"], error="m").save(out, kind="png", scale=6, border=2)
         return PngResponse(out.getvalue(), headers={"Cache-Control": "no-store"})
@@ -436,17 +477,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             extra={"errors": list(result.errors)},
         )
 
-    @app.get("/requests/{request_id}/result", responses=_NOT_FOUND)
-    def result(request_id: str) -> dict[str, Any]:
-        return service.public_view(service.session(request_id))
+    @app.get("/requests/{request_id}/result", responses=_TILL_NOT_FOUND)
+    def result(request_id: str, till: Till) -> dict[str, Any]:
+        return service.public_view(service.session(request_id, till=till))
 
     @app.get("/requests/{request_id}/events", response_class=EventStreamResponse, responses={
-        **_NOT_FOUND,
+        **_TILL_NOT_FOUND,
         200: {"description": "Server-Sent Events: `status` events carrying the result view",
               "content": {"text/event-stream": {"schema": {"type": "string"}}}},
     })
-    async def events(request_id: str) -> StreamingResponse:
-        first = await run_in_threadpool(service.session, request_id)
+    async def events(request_id: str, till: Till) -> StreamingResponse:
+        first = await run_in_threadpool(lambda: service.session(request_id, till=till))
 
         async def stream() -> AsyncIterator[str]:
             session: dict[str, Any] | None = first
@@ -554,7 +595,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
     ``TRUST`` (trust list file, required), ``KEY`` (key file; without it a
     one-run key, refused when ``WORKERS`` > 1), ``BASE_URL``, ``STORE``,
     ``PREFIX``, ``NAME``, ``CONTACTS`` and ``DID_DOCUMENTS`` (JSON arrays),
-    ``RESPONSE_MODE``, ``WORKERS``; ``TESSERA_MASTER_KEY`` seals the key file.
+    ``RESPONSE_MODE``, ``WORKERS``, ``TILLS`` (the till key file; without it
+    no till is allowed, and several workers are refused);
+    ``TESSERA_MASTER_KEY`` seals the key file.
     """
     env = os.environ if environ is None else environ
 
@@ -584,6 +627,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
     else:
         signer = generate_signer("ES256")
     signer = signer.with_key_id(verifier_did(signer) + "#0")
+    tills_path = get("TILLS")
+    if not tills_path and workers > 1:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           "several workers must share one till key file: pass --tills FILE "
+                           "(`tessera verifier till create --tills FILE` adds a till)")
     documents: dict[str, Any] = {}
     for doc_path in _env_list(get("DID_DOCUMENTS")):
         try:
@@ -610,7 +658,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
         client_name=get("NAME", "Partner checkout"),
         contacts=tuple(_env_list(get("CONTACTS"))), store_url=store,
         resolver=resolver, status_check=default_status_check(resolver, fetcher),
-        response_mode=mode,
+        response_mode=mode, tills=TillKeys(Path(tills_path)) if tills_path else None,
     )
 
 

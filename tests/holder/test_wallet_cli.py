@@ -22,10 +22,14 @@ from tessera.did import Resolver, did_jwk
 from tessera.keys import generate_signer
 from tests.issuer.conftest import FakeClock, Service
 from verifier._service import ServiceSettings, create_app
+from verifier._tills import TillKeys
 from verifier.testing import TestHolder, TestIssuer
 
 PASS = "correct horse battery"
 BASE = "https://till.test"
+# The till's key rides on the till's calls only; the wallet CLI's calls carry none.
+TILLS = TillKeys()
+TILL = {"Authorization": f"Bearer {TILLS.create('lane 1')['token']}"}
 
 
 @pytest.fixture
@@ -70,7 +74,7 @@ def till(brand: TestIssuer, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestCli
     settings = ServiceSettings(
         base_url=BASE, trust=brand.trust_list(), signer=signer, client_name="Corner Shop",
         contacts=("help@corner.test",), store_url="memory://",
-        resolver=Resolver(documents={brand.did: brand.did_document}),
+        resolver=Resolver(documents={brand.did: brand.did_document}), tills=TILLS,
     )
     with TestClient(create_app(settings), base_url=BASE) as client:
         monkeypatch.setattr(wallet_cli, "_http_client", _shared(client))
@@ -89,8 +93,12 @@ def _shared(client: TestClient) -> type[httpx.Client]:
     return Shared
 
 
+def _result(till: TestClient, created: dict[str, Any]) -> dict[str, Any]:
+    return dict(till.get(created["result"], headers=TILL).json()["result"])
+
+
 def _checkout(till: TestClient) -> dict[str, Any]:
-    r = till.post("/requests", json={"policy": "gold-10"})
+    r = till.post("/requests", json={"policy": "gold-10"}, headers=TILL)
     assert r.status_code == 201
     return dict(r.json())
 
@@ -218,7 +226,7 @@ def test_present_shows_consent_and_shares_on_yes(loaded: Path, runner: CliRunner
                      "name", "membership_number"):
         assert expected in screen, expected
     assert "Alice" not in screen  # withheld values are never shown, only their names
-    result = till.get(created["result"]).json()["result"]
+    result = till.get(created["result"], headers=TILL).json()["result"]
     assert result["ok"] and result["claims"]["tier_at_least_gold"] is True
 
 
@@ -228,7 +236,7 @@ def test_present_declined_shares_nothing(loaded: Path, runner: CliRunner,
     r = runner.invoke(app, ["wallet", "present", created["deep_link"], "--wallet", str(loaded)],
                       input="n\n")
     assert r.exit_code == 1 and "Nothing was shared" in r.output
-    assert till.get(created["result"]).json()["result"]["errors"] == ["consent_denied"]
+    assert _result(till, created)["errors"] == ["consent_denied"]
     log = json.loads(runner.invoke(app, ["wallet", "consents", "export",
                                          "--wallet", str(loaded)]).output)
     assert log[-1]["event"] == "declined" and log[-1]["verifier_name"] == "Corner Shop"
@@ -265,7 +273,7 @@ def test_withdrawn_verifier_is_refused_until_granted(loaded: Path, runner: CliRu
                             "--wallet", str(loaded)])
     assert r.exit_code == 1 and "withdrawn" in r.output
     assert "Consent" not in r.output  # refused before any screen
-    assert till.get(created["result"]).json()["result"]["errors"] == ["consent_denied"]
+    assert _result(till, created)["errors"] == ["consent_denied"]
     runner.invoke(app, ["wallet", "consents", "grant", client_id, "--wallet", str(loaded)])
     created = _checkout(till)
     r = runner.invoke(app, ["wallet", "present", created["deep_link"], "--yes",

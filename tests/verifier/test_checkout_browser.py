@@ -24,6 +24,7 @@ from tessera.did import Resolver, did_jwk
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import generate_signer
 from verifier._service import ServiceSettings, create_app
+from verifier._tills import TillKeys
 from verifier.testing import TestHolder, TestIssuer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,7 +49,18 @@ def brand() -> TestIssuer:
 
 
 @pytest.fixture(scope="module")
-def base_url(brand: TestIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def tills() -> TillKeys:
+    return TillKeys()
+
+
+@pytest.fixture(scope="module")
+def till_key(tills: TillKeys) -> str:
+    return str(tills.create("lane 1")["token"])
+
+
+@pytest.fixture(scope="module")
+def base_url(brand: TestIssuer, tills: TillKeys,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import uvicorn
 
     port = _free_port()
@@ -59,7 +71,7 @@ def base_url(brand: TestIssuer, tmp_path_factory: pytest.TempPathFactory) -> Ite
     settings = ServiceSettings(
         base_url=url, trust=brand.trust_list(), signer=signer, client_name="Corner Shop",
         contacts=("help@corner.test",), store_url=f"sqlite:///{db}",
-        resolver=Resolver(documents={brand.did: brand.did_document}),
+        resolver=Resolver(documents={brand.did: brand.did_document}), tills=tills,
     )
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off"))
@@ -86,7 +98,8 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, base_url: str) -> Iterator[Any]:
+def fresh_page(browser: Any, base_url: str) -> Iterator[Any]:
+    """A till browser that has never been given a key."""
     context = browser.new_context(viewport={"width": 1000, "height": 1100})
     pg = context.new_page()
     errors: list[str] = []
@@ -95,6 +108,19 @@ def page(browser: Any, base_url: str) -> Iterator[Any]:
     yield pg
     context.close()
     assert errors == [], errors  # no JavaScript error on the till
+
+
+def _log_in(page: Any, key: str) -> None:
+    page.wait_for_selector("#login:not([hidden])")
+    page.fill("#till-key", key)
+    page.click("#till-save")
+
+
+@pytest.fixture
+def page(fresh_page: Any, till_key: str) -> Any:
+    _log_in(fresh_page, till_key)
+    fresh_page.wait_for_selector("button[data-policy='gold-10']")
+    return fresh_page
 
 
 @pytest.fixture
@@ -113,8 +139,9 @@ def _start_checkout(page: Any, policy: str) -> str:
     uri = str(link.get_attribute("href"))
     assert uri == link.text_content()
     assert uri.startswith("openid4vp://?client_id=decentralized_identifier")
-    # The QR image really loaded (a PNG the browser decoded).
-    page.wait_for_selector("#qr[src$='qr.png']")
+    # The QR image really loaded (a PNG the browser decoded), fetched with the
+    # till's key: the <img> shows it from memory.
+    page.wait_for_selector("#qr[src^='blob:']")
     deadline = time.monotonic() + 5
     while page.locator("#qr").evaluate("img => img.naturalWidth") < 100:
         assert time.monotonic() < deadline, "QR image did not load"
@@ -184,3 +211,31 @@ def test_checkout_points_without_enough_points(page: Any, brand: TestIssuer,
         assert err.value.code == ErrorCode.DISCLOSURE_MISMATCH
         http.post(request.response_uri, data={"error": "access_denied", "state": request.state})
     _outcome(page, "refused")
+
+
+def test_till_needs_its_key(fresh_page: Any, till_key: str) -> None:
+    """No key, or a wrong one: no policy buttons, nothing can be asked."""
+    _log_in(fresh_page, "tvk_0000000000000000_not-the-secret")
+    fresh_page.wait_for_selector("#login-error:not([hidden])")
+    assert fresh_page.locator("button[data-policy]").count() == 0
+    _log_in(fresh_page, till_key)
+    fresh_page.wait_for_selector("button[data-policy='gold-10']")
+    assert fresh_page.locator("#login").is_hidden()
+    # The key stays on this device, out of every URL the page uses.
+    assert till_key not in fresh_page.url
+
+
+def test_checkout_page_refuses_to_be_framed(browser: Any, base_url: str) -> None:
+    """Clickjacking: a page of another origin frames the till; the browser shows nothing."""
+    context = browser.new_context()
+    pg = context.new_page()
+    blocked: list[str] = []
+    pg.on("console", lambda m: blocked.append(m.text) if "frame-ancestors" in m.text else None)
+    pg.set_content(f'<iframe id="f" src="{base_url}/" width="600" height="400"></iframe>')
+    deadline = time.monotonic() + 5
+    while not blocked:
+        assert time.monotonic() < deadline, "the checkout page loaded inside a frame"
+        time.sleep(0.05)
+    frame = pg.frame_locator("#f")
+    assert frame.locator("#policies").count() == 0
+    context.close()

@@ -23,9 +23,14 @@ from sd_jwt.holder import SDJWTHolder
 from tessera.did import Resolver, did_jwk
 from tessera.keys import generate_signer, signer_from_jwk
 from verifier._service import ServiceSettings, create_app
+from verifier._tills import TillKeys
 from verifier.testing import TestHolder, TestIssuer
 
 BASE = "https://till.test"
+# The tills of every service in this module. The wallets' calls (request
+# object, response) carry no key: those two routes are public.
+TILLS = TillKeys()
+TILL = {"Authorization": f"Bearer {TILLS.create('lane 1')['token']}"}
 
 
 # -- a wallet written from the OpenID4VP 1.0 text alone (jwcrypto, httpx, sd-jwt) ----------
@@ -103,7 +108,8 @@ def _settings(brand: TestIssuer, store_url: str, **kw: Any) -> ServiceSettings:
     return ServiceSettings(
         base_url=BASE, trust=brand.trust_list(), signer=kw.pop("signer", signer),
         client_name="Corner Shop", contacts=("help@corner.test",), store_url=store_url,
-        resolver=Resolver(documents={brand.did: brand.did_document}), **kw,
+        resolver=Resolver(documents={brand.did: brand.did_document}),
+        tills=kw.pop("tills", TILLS), **kw,
     )
 
 
@@ -115,13 +121,13 @@ def client(brand: TestIssuer, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def _start(client: TestClient, policy: str = "gold-10") -> dict[str, Any]:
-    r = client.post("/requests", json={"policy": policy})
+    r = client.post("/requests", json={"policy": policy}, headers=TILL)
     assert r.status_code == 201, r.text
     return dict(r.json())
 
 
 def _result(client: TestClient, created: dict[str, Any]) -> dict[str, Any]:
-    return dict(client.get(created["result"]).json())
+    return dict(client.get(created["result"], headers=TILL).json())
 
 
 # -- complete checkouts ------------------------------------------------------------------------
@@ -181,7 +187,7 @@ def test_events_stream_flips_to_the_result(client: TestClient, brand: TestIssuer
     wallet = SpecWallet(member_key, brand.issue_membership(member))
     created = _start(client)
     seen: list[dict[str, Any]] = []
-    with client.stream("GET", created["events"]) as stream:
+    with client.stream("GET", created["events"], headers=TILL) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         answered = False
         for line in stream.iter_lines():
@@ -359,7 +365,7 @@ def test_kb_jwt_with_an_infinite_iat_is_refused_not_a_server_error(
 ])
 def test_errors_are_problem_documents(client: TestClient, method: str, path: str,
                                       kwargs: dict[str, Any], status: int, code: str) -> None:
-    r = getattr(client, method)(path, **kwargs)
+    r = getattr(client, method)(path, headers=TILL, **kwargs)
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["code"] == code and r.json()["status"] == status
@@ -367,13 +373,14 @@ def test_errors_are_problem_documents(client: TestClient, method: str, path: str
 
 def test_qr_code_and_page(client: TestClient) -> None:
     created = _start(client)
-    png = client.get(created["qr"])
+    png = client.get(created["qr"], headers=TILL)
     assert png.headers["content-type"] == "image/png"
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n") and len(png.content) > 500
     page = client.get("/")
     assert page.status_code == 200 and '<script src="/checkout.js"' in page.text
     assert "textContent" in client.get("/checkout.js").text
-    assert [p["id"] for p in client.get("/policies").json()] == ["gold-10", "points-1000"]
+    policies = client.get("/policies", headers=TILL).json()
+    assert [p["id"] for p in policies] == ["gold-10", "points-1000"]
 
 
 def _csp(response: httpx.Response) -> dict[str, str]:
@@ -405,7 +412,7 @@ def test_checkout_page_cannot_be_framed_or_scripted_inline(client: TestClient) -
 def test_custom_dcql_request(client: TestClient) -> None:
     dcql = {"credentials": [{"id": "m", "format": "dc+sd-jwt",
                              "claims": [{"path": ["tier"]}]}]}
-    r = client.post("/requests", json={"dcql": dcql, "purpose": "check tier"})
+    r = client.post("/requests", json={"dcql": dcql, "purpose": "check tier"}, headers=TILL)
     assert r.status_code == 201 and r.json()["purpose"] == "check tier"
 
 
@@ -483,7 +490,8 @@ def _spec_encrypt(request: dict[str, Any], payload: dict[str, Any], *,
 
 
 def _start_jwt(client: TestClient) -> dict[str, Any]:
-    r = client.post("/requests", json={"policy": "gold-10", "response_mode": "direct_post.jwt"})
+    r = client.post("/requests", json={"policy": "gold-10", "response_mode": "direct_post.jwt"},
+                    headers=TILL)
     assert r.status_code == 201, r.text
     assert r.json()["response_mode"] == "direct_post.jwt"
     return dict(r.json())

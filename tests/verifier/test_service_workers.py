@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -24,6 +25,7 @@ from tessera.encoding import b64url_encode
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import signer_from_jwk
 from verifier._service import load_or_create_key, settings_from_env
+from verifier._tills import TillKeys
 from verifier.testing import TestHolder, TestIssuer
 
 from .test_service import SpecWallet
@@ -92,7 +94,8 @@ def trust_file(tmp_path: Path) -> Path:
 
 
 def test_workers_need_a_shared_store_and_key(trust_file: Path, tmp_path: Path) -> None:
-    env = {"TESSERA_VERIFIER_TRUST": str(trust_file), "TESSERA_VERIFIER_WORKERS": "2"}
+    env = {"TESSERA_VERIFIER_TRUST": str(trust_file), "TESSERA_VERIFIER_WORKERS": "2",
+           "TESSERA_VERIFIER_TILLS": str(tmp_path / "tills.json")}
     with pytest.raises(TesseraError) as err:
         settings_from_env({**env, "TESSERA_VERIFIER_STORE": "memory://"})
     assert "memory://" in err.value.detail
@@ -144,7 +147,7 @@ def _serve(args: list[str], port: int, tmp_path: Path) -> subprocess.Popen[str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/policies", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
@@ -169,13 +172,18 @@ def served(tmp_path: Path, trust_file: Path) -> Iterator[dict[str, Any]]:
     brand = TestIssuer()
     doc = tmp_path / "brand.json"
     doc.write_text(json.dumps(brand.did_document))
-    yield {"brand": brand, "args": ["--trust", str(trust_file), "--did-document", str(doc),
-                                    "--key", str(tmp_path / "verifier.jwk")]}
+    tills = tmp_path / "tills.json"
+    till = TillKeys(tills).create("lane 1")
+    yield {"brand": brand, "till": {"Authorization": f"Bearer {till['token']}"},
+           "args": ["--trust", str(trust_file), "--did-document", str(doc),
+                    "--key", str(tmp_path / "verifier.jwk"), "--tills", str(tills)]}
 
 
-def _checkout(base: str, wallet: SpecWallet, mode: str) -> dict[str, Any]:
+def _checkout(base: str, wallet: SpecWallet, mode: str,
+              till: dict[str, str]) -> dict[str, Any]:
     with httpx.Client(base_url=base, timeout=10) as http:
-        created = http.post("/requests", json={"policy": "gold-10", "response_mode": mode}).json()
+        created = http.post("/requests", json={"policy": "gold-10", "response_mode": mode},
+                            headers=till).json()
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(created["deep_link"]).query))
         token = jws.JWS()
         token.deserialize(http.get(query["request_uri"]).text)
@@ -190,7 +198,8 @@ def _checkout(base: str, wallet: SpecWallet, mode: str) -> dict[str, Any]:
             form = {"vp_token": json.dumps(vp_token), "state": request["state"]}
         answer = http.post(request["response_uri"], data=form)
         assert answer.status_code == 200, answer.text
-        return dict(http.get(created["result"]).json(), client_id=created["client_id"])
+        return dict(http.get(created["result"], headers=till).json(),
+                    client_id=created["client_id"])
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
@@ -210,7 +219,8 @@ def test_two_workers_complete_checkouts_and_keep_their_key(
     proc = _serve(args, port, tmp_path)
     try:
         # Enough checkouts that both workers serve steps of the same exchange.
-        views = [_checkout(base, wallet, mode) for mode in ["direct_post", "direct_post.jwt"] * 4]
+        views = [_checkout(base, wallet, mode, served["till"])
+                 for mode in ["direct_post", "direct_post.jwt"] * 4]
     finally:
         _stop(proc)
     assert all(v["status"] == "done" and v["result"]["ok"] for v in views), views
@@ -218,6 +228,30 @@ def test_two_workers_complete_checkouts_and_keep_their_key(
     assert stat.S_IMODE((tmp_path / "verifier.jwk").stat().st_mode) == 0o600
     proc = _serve(args, port, tmp_path)  # a restart keeps the verifier's identity
     try:
-        assert _checkout(base, wallet, "direct_post")["client_id"] == client_id
+        assert _checkout(base, wallet, "direct_post", served["till"])["client_id"] == client_id
+    finally:
+        _stop(proc)
+
+
+def test_one_worker_without_a_till_file_prints_a_key_for_the_run(
+    served: dict[str, Any], tmp_path: Path, trust_file: Path,
+) -> None:
+    """`tessera verifier serve` with no --tills: one till key, printed, for this run only."""
+    member_key = jwk.JWK.generate(kty="EC", crv="P-256")
+    member = TestHolder(signer_from_jwk(json.loads(member_key.export_private())))
+    wallet = SpecWallet(member_key, served["brand"].issue_membership(member, tier="gold"))
+    port = _free_port()
+    args = [a for a in served["args"] if a != "--tills" and not a.endswith("tills.json")]
+    proc = _serve([*args, "--store", "memory://"], port, tmp_path)
+    try:
+        log = (tmp_path / f"server-{port}.log").read_text()
+        key = re.search(r"till key for this run .*: (tvk_\S+)", log)
+        assert key is not None, log
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{base}/requests", json={"policy": "gold-10"},
+                          headers=served["till"]).status_code == 401
+        view = _checkout(base, wallet, "direct_post",
+                         {"Authorization": f"Bearer {key.group(1)}"})
+        assert view["status"] == "done" and view["result"]["ok"], view
     finally:
         _stop(proc)
