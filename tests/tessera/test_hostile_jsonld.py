@@ -9,7 +9,8 @@ contexts were reprocessed under every new active context (a 24 KB document:
 than a second of CPU, measured with ``time.process_time`` through the SDK
 (``verifier.data_integrity.verify`` and ``Verifier.verify``) and through
 ``POST /credentials/verify`` of the verifier service and of ``tessera vcapi
-serve``. The bodies are all under the services' body cap.
+serve`` (whose ``/presentations/verify`` and ``/credentials/issue`` are as
+open, and tested too). The bodies are all under the services' body cap.
 """
 
 from __future__ import annotations
@@ -186,9 +187,12 @@ def verifier_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestC
         yield client
 
 
+_vcapi_issuers = issuers_for([generate_signer("EdDSA"), generate_signer("ES256")])
+
+
 @pytest.fixture(scope="module")
 def vcapi_server() -> Iterator[TestClient]:
-    app = create_vcapi_app(issuers_for([generate_signer("EdDSA")]), clock=lambda: NOW)
+    app = create_vcapi_app(_vcapi_issuers, clock=lambda: NOW)
     with TestClient(app) as client:
         yield client
 
@@ -251,6 +255,35 @@ def test_vcapi_server_credentials_verify_refuses_fast(
     vc = _credential(issuer, SHAPES[name]())
     (status, body), cpu = _cpu(lambda: _post(vcapi_server, vc))
     assert (status, body["errors"]) == (400, [ErrorCode.TOO_LARGE.value])
+    assert cpu <= CPU_BOUND, f"{name}: {cpu:.2f} s of CPU"
+
+
+@pytest.mark.parametrize("name", sorted(set(SHAPES) - SDK_ONLY))
+def test_vcapi_server_presentations_verify_refuses_fast(
+    name: str, issuer: tuple[str, str], vcapi_server: TestClient
+) -> None:
+    vc = _credential(issuer, SHAPES[name]())
+    vp = {"@context": [V2], "type": ["VerifiablePresentation"], "holder": issuer[0],
+          "verifiableCredential": [vc],
+          "proof": {**vc["proof"], "proofPurpose": "authentication", "challenge": "c"}}
+    response, cpu = _cpu(lambda: vcapi_server.post(
+        "/presentations/verify",
+        json={"verifiablePresentation": vp, "options": {"challenge": "c"}}))
+    assert (response.status_code, response.json()["errors"]) == (
+        400, [ErrorCode.TOO_LARGE.value])
+    assert cpu <= CPU_BOUND, f"{name}: {cpu:.2f} s of CPU"
+
+
+@pytest.mark.parametrize("name", sorted(set(SHAPES) - SDK_ONLY))
+def test_vcapi_server_credentials_issue_refuses_fast(name: str, vcapi_server: TestClient) -> None:
+    # tessera vcapi serve signs what it is sent (it is the W3C suites' issuer),
+    # so issuance is as open as verification; ecdsa-sd-2023 also compacts.
+    did = next(i for i in _vcapi_issuers if i.cryptosuite == "ecdsa-sd-2023").did
+    unsigned = {k: v for k, v in _credential((did, ""), SHAPES[name]()).items() if k != "proof"}
+    response, cpu = _cpu(lambda: vcapi_server.post(
+        "/credentials/issue", json={"credential": unsigned, "options": {
+            "type": "DataIntegrityProof", "cryptosuite": "ecdsa-sd-2023"}}))
+    assert (response.status_code, response.json()["code"]) == (413, ErrorCode.TOO_LARGE.value)
     assert cpu <= CPU_BOUND, f"{name}: {cpu:.2f} s of CPU"
 
 
