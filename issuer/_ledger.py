@@ -189,9 +189,10 @@ def checked_balance(session: Session, *, member: Member, now: datetime) -> Balan
     Lots and holds are a cache of the log (DESIGN.md, "Points, redemption and
     the log"); a row changed behind the ledger's back (a ``point_lot.remaining``
     rewritten in the database) must not reach a credential. A history whose
-    first leaves predate lots in the log (v1) supports only its total and is
-    not checked here; the member's audit says so.
+    first leaves predate lots in the log (v1) first gets its ``snapshot``
+    (:func:`issuer._translog.carry_forward`); so does every ledger write.
     """
+    _translog.carry_forward(session, brand_id=member.brand_id, member_id=member.id, now=now)
     shown = balance(session, member=member, now=now)
     try:
         implied = _translog.member_figures(session, brand_id=member.brand_id,
@@ -259,6 +260,8 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
             raise TesseraError(ErrorCode.CONFLICT,
                                "Idempotency-Key already used for a different request")
         return Outcome(stored.status_code, stored.response, replayed=True)
+    # Before anything moves: a history of version 1 leaves gets its lots into the log.
+    _translog.carry_forward(session, brand_id=brand_id, member_id=member.id, now=now)
     _sweep_expired(session, member=member, now=now)
     body = action(member)
     session.flush()
@@ -448,7 +451,7 @@ def reverse(session: Session, *, brand_id: str, member_id: str, idempotency_key:
         if original is None or original.member_id != member.id:
             raise TesseraError(ErrorCode.NOT_FOUND, "no such ledger entry for this member")
         if original.kind in (EntryKind.REVERSE, EntryKind.EXPIRE, EntryKind.HOLD,
-                             EntryKind.RELEASE):
+                             EntryKind.RELEASE, EntryKind.SNAPSHOT):
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                f"a {original.kind} entry cannot be reversed; use an adjustment")
         done = select(LedgerEntry).where(LedgerEntry.reverses_id == original.id)

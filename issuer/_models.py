@@ -135,6 +135,9 @@ class EntryKind(StrEnum):
     # derivable from it (tessera.pointslog.fold); capture is a ``redeem``.
     HOLD = "hold"
     RELEASE = "release"
+    # Zero points: carries the lots and holds of a history that began before
+    # leaves recorded them (tessera.pointslog "carry"); written once.
+    SNAPSHOT = "snapshot"
 
 
 class HoldStatus(StrEnum):

@@ -33,6 +33,8 @@ from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.pointslog import (
     Allocation,
+    CarriedLot,
+    Carry,
     Figures,
     HoldRef,
     LogLeaf,
@@ -49,6 +51,7 @@ __all__ = [
     "SqlHashSource",
     "append_for_member",
     "append_leaves",
+    "carry_forward",
     "check_log",
     "checkpoint",
     "consistency_proof",
@@ -144,6 +147,52 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
             if lot is not None else None,
             alloc=allocations.get(entry.id, ()), hold=hold), entry.id))
     return append_leaves(session, log, records)
+
+
+def carry_forward(session: Session, *, brand_id: str, member_id: str,
+                  now: datetime) -> bool:
+    """Write the ``snapshot`` leaf of a member whose history began with version 1 leaves.
+
+    Those leaves do not say which lots and holds their points are in, so the
+    lots and holds the ledger keeps are stated once, as they are now (the
+    member row is locked), in a zero-point ``snapshot`` entry; from there on
+    every figure is derivable from the log. Returns whether one was written.
+    """
+    name = pseudonym(session, brand_id, member_id)
+    first = session.exec(select(LogLeafData.data).where(
+        LogLeafData.brand_id == brand_id, LogLeafData.member == name)
+        .order_by(col(LogLeafData.idx)).limit(1)).first()
+    if first is None or parse_json_object(first).get("v") != 1:
+        return False
+    if session.exec(select(LedgerEntry.id).where(
+            LedgerEntry.member_id == member_id,
+            LedgerEntry.kind == EntryKind.SNAPSHOT)).first() is not None:
+        return False
+    append_for_member(session, brand_id=brand_id, member_id=member_id, idempotency_key=None)
+    lots = session.exec(select(PointLot).where(PointLot.member_id == member_id,
+                                               col(PointLot.remaining) > 0)
+                        .order_by(col(PointLot.id))).all()
+    holds = session.exec(select(PointHold).where(PointHold.member_id == member_id,
+                                                 PointHold.status == "held")
+                         .order_by(col(PointHold.id))).all()
+    entry = LedgerEntry(brand_id=brand_id, member_id=member_id, created_at=now,
+                        kind=EntryKind.SNAPSHOT, points=0, qualifying_points=0,
+                        qualifying_at=now,
+                        reason="lots and holds carried into the log (leaf version 2)")
+    session.add(entry)
+    session.flush()
+    assert entry.id is not None
+    carry = Carry(
+        lots=tuple(CarriedLot(lot.entry_id, lot.amount, lot.remaining,
+                              leaf_time(_aware(lot.available_at)),
+                              leaf_time(_aware(lot.expires_at)) if lot.expires_at else None)
+                   for lot in lots),
+        holds=tuple(HoldRef(h.id, h.points, leaf_time(_aware(h.expires_at))) for h in holds))
+    log = log_state(session, brand_id, lock=True)
+    append_leaves(session, log, [LeafRecord(LogLeaf.of(
+        entry=entry.id, member=name, delta=0, kind=str(EntryKind.SNAPSHOT), reason=entry.reason,
+        time=now, idempotency_key=None, carry=carry), entry.id)])
+    return True
 
 
 def append_leaves(session: Session, log: TransparencyLog, records: Sequence[LeafRecord],

@@ -4,9 +4,9 @@ Shared by the issuer and the wallet. Every ledger entry becomes one leaf: the
 canonical JSON (key-sorted, compact, :func:`tessera.encoding.canonical_json`) of
 
 ``{"v": 2, "entry": <ledger entry id>, "member": <pseudonym>, "delta": <points>,
-"kind": <earn|redeem|adjust|expire|reverse|hold|release>, "reason": <text|null>,
+"kind": <earn|redeem|adjust|expire|reverse|hold|release|snapshot>, "reason": <text|null>,
 "time": <RFC 3339 UTC>, "idempotency_key": <text|null>, "lot": <lot|null>,
-"alloc": [<allocation>...], "hold": <hold|null>}``
+"alloc": [<allocation>...], "hold": <hold|null>, "carry": <carry|null>}``
 
 hashed with RFC 9162 ``leaf_hash`` (:mod:`tessera.merkle`). Version 2 carries
 what the ledger keeps beside the log, so that every figure the brand signs
@@ -22,12 +22,17 @@ log (lots, holds) is a cache of it, and the audit recomputes it"):
 * ``hold``: a ``hold`` leaf opens one, ``{"id", "points", "expires_at"}``;
   the ``redeem`` that captures it, the ``release`` and the zero-point
   ``expire`` that closes it name it as ``{"id"}``.
+* ``carry``: a zero-point ``snapshot`` leaf written once for a member whose
+  history began with version 1 leaves: ``{"lots": [{"lot", "amount",
+  "remaining", "available_at", "expires_at"}], "holds": [<hold>...]}``, the
+  lots and open holds the ledger kept at that moment. Their points must add
+  up to the history's total; from there on every figure is derivable.
 
 :func:`fold` is the one definition of those figures (balance, available,
 pending, held, lots with their expiry); the issuer checks what it signs
 against it and the wallet's audit recomputes it. Version 1 leaves (``v: 1``,
-without the last three members) still parse and verify; a history holding one
-only supports its total.
+without the last four members) still parse and verify; a history holding one
+supports only its total until its ``snapshot``.
 
 The member is a *pseudonym*: HMAC-SHA-256 of the member id under a secret of
 the brand's log. Public readers see only pseudonyms and hashes; a member
@@ -52,6 +57,8 @@ __all__ = [
     "LEAF_KINDS",
     "LEAF_VERSION",
     "Allocation",
+    "CarriedLot",
+    "Carry",
     "Figures",
     "HoldRef",
     "LogLeaf",
@@ -68,11 +75,11 @@ __all__ = [
 
 LEAF_VERSION: Final = 2
 LEAF_KINDS: Final = frozenset({"earn", "redeem", "adjust", "expire", "reverse", "hold",
-                               "release"})
+                               "release", "snapshot"})
 _V1_KINDS: Final = frozenset({"earn", "redeem", "adjust", "expire", "reverse"})
 _KEYS_V1: Final = frozenset({"v", "entry", "member", "delta", "kind", "reason", "time",
                              "idempotency_key"})
-_KEYS: Final = _KEYS_V1 | {"lot", "alloc", "hold"}
+_KEYS: Final = _KEYS_V1 | {"lot", "alloc", "hold", "carry"}
 MAX_TEXT: Final = 500
 MAX_ALLOCATIONS: Final = 10_000
 
@@ -132,6 +139,31 @@ class HoldRef:
 
 
 @dataclass(frozen=True)
+class CarriedLot:
+    """A lot as the ledger kept it when a version 1 history was carried into the log."""
+
+    lot: int
+    amount: int
+    remaining: int
+    available_at: str
+    expires_at: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"lot": self.lot, "amount": self.amount, "remaining": self.remaining,
+                "available_at": self.available_at, "expires_at": self.expires_at}
+
+
+@dataclass(frozen=True)
+class Carry:
+    lots: tuple[CarriedLot, ...] = ()
+    holds: tuple[HoldRef, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"lots": [lot.as_json() for lot in self.lots],
+                "holds": [hold.as_json() for hold in self.holds]}
+
+
+@dataclass(frozen=True)
 class LogLeaf:
     entry: int
     member: str
@@ -143,14 +175,16 @@ class LogLeaf:
     lot: LotOpen | None = None
     alloc: tuple[Allocation, ...] = ()
     hold: HoldRef | None = None
+    carry: Carry | None = None
     v: int = LEAF_VERSION
 
     @classmethod
     def of(cls, *, entry: int, member: str, delta: int, kind: str, reason: str | None,
            time: datetime, idempotency_key: str | None, lot: LotOpen | None = None,
-           alloc: Sequence[Allocation] = (), hold: HoldRef | None = None) -> LogLeaf:
+           alloc: Sequence[Allocation] = (), hold: HoldRef | None = None,
+           carry: Carry | None = None) -> LogLeaf:
         return cls(entry, member, delta, kind, reason, leaf_time(time), idempotency_key,
-                   lot, tuple(alloc), hold)
+                   lot, tuple(alloc), hold, carry)
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -161,6 +195,7 @@ class LogLeaf:
             body["lot"] = self.lot.as_json() if self.lot else None
             body["alloc"] = [{"lot": a.lot, "points": a.points} for a in self.alloc]
             body["hold"] = self.hold.as_json() if self.hold else None
+            body["carry"] = self.carry.as_json() if self.carry else None
         return body
 
     def to_bytes(self) -> bytes:
@@ -236,6 +271,34 @@ def _hold(value: Any) -> HoldRef | None:
                    _when(body["expires_at"], "hold expires_at"))
 
 
+def _carry(value: Any) -> Carry | None:
+    if value is None:
+        return None
+    body = _object(value, frozenset({"lots", "holds"}), "carry")
+    lots, holds = body["lots"], body["holds"]
+    if not isinstance(lots, list) or not isinstance(holds, list) \
+            or len(lots) + len(holds) > MAX_ALLOCATIONS:
+        raise TesseraError(ErrorCode.MALFORMED, "leaf carry must hold lists")
+    carried = []
+    for item in lots:
+        lot = _object(item, frozenset({"lot", "amount", "remaining", "available_at",
+                                       "expires_at"}), "carried lot")
+        available = _when(lot["available_at"], "carried lot available_at")
+        assert available is not None
+        carried.append(CarriedLot(_int(lot["lot"], "carried lot"),
+                                  _int(lot["amount"], "carried lot amount"),
+                                  _int(lot["remaining"], "carried lot remaining"), available,
+                                  _when(lot["expires_at"], "carried lot expires_at",
+                                        optional=True)))
+    opened = []
+    for item in holds:
+        hold = _hold(item)
+        if hold is None or hold.points is None:
+            raise TesseraError(ErrorCode.MALFORMED, "a carried hold states its points")
+        opened.append(hold)
+    return Carry(tuple(carried), tuple(opened))
+
+
 def parse_leaf(value: Mapping[str, Any]) -> LogLeaf:
     """A leaf as served by the log API, checked strictly (unknown members refused)."""
     if not isinstance(value, Mapping) or "v" not in value:
@@ -255,7 +318,7 @@ def parse_leaf(value: Mapping[str, Any]) -> LogLeaf:
     extra: dict[str, Any] = {}
     if version >= 2:
         extra = {"lot": _lot(value["lot"]), "alloc": _alloc(value["alloc"]),
-                 "hold": _hold(value["hold"])}
+                 "hold": _hold(value["hold"]), "carry": _carry(value["carry"])}
     return LogLeaf(entry=_int(value["entry"], "entry"), member=member,
                    delta=_int(value["delta"], "delta"), kind=kind,
                    reason=_text(value["reason"], "reason", optional=True), time=time,
@@ -323,8 +386,10 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
     Pure and total over well-formed input: a history that breaks the ledger's
     own rules (a lot taken below zero or above its amount, an allocation from
     a lot never opened, a delta that is not credit minus allocations, a hold
-    closed twice or captured above its amount) is ``malformed``; a history
-    with a version 1 leaf is ``unsupported_format`` (it carries no lots).
+    closed twice or captured above its amount, a snapshot whose lots do not
+    add up to the history's total) is ``malformed``. Version 1 leaves carry no
+    lots: until a ``snapshot`` leaf states them only the total is followed,
+    and a history still in that state is ``unsupported_format``.
     """
     if at.tzinfo is None:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "fold time must be timezone-aware")
@@ -332,10 +397,30 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
     holds: dict[str, OpenHold] = {}
     closed: set[str] = set()
     balance = 0
+    known = True  # False from a version 1 leaf until a snapshot
     for leaf in leaves:
-        if leaf.v < 2:
-            raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT,
-                               f"leaf of entry {leaf.entry} predates lots in the log (v1)")
+        if leaf.v < 2 or (not known and leaf.kind != "snapshot"):
+            known = False
+            balance += leaf.delta
+            continue
+        if leaf.kind == "snapshot" or leaf.carry is not None:
+            if leaf.kind != "snapshot" or leaf.carry is None or leaf.delta != 0 \
+                    or leaf.lot is not None or leaf.alloc or leaf.hold is not None:
+                raise _bad(leaf, "a snapshot carries lots and holds, and nothing else")
+            lots, holds, closed = {}, {}, set()
+            for c in leaf.carry.lots:
+                if not 0 < c.remaining <= c.amount or c.lot in lots:
+                    raise _bad(leaf, f"carried lot {c.lot} is not a lot")
+                lots[c.lot] = [c.amount, c.remaining, _dt(c.available_at),
+                               _dt(c.expires_at) if c.expires_at else None]
+            for h in leaf.carry.holds:
+                if h.points is None or h.expires_at is None or h.points <= 0 or h.id in holds:
+                    raise _bad(leaf, f"carried hold {h.id} is not a hold")
+                holds[h.id] = OpenHold(h.id, h.points, _dt(h.expires_at))
+            if sum(lot[1] for lot in lots.values()) != balance:
+                raise _bad(leaf, f"carried lots hold other than the {balance} points logged")
+            known = True
+            continue
         credit = 0
         if leaf.lot is not None:
             if leaf.delta <= 0 or leaf.entry in lots:
@@ -370,6 +455,9 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
             closed.add(ref.id)
         elif leaf.kind == "release":
             raise _bad(leaf, "a release names its hold")
+    if not known:
+        raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT,
+                           "the history begins before lots were logged (v1) and has no snapshot")
     live = [(entry, lot) for entry, lot in lots.items()
             if lot[1] > 0 and (lot[3] is None or lot[3] > at)]
     matured = sum(lot[1] for _, lot in live if lot[2] <= at)

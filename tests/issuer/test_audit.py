@@ -329,3 +329,44 @@ def test_cli_audit_fails_on_a_drained_lot(service: Service, tmp_path: Path,
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 3, result.output
     assert "MISMATCH" in result.output and "changed outside the log" in result.output
+
+
+def test_a_version_1_history_is_carried_into_the_log_by_its_next_write(
+        service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import text
+
+    # A brand that ran before leaves carried lots: its leaves are version 1.
+    append = _translog.append_leaves
+
+    def v1(session: Any, log: Any, records: Any, **kw: Any) -> Any:
+        old = [_translog.LeafRecord(dataclasses.replace(r.leaf, v=1, lot=None, alloc=(),
+                                                        hold=None), r.entry_id)
+               for r in records]
+        return append(session, log, old, **kw)
+
+    monkeypatch.setattr(_translog, "append_leaves", v1)
+    monkeypatch.setattr(_translog, "carry_forward", lambda *a, **kw: False)
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    monkeypatch.undo()
+    report = _audit(service, wallet, resolver, did)
+    assert report.ok and report.balances_checked == 0
+    assert "older leaves carry no lots: only totals are checked" in report.notes
+    # The next write states the lots once (a zero-point snapshot) ...
+    r = service.post("air", f"/admin/v1/members/{member['id']}/points/earn", {"points": 5})
+    assert r.status_code == 201, r.text
+    kinds = [e["kind"] for e in service.client.get(
+        f"/admin/v1/members/{member['id']}/ledger", headers=service.h("air")).json()]
+    assert kinds == ["earn", "earn", "redeem", "snapshot", "earn"]
+    _points_credential(service, wallet, member["id"])
+    report = _audit(service, wallet, resolver, did)
+    assert report.ok, report.problems
+    assert (report.balances_checked, report.notes) == (1, [])
+    with session_scope(service.engine) as s:
+        assert _translog.check_log(s, brand_by_slug(s, slug="air").id) == []
+    # ... and from then on a drained lot is caught like any other.
+    with session_scope(service.engine) as s:
+        s.execute(text("UPDATE point_lot SET remaining = 0 WHERE amount = 300"))
+    report = _audit(service, wallet, resolver, did)
+    assert any("available 405; the log implies 705" in p for p in report.problems), \
+        report.problems

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -159,3 +160,30 @@ def test_v2_leaves_round_trip() -> None:
     for leaf in (_credit(1, 10, pending=2, valid=5), _debit(2, (1, 4), hold=HoldRef("h")),
                  _leaf(kind="hold", delta=0, hold=HoldRef("h", 5, "2026-01-03T00:00:00.000Z"))):
         assert parse_leaf(json.loads(leaf.to_bytes())) == leaf
+
+
+def test_a_snapshot_carries_a_version_1_history_into_the_figures() -> None:
+    from tessera.pointslog import CarriedLot, Carry
+
+    old = [parse_leaf({"v": 1, "entry": e, "member": "m", "delta": d, "kind": k,
+                       "reason": None, "time": "2026-01-01T00:00:00.000Z",
+                       "idempotency_key": None})
+           for e, d, k in ((1, 100, "earn"), (2, 50, "earn"), (3, -30, "redeem"))]
+    carry = Carry(lots=(CarriedLot(1, 100, 70, "2026-01-01T00:00:00.000Z",
+                                   "2026-01-05T00:00:00.000Z"),
+                        CarriedLot(2, 50, 50, "2026-01-01T00:00:00.000Z", None)),
+                  holds=(HoldRef("h", 20, "2026-01-03T00:00:00.000Z"),))
+    snapshot = _leaf(entry=4, delta=0, kind="snapshot", time=T0, carry=carry)
+    assert parse_leaf(json.loads(snapshot.to_bytes())) == snapshot
+    got = fold([*old, snapshot, _debit(5, (1, 10))], at=T0 + DAY)
+    assert (got.total, got.available, got.held, got.expiring_next) == (
+        110, 90, 20, (60, T0 + 4 * DAY))
+    # Lots that do not hold what the history logged are refused.
+    short = dataclasses.replace(snapshot, carry=Carry(lots=carry.lots[:1]))
+    with pytest.raises(TesseraError) as info:
+        fold([*old, short], at=T0)
+    assert info.value.code is ErrorCode.MALFORMED
+    # Before its snapshot such a history supports its total only.
+    with pytest.raises(TesseraError) as info:
+        fold([*old, _credit(6, 5)], at=T0)
+    assert info.value.code is ErrorCode.UNSUPPORTED_FORMAT
