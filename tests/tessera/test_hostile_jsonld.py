@@ -334,6 +334,21 @@ def test_values_of_one_term_are_limited_where_they_merge() -> None:
     assert jsonld.canonicalize({"@context": [V2, ctx], "credentialSubject": small})
 
 
+def test_nodes_and_quads_are_limited_whatever_the_budget() -> None:
+    # With work to spare, the counts still stop the document.
+    per = jsonld.MAX_VALUES_PER_TERM
+    # One reference per term, so no value is compared with another.
+    refs = {"@context": [V2, VOCAB], "@id": "urn:x:doc", "items": [
+        {f"k{i}": {"@id": f"urn:x:{t}-{i}"} for i in range(per - 1)}
+        for t in range(jsonld.MAX_NODES // per + 1)]}
+    lists = {"@context": [V2, VOCAB], "@id": "urn:x:doc", **{
+        f"l{t}": {"@list": list(range(per))} for t in range(jsonld.MAX_QUADS // per + 1)}}
+    for doc, detail in ((refs, "nodes"), (lists, "quads")):
+        with jsonld.work_budget(10**9):
+            err, _ = _refused(lambda doc=doc: jsonld.canonicalize(doc))
+        assert err.code == ErrorCode.TOO_LARGE and detail in err.detail
+
+
 def test_operations_in_one_block_share_one_budget() -> None:
     doc = {"@context": [V2, VOCAB], "@id": "urn:x:doc",
            "name": [f"v{i}" for i in range(600)]}
