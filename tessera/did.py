@@ -318,11 +318,15 @@ class HttpFetcher:
       redirect hop is resolved, checked and pinned the same way.
 
     ``client`` may carry an ``httpx.MockTransport`` so tests never touch the
-    network; ``resolve`` (``(host, port) -> addresses``) replaces the system
-    resolver. With ``allow_private`` and no ``resolve`` nothing is checked,
-    so nothing is pinned (development mode, tests). ``is_public_host`` is the
-    older, name-only check: when given, it decides and the connection is not
-    pinned (tests with mock transports).
+    network; a real client you pass should have keep-alive off
+    (``httpx.Limits(max_keepalive_connections=0)``), as the default one has,
+    so that a pooled connection to an address, verified for one name, never
+    carries a request for another name on that address. ``resolve``
+    (``(host, port) -> addresses``) replaces the system resolver. With
+    ``allow_private`` and no ``resolve`` nothing is checked, so nothing is
+    pinned (development mode, tests). ``is_public_host`` is the older,
+    name-only check: when given, it decides and the connection is not pinned
+    (tests with mock transports).
     """
 
     def __init__(
