@@ -146,9 +146,13 @@ def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
     base = (base_url or brand_base_url(brand_did)).rstrip("/")
     report = AuditReport(brand=brand_did)
     path = urllib.parse.urlsplit(f"{base}/log/entries").path
-    token = log_access_token(wallet, brand_did=brand_did, path=path, now=when)
-    body = _get(http, f"{base}/log/entries", {"member": wallet.did},
-                {"Authorization": f"Bearer {token}"})
+
+    def page(**params: Any) -> dict[str, Any]:
+        token = log_access_token(wallet, brand_did=brand_did, path=path, now=when)
+        return _get(http, f"{base}/log/entries", {"member": wallet.did, **params},
+                    {"Authorization": f"Bearer {token}"})
+
+    body = page()
 
     # 1. The head: signed by the brand's key, for the brand's log.
     raw_head = body.get("head")
@@ -166,8 +170,23 @@ def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
     names = body.get("pseudonyms")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise TesseraError(ErrorCode.MALFORMED, "answer has no pseudonyms")
+    # Further pages, against the same head, until one brings nothing new.
+    items = list(body.get("entries") or [])
+    while items:
+        last = items[-1].get("index") if isinstance(items[-1], dict) else None
+        if not isinstance(last, int):
+            break  # refused below
+        more = page(after=last, size=head.tree_size)
+        more_head = more.get("head")
+        if not isinstance(more_head, dict) or more_head.get("sth") != raw_head["sth"]:
+            raise TesseraError(ErrorCode.MALFORMED, "a later page names another head")
+        fresh = [i for i in more.get("entries") or []
+                 if isinstance(i, dict) and isinstance(i.get("index"), int) and i["index"] > last]
+        if not fresh:
+            break
+        items.extend(fresh)
     leaves: list[tuple[int, LogLeaf]] = []
-    for item in body.get("entries") or []:
+    for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("index"), int):
             raise TesseraError(ErrorCode.MALFORMED, "malformed entry")
         index = int(item["index"])

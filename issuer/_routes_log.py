@@ -153,8 +153,16 @@ def get_consistency(slug: str, session: SessionDep,
 @router.get("/entries", response_model=MemberEntriesView)
 def get_entries(slug: str, request: Request, session: SessionDep, state: StateDep,
                 now: NowDep, member: Annotated[str, Query(min_length=8, max_length=2048)],
-                after: Annotated[int, Query(ge=-1, lt=2**62)] = -1) -> MemberEntriesView:
-    """A member's own leaves with inclusion proofs against a fresh signed head."""
+                after: Annotated[int, Query(ge=-1, lt=2**62)] = -1,
+                size: Annotated[int | None, Query(ge=0, lt=2**62)] = None
+                ) -> MemberEntriesView:
+    """A member's own leaves with inclusion proofs against a fresh signed head.
+
+    One page holds up to 1,000 leaves per membership; the next page is asked
+    with ``after`` (the last index seen) and ``size`` (the head of the first
+    page, a head handed out before), so every page proves against the same
+    tree. ``accounts`` is stated only without ``size``: balances are now.
+    """
     brand = brand_by_slug(session, slug=slug)
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
@@ -169,18 +177,29 @@ def get_entries(slug: str, request: Request, session: SessionDep, state: StateDe
     # keeps the head, the leaves and the balances below one consistent cut.
     session.exec(select(Member).where(col(Member.id).in_([m.id for m in rows]))
                  .with_for_update(read=True)).all()
-    head = head_view(session, state, brand, now)
+    if size is None:
+        head = head_view(session, state, brand, now)
+    else:
+        stored = session.get(TreeHead, (brand.id, size))
+        if stored is None:
+            raise TesseraError(ErrorCode.NOT_FOUND, "no signed head of that size was handed out")
+        head = _view(stored)
     entries: list[EntryView] = []
     names: list[str] = []
     accounts: list[AccountView] = []
     total = 0
+    cut: int | None = None  # the page ends where the first membership's page is full
     for row in rows:
         names.append(_translog.pseudonym(session, brand.id, row.id))
-        accounts.append(AccountView(pseudonym=names[-1], program_id=row.program_id,
-                                    balance=_ledger.balance(session, member=row, now=now)))
-        for index, leaf, proof in _translog.member_leaves(
-                session, brand_id=brand.id, member_id=row.id, size=head.tree_size,
-                after=after):
+        if size is None:
+            accounts.append(AccountView(pseudonym=names[-1], program_id=row.program_id,
+                                        balance=_ledger.balance(session, member=row, now=now)))
+        page = _translog.member_leaves(session, brand_id=brand.id, member_id=row.id,
+                                       size=head.tree_size, after=after,
+                                       limit=_translog.MAX_ENTRIES_PAGE)
+        if len(page) >= _translog.MAX_ENTRIES_PAGE:
+            cut = page[-1][0] if cut is None else min(cut, page[-1][0])
+        for index, leaf, proof in page:
             entries.append(EntryView(index=index, leaf=leaf,
                                      proof=[b64url_encode(p) for p in proof]))
         total += int(session.exec(
@@ -189,5 +208,7 @@ def get_entries(slug: str, request: Request, session: SessionDep, state: StateDe
             .where(LedgerEntry.member_id == row.id,
                    col(LogLeafData.idx) < head.tree_size)).one())
     entries.sort(key=lambda e: e.index)
+    if cut is not None:
+        entries = [e for e in entries if e.index <= cut]
     return MemberEntriesView(member=member, pseudonyms=names, head=head, entries=entries,
                              ledger_total=total, accounts=accounts)

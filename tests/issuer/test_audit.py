@@ -370,3 +370,32 @@ def test_a_version_1_history_is_carried_into_the_log_by_its_next_write(
     report = _audit(service, wallet, resolver, did)
     assert any("available 405; the log implies 705" in p for p in report.problems), \
         report.problems
+
+
+def test_the_audit_reads_every_page_against_one_head(service: Service, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_translog, "MAX_ENTRIES_PAGE", 2)
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    hold = service.post("air", f"/admin/v1/members/{member['id']}/holds", {"points": 50})
+    assert hold.status_code == 201, hold.text
+    _points_credential(service, wallet, member["id"])
+    report = _audit(service, wallet, resolver, did)
+    assert report.ok, report.problems
+    assert (report.entries, report.log_total, report.balances_checked) == (4, 700, 1)
+    # A later page names the first page's head, even after the log has grown.
+    other = service.enrol("air", member["program_id"])
+    service.post("air", f"/admin/v1/members/{other['id']}/points/earn", {"points": 1})
+    from holder._audit import log_access_token
+
+    token = log_access_token(wallet, brand_did=did, path="/brands/air/log/entries",
+                             now=service.clock.now)
+    r = service.client.get("/brands/air/log/entries", headers={
+        "Authorization": f"Bearer {token}"}, params={
+        "member": wallet.did, "after": 1, "size": report.tree_size})
+    assert r.status_code == 200, r.text
+    assert r.json()["head"]["tree_size"] == report.tree_size and r.json()["accounts"] == []
+    assert [e["index"] for e in r.json()["entries"]] == [2, 3]
+    r = service.client.get("/brands/air/log/entries", headers={
+        "Authorization": f"Bearer {token}"}, params={"member": wallet.did, "size": 3})
+    assert r.status_code == 404  # never handed out: nothing to prove against
