@@ -116,8 +116,17 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 40443,
     context: Annotated[list[str] | None, typer.Option(
-        help="Extra JSON-LD context as URL=FILE (e.g. the VC examples context); repeatable."
+        help="Extra JSON-LD context as URL=FILE (e.g. the VC examples context), not pinned; "
+             "repeatable."
     )] = None,
+    contexts: Annotated[Path | None, typer.Option(
+        help="Manifest of extra JSON-LD contexts, each file pinned by its digest: "
+             '{"URL": {"file": "FILE", "digestSRI": "sha256-..."}}.'
+    )] = None,
+    issuer_must_control_key: Annotated[bool, typer.Option(
+        "--issuer-must-control-key/--any-issuer-key",
+        help="Refuse credentials whose proof key is not a key of their issuer "
+             "(issuer_key_mismatch).")] = True,
     require_issued_challenge: Annotated[bool, typer.Option(
         help="Accept only presentation challenges minted by POST /challenges.")] = False,
     require_holder_binding: Annotated[bool, typer.Option(
@@ -139,11 +148,16 @@ def serve(
             except OSError as exc:
                 raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
         issuers = issuers_for(signers)
+        if contexts is not None and context:
+            raise typer.BadParameter("give either --context or --contexts, not both")
+        loader = (jsonld.DocumentLoader.from_manifest(contexts) if contexts is not None
+                  else _load_contexts(context or []))
         app = create_vcapi_app(
-            issuers, loader=_load_contexts(context or []),
+            issuers, loader=loader,
             fetcher=HttpFetcher(allow_http=allow_http),
             require_issued_challenge=require_issued_challenge,
             require_holder_binding=require_holder_binding,
+            issuer_must_control_key=issuer_must_control_key,
         )
     except TesseraError as exc:
         typer.echo(json.dumps({"error": exc.code.value, "detail": exc.detail}), err=True)

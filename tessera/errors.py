@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     INVALID_SIGNATURE = "invalid_signature"
     KEY_NOT_FOUND = "key_not_found"
     DID_RESOLUTION_FAILED = "did_resolution_failed"
+    # A policy refusal, not a bad signature: the proof key is not the issuer's.
+    ISSUER_KEY_MISMATCH = "issuer_key_mismatch"
     # Trust.
     UNTRUSTED_ISSUER = "untrusted_issuer"
     CREDENTIAL_TYPE_NOT_ALLOWED = "credential_type_not_allowed"

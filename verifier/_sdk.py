@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tessera import credentials
+from tessera import credentials, jsonld
 from tessera.dcql import CredentialQuery, Query
 from tessera.did import HttpFetcher, Resolver, did_jwk, did_key, issuer_key_lookup
 from tessera.did import fetch_budget as within_fetch_budget
@@ -157,6 +157,14 @@ class Verifier:
     :class:`~tessera.did.HttpFetcher`); each fetch also has its own deadline.
     Past it the presentation is refused (``did_resolution_failed`` or
     ``status_unavailable``), never left waiting on a slow server.
+
+    ``loader`` serves JSON-LD contexts to Data Integrity (``ldp_vc``)
+    verification: the bundled ones by default; a partner's extra contexts
+    with ``tessera.jsonld.DocumentLoader.from_files({url: (file, "sha256-...")})``
+    or ``from_manifest(path)``, each file pinned by its digest and never
+    fetched. ``issuer_must_control_key`` (default on) refuses an ``ldp_vc``
+    credential signed with a key outside its issuer's DID
+    (``issuer_key_mismatch``).
     """
 
     def __init__(
@@ -172,6 +180,8 @@ class Verifier:
         max_kb_age: timedelta = timedelta(minutes=5),
         clock_skew: timedelta = timedelta(seconds=60),
         fetch_budget: timedelta = timedelta(seconds=10),
+        loader: jsonld.DocumentLoader | None = None,
+        issuer_must_control_key: bool = True,
     ) -> None:
         from tessera.nonces import MemoryNonceStore
 
@@ -188,6 +198,8 @@ class Verifier:
         self._skew = clock_skew
         self._fetch_budget = fetch_budget.total_seconds()
         self._resolve_issuer_key = issuer_key_lookup(self._resolver)
+        self._loader = loader
+        self._issuer_must_control_key = issuer_must_control_key
 
     # -- requests -------------------------------------------------------------
     def create_request(
@@ -396,14 +408,21 @@ class Verifier:
 
         def key_lookup(vm: str, relationship: str) -> PublicKey:
             did = vm.split("#", 1)[0]
-            if relationship == "assertionMethod":
+            # With issuer_must_control_key off the proof key may be another
+            # DID's: a did:key / did:jwk resolves here without traffic, any
+            # other key DID must be listed like an issuer (no request to a
+            # party the trust list does not name).
+            foreign_local = (not self._issuer_must_control_key
+                             and did.startswith(("did:key:", "did:jwk:")))
+            if relationship == "assertionMethod" and not foreign_local:
                 self._check_known(did)
             return self._resolver.resolve(did).key(vm, relationship=relationship)
 
         verified = data_integrity.verify_presentation(
             vp, key_lookup=key_lookup, challenge=req.nonce, domain=req.audience, now=now,
+            loader=self._loader, issuer_must_control_key=self._issuer_must_control_key,
         )
-        holder = str(vp.get("holder"))
+        holder = str(data_integrity.holder_of(vp))
         out: list[PresentedCredential] = []
         errors: list[ErrorCode] = []
         for vc in verified:

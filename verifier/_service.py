@@ -56,6 +56,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from tessera import jsonld
 from tessera.credentials import MEMBERSHIP, POINTS
 from tessera.dcql import claims_query
 from tessera.devmode import dev_fetcher, dev_origins
@@ -174,6 +175,10 @@ class ServiceSettings:
     response_mode: str = "direct_post"
     # The tills allowed to create requests and read results; None: no till is.
     tills: TillKeys | None = None
+    # JSON-LD contexts for Data Integrity (bundled ones when None) and whether
+    # a credential's proof key must belong to its issuer (docs/data-integrity.md).
+    loader: jsonld.DocumentLoader | None = None
+    issuer_must_control_key: bool = True
 
 
 class CreateRequest(BaseModel):
@@ -202,6 +207,7 @@ class CheckoutService:
         self.verifier = Verifier(
             trust=settings.trust, resolver=settings.resolver, status_check=settings.status_check,
             nonces=self.nonces, request_ttl=timedelta(seconds=settings.request_ttl_seconds),
+            loader=settings.loader, issuer_must_control_key=settings.issuer_must_control_key,
         )
         response_uri = f"{base}/response"
         if settings.client_id_prefix == PREFIX_DID:
@@ -396,6 +402,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
     app.include_router(vcapi_verifier_router(
         resolver=settings.resolver, status_check=settings.status_check,
+        loader=settings.loader, issuer_must_control_key=settings.issuer_must_control_key,
     ))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -597,6 +604,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
     ``PREFIX``, ``NAME``, ``CONTACTS`` and ``DID_DOCUMENTS`` (JSON arrays),
     ``RESPONSE_MODE``, ``WORKERS``, ``TILLS`` (the till key file; without it
     no till is allowed, and several workers are refused);
+    ``CONTEXTS`` (a pinned JSON-LD context manifest, see
+    :meth:`tessera.jsonld.DocumentLoader.from_manifest`),
+    ``ISSUER_MUST_CONTROL_KEY`` (``true``/``false``, default true);
     ``TESSERA_MASTER_KEY`` seals the key file.
     """
     env = os.environ if environ is None else environ
@@ -644,6 +654,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
     # Development mode (docs/configuration.md): http from named local origins only.
     fetcher = dev_fetcher(dev_origins(environ=env, public_urls=[base_url]))
     resolver = Resolver(fetcher, documents=documents)
+    contexts = get("CONTEXTS")
+    loader = jsonld.DocumentLoader.from_manifest(contexts) if contexts else None
+    must_control = get("ISSUER_MUST_CONTROL_KEY", "true").strip().lower()
+    if must_control not in ("true", "false", "1", "0"):
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"{ENV_PREFIX}ISSUER_MUST_CONTROL_KEY must be true or false")
     mode = get("RESPONSE_MODE", "direct_post")
     if mode not in RESPONSE_MODES:
         raise TesseraError(ErrorCode.INVALID_REQUEST, f"unknown response mode {mode!r}")
@@ -659,6 +675,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
         contacts=tuple(_env_list(get("CONTACTS"))), store_url=store,
         resolver=resolver, status_check=default_status_check(resolver, fetcher),
         response_mode=mode, tills=TillKeys(Path(tills_path)) if tills_path else None,
+        loader=loader, issuer_must_control_key=must_control in ("true", "1"),
     )
 
 

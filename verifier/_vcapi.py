@@ -107,6 +107,9 @@ class VcApiVerifier:
     must own the proof key. ``require_holder_binding=True`` makes a missing
     holder ``key_binding_missing`` and a subject other than the holder
     ``key_binding_invalid``, as Tessera's own OpenID4VP flow always does.
+    ``loader`` serves JSON-LD contexts (bundled ones when ``None``);
+    ``issuer_must_control_key`` (default on) refuses a credential signed by
+    a key outside its issuer's DID as ``issuer_key_mismatch``.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class VcApiVerifier:
         clock: Clock = _utcnow,
         require_holder_binding: bool = False,
         fetch_budget: timedelta = timedelta(seconds=10),
+        issuer_must_control_key: bool = True,
     ) -> None:
         fetcher = fetcher or HttpFetcher()
         self.resolver: DIDResolver = resolver or Resolver(fetcher)
@@ -134,6 +138,7 @@ class VcApiVerifier:
         self.require_holder_binding = require_holder_binding
         # All DID and status-list fetches of one request together (issue 9 item 3).
         self.fetch_budget = fetch_budget.total_seconds()
+        self.issuer_must_control_key = issuer_must_control_key
 
     def _key(self, vm: str, relationship: str) -> PublicKey:
         return self.resolver.resolve(vm.split("#", 1)[0]).key(vm, relationship=relationship)
@@ -189,7 +194,8 @@ class VcApiVerifier:
                 raise TesseraError(ErrorCode.MALFORMED, "verifiableCredential must be an object")
             outcome.checks.append("proof")
             verified = data_integrity.verify_credential(
-                vc, key_lookup=self._key, now=now, loader=self.loader)
+                vc, key_lookup=self._key, now=now, loader=self.loader,
+                issuer_must_control_key=self.issuer_must_control_key)
             outcome.checks.append("validity")
             self._status(verified, outcome, now)
         except TesseraError as exc:
@@ -236,9 +242,10 @@ class VcApiVerifier:
             outcome.checks.append("proof")
             credentials = data_integrity.verify_presentation(
                 vp, key_lookup=self._key, challenge=expected_challenge, domain=expected_domain,
-                now=now, loader=self.loader, holder_binding=self.require_holder_binding)
+                now=now, loader=self.loader, holder_binding=self.require_holder_binding,
+                issuer_must_control_key=self.issuer_must_control_key)
             outcome.checks.append("credentials")
-            holder = vp.get("holder")
+            holder = data_integrity.holder_of(vp)
             if holder is None:
                 outcome.warnings.append("the presentation names no holder")
             for n, vc in enumerate(credentials):

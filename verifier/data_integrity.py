@@ -6,6 +6,10 @@ a :class:`~verifier.VerificationResult`; it never raises on bad input. There
 is no trust list and no nonce store here: single use of ``challenge`` is the
 caller's job. Keys come from ``keys`` (verification method id -> key) and,
 for the holder's did:key / did:jwk, from local resolution.
+
+JSON-LD contexts come from ``loader``: the bundled ones when it is ``None``;
+add a partner's with ``tessera.jsonld.DocumentLoader.from_files`` or
+``from_manifest`` (URL -> local file pinned by its digest; never fetched).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from tessera import credentials
+from tessera import credentials, jsonld
 from tessera.did import Resolver
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import data_integrity as _fmt
@@ -31,8 +35,14 @@ def verify(
     now: datetime,
     challenge: str | None = None,
     domain: str | None = None,
+    loader: jsonld.DocumentLoader | None = None,
+    issuer_must_control_key: bool = True,
 ) -> VerificationResult:
-    """Verify a VP (``challenge`` and ``domain`` required) or a lone credential."""
+    """Verify a VP (``challenge`` and ``domain`` required) or a lone credential.
+
+    ``issuer_must_control_key`` (on by default) refuses a credential whose
+    proof key is not a key of its issuer's DID, as ``issuer_key_mismatch``.
+    """
     local = Resolver()
 
     def key_lookup(vm: str, relationship: str) -> PublicKey:
@@ -51,10 +61,13 @@ def verify(
                 raise TesseraError(ErrorCode.INVALID_REQUEST, "a VP needs challenge and domain")
             verified = _fmt.verify_presentation(
                 doc, key_lookup=key_lookup, challenge=challenge, domain=domain, now=now,
+                loader=loader, issuer_must_control_key=issuer_must_control_key,
             )
-            holder: str | None = str(doc.get("holder"))
+            holder: str | None = _fmt.holder_of(doc)
         else:
-            verified = [_fmt.verify_credential(doc, key_lookup=key_lookup, now=now)]
+            verified = [_fmt.verify_credential(
+                doc, key_lookup=key_lookup, now=now, loader=loader,
+                issuer_must_control_key=issuer_must_control_key)]
             holder = None
         presented = tuple(_presented(vc, holder) for vc in verified)
     except TesseraError as exc:

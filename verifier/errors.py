@@ -24,6 +24,8 @@ DESCRIPTIONS: Final[dict[ErrorCode, str]] = {
     ErrorCode.INVALID_SIGNATURE: "The issuer's signature does not verify.",
     ErrorCode.KEY_NOT_FOUND: "The issuer's DID does not list the signing key for assertions.",
     ErrorCode.DID_RESOLUTION_FAILED: "The issuer's DID could not be resolved.",
+    ErrorCode.ISSUER_KEY_MISMATCH: "The proof's key is not a key of the credential's issuer "
+    "(policy issuer_must_control_key, on by default).",
     ErrorCode.UNTRUSTED_ISSUER: "The issuer is not in the trust list.",
     ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED: "The issuer is trusted, but not for this type.",
     ErrorCode.EXPIRED: "The credential's validity period has ended.",

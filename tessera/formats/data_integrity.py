@@ -23,6 +23,8 @@ shows would be worse than none.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import hashlib
 import hmac
@@ -43,7 +45,9 @@ from tessera.typing import Signer
 __all__ = [
     "DEFAULT_MANDATORY_POINTERS",
     "KeyLookup",
+    "check_data_model",
     "derive",
+    "holder_of",
     "issue",
     "loyalty_credential",
     "present",
@@ -52,7 +56,11 @@ __all__ = [
 ]
 
 KeyLookup = Callable[[str, str], PublicKey]
-"""``(verification_method_id, relationship) -> PublicKey``; e.g. ``Resolver.key``."""
+"""``(verification_method_id, relationship) -> PublicKey``, called positionally.
+
+:meth:`tessera.did.Resolver.key` takes ``relationship`` by keyword only, so wrap
+it: ``lambda vm, rel: resolver.key(vm, relationship=rel)``.
+"""
 
 EDDSA_RDFC_2022: Final = "eddsa-rdfc-2022"
 ECDSA_RDFC_2019: Final = "ecdsa-rdfc-2019"
@@ -206,6 +214,41 @@ def _proof_config(doc: dict[str, Any], proof: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _with_suite_context(doc: dict[str, Any], suite: str) -> dict[str, Any]:
+    """Data Integrity 1.0 "Context Injection" (#context-injection), DataIntegrityProof suites.
+
+    "if an @context property is not provided in the document or the Data
+    Integrity terms used in the document are not mapped by existing values in
+    the @context property, implementations SHOULD inject or append" the
+    data-integrity v2 context. A VCDM 1.1 credential (credentials/v1 only)
+    is such a document; without the context its proof configuration would
+    canonicalize to nothing and ``created``, ``verificationMethod`` and
+    ``proofPurpose`` would go unsigned. Digital Bazaar's libraries append it too.
+    """
+    if suite not in (EDDSA_RDFC_2022, ECDSA_RDFC_2019, ECDSA_SD_2023):
+        return doc
+    if "@context" not in doc:
+        return {"@context": [jsonld.DATA_INTEGRITY_V2], **doc}
+    contexts = _contexts(doc)
+    if jsonld.CREDENTIALS_V2 in contexts or jsonld.DATA_INTEGRITY_V2 in contexts:
+        return doc
+    return {**doc, "@context": [*contexts, jsonld.DATA_INTEGRITY_V2]}
+
+
+def _check_proof_terms(unsecured: dict[str, Any], proof: dict[str, Any],
+                       loader: jsonld.DocumentLoader | None) -> None:
+    """Refuse a proof whose configuration the document's contexts do not fully define.
+
+    Data Integrity 1.0 "Securing Data Losslessly" (#securing-data-losslessly):
+    implementations "MUST throw an error ... when data is dropped by a JSON-LD
+    processor, such as when an undefined term is detected". What pyld drops
+    is not signed, so a proof with an undefined term (``created`` under
+    credentials/v1 alone) protects less than it shows. Checked at issue and at
+    verify, for credentials and presentations alike.
+    """
+    jsonld.check_all_terms_defined(_proof_config(unsecured, proof), loader=loader)
+
+
 def _hash_data(unsecured: dict[str, Any], proof: dict[str, Any],
                loader: jsonld.DocumentLoader | None) -> bytes:
     config_c14n = jsonld.canonicalize(_proof_config(unsecured, proof), loader=loader)
@@ -314,15 +357,23 @@ def issue(
     For ``ecdsa-sd-2023`` the result carries the issuer's *base* proof,
     which is for the holder only; ``mandatory_pointers`` default to those of
     :data:`DEFAULT_MANDATORY_POINTERS` present in the credential.
+
+    For the ``DataIntegrityProof`` suites a document whose contexts lack
+    both credentials/v2 and data-integrity/v2 gets the latter appended (Data
+    Integrity "Context Injection"), so the returned credential's ``@context``
+    can differ from the input's. Any proof term still undefined is
+    ``schema_invalid``.
     """
     if cryptosuite not in _SUITES:
         raise _err(ErrorCode.UNSUPPORTED_ALGORITHM, f"unsupported cryptosuite {cryptosuite!r}")
     if "proof" in credential:
         raise _err(ErrorCode.MALFORMED, "credential already has a proof")
-    unsecured = copy.deepcopy(credential)
+    unsecured = _with_suite_context(copy.deepcopy(credential), cryptosuite)
     jsonld.check_all_terms_defined(unsecured, loader=loader)
+    check_data_model(unsecured, loader=loader)
     proof = _new_proof(cryptosuite, verification_method=verification_method,
                        created=created, purpose=proof_purpose)
+    _check_proof_terms(unsecured, proof, loader)
     if cryptosuite == ECDSA_SD_2023:
         if mandatory_pointers is None:
             mandatory_pointers = [p for p in DEFAULT_MANDATORY_POINTERS
@@ -390,7 +441,15 @@ def _select(document: dict[str, Any], pointers: Iterable[str]) -> dict[str, Any]
         value: Any = document
         sel_parent: Any = selection
         sel_value: Any = selection
-        for seg in paths:
+        held_by: tuple[Any, Any] | None = None
+        for n, seg in enumerate(paths):
+            if (isinstance(value, str) and seg == "id" and n == len(paths) - 1
+                    and held_by is not None):
+                # Compaction writes a node that has nothing but an id (a subject
+                # with only "id") as that IRI string; its "id" is the string,
+                # and selecting the string selects the very same quad.
+                held_by[0][held_by[1]] = value
+                break
             sel_parent = sel_value
             try:
                 value = _step(value, seg)
@@ -407,12 +466,14 @@ def _select(document: dict[str, Any], pointers: Iterable[str]) -> dict[str, Any]
                 else:
                     current = _init_selection(value)
                 sel_parent[key] = current
+            held_by = (sel_parent, key)
             sel_value = current
-        last = paths[-1] if isinstance(sel_parent, list) else str(paths[-1])
-        if isinstance(value, dict):
-            sel_parent[last] = {**sel_value, **copy.deepcopy(value)}
         else:
-            sel_parent[last] = copy.deepcopy(value)
+            last = paths[-1] if isinstance(sel_parent, list) else str(paths[-1])
+            if isinstance(value, dict):
+                sel_parent[last] = {**sel_value, **copy.deepcopy(value)}
+            else:
+                sel_parent[last] = copy.deepcopy(value)
     for array in arrays:
         array[:] = [v for v in array if v is not None]
     return selection
@@ -704,6 +765,147 @@ def _previous_proofs(all_proofs: list[dict[str, Any]], proof: dict[str, Any]
     return matching
 
 
+def holder_of(vp: dict[str, Any]) -> str | None:
+    """A presentation's holder: a URL, or an object with an ``id`` (VCDM 2.0 §4.13)."""
+    holder = vp.get("holder")
+    if isinstance(holder, dict):
+        holder = holder.get("id")
+    return holder if isinstance(holder, str) else None
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 2048 and bool(_URL.match(value))
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _check_related_resource(value: Any, loader: jsonld.DocumentLoader | None) -> None:
+    """VCDM 2.0 §5.3 Integrity of Related Resources.
+
+    One or more objects, each with an ``id`` unique among them and at least a
+    ``digestSRI`` or a ``digestMultibase``. For a resource held here (a
+    bundled context, or one the operator pinned) every digest whose
+    algorithm Tessera knows must match ("If the digest provided by the issuer
+    does not match the digest computed for the retrieved resource, the
+    conforming verifier implementation MUST produce an error"); nothing is
+    fetched for the others.
+    """
+    items = _items(value)
+    if not items or not all(isinstance(i, dict) for i in items):
+        raise _err(ErrorCode.MALFORMED, "relatedResource must be one or more objects")
+    seen: set[str] = set()
+    for item in items:
+        rid = item.get("id")
+        if not _is_url(rid):
+            raise _err(ErrorCode.MALFORMED, "each relatedResource needs an id that is a URL")
+        if rid in seen:
+            raise _err(ErrorCode.MALFORMED, "relatedResource ids must be unique")
+        seen.add(rid)
+        if "digestSRI" not in item and "digestMultibase" not in item:
+            raise _err(ErrorCode.MALFORMED,
+                       "each relatedResource needs a digestSRI or a digestMultibase")
+        if "mediaType" in item and not isinstance(item["mediaType"], str):
+            raise _err(ErrorCode.MALFORMED, "relatedResource mediaType must be a string")
+        claimed = [*_sri_digests(item.get("digestSRI")),
+                   *_multibase_digests(item.get("digestMultibase"))]
+        held = (loader or jsonld.default_loader()).digests(rid)
+        if not held:
+            continue
+        checkable = [(alg, d) for alg, d in claimed if alg in held]
+        if not checkable:
+            raise _err(ErrorCode.MALFORMED,
+                       f"relatedResource {rid[:100]!r} has no digest algorithm Tessera checks")
+        if any(d not in held[alg] for alg, d in checkable):
+            raise _err(ErrorCode.MALFORMED,
+                       f"relatedResource {rid[:100]!r}: digest does not match the resource")
+
+
+_SRI_ALGS: Final = {"sha256": 32, "sha384": 48, "sha512": 64}
+_SRI = re.compile(r"^([A-Za-z0-9]{1,16})-([A-Za-z0-9+/]+={0,2})(\?\S*)?$")
+# Multihash codes (multicodec table) of the SHA-2 digests.
+_MULTIHASH: Final = {0x12: "sha256", 0x20: "sha384", 0x13: "sha512"}
+
+
+def _sri_digests(value: Any) -> list[tuple[str, bytes]]:
+    """Subresource Integrity §3.5 hash-expressions (whitespace-separated, or a list).
+
+    Expressions with an algorithm other than SHA-2 are well-formed but not
+    returned (SRI §3.3.3 ignores what it cannot check).
+    """
+    if value is None:
+        return []
+    out: list[tuple[str, bytes]] = []
+    for entry in _items(value):
+        if not isinstance(entry, str) or not entry.strip() or len(entry) > 4096:
+            raise _err(ErrorCode.MALFORMED, "digestSRI must be SRI hash expressions")
+        for expr in entry.split():
+            m = _SRI.match(expr)
+            if m is None:
+                raise _err(ErrorCode.MALFORMED, f"not an SRI hash expression: {expr[:60]!r}")
+            try:
+                digest = base64.b64decode(m.group(2), validate=True)
+            except (binascii.Error, ValueError):
+                raise _err(ErrorCode.MALFORMED, "digestSRI is not base64") from None
+            alg = m.group(1).lower()
+            if alg not in _SRI_ALGS:
+                continue
+            if len(digest) != _SRI_ALGS[alg]:
+                raise _err(ErrorCode.MALFORMED, "digestSRI has the wrong length")
+            out.append((alg, digest))
+    return out
+
+
+def _multibase_digests(value: Any) -> list[tuple[str, bytes]]:
+    """Data Integrity §2.6 ``digestMultibase``: multibase (``u`` or ``z``) over a digest.
+
+    Both a multihash and a bare SHA-2 digest (what the VCDM 2.0 examples and
+    test suite use) are read; the two cannot be confused, their lengths differ.
+    Other digests are well-formed but not returned.
+    """
+    if value is None:
+        return []
+    out: list[tuple[str, bytes]] = []
+    for entry in _items(value):
+        if not isinstance(entry, str) or len(entry) > 200 or entry[:1] not in ("u", "z"):
+            raise _err(ErrorCode.MALFORMED, "digestMultibase must be multibase (u or z)")
+        raw = b64url_decode(entry[1:], max_len=200) if entry[0] == "u" else base58btc_decode(
+            entry[1:])
+        by_len = {n: alg for alg, n in _SRI_ALGS.items()}
+        if len(raw) in by_len:
+            out.append((by_len[len(raw)], raw))
+        elif len(raw) > 2 and _MULTIHASH.get(raw[0]) and raw[1] == len(raw) - 2 \
+                and _SRI_ALGS[_MULTIHASH[raw[0]]] == raw[1]:
+            out.append((_MULTIHASH[raw[0]], raw[2:]))
+    return out
+
+
+def check_data_model(vc: dict[str, Any], *, loader: jsonld.DocumentLoader | None = None) -> None:
+    """Data model rules a JSON-LD expansion does not catch, at issue and at verify.
+
+    ``credentialSchema``: each one an object with a ``type`` and an ``id``
+    that is a URL (VCDM 2.0 §4.11, VCDM 1.1 §5.4). ``relatedResource``: see
+    VCDM 2.0 §5.3; digests of resources the loader holds are checked.
+    Failures are ``malformed``.
+    """
+    if "credentialSchema" in vc:
+        schemas_ = _items(vc["credentialSchema"])
+        if not schemas_ or not all(isinstance(i, dict) for i in schemas_):
+            raise _err(ErrorCode.MALFORMED, "credentialSchema must be one or more objects")
+        for item in schemas_:
+            if "type" not in item:
+                raise _err(ErrorCode.MALFORMED, "each credentialSchema needs a type")
+            if not _is_url(item.get("id")):
+                raise _err(ErrorCode.MALFORMED,
+                           "each credentialSchema needs an id that is a URL")
+    if "relatedResource" in vc:
+        _check_related_resource(vc["relatedResource"], loader)
+
+
 def _issuer_id(vc: dict[str, Any]) -> str:
     issuer = vc.get("issuer")
     issuer_id = issuer.get("id") if isinstance(issuer, dict) else issuer
@@ -732,6 +934,7 @@ def _verify_document(doc: dict[str, Any], *, key_lookup: KeyLookup, relationship
     unsecured = {k: v for k, v in doc.items() if k != "proof"}
     parse_datetime(proof.get("created"), "proof created")
     jsonld.check_all_terms_defined(unsecured, loader=loader)
+    _check_proof_terms(unsecured, proof, loader)
     key = key_lookup(vm, relationship)
     if suite == ECDSA_SD_2023:
         _verify_sd_derived(unsecured, proof, key, loader)
@@ -754,7 +957,11 @@ def verify_credential(
 
     The key must be listed for assertionMethod and, unless
     ``issuer_must_control_key`` is off (spec test vectors name an https
-    issuer but sign with a did:key), belong to the issuer's DID.
+    issuer but sign with a did:key), belong to the issuer's DID; a key of
+    another DID is ``issuer_key_mismatch`` (a policy refusal: the signature
+    was not judged). ``loader`` serves the JSON-LD contexts (bundled ones
+    when ``None``). ``credentialSchema`` and ``relatedResource`` are checked
+    as :func:`check_data_model` does.
 
     A proof set or chain (``proof`` a list, ``previousProof`` naming earlier
     proofs) verifies only if every proof in it does (Data Integrity §4.5);
@@ -767,9 +974,11 @@ def verify_credential(
     proofs = _all_proofs(vc)
     vms = [p.get("verificationMethod") for p in proofs]
     issuer = _issuer_id(vc)
-    if not all(isinstance(vm, str) for vm in vms) or (issuer_must_control_key and not any(
-            str(vm).split("#", 1)[0] == issuer for vm in vms)):
-        raise _err(ErrorCode.INVALID_SIGNATURE, "proof key does not belong to the issuer")
+    if not all(isinstance(vm, str) for vm in vms):
+        raise _err(ErrorCode.MALFORMED, "proof has no verificationMethod")
+    if issuer_must_control_key and not any(
+            str(vm).split("#", 1)[0] == issuer for vm in vms):
+        raise _err(ErrorCode.ISSUER_KEY_MISMATCH, "proof key does not belong to the issuer")
     if len(proofs) > 1 and any(p.get("cryptosuite") == ECDSA_SD_2023 for p in proofs):
         raise _err(ErrorCode.UNSUPPORTED_FORMAT, "an ecdsa-sd-2023 proof cannot be in a set")
     for proof in proofs:
@@ -778,6 +987,7 @@ def verify_credential(
     proof = proofs[0]
     _check_validity(vc, now)
     unsecured = {k: v for k, v in vc.items() if k != "proof"}
+    check_data_model(unsecured, loader=loader)
     ctype = _loyalty_type(unsecured)
     if ctype is not None:
         subject = unsecured.get("credentialSubject")
@@ -839,8 +1049,12 @@ def verify_presentation(
     now: datetime,
     loader: jsonld.DocumentLoader | None = None,
     holder_binding: bool = True,
+    issuer_must_control_key: bool = True,
 ) -> list[dict[str, Any]]:
     """Verify a VP's holder proof and every credential in it; return the credentials.
+
+    ``holder`` may be a URL or an object with an ``id`` (VCDM 2.0 §4.13);
+    ``loader`` and ``issuer_must_control_key`` are as in :func:`verify_credential`.
 
     A wrong challenge is ``nonce_mismatch`` and a wrong domain
     ``audience_mismatch`` (single use of the challenge is the caller's nonce
@@ -857,7 +1071,10 @@ def verify_presentation(
     if "VerifiablePresentation" not in (types if isinstance(types, list) else [types]):
         raise _err(ErrorCode.MALFORMED, "not a VerifiablePresentation")
     proof = _single_proof(vp)
-    holder = vp.get("holder")
+    holder = holder_of(vp)
+    if holder is None and "holder" in vp:
+        # VCDM 2.0 §4.13: a URL, or an object with an id; anything else is not a holder.
+        raise _err(ErrorCode.MALFORMED, "holder must be a URL or an object with an id")
     vm = proof.get("verificationMethod")
     if holder is None and not holder_binding:
         if not isinstance(vm, str):
@@ -879,7 +1096,8 @@ def verify_presentation(
         raise _err(ErrorCode.MALFORMED, "presentation holds no credential")
     verified = []
     for cred in creds:
-        result = verify_credential(cred, key_lookup=key_lookup, now=now, loader=loader)
+        result = verify_credential(cred, key_lookup=key_lookup, now=now, loader=loader,
+                                   issuer_must_control_key=issuer_must_control_key)
         subject = result.get("credentialSubject")
         subject_id = subject.get("id") if isinstance(subject, dict) else None
         if holder_binding and subject_id != holder:

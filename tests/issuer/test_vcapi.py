@@ -315,3 +315,123 @@ def test_cli_refuses_unusable_keys(tmp_path: Path) -> None:
     bad_ctx = CliRunner().invoke(cli_app, ["vcapi", "serve", "--key", str(key),
                                            "--context", "no-equals-sign"])
     assert bad_ctx.exit_code != 0
+
+
+# -- issue 9: what the W3C suites and Digital Bazaar's libraries caught -------------
+
+
+def test_vcdm_1_1_credential_gets_data_integrity_context_and_created_is_signed(
+    client: TestClient, issuers: list[VcApiIssuer],
+) -> None:
+    issuer = _by_suite(issuers, "eddsa-rdfc-2022")
+    cred = {"@context": [V1], "type": ["VerifiableCredential"], "issuer": issuer.did,
+            "credentialSubject": {"id": "did:example:alice"}}
+    r = client.post("/eddsa/credentials/issue", json={"credential": cred})
+    assert r.status_code == 201, r.text
+    vc = r.json()["verifiableCredential"]
+    assert vc["@context"] == [V1, jsonld.DATA_INTEGRITY_V2]
+    assert client.post("/credentials/verify", json={"verifiableCredential": vc}).status_code \
+        == 200
+    vc["proof"]["created"] = "2020-01-01T00:00:00Z"
+    r = client.post("/credentials/verify", json={"verifiableCredential": vc})
+    assert r.status_code == 400 and r.json()["errors"] == ["invalid_signature"]
+
+
+def test_ecdsa_sd_without_mandatory_pointers_issues_a_subject_with_only_an_id(
+    client: TestClient, issuers: list[VcApiIssuer],
+) -> None:
+    issuer = _by_suite(issuers, "ecdsa-sd-2023")
+    cred = _credential(issuer.did, credentialSubject={"id": "did:example:alice"})
+    r = client.post("/ecdsa-sd/credentials/issue", json={"credential": cred})
+    assert r.status_code == 201, r.text
+    derived = di.derive(r.json()["verifiableCredential"], selective_pointers=[])
+    assert _verify_locally(derived)["credentialSubject"] == {"id": "did:example:alice"}
+
+
+RELATED = {"id": V2, "mediaType": "application/ld+json",
+           "digestSRI": "sha384-NSOcNpmdIVUxIJGvGUoe22FjTWrXiaXlsZ8q6912LdnR3KraQO2n75Ica4wK4Qeg",
+           "digestMultibase": "uJKGMkOmFbVJhEfKTduMC2XCyvRAYLjOVmZWwIH1wQ7k"}
+
+
+@pytest.mark.parametrize(("extra", "ok"), [
+    ({"credentialSchema": {"id": "https://example.org/s.json", "type": "JsonSchema"}}, True),
+    ({"credentialSchema": {"type": "JsonSchema"}}, False),
+    ({"credentialSchema": [{"id": "https://example.org/s.json", "type": "JsonSchema"},
+                           {"type": "JsonSchema"}]}, False),
+    ({"credentialSchema": {"id": 42, "type": "JsonSchema"}}, False),
+    ({"relatedResource": RELATED}, True),
+    ({"relatedResource": [{"id": V2, "digestSRI": RELATED["digestSRI"]}]}, True),
+    ({"relatedResource": [V2]}, False),
+    ({"relatedResource": [{"digestSRI": RELATED["digestSRI"]}]}, False),
+    ({"relatedResource": [{"id": V2, "digestSRI": RELATED["digestSRI"]},
+                          {"id": V2, "digestMultibase": RELATED["digestMultibase"]}]}, False),
+    ({"relatedResource": [{"id": V2}]}, False),
+    ({"relatedResource": [{"id": V2, "digestMultibase":
+                           "uM4RgWQc3RUDtjJCSgTJtTfvpZ7SPEg_LNO0ESlovQC0"}]}, False),
+])
+def test_credential_schema_and_related_resource_rules(
+    client: TestClient, issuers: list[VcApiIssuer], extra: dict[str, Any], ok: bool,
+) -> None:
+    issuer = _by_suite(issuers, "eddsa-rdfc-2022")
+    r = client.post("/eddsa/credentials/issue", json={"credential": _credential(issuer.did,
+                                                                                **extra)})
+    if ok:
+        assert r.status_code == 201, r.text
+        _verify_locally(r.json()["verifiableCredential"])
+    else:
+        assert r.status_code == 400, r.text
+        assert r.json()["code"] == "malformed"
+
+
+def test_cli_switches_for_contexts_and_the_issuer_key_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, issuers: list[VcApiIssuer],
+) -> None:
+    import base64
+    import hashlib
+
+    import uvicorn
+
+    served: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
+    ed = generate_signer("EdDSA")
+    key = tmp_path / "ed.jwk"
+    key.write_text(json.dumps(ed.export_private_jwk()))
+    examples = "https://www.w3.org/ns/credentials/examples/v2"
+    raw = json.dumps({"@context": {"@vocab": "https://www.w3.org/ns/credentials/examples#"}})
+    (tmp_path / "examples.jsonld").write_text(raw)
+    pin = "sha256-" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).decode()
+    (tmp_path / "contexts.json").write_text(json.dumps(
+        {examples: {"file": "examples.jsonld", "digestSRI": pin}}))
+    base = ["vcapi", "serve", "--key", str(key), "--contexts", str(tmp_path / "contexts.json")]
+    assert CliRunner().invoke(cli_app, base).exit_code == 0
+    assert CliRunner().invoke(cli_app, [*base, "--any-issuer-key"]).exit_code == 0
+    strict, lax = (TestClient(app) for app in served)
+    # The pinned examples context is served; an https issuer signing with a did:key
+    # is refused by default (issuer_key_mismatch) and accepted with --any-issuer-key.
+    did = did_key_of(ed)
+    cred = {**_credential(did), "@context": [V2, examples]}
+    cred["credentialSubject"]["alumniOf"] = "Example University"
+    r = strict.post("/eddsa/credentials/issue", json={"credential": cred})
+    assert r.status_code == 201, r.text
+    vc = r.json()["verifiableCredential"]
+    unsigned = {k: v for k, v in vc.items() if k != "proof"}
+    unsigned["issuer"] = "https://university.example"
+    loader = jsonld.DocumentLoader.from_manifest(tmp_path / "contexts.json")
+    foreign = di.issue(unsigned, signer=ed.with_key_id(vc["proof"]["verificationMethod"]),
+                       cryptosuite="eddsa-rdfc-2022",
+                       verification_method=vc["proof"]["verificationMethod"], created=NOW,
+                       loader=loader)
+    r = strict.post("/credentials/verify", json={"verifiableCredential": foreign})
+    assert r.status_code == 400 and r.json()["errors"] == ["issuer_key_mismatch"]
+    r = lax.post("/credentials/verify", json={"verifiableCredential": foreign})
+    assert r.status_code == 200, r.text
+    # A context file that is not what was pinned stops the server from starting.
+    (tmp_path / "examples.jsonld").write_text(raw + " ")
+    done = CliRunner().invoke(cli_app, base)
+    assert done.exit_code == 2 and "pinned digest" in done.output
+
+
+def did_key_of(signer: LocalSigner) -> str:
+    from tessera.did import did_key
+
+    return did_key(signer.public_key)

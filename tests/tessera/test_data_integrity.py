@@ -278,7 +278,7 @@ def _swapped_context() -> dict[str, Any]:
         (lambda vc: vc["proof"].update(cryptosuite="eddsa-2099"), ErrorCode.UNSUPPORTED_ALGORITHM),
         (lambda vc: vc["proof"].update(proofValue="not-multibase"), ErrorCode.MALFORMED),
         (lambda vc: vc["proof"].update(proofPurpose="authentication"), ErrorCode.INVALID_SIGNATURE),
-        (lambda vc: vc.update(issuer="did:web:other.example"), ErrorCode.INVALID_SIGNATURE),
+        (lambda vc: vc.update(issuer="did:web:other.example"), ErrorCode.ISSUER_KEY_MISMATCH),
         (lambda vc: vc.pop("proof"), ErrorCode.MALFORMED),
     ],
 )
@@ -409,3 +409,279 @@ def test_presentation_checks_expiry_of_embedded_credentials(parties: dict[str, A
         di.verify_presentation(vp, key_lookup=_lookup(parties), challenge="n-123",
                                domain="partner.example", now=NOW)
     assert err.value.code == ErrorCode.EXPIRED
+
+
+# -- issue 9: field hardening ------------------------------------------------------
+
+V1_ONLY = "https://www.w3.org/2018/credentials/v1"
+
+
+def _v1_credential(parties: dict[str, Any]) -> dict[str, Any]:
+    return {"@context": [V1_ONLY], "type": ["VerifiableCredential"],
+            "issuer": parties["issuer_did"], "issuanceDate": "2025-01-01T00:00:00Z",
+            "credentialSubject": {"id": parties["holder_did"]}}
+
+
+def test_vcdm_1_1_credential_gets_the_data_integrity_context_and_a_covered_proof(
+    parties: dict[str, Any],
+) -> None:
+    # Before: credentials/v1 alone left every proof term undefined, the proof
+    # configuration canonicalized to "", and a changed `created` still verified.
+    signer = parties["issuer"]
+    vc = di.issue(_v1_credential(parties), signer=signer, cryptosuite="eddsa-rdfc-2022",
+                  verification_method=signer.key_id, created=NOW)
+    assert vc["@context"] == [V1_ONLY, jsonld.DATA_INTEGRITY_V2]
+    assert jsonld.canonicalize(di._proof_config(
+        {k: v for k, v in vc.items() if k != "proof"}, vc["proof"])) != ""
+    di.verify_credential(vc, key_lookup=_lookup(parties), now=NOW)
+    for field, value in (("created", "2020-01-01T00:00:00Z"),
+                         ("verificationMethod", signer.key_id + "x")):
+        tampered = copy.deepcopy(vc)
+        tampered["proof"][field] = value
+        with pytest.raises(TesseraError) as err:
+            di.verify_credential(tampered, key_lookup=lambda vm, rel: signer.public_key, now=NOW)
+        assert err.value.code == ErrorCode.INVALID_SIGNATURE, field
+    # A document already carrying credentials/v2 or data-integrity/v2 is left alone.
+    v2 = di.issue(_membership(parties), signer=signer, cryptosuite="eddsa-rdfc-2022",
+                  verification_method=signer.key_id, created=NOW)
+    assert jsonld.DATA_INTEGRITY_V2 not in v2["@context"]
+
+
+def _unprotected_proof(parties: dict[str, Any]) -> dict[str, Any]:
+    """What Tessera issued before: a DataIntegrityProof under credentials/v1 only."""
+    signer = parties["issuer"]
+    unsecured = _v1_credential(parties)
+    proof = di._new_proof("eddsa-rdfc-2022", verification_method=signer.key_id,
+                          created=NOW, purpose="assertionMethod")
+    proof = di._sign_proof(unsecured, proof, signer, "eddsa-rdfc-2022", None)
+    return {**unsecured, "proof": proof}
+
+
+def test_a_proof_whose_terms_the_context_drops_is_refused_at_verify(
+    parties: dict[str, Any],
+) -> None:
+    vc = _unprotected_proof(parties)
+    with pytest.raises(TesseraError) as err:
+        di.verify_credential(vc, key_lookup=_lookup(parties), now=NOW)
+    assert err.value.code == ErrorCode.SCHEMA_INVALID
+    # The presentation verifier says the same of it.
+    with pytest.raises(TesseraError) as vp_err:
+        di.verify_presentation(_vp(parties, [vc]), key_lookup=_lookup(parties),
+                               challenge="n-123", domain="partner.example", now=NOW)
+    assert vp_err.value.code == ErrorCode.SCHEMA_INVALID
+
+
+def test_a_legacy_suite_without_its_context_is_refused_at_issue(parties: dict[str, Any]) -> None:
+    signer = parties["issuer"]
+    with pytest.raises(TesseraError) as err:
+        di.issue(_v1_credential(parties), signer=signer, cryptosuite="Ed25519Signature2020",
+                 verification_method=signer.key_id, created=NOW)
+    assert err.value.code == ErrorCode.SCHEMA_INVALID
+
+
+def test_ecdsa_sd_default_pointers_work_for_a_subject_with_only_an_id(
+    parties: dict[str, Any],
+) -> None:
+    signer = parties["issuer_p256"]
+    vc = {"@context": [jsonld.CREDENTIALS_V2], "type": ["VerifiableCredential"],
+          "issuer": parties["issuer_p256_did"], "validFrom": "2025-01-01T00:00:00Z",
+          "credentialSubject": {"id": parties["holder_did"]}}
+    base = di.issue(vc, signer=signer, cryptosuite="ecdsa-sd-2023",
+                    verification_method=signer.key_id, created=NOW)
+    derived = di.derive(base, selective_pointers=[])
+    out = di.verify_credential(derived, key_lookup=_lookup(parties), now=NOW)
+    assert out["credentialSubject"] == {"id": parties["holder_did"]}
+    # The subject id is mandatory: a derived proof without it does not verify.
+    stripped = copy.deepcopy(derived)
+    stripped["credentialSubject"] = {"id": "did:example:mallory"}
+    with pytest.raises(TesseraError):
+        di.verify_credential(stripped, key_lookup=_lookup(parties), now=NOW)
+
+
+def test_presentation_holder_may_be_an_object_with_an_id(parties: dict[str, Any]) -> None:
+    vp = _vp(parties, [_issue(parties)])
+    # {"id": X} and X are the same RDF statement, so the holder proof still covers it.
+    vp["holder"] = {"id": parties["holder_did"]}
+    out = di.verify_presentation(vp, key_lookup=_lookup(parties), challenge="n-123",
+                                 domain="partner.example", now=NOW)
+    assert len(out) == 1
+    for bad in ({"name": "no id"}, 42):
+        vp["holder"] = bad
+        with pytest.raises(TesseraError) as err:
+            di.verify_presentation(vp, key_lookup=_lookup(parties), challenge="n-123",
+                                   domain="partner.example", now=NOW)
+        assert err.value.code == ErrorCode.MALFORMED
+    del vp["holder"]
+    with pytest.raises(TesseraError) as missing:
+        di.verify_presentation(vp, key_lookup=_lookup(parties), challenge="n-123",
+                               domain="partner.example", now=NOW)
+    assert missing.value.code == ErrorCode.KEY_BINDING_MISSING
+
+
+def _plain_v2(parties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"@context": [jsonld.CREDENTIALS_V2], "type": ["VerifiableCredential"],
+            "issuer": parties["issuer_did"], "validFrom": "2025-01-01T00:00:00Z",
+            "credentialSubject": {"id": parties["holder_did"]}, **extra}
+
+
+def _sign(parties: dict[str, Any], vc: dict[str, Any]) -> dict[str, Any]:
+    signer = parties["issuer"]
+    return di.issue(vc, signer=signer, cryptosuite="eddsa-rdfc-2022",
+                    verification_method=signer.key_id, created=NOW)
+
+
+def test_credential_schema_needs_an_id(parties: dict[str, Any]) -> None:
+    with pytest.raises(TesseraError) as err:
+        _sign(parties, _plain_v2(parties, credentialSchema={"type": "JsonSchema"}))
+    assert err.value.code == ErrorCode.MALFORMED and "credentialSchema" in err.value.detail
+    with pytest.raises(TesseraError):
+        _sign(parties, _plain_v2(parties, credentialSchema=[
+            {"id": "https://example.org/s.json", "type": "JsonSchema"}, {"type": "JsonSchema"}]))
+    # At verify too: a signed credential whose schema has no id is refused.
+    good = _plain_v2(parties, credentialSchema={"id": "https://example.org/s.json",
+                                                "type": "JsonSchema"})
+    unsecured = _plain_v2(parties, credentialSchema={"type": "JsonSchema"})
+    proof = di._new_proof("eddsa-rdfc-2022", verification_method=parties["issuer"].key_id,
+                          created=NOW, purpose="assertionMethod")
+    bad = {**unsecured, "proof": di._sign_proof(unsecured, proof, parties["issuer"],
+                                                "eddsa-rdfc-2022", None)}
+    di.verify_credential(_sign(parties, good), key_lookup=_lookup(parties), now=NOW)
+    with pytest.raises(TesseraError) as verr:
+        di.verify_credential(bad, key_lookup=_lookup(parties), now=NOW)
+    assert verr.value.code == ErrorCode.MALFORMED
+
+
+# The W3C vc-data-model-2.0 suite's values for the published credentials/v2 file.
+V2_SRI = "sha384-NSOcNpmdIVUxIJGvGUoe22FjTWrXiaXlsZ8q6912LdnR3KraQO2n75Ica4wK4Qeg"
+V2_MULTIBASE = "uJKGMkOmFbVJhEfKTduMC2XCyvRAYLjOVmZWwIH1wQ7k"
+V2 = jsonld.CREDENTIALS_V2
+
+
+def _loyalty_sri(alg: str = "sha256") -> str:
+    import base64
+    from pathlib import Path
+
+    from schemas import path
+
+    raw = Path(path("contexts/loyalty-v1.jsonld")).read_bytes()
+    return f"{alg}-" + base64.b64encode(hashlib.new(alg, raw).digest()).decode()
+
+
+@pytest.mark.parametrize("related", [
+    {"id": V2, "digestSRI": V2_SRI},
+    {"id": V2, "digestMultibase": V2_MULTIBASE},
+    [{"id": V2, "mediaType": "application/ld+json", "digestSRI": V2_SRI}],
+    {"id": jsonld.LOYALTY_V1, "digestSRI": _loyalty_sri()},
+    {"id": jsonld.LOYALTY_V1, "digestSRI": _loyalty_sri("sha512") + " " + _loyalty_sri()},
+    # not held here: shape only, nothing fetched
+    {"id": "https://example.org/logo.png", "digestMultibase": "u" + "AQ" * 21 + "A"},
+    {"id": "https://example.org/logo.png", "digestSRI": "sha3-AAAA"},
+    [{"id": "https://example.org/a", "digestSRI": V2_SRI},
+     {"id": "https://example.org/b", "digestSRI": V2_SRI}],
+])
+def test_related_resource_accepted(parties: dict[str, Any], related: Any) -> None:
+    vc = _sign(parties, _plain_v2(parties, relatedResource=related))
+    di.verify_credential(vc, key_lookup=_lookup(parties), now=NOW)
+
+
+@pytest.mark.parametrize("related", [
+    [V2],  # an array of strings
+    [{"digestMultibase": V2_MULTIBASE}],  # no id
+    [{"id": V2, "digestSRI": V2_SRI}, {"id": V2, "digestMultibase": V2_MULTIBASE}],  # duplicate
+    [{"id": V2}],  # no digest
+    [{"id": V2, "digestMultibase": "uM4RgWQc3RUDtjJCSgTJtTfvpZ7SPEg_LNO0ESlovQC0"}],  # wrong
+    [{"id": V2, "digestSRI": "sha384-_rCVIV7fSXXTNIvpiq26jRDyj8JG8TDjij-tD0ewLk4J"
+                             "pnXEz6a5AeeY_1qQ0d0P"}],  # not even base64
+    [{"id": V2, "digestSRI": "sha384-" + "A" * 64}],  # well-formed, wrong
+    [{"id": jsonld.LOYALTY_V1, "digestSRI": _loyalty_sri()[:-4] + "AAA="}],
+    [{"id": V2, "digestSRI": "md5-AAAAAAAAAAAAAAAAAAAAAA=="}],
+    [],
+])
+def test_related_resource_refused_at_issue_and_verify(parties: dict[str, Any],
+                                                      related: Any) -> None:
+    with pytest.raises(TesseraError) as err:
+        _sign(parties, _plain_v2(parties, relatedResource=related))
+    assert err.value.code == ErrorCode.MALFORMED
+    unsecured = _plain_v2(parties, relatedResource=related)
+    proof = di._new_proof("eddsa-rdfc-2022", verification_method=parties["issuer"].key_id,
+                          created=NOW, purpose="assertionMethod")
+    signed = {**unsecured, "proof": di._sign_proof(unsecured, proof, parties["issuer"],
+                                                   "eddsa-rdfc-2022", None)}
+    with pytest.raises(TesseraError) as verr:
+        di.verify_credential(signed, key_lookup=_lookup(parties), now=NOW)
+    assert verr.value.code == ErrorCode.MALFORMED
+
+
+def test_pinned_context_files(tmp_path: Any, parties: dict[str, Any]) -> None:
+    import base64
+
+    url = "https://partner.example/ctx/v1"
+    ctx = {"@context": {"@protected": True, "shoeSize": "https://partner.example/vocab#shoeSize"}}
+    raw = json.dumps(ctx).encode()
+    (tmp_path / "ctx.jsonld").write_bytes(raw)
+    pin = "sha256-" + base64.b64encode(hashlib.sha256(raw).digest()).decode()
+    loader = jsonld.DocumentLoader.from_files({url: (tmp_path / "ctx.jsonld", pin)})
+    vc = {"@context": [V2, url], "type": ["VerifiableCredential"], "issuer": parties["issuer_did"],
+          "credentialSubject": {"id": parties["holder_did"], "shoeSize": 42},
+          "relatedResource": {"id": url, "digestSRI": pin}}
+    signer = parties["issuer"]
+    signed = di.issue(vc, signer=signer, cryptosuite="eddsa-rdfc-2022",
+                      verification_method=signer.key_id, created=NOW, loader=loader)
+    assert di.verify_credential(signed, key_lookup=_lookup(parties), now=NOW,
+                                loader=loader)["credentialSubject"]["shoeSize"] == 42
+    with pytest.raises(TesseraError) as err:
+        di.verify_credential(signed, key_lookup=_lookup(parties), now=NOW)
+    assert err.value.code == ErrorCode.UNSUPPORTED_FORMAT
+    # The manifest form, relative to its own directory.
+    (tmp_path / "contexts.json").write_text(json.dumps({url: {"file": "ctx.jsonld",
+                                                              "digestSRI": pin}}))
+    by_manifest = jsonld.DocumentLoader.from_manifest(tmp_path / "contexts.json")
+    di.verify_credential(signed, key_lookup=_lookup(parties), now=NOW, loader=by_manifest)
+    # A file that is not what was pinned is refused when the loader is made.
+    (tmp_path / "ctx.jsonld").write_bytes(raw.replace(b"42", b"43") + b" ")
+    with pytest.raises(TesseraError) as pin_err:
+        jsonld.DocumentLoader.from_manifest(tmp_path / "contexts.json")
+    assert pin_err.value.code == ErrorCode.INVALID_REQUEST
+    for bad_pin in ("sha1-abc", "sha256-not base64", ""):
+        with pytest.raises(TesseraError):
+            jsonld.DocumentLoader.from_files({url: (tmp_path / "ctx.jsonld", bad_pin)})
+    with pytest.raises(TesseraError):
+        jsonld.DocumentLoader.from_files({V2: (tmp_path / "ctx.jsonld", pin)})
+
+
+def test_issuer_key_policy_has_its_own_code_and_a_switch(parties: dict[str, Any]) -> None:
+    vc = _issue(parties)
+    vc["issuer"] = "https://acme.example"  # signed before, so the signature breaks too
+    with pytest.raises(TesseraError) as err:
+        di.verify_credential(vc, key_lookup=_lookup(parties), now=NOW)
+    assert err.value.code == ErrorCode.ISSUER_KEY_MISMATCH
+    # Policy off: the foreign key is looked at, and here the signature is what fails.
+    with pytest.raises(TesseraError) as off:
+        di.verify_credential(vc, key_lookup=_lookup(parties), now=NOW,
+                             issuer_must_control_key=False)
+    assert off.value.code == ErrorCode.INVALID_SIGNATURE
+    # A credential signed as an https issuer with a did:key verifies with the policy off.
+    unsigned = _membership(parties)
+    unsigned["issuer"] = "https://acme.example"
+    signer = parties["issuer"]
+    signed = di.issue(unsigned, signer=signer, cryptosuite="eddsa-rdfc-2022",
+                      verification_method=signer.key_id, created=NOW)
+    di.verify_credential(signed, key_lookup=_lookup(parties), now=NOW,
+                         issuer_must_control_key=False)
+    vp = _vp(parties, [signed])
+    with pytest.raises(TesseraError) as vp_err:
+        di.verify_presentation(vp, key_lookup=_lookup(parties), challenge="n-123",
+                               domain="partner.example", now=NOW)
+    assert vp_err.value.code == ErrorCode.ISSUER_KEY_MISMATCH
+    di.verify_presentation(vp, key_lookup=_lookup(parties), challenge="n-123",
+                           domain="partner.example", now=NOW, issuer_must_control_key=False)
+
+
+def test_key_lookup_docstring_matches_resolver_key() -> None:
+    import inspect
+
+    # Resolver.key takes relationship by keyword only: the docstring must not say it fits.
+    assert inspect.signature(Resolver.key).parameters["relationship"].kind is \
+        inspect.Parameter.KEYWORD_ONLY
+    assert "relationship=rel" in (di.__doc__ or "") + str(
+        inspect.getsource(di).split("KeyLookup = ", 1)[1][:400])

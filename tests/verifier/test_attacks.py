@@ -408,6 +408,29 @@ def resolver_outage(w: World) -> tuple[Any, PresentationRequest]:
     return baseline(w)
 
 
+def ldp_signed_by_a_foreign_key(w: World) -> tuple[Any, PresentationRequest]:
+    # A Data Integrity credential naming the brand as issuer, signed with a
+    # did:key the brand does not control (issuer_must_control_key, on by default).
+    from tessera.did import did_key
+    from tessera.formats import data_integrity as di
+
+    other = generate_signer("EdDSA")
+    other_did = did_key(other.public_key)
+    other = other.with_key_id(f"{other_did}#{other_did[len('did:key:'):]}")
+    member = w.member.signer.with_key_id(f"{w.member.did}#{w.member.did[len('did:key:'):]}")
+    claims = credentials.membership_claims(
+        program=w.brand.program, membership_number="M-1", tier="gold",
+        tiers=[("silver", 1), ("gold", 2)], member_since=w.clock().date(),
+        tier_valid_until=w.clock().date())
+    vc = di.loyalty_credential(credentials.MEMBERSHIP, claims, issuer=w.brand.did,
+                               subject=w.member.did, valid_from=w.clock() - timedelta(days=1))
+    signed = di.issue(vc, signer=other, cryptosuite="eddsa-rdfc-2022",
+                      verification_method=other.key_id, created=w.clock())
+    req = w.request()
+    return di.present([signed], signer=member, holder=w.member.did, challenge=req.nonce,
+                      domain=req.audience, created=w.clock()), req
+
+
 def _rebind(w: World, parts: SdJwt, req: PresentationRequest) -> str:
     kb = {"iat": int(w.clock().timestamp()), "aud": req.audience, "nonce": req.nonce,
           "sd_hash": _digest(parts.without_kb)}
@@ -457,6 +480,8 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "suspended": (suspended, ("suspended",)),
     "status unavailable": (status_unreachable, ("status_unavailable",)),
     "resolver backend down": (resolver_outage, ("internal_error",)),
+    "ldp_vc signed by a key outside the issuer DID": (ldp_signed_by_a_foreign_key,
+                                                       ("issuer_key_mismatch",)),
 }
 
 

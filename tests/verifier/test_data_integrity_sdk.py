@@ -209,3 +209,129 @@ def test_a_failing_nonce_store_fails_closed_with_a_code(parties: dict[str, Any])
                     challenge=req.nonce, domain=PARTNER, created=NOW)
     result = v.verify(vp, request=req)
     assert not result.ok and result.errors == ("internal_error",)
+
+
+# -- issue 9: operator contexts, holder objects, the issuer-key policy ----------------
+
+PARTNER_CTX = "https://partner.test/contexts/shoes/v1"
+
+
+def _pinned_loader(tmp_path: Any) -> Any:
+    import base64
+    import hashlib
+
+    from tessera import jsonld
+
+    raw = json.dumps({"@context": {
+        "@protected": True, "shoeSize": "https://partner.test/vocab#shoeSize"}}).encode()
+    (tmp_path / "shoes.jsonld").write_bytes(raw)
+    pin = "sha256-" + base64.b64encode(hashlib.sha256(raw).digest()).decode()
+    (tmp_path / "contexts.json").write_text(json.dumps(
+        {PARTNER_CTX: {"file": "shoes.jsonld", "digestSRI": pin}}))
+    return jsonld.DocumentLoader.from_manifest(tmp_path / "contexts.json")
+
+
+def _partner_credential(p: dict[str, Any], loader: Any) -> dict[str, Any]:
+    vc = {"@context": ["https://www.w3.org/ns/credentials/v2", PARTNER_CTX],
+          "type": ["VerifiableCredential"], "issuer": p["issuer_did"],
+          "validFrom": "2026-01-01T00:00:00Z",
+          "credentialSubject": {"id": p["holder_did"], "shoeSize": 42}}
+    return di.issue(vc, signer=p["issuer"], cryptosuite="ecdsa-rdfc-2019",
+                    verification_method=p["issuer"].key_id, created=NOW, loader=loader)
+
+
+def test_sdk_verifies_a_credential_with_an_operator_pinned_context(
+    parties: dict[str, Any], tmp_path: Any,
+) -> None:
+    loader = _pinned_loader(tmp_path)
+    signed = _partner_credential(parties, loader)
+    keys = {parties["issuer"].key_id: parties["issuer"].public_key}
+    # Offline by default: a context nobody configured is refused, never fetched.
+    assert low_level.verify(signed, keys=keys, now=NOW).errors == ("unsupported_format",)
+    result = low_level.verify(signed, keys=keys, now=NOW, loader=loader)
+    assert result.ok and result.claims == {"shoeSize": 42}
+    vp = di.present([signed], signer=parties["holder"], holder=parties["holder_did"],
+                    challenge="c" * 20, domain=PARTNER, created=NOW, loader=loader)
+    assert low_level.verify(vp, keys=keys, now=NOW, challenge="c" * 20, domain=PARTNER,
+                            loader=loader).ok
+
+
+def test_low_level_verify_takes_a_holder_object_and_the_issuer_key_switch(
+    parties: dict[str, Any],
+) -> None:
+    signed = _membership(parties, suite="ecdsa-rdfc-2019")
+    keys = {parties["issuer"].key_id: parties["issuer"].public_key}
+    vp = di.present([signed], signer=parties["holder"], holder=parties["holder_did"],
+                    challenge="c" * 20, domain=PARTNER, created=NOW)
+    vp["holder"] = {"id": parties["holder_did"]}
+    result = low_level.verify(vp, keys=keys, now=NOW, challenge="c" * 20, domain=PARTNER)
+    assert result.ok and result.holder == parties["holder_did"]
+    # An https issuer whose key is a did:key: refused by policy, accepted with it off.
+    unsigned = {k: v for k, v in signed.items() if k != "proof"}
+    unsigned["issuer"] = "https://brand.test"
+    foreign = di.issue(unsigned, signer=parties["issuer"], cryptosuite="ecdsa-rdfc-2019",
+                       verification_method=parties["issuer"].key_id, created=NOW)
+    assert low_level.verify(foreign, keys=keys, now=NOW).errors == ("issuer_key_mismatch",)
+    assert low_level.verify(foreign, keys=keys, now=NOW, issuer_must_control_key=False).ok
+
+
+def test_verifier_sdk_takes_a_loader_and_the_issuer_key_switch(
+    parties: dict[str, Any], tmp_path: Any,
+) -> None:
+    loader = _pinned_loader(tmp_path)
+    # The SDK wants loyalty types; a membership credential with the partner
+    # context added shows that the loader reaches ldp_vc verification.
+    member = _membership(parties, suite="ecdsa-rdfc-2019")
+    unsigned = {k: v for k, v in member.items() if k != "proof"}
+    unsigned["@context"] = [*unsigned["@context"], PARTNER_CTX]
+    with_ctx = di.issue(unsigned, signer=parties["issuer"], cryptosuite="ecdsa-rdfc-2019",
+                        verification_method=parties["issuer"].key_id, created=NOW, loader=loader)
+
+    def run(v: Verifier, cred: dict[str, Any]) -> tuple[str, ...]:
+        req = v.create_request(audience=PARTNER)
+        vp = di.present([cred], signer=parties["holder"], holder=parties["holder_did"],
+                        challenge=req.nonce, domain=PARTNER, created=NOW, loader=loader)
+        vp["holder"] = {"id": parties["holder_did"]}
+        return v.verify(vp, request=req).errors
+
+    assert run(_verifier(parties), with_ctx) == ("unsupported_format",)
+    assert run(_verifier(parties, loader=loader), with_ctx) == ()
+    # The issuer-key policy: an https issuer signing with its did:key.
+    foreign_unsigned = {k: v for k, v in member.items() if k != "proof"}
+    foreign_unsigned["issuer"] = "https://brand.test"
+    foreign = di.issue(foreign_unsigned, signer=parties["issuer"], cryptosuite="ecdsa-rdfc-2019",
+                       verification_method=parties["issuer"].key_id, created=NOW)
+    trust = TrustList.of([("https://brand.test", [credentials.MEMBERSHIP.name])])
+    strict = Verifier(trust=trust, resolver=Resolver(), clock=lambda: NOW)
+    lax = Verifier(trust=trust, resolver=Resolver(), clock=lambda: NOW,
+                   issuer_must_control_key=False)
+    assert run(strict, foreign) == ("issuer_key_mismatch",)
+    assert run(lax, foreign) == ()
+
+
+def test_with_the_issuer_key_policy_off_a_foreign_web_key_is_still_trust_checked(
+    parties: dict[str, Any],
+) -> None:
+    # Off means "another DID's key may sign", not "fetch whatever DID a
+    # credential names": a did:web key of an unlisted party is untrusted_issuer
+    # and causes no resolution at all.
+    asked: list[str] = []
+
+    class Recording(Resolver):
+        def resolve(self, did: str) -> Any:
+            asked.append(did)
+            return super().resolve(did)
+
+    member = _membership(parties, suite="ecdsa-rdfc-2019")
+    unsigned = {k: v for k, v in member.items() if k != "proof"}
+    unsigned["issuer"] = "https://brand.test"
+    foreign = di.issue(unsigned, signer=parties["issuer"], cryptosuite="ecdsa-rdfc-2019",
+                       verification_method="did:web:elsewhere.test#k1", created=NOW)
+    trust = TrustList.of([("https://brand.test", [credentials.MEMBERSHIP.name])])
+    lax = Verifier(trust=trust, resolver=Recording(), clock=lambda: NOW,
+                   issuer_must_control_key=False)
+    req = lax.create_request(audience=PARTNER)
+    vp = di.present([foreign], signer=parties["holder"], holder=parties["holder_did"],
+                    challenge=req.nonce, domain=PARTNER, created=NOW)
+    assert lax.verify(vp, request=req).errors == ("untrusted_issuer",)
+    assert not any(d.startswith("did:web:") for d in asked)
