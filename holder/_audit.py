@@ -291,26 +291,29 @@ def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
         account = next((n for p, n in programs.items()
                         if isinstance(program_id, str) and program_id.endswith(f"/programs/{p}")),
                        None)
-        implied = None
-        if account is not None:
-            implied = _implied(report, [(i, leaf) for i, leaf in by_name.get(account, [])
+        # Its membership's leaves; without the brand naming it, any of this DID's.
+        mismatches: list[str] | None = None
+        nxt = cred.claims.get("points_expiring_next")
+        stated = {"available": claimed,
+                  "expiring next": (nxt.get("points"), nxt.get("on"))
+                  if isinstance(nxt, dict) else None}
+        for name in [account] if account is not None else names:
+            implied = _implied(report, [(i, leaf) for i, leaf in by_name.get(name, [])
                                         if i < size],
                                parse_datetime(cred.claims.get("as_of"), "credential as_of"))
-        if implied is not None:
-            nxt = cred.claims.get("points_expiring_next")
-            stated = {"available": claimed,
-                      "expiring next": (nxt.get("points"), nxt.get("on"))
-                      if isinstance(nxt, dict) else None}
-            expected_next = implied.expiring_next
+            if implied is None:
+                continue
+            upcoming = implied.expiring_next
             expected = {"available": implied.available,
-                        "expiring next": (expected_next[0],
-                                          expected_next[1].date().isoformat())
-                        if expected_next else None}
-            for what, value in stated.items():
-                if value != expected[what]:
-                    report.problems.append(
-                        f"credential {cred.id[:8]} states {what} {_show(value)}; the log "
-                        f"implied {_show(expected[what])} at its checkpoint")
+                        "expiring next": (upcoming[0], upcoming[1].date().isoformat())
+                        if upcoming else None}
+            found = [f"credential {cred.id[:8]} states {what} {_show(value)}; the log "
+                     f"implied {_show(expected[what])} at its checkpoint"
+                     for what, value in stated.items() if value != expected[what]]
+            if mismatches is None or len(found) < len(mismatches):
+                mismatches = found
+        if mismatches is not None:
+            report.problems.extend(mismatches)
         elif isinstance(claimed, int) and claimed > at_checkpoint:
             report.problems.append(f"credential {cred.id[:8]} states {claimed} points; the "
                                    f"log held {at_checkpoint} at its checkpoint")

@@ -261,36 +261,71 @@ def test_lots_and_holds_rewritten_in_the_database_are_caught(service: Service, t
     assert any("disagree with the log" in p for p in problems), problems
 
 
-def test_a_credential_stating_other_figures_than_the_log_is_a_problem(
-        service: Service, tmp_path: Path) -> None:
+def _signed_points(service: Service, wallet: Wallet, member_id: str, balance: int) -> None:
+    """A points credential signed by the brand's own key, stating ``balance`` available."""
     from issuer._credentials import CredentialIssuer
     from issuer._issuance import ledger_checkpoint
     from tessera import credentials
 
-    wallet, member, resolver, did = _world(service, tmp_path)
-    _history(service, member["id"])
-    _points_credential(service, wallet, member["id"])
     with session_scope(service.engine) as s:
-        # Signed by the brand's own key, from a balance that lost 100 points
-        # beside the log: the wallet used to call this a note ("pending or held").
         brand = brand_by_slug(s, slug="air")
-        row = s.get(Member, member["id"])
+        row = s.get(Member, member_id)
         assert row is not None
         signer = SqlKeyStore(service.settings.master_key).signer(s, brand_id=brand.id,
                                                                   did=brand.did)
         genuine = next(c for c in wallet.credentials() if c.vct == credentials.POINTS.vct)
         claims = credentials.points_claims(
             program=genuine.claims["program"], membership_number=row.membership_number,
-            balance=600, as_of=service.clock.now, checkpoint=ledger_checkpoint(s, row))
+            balance=balance, as_of=service.clock.now, checkpoint=ledger_checkpoint(s, row))
         issuer = CredentialIssuer(signer=signer, did=brand.did, program=_program(genuine),
                                   clock=lambda: service.clock.now)
         cred = issuer.issue_claims("LoyaltyPointsCredential", claims,
                                    holder_key=wallet.signer.public_key)
     wallet.receive(cred)
+
+
+def test_a_credential_stating_other_figures_than_the_log_is_a_problem(
+        service: Service, tmp_path: Path) -> None:
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    _points_credential(service, wallet, member["id"])
+    # From a balance that lost 100 points beside the log: the wallet used to
+    # call this a note ("pending or held at its checkpoint").
+    _signed_points(service, wallet, member["id"], 600)
     report = _audit(service, wallet, resolver, did)
     assert report.credentials_checked == 2 and not report.ok
     assert [p for p in report.problems if "states available 600" in p
             and "the log implied 700" in p], report.problems
+
+
+def test_a_brand_that_states_no_balances_still_has_its_credentials_checked(
+        service: Service, tmp_path: Path) -> None:
+    import httpx
+
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    _points_credential(service, wallet, member["id"])
+
+    class Silent:
+        """The brand's API, answering /log/entries without its balances."""
+
+        def get(self, url: str, **kw: Any) -> httpx.Response:
+            r = service.client.get(url, **kw)
+            if not url.endswith("/log/entries") or r.status_code != 200:
+                return r
+            body = r.json()
+            del body["accounts"]
+            return httpx.Response(200, json=body)
+
+    def run() -> Any:
+        return audit(wallet, brand_did=did, http=Silent(),  # type: ignore[arg-type]
+                     resolver=resolver, base_url=BASE, now=service.clock.now)
+
+    report = run()
+    assert report.ok and report.balances_checked == 0 and report.credentials_checked == 1
+    _signed_points(service, wallet, member["id"], 600)
+    report = run()
+    assert [p for p in report.problems if "states available 600" in p], report.problems
 
 
 def _program(cred: Any) -> Any:
