@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -193,6 +194,39 @@ _ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[MutableMap
                      Callable[[MutableMapping[str, Any]], Awaitable[None]]], Awaitable[None]]
 
 
+# -- readiness --------------------------------------------------------------------------------
+
+
+def _readiness_checks(state: AppState) -> dict[str, Callable[[], str]]:
+    """What ``/readyz`` checks (tessera.health): each is what a request would need."""
+    from issuer.migrations import require_current
+    from tessera.health import unavailable
+
+    def database() -> str:
+        return f"schema {require_current(state.engine)}"
+
+    def keys() -> str:
+        # The master key must open the brand keys: a wrong TESSERA_MASTER_KEY
+        # otherwise shows up only at the first issuance.
+        from sqlmodel import col, select
+
+        with session_scope(state.engine) as session:
+            brand = session.exec(select(Brand).order_by(col(Brand.created_at)).limit(1)).first()
+            if brand is None:
+                return "no brands yet"
+            state.keystore.signer(session, brand_id=brand.id, did=brand.did)
+        return "the master key opens the brand keys"
+
+    def nonce_store() -> str:
+        try:  # a round trip: consuming a value nobody issued changes nothing
+            state.nonces.consume(f"readyz:{secrets.token_hex(8)}")
+        except Exception as exc:
+            raise unavailable("the nonce store", exc) from None
+        return "ok"
+
+    return {"database": database, "keys": keys, "nonce_store": nonce_store}
+
+
 # -- factory ------------------------------------------------------------------------------------
 
 
@@ -210,6 +244,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     from issuer._routes_oid4vci import router as oid4vci_router
     from issuer._routes_public import router as public_router
     from issuer._routes_redeem import router as redeem_router
+    from tessera.health import health_router
     from tessera.nonces import SqlNonceStore
 
     engine = engine or make_engine(settings.database_url)
@@ -239,6 +274,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     install_problem_handlers(app, customize=_oauth_problem)
     app.add_middleware(StrictBodies, max_bytes=settings.max_body_bytes,
                        customize=_oauth_problem)
+    app.include_router(health_router(_readiness_checks(app.state.tessera)))
     app.include_router(public_router)
     app.include_router(admin_router)
     app.include_router(log_router)

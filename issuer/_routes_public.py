@@ -1,4 +1,5 @@
-"""Unauthenticated routes: liveness, readiness and each brand's did:web document."""
+"""Unauthenticated routes: each brand's did:web document (``/healthz`` and ``/readyz``
+come from :mod:`tessera.health`)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,6 @@ from issuer._app import PROBLEM_RESPONSES, SessionDep, StateDep
 __all__ = ["router"]
 
 router = APIRouter(tags=["public"])
-
-
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers (it checks nothing else)."""
-    return {"status": "ok"}
-
-
-@router.get("/readyz", responses={503: PROBLEM_RESPONSES[503]})
-def readyz(state: StateDep) -> dict[str, str]:
-    """Readiness: the database answers and its schema is this version's
-    (``database_unavailable``, 503, otherwise)."""
-    from issuer.migrations import require_current
-
-    return {"status": "ready", "database": "ok", "schema": require_current(state.engine)}
 
 
 class DidDocumentResponse(JSONResponse):

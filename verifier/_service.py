@@ -63,6 +63,7 @@ from tessera.devmode import dev_fetcher, dev_origins
 from tessera.did import Resolver, did_jwk, did_key
 from tessera.encoding import b64url_decode, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.health import Check, health_router, unavailable
 from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
 from tessera.nonces import nonce_store_from_url
 from tessera.typing import DIDResolver, Signer
@@ -390,6 +391,30 @@ _TILL_NOT_FOUND: Final = problem_responses({
     401: _TILL_REFUSED, 404: "no such checkout request of this till (or it expired)"})
 
 
+def readiness_checks(service: CheckoutService) -> dict[str, Check]:
+    """What ``/readyz`` checks (tessera.health): the store and the key a checkout needs."""
+    def store() -> str:
+        probe = f"readyz:{secrets.token_hex(8)}"
+        try:  # round trips that change nothing: an unknown session, an unissued nonce
+            service.sessions.get(probe)
+            service.nonces.consume(probe)
+        except Exception as exc:
+            raise unavailable("the session and nonce store", exc) from None
+        return "ok"
+
+    def key() -> str:
+        signer = service.settings.signer
+        if signer is None:
+            return "none (redirect_uri client identifier)"
+        signer.public_key.verify(signer.sign(b"readyz"), b"readyz")
+        return signer.key_id or "ok"
+
+    def trust() -> str:
+        return f"{len(service.settings.trust.issuers)} trusted issuers"
+
+    return {"store": store, "key": key, "trust_list": trust}
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     service = CheckoutService(settings)
     app = FastAPI(
@@ -399,6 +424,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.service = service
     install_problem_handlers(app)
     app.add_middleware(StrictBodies)
+    app.include_router(health_router(readiness_checks(service)))
     # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
     app.include_router(vcapi_verifier_router(
         resolver=settings.resolver, status_check=settings.status_check,

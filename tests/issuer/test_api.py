@@ -146,9 +146,12 @@ def test_readyz_reports_an_unmigrated_or_unreachable_database(tmp_path: Any) -> 
         r = c.get("/readyz")
         _is_problem(r, 503, "database_unavailable")
         assert "tessera issuer migrate" in r.json()["detail"]
+        assert r.json()["checks"]["database"].startswith("database_unavailable: ")
         upgrade(engine)
         ready = c.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready", "checks": {
+            "database": "schema 0003", "keys": "no brands yet", "nonce_store": "ok"}}
     engine.dispose()
     gone = make_engine(f"sqlite:///{tmp_path}/no/such/dir.db")
     with TestClient(create_app(settings, engine=gone)) as c:
@@ -156,3 +159,30 @@ def test_readyz_reports_an_unmigrated_or_unreachable_database(tmp_path: Any) -> 
         _is_problem(r, 503, "database_unavailable")
         assert "cannot reach the database" in r.json()["detail"]
     gone.dispose()
+
+
+def test_readyz_checks_the_master_key_and_the_nonce_store(service: Service) -> None:
+    from dataclasses import replace
+
+    from issuer._app import create_app
+    from tessera.nonces import nonce_store_from_url
+
+    service.brand("acme")
+    ready = service.client.get("/readyz").json()
+    assert ready["checks"]["keys"] == "the master key opens the brand keys"
+    # Another master key (a wrong TESSERA_MASTER_KEY): not ready, before any issuance fails.
+    import secrets
+
+    other = replace(service.settings, master_key=secrets.token_bytes(32))
+    with TestClient(create_app(other, engine=service.engine)) as c:
+        r = c.get("/readyz")
+        _is_problem(r, 503, "wrong_passphrase")
+        assert r.json()["checks"]["database"].startswith("schema ")
+    # A nonce store that does not answer (Redis on a closed port).
+    redis = nonce_store_from_url("redis://127.0.0.1:1/0")
+    with TestClient(create_app(service.settings, engine=service.engine, nonces=redis)) as c:
+        r = c.get("/readyz")
+        _is_problem(r, 503, "database_unavailable")
+        assert r.json()["checks"]["nonce_store"].startswith("database_unavailable: the nonce "
+                                                              "store did not answer (")
+        assert "127.0.0.1" not in r.text  # no connection strings in the answer
