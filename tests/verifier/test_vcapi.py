@@ -375,3 +375,19 @@ def test_did_web_issuer_is_resolved_through_the_fetcher(issuers: list[VcApiIssue
     status, result = _verify(TestClient(app), vc)
     assert status == 200, result
     assert fetched.calls == 1
+
+
+def test_holder_given_as_an_object_with_an_id(
+    client: TestClient, issuers: list[VcApiIssuer], holder: tuple[LocalSigner, str],
+) -> None:
+    # VCDM 2.0 §4.13: "a URL or an object containing an id property" (issue 9 item 14).
+    vp = _vp(client, issuers, holder, "c-123456")
+    vp["holder"] = {"id": holder[1]}  # the same RDF statement: the proof still covers it
+    status, result = _verify_vp(client, vp, challenge="c-123456", domain=DOMAIN)
+    assert status == 200 and result["warnings"] == [], result
+    vp["holder"] = {"id": "did:example:someone-else"}
+    assert _verify_vp(client, vp, challenge="c-123456", domain=DOMAIN)[1]["errors"] \
+        == ["key_binding_invalid"]
+    vp["holder"] = {"name": "no id"}
+    assert _verify_vp(client, vp, challenge="c-123456", domain=DOMAIN)[1]["errors"] \
+        == ["malformed"]
