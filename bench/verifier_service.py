@@ -238,8 +238,11 @@ def _start_server(config: Config, work: Path, store_url: str) -> tuple[subproces
            "--store", store_url, "--trust", str(work / "trust.json"),
            "--did-document", str(work / "brand.json"), "--key", str(work / "verifier.jwk"),
            "--tills", str(work / "tills.json"), "--log-level", "warning"]
+    # One load generator on loopback is one client: far over the per-client
+    # rate limits by design (docs/configuration.md), so they are off here.
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                            start_new_session=True)
+                            start_new_session=True,
+                            env={**os.environ, "TESSERA_RATE_LIMITS": "off"})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -32,6 +32,7 @@ from issuer._settings import Settings
 from issuer._status_lists import StatusPublisher
 from tessera.did import Resolver
 from tessera.errors import ErrorCode, TesseraError
+from tessera.ratelimit import Limit, RateLimits, RateRule
 from tessera.typing import Clock, NonceStore
 from tessera.web import StrictBodies, install_problem_handlers, problem_responses
 
@@ -82,6 +83,9 @@ OAUTH_ERRORS: Final[dict[str, tuple[tuple[str, int], dict[ErrorCode, tuple[str, 
         ErrorCode.REPLAYED: ("invalid_grant", 400),
         ErrorCode.EXPIRED: ("invalid_grant", 400),
         ErrorCode.FORBIDDEN: ("invalid_grant", 400),  # wrong tx_code (§6.3)
+        # OAuth has no rate-limit error; RFC 6749 §4.1.2.1's "temporary
+        # overloading" is the nearest, and the 429's Retry-After says when.
+        ErrorCode.RATE_LIMITED: ("temporarily_unavailable", 429),
         ErrorCode.INTERNAL_ERROR: ("server_error", 500),
     }),
     "credential": (("invalid_credential_request", 400), {
@@ -91,6 +95,7 @@ OAUTH_ERRORS: Final[dict[str, tuple[tuple[str, int], dict[ErrorCode, tuple[str, 
         ErrorCode.KEY_BINDING_INVALID: ("invalid_proof", 400),
         ErrorCode.NONCE_MISMATCH: ("invalid_nonce", 400),
         ErrorCode.CONFLICT: ("credential_request_denied", 400),
+        ErrorCode.RATE_LIMITED: ("temporarily_unavailable", 429),
         ErrorCode.INTERNAL_ERROR: ("server_error", 500),
     }),
 }
@@ -108,6 +113,14 @@ def oauth_errors(kind: str) -> Callable[[Request], None]:
 
 
 _OAUTH_PATHS: Final = re.compile(r"^/brands/[^/]+/(token|nonce|credential)$")
+
+# The unauthenticated OpenID4VCI endpoints, per client (docs/configuration.md):
+# a wallet calls each once or twice per credential, so 120 a minute leaves room
+# for many members behind one address (a shop's Wi-Fi, carrier NAT).
+RATE_RULES: Final = (
+    RateRule("token", "POST", r"/brands/[^/]+/token", Limit(120, 60)),
+    RateRule("nonce", "POST", r"/brands/[^/]+/nonce", Limit(120, 60)),
+)
 
 
 def _oauth_problem(request: Request, error: TesseraError
@@ -275,6 +288,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     app.add_middleware(StrictBodies, max_bytes=settings.max_body_bytes,
                        customize=_oauth_problem)
     app.include_router(health_router(_readiness_checks(app.state.tessera)))
+    # Added last, so it runs first: a client over its limit costs no body parsing.
+    app.add_middleware(RateLimits, rules=RATE_RULES, config=settings.rate_limits,
+                       customize=_oauth_problem)
     app.include_router(public_router)
     app.include_router(admin_router)
     app.include_router(log_router)

@@ -117,6 +117,8 @@ def get_offer_qr(slug: str, reference: str, session: SessionDep, state: StateDep
 # -- token, nonce, credential --------------------------------------------------------------
 
 
+_RATE_LIMITED: Final = ("temporarily_unavailable: over this client's rate limit; the "
+                        "Retry-After header says after how many seconds to retry")
 _TOKEN_FORM: Final = {"requestBody": {"required": True, "content": {
     "application/x-www-form-urlencoded": {"schema": {
         "type": "object", "required": ["grant_type", "pre-authorized_code"],
@@ -135,7 +137,8 @@ _CREDENTIAL_REQUEST: Final = {"requestBody": {"required": True, "content": {
 @router.post("/brands/{slug}/token", dependencies=[Depends(oauth_errors("token"))],
              response_model=dict[str, Any], openapi_extra=_TOKEN_FORM,
              responses=oauth_responses({
-                 400: "invalid_request, invalid_grant or unsupported_grant_type"}))
+                 400: "invalid_request, invalid_grant or unsupported_grant_type",
+                 429: _RATE_LIMITED}))
 async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JSONResponse:
     """Token endpoint (OpenID4VCI §6): ``grant_type`` pre-authorized_code, form-encoded."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -156,7 +159,8 @@ async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JS
 
 @router.post("/brands/{slug}/nonce", dependencies=[Depends(oauth_errors("credential"))],
              response_model=dict[str, str],
-             responses=oauth_responses({400: "no such brand, or a malformed request"}))
+             responses=oauth_responses({400: "no such brand, or a malformed request",
+                                        429: _RATE_LIMITED}))
 def nonce(slug: str, state: StateDep) -> JSONResponse:
     """Nonce endpoint (OpenID4VCI §7): a fresh single-use ``c_nonce``."""
     from issuer._db import session_scope

@@ -11,6 +11,9 @@
 ``TESSERA_PUBLIC_URL``
     the https origin (and optional path) the service is reachable at; brand
     DIDs are ``did:web`` names derived from it.
+``TESSERA_RATE_LIMITS``, ``TESSERA_RATE_LIMIT_STORE``
+    per-client limits on the public OpenID4VCI token and nonce endpoints
+    (:mod:`tessera.ratelimit`, docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from tessera.encoding import b64url_decode, b64url_encode
 from tessera.errors import ErrorCode, TesseraError
+from tessera.ratelimit import RateLimitConfig
 
 __all__ = ["Settings", "generate_master_key", "normalise_database_url"]
 
@@ -55,6 +59,7 @@ class Settings:
     dev_mode: bool = False
     max_body_bytes: int = 64 * 1024
     enrolment_challenge_ttl_seconds: int = 300
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "database_url", normalise_database_url(self.database_url))
@@ -97,6 +102,7 @@ class Settings:
             master_key=master_key,
             public_url=env.get("TESSERA_PUBLIC_URL") or DEFAULT_PUBLIC_URL,
             dev_mode=dev,
+            rate_limits=RateLimitConfig.from_env(env),
         )
 
     def brand_did(self, slug: str) -> str:

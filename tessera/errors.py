@@ -55,6 +55,8 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_BALANCE = "insufficient_balance"
     CONSENT_DENIED = "consent_denied"
     WRONG_PASSPHRASE = "wrong_passphrase"  # noqa: S105 - an error code, not a secret
+    # A client sent more requests than a service's per-client limit (HTTP 429).
+    RATE_LIMITED = "rate_limited"
     # The service's database cannot be reached or has not been migrated.
     DATABASE_UNAVAILABLE = "database_unavailable"
     # A bug or an outage on our side; HTTP services answer 500 with it, no details.

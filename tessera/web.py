@@ -81,6 +81,7 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     # Refused because of the account's state, not the request's shape.
     ErrorCode.INSUFFICIENT_BALANCE: 409,
     ErrorCode.CONSENT_DENIED: 403,
+    ErrorCode.RATE_LIMITED: 429,
     # In a service this can only mean the master key does not open a stored
     # key: an operator's problem, not the client's.
     ErrorCode.WRONG_PASSPHRASE: 500,

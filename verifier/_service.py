@@ -45,7 +45,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -66,6 +66,7 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.health import Check, health_router, unavailable
 from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
 from tessera.nonces import nonce_store_from_url
+from tessera.ratelimit import Limit, RateLimitConfig, RateLimits, RateRule
 from tessera.typing import DIDResolver, Signer
 from tessera.web import (
     PNG_CONTENT,
@@ -180,6 +181,8 @@ class ServiceSettings:
     # a credential's proof key must belong to its issuer (docs/data-integrity.md).
     loader: jsonld.DocumentLoader | None = None
     issuer_must_control_key: bool = True
+    # Per-client limits on request creation and event streams (TESSERA_RATE_LIMITS).
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
 
 
 class CreateRequest(BaseModel):
@@ -386,6 +389,15 @@ Till = Annotated[str, Depends(_till_key)]
 """The id of the till whose key authenticates the request."""
 
 _TILL_REFUSED: Final = "missing, wrong or revoked till key"
+_RATE_LIMITED: Final = "over this client's rate limit: retry after Retry-After seconds"
+
+# Per client (docs/configuration.md). A till creates a request per checkout and
+# opens one event stream for it; 120 a minute leaves room for a shop's tills
+# behind one address, while a flood is cut to two a second.
+RATE_RULES: Final = (
+    RateRule("requests", "POST", r"/requests", Limit(120, 60)),
+    RateRule("events", "GET", r"/requests/[^/]+/events", Limit(120, 60)),
+)
 # Another till's request is not found, as an unknown one.
 _TILL_NOT_FOUND: Final = problem_responses({
     401: _TILL_REFUSED, 404: "no such checkout request of this till (or it expired)"})
@@ -425,6 +437,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(StrictBodies)
     app.include_router(health_router(readiness_checks(service)))
+    # Added last, so it runs first: a client over its limit costs no body parsing.
+    app.add_middleware(RateLimits, rules=RATE_RULES, config=settings.rate_limits)
     # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
     app.include_router(vcapi_verifier_router(
         resolver=settings.resolver, status_check=settings.status_check,
@@ -452,7 +466,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.post("/requests", status_code=201, responses=problem_responses({
         400: "a DCQL query or transaction data that cannot be used",
-        401: _TILL_REFUSED, 404: "no such policy"}))
+        401: _TILL_REFUSED, 404: "no such policy", 429: _RATE_LIMITED}))
     def create_request(body: CreateRequest, till: Till) -> dict[str, Any]:
         return service.create(body, till=till)
 
@@ -515,7 +529,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return service.public_view(service.session(request_id, till=till))
 
     @app.get("/requests/{request_id}/events", response_class=EventStreamResponse, responses={
-        **_TILL_NOT_FOUND,
+        **_TILL_NOT_FOUND, **problem_responses({429: _RATE_LIMITED}),
         200: {"description": "Server-Sent Events: `status` events carrying the result view",
               "content": {"text/event-stream": {"schema": {"type": "string"}}}},
     })
@@ -702,6 +716,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
         resolver=resolver, status_check=default_status_check(resolver, fetcher),
         response_mode=mode, tills=TillKeys(Path(tills_path)) if tills_path else None,
         loader=loader, issuer_must_control_key=must_control in ("true", "1"),
+        rate_limits=RateLimitConfig.from_env(env),
     )
 
 
