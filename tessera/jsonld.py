@@ -410,6 +410,13 @@ def metered(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+def _current_budget() -> WorkBudget:
+    # The processor and resolver classes keep pyld's constructor signatures
+    # (bench swaps in the stock ones); the public functions open the budget.
+    budget = _BUDGET.get()
+    return budget if budget is not None else WorkBudget()
+
+
 def _too_large(detail: str) -> TesseraError:
     return TesseraError(ErrorCode.TOO_LARGE, detail)
 
@@ -466,9 +473,9 @@ class _Resolver(_ContextResolver):  # type: ignore[misc]
     _memo_lock: ClassVar[threading.Lock] = threading.Lock()
     _MEMO_MAX: ClassVar[int] = 4096
 
-    def __init__(self, shared_cache: Any, document_loader: Any, budget: WorkBudget) -> None:
+    def __init__(self, shared_cache: Any, document_loader: Any) -> None:
         super().__init__(shared_cache, document_loader)
-        self._budget = budget
+        self._budget = _current_budget()
         self._sizes: dict[int, tuple[Any, int]] = {}
 
     def _charge_inline(self, ctx: Any) -> None:
@@ -529,9 +536,9 @@ class _Processor(_pyld.JsonLdProcessor):  # type: ignore[misc]
     change whether pyld clones at all); anything else goes the stock way.
     """
 
-    def __init__(self, budget: WorkBudget) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._budget = budget
+        self._budget = budget = _current_budget()
         self._node_objects = 0
         self._rdf_terms = 0
         budget.charge(_W_OPERATION)
@@ -679,11 +686,11 @@ def _compares(existing: Any, value: dict[str, Any]) -> int:
     return _W_COMPARE * n * per
 
 
-def _options(loader: DocumentLoader | None, budget: WorkBudget) -> dict[str, Any]:
+def _options(loader: DocumentLoader | None) -> dict[str, Any]:
     load = (loader or default_loader()).for_pyld
     return {
         "documentLoader": load,
-        "contextResolver": _Resolver(_pyld._resolved_context_cache, load, budget),
+        "contextResolver": _Resolver(_pyld._resolved_context_cache, load),
         "base": None,
         "processingMode": "json-ld-1.1",
     }
@@ -711,7 +718,7 @@ def expand(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> list
     with work_budget() as budget:
         _prescan(doc, budget)
         try:
-            result: list[Any] = _Processor(budget).expand(doc, _options(loader, budget))
+            result: list[Any] = _Processor().expand(doc, _options(loader))
         except TesseraError:
             raise
         except Exception as exc:  # pyld raises JsonLdError and, on bad input, anything
@@ -725,8 +732,8 @@ def compact(doc: Any, context: Any, *, loader: DocumentLoader | None = None) -> 
         _prescan(doc, budget)
         _prescan(context, budget)
         try:
-            result: dict[str, Any] = _Processor(budget).compact(
-                doc, context, _options(loader, budget))
+            result: dict[str, Any] = _Processor().compact(
+                doc, context, _options(loader))
         except TesseraError:
             raise
         except Exception as exc:
@@ -737,8 +744,8 @@ def compact(doc: Any, context: Any, *, loader: DocumentLoader | None = None) -> 
 def _to_rdf(doc: Any, loader: DocumentLoader | None, budget: WorkBudget) -> dict[str, Any]:
     _prescan(doc, budget)
     try:
-        dataset: dict[str, Any] = _Processor(budget).to_rdf(
-            doc, {**_options(loader, budget), "produceGeneralizedRdf": False})
+        dataset: dict[str, Any] = _Processor().to_rdf(
+            doc, {**_options(loader), "produceGeneralizedRdf": False})
     except TesseraError:
         raise
     except Exception as exc:
@@ -819,16 +826,16 @@ def _check_literals(dataset: dict[str, Any]) -> None:
                 )
 
 
-def _canonicalize_dataset(dataset: dict[str, Any],
-                          budget: WorkBudget) -> tuple[str, dict[str, str]]:
+def _canonicalize_dataset(dataset: dict[str, Any]) -> tuple[str, dict[str, str]]:
     _check_literals(dataset)
-    algo = _MeteredURDNA2015(budget)
-    try:
-        out: str = algo.main(dataset, {"format": "application/n-quads"})
-    except TesseraError:
-        raise
-    except Exception as exc:
-        raise _jsonld_error(exc, "canonicalization") from exc
+    with work_budget() as budget:
+        algo = _MeteredURDNA2015(budget)
+        try:
+            out: str = algo.main(dataset, {"format": "application/n-quads"})
+        except TesseraError:
+            raise
+        except Exception as exc:
+            raise _jsonld_error(exc, "canonicalization") from exc
     issued = {old[2:]: new[2:] for old, new in algo.canonical_issuer.existing.items()}
     return out, issued
 
@@ -878,13 +885,13 @@ def canonicalize_nquads(nquads: str) -> tuple[str, dict[str, str]]:
         if lines > MAX_QUADS:
             raise _too_large(f"RDF dataset has more than {MAX_QUADS} quads")
         budget.charge(_W_QUAD * lines)
-        return _canonicalize_dataset(_parse_nquads(nquads), budget)
+        return _canonicalize_dataset(_parse_nquads(nquads))
 
 
 def canonicalize(doc: dict[str, Any], *, loader: DocumentLoader | None = None) -> str:
     """RDFC-1.0 canonical N-Quads of a JSON-LD document."""
     with work_budget() as budget:
-        return _canonicalize_dataset(_to_rdf(doc, loader, budget), budget)[0]
+        return _canonicalize_dataset(_to_rdf(doc, loader, budget))[0]
 
 
 # -- term checking ---------------------------------------------------------------
