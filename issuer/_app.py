@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, Final
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -240,6 +241,49 @@ def _readiness_checks(state: AppState) -> dict[str, Callable[[], str]]:
     return {"database": database, "keys": keys, "nonce_store": nonce_store}
 
 
+# -- metrics computed at scrape time ------------------------------------------------------------
+
+
+def _log_metrics(state: AppState) -> Iterator[Any]:
+    """Each brand's transparency log: size, leaves not yet under a signed head, head age.
+
+    Leaves are integrated into the tree in the transaction that writes them, so
+    the log has no integration queue; what can lag is the signed head, signed
+    when someone asks for it (GET …/log/head). Read from the database, so every
+    worker answers the same.
+    """
+    from prometheus_client.core import GaugeMetricFamily
+    from sqlmodel import col, func, select
+
+    from issuer._log_models import TransparencyLog, TreeHead
+
+    size = GaugeMetricFamily("tessera_translog_size", "Leaves in the brand's transparency log",
+                             labels=["brand"])
+    unsigned = GaugeMetricFamily(
+        "tessera_translog_unsigned_leaves",
+        "Leaves not yet covered by a signed tree head (the log's lag, in leaves)",
+        labels=["brand"])
+    age = GaugeMetricFamily("tessera_translog_head_age_seconds",
+                            "Seconds since the brand's latest signed tree head was signed",
+                            labels=["brand"])
+    with session_scope(state.engine) as session:
+        logs = session.exec(select(Brand.slug, TransparencyLog.size).join(
+            TransparencyLog, col(TransparencyLog.brand_id) == col(Brand.id))).all()
+        heads = {slug: (signed, at) for slug, signed, at in session.exec(
+            select(Brand.slug, func.max(TreeHead.tree_size), func.max(TreeHead.signed_at))
+            .join(TreeHead, col(TreeHead.brand_id) == col(Brand.id))
+            .group_by(col(Brand.slug))).all()}
+    now = state.clock()
+    for slug, leaves in logs:
+        size.add_metric([slug], float(leaves))
+        signed, at = heads.get(slug, (0, None))
+        unsigned.add_metric([slug], float(leaves - (signed or 0)))
+        if at is not None:
+            at = at if at.tzinfo else at.replace(tzinfo=UTC)
+            age.add_metric([slug], max((now - at).total_seconds(), 0.0))
+    yield from (size, unsigned, age)
+
+
 # -- factory ------------------------------------------------------------------------------------
 
 
@@ -259,6 +303,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     from issuer._routes_redeem import router as redeem_router
     from tessera.health import health_router
     from tessera.nonces import SqlNonceStore
+    from tessera.observability import install_observability, instrument_pool
 
     engine = engine or make_engine(settings.database_url)
     clock = clock or _utc_now
@@ -291,6 +336,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     # Added last, so it runs first: a client over its limit costs no body parsing.
     app.add_middleware(RateLimits, rules=RATE_RULES, config=settings.rate_limits,
                        customize=_oauth_problem)
+    instrument_pool(engine, "issuer")
+    install_observability(app, service="issuer",
+                          collectors=[partial(_log_metrics, app.state.tessera)])
     app.include_router(public_router)
     app.include_router(admin_router)
     app.include_router(log_router)

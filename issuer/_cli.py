@@ -69,7 +69,9 @@ KeyOpt = Annotated[str | None, typer.Option(
 def app_from_env() -> Any:
     """The ASGI app for uvicorn (``factory=True``), configured from the environment."""
     from issuer._app import create_app
+    from tessera.observability import configure_logging
 
+    configure_logging()  # in each worker: spawned processes start with no handlers
     return create_app(Settings.from_env())
 
 
@@ -142,13 +144,19 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     """Run the HTTP service with uvicorn (migrate first)."""
     import uvicorn
 
+    from tessera.observability import configure_logging, share_metrics_between_workers
+
+    _run(lambda: configure_logging())
     settings = _run(lambda: Settings.from_env())  # fail fast on a missing master key
     _engine().dispose()  # ... and on a database that is not there or not migrated
     warning = public_url_mismatch(settings.public_url, host, port)
     if warning:
         typer.secho(f"warning: {warning}", err=True, fg="yellow", bold=True)
+    share_metrics_between_workers(workers)
+    # Logging is ours (tessera.observability): JSON lines, one per request with its
+    # route template, instead of uvicorn's access log of raw paths.
     uvicorn.run("issuer._cli:app_from_env", factory=True, host=host, port=port,
-                workers=workers, proxy_headers=True)
+                workers=workers, proxy_headers=True, log_config=None, access_log=False)
 
 
 def public_url_mismatch(public_url: str, host: str, port: int) -> str | None:

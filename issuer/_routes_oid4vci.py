@@ -42,6 +42,7 @@ from issuer._openid4vci import (
 )
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.observability import count_outcome
 from tessera.web import PNG_CONTENT, PngResponse
 
 __all__ = ["router"]
@@ -172,7 +173,8 @@ def nonce(slug: str, state: StateDep) -> JSONResponse:
     return JSONResponse({"c_nonce": issue_nonce(state.nonces, brand=brand)}, headers=NO_STORE)
 
 
-@router.post("/brands/{slug}/credential", dependencies=[Depends(oauth_errors("credential"))],
+@router.post("/brands/{slug}/credential",
+             dependencies=[Depends(oauth_errors("credential")), count_outcome("issuance")],
              response_model=dict[str, Any], openapi_extra=_CREDENTIAL_REQUEST,
              responses=oauth_responses({
                  400: "invalid_credential_request, invalid_proof, invalid_nonce, "

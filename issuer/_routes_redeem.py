@@ -29,6 +29,7 @@ from issuer._log_models import Partner, PartnerKeyPublic, PartnerPublic
 from issuer._models import MAX_POINTS, Brand
 from issuer._routes_log import authenticate_member
 from tessera.errors import ErrorCode, TesseraError
+from tessera.observability import count_outcome
 from tessera.redemption import statement_csv
 
 __all__ = ["router"]
@@ -176,7 +177,8 @@ def export_me(slug: str, request: Request, session: SessionDep, state: StateDep,
 # -- partners: redemption ----------------------------------------------------------------------
 
 
-@router.post("/brands/{slug}/redemptions", status_code=201)
+@router.post("/brands/{slug}/redemptions", status_code=201,
+             dependencies=[count_outcome("redemption")])
 def redeem(body: RedemptionRequest, auth: PartnerDep, state: StateDep,
            now: NowDep) -> JSONResponse:
     """Verify the member's consent for exactly this transaction and hold the points."""
@@ -201,7 +203,8 @@ def get_redemption(redemption_id: str, auth: PartnerDep, state: StateDep,
     return _answer(state, brand, row, now)
 
 
-@router.post("/brands/{slug}/redemptions/{redemption_id}/capture")
+@router.post("/brands/{slug}/redemptions/{redemption_id}/capture",
+             dependencies=[count_outcome("redemption_capture")])
 def capture(redemption_id: str, body: CaptureBody, auth: PartnerDep, state: StateDep,
             now: NowDep) -> JSONResponse:
     """The sale went through: debit the held points (once)."""
@@ -225,7 +228,8 @@ def _fresh_offer(session: Session, state: Any, brand: Brand, member_id: str,
             "expires_at": created.expires_at.isoformat()}
 
 
-@router.post("/brands/{slug}/redemptions/{redemption_id}/release")
+@router.post("/brands/{slug}/redemptions/{redemption_id}/release",
+             dependencies=[count_outcome("redemption_release")])
 def release(redemption_id: str, auth: PartnerDep, state: StateDep,
             now: NowDep) -> JSONResponse:
     """The sale was cancelled: free the points."""
@@ -235,7 +239,8 @@ def release(redemption_id: str, auth: PartnerDep, state: StateDep,
     return _answer(state, brand, row, now)
 
 
-@router.post("/brands/{slug}/redemptions/{redemption_id}/refund")
+@router.post("/brands/{slug}/redemptions/{redemption_id}/refund",
+             dependencies=[count_outcome("redemption_refund")])
 def refund(redemption_id: str, body: RefundBody, auth: PartnerDep, state: StateDep,
            now: NowDep) -> JSONResponse:
     """Goods returned: credit points back as a new ledger entry (once per refund reference)."""
@@ -246,7 +251,8 @@ def refund(redemption_id: str, body: RefundBody, auth: PartnerDep, state: StateD
     return _answer(state, brand, row, now)
 
 
-@router.post("/brands/{slug}/earns", status_code=201)
+@router.post("/brands/{slug}/earns", status_code=201,
+             dependencies=[count_outcome("earn")])
 def earn(body: EarnBody, auth: PartnerDep, state: StateDep, now: NowDep) -> JSONResponse:
     """Points the member earned at the partner (credited once per order reference)."""
     brand, partner = auth

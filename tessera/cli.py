@@ -221,7 +221,8 @@ def _mount_optional() -> None:
     # install simply does not get those sub-commands.
     import importlib
 
-    optional = {"fastapi", "sqlmodel", "sqlalchemy", "uvicorn", "alembic", "segno"}
+    optional = {"fastapi", "sqlmodel", "sqlalchemy", "uvicorn", "alembic", "segno",
+                "prometheus_client"}
     for module, attr, name, help_text in (
         ("issuer._cli", "issuer_app", "issuer", "Run and administer the issuer service."),
         ("holder._cli", "wallet_app", "wallet", "The member's wallet."),

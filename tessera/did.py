@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import httpx
 
+from tessera import telemetry
 from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import PublicKey
@@ -493,7 +494,9 @@ class Resolver:
             hit = self._cache.get(did)
             if hit is not None and hit[0] > self._now():
                 self._cache.move_to_end(did)
+                telemetry.count(telemetry.CACHE_DID, "hit")
                 return hit[1]
+        telemetry.count(telemetry.CACHE_DID, "miss")
         doc = self._resolve_uncached(did)
         with self._lock:
             self._cache[did] = (self._now() + self._ttl, doc)

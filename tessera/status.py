@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any, Final
 
+from tessera import telemetry
 from tessera.encoding import b64url_decode, b64url_encode
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import decode_unverified, sign_compact, verify_signature
@@ -439,7 +440,9 @@ class StatusChecker:
         with self._lock:
             hit = self._cache.get(uri)
             if hit is not None and t < hit.fresh_until:
+                telemetry.count(telemetry.CACHE_STATUS_LIST, "hit")
                 return hit.token
+        telemetry.count(telemetry.CACHE_STATUS_LIST, "miss")
         token = self._fetch(uri, now)
         fresh_until = t + self._max_age
         if token.ttl is not None:

@@ -27,12 +27,14 @@ from tessera.encoding import MAX_JSON_BYTES, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
+    "ERROR_CODE_STATE",
     "HTTP_STATUS",
     "PNG_CONTENT",
     "PROBLEM_JSON",
     "PROBLEM_REF",
     "PROBLEM_SCHEMA",
     "PROBLEM_TYPE_BASE",
+    "UNMATCHED_ROUTE",
     "PngResponse",
     "ProblemCustomizer",
     "StrictBodies",
@@ -43,6 +45,7 @@ __all__ = [
     "problem_response",
     "problem_responses",
     "read_json_body",
+    "route_template",
     "to_tessera_error",
 ]
 
@@ -152,8 +155,28 @@ def to_tessera_error(
                 413: ErrorCode.TOO_LARGE}.get(exc.status_code, ErrorCode.INVALID_REQUEST)
         status = exc.status_code if 400 <= exc.status_code < 600 else 500
         return TesseraError(code, str(exc.detail)), status, {}
-    _log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # The route's template, not the path: a path can name a member.
+    _log.exception("unhandled error on %s %s", request.method, route_template(request.scope))
     return TesseraError(ErrorCode.INTERNAL_ERROR, "internal error"), None, {}
+
+
+UNMATCHED_ROUTE: Final = "<unmatched>"
+
+
+def route_template(scope: Mapping[str, Any]) -> str:
+    """The template of the route that answered (``/brands/{slug}/credential``).
+
+    Never the path itself: paths carry ids, so metrics and logs label requests
+    by template (bounded, no personal data). A path no route matched is
+    ``<unmatched>``, so a scan of random paths cannot grow a label set.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+ERROR_CODE_STATE: Final = "tessera_error_code"
+"""``request.state`` member: the ``code`` of the problem a request was answered with."""
 
 
 _METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -177,6 +200,7 @@ def install_problem_handlers(app: FastAPI, *, customize: ProblemCustomizer | Non
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         error, status, extra = to_tessera_error(request, exc)
+        setattr(request.state, ERROR_CODE_STATE, error.code.value)  # for logs and metrics
         headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else {}
         # A wrong method is the router's answer, not the route family's: a 405
         # keeps its status everywhere, with the Allow header RFC 9110 §15.5.6 requires.
@@ -390,6 +414,8 @@ class StrictBodies:
                       send: _ASGISend, error: TesseraError) -> None:
         # Refused before routing, so the app's handler never sees it: apply the
         # same customizer here, so a route family keeps its conventions.
-        custom = self.customize(Request(scope), error) if self.customize else None
+        request = Request(scope)
+        setattr(request.state, ERROR_CODE_STATE, error.code.value)
+        custom = self.customize(request, error) if self.customize else None
         status, extra = custom if custom is not None else (None, {})
         await problem_response(error, status=status, extra=extra)(scope, receive, send)

@@ -103,7 +103,9 @@ def serve(
         envvar="TESSERA_VERIFIER_TILLS",
         help="till key file (`tessera verifier till create`). Without it: one till key "
              "for this run only, printed at start, and a single worker")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[str | None, typer.Option(
+        help="log level: debug, info, warning, error (default TESSERA_LOG_LEVEL, else "
+             "info)")] = None,
     dev_origin: Annotated[list[str] | None, typer.Option(
         help="DEVELOPMENT MODE: fetch DID documents and status lists of this local origin "
              "over http (http://localhost:8000, or ORIGIN=TARGET); repeatable; also "
@@ -112,7 +114,17 @@ def serve(
     """Serve OpenID4VP requests, the response endpoint and the checkout page."""
     import uvicorn
 
+    from tessera.observability import (
+        ENV_LOG_LEVEL,
+        configure_logging,
+        share_metrics_between_workers,
+    )
     from verifier._service import create_app, settings_from_env, verifier_did
+
+    try:
+        configure_logging(level=log_level)
+    except TesseraError as exc:
+        raise _fail(exc) from None
 
     env = {
         "TESSERA_VERIFIER_TRUST": str(trust.resolve()),
@@ -151,10 +163,16 @@ def serve(
     typer.echo(f"verifier {verifier_did(settings.signer)} at {settings.base_url} "
                f"({workers} worker{'s' if workers > 1 else ''}, store "
                f"{store.split('://', 1)[0]})", err=True)
+    if log_level:
+        os.environ[ENV_LOG_LEVEL] = log_level  # the workers configure themselves from it
+    # Logging is ours (tessera.observability): JSON lines, one per request with its
+    # route template, instead of uvicorn's access log of raw paths.
     if workers == 1:
         # One process: serve the app already built (a one-run key stays the one
         # printed above).
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None,
+                    access_log=False)
     else:
+        share_metrics_between_workers(workers)
         uvicorn.run("verifier._service:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level=log_level)
+                    workers=workers, log_config=None, access_log=False)

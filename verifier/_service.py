@@ -66,6 +66,13 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.health import Check, health_router, unavailable
 from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
 from tessera.nonces import nonce_store_from_url
+from tessera.observability import (
+    configure_logging,
+    count_outcome,
+    install_observability,
+    instrument_pool,
+    set_outcome,
+)
 from tessera.ratelimit import Limit, RateLimitConfig, RateLimits, RateRule
 from tessera.typing import DIDResolver, Signer
 from tessera.web import (
@@ -439,6 +446,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(health_router(readiness_checks(service)))
     # Added last, so it runs first: a client over its limit costs no body parsing.
     app.add_middleware(RateLimits, rules=RATE_RULES, config=settings.rate_limits)
+    for name, store in (("sessions", service.sessions), ("nonces", service.nonces)):
+        engine = getattr(store, "_engine", None)  # the SQL stores; Redis has no pool here
+        if engine is not None:
+            instrument_pool(engine, name)
+    install_observability(app, service="verifier")
     # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
     app.include_router(vcapi_verifier_router(
         resolver=settings.resolver, status_check=settings.status_check,
@@ -491,7 +503,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                         media_type="application/oauth-authz-req+jwt",
                         headers={"Cache-Control": "no-store"})
 
-    @app.post("/response", openapi_extra=_RESPONSE_FORM, responses={
+    @app.post("/response", openapi_extra=_RESPONSE_FORM,
+              dependencies=[count_outcome("verification")], responses={
         200: {"description": "received (§8.2)",
               "content": {"application/json": {"schema": {"type": "object"}}}},
         **problem_responses({
@@ -515,6 +528,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             if len(body) > 512 * 1024:
                 raise TesseraError(ErrorCode.TOO_LARGE, "authorization response too large")
         result = await run_in_threadpool(service.response, bytes(body))
+        # A refusal answered with 200 is still not a verified presentation.
+        set_outcome(request, result.errors[0] if result.errors else None)
         if result.ok or ErrorCode.CONSENT_DENIED.value in result.errors:
             # §8.2: 200 once the response is processed; a refusal was received fine.
             return JSONResponse({}, headers={"Cache-Control": "no-store"})
@@ -722,4 +737,5 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
 
 def app_from_env() -> FastAPI:
     """The app factory each uvicorn worker calls (``verifier._service:app_from_env``)."""
+    configure_logging()  # in each worker: spawned processes start with no handlers
     return create_app(settings_from_env())

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from tessera import telemetry
 from tessera.did import HttpFetcher, issuer_key_lookup
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
@@ -56,7 +57,9 @@ class _BitstringLists:
         if hit is not None and hit[0] > time.monotonic():
             if hit[2] != issuer:
                 raise TesseraError(ErrorCode.STATUS_UNAVAILABLE, "status list not signed by issuer")
+            telemetry.count(telemetry.CACHE_STATUS_LIST, "hit")
             return hit[1]
+        telemetry.count(telemetry.CACHE_STATUS_LIST, "miss")
         from tessera.formats import data_integrity
 
         def key_lookup(vm: str, relationship: str) -> PublicKey:

@@ -40,6 +40,7 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import data_integrity
 from tessera.keys import PublicKey
 from tessera.nonces import MemoryNonceStore, new_nonce
+from tessera.observability import count_outcome, set_outcome
 from tessera.typing import Clock, DIDResolver, Fetcher, NonceStore
 from tessera.web import PROBLEM_TYPE_BASE, read_json_body
 from verifier._status import StatusCheck, default_status_check
@@ -313,20 +314,23 @@ def vcapi_verifier_router(
         async def endpoint(request: Request) -> JSONResponse:
             body = await read_json_body(request, max_bytes=max_body_bytes)
             status, result = await run_in_threadpool(work, body)
+            errors = result.get("errors") or [None]
+            set_outcome(request, str(errors[0]) if errors[0] else None)
             return JSONResponse(result, status_code=status)
         return endpoint
 
     router.add_api_route(
         "/credentials/verify", route(core.verify_credential), methods=["POST"],
         summary="Verify a Data Integrity credential", operation_id="verifyCredential",
-        openapi_extra=_openapi("verifiableCredential", _CHECKS), response_class=JSONResponse)
+        openapi_extra=_openapi("verifiableCredential", _CHECKS), response_class=JSONResponse,
+        dependencies=[count_outcome("verification")])
     router.add_api_route(
         "/presentations/verify", route(core.verify_presentation), methods=["POST"],
         summary="Verify a Data Integrity presentation and the credentials in it",
         operation_id="verifyPresentation",
         openapi_extra=_openapi("verifiablePresentation", {
             **_CHECKS, "challenge": {"type": "string"}, "domain": {"type": "string"}}),
-        response_class=JSONResponse)
+        response_class=JSONResponse, dependencies=[count_outcome("verification")])
 
     @router.post("/challenges", summary="A fresh single-use challenge",
                  operation_id="createChallenge")

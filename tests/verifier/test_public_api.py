@@ -80,7 +80,7 @@ def test_verification_codes_are_documented() -> None:
 
 
 BLOCKED = ("fastapi", "starlette", "uvicorn", "sqlmodel", "sqlalchemy", "alembic", "issuer",
-           "holder")
+           "holder", "prometheus_client")
 
 _SCRIPT = textwrap.dedent("""
     import sys
