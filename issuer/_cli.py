@@ -146,12 +146,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 
     from tessera.observability import configure_logging, share_metrics_between_workers
 
-    _run(lambda: configure_logging())
     settings = _run(lambda: Settings.from_env())  # fail fast on a missing master key
     _engine().dispose()  # ... and on a database that is not there or not migrated
     warning = public_url_mismatch(settings.public_url, host, port)
     if warning:
         typer.secho(f"warning: {warning}", err=True, fg="yellow", bold=True)
+    _run(lambda: configure_logging())  # last: a refused start leaves logging as it was
     share_metrics_between_workers(workers)
     # Logging is ours (tessera.observability): JSON lines, one per request with its
     # route template, instead of uvicorn's access log of raw paths.

@@ -443,6 +443,22 @@ def _truthy(value: str | None) -> bool:
 _HANDLER_MARK: Final = "_tessera_handler"
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged (as logging's own
+    last-resort handler does), not to the stream there was at start-up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(environ: Mapping[str, str] | None = None, *,
                       level: str | None = None) -> str:
     """Send every log line (Tessera's, uvicorn's) to stderr, JSON or text; returns which.
@@ -462,7 +478,7 @@ def configure_logging(environ: Mapping[str, str] | None = None, *,
     if level_name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise TesseraError(ErrorCode.INVALID_REQUEST,
                            f"{ENV_LOG_LEVEL} must be debug, info, warning or error")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger()

@@ -121,11 +121,6 @@ def serve(
     )
     from verifier._service import create_app, settings_from_env, verifier_did
 
-    try:
-        configure_logging(level=log_level)
-    except TesseraError as exc:
-        raise _fail(exc) from None
-
     env = {
         "TESSERA_VERIFIER_TRUST": str(trust.resolve()),
         "TESSERA_VERIFIER_KEY": str(key.resolve()) if key else "",
@@ -163,6 +158,10 @@ def serve(
     typer.echo(f"verifier {verifier_did(settings.signer)} at {settings.base_url} "
                f"({workers} worker{'s' if workers > 1 else ''}, store "
                f"{store.split('://', 1)[0]})", err=True)
+    try:  # last: a refused start leaves logging as it was
+        configure_logging(level=log_level)
+    except TesseraError as exc:
+        raise _fail(exc) from None
     if log_level:
         os.environ[ENV_LOG_LEVEL] = log_level  # the workers configure themselves from it
     # Logging is ours (tessera.observability): JSON lines, one per request with its
