@@ -221,8 +221,16 @@ def test_two_workers_complete_checkouts_and_keep_their_key(
         # Enough checkouts that both workers serve steps of the same exchange.
         views = [_checkout(base, wallet, mode, served["till"])
                  for mode in ["direct_post", "direct_post.jwt"] * 4]
+        # Whichever worker answers a scrape, it reports both workers' counts
+        # (prometheus_client multiprocess mode, docs/operations.md).
+        scrapes = [httpx.get(f"{base}/metrics", timeout=10) for _ in range(6)]
     finally:
         _stop(proc)
+    for scrape in scrapes:
+        assert scrape.status_code == 200, scrape.text
+        assert ('tessera_http_requests_total{method="POST",route="/response",'
+                'service="verifier",status="200"} 8.0') in scrape.text
+        assert 'tessera_outcomes_total{operation="verification",outcome="ok"} 8.0' in scrape.text
     assert all(v["status"] == "done" and v["result"]["ok"] for v in views), views
     client_id = views[0]["client_id"]
     assert stat.S_IMODE((tmp_path / "verifier.jwk").stat().st_mode) == 0o600
