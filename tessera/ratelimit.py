@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 
 from tessera.errors import ErrorCode, TesseraError
-from tessera.web import ProblemCustomizer, problem_response
+from tessera.web import ERROR_CODE_STATE, ProblemCustomizer, problem_response
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -290,7 +290,9 @@ class RateLimits:
         error = TesseraError(ErrorCode.RATE_LIMITED,
                              f"more than {limit} requests to {rule.name} from this client; "
                              "retry later")
-        custom = self.customize(Request(scope), error) if self.customize else None
+        request = Request(scope)
+        setattr(request.state, ERROR_CODE_STATE, error.code.value)  # for logs and metrics
+        custom = self.customize(request, error) if self.customize else None
         _status, extra = custom if custom is not None else (None, {})
         # RFC 9110 §10.2.3: whole seconds; never 0, or a client retries at once.
         retry_after = str(max(1, math.ceil(wait)))

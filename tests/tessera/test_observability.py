@@ -227,3 +227,17 @@ def test_an_unexpected_error_is_logged_with_the_request_id_it_answers_with(
     access = next(line for line in lines if line["logger"] == "tessera.access")
     assert access["status"] == 500 and access["request_id"] == r.headers["X-Request-ID"]
     assert "member-4711" not in logs.getvalue()
+
+
+def test_a_rate_limited_request_is_logged_with_its_code(logs: io.StringIO) -> None:
+    from tessera.ratelimit import Limit, RateLimitConfig
+    from tests.tessera.test_ratelimit import TILL, _verifier
+
+    app = _verifier(RateLimitConfig(overrides={"requests": Limit(1, 60)}))
+    with TestClient(app, base_url="https://till.test", client=("198.51.100.7", 1)) as c:
+        assert c.post("/requests", json={"policy": "gold-10"}, headers=TILL).status_code == 201
+        refused = c.post("/requests", json={"policy": "gold-10"}, headers=TILL)
+    assert refused.status_code == 429
+    line = [line for line in _lines(logs) if line["logger"] == "tessera.access"][-1]
+    assert line["request_id"] == refused.headers["X-Request-ID"]
+    assert (line["status"], line["code"]) == (429, "rate_limited")
