@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from issuer._admin import authenticate
-from issuer._db import make_engine, session_scope
+from issuer._db import make_engine, read_scope, session_scope
 from issuer._keystore import KeyStore, SqlKeyStore
 from issuer._models import Brand
 from issuer._settings import Settings
@@ -44,6 +44,7 @@ __all__ = [
     "IdempotencyKey",
     "NowDep",
     "OAuthError",
+    "ReadSessionDep",
     "SessionDep",
     "StateDep",
     "create_app",
@@ -173,6 +174,15 @@ def _session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session)]
 
 
+def _read_session(state: StateDep) -> Iterator[Session]:
+    with read_scope(state.engine) as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(_read_session)]
+"""For routes that only read: no write lock on SQLite (see :func:`issuer._db.read_scope`)."""
+
+
 def _now(state: StateDep) -> datetime:
     return state.clock()
 
@@ -190,7 +200,7 @@ def _brand(state: StateDep,
            ) -> Brand:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid API key")
-    with session_scope(state.engine) as session:
+    with read_scope(state.engine) as session:
         return authenticate(session, token=credentials.credentials)
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from issuer import _admin, _ledger
-from issuer._db import describe_database, make_engine, session_scope
+from issuer._db import WORKERS_ENV, describe_database, make_engine, session_scope
 from issuer._keystore import SqlKeyStore
 from issuer._models import BrandCreate, MemberEnrol, ProgramCreate, TierCreate, utcnow
 from issuer._settings import (
@@ -153,6 +153,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
         typer.secho(f"warning: {warning}", err=True, fg="yellow", bold=True)
     _run(lambda: configure_logging())  # last: a refused start leaves logging as it was
     share_metrics_between_workers(workers)
+    # Each worker sizes its PostgreSQL pool to its share (issuer._db.pool_size_per_worker).
+    os.environ[WORKERS_ENV] = str(workers)
     # Logging is ours (tessera.observability): JSON lines, one per request with its
     # route template, instead of uvicorn's access log of raw paths.
     uvicorn.run("issuer._cli:app_from_env", factory=True, host=host, port=port,

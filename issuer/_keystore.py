@@ -11,10 +11,17 @@ Rotation adds a key and retires the previous one: retired keys stop signing
 but stay in the DID document's ``assertionMethod``, so credentials they
 signed keep verifying (DID Core §5.3.2; did:web has no history, the document
 is the only place a verifier can find the old key).
+
+Unsealed signers are cached per process, one per brand, keyed by the active
+key's id and public key: every call still reads which key is active, so a
+rotation (or a retirement by another worker) takes effect on the next
+request and replaces the cached signer; only the unsealing, the JWK parsing
+and the public-key check are saved.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 
 from sqlmodel import Session, select
@@ -56,6 +63,9 @@ class SqlKeyStore:
         if len(master_key) != 32:
             raise TesseraError(ErrorCode.MALFORMED, "master key must be 32 bytes")
         self._master_key = master_key
+        # brand id -> (kid, did, public JWK, signer) of its active key when last asked.
+        self._signers: dict[str, tuple[str, str, dict[str, Any], LocalSigner]] = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return "SqlKeyStore()"
@@ -99,12 +109,26 @@ class SqlKeyStore:
         if not active:
             raise TesseraError(ErrorCode.KEY_NOT_FOUND, "brand has no active signing key")
         key = active[-1]
+        with self._lock:
+            cached = self._signers.get(brand_id)
+        if cached is not None and cached[:3] == (key.kid, did, key.public_jwk):
+            return cached[3]
         raw = unseal(key.sealed_private, self._master_key, aad=self._aad(brand_id, key.kid))
         jwk: dict[str, Any] = parse_json_object(raw)
         signer = signer_from_jwk(jwk, key_id=f"{did}#{key.kid}")
         if signer.public_key.to_jwk() != key.public_jwk:
             raise TesseraError(ErrorCode.KEY_NOT_FOUND, "sealed key does not match its public key")
+        with self._lock:
+            if len(self._signers) >= 10_000 and brand_id not in self._signers:
+                self._signers.pop(next(iter(self._signers)))  # bounded: oldest brand out
+            self._signers[brand_id] = (key.kid, did, dict(key.public_jwk), signer)
         return signer
+
+    def cached_kid(self, brand_id: str) -> str | None:
+        """The key id of the brand's cached signer, if any (for tests and diagnostics)."""
+        with self._lock:
+            cached = self._signers.get(brand_id)
+        return None if cached is None else cached[0]
 
     def public_keys(self, session: Session, *, brand_id: str, did: str) -> list[BrandKeyPublic]:
         return [_public(k, did) for k in self._keys(session, brand_id)]

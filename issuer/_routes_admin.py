@@ -16,7 +16,14 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from issuer import _admin, _ledger, _openid4vci, _status_lists
-from issuer._app import PROBLEM_RESPONSES, BrandDep, IdempotencyKey, NowDep, SessionDep, StateDep
+from issuer._app import (
+    PROBLEM_RESPONSES,
+    BrandDep,
+    IdempotencyKey,
+    NowDep,
+    ReadSessionDep,
+    StateDep,
+)
 from issuer._models import (
     MAX_POINTS,
     ApiKeyCreated,
@@ -120,7 +127,7 @@ def _write(state: Any, fn: Callable[[Session], _ledger.Outcome]) -> JSONResponse
 
 
 @router.get("/brand", response_model=BrandView)
-def get_brand(brand: BrandDep, session: SessionDep, state: StateDep) -> BrandView:
+def get_brand(brand: BrandDep, session: ReadSessionDep, state: StateDep) -> BrandView:
     keys = state.keystore.public_keys(session, brand_id=brand.id, did=brand.did)
     return BrandView(**BrandPublic.model_validate(brand, from_attributes=True).model_dump(),
                      keys=keys)
@@ -140,7 +147,7 @@ def create_api_key(body: ApiKeyRequest, brand: BrandDep, state: StateDep) -> Api
 
 
 @router.get("/api-keys", response_model=list[ApiKeyPublic])
-def list_api_keys(brand: BrandDep, session: SessionDep) -> list[ApiKeyPublic]:
+def list_api_keys(brand: BrandDep, session: ReadSessionDep) -> list[ApiKeyPublic]:
     """The brand's API keys (ids, labels, dates); secrets and their hashes are never shown."""
     return _admin.list_api_keys(session, brand_id=brand.id)
 
@@ -163,12 +170,12 @@ def create_program(body: ProgramCreate, brand: BrandDep, state: StateDep) -> Pro
 
 
 @router.get("/programs", response_model=list[ProgramPublic])
-def list_programs(brand: BrandDep, session: SessionDep) -> list[ProgramPublic]:
+def list_programs(brand: BrandDep, session: ReadSessionDep) -> list[ProgramPublic]:
     return _admin.list_programs(session, brand_id=brand.id)
 
 
 @router.get("/programs/{program_id}", response_model=ProgramPublic)
-def get_program(program_id: str, brand: BrandDep, session: SessionDep) -> ProgramPublic:
+def get_program(program_id: str, brand: BrandDep, session: ReadSessionDep) -> ProgramPublic:
     program = _admin.get_program(session, brand_id=brand.id, program_id=program_id)
     return _admin.program_public(session, program)
 
@@ -196,19 +203,19 @@ def enrol(body: MemberEnrol, brand: BrandDep, state: StateDep, now: NowDep) -> M
 
 
 @router.get("/members/{member_id}", response_model=MemberPublic)
-def get_member(member_id: str, brand: BrandDep, session: SessionDep) -> MemberPublic:
+def get_member(member_id: str, brand: BrandDep, session: ReadSessionDep) -> MemberPublic:
     member = _admin.get_member(session, brand_id=brand.id, member_id=member_id)
     return _admin.member_public(session, member)
 
 
 @router.get("/members/{member_id}/balance", response_model=Balance)
-def get_balance(member_id: str, brand: BrandDep, session: SessionDep, now: NowDep) -> Balance:
+def get_balance(member_id: str, brand: BrandDep, session: ReadSessionDep, now: NowDep) -> Balance:
     member = _admin.get_member(session, brand_id=brand.id, member_id=member_id)
     return _ledger.balance(session, member=member, now=now)
 
 
 @router.get("/members/{member_id}/ledger", response_model=list[LedgerEntryPublic])
-def get_ledger(member_id: str, brand: BrandDep, session: SessionDep,
+def get_ledger(member_id: str, brand: BrandDep, session: ReadSessionDep,
                after: Annotated[int, Query(ge=0)] = 0,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[LedgerEntryPublic]:
     member = _admin.get_member(session, brand_id=brand.id, member_id=member_id)
@@ -320,7 +327,7 @@ def create_offer(member_id: str, body: _openid4vci.OfferRequest, brand: BrandDep
 
 
 @router.get("/members/{member_id}/credentials", response_model=list[IssuedCredentialPublic])
-def list_credentials(member_id: str, brand: BrandDep, session: SessionDep
+def list_credentials(member_id: str, brand: BrandDep, session: ReadSessionDep
                      ) -> list[IssuedCredentialPublic]:
     member = _admin.get_member(session, brand_id=brand.id, member_id=member_id)
     stmt = select(IssuedCredential).where(IssuedCredential.member_id == member.id) \

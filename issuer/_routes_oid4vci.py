@@ -19,7 +19,7 @@ from issuer._admin import brand_by_slug
 from issuer._app import (
     PROBLEM_RESPONSES,
     NowDep,
-    SessionDep,
+    ReadSessionDep,
     StateDep,
     oauth_errors,
     oauth_responses,
@@ -60,13 +60,13 @@ def _signing_algs(state: Any, session: Any, brand: Any) -> list[str]:
 # -- metadata ------------------------------------------------------------------------------
 
 
-def _issuer_metadata(slug: str, session: SessionDep, state: StateDep) -> JSONResponse:
+def _issuer_metadata(slug: str, session: ReadSessionDep, state: StateDep) -> JSONResponse:
     brand = brand_by_slug(session, slug=slug)
     body = credential_issuer_metadata(state.settings, brand, _signing_algs(state, session, brand))
     return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
 
 
-def _as_metadata(slug: str, session: SessionDep, state: StateDep) -> JSONResponse:
+def _as_metadata(slug: str, session: ReadSessionDep, state: StateDep) -> JSONResponse:
     brand = brand_by_slug(session, slug=slug)
     return JSONResponse(authorization_server_metadata(state.settings, brand),
                         headers={"Cache-Control": "public, max-age=300"})
@@ -88,7 +88,7 @@ for _path in ("/.well-known/oauth-authorization-server/brands/{slug}",
 
 
 @router.get("/brands/{slug}/offers/{reference}", response_model=dict[str, Any], responses=_404)
-def get_offer(slug: str, reference: str, session: SessionDep, state: StateDep,
+def get_offer(slug: str, reference: str, session: ReadSessionDep, state: StateDep,
               now: NowDep) -> JSONResponse:
     """The Credential Offer behind a ``credential_offer_uri`` (OpenID4VCI §4.1.3)."""
     brand = brand_by_slug(session, slug=slug)
@@ -99,7 +99,7 @@ def get_offer(slug: str, reference: str, session: SessionDep, state: StateDep,
 
 @router.get("/brands/{slug}/offers/{reference}/qr.png", response_class=PngResponse,
             responses={**_404, 200: {"content": PNG_CONTENT}})
-def get_offer_qr(slug: str, reference: str, session: SessionDep, state: StateDep,
+def get_offer_qr(slug: str, reference: str, session: ReadSessionDep, state: StateDep,
                  now: NowDep) -> Response:
     """A QR code of the by-reference offer URI, for a wallet's camera."""
     import urllib.parse
@@ -164,11 +164,10 @@ async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JS
                                         429: _RATE_LIMITED}))
 def nonce(slug: str, state: StateDep) -> JSONResponse:
     """Nonce endpoint (OpenID4VCI §7): a fresh single-use ``c_nonce``."""
-    from issuer._db import session_scope
+    from issuer._db import read_scope
 
-    # No request-long session here: on SQLite the nonce store's own write
-    # would wait behind our BEGIN IMMEDIATE.
-    with session_scope(state.engine) as session:
+    # A read scope, ended before the nonce store writes (its own transaction).
+    with read_scope(state.engine) as session:
         brand = brand_by_slug(session, slug=slug)
     return JSONResponse({"c_nonce": issue_nonce(state.nonces, brand=brand)}, headers=NO_STORE)
 
@@ -184,12 +183,13 @@ def nonce(slug: str, state: StateDep) -> JSONResponse:
 async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
                      authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Credential endpoint (OpenID4VCI §8): one credential per request, bound to the proof key."""
-    from issuer._db import session_scope
+    from issuer._db import read_scope
 
     raw = await request.body()
 
     def check() -> Any:
-        with session_scope(state.engine) as session:
+        # Read-only: the write below takes the lock; on SQLite this takes none.
+        with read_scope(state.engine) as session:
             brand = brand_by_slug(session, slug=slug)
             offer, member = authorize(session, brand=brand, authorization=authorization, now=now)
         body = parse_json_object(raw, max_bytes=64 * 1024)
@@ -229,7 +229,7 @@ async def _in_thread(fn: Any) -> Any:
 
 
 def _status(slug: str, list_id: str, purpose: str | None, request: Request,
-            session: SessionDep, state: StateDep, now: NowDep) -> Response:
+            session: ReadSessionDep, state: StateDep, now: NowDep) -> Response:
     brand = brand_by_slug(session, slug=slug)
     shard = session.get(StatusListShard, list_id) if len(list_id) <= 36 else None
     if shard is None or shard.brand_id != brand.id:
@@ -249,7 +249,7 @@ def _status(slug: str, list_id: str, purpose: str | None, request: Request,
 @router.get("/brands/{slug}/status/{list_id}",
             responses={**_404, 200: {"content": {"application/statuslist+jwt": {
                 "schema": {"type": "string"}}}}})
-def token_status_list(slug: str, list_id: str, request: Request, session: SessionDep,
+def token_status_list(slug: str, list_id: str, request: Request, session: ReadSessionDep,
                       state: StateDep, now: NowDep) -> Response:
     """IETF Token Status List (``statuslist+jwt``, 2 bits) of SD-JWT VCs."""
     return _status(slug, list_id, None, request, session, state, now)
@@ -259,6 +259,6 @@ def token_status_list(slug: str, list_id: str, request: Request, session: Sessio
             responses={**_404, 200: {"content": {"application/vc+ld+json": {
                 "schema": {"type": "object"}}}}})
 def bitstring_status_list(slug: str, list_id: str, purpose: str, request: Request,
-                          session: SessionDep, state: StateDep, now: NowDep) -> Response:
+                          session: ReadSessionDep, state: StateDep, now: NowDep) -> Response:
     """W3C BitstringStatusListCredential (``revocation`` or ``suspension``)."""
     return _status(slug, list_id, purpose, request, session, state, now)

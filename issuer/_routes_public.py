@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from issuer._admin import brand_by_slug, brand_did_document
-from issuer._app import PROBLEM_RESPONSES, SessionDep, StateDep
+from issuer._app import PROBLEM_RESPONSES, ReadSessionDep, StateDep
 
 __all__ = ["router"]
 
@@ -22,7 +22,7 @@ class DidDocumentResponse(JSONResponse):
 
 @router.get("/brands/{slug}/did.json", responses={404: PROBLEM_RESPONSES[404]},
             response_model=dict[str, Any], response_class=DidDocumentResponse)
-def did_json(slug: str, session: SessionDep, state: StateDep) -> JSONResponse:
+def did_json(slug: str, session: ReadSessionDep, state: StateDep) -> JSONResponse:
     """The brand's DID document (did:web §3.2: ``did:web:host:brands:<slug>``)."""
     brand = brand_by_slug(session, slug=slug)
     document = brand_did_document(session, keystore=state.keystore, brand=brand)

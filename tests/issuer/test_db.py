@@ -1,0 +1,215 @@
+"""How requests use the database (issue 10 item 1): read paths take no write lock,
+brand signers are unsealed once per process and follow rotation, PostgreSQL pools
+are sized to the workers."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from issuer._db import make_engine, pool_size_per_worker, read_scope, session_scope
+from issuer._keystore import SqlKeyStore
+from issuer._models import Brand
+from tessera.errors import ErrorCode, TesseraError
+from tests.issuer.conftest import Service
+
+
+def _sqlite_path(service: Service) -> str:
+    database = service.engine.url.database
+    assert database is not None
+    return database
+
+
+@pytest.fixture
+def write_lock(service: Service) -> Iterator[None]:
+    """Another process's writer, holding SQLite's write lock for the whole test."""
+    if service.engine.dialect.name != "sqlite":
+        pytest.skip("the write lock is SQLite's")
+    other = sqlite3.connect(_sqlite_path(service), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE held_by_test (x INTEGER)")  # a real pending write
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_read_routes_answer_while_another_writer_holds_the_lock(
+        service: Service, request: pytest.FixtureRequest) -> None:
+    service.brand("acme")
+    program = service.program("acme")
+    member = service.enrol("acme", program["id"])
+    request.getfixturevalue("write_lock")
+    # Before, every request opened BEGIN IMMEDIATE: each of these waited for
+    # the writer (30 s busy timeout), then failed with "database is locked".
+    for path in ("/brands/acme/did.json",
+                 "/.well-known/openid-credential-issuer/brands/acme",
+                 "/.well-known/oauth-authorization-server/brands/acme",
+                 "/admin/v1/brand", "/admin/v1/programs",
+                 f"/admin/v1/members/{member['id']}",
+                 f"/admin/v1/members/{member['id']}/balance",
+                 f"/admin/v1/members/{member['id']}/credentials"):
+        r = service.client.get(path, headers=service.h("acme"))
+        assert r.status_code == 200, (path, r.text)
+
+
+def test_read_scope_opens_a_deferred_transaction_and_writes_take_the_lock(
+        service: Service) -> None:
+    if service.engine.dialect.name != "sqlite":
+        pytest.skip("BEGIN IMMEDIATE is SQLite's")
+    from sqlalchemy import event
+
+    begins: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("BEGIN"):
+            begins.append(statement)
+
+    event.listen(service.engine, "before_cursor_execute", seen)
+    try:
+        with read_scope(service.engine) as session:
+            session.exec(select(Brand)).all()
+        with session_scope(service.engine) as session:
+            session.exec(select(Brand)).all()
+    finally:
+        event.remove(service.engine, "before_cursor_execute", seen)
+    # A write transaction still holds the lock from its first read: a
+    # read-then-write (a balance check, then a debit) must not interleave.
+    assert begins == ["BEGIN", "BEGIN IMMEDIATE"]
+
+
+def test_a_write_in_a_read_scope_is_refused(service: Service) -> None:
+    with pytest.raises(TesseraError) as caught, read_scope(service.engine) as session:
+        session.add(Brand(slug="sneaky", name="Sneaky", did="did:web:x"))
+        session.flush()
+    assert caught.value.code == ErrorCode.INTERNAL_ERROR
+    with session_scope(service.engine) as session:
+        assert session.exec(select(Brand).where(Brand.slug == "sneaky")).first() is None
+
+
+# -- brand signers cached per process ---------------------------------------------------------
+
+
+def _brand(service: Service, slug: str) -> Brand:
+    service.brand(slug)
+    with read_scope(service.engine) as session:
+        brand = session.exec(select(Brand).where(Brand.slug == slug)).one()
+    return brand
+
+
+def test_signer_is_unsealed_once_and_replaced_after_a_rotation_by_another_worker(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    brand = _brand(service, "acme")
+    worker_a = SqlKeyStore(service.settings.master_key)
+    worker_b = SqlKeyStore(service.settings.master_key)  # another process's store
+    import issuer._keystore as keystore_module
+
+    unsealed: list[str] = []
+    real_unseal = keystore_module.unseal
+
+    def counting_unseal(box: Any, key: bytes, *, aad: bytes) -> bytes:
+        unsealed.append(aad.decode())
+        return real_unseal(box, key, aad=aad)
+
+    monkeypatch.setattr(keystore_module, "unseal", counting_unseal)
+    with read_scope(service.engine) as session:
+        first = worker_a.signer(session, brand_id=brand.id, did=brand.did)
+        again = worker_a.signer(session, brand_id=brand.id, did=brand.did)
+    assert again is first and len(unsealed) == 1
+    assert worker_a.cached_kid(brand.id) == "key-1"
+
+    with session_scope(service.engine) as session:
+        worker_b.rotate(session, brand_id=brand.id, did=brand.did)
+    with read_scope(service.engine) as session:
+        after = worker_a.signer(session, brand_id=brand.id, did=brand.did)
+    # The rotation in the other worker takes effect on worker A's next call,
+    # and the retired key's signer is no longer held.
+    assert after.key_id == f"{brand.did}#key-2"
+    assert worker_a.cached_kid(brand.id) == "key-2"
+    assert len(unsealed) == 2
+    data = b"signed after the rotation"
+    after.public_key.verify(after.sign(data), data)
+
+
+def test_rotation_over_the_api_changes_the_cached_signer_of_the_service(
+        service: Service) -> None:
+    service.brand("acme")
+    r = service.client.get("/brands/acme/did.json")
+    assert [m["id"].rsplit("#", 1)[1] for m in r.json()["verificationMethod"]] == ["key-1"]
+    state = service.client.app.state.tessera  # type: ignore[attr-defined]
+    with read_scope(service.engine) as session:
+        brand = session.exec(select(Brand).where(Brand.slug == "acme")).one()
+        before = state.keystore.signer(session, brand_id=brand.id, did=brand.did)
+    r = service.client.post("/admin/v1/keys/rotate", json={}, headers=service.h("acme"))
+    assert r.status_code == 201, r.text
+    with read_scope(service.engine) as session:
+        after = state.keystore.signer(session, brand_id=brand.id, did=brand.did)
+    assert before.key_id is not None and before.key_id.endswith("#key-1")
+    assert after.key_id is not None and after.key_id.endswith("#key-2")
+    r = service.client.get("/brands/acme/did.json")
+    assert [m["id"].rsplit("#", 1)[1] for m in r.json()["verificationMethod"]] == [
+        "key-1", "key-2"]
+
+
+# -- PostgreSQL pool ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "size"), [
+    ({}, 40),
+    ({"TESSERA_WORKERS": "2"}, 20),
+    ({"WEB_CONCURRENCY": "4"}, 10),
+    ({"TESSERA_WORKERS": "4", "WEB_CONCURRENCY": "1"}, 10),
+    ({"TESSERA_DB_MAX_CONNECTIONS": "10", "TESSERA_WORKERS": "3"}, 3),
+    ({"TESSERA_DB_MAX_CONNECTIONS": "4", "TESSERA_WORKERS": "8"}, 2),
+    ({"TESSERA_DB_MAX_CONNECTIONS": "500"}, 40),
+])
+def test_pool_size_is_the_connection_budget_shared_by_the_workers(
+        env: dict[str, str], size: int) -> None:
+    assert pool_size_per_worker(env) == size
+
+
+def test_pool_size_refuses_nonsense() -> None:
+    for env in ({"TESSERA_WORKERS": "two"}, {"TESSERA_DB_MAX_CONNECTIONS": "0"}):
+        with pytest.raises(TesseraError) as caught:
+            pool_size_per_worker(env)
+        assert caught.value.code == ErrorCode.MALFORMED
+
+
+def test_postgresql_engine_pools_its_share_and_no_overflow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TESSERA_DB_MAX_CONNECTIONS", "12")
+    monkeypatch.setenv("TESSERA_WORKERS", "3")
+    engine = make_engine("postgresql://u@127.0.0.1:1/nothing")  # lazy: nothing connects
+    try:
+        pool: Any = engine.pool
+        assert (pool.size(), pool._max_overflow) == (4, 0)
+    finally:
+        engine.dispose()
+
+
+def test_serve_tells_the_workers_their_number(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Any) -> None:
+    import os
+
+    import uvicorn
+
+    from issuer import _cli
+    from issuer._settings import generate_master_key
+    from issuer.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    upgrade(url)
+    monkeypatch.setenv("TESSERA_DATABASE_URL", url)
+    monkeypatch.setenv("TESSERA_MASTER_KEY", generate_master_key())
+    monkeypatch.delenv("TESSERA_WORKERS", raising=False)
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.update(
+        workers=k["workers"], env=os.environ.get("TESSERA_WORKERS")))
+    _cli.serve(host="127.0.0.1", port=8000, workers=3)
+    assert seen == {"workers": 3, "env": "3"}
+    monkeypatch.delenv("TESSERA_WORKERS", raising=False)
