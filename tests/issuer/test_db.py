@@ -213,3 +213,63 @@ def test_serve_tells_the_workers_their_number(monkeypatch: pytest.MonkeyPatch,
     _cli.serve(host="127.0.0.1", port=8000, workers=3)
     assert seen == {"workers": 3, "env": "3"}
     monkeypatch.delenv("TESSERA_WORKERS", raising=False)
+
+
+# -- the SQLite write gate ----------------------------------------------------------------------
+
+
+def _gate_taken(service: Service) -> bool:
+    """Whether some writer holds the gate's flock (probed from another descriptor)."""
+    import fcntl
+    import os
+
+    fd = os.open(_sqlite_path(service) + ".writers", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_writers_queue_on_the_gate_from_begin_to_commit_or_rollback(service: Service) -> None:
+    if service.engine.dialect.name != "sqlite":
+        pytest.skip("the gate is SQLite's")
+    assert not _gate_taken(service)
+    with read_scope(service.engine) as session:
+        session.exec(select(Brand)).all()
+        assert not _gate_taken(service)  # readers never queue
+    with session_scope(service.engine) as session:
+        session.exec(select(Brand)).all()
+        assert _gate_taken(service)  # held by the write transaction...
+    assert not _gate_taken(service)  # ... until its commit
+    with pytest.raises(TesseraError), session_scope(service.engine) as session:
+        session.exec(select(Brand)).all()
+        assert _gate_taken(service)
+        raise TesseraError(ErrorCode.CONFLICT, "the write fails")
+    assert not _gate_taken(service)  # a rollback lets the next writer in
+    with service.engine.begin() as conn:  # Core writers (the nonce store) queue too
+        conn.exec_driver_sql("SELECT 1")
+        assert _gate_taken(service)
+    assert not _gate_taken(service)
+
+
+def test_concurrent_writers_all_commit(service: Service) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from issuer._ledger import run_write
+
+    def create(i: int) -> str:
+        def run(session: Any) -> str:
+            brand = Brand(slug=f"b{i}", name=f"B{i}", did=f"did:web:b{i}")
+            session.add(brand)
+            session.flush()
+            return brand.id
+        return run_write(service.engine, run)
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(create, range(40)))
+    with read_scope(service.engine) as session:
+        assert len(set(ids)) == 40
+        assert len(session.exec(select(Brand)).all()) == 40
