@@ -368,6 +368,12 @@ class SqlNonceStore(_RecordingStore):
                     "in-memory SQLite cannot be shared: use memory:// or a SQLite file",
                 )
             engine = sa.create_engine(url, pool_pre_ping=True)
+            if engine.dialect.name == "sqlite":
+                # WAL, BEGIN IMMEDIATE and the file's write gate (shared with
+                # any other store on the file): see tessera.sqlite.
+                from tessera.sqlite import configure_sqlite
+
+                configure_sqlite(engine)
         else:
             engine = url_or_engine
         if engine.dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35, 0):

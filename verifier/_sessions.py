@@ -79,29 +79,19 @@ class MemorySessionStore:
         return parse_json_object(item[1], max_bytes=MAX_SESSION_BYTES)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL for a SQLite file shared by several workers (and the nonce store).
-
-    In the default rollback-journal mode every commit takes the whole file's
-    write lock and several fsyncs, and readers wait behind writers: with two
-    workers polling sessions that serialised everything (bench/README.md).
-    WAL lets readers run beside the one writer. The journal mode is a property
-    of the file, so the nonce store's connections use it too. ``synchronous``
-    is per connection: NORMAL here (a power cut may lose the last session
-    writes, which a till simply retries), while the nonce store keeps its own
-    default so a consumed nonce stays consumed.
-    """
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-    finally:
-        cursor.close()
-
-
 class SqlSessionStore:
-    """Sessions in one table; ``put`` replaces the row in one transaction."""
+    """Sessions in one table; ``put`` replaces the row in one transaction.
+
+    On SQLite the engine follows :func:`tessera.sqlite.configure_sqlite`: WAL
+    (readers run beside the one writer; in rollback-journal mode every commit
+    locked the whole file, bench/README.md), ``get`` in a deferred read
+    transaction, and writers queued on the file's write gate, which the nonce
+    store on the same file shares: with two workers, SQLite's sleeping busy
+    handler had made two workers slower than one. ``synchronous=NORMAL``
+    here (a power cut may lose the last session writes, which a till simply
+    retries), while the nonce store keeps FULL so a consumed nonce stays
+    consumed.
+    """
 
     def __init__(self, url: str, *, table_name: str = "tessera_verifier_session") -> None:
         import sqlalchemy as sa
@@ -114,8 +104,12 @@ class SqlSessionStore:
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                "in-memory SQLite cannot be shared: use memory:// or a file")
         self._engine = sa.create_engine(url, pool_pre_ping=True)
+        self._read = self._engine
         if self._engine.dialect.name == "sqlite":
-            sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+            from tessera.sqlite import READ_ONLY, configure_sqlite
+
+            configure_sqlite(self._engine, synchronous="NORMAL")
+            self._read = self._engine.execution_options(**{READ_ONLY: True})
         self.table = sa.Table(
             table_name, sa.MetaData(),
             sa.Column("key", sa.String(200), primary_key=True),
@@ -144,7 +138,7 @@ class SqlSessionStore:
         import sqlalchemy as sa
 
         t = self.table
-        with self._engine.connect() as conn:
+        with self._read.connect() as conn:
             row = conn.execute(sa.select(t.c.data).where(
                 t.c.key == key, t.c.expires_at > int(time.time() * 1000))).first()
         return None if row is None else parse_json_object(row[0], max_bytes=MAX_SESSION_BYTES)

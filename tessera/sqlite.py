@@ -1,0 +1,188 @@
+"""SQLite files shared by several threads and worker processes: how their engines behave.
+
+One policy for every SQLite file a service writes (the issuer's database,
+the verifier's nonce and session stores), installed on a SQLAlchemy engine
+by :func:`configure_sqlite`:
+
+* WAL journal (readers never wait for the writer), a 30 s busy timeout;
+* pysqlite's own implicit transactions off: each transaction opens with
+  ``BEGIN IMMEDIATE`` (the write lock from the first statement, so a
+  read-then-write cannot interleave with another writer), or with a plain
+  deferred ``BEGIN`` on connections carrying the :data:`READ_ONLY`
+  execution option (a WAL snapshot, no lock at all);
+* writers queue on a :class:`WriteGate` before ``BEGIN IMMEDIATE``.
+
+Why the gate: a writer that finds SQLite's write lock taken is put to sleep
+by SQLite's busy handler for 1, 2, 5, ... then 100 ms at a time and retries;
+the lock sits idle while it sleeps and whoever retries first wins. Under
+load that gave p99s of 1-2 s and, with two workers on one file, less
+throughput than one (bench/README.md). The gate is a thread lock (writers of
+one process) and an ``flock`` of ``<database>.writers`` (writers of other
+processes): both wake the next writer as soon as the previous one ends.
+SQLite's own lock and busy timeout stay underneath for programs that do not
+take the gate (the ``sqlite3`` shell, a backup).
+
+SQLAlchemy is imported inside the functions: the verifier SDK imports
+:mod:`tessera.nonces`, which imports this module only for a SQL store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Final
+
+from tessera.errors import ErrorCode, TesseraError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+__all__ = ["READ_ONLY", "WriteGate", "configure_sqlite", "write_gate"]
+
+READ_ONLY: Final = "tessera_read_only"
+"""Execution option of a connection whose transaction only reads (deferred ``BEGIN``)."""
+
+BUSY_TIMEOUT_SECONDS: Final = 30
+
+
+class WriteGate:
+    """One writer at a time per SQLite file, across threads and processes.
+
+    Held from ``BEGIN IMMEDIATE`` to the end of that transaction (commit,
+    rollback, or the connection going back to the pool or being invalidated)
+    by one connection of the process at a time.
+    """
+
+    def __init__(self, database: str, *, timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+        self.path = database + ".writers"
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._pid = 0
+        self._holder: Any = None
+
+    def _file(self) -> int:
+        if self._pid != os.getpid():  # never a parent's descriptor after a fork
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def acquire(self, holder: Any) -> None:
+        # Bounded like SQLite's busy timeout: a second write transaction opened
+        # by a thread that already holds the gate fails instead of hanging.
+        if not self._lock.acquire(timeout=self._timeout):
+            raise TesseraError(ErrorCode.DATABASE_UNAVAILABLE,
+                               f"database is locked: no write slot within {self._timeout:.0f} s")
+        try:
+            # Blocking: the holder is a write transaction of another worker,
+            # which ends (or its process dies and the kernel drops the lock).
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._holder = holder
+
+    def release(self, holder: Any) -> None:
+        if holder is None or self._holder is not holder:
+            return
+        self._holder = None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+
+_gates: dict[str, WriteGate] = {}
+_gates_lock = threading.Lock()
+
+
+def write_gate(database: str) -> WriteGate:
+    """The process's gate of one database file: shared by every engine on that file
+    (the verifier's nonce and session stores are two engines on one file)."""
+    key = os.path.realpath(database)
+    with _gates_lock:
+        gate = _gates.get(key)
+        if gate is None:
+            gate = _gates[key] = WriteGate(key)
+        return gate
+
+
+def _raw(connection: Any) -> Any:
+    return getattr(connection, "dbapi_connection", connection)
+
+
+def configure_sqlite(engine: Engine, *, synchronous: str | None = None,
+                     foreign_keys: bool = False) -> None:
+    """Install the policy above on a SQLite ``engine`` (in-memory: no WAL, no gate).
+
+    ``synchronous`` (``NORMAL``, ``FULL``) is per connection; None keeps
+    SQLite's default (FULL: a committed transaction survives a power cut).
+    """
+    from sqlalchemy import event
+
+    database = engine.url.database
+    memory = database in (None, "", ":memory:")
+    gate = None if memory else write_gate(str(database))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            if foreign_keys:
+                cursor.execute("PRAGMA foreign_keys=ON")
+            if synchronous is not None:
+                cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN")  # deferred: a WAL snapshot, no write lock
+            return
+        if gate is None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        raw = _raw(connection.connection)
+        gate.acquire(raw)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            gate.release(raw)
+            raise
+
+    if gate is None:
+        return
+    # The transaction ends in the dialect's commit or rollback (the pool's
+    # rollback-on-return too); the pool events catch a connection that goes
+    # away without either.
+    dialect: Any = engine.dialect
+    do_commit, do_rollback = dialect.do_commit, dialect.do_rollback
+
+    def commit_then_release(dbapi_connection: Any) -> None:
+        try:
+            do_commit(dbapi_connection)
+        finally:
+            gate.release(_raw(dbapi_connection))
+
+    def rollback_then_release(dbapi_connection: Any) -> None:
+        try:
+            do_rollback(dbapi_connection)
+        finally:
+            gate.release(_raw(dbapi_connection))
+
+    dialect.do_commit = commit_then_release
+    dialect.do_rollback = rollback_then_release
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, _record: Any) -> None:
+        gate.release(dbapi_connection)
+
+    @event.listens_for(engine, "invalidate")
+    def _on_invalidate(dbapi_connection: Any, _record: Any, _exc: Any) -> None:
+        gate.release(dbapi_connection)

@@ -1,0 +1,110 @@
+"""tessera.sqlite: the policy of SQLite files shared by threads and workers (issue 10).
+
+Reads take no lock; writers of every store on one file queue on one gate, held
+from BEGIN IMMEDIATE to the end of the transaction; another process's writer
+waits for the gate instead of SQLite's sleeping busy handler.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from tessera.nonces import SqlNonceStore
+from tessera.sqlite import write_gate
+from verifier._sessions import SqlSessionStore
+
+
+def _gate_taken(db: Path) -> bool:
+    fd = os.open(str(db) + ".writers", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_session_reads_answer_while_another_program_holds_the_write_lock(
+        tmp_path: Path) -> None:
+    db = tmp_path / "v.db"
+    sessions = SqlSessionStore(f"sqlite:///{db}")
+    sessions.put("session:a", {"status": "pending"}, ttl_seconds=60)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE held_by_test (x INTEGER)")
+    try:
+        # A till's poll must not wait for a writer: the reads stay deferred now
+        # that every other transaction on the file opens with BEGIN IMMEDIATE.
+        assert sessions.get("session:a") == {"status": "pending"}
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_nonce_and_session_writers_on_one_file_share_one_gate(tmp_path: Path) -> None:
+    db = tmp_path / "v.db"
+    url = f"sqlite:///{db}"
+    nonces, sessions = SqlNonceStore(url), SqlSessionStore(url)
+    assert write_gate(str(db)) is write_gate(str(tmp_path / "." / "v.db"))
+    assert not _gate_taken(db)
+    with nonces.engine.begin() as conn:
+        conn.exec_driver_sql("SELECT 1")
+        assert _gate_taken(db)  # the nonce store's write transaction holds it
+    assert not _gate_taken(db)
+    nonces.issue("n1", ttl_seconds=60, data={"x": 1})
+    sessions.put("k", {"v": 1}, ttl_seconds=60)
+    assert not _gate_taken(db)  # both released at commit
+    assert nonces.consume("n1") == {"x": 1}
+    assert nonces.consume("n1") is None
+    assert sessions.get("k") == {"v": 1}
+
+
+_HOLD = """
+import sys, time
+from tessera.nonces import SqlNonceStore
+store = SqlNonceStore(sys.argv[1])
+with store.engine.begin() as conn:
+    conn.exec_driver_sql("SELECT 1")
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_writer_in_another_process_holds_the_gate_until_it_commits(tmp_path: Path) -> None:
+    db = tmp_path / "v.db"
+    url = f"sqlite:///{db}"
+    store = SqlNonceStore(url)
+    worker = subprocess.Popen([sys.executable, "-c", _HOLD, url],  # noqa: S603 - our own code
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None and worker.stdin is not None
+        assert worker.stdout.readline().strip() == "holding"
+        assert _gate_taken(db)
+        worker.stdin.write("\n")
+        worker.stdin.flush()
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert not _gate_taken(db)
+    store.issue("after", ttl_seconds=60)
+    assert store.consume("after") == {}
+
+
+def test_in_memory_sqlite_has_no_gate(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    from tessera.sqlite import configure_sqlite
+
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    configure_sqlite(engine)
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    assert not list(tmp_path.glob("*.writers"))
