@@ -207,6 +207,13 @@ def test_serve_tells_the_workers_their_number(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("TESSERA_DATABASE_URL", url)
     monkeypatch.setenv("TESSERA_MASTER_KEY", generate_master_key())
     monkeypatch.delenv("TESSERA_WORKERS", raising=False)
+    import tessera.observability
+
+    # Only the worker count is under test: leave the process's logging and
+    # metrics set-up alone (serve configures both for the real run).
+    monkeypatch.setattr(tessera.observability, "configure_logging", lambda: None)
+    monkeypatch.setattr(tessera.observability, "share_metrics_between_workers",
+                        lambda workers: None)
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.update(
         workers=k["workers"], env=os.environ.get("TESSERA_WORKERS")))
