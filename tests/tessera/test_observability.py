@@ -241,3 +241,15 @@ def test_a_rate_limited_request_is_logged_with_its_code(logs: io.StringIO) -> No
     line = [line for line in _lines(logs) if line["logger"] == "tessera.access"][-1]
     assert line["request_id"] == refused.headers["X-Request-ID"]
     assert (line["status"], line["code"]) == (429, "rate_limited")
+
+
+def test_status_list_cache_hits_and_misses_are_counted() -> None:
+    from tests.tessera.test_status import URI, _checker_setup
+
+    hits, misses = (_value("tessera_cache_lookups_total", cache="status_list", result=r)
+                    for r in ("hit", "miss"))
+    checker, *_ = _checker_setup()
+    checker.status(URI, 5)
+    checker.status(URI, 6)
+    assert _value("tessera_cache_lookups_total", cache="status_list", result="miss") == misses + 1
+    assert _value("tessera_cache_lookups_total", cache="status_list", result="hit") == hits + 1
