@@ -291,14 +291,18 @@ def present(
     wallet: WalletOption = DEFAULT_WALLET,
     yes: Annotated[bool, typer.Option("--yes", help="consent without asking (scripts)")]
     = False,
+    did_document: DocsOption = None,
+    dev_origin: DevOption = None,
 ) -> None:
     """Answer a verifier's OpenID4VP request after showing what would be shared."""
     from holder._openid4vp import parse_request, respond
 
-    w = _open(wallet)
+    w = _open(wallet, did_document, dev_origin)
     with _http_client() as http:
         try:
-            request = parse_request(request_uri, http=http)
+            # The wallet's resolver: a verifier's did:web is fetched like a brand's
+            # (TESSERA_DEV_ORIGINS for a verifier on a developer's machine).
+            request = parse_request(request_uri, http=http, resolver=w.resolver)
         except TesseraError as exc:
             _fail(exc)
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from tessera import credentials
 from tessera.credentials import DEFAULT_POINTS_LADDER
+from tessera.did import did_document as did_document  # re-exported: issuer.did_document
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import sd_jwt
 from tessera.keys import PublicKey
@@ -128,23 +129,3 @@ class CredentialIssuer:
             ctype, claims, signer=self.signer, issuer=self.did, holder_key=holder_key,
             issued_at=now, expires_at=now + ttl, status=status,
         )
-
-
-def did_document(did: str, keys: Iterable[tuple[str, PublicKey]]) -> dict[str, Any]:
-    """A did:web document listing ``(method id, key)`` pairs for assertions.
-
-    Rotation: list the new key first and keep the old ones until every
-    credential they signed has expired.
-    """
-    methods = [
-        {"id": kid, "type": "JsonWebKey", "controller": did, "publicKeyJwk": key.to_jwk()}
-        for kid, key in keys
-    ]
-    ids = [m["id"] for m in methods]
-    return {
-        "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/jwk/v1"],
-        "id": did,
-        "verificationMethod": methods,
-        "assertionMethod": ids,
-        "authentication": ids,
-    }

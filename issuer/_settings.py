@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tessera.did import did_web
 from tessera.encoding import b64url_decode, b64url_encode
 from tessera.errors import ErrorCode, TesseraError
 from tessera.ratelimit import RateLimitConfig
@@ -106,17 +107,8 @@ class Settings:
         )
 
     def brand_did(self, slug: str) -> str:
-        """The ``did:web`` of a brand, served at ``{public_url}/brands/{slug}/did.json``.
-
-        did:web §3.2: the port's colon is percent-encoded and path segments are
-        joined with ``:``.
-        """
-        parsed = urllib.parse.urlsplit(self.public_url)
-        host = parsed.hostname or ""
-        if parsed.port is not None:
-            host += f"%3A{parsed.port}"
-        segments = [s for s in parsed.path.split("/") if s] + ["brands", slug]
-        return "did:web:" + ":".join([host, *(urllib.parse.quote(s, safe="") for s in segments)])
+        """The ``did:web`` of a brand, served at ``{public_url}/brands/{slug}/did.json``."""
+        return did_web(self.public_url, "brands", slug)
 
 
 def _key_file(env: Mapping[str, str]) -> str:

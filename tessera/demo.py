@@ -92,26 +92,28 @@ def _tamper(vp_token: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 class _LoopbackFetcher:
-    """Demo only: did:web always means HTTPS (did:web §3.2), but the demo issuer
-    speaks plain HTTP on loopback, so https://127.0.0.1:PORT is fetched over http."""
+    """Demo only: did:web always means HTTPS (did:web §3.2), but the demo's issuer
+    and verifier speak plain HTTP on loopback, so https://127.0.0.1:PORT of each
+    named origin is fetched over http."""
 
-    def __init__(self, inner: HttpFetcher, origin: str) -> None:
+    def __init__(self, inner: HttpFetcher, *origins: str) -> None:
         self._inner = inner
-        self._https = origin.replace("http://", "https://", 1)
-        self._origin = origin
+        self._origins = {origin.replace("http://", "https://", 1): origin for origin in origins}
 
     def fetch(self, url: str, *, accept: str = "application/json") -> bytes:
-        if url.startswith(self._https + "/"):
-            url = self._origin + url[len(self._https):]
+        for https, origin in self._origins.items():
+            if url.startswith(https + "/"):
+                url = origin + url[len(https):]
+                break
         return self._inner.fetch(url, accept=accept)
 
 
-def _loopback_resolver(acme_origin: str) -> tuple[Resolver, _LoopbackFetcher]:
-    """A resolver for Acme's did:web on loopback (demo only: plain HTTP, private address)."""
+def _loopback_resolver(*origins: str) -> tuple[Resolver, _LoopbackFetcher]:
+    """A resolver for did:webs on loopback (demo only: plain HTTP, private address)."""
     import httpx
 
     fetcher = _LoopbackFetcher(HttpFetcher(httpx.Client(timeout=5), allow_http=True,
-                                           allow_private=True), acme_origin)
+                                           allow_private=True), *origins)
     return Resolver(fetcher), fetcher
 
 
@@ -203,9 +205,11 @@ def _start_verifier(folder: Path, *, acme_did: str, acme_origin: str) -> tuple[_
     port = _free_port()
     resolver, fetcher = _loopback_resolver(acme_origin)
     signer = generate_signer("ES256")
-    signer = signer.with_key_id(verifier_did(signer) + "#0")
+    base_url = f"http://127.0.0.1:{port}"
+    # Beta's did:web, served by its verifier service: the short client_id of the QR code.
+    signer = signer.with_key_id(verifier_did(signer, "web", base_url=base_url) + "#0")
     settings = ServiceSettings(
-        base_url=f"http://127.0.0.1:{port}",
+        base_url=base_url,
         trust=TrustList.of([(acme_did, [t.name for t in credentials.CREDENTIAL_TYPES])]),
         signer=signer, client_name="Beta Coffee", contacts=("privacy@beta-coffee.example",),
         store_url=f"sqlite:///{folder / 'beta.db'}", resolver=resolver,
@@ -317,6 +321,7 @@ def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server
     from tessera.errors import TesseraError
     from tessera.formats import sd_jwt
     from tessera.jose import sign_compact
+    from verifier._service import qr_code
 
     acme_did = acme_service.settings.brand_did("acme")
     http = httpx.Client(base_url=acme_service.base_url, timeout=10)
@@ -332,7 +337,8 @@ def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server
         {"name": "bronze", "rank": 0, "qualifying_points": 0},
         {"name": "silver", "rank": 1, "qualifying_points": 1000},
         {"name": "gold", "rank": 2, "qualifying_points": 5000}]})
-    resolver, _ = _loopback_resolver(acme_service.base_url)
+    # The member's phone resolves Acme's did:web (credentials) and Beta's (requests).
+    resolver, _ = _loopback_resolver(acme_service.base_url, beta_service.base_url)
 
     # -- the member's wallet -------------------------------------------------------
     till = _Till(beta_service.base_url, till_key)
@@ -373,7 +379,8 @@ def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server
         created = till.checkout(SILVER_AND_POINTS)
         out.print(f"The cashier starts checkout [cyan]{created['id']}[/] "
                   f"(policy {SILVER_AND_POINTS}: {created['label']}); the till shows a QR code "
-                  f"({beta_service.base_url}{created['qr']}) holding the deep link:")
+                  f"({beta_service.base_url}{created['qr']}, version "
+                  f"{qr_code(created['deep_link']).designator}) holding the deep link:")
         out.print(f"[dim]{escape(created['deep_link'])}[/]", soft_wrap=True)
         request = parse_request(created["deep_link"], http=wallet_http, resolver=resolver)
         asked = [f"{c.get('id')}: " + ", ".join("/".join(map(str, q["path"]))

@@ -42,8 +42,10 @@ __all__ = [
     "Resolver",
     "base58btc_decode",
     "base58btc_encode",
+    "did_document",
     "did_jwk",
     "did_key",
+    "did_web",
     "did_web_url",
     "fetch_budget",
     "holder_key_of",
@@ -118,6 +120,43 @@ def did_key(key: PublicKey) -> str:
 
 def did_jwk(key: PublicKey) -> str:
     return "did:jwk:" + b64url_encode(json.dumps(key.to_jwk(), separators=(",", ":")).encode())
+
+
+def did_web(url: str, *segments: str) -> str:
+    """The did:web naming ``url`` (plus path ``segments``): the inverse of :func:`did_web_url`.
+
+    did:web §3.2: the port's colon is percent-encoded and path segments are
+    joined with ``:``; the document is then served at ``{url}/did.json``, or at
+    ``/.well-known/did.json`` when there is no path.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    host = (parsed.hostname or "").lower()
+    if not host:
+        raise TesseraError(ErrorCode.MALFORMED, f"no host in {url!r}")
+    if parsed.port is not None:
+        host += f"%3A{parsed.port}"
+    path = [s for s in parsed.path.split("/") if s] + list(segments)
+    return "did:web:" + ":".join([host, *(urllib.parse.quote(s, safe="") for s in path)])
+
+
+def did_document(did: str, keys: Iterable[tuple[str, PublicKey]]) -> dict[str, Any]:
+    """A did:web document listing ``(method id, key)`` pairs for assertions and authentication.
+
+    Rotation: list the new key first and keep the old ones until every
+    credential (or request) they signed has expired.
+    """
+    methods = [
+        {"id": kid, "type": "JsonWebKey", "controller": did, "publicKeyJwk": key.to_jwk()}
+        for kid, key in keys
+    ]
+    ids = [m["id"] for m in methods]
+    return {
+        "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/jwk/v1"],
+        "id": did,
+        "verificationMethod": methods,
+        "assertionMethod": ids,
+        "authentication": ids,
+    }
 
 
 def did_web_url(did: str) -> str:

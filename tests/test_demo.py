@@ -29,10 +29,15 @@ def test_demo_passes_and_shows_what_was_learned_and_hidden() -> None:
     # a signed request object, a consent screen, direct_post, the till's polled result.
     beta = re.search(r"Beta's verifier service runs at (http://127\.0\.0\.1:\d+)", text)
     assert beta, text
-    link = re.search(r"openid4vp://\?client_id=decentralized_identifier%3Adid%3Ajwk%3A\S+"
-                     r"&request_uri=(\S+)", text)
+    # Short (issue 11 item 9): Beta's did:web (its port's %3A escaped once more in the
+    # query) and a short request_uri, in a small symbol.
+    link = re.search(r"openid4vp://\?client_id=decentralized_identifier:did:web:"
+                     r"127\.0\.0\.1%253A(\d+)&request_uri=(\S+)", text)
     assert link, text
-    assert link.group(1).startswith(beta.group(1).replace(":", "%3A").replace("/", "%2F"))
+    assert beta.group(1) == f"http://127.0.0.1:{link.group(1)}"
+    assert re.fullmatch(re.escape(beta.group(1)) + r"/r/[\w-]{16}", link.group(2))
+    version = re.search(r"version\s+(\d+)-[LMQ]\)", text)
+    assert version and int(version.group(1)) <= 7, text
     assert "Share with Beta Coffee?" in text and "Member answers: yes" in text
     assert f"direct_post to {beta.group(1)}/response" in text
     assert re.search(r"The till polled /requests/[\w-]+/result: done", text)

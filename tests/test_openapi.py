@@ -117,12 +117,12 @@ def test_verifier_operations(verifier_doc: dict[str, Any]) -> None:
     paths = verifier_doc["paths"]
     assert _types(paths["/requests/{request_id}/qr.png"]["get"], "200") == {"image/png"}
     assert _types(paths["/requests/{request_id}/events"]["get"], "200") == {"text/event-stream"}
-    assert _types(paths["/requests/{request_id}/object"]["get"], "200") == {
+    assert _types(paths["/r/{request_id}"]["get"], "200") == {
         "application/oauth-authz-req+jwt"}
     for path in ("/requests/{request_id}/qr.png", "/requests/{request_id}/events",
-                 "/requests/{request_id}/object", "/requests/{request_id}/result"):
+                 "/r/{request_id}", "/requests/{request_id}/result"):
         assert "404" in paths[path]["get"]["responses"], path
-    assert "409" in paths["/requests/{request_id}/object"]["get"]["responses"]
+    assert "409" in paths["/r/{request_id}"]["get"]["responses"]
     assert "404" in paths["/requests"]["post"]["responses"]
     response = paths["/response"]["post"]
     assert set(response["requestBody"]["content"]) == {"application/x-www-form-urlencoded"}

@@ -119,7 +119,7 @@ def serve(
         configure_logging,
         share_metrics_between_workers,
     )
-    from verifier._service import create_app, settings_from_env, verifier_did
+    from verifier._service import create_app, settings_from_env
 
     env = {
         "TESSERA_VERIFIER_TRUST": str(trust.resolve()),
@@ -155,7 +155,8 @@ def serve(
     if named:
         typer.secho(f"DEVELOPMENT MODE: plain http from {', '.join(named)} "
                     "(never in production)", err=True, fg="yellow", bold=True)
-    typer.echo(f"verifier {verifier_did(settings.signer)} at {settings.base_url} "
+    did = (settings.signer.key_id or "").split("#", 1)[0]
+    typer.echo(f"verifier {did} at {settings.base_url} "
                f"({workers} worker{'s' if workers > 1 else ''}, store "
                f"{store.split('://', 1)[0]})", err=True)
     try:  # last: a refused start leaves logging as it was

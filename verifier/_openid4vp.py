@@ -193,9 +193,14 @@ class AuthorizationRequest:
         return scheme + "?" + urllib.parse.urlencode(query)
 
     def uri_by_reference(self, request_uri: str, scheme: str = AUTHORIZATION_SCHEME) -> str:
-        """``openid4vp://?client_id=…&request_uri=…`` (RFC 9101 §5.2, §5.10 method get)."""
+        """``openid4vp://?client_id=…&request_uri=…`` (RFC 9101 §5.2, §5.10 method get).
+
+        ``:`` and ``/`` stay unescaped: RFC 3986 §3.4 allows both in a query,
+        and escaping them (``%3A``, ``%2F``) would triple their cost in the QR
+        code. ``%`` (a did:web port) and ``&``, ``=``, ``#``, ``+`` are escaped.
+        """
         return scheme + "?" + urllib.parse.urlencode(
-            {"client_id": self.client_id, "request_uri": request_uri}
+            {"client_id": self.client_id, "request_uri": request_uri}, safe=":/"
         )
 
     def request_object(self, signer: Signer, *, now: datetime | None = None) -> str:

@@ -7,9 +7,11 @@ never loads FastAPI. Routes:
 * ``GET /policies``: what the cashier can ask (till key);
 * ``POST /requests`` (till key): a policy (or a DCQL query) -> request id,
   request URI, deep link, QR code (``/requests/{id}/qr.png``, till key);
-* ``GET /requests/{id}/object``: the ``request_uri`` endpoint. It answers
-  once: a second fetch means a second device read the QR code, so the
-  checkout is cancelled rather than raced;
+* ``GET /r/{id}``: the ``request_uri`` endpoint (short: it is in the QR
+  code). It answers once: a second fetch means a second device read the QR
+  code, so the checkout is cancelled rather than raced;
+* ``GET /.well-known/did.json`` (``/did.json`` when the base URL has a path):
+  the verifier's did:web document, the key wallets check request objects with;
 * ``POST /response``: the response endpoint, ``direct_post`` (§8.2) or
   ``direct_post.jwt`` (§8.3, a JWE found by its ``kid``, decrypted with the
   request's own key);
@@ -48,7 +50,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -60,7 +62,7 @@ from tessera import jsonld
 from tessera.credentials import MEMBERSHIP, POINTS
 from tessera.dcql import claims_query
 from tessera.devmode import dev_fetcher, dev_origins
-from tessera.did import Resolver, did_jwk, did_key
+from tessera.did import Resolver, did_document, did_jwk, did_key, did_web
 from tessera.encoding import b64url_decode, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.health import Check, health_router, unavailable
@@ -106,6 +108,9 @@ from verifier._tills import TillKeys
 from verifier._trust import TrustList
 from verifier._vcapi import vcapi_verifier_router
 from verifier.errors import DESCRIPTIONS
+
+if TYPE_CHECKING:
+    import segno
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -154,7 +159,11 @@ DEFAULT_POLICIES: Final[tuple[Policy, ...]] = (
 )
 
 
-def verifier_did(signer: Signer, method: str = "jwk") -> str:
+def verifier_did(signer: Signer, method: str = "jwk", *, base_url: str = "") -> str:
+    """The verifier's DID: ``web`` names ``base_url`` (the service then serves its
+    document), ``jwk`` and ``key`` embed the key (no document, but a long client_id)."""
+    if method == "web":
+        return did_web(base_url)
     return did_jwk(signer.public_key) if method == "jwk" else did_key(signer.public_key)
 
 
@@ -237,6 +246,20 @@ class CheckoutService:
         )
         self.policies = {p.id: p for p in settings.policies}
         self.tills = settings.tills if settings.tills is not None else TillKeys()
+        # A did:web naming this service's own base URL is published here; any
+        # other DID is resolved by wallets from wherever it lives.
+        self.did_document: dict[str, Any] | None = None
+        signer = settings.signer
+        if (self.oid4vp.prefix == PREFIX_DID and signer is not None and signer.key_id
+                and signer.key_id.split("#", 1)[0] == did_web(base)):
+            self.did_document = did_document(did_web(base), [(signer.key_id, signer.public_key)])
+        self.did_document_path = (
+            "/did.json" if urllib.parse.urlsplit(base).path.strip("/") else "/.well-known/did.json"
+        )
+
+    def request_uri(self, request_id: str) -> str:
+        # Short, because it is in the QR code: every character costs modules.
+        return f"{self.base_url}/r/{request_id}"
 
     # -- sessions ---------------------------------------------------------------
     def _save(self, session: dict[str, Any]) -> None:
@@ -276,14 +299,16 @@ class CheckoutService:
             dcql, transaction_data=body.transaction_data, purpose=purpose,
             response_mode=body.response_mode or self.settings.response_mode,
         )
-        request_id = secrets.token_urlsafe(16)
+        # 96 bits: unguessable (guessing one only lets its checkout be cancelled),
+        # and 16 characters in the QR code rather than 22.
+        request_id = secrets.token_urlsafe(12)
         ttl = self.settings.request_ttl_seconds
         if request.response_key is not None:
             # The encrypted answer names its key, not its state (§8.3).
             self.sessions.put(f"enc:{request.response_key['kid']}", {"id": request_id},
                               ttl_seconds=ttl)
         if self.oid4vp.prefix == PREFIX_DID:
-            deep_link = request.uri_by_reference(f"{self.base_url}/requests/{request_id}/object")
+            deep_link = request.uri_by_reference(self.request_uri(request_id))
             self.nonces.issue(f"reqobj:{request_id}", ttl_seconds=ttl)
         else:
             deep_link = request.uri_by_value()
@@ -299,7 +324,7 @@ class CheckoutService:
         return {
             "id": request_id,
             "deep_link": deep_link,
-            "request_uri": f"{self.base_url}/requests/{request_id}/object"
+            "request_uri": self.request_uri(request_id)
             if self.oid4vp.prefix == PREFIX_DID else None,
             "qr": f"/requests/{request_id}/qr.png",
             "result": f"/requests/{request_id}/result",
@@ -434,6 +459,21 @@ def readiness_checks(service: CheckoutService) -> dict[str, Check]:
     return {"store": store, "key": key, "trust_list": trust}
 
 
+def qr_code(deep_link: str) -> segno.QRCode:
+    """The till's QR code for a deep link.
+
+    Error correction starts at L and segno raises it (M, Q) whenever that still
+    fits the same version: on a till's screen nothing smudges, creases or tears
+    the code, which is what the higher levels pay for, while the smallest
+    version gives the largest modules at a fixed on-screen size, which is what
+    a phone camera at arm's length needs (docs/verifier-service.md has the
+    versions).
+    """
+    import segno
+
+    return segno.make(deep_link, error="l", boost_error=True, micro=False)
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     service = CheckoutService(settings)
     app = FastAPI(
@@ -485,14 +525,23 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/requests/{request_id}/qr.png", response_class=PngResponse,
              responses={**_TILL_NOT_FOUND, 200: {"content": PNG_CONTENT}})
     def qr_png(request_id: str, till: Till) -> Response:
-        import segno
-
         session = service.session(request_id, till=till)
         out = io.BytesIO()
-        segno.make(session["deep_link"], error="m").save(out, kind="png", scale=6, border=2)
+        qr_code(session["deep_link"]).save(out, kind="png", scale=6, border=2)
         return PngResponse(out.getvalue(), headers={"Cache-Control": "no-store"})
 
-    @app.get("/requests/{request_id}/object", response_class=Response, responses={
+    if service.did_document is not None:
+        document = service.did_document
+
+        @app.get(service.did_document_path, responses={200: {
+            "description": "the verifier's did:web document (did:web §3.2): the key that "
+                           "signs its request objects",
+            "content": {"application/did+json": {"schema": {"type": "object"}}}}})
+        def verifier_did_document() -> Response:
+            return Response(json.dumps(document), media_type="application/did+json",
+                            headers={"Cache-Control": "max-age=300"})
+
+    @app.get("/r/{request_id}", response_class=Response, responses={
         **problem_responses({404: "no such checkout request (or it expired)",
                              409: "already fetched: the checkout is cancelled"}),
         200: {"description": "the signed Request Object (OpenID4VP 1.0 §5.2)",
@@ -691,7 +740,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
                            "(created on first run)")
     else:
         signer = generate_signer("ES256")
-    signer = signer.with_key_id(verifier_did(signer) + "#0")
+    base_url = get("BASE_URL", "http://127.0.0.1:8090").rstrip("/")
+    # did:web of the base URL: a short client_id for the QR code; the service
+    # serves the document (OpenID4VP 1.0 §5.9.3, decentralized_identifier).
+    signer = signer.with_key_id(verifier_did(signer, "web", base_url=base_url) + "#0")
     tills_path = get("TILLS")
     if not tills_path and workers > 1:
         raise TesseraError(ErrorCode.INVALID_REQUEST,
@@ -705,7 +757,6 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                f"cannot read {doc_path}: {exc.strerror}") from exc
         documents[str(doc.get("id"))] = doc
-    base_url = get("BASE_URL", "http://127.0.0.1:8090")
     # Development mode (docs/configuration.md): http from named local origins only.
     fetcher = dev_fetcher(dev_origins(environ=env, public_urls=[base_url]))
     resolver = Resolver(fetcher, documents=documents)

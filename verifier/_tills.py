@@ -1,6 +1,6 @@
 """Till keys: who may create checkout requests and read their results.
 
-The verifier service is public (wallets fetch ``/requests/{id}/object`` and
+The verifier service is public (wallets fetch ``/r/{id}`` (the request object) and
 post ``/response``), but only a till may ask a member for something in the
 partner's name and read what the member disclosed. Each till holds its own
 bearer key, ``tvk_<id>_<secret>``; the service keeps only the SHA-256 of the

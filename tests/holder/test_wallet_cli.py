@@ -287,7 +287,7 @@ def test_withdrawn_verifier_is_refused_until_granted(loaded: Path, runner: CliRu
 def test_present_refuses_a_bad_request_uri(loaded: Path, runner: CliRunner,
                                            till: TestClient) -> None:
     created = _checkout(till)
-    till.get(f"/requests/{created['id']}/object")  # someone else fetched it first
+    till.get(f"/r/{created['id']}")  # someone else fetched it first
     r = runner.invoke(app, ["wallet", "present", created["deep_link"], "--yes",
                             "--wallet", str(loaded)])
     assert r.exit_code == 2 and "invalid_request" in r.output

@@ -20,7 +20,8 @@ import pytest
 
 from holder import Wallet
 from holder._openid4vp import parse_request, respond
-from tessera.did import Resolver, did_jwk
+from tessera.devmode import dev_fetcher, dev_origins
+from tessera.did import Resolver, did_web
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import generate_signer
 from verifier._service import ServiceSettings, create_app
@@ -66,7 +67,8 @@ def base_url(brand: TestIssuer, tills: TillKeys,
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     signer = generate_signer("ES256")
-    signer = signer.with_key_id(did_jwk(signer.public_key) + "#0")
+    # As `tessera verifier serve` does: the did:web of its base URL, served by it.
+    signer = signer.with_key_id(did_web(url) + "#0")
     db = tmp_path_factory.mktemp("verifier") / "verifier.db"
     settings = ServiceSettings(
         base_url=url, trust=brand.trust_list(), signer=signer, client_name="Corner Shop",
@@ -123,10 +125,16 @@ def page(fresh_page: Any, till_key: str) -> Any:
     return fresh_page
 
 
+@pytest.fixture(scope="module")
+def resolver(brand: TestIssuer, base_url: str) -> Resolver:
+    """The phone's resolver: the verifier's did:web over http, as development mode allows."""
+    return Resolver(dev_fetcher(dev_origins([base_url], {})),
+                    documents={brand.did: brand.did_document})
+
+
 @pytest.fixture
-def wallet(tmp_path: Path, brand: TestIssuer) -> Wallet:
-    w = Wallet.create(tmp_path / "m.wallet", "passphrase-1",
-                      resolver=Resolver(documents={brand.did: brand.did_document}))
+def wallet(tmp_path: Path, brand: TestIssuer, resolver: Resolver) -> Wallet:
+    w = Wallet.create(tmp_path / "m.wallet", "passphrase-1", resolver=resolver)
     w.receive(brand.issue_membership(TestHolder(w.signer), tier="platinum", name="Alice"))
     return w
 
@@ -146,6 +154,9 @@ def _start_checkout(page: Any, policy: str) -> str:
     while page.locator("#qr").evaluate("img => img.naturalWidth") < 100:
         assert time.monotonic() < deadline, "QR image did not load"
         time.sleep(0.05)
+    # A small symbol (issue 11 item 9): version 7 at most, 6 px a module, 2 of border.
+    assert page.locator("#qr").evaluate("img => img.naturalWidth") <= (17 + 4 * 7 + 2 * 2) * 6
+    assert uri.startswith("openid4vp://?client_id=decentralized_identifier:did:web:")
     return uri
 
 
@@ -153,11 +164,11 @@ def _outcome(page: Any, expected: str) -> None:
     page.wait_for_selector(f"#result[data-outcome='{expected}']", timeout=10_000)
 
 
-def test_checkout_approved(page: Any, wallet: Wallet) -> None:
+def test_checkout_approved(page: Any, wallet: Wallet, resolver: Resolver) -> None:
     uri = _start_checkout(page, "gold-10")
     assert page.text_content("#status") == "waiting for the wallet"
     with httpx.Client(timeout=10) as http:
-        request = parse_request(uri, http=http)
+        request = parse_request(uri, http=http, resolver=resolver)
         page.wait_for_selector("#status:has-text('opened the request')")
         respond(wallet, request, consent=lambda c: True, http=http)
     _outcome(page, "approved")
@@ -171,10 +182,10 @@ def test_checkout_approved(page: Any, wallet: Wallet) -> None:
     assert (OUTPUT / "checkout-approved.png").stat().st_size > 10_000
 
 
-def test_checkout_declined(page: Any, wallet: Wallet) -> None:
+def test_checkout_declined(page: Any, wallet: Wallet, resolver: Resolver) -> None:
     uri = _start_checkout(page, "gold-10")
     with httpx.Client(timeout=10) as http:
-        request = parse_request(uri, http=http)
+        request = parse_request(uri, http=http, resolver=resolver)
         with pytest.raises(TesseraError) as err:
             respond(wallet, request, consent=lambda c: False, http=http)
     assert err.value.code == ErrorCode.CONSENT_DENIED
@@ -185,25 +196,24 @@ def test_checkout_declined(page: Any, wallet: Wallet) -> None:
     page.screenshot(path=str(OUTPUT / "checkout-declined.png"), full_page=True)
 
 
-def test_checkout_request_opened_twice(page: Any, base_url: str) -> None:
+def test_checkout_request_opened_twice(page: Any, base_url: str, resolver: Resolver) -> None:
     uri = _start_checkout(page, "gold-10")
     with httpx.Client(timeout=10) as http:
-        parse_request(uri, http=http)
+        parse_request(uri, http=http, resolver=resolver)
         with pytest.raises(TesseraError) as err:
-            parse_request(uri, http=http)
+            parse_request(uri, http=http, resolver=resolver)
     assert err.value.code == ErrorCode.INVALID_REQUEST
     _outcome(page, "refused")
     assert "second device" in str(page.text_content("#reason"))
 
 
 def test_checkout_points_without_enough_points(page: Any, brand: TestIssuer,
-                                               tmp_path: Path) -> None:
-    w = Wallet.create(tmp_path / "p.wallet", "passphrase-1",
-                      resolver=Resolver(documents={brand.did: brand.did_document}))
+                                               tmp_path: Path, resolver: Resolver) -> None:
+    w = Wallet.create(tmp_path / "p.wallet", "passphrase-1", resolver=resolver)
     w.receive(brand.issue_points(TestHolder(w.signer), balance=400))
     uri = _start_checkout(page, "points-1000")
     with httpx.Client(timeout=10) as http:
-        request = parse_request(uri, http=http)
+        request = parse_request(uri, http=http, resolver=resolver)
         # The wallet holds no credential that satisfies the query: it cannot answer,
         # and says so to the verifier as a refusal would.
         with pytest.raises(TesseraError) as err:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from jwcrypto import jwe, jwk, jws
 from sd_jwt.holder import SDJWTHolder
 
-from tessera.did import Resolver, did_jwk
+from tessera.did import Resolver, did_jwk, did_web
 from tessera.keys import generate_signer, signer_from_jwk
 from verifier._service import ServiceSettings, create_app
 from verifier._tills import TillKeys
@@ -54,15 +54,26 @@ class SpecWallet:
         header = token.jose_header
         assert header["typ"] == "oauth-authz-req+jwt"  # RFC 9101 §10.8
         prefix, _, did = client_id.partition(":")
-        assert prefix == "decentralized_identifier" and did.startswith("did:jwk:")
+        assert prefix == "decentralized_identifier"
         assert header["kid"].split("#")[0] == did  # §5.9.3: a key of the client's DID
-        encoded = did[len("did:jwk:"):]
-        verifier_key = jwk.JWK(**json.loads(base64.urlsafe_b64decode(encoded + "==")))
-        token.verify(verifier_key, alg=header["alg"])
+        token.verify(self.resolve_key(did, header["kid"], http), alg=header["alg"])
         request = json.loads(token.payload)
         assert request["client_id"] == client_id and request["response_type"] == "vp_token"
         assert request["response_mode"] == "direct_post"
         return client_id, request
+
+    @staticmethod
+    def resolve_key(did: str, kid: str, http: httpx.Client) -> jwk.JWK:
+        """did:jwk embeds the key; did:web (§3.2) is fetched from its host."""
+        if did.startswith("did:jwk:"):
+            encoded = did[len("did:jwk:"):]
+            return jwk.JWK(**json.loads(base64.urlsafe_b64decode(encoded + "==")))
+        assert did.startswith("did:web:") and ":" not in did[len("did:web:"):]
+        host = urllib.parse.unquote(did[len("did:web:"):])
+        document = http.get(f"https://{host}/.well-known/did.json").json()
+        assert document["id"] == did and kid in document["authentication"]
+        (method,) = [m for m in document["verificationMethod"] if m["id"] == kid]
+        return jwk.JWK(**method["publicKeyJwk"])
 
     def present(self, client_id: str, request: dict[str, Any],
                 names: list[str] | None = None, nonce: str | None = None) -> dict[str, Any]:
@@ -213,7 +224,7 @@ def test_request_uri_fetched_twice(client: TestClient, brand: TestIssuer,
     wallet = SpecWallet(member_key, brand.issue_membership(member))
     created = _start(client)
     client_id, request = wallet.fetch(created["deep_link"], client)
-    second = client.get(f"/requests/{created['id']}/object")
+    second = client.get(f"/r/{created['id']}")
     assert second.status_code == 409
     assert second.headers["content-type"] == "application/problem+json"
     assert second.json()["code"] == "replayed"
@@ -232,7 +243,7 @@ def test_tampered_request_object_is_refused_by_the_wallet(client: TestClient) ->
     from tessera.errors import ErrorCode, TesseraError
 
     created = _start(client)
-    token = client.get(f"/requests/{created['id']}/object").text
+    token = client.get(f"/r/{created['id']}").text
     head, body, sig = token.split(".")
     payload = json.loads(base64.urlsafe_b64decode(body + "=="))
     payload["response_uri"] = "https://attacker.test/collect"
@@ -350,7 +361,7 @@ def test_kb_jwt_with_an_infinite_iat_is_refused_not_a_server_error(
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), [
     ("get", "/requests/nope/result", {}, 404, "not_found"),
-    ("get", "/requests/nope/object", {}, 404, "not_found"),
+    ("get", "/r/nope", {}, 404, "not_found"),
     ("get", "/requests/nope/qr.png", {}, 404, "not_found"),
     ("post", "/requests", {"json": {"policy": "free-lunch"}}, 404, "not_found"),
     ("post", "/requests", {"json": {}}, 422, "invalid_request"),
@@ -381,6 +392,164 @@ def test_qr_code_and_page(client: TestClient) -> None:
     assert "textContent" in client.get("/checkout.js").text
     policies = client.get("/policies", headers=TILL).json()
     assert [p["id"] for p in policies] == ["gold-10", "points-1000"]
+
+
+# -- the till's QR code: a short deep link, a small symbol (issue 11 item 9) ----------------
+
+
+def _web_settings(brand: TestIssuer, base_url: str, **kw: Any) -> ServiceSettings:
+    """The service as `tessera verifier serve` configures it: the did:web of its base URL."""
+    signer = generate_signer("ES256")
+    signer = signer.with_key_id(did_web(base_url) + "#0")
+    return _settings(brand, "memory://", signer=signer, **kw) if base_url == BASE else \
+        ServiceSettings(base_url=base_url, trust=brand.trust_list(), signer=signer,
+                        client_name="Corner Shop", store_url="memory://", tills=TILLS,
+                        resolver=Resolver(documents={brand.did: brand.did_document}), **kw)
+
+
+class _AppFetcher:
+    """did:web documents fetched from the service under test (a wallet's view of it)."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self.urls: list[str] = []
+
+    def fetch(self, url: str, *, accept: str = "application/json") -> bytes:
+        self.urls.append(url)
+        r = self.client.get(url, headers={"Accept": accept})
+        assert r.status_code == 200, r.text
+        return r.content
+
+
+# A partner's real name beside the defaults a developer gets: every one fits version 7.
+@pytest.mark.parametrize("base_url", [BASE, "http://127.0.0.1:8090", "http://localhost:8090",
+                                      "https://checkout.beta-coffee.example"])
+def test_qr_deep_link_is_short_and_stays_openid4vp(brand: TestIssuer, base_url: str) -> None:
+    from verifier._service import qr_code
+
+    with TestClient(create_app(_web_settings(brand, base_url)), base_url=base_url) as client:
+        created = _start(client)
+        link = created["deep_link"]
+        parts = urllib.parse.urlsplit(link)
+        assert (parts.scheme, parts.netloc, parts.path) == ("openid4vp", "", "")
+        # §5.10 / RFC 9101 §5.2: by reference, the link carries client_id and request_uri only.
+        query = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=True))
+        assert set(query) == {"client_id", "request_uri"}
+        did = did_web(base_url)
+        assert query["client_id"] == created["client_id"] == f"decentralized_identifier:{did}"
+        assert query["request_uri"] == created["request_uri"] == f"{base_url}/r/{created['id']}"
+        assert len(link) <= 160, link  # was 317 with the did:jwk client_id
+        symbol = qr_code(link)
+        assert symbol.version <= 7 and symbol.error in ("L", "M", "Q"), symbol.designator
+        # The PNG the till shows is that symbol: (17 + 4·version + 2·border) · scale pixels.
+        png = client.get(created["qr"], headers=TILL).content
+        width = int.from_bytes(png[16:20], "big")
+        assert width == (17 + 4 * symbol.version + 2 * 2) * 6
+
+
+def test_qr_code_of_a_did_jwk_client_id_was_dense(brand: TestIssuer) -> None:
+    """The old client identifier, for the record: the same request needs version 13."""
+    from verifier._service import qr_code
+
+    with TestClient(create_app(_settings(brand, "memory://")), base_url=BASE) as client:
+        link = _start(client)["deep_link"]
+    assert len(link) > 250 and qr_code(link).version > 10
+
+
+def test_qr_table_in_the_docs_is_what_the_service_makes(brand: TestIssuer) -> None:
+    from verifier._service import qr_code
+
+    doc = (Path(__file__).parents[2] / "docs" / "verifier-service.md").read_text()
+    rows = re.findall(r"^\| `(https?://[^`]+)`[^|]*\| (\d+)[^|]*\| (?:version )?(\d+-[LMQH]), "
+                      r"(\d+)×", doc, flags=re.M)
+    assert len(rows) == 4, rows
+    for base_url, length, designator, modules in rows:
+        with TestClient(create_app(_web_settings(brand, base_url)), base_url=base_url) as c:
+            link = _start(c)["deep_link"]
+        symbol = qr_code(link)
+        assert (len(link), symbol.designator) == (int(length), designator), base_url
+        assert symbol.symbol_size(border=0)[0] == int(modules)
+
+
+def test_verifier_serves_its_did_web_document(brand: TestIssuer) -> None:
+    settings = _web_settings(brand, BASE)
+    assert settings.signer is not None
+    with TestClient(create_app(settings), base_url=BASE) as client:
+        r = client.get("/.well-known/did.json")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/did+json"
+        document = r.json()
+    kid = settings.signer.key_id
+    assert document["id"] == did_web(BASE) and document["authentication"] == [kid]
+    assert document["verificationMethod"][0]["publicKeyJwk"] == settings.signer.public_key.to_jwk()
+    assert "d" not in document["verificationMethod"][0]["publicKeyJwk"]
+    # Behind a path (did:web:host:checkout) the document is at {base}/did.json.
+    pathed = _web_settings(brand, "https://shop.test/checkout")
+    with TestClient(create_app(pathed), base_url="https://shop.test") as client:
+        assert client.get("/did.json").json()["id"] == "did:web:shop.test:checkout"
+        assert client.get("/.well-known/did.json").status_code == 404
+    # A did:jwk verifier has no document to serve.
+    with TestClient(create_app(_settings(brand, "memory://")), base_url=BASE) as client:
+        assert client.get("/.well-known/did.json").status_code == 404
+
+
+def test_wallets_check_the_request_object_against_the_did_web_key(
+        brand: TestIssuer, member: TestHolder, member_key: jwk.JWK, tmp_path: Path) -> None:
+    from holder import Wallet
+    from holder._openid4vp import parse_request, respond
+
+    with TestClient(create_app(_web_settings(brand, BASE)), base_url=BASE) as client:
+        # A wallet written from the specs resolves the did:web and checks the signature.
+        spec = SpecWallet(member_key, brand.issue_membership(member, tier="gold"))
+        created = _start(client)
+        assert spec.answer(created["deep_link"], client).status_code == 200
+        assert _result(client, created)["result"]["ok"] is True
+        # Tessera's wallet, through its resolver (a fetcher, as in development mode).
+        fetcher = _AppFetcher(client)
+        resolver = Resolver(fetcher, documents={brand.did: brand.did_document})
+        wallet = Wallet.create(tmp_path / "m.wallet", "passphrase-1", resolver=resolver)
+        wallet.receive(brand.issue_points(TestHolder(wallet.signer), balance=4200))
+        created = _start(client, "points-1000")
+        request = parse_request(created["deep_link"], http=client, resolver=resolver)
+        assert fetcher.urls == [f"{BASE}/.well-known/did.json"]
+        assert request.signed and request.client_id == created["client_id"]
+        assert request.verifier_identifier == did_web(BASE)
+        respond(wallet, request, consent=lambda c: True, http=client)
+        assert _result(client, created)["result"]["ok"] is True
+
+
+def test_a_did_web_document_with_another_key_fails_the_request(brand: TestIssuer) -> None:
+    """The key comes from the client_id's DID: a document naming another key refuses it."""
+    from holder._openid4vp import parse_request
+    from tessera.did import did_document
+    from tessera.errors import ErrorCode, TesseraError
+
+    settings = _web_settings(brand, BASE)
+    assert settings.signer is not None
+    impostor = did_document(did_web(BASE), [(settings.signer.key_id or "",
+                                             generate_signer("ES256").public_key)])
+    with TestClient(create_app(settings), base_url=BASE) as client:
+        created = _start(client)
+        with pytest.raises(TesseraError) as err:
+            parse_request(created["deep_link"], http=client,
+                          resolver=Resolver(documents={did_web(BASE): impostor}))
+        assert err.value.code == ErrorCode.INVALID_SIGNATURE
+        # A wallet that cannot resolve the did:web does not answer at all.
+        with pytest.raises(TesseraError) as err:
+            parse_request(_start(client)["deep_link"], http=client, resolver=Resolver())
+        assert err.value.code == ErrorCode.DID_RESOLUTION_FAILED
+
+
+def test_settings_from_env_name_the_verifier_by_the_did_web_of_its_base_url(
+        tmp_path: Path) -> None:
+    from verifier._service import settings_from_env
+
+    trust = tmp_path / "trust.json"
+    trust.write_text('{"issuers": []}')
+    settings = settings_from_env({"TESSERA_VERIFIER_TRUST": str(trust),
+                                  "TESSERA_VERIFIER_BASE_URL": "https://checkout.beta.example/",
+                                  "TESSERA_VERIFIER_STORE": "memory://"})
+    assert settings.signer is not None
+    assert settings.signer.key_id == "did:web:checkout.beta.example#0"
 
 
 def _csp(response: httpx.Response) -> dict[str, str]:
@@ -436,7 +605,7 @@ def _two_instances(brand: TestIssuer, store_url: str, member: TestHolder,
     with TestClient(a, base_url=BASE) as ca, TestClient(b, base_url=BASE) as cb:
         created = _start(ca)
         client_id, request = wallet.fetch(created["deep_link"], cb)
-        assert cb.get(f"/requests/{created['id']}/object").status_code == 409
+        assert cb.get(f"/r/{created['id']}").status_code == 409
         # The second fetch cancelled the checkout everywhere.
         assert _result(ca, created)["result"]["errors"] == ["replayed"]
         created = _start(ca)

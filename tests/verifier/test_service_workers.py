@@ -20,7 +20,6 @@ import pytest
 from jwcrypto import jwk, jws
 from typer.testing import CliRunner
 
-from tessera.did import did_jwk
 from tessera.encoding import b64url_encode
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import signer_from_jwk
@@ -110,7 +109,9 @@ def test_workers_need_a_shared_store_and_key(trust_file: Path, tmp_path: Path) -
     b = settings_from_env({**env, "TESSERA_VERIFIER_STORE": f"sqlite:///{tmp_path / 'v.db'}",
                            "TESSERA_VERIFIER_KEY": str(key), "TESSERA_MASTER_KEY": MASTER})
     assert a.signer is not None and b.signer is not None
-    assert a.signer.key_id == b.signer.key_id == did_jwk(a.signer.public_key) + "#0"
+    # One key for both workers, named by the did:web of the (default) base URL.
+    assert a.signer.public_key.to_jwk() == b.signer.public_key.to_jwk()
+    assert a.signer.key_id == b.signer.key_id == "did:web:127.0.0.1%3A8090#0"
     assert a.contacts == ("desk@shop.test",) and a.response_mode == "direct_post.jwt"
     with pytest.raises(TesseraError):
         settings_from_env({**env, "TESSERA_VERIFIER_WORKERS": "1",

@@ -126,7 +126,7 @@ def test_a_till_sees_only_its_own_requests(client: TestClient, tills: TillKeys) 
 def test_only_the_wallet_routes_are_public(client: TestClient, tills: TillKeys) -> None:
     created = _create(client, str(tills.create("lane 1")["token"]))
     # No key: the wallet's two calls work.
-    obj = client.get(f"/requests/{created['id']}/object")
+    obj = client.get(f"/r/{created['id']}")
     assert obj.status_code == 200, obj.text
     answer = client.post("/response", data={"error": "access_denied",
                                             "state": _state(obj.text)})
