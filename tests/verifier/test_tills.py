@@ -115,6 +115,10 @@ def test_a_till_sees_only_its_own_requests(client: TestClient, tills: TillKeys) 
     lane1 = str(tills.create("lane 1")["token"])
     lane2 = str(tills.create("lane 2")["token"])
     created = _create(client, lane1)
+    # The member declines, so the checkout is done and its event stream ends.
+    obj = client.get(f"/requests/{created['id']}/object").text
+    assert client.post("/response", data={"error": "access_denied",
+                                          "state": _state(obj)}).status_code == 200
     for method, path, kwargs in _till_routes(created)[3:]:
         r = client.request(method, path, headers=_bearer(lane2), **kwargs)
         # As an unknown id: lane 2 learns nothing about lane 1's requests.
@@ -209,5 +213,10 @@ def test_several_workers_need_a_till_file(brand: TestIssuer, tmp_path: Path) -> 
     with pytest.raises(TesseraError) as err:
         settings_from_env(env)
     assert "--tills" in err.value.detail
-    settings = settings_from_env({**env, "TESSERA_VERIFIER_TILLS": str(tmp_path / "t.json")})
+    settings = settings_from_env({**env, "TESSERA_VERIFIER_TILLS": str(tmp_path / "t.json"),
+                                  "TESSERA_RATE_LIMITS": "requests=30/min"})
     assert settings.tills is not None and settings.tills.list() == []
+    # Every worker reads the operator's rate limits from the same environment.
+    from tessera.ratelimit import Limit
+
+    assert settings.rate_limits.overrides == {"requests": Limit(30, 60)}
