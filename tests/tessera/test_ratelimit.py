@@ -141,7 +141,7 @@ def test_verifier_requests_over_the_limit_get_429() -> None:
     # Another client is not affected, nor are the wallet's routes of this one.
     created = other.post("/requests", json={"policy": "gold-10"}, headers=TILL)
     assert created.status_code == 201
-    assert shop.get(f"/requests/{created.json()['id']}/object").status_code == 200
+    assert shop.get(created.json()["request_uri"]).status_code == 200
 
 
 def test_verifier_event_streams_over_the_limit_get_429() -> None:
@@ -151,7 +151,7 @@ def test_verifier_event_streams_over_the_limit_get_429() -> None:
     with TestClient(app, base_url="https://till.test", client=("198.51.100.30", 1)) as till:
         created = till.post("/requests", json={"policy": "gold-10"}, headers=TILL).json()
         # The member declines: the checkout is done, so each stream ends after one event.
-        state = decode_unverified(till.get(f"/requests/{created['id']}/object").text
+        state = decode_unverified(till.get(created["request_uri"]).text
                                   ).payload["state"]
         assert till.post("/response", data={"error": "access_denied",
                                             "state": state}).status_code == 200

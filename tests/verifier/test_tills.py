@@ -116,7 +116,7 @@ def test_a_till_sees_only_its_own_requests(client: TestClient, tills: TillKeys) 
     lane2 = str(tills.create("lane 2")["token"])
     created = _create(client, lane1)
     # The member declines, so the checkout is done and its event stream ends.
-    obj = client.get(f"/requests/{created['id']}/object").text
+    obj = client.get(created["request_uri"]).text
     assert client.post("/response", data={"error": "access_denied",
                                           "state": _state(obj)}).status_code == 200
     for method, path, kwargs in _till_routes(created)[3:]:
