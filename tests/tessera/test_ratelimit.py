@@ -202,17 +202,10 @@ def test_redis_buckets_are_shared(redis_url: str) -> None:
 
 
 def test_redis_limits_through_the_service(redis_url: str) -> None:
-    prefix = f"tessera:test:ratelimit:{secrets.token_hex(4)}:"
     config = RateLimitConfig(overrides={"requests": Limit(2, 60)}, store_url=redis_url)
-    import tessera.ratelimit as rl
-
-    original = rl.rate_limiter_from_url
-    rl.rate_limiter_from_url = lambda url, **kw: original(url, redis_prefix=prefix)
-    try:
-        first, second = _verifier(config), _verifier(config)  # two instances
-    finally:
-        rl.rate_limiter_from_url = original
-    client = ("198.51.100.50", 1)
+    first, second = _verifier(config), _verifier(config)  # two instances, one Redis
+    # A client of its own (an IPv6 /64 no other run uses): buckets outlive a run by a minute.
+    client = (f"2001:db8:{secrets.token_hex(2)}:{secrets.token_hex(2)}::1", 1)
     with TestClient(first, base_url="https://till.test", client=client) as a, \
             TestClient(second, base_url="https://till.test", client=client) as b:
         assert a.post("/requests", json={"policy": "gold-10"}, headers=TILL).status_code == 201
