@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import holder._cli as wallet_cli
 from holder import Wallet
 from tessera.cli import app
-from tessera.did import Resolver, did_jwk
+from tessera.did import Resolver, did_jwk, did_web
 from tessera.keys import generate_signer
 from tests.issuer.conftest import FakeClock, Service
 from verifier._service import ServiceSettings, create_app
@@ -212,6 +212,35 @@ def test_receive_refuses_a_missing_or_wrong_tx_code(acme: Service, wallet_path: 
     r = runner.invoke(app, [*base, "--tx-code", wrong])
     assert r.exit_code == 2 and "invalid_grant" in r.output
     assert Wallet.open(wallet_path, PASS).credentials() == []
+
+
+def test_present_resolves_a_did_web_verifier(loaded: Path, runner: CliRunner, brand: TestIssuer,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """`tessera verifier serve` signs as the did:web of its base URL (issue 11 item 9):
+    the wallet checks the request object with the key that DID's document names."""
+    signer = generate_signer("ES256").with_key_id(did_web(BASE) + "#0")
+    settings = ServiceSettings(
+        base_url=BASE, trust=brand.trust_list(), signer=signer, client_name="Corner Shop",
+        store_url="memory://", resolver=Resolver(documents={brand.did: brand.did_document}),
+        tills=TILLS,
+    )
+    with TestClient(create_app(settings), base_url=BASE) as client:
+        monkeypatch.setattr(wallet_cli, "_http_client", _shared(client))
+        created = _checkout(client)
+        assert created["client_id"] == f"decentralized_identifier:{did_web(BASE)}"
+        # Without a way to resolve the verifier's DID the wallet shares nothing.
+        r = runner.invoke(app, ["wallet", "present", created["deep_link"], "--yes",
+                                "--wallet", str(loaded)])
+        assert r.exit_code == 2 and "did_resolution_failed" in r.output, r.output
+        # Pinned (as a wallet would fetch it from https://till.test/.well-known/did.json).
+        doc = tmp_path / "verifier.json"
+        doc.write_text(client.get("/.well-known/did.json").text)
+        created = _checkout(client)
+        r = runner.invoke(app, ["wallet", "present", created["deep_link"], "--yes",
+                                "--wallet", str(loaded), "--did-document", str(doc)])
+        assert r.exit_code == 0, r.output
+        assert client.get(created["result"], headers=TILL).json()["result"]["ok"] is True
 
 
 def test_present_shows_consent_and_shares_on_yes(loaded: Path, runner: CliRunner,
