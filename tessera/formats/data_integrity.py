@@ -981,9 +981,12 @@ def verify_credential(
         raise _err(ErrorCode.ISSUER_KEY_MISMATCH, "proof key does not belong to the issuer")
     if len(proofs) > 1 and any(p.get("cryptosuite") == ECDSA_SD_2023 for p in proofs):
         raise _err(ErrorCode.UNSUPPORTED_FORMAT, "an ecdsa-sd-2023 proof cannot be in a set")
-    for proof in proofs:
+    # Every previousProof reference is judged before any proof is canonicalized:
+    # a malformed chain is `malformed` (§4.5), whatever its terms would do later.
+    chains = [_previous_proofs(proofs, proof) for proof in proofs]
+    for proof, previous in zip(proofs, chains, strict=True):
         _verify_document(vc, key_lookup=key_lookup, relationship="assertionMethod",
-                         loader=loader, proof=proof, previous=_previous_proofs(proofs, proof))
+                         loader=loader, proof=proof, previous=previous)
     proof = proofs[0]
     _check_validity(vc, now)
     unsecured = {k: v for k, v in vc.items() if k != "proof"}
