@@ -107,3 +107,32 @@ def test_compose_verifier_keeps_its_tills_on_a_volume(compose: dict[str, object]
     mounts = [v.split(":") for v in verifier["volumes"]]
     assert any(tills.startswith(target + "/") and (len(rest) == 0 or rest[0] != "ro")
                for _source, target, *rest in mounts), mounts
+
+
+def test_compose_hands_the_metrics_token_to_both_services(compose: dict[str, object]) -> None:
+    """Prometheus in another container needs a token (loopback-only otherwise), and
+    the token comes from the operator's .env: the file ships no secret of its own."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tessera.observability import install_observability
+    from tessera.web import install_problem_handlers
+
+    services = compose["services"]
+    assert isinstance(services, dict)
+    for name in ("issuer", "verifier"):
+        assert services[name]["environment"]["TESSERA_METRICS_TOKEN"] == \
+            "${TESSERA_METRICS_TOKEN:-}", name
+    # Unset in .env, compose passes "": /metrics stays loopback-only, not open.
+    app = FastAPI()
+    install_problem_handlers(app)
+    install_observability(app, service="compose-test", environ={"TESSERA_METRICS_TOKEN": ""})
+    assert TestClient(app, client=("172.18.0.5", 40000)).get("/metrics").status_code == 403
+    app = FastAPI()
+    install_problem_handlers(app)
+    install_observability(app, service="compose-test",
+                          environ={"TESSERA_METRICS_TOKEN": "from-dot-env"})
+    scraper = TestClient(app, client=("172.18.0.5", 40000))
+    assert scraper.get("/metrics").status_code == 401
+    assert scraper.get("/metrics", headers={"Authorization": "Bearer from-dot-env"}
+                       ).status_code == 200
