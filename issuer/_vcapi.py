@@ -33,6 +33,7 @@ from tessera.did import did_key
 from tessera.encoding import MAX_JSON_BYTES
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import data_integrity
+from tessera.observability import count_outcome
 from tessera.typing import Clock, Signer
 from tessera.web import read_json_body
 
@@ -329,5 +330,6 @@ def vcapi_issuer_router(
             summary=f"Issue a credential ({suites})", status_code=201,
             operation_id=f"issueCredential{path.replace('/', '_').replace('-', '_')}",
             openapi_extra=_ISSUE_OPENAPI, response_class=JSONResponse,
+            dependencies=[count_outcome("issuance")],
         )
     return router

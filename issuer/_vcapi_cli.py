@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -28,7 +29,9 @@ from issuer._vcapi import VcApiIssuer, vcapi_issuer_router
 from tessera import jsonld
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.health import Check, health_router
 from tessera.keys import signer_from_jwk
+from tessera.observability import configure_logging, install_observability
 from tessera.typing import Signer
 from tessera.web import install_problem_handlers
 
@@ -36,9 +39,11 @@ __all__ = ["create_vcapi_app", "issuers_for", "vcapi_app"]
 
 _log = logging.getLogger("tessera.vcapi")
 
-# The VC API answers a bad request with 400 whatever went wrong in it.
+# The VC API answers a bad request with 400 whatever went wrong in it. The
+# VC API routes never refuse a caller; /metrics does (tessera.observability).
 _VCAPI_STATUS: Final = {ErrorCode.TOO_LARGE: 413, ErrorCode.NOT_FOUND: 404,
-                        ErrorCode.INTERNAL_ERROR: 500, ErrorCode.STATUS_UNAVAILABLE: 503}
+                        ErrorCode.INTERNAL_ERROR: 500, ErrorCode.STATUS_UNAVAILABLE: 503,
+                        ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN: 403}
 
 
 def _vcapi_status(request: Request, error: TesseraError) -> tuple[int | None, dict[str, Any]]:
@@ -65,13 +70,28 @@ def issuers_for(signers: Sequence[Signer]) -> list[VcApiIssuer]:
     return out
 
 
+def _readiness_checks(issuers: Sequence[VcApiIssuer]) -> dict[str, Check]:
+    """What ``/readyz`` checks (tessera.health): every issuing key still signs."""
+    def keys() -> str:
+        for issuer in issuers:
+            issuer.signer.public_key.verify(issuer.signer.sign(b"readyz"), b"readyz")
+        return f"{len(issuers)} issuers"
+
+    return {"keys": keys}
+
+
 def create_vcapi_app(
     issuers: Sequence[VcApiIssuer],
     *,
     loader: jsonld.DocumentLoader | None = None,
     **verifier_settings: Any,
 ) -> FastAPI:
-    """Issuer and verifier routes in one app; ``verifier_settings`` go to ``VcApiVerifier``."""
+    """Issuer and verifier routes in one app; ``verifier_settings`` go to ``VcApiVerifier``.
+
+    It mounts the services' shared stack as the issuer and verifier services
+    do: ``/healthz`` and ``/readyz`` (:mod:`tessera.health`), ``/metrics``,
+    request ids and one JSON log line per request (:mod:`tessera.observability`).
+    """
     from verifier._vcapi import VcApiVerifier, vcapi_verifier_router
 
     app = FastAPI(
@@ -83,6 +103,8 @@ def create_vcapi_app(
                     "Tessera error `code`.",
     )
     install_problem_handlers(app, customize=_vcapi_status)
+    app.include_router(health_router(_readiness_checks(issuers)))
+    install_observability(app, service="vcapi")
     clock = verifier_settings.get("clock")
     issuer_kwargs: dict[str, Any] = {"loader": loader}
     if clock is not None:
@@ -134,13 +156,18 @@ def serve(
              "(off: VCDM 2.0 verification, with a warning per unbound credential).")] = False,
     allow_http: Annotated[bool, typer.Option(
         help="Let did:web and status lists be fetched over plain http (local suites).")] = False,
+    fetch_budget: Annotated[float | None, typer.Option(
+        envvar="TESSERA_FETCH_BUDGET", metavar="SECONDS",
+        help="Time one verification may spend fetching DID documents and status lists, "
+             "all fetches together (at most 120)  [default: 10]")] = None,
 ) -> None:
     """Serve /credentials/issue, /credentials/verify, /presentations/verify."""
     import uvicorn
 
-    from tessera.did import HttpFetcher
+    from tessera.did import HttpFetcher, fetch_budget_seconds
 
     try:
+        budget = fetch_budget_seconds(fetch_budget)
         signers: list[Signer] = []
         for path in key:
             try:
@@ -154,7 +181,9 @@ def serve(
                   else _load_contexts(context or []))
         app = create_vcapi_app(
             issuers, loader=loader,
-            fetcher=HttpFetcher(allow_http=allow_http),
+            # One fetch may use the whole budget; the budget bounds them all together.
+            fetcher=HttpFetcher(allow_http=allow_http, deadline=budget),
+            fetch_budget=timedelta(seconds=budget),
             require_issued_challenge=require_issued_challenge,
             require_holder_binding=require_holder_binding,
             issuer_must_control_key=issuer_must_control_key,
@@ -165,4 +194,11 @@ def serve(
     for issuer in issuers:
         typer.echo(f"{issuer.cryptosuite:16} {issuer.did}  "
                    f"http://{host}:{port}{issuer.path}/credentials/issue", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    try:
+        configure_logging()
+    except TesseraError as exc:
+        typer.echo(json.dumps({"error": exc.code.value, "detail": exc.detail}), err=True)
+        raise typer.Exit(2) from exc
+    # Logging is tessera.observability's: one JSON line per request, by route template,
+    # instead of uvicorn's access log of raw paths.
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

@@ -154,8 +154,15 @@ class DevFetcher:
         return self._local.fetch(origin.target + rest, accept=accept)
 
 
-def dev_fetcher(origins: Iterable[DevOrigin], inner: Fetcher | None = None) -> Fetcher:
-    """The strict fetcher, or a :class:`DevFetcher` around it when origins are named."""
-    strict = inner or HttpFetcher()
+def dev_fetcher(origins: Iterable[DevOrigin], inner: Fetcher | None = None, *,
+                deadline: float = 10.0) -> Fetcher:
+    """The strict fetcher, or a :class:`DevFetcher` around it when origins are named.
+
+    ``deadline`` bounds each fetch of the fetchers made here (``inner`` keeps its own).
+    """
+    strict = inner or HttpFetcher(deadline=deadline)
     listed = tuple(origins)
-    return DevFetcher(strict, listed) if listed else strict
+    if not listed:
+        return strict
+    local = HttpFetcher(allow_http=True, allow_private=True, max_redirects=0, deadline=deadline)
+    return DevFetcher(strict, listed, local)

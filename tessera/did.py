@@ -37,6 +37,8 @@ from tessera.keys import PublicKey
 from tessera.typing import DIDResolver, Fetcher
 
 __all__ = [
+    "DEFAULT_FETCH_BUDGET",
+    "ENV_FETCH_BUDGET",
     "DIDDocument",
     "HttpFetcher",
     "Resolver",
@@ -48,6 +50,7 @@ __all__ = [
     "did_web",
     "did_web_url",
     "fetch_budget",
+    "fetch_budget_seconds",
     "holder_key_of",
     "issuer_key_lookup",
     "method_key_lookup",
@@ -300,6 +303,32 @@ def system_resolve(host: str, port: int) -> list[str]:
 _BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "tessera_fetch_budget", default=None
 )
+
+
+ENV_FETCH_BUDGET: Final = "TESSERA_FETCH_BUDGET"
+DEFAULT_FETCH_BUDGET: Final = 10.0
+# A verification is a member waiting at a till (or a suite's HTTP call): past
+# two minutes nobody is waiting for the answer any more.
+MAX_FETCH_BUDGET: Final = 120.0
+
+
+def fetch_budget_seconds(value: str | float | None) -> float:
+    """The services' fetch budget (``--fetch-budget`` / ``TESSERA_FETCH_BUDGET``), in seconds.
+
+    Unset or empty: :data:`DEFAULT_FETCH_BUDGET`. Anything but a number in
+    (0, 120] is refused as ``invalid_request``.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_FETCH_BUDGET
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= MAX_FETCH_BUDGET:  # NaN fails this too
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"{ENV_FETCH_BUDGET} must be a number of seconds in "
+                           f"(0, {MAX_FETCH_BUDGET:g}], got {str(value)[:32]!r}")
+    return seconds
 
 
 @contextlib.contextmanager

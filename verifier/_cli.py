@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 
 from tessera.devmode import ENV_ORIGINS
+from tessera.did import ENV_FETCH_BUDGET
 from tessera.errors import TesseraError
 from verifier._tills import TillKeys
 
@@ -110,6 +111,10 @@ def serve(
         help="DEVELOPMENT MODE: fetch DID documents and status lists of this local origin "
              "over http (http://localhost:8000, or ORIGIN=TARGET); repeatable; also "
              "TESSERA_DEV_ORIGINS. Refused beside TESSERA_ENV=production")] = None,
+    fetch_budget: Annotated[float | None, typer.Option(
+        envvar="TESSERA_FETCH_BUDGET", metavar="SECONDS",
+        help="time one verification may spend fetching DID documents and status lists, "
+             "all fetches together (at most 120)  [default: 10]")] = None,
 ) -> None:
     """Serve OpenID4VP requests, the response endpoint and the checkout page."""
     import uvicorn
@@ -139,6 +144,8 @@ def serve(
              *(s for s in os.environ.get(ENV_ORIGINS, "").split(",") if s.strip())]
     if named:
         env[ENV_ORIGINS] = ",".join(named)
+    if fetch_budget is not None:  # the workers read it as settings_from_env does
+        env[ENV_FETCH_BUDGET] = repr(fetch_budget)
     try:
         settings = settings_from_env({**os.environ, **env})
     except TesseraError as exc:

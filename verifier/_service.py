@@ -62,7 +62,16 @@ from tessera import jsonld
 from tessera.credentials import MEMBERSHIP, POINTS
 from tessera.dcql import claims_query
 from tessera.devmode import dev_fetcher, dev_origins
-from tessera.did import Resolver, did_document, did_jwk, did_key, did_web
+from tessera.did import (
+    DEFAULT_FETCH_BUDGET,
+    ENV_FETCH_BUDGET,
+    Resolver,
+    did_document,
+    did_jwk,
+    did_key,
+    did_web,
+    fetch_budget_seconds,
+)
 from tessera.encoding import b64url_decode, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.health import Check, health_router, unavailable
@@ -199,6 +208,9 @@ class ServiceSettings:
     issuer_must_control_key: bool = True
     # Per-client limits on request creation and event streams (TESSERA_RATE_LIMITS).
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Seconds one verification may spend fetching DID documents and status
+    # lists, all fetches together (TESSERA_FETCH_BUDGET; tessera.did.fetch_budget).
+    fetch_budget_seconds: float = DEFAULT_FETCH_BUDGET
 
 
 class CreateRequest(BaseModel):
@@ -228,6 +240,7 @@ class CheckoutService:
             trust=settings.trust, resolver=settings.resolver, status_check=settings.status_check,
             nonces=self.nonces, request_ttl=timedelta(seconds=settings.request_ttl_seconds),
             loader=settings.loader, issuer_must_control_key=settings.issuer_must_control_key,
+            fetch_budget=timedelta(seconds=settings.fetch_budget_seconds),
         )
         response_uri = f"{base}/response"
         if settings.client_id_prefix == PREFIX_DID:
@@ -495,6 +508,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(vcapi_verifier_router(
         resolver=settings.resolver, status_check=settings.status_check,
         loader=settings.loader, issuer_must_control_key=settings.issuer_must_control_key,
+        fetch_budget=timedelta(seconds=settings.fetch_budget_seconds),
     ))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -711,7 +725,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
     ``CONTEXTS`` (a pinned JSON-LD context manifest, see
     :meth:`tessera.jsonld.DocumentLoader.from_manifest`),
     ``ISSUER_MUST_CONTROL_KEY`` (``true``/``false``, default true);
-    ``TESSERA_MASTER_KEY`` seals the key file.
+    ``TESSERA_MASTER_KEY`` seals the key file; ``TESSERA_FETCH_BUDGET`` (seconds,
+    default 10) bounds each verification's fetches and each single fetch.
     """
     env = os.environ if environ is None else environ
 
@@ -757,8 +772,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                f"cannot read {doc_path}: {exc.strerror}") from exc
         documents[str(doc.get("id"))] = doc
+    budget = fetch_budget_seconds(env.get(ENV_FETCH_BUDGET))
     # Development mode (docs/configuration.md): http from named local origins only.
-    fetcher = dev_fetcher(dev_origins(environ=env, public_urls=[base_url]))
+    # One fetch may use the whole budget: the budget still bounds them all together.
+    fetcher = dev_fetcher(dev_origins(environ=env, public_urls=[base_url]), deadline=budget)
     resolver = Resolver(fetcher, documents=documents)
     contexts = get("CONTEXTS")
     loader = jsonld.DocumentLoader.from_manifest(contexts) if contexts else None
@@ -782,7 +799,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
         resolver=resolver, status_check=default_status_check(resolver, fetcher),
         response_mode=mode, tills=TillKeys(Path(tills_path)) if tills_path else None,
         loader=loader, issuer_must_control_key=must_control in ("true", "1"),
-        rate_limits=RateLimitConfig.from_env(env),
+        rate_limits=RateLimitConfig.from_env(env), fetch_budget_seconds=budget,
     )
 
 

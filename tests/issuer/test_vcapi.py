@@ -435,3 +435,82 @@ def did_key_of(signer: LocalSigner) -> str:
     from tessera.did import did_key
 
     return did_key(signer.public_key)
+
+
+LOOPBACK = ("127.0.0.1", 40000)
+
+
+def test_vcapi_app_mounts_health_metrics_and_request_ids(
+    client: TestClient, issuers: list[VcApiIssuer],
+) -> None:
+    """The shared stack, as the issuer and verifier services mount it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"keys": "3 issuers"}
+    local = TestClient(client.app, client=LOOPBACK)
+    stranger = issuers_for([generate_signer("EdDSA")])[0]
+    r = local.post("/eddsa/credentials/issue", json={"credential": _credential(stranger.did)},
+                   headers={"X-Request-ID": "suite-run-0001"})
+    assert r.status_code == 400  # another key's DID: refused, and counted
+    assert r.headers["X-Request-ID"] == "suite-run-0001"
+    did = _by_suite(issuers, "eddsa-rdfc-2022").did
+    issued = local.post("/eddsa/credentials/issue", json={"credential": _credential(did)})
+    assert issued.status_code == 201, issued.text
+    assert len(issued.headers["X-Request-ID"]) >= 8  # one is made when none is given
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for family in text_string_to_metric_families(local.get("/metrics").text)
+               for s in family.samples}
+    assert samples.get(("tessera_http_requests_total", frozenset({
+        "service": "vcapi", "method": "POST", "route": "/eddsa/credentials/issue",
+        "status": "201"}.items())), 0) >= 1
+    assert samples.get(("tessera_outcomes_total", frozenset({
+        "operation": "issuance", "outcome": "ok"}.items())), 0) >= 1
+    # Not loopback (the test client's peer is "testclient") and no token: refused.
+    assert client.get("/metrics").status_code == 403
+
+
+def test_vcapi_serve_fetch_budget_reaches_the_verifier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import time
+
+    import uvicorn
+
+    from tessera import did as did_module
+
+    served: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
+    seen: list[tuple[float, float]] = []
+
+    def fetch(self: did_module.HttpFetcher, url: str, *, accept: str = "") -> bytes:
+        end = did_module._BUDGET.get()
+        assert end is not None, "a fetch outside any fetch budget"
+        seen.append((self._deadline, end - time.monotonic()))
+        raise TesseraError(ErrorCode.DID_RESOLUTION_FAILED, "offline test")
+
+    monkeypatch.setattr(did_module.HttpFetcher, "fetch", fetch)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    ed = generate_signer("EdDSA")
+    key = tmp_path / "ed.jwk"
+    key.write_text(json.dumps(ed.export_private_jwk()))
+    base = ["vcapi", "serve", "--key", str(key)]
+    for args, env in (([*base, "--fetch-budget", "2.5"], {}),
+                      (base, {"TESSERA_FETCH_BUDGET": "4"}), (base, {})):
+        monkeypatch.setattr(os, "environ", {**clean, **env})
+        done = CliRunner().invoke(cli_app, args)
+        assert done.exit_code == 0, done.output
+    web = "did:web:issuer.example"
+    vc = di.issue(_credential(web), signer=ed.with_key_id(f"{web}#k"),
+                  cryptosuite="eddsa-rdfc-2022", verification_method=f"{web}#k", created=NOW)
+    for app in served:
+        r = TestClient(app).post("/credentials/verify", json={"verifiableCredential": vc})
+        assert r.status_code == 400 and "did_resolution_failed" in r.json()["errors"], r.text
+    deadlines = [deadline for deadline, _left in seen]
+    assert deadlines == [2.5, 4, 10], seen
+    assert all(0 < left <= deadline for deadline, left in seen), seen
+    monkeypatch.setattr(os, "environ", dict(clean))
+    done = CliRunner().invoke(cli_app, [*base, "--fetch-budget", "0"])
+    assert done.exit_code == 2 and "TESSERA_FETCH_BUDGET" in done.output
