@@ -18,7 +18,8 @@ log (lots, holds) is a cache of it, and the audit recomputes it"):
   its amount is the leaf's delta and its name the leaf's ``entry``.
 * ``alloc``: ``[{"lot": <entry that opened it>, "points": n}]``, what a debit
   took from each lot (negative when a reversal puts points back).
-  ``delta == (lot amount) - sum(alloc)`` for every leaf.
+  ``delta == (lot amount) - sum(alloc)`` for every leaf. A debit lists its
+  allocations in the order :func:`fold` requires, that of ``issuer._ledger._debit``.
 * ``hold``: a ``hold`` leaf opens one, ``{"id", "points", "expires_at"}``;
   the ``redeem`` that captures it, the ``release`` and the zero-point
   ``expire`` that closes it name it as ``{"id"}``.
@@ -42,6 +43,7 @@ entries.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
@@ -380,6 +382,78 @@ def _dt(value: str) -> datetime:
     return parse_datetime(value, "leaf time")
 
 
+_NEVER: Final = datetime.max.replace(tzinfo=UTC)
+
+
+def _queue_key(entry: int, lot: list[Any]) -> tuple[bool, datetime, int]:
+    """The order ``issuer._ledger._debit`` takes lots in: soonest expiry, never-expiring last,
+    then the oldest lot (a member's lot ids and the entries opening them grow together)."""
+    return (lot[3] is None, lot[3] or _NEVER, entry)
+
+
+def _fifo(lots: Mapping[int, list[Any]], queue: Sequence[tuple[bool, datetime, int]],
+          need: int, at: datetime, first: int | None) -> dict[int, int]:
+    """What ``issuer._ledger._debit`` allocates for ``need`` points at ``at``.
+
+    Mirrors it exactly: matured (``available_at <= at``), unexpired lots with
+    points left, in :func:`_queue_key` order, each drained before the next;
+    ``first`` (the lot of a credit being reversed, pending or not) before all.
+    """
+    out: dict[int, int] = {}
+    if first is not None:
+        out[first] = min(lots[first][1], need)
+        need -= out[first]
+    for _, _, entry in queue:
+        if need == 0:
+            break
+        lot = lots[entry]
+        if entry == first or lot[2] > at or (lot[3] is not None and lot[3] <= at):
+            continue
+        out[entry] = min(lot[1], need)
+        need -= out[entry]
+    return out
+
+
+def _check_debit(leaf: LogLeaf, lots: Mapping[int, list[Any]],
+                 queue: Sequence[tuple[bool, datetime, int]], reversed_lots: set[int]) -> None:
+    """A debit takes its points in the ledger's first-earned, first-expired order.
+
+    DESIGN.md: "expiry by lot (first earned, first expired)". Without this a
+    brand could spend a member's longest-lived lot and let the short-lived
+    ones expire, and every other rule of the fold would still hold.
+    """
+    taken = [(a.lot, a.points) for a in leaf.alloc]
+    if leaf.lot is not None or any(points <= 0 for _, points in taken) \
+            or len({lot for lot, _ in taken}) != len(taken):
+        raise _bad(leaf, "a debit takes points from distinct lots and opens none")
+    at = _dt(leaf.time)
+    if leaf.kind == "expire":
+        # issuer._ledger._sweep_expired: one entry per lot past its expiry, taking all it holds.
+        ((entry, points),) = taken if len(taken) == 1 else ((None, 0),)
+        lot = lots.get(entry) if entry is not None else None
+        if lot is None or lot[3] is None or lot[3] > at or points != lot[1]:
+            raise _bad(leaf, "an expiry takes all that is left of one expired lot")
+        return
+    if leaf.kind not in ("redeem", "adjust", "reverse"):
+        raise _bad(leaf, f"a {leaf.kind} takes no points from lots")
+    need = sum(points for _, points in taken)
+    # In the order taken, as the ledger writes them (issuer._translog: by allocation id).
+    if taken == list(_fifo(lots, queue, need, at, None).items()):
+        return
+    if leaf.kind == "reverse":
+        # The reversal of a credit drains the credit's own lot first (the
+        # return-window case). The leaf does not name that credit, but its lot
+        # opened with the points now taken back, and is reversed at most once.
+        entry = taken[0][0]
+        lot = lots[entry]
+        if lot[0] == need and entry not in reversed_lots and (lot[3] is None or lot[3] > at) \
+                and taken == list(_fifo(lots, queue, need, at, entry).items()):
+            reversed_lots.add(entry)
+            return
+    raise _bad(leaf, "a debit must take from the lots that expire first (first earned, "
+                     "first expired)")
+
+
 def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
     """Replay one member's leaves (in log order) into the figures they imply at ``at``.
 
@@ -387,13 +461,17 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
     own rules (a lot taken below zero or above its amount, an allocation from
     a lot never opened, a delta that is not credit minus allocations, a hold
     closed twice or captured above its amount, a snapshot whose lots do not
-    add up to the history's total) is ``malformed``. Version 1 leaves carry no
-    lots: until a ``snapshot`` leaf states them only the total is followed,
-    and a history still in that state is ``unsupported_format``.
+    add up to the history's total, a debit that does not take from the lots in
+    the ledger's order: soonest expiry first, see :func:`_fifo`) is ``malformed``.
+    Version 1 leaves carry no lots: until a ``snapshot`` leaf states them only
+    the total is followed, and a history still in that state is
+    ``unsupported_format``.
     """
     if at.tzinfo is None:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "fold time must be timezone-aware")
     lots: dict[int, list[Any]] = {}  # entry -> [amount, remaining, available_at, expires_at]
+    queue: list[tuple[bool, datetime, int]] = []  # lots with points left, in debit order
+    reversed_lots: set[int] = set()
     holds: dict[str, OpenHold] = {}
     closed: set[str] = set()
     balance = 0
@@ -407,7 +485,7 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
             if leaf.kind != "snapshot" or leaf.carry is None or leaf.delta != 0 \
                     or leaf.lot is not None or leaf.alloc or leaf.hold is not None:
                 raise _bad(leaf, "a snapshot carries lots and holds, and nothing else")
-            lots, holds, closed = {}, {}, set()
+            lots, holds, closed, reversed_lots = {}, {}, set(), set()
             for c in leaf.carry.lots:
                 if not 0 < c.remaining <= c.amount or c.lot in lots:
                     raise _bad(leaf, f"carried lot {c.lot} is not a lot")
@@ -417,6 +495,7 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
                 if h.points is None or h.expires_at is None or h.points <= 0 or h.id in holds:
                     raise _bad(leaf, f"carried hold {h.id} is not a hold")
                 holds[h.id] = OpenHold(h.id, h.points, _dt(h.expires_at))
+            queue = sorted(_queue_key(entry, lot) for entry, lot in lots.items())
             if sum(lot[1] for lot in lots.values()) != balance:
                 raise _bad(leaf, f"carried lots hold other than the {balance} points logged")
             known = True
@@ -428,14 +507,25 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
             credit = leaf.delta
             lots[leaf.entry] = [leaf.delta, leaf.delta, _dt(leaf.lot.available_at),
                                 _dt(leaf.lot.expires_at) if leaf.lot.expires_at else None]
+            bisect.insort(queue, _queue_key(leaf.entry, lots[leaf.entry]))
+        if any(a.lot not in lots or a.points == 0 for a in leaf.alloc):
+            raise _bad(leaf, "allocation from a lot never opened")
+        if any(a.points > 0 for a in leaf.alloc):
+            _check_debit(leaf, lots, queue, reversed_lots)
+        elif leaf.alloc and leaf.kind != "reverse":
+            raise _bad(leaf, "only a reversal gives points back to lots")
         taken = 0
         for a in leaf.alloc:
-            lot = lots.get(a.lot)
-            if lot is None or a.points == 0:
-                raise _bad(leaf, f"allocation from unknown lot {a.lot}")
+            lot = lots[a.lot]
+            was = lot[1]
             lot[1] -= a.points
             if not 0 <= lot[1] <= lot[0]:
                 raise _bad(leaf, f"lot {a.lot} would hold {lot[1]} of {lot[0]} points")
+            key = _queue_key(a.lot, lot)
+            if was > 0 and lot[1] == 0:
+                del queue[bisect.bisect_left(queue, key)]
+            elif was == 0 and lot[1] > 0:
+                bisect.insort(queue, key)
             taken += a.points
         if leaf.delta != credit - taken:
             raise _bad(leaf, "delta is not the lot opened less the points allocated")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from holder import _cli as wallet_cli
@@ -27,7 +27,7 @@ from issuer._keystore import SqlKeyStore
 from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
 from issuer._models import LedgerEntry, LotAllocation, Member, PointLot
 from tessera.did import Resolver
-from tessera.pointslog import parse_leaf
+from tessera.pointslog import Allocation, parse_leaf
 
 from .conftest import Service
 
@@ -434,3 +434,81 @@ def test_the_audit_reads_every_page_against_one_head(service: Service, tmp_path:
     r = service.client.get("/brands/air/log/entries", headers={
         "Authorization": f"Bearer {token}"}, params={"member": wallet.did, "size": 3})
     assert r.status_code == 404  # never handed out: nothing to prove against
+
+
+def test_cli_audit_fails_on_a_debit_moved_to_a_longer_lived_lot(
+        service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN.md "expiry by lot (first earned, first expired)", checked from the leaves alone.
+
+    A brand that debits a member's longest-lived lot lets the short-lived one
+    expire with more points in it. Here the forger moves a redemption's
+    allocation (``lot_allocation`` and both lots) to the later lot and
+    rebuilds the log, so every hash, proof and cached figure agrees: only
+    the order of the allocation betrays it. The wallet has no earlier head.
+    """
+    from datetime import timedelta
+
+    real = datetime.now(UTC).replace(microsecond=0)  # the CLI audits at real time
+    service.clock.now = real - timedelta(days=100)
+    service.brand("air")
+    program = service.program("air", points_validity_days=365)
+    doc = service.client.get("/brands/air/did.json").json()
+    wallet = Wallet.create(tmp_path / "w.json", "passphrase-1",
+                           resolver=Resolver(documents={doc["id"]: doc}), clock=service.clock)
+    member = service.enrol("air", program["id"], signer=wallet.signer)
+    (tmp_path / "brand.json").write_text(json.dumps(doc))
+    points = f"/admin/v1/members/{member['id']}/points"
+    assert service.post("air", f"{points}/earn", {"points": 500}).status_code == 201
+    service.clock.now = real - timedelta(days=10)
+    assert service.post("air", f"{points}/earn", {"points": 300}).status_code == 201
+    service.clock.now = real
+    assert service.post("air", f"{points}/redeem", {"points": 100}).status_code == 201
+
+    class _Client:
+        def __enter__(self) -> Any:
+            return service.client
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(wallet_cli, "_http_client", _Client)
+    monkeypatch.setenv(wallet_cli.PASSPHRASE_ENV, "passphrase-1")
+    from tessera.cli import app
+
+    args = ["wallet", "audit", "--wallet", str(wallet.path), "--base-url", BASE,
+            "--did-document", str(tmp_path / "brand.json"), "--brand", doc["id"]]
+    unaudited = wallet.path.read_bytes()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    wallet.path.write_bytes(unaudited)  # no remembered head to compare the rebuilt log with
+    with session_scope(service.engine) as s:
+        soon = s.exec(select(PointLot).where(PointLot.amount == 500)).one()
+        late = s.exec(select(PointLot).where(PointLot.amount == 300)).one()
+        assert soon.expires_at is not None and late.expires_at is not None
+        assert soon.expires_at < late.expires_at and soon.remaining == 400
+        alloc = s.exec(select(LotAllocation)).one()
+        alloc.lot_id = late.id  # type: ignore[assignment]
+        soon.remaining, late.remaining = 500, 200
+        s.add_all([alloc, soon, late])
+        log = s.exec(select(TransparencyLog)).one()
+        rows = list(s.exec(select(LogLeafData).order_by(col(LogLeafData.idx))))
+        for row in [*s.exec(select(LogNode)), *s.exec(select(TreeHead)), *rows]:
+            s.delete(row)
+        s.flush()
+        records = []
+        for row in rows:
+            leaf = parse_leaf(json.loads(row.data or ""))
+            if leaf.kind == "redeem":
+                leaf = dataclasses.replace(leaf, alloc=(Allocation(late.entry_id, 100),))
+            records.append(_translog.LeafRecord(leaf, row.entry_id))
+        log.size, log.frontier = 0, []
+        _translog.append_leaves(s, log, records)
+        # Lots, holds and leaves agree; the brand's self-check names the order.
+        problems = _translog.check_log(s, log.brand_id)
+        assert problems and all("first expired" in p for p in problems), problems
+    shown = service.client.get(f"/admin/v1/members/{member['id']}/balance",
+                               headers=service.h("air")).json()
+    assert shown["expiring_next"]["points"] == 500  # 100 more points will now expire
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "MISMATCH" in result.output and "first expired" in result.output

@@ -93,8 +93,8 @@ def _credit(entry: int, points: int, *, pending: int = 0, valid: int | None = No
 
 
 def _debit(entry: int, *taken: tuple[int, int], kind: str = "redeem",
-           hold: HoldRef | None = None) -> LogLeaf:
-    return _leaf(entry=entry, delta=-sum(p for _, p in taken), kind=kind, time=T0,
+           hold: HoldRef | None = None, time: datetime = T0) -> LogLeaf:
+    return _leaf(entry=entry, delta=-sum(p for _, p in taken), kind=kind, time=time,
                  alloc=[Allocation(lot, p) for lot, p in taken], hold=hold)
 
 
@@ -113,12 +113,13 @@ def test_fold_follows_lots_holds_pending_and_expiry() -> None:
     # Past day 10 the first lot is gone whether or not an expire leaf was written.
     later = fold(leaves, at=T0 + 11 * DAY)
     assert (later.available, later.expiring_next) == (120, (70, T0 + 20 * DAY))
-    swept = fold([*leaves, _debit(6, (1, 60), kind="expire")], at=T0 + 11 * DAY)
+    swept = fold([*leaves, _debit(6, (1, 60), kind="expire", time=T0 + 10 * DAY)],
+                 at=T0 + 11 * DAY)
     assert swept.available == 120 and swept.total == 120
     # Capture closes the hold; a reversal gives the points back to their lot.
-    captured = fold([*leaves, _debit(6, (3, 30), hold=HoldRef("h1")),
+    captured = fold([*leaves, _debit(6, (1, 30), hold=HoldRef("h1")),
                      _leaf(entry=7, delta=30, kind="reverse", time=T0,
-                           alloc=[Allocation(3, -30)])], at=at)
+                           alloc=[Allocation(1, -30)])], at=at)
     assert (captured.held, captured.available, captured.total) == (0, 130, 180)
     released = fold([*leaves, _leaf(entry=6, delta=0, kind="release", time=T0,
                                     hold=HoldRef("h1"))], at=at)
@@ -187,3 +188,93 @@ def test_a_snapshot_carries_a_version_1_history_into_the_figures() -> None:
     with pytest.raises(TesseraError) as info:
         fold([*old, _credit(6, 5)], at=T0)
     assert info.value.code is ErrorCode.UNSUPPORTED_FORMAT
+
+
+# -- debits take the lots in the ledger's order (issuer._ledger._debit) ------------------------
+
+
+def _lots() -> list[LogLeaf]:
+    """Lot 1 expires on day 20, lot 2 on day 10, lot 3 never, lot 4 on day 10 but is pending."""
+    return [_credit(1, 100, valid=20), _credit(2, 50, valid=10), _credit(3, 70),
+            _credit(4, 30, pending=5, valid=10), _credit(5, 40, valid=10)]
+
+
+def _reverse(entry: int, *taken: tuple[int, int], time: datetime = T0) -> LogLeaf:
+    return _debit(entry, *taken, kind="reverse", time=time)
+
+
+@pytest.mark.parametrize("debit", [
+    _debit(9, (2, 50), (5, 40), (1, 10)),                  # soonest expiry, then the oldest lot
+    _debit(9, (2, 20), kind="adjust"),
+    _debit(9, (2, 50), (5, 40), (1, 100), (3, 5)),         # the lot that never expires last
+    _reverse(9, (4, 30)),                  # reversing a credit drains its own lot, even pending
+    _reverse(9, (1, 100)),                 # ... or one that expires later than the others
+    _reverse(9, (2, 40)),                  # ... or plain FIFO when that lot is gone
+])
+def test_fold_accepts_the_ledgers_lot_order(debit: LogLeaf) -> None:
+    got = fold([*_lots(), debit], at=T0)
+    assert got.total == 290 + debit.delta
+
+
+@pytest.mark.parametrize("debit", [
+    _debit(9, (1, 10)),                             # the longest-lived lot, others expire first
+    _debit(9, (5, 40)),                             # same expiry as lot 2, but younger
+    _debit(9, (2, 40), (5, 10)),                    # lot 2 not drained before the next
+    _debit(9, (2, 50), (5, 40), (3, 10)),           # the never-expiring lot before lot 1
+    _debit(9, (4, 10)),                             # a pending lot
+    _debit(9, (5, 40), (2, 50)),                    # right lots, but not ...
+    _debit(9, (2, 30), (2, 20)),                    # ... a lot named twice
+    _debit(9, (2, 20), kind="expire", time=T0 + 10 * DAY),    # an expiry takes all that is left
+    _debit(9, (1, 100), kind="expire", time=T0 + 10 * DAY),   # of a lot that has expired
+    _debit(9, (2, 50), (5, 40), kind="expire", time=T0 + 10 * DAY),  # one lot per expiry
+    _debit(9, (2, 10), kind="earn"),                # only debits take points
+    _reverse(9, (3, 50)),                           # a reversal: no lot opened with 50
+    _leaf(entry=9, delta=5, kind="adjust", time=T0, alloc=[Allocation(2, -5)]),
+    _leaf(entry=9, delta=0, kind="reverse", time=T0,
+          alloc=[Allocation(2, 5), Allocation(1, -5)]),
+])
+def test_fold_refuses_a_debit_out_of_the_ledgers_lot_order(debit: LogLeaf) -> None:
+    with pytest.raises(TesseraError) as info:
+        fold([*_lots(), debit], at=T0)
+    assert info.value.code is ErrorCode.MALFORMED
+
+
+def test_the_lot_order_follows_time_expiry_and_reversals() -> None:
+    lots = _lots()
+    # Day 6: lot 4 has matured and ties with lots 2 and 5 on expiry; it is older than 5.
+    assert fold([*lots, _debit(9, (2, 50), (4, 30), (5, 15), time=T0 + 6 * DAY)],
+                at=T0 + 6 * DAY).total == 195
+    with pytest.raises(TesseraError):
+        fold([*lots, _debit(9, (2, 50), (5, 40), (4, 5), time=T0 + 6 * DAY)], at=T0 + 6 * DAY)
+    # Day 10: lots 2, 4 and 5 expired. Each goes with an expire of all it holds, and a
+    # debit skips them whether or not that was written yet.
+    swept = [_debit(9, (2, 50), kind="expire", time=T0 + 10 * DAY),
+             _debit(10, (4, 30), kind="expire", time=T0 + 10 * DAY)]
+    got = fold([*lots, *swept, _debit(11, (1, 20), time=T0 + 10 * DAY)], at=T0 + 10 * DAY)
+    assert {lot.entry: lot.remaining for lot in got.lots} == {1: 80, 3: 70, 5: 40}
+    # Points given back re-enter the order: lot 2 is again the first to expire.
+    back = [_debit(9, (2, 50), (5, 5)), _reverse(10, (2, -50), (5, -5))]
+    fold([*lots, *back, _debit(11, (2, 1))], at=T0)
+    with pytest.raises(TesseraError):
+        fold([*lots, *back, _debit(11, (5, 1))], at=T0)
+    # A credit's own lot goes first once: it is reversed at most once.
+    again = [_reverse(9, (1, 100)), _reverse(10, (1, -100))]
+    fold([*lots, *again], at=T0)
+    with pytest.raises(TesseraError):
+        fold([*lots, *again, _reverse(11, (1, 100))], at=T0)
+    fold([*lots, *again, _reverse(11, (2, 50), (5, 40), (1, 10))], at=T0)  # plain FIFO
+
+
+def test_a_snapshot_carries_lots_into_the_order() -> None:
+    from tessera.pointslog import CarriedLot, Carry
+
+    old = parse_leaf({"v": 1, "entry": 1, "member": "m", "delta": 90, "kind": "earn",
+                      "reason": None, "time": "2026-01-01T00:00:00.000Z",
+                      "idempotency_key": None})
+    snapshot = _leaf(entry=4, delta=0, kind="snapshot", time=T0, carry=Carry(lots=(
+        CarriedLot(1, 60, 60, "2026-01-01T00:00:00.000Z", None),
+        CarriedLot(2, 30, 30, "2026-01-01T00:00:00.000Z", "2026-01-05T00:00:00.000Z"))))
+    assert fold([old, snapshot, _debit(5, (2, 30), (1, 5))], at=T0).total == 55
+    with pytest.raises(TesseraError) as info:
+        fold([old, snapshot, _debit(5, (1, 5))], at=T0)
+    assert info.value.code is ErrorCode.MALFORMED
