@@ -364,13 +364,18 @@ _W_TEXT_SHIFT: Final = 3      # text in a JSON value: characters / 8
 
 
 class WorkBudget:
-    """Units of JSON-LD work left; :meth:`charge` refuses the step that would overrun."""
+    """Units of JSON-LD work left; :meth:`charge` refuses the step that would overrun.
 
-    __slots__ = ("limit", "used")
+    ``scratch`` holds what this block's operations processed from a caller's
+    contexts (see :class:`_SharedContext`): it dies with the block.
+    """
+
+    __slots__ = ("limit", "scratch", "used")
 
     def __init__(self, limit: int = MAX_WORK) -> None:
         self.limit = limit
         self.used = 0
+        self.scratch: dict[tuple[int, str], Any] = {}
 
     def charge(self, units: int) -> None:
         self.used += units
@@ -457,6 +462,67 @@ def _first_is_plain_object(local_ctx: Any) -> bool:
     return isinstance(first, Mapping) and "@context" not in first and "@propagate" not in first
 
 
+# -- what outlives an operation: only what the bundled contexts make -------------------
+#
+# pyld keeps a process-wide LRU of resolved contexts (100 entries, keyed by URL
+# or by the JCS of an inline context) and, inside each resolved context, its
+# processed form per active context. Stock, a caller's inline and scoped
+# contexts land there too: they outlive the request (a few MB each at the size
+# caps), and a stream of them evicts the bundled ones. Here only bundled
+# contexts reach the shared cache (:meth:`_Resolver._cache_resolved_context`),
+# and a bundled context processed on top of an active context that a caller's
+# context shaped is kept in the operation's scratch, not in the shared entry
+# (:class:`_SharedContext`). Trusted active contexts are pyld's initial ones
+# and those made by processing a bundled context on a trusted one.
+
+_TRUSTED_MAX: Final = 4096
+_trusted_uuids: dict[str, None] = {}
+_trusted_lock = threading.Lock()
+
+
+def _trusted(active_ctx: Any) -> bool:
+    uuid = active_ctx.get("_uuid")
+    if not isinstance(uuid, str):
+        return False
+    if uuid in _trusted_uuids:
+        return True
+    initial = _pyld.INITIAL_CONTEXTS.get(active_ctx.get("processingMode"))
+    return initial is not None and initial.get("_uuid") == uuid
+
+
+def _trust(uuid: Any) -> None:
+    if not isinstance(uuid, str):
+        return
+    with _trusted_lock:
+        if len(_trusted_uuids) >= _TRUSTED_MAX:
+            # Forgetting only costs re-processing: a forgotten context's
+            # results go to scratch until a bundled chain is processed afresh.
+            _trusted_uuids.clear()
+        _trusted_uuids[uuid] = None
+
+
+class _SharedContext(_ResolvedContext):  # type: ignore[misc]
+    """A bundled context in pyld's shared cache; see the section comment above."""
+
+    def get_processed(self, active_ctx: Any) -> Any:
+        found = super().get_processed(active_ctx)
+        if found is None:
+            budget = _BUDGET.get()
+            if budget is not None:
+                found = budget.scratch.get((id(self), active_ctx["_uuid"]))
+        return found
+
+    def set_processed(self, active_ctx: Any, processed_ctx: Any) -> None:
+        if _trusted(active_ctx):
+            if isinstance(processed_ctx, Mapping):
+                _trust(processed_ctx.get("_uuid"))
+            super().set_processed(active_ctx, processed_ctx)
+            return
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.scratch[(id(self), active_ctx["_uuid"])] = processed_ctx
+
+
 class _Resolver(_ContextResolver):  # type: ignore[misc]
     """pyld's context resolver, minus a JCS serialisation per scoped context.
 
@@ -513,10 +579,18 @@ class _Resolver(_ContextResolver):  # type: ignore[misc]
                     self._memo[id(ctx)] = (ctx, key)
             resolved = self._get(key)
             if not resolved:
-                resolved = _ResolvedContext(ctx)
-                self._cache_resolved_context(key, resolved, "static")
+                resolved = _SharedContext(ctx)
+                _ContextResolver._cache_resolved_context(self, key, resolved, "static")
             out.append(resolved)
         return out
+
+    def _cache_resolved_context(self, key: Any, resolved: Any, tag: Any) -> Any:
+        # pyld's own calls: a caller's inline context (keyed by its JCS) or a
+        # context fetched by URL. Only the bundled URLs are shared; everything
+        # else lives in this operation's cache and goes with it.
+        if key not in BUNDLED_CONTEXTS:
+            tag = None
+        return super()._cache_resolved_context(key, resolved, tag)
 
 
 class _Processor(_pyld.JsonLdProcessor):  # type: ignore[misc]
@@ -553,6 +627,8 @@ class _Processor(_pyld.JsonLdProcessor):  # type: ignore[misc]
             child = self._clone_active_context(active_ctx)
             child["previousContext"] = active_ctx
             child["_uuid"] = uuid + "~nonpropagating"
+            if _trusted(active_ctx):
+                _trust(child["_uuid"])
             active_ctx = child
         return super()._process_context(
             active_ctx, local_ctx, options, override_protected=override_protected,
@@ -923,7 +999,11 @@ def _with_catch_all(doc: dict[str, Any]) -> dict[str, Any]:
         contexts = [ctx]
     # First, so a context that sets its own @vocab (a deliberate catch-all,
     # like the VC examples context) still wins over ours.
-    return {**doc, "@context": [{"@vocab": _UNDEFINED}, *contexts]}
+    return {**doc, "@context": [_CATCH_ALL, *contexts]}
+
+
+# Frozen, so pyld's shared cache keeps it and what it derives (see _SharedContext).
+_CATCH_ALL: Final = frozendict({"@vocab": _UNDEFINED})
 
 
 def _nodes(value: Any, parent: str | None) -> Iterator[tuple[dict[str, Any], str | None]]:

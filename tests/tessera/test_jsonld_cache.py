@@ -70,3 +70,51 @@ def test_the_public_loader_still_hands_out_mutable_copies() -> None:
     doc["@context"]["x"] = "https://example.com/x"  # must not raise, must not leak
     again = jsonld.DocumentLoader()(jsonld.LOYALTY_V1)["document"]
     assert "x" not in again["@context"]
+
+
+def _shared_entries() -> list[tuple[str, Any]]:
+    """(key, resolved context) for everything in pyld's process-wide context cache."""
+    from pyld import jsonld as pyld_jsonld
+
+    out: list[tuple[str, Any]] = []
+    for key, tags in list(pyld_jsonld._resolved_context_cache.items()):
+        for resolved in tags.values():
+            for one in resolved if isinstance(resolved, list) else [resolved]:
+                out.append((key, one))
+    return out
+
+
+def test_a_callers_contexts_do_not_outlive_the_call_nor_evict_the_bundled_ones() -> None:
+    # Stock pyld keeps every inline (and scoped) context it resolves in a
+    # process-wide LRU of 100, with the contexts processed from it: an
+    # unauthenticated client's contexts stayed in memory after the request
+    # (about 80 MB in a synthetic run) and pushed the bundled contexts out.
+    vc = _loyalty()
+    jsonld.canonicalize(copy.deepcopy(vc))  # the bundled contexts, warm
+    for n in range(130):  # more than pyld's 100 entries
+        hostile = {f"t{n}_{i}": {"@id": f"https://evil.example/{n}/{i}",
+                                 "@context": {"x": f"https://evil.example/{n}/{i}/x"}}
+                   for i in range(200)}
+        doc = copy.deepcopy(vc)
+        doc["@context"] = [hostile, *vc["@context"]]  # the bundled ones on top of it
+        doc["credentialSubject"][f"t{n}_0"] = {"x": "y"}
+        assert f"https://evil.example/{n}/0" in jsonld.canonicalize(doc)
+    entries = _shared_entries()
+    assert not [key for key, _ in entries if "evil.example" in key]
+    for _, resolved in entries:  # nor what pyld processed on top of them
+        for processed in resolved.cache.values():
+            assert not [t for t in processed["mappings"] if t.startswith("t")
+                        and "evil.example" in str(processed["mappings"][t])]
+    keys = {key for key, _ in entries}
+    assert {jsonld.CREDENTIALS_V2, jsonld.LOYALTY_V1} <= keys
+
+
+def test_a_bundled_context_on_top_of_a_callers_context_is_processed_right() -> None:
+    vc = _loyalty()
+    vc["@context"] = [{"ex": "https://example.com/"}, *vc["@context"]]
+    vc["credentialSubject"]["ex:x"] = "1"
+    for _ in range(2):  # the second round reads what the first kept
+        fast = jsonld.canonicalize(copy.deepcopy(vc)), jsonld.expand(copy.deepcopy(vc))
+        with stock_pyld():
+            stock = jsonld.canonicalize(copy.deepcopy(vc)), jsonld.expand(copy.deepcopy(vc))
+        assert fast == stock
