@@ -24,6 +24,11 @@ one host can fill at will). Behind a reverse proxy that is the proxy: run
 uvicorn with ``--proxy-headers --forwarded-allow-ips=<proxy>`` so the peer is
 the forwarded client, or every member shares one bucket.
 
+Long-lived responses (the verifier's event streams) are bounded by how many
+are open at once, not only by how fast they are opened: :class:`OpenSlots`
+counts them per key and per process, and refuses one over either bound with
+:class:`RateLimited` (429, ``Retry-After``).
+
 This module imports Starlette through :mod:`tessera.web`; redis is imported
 only by :class:`RedisRateLimiter`.
 """
@@ -55,7 +60,9 @@ __all__ = [
     "STORE_ENV",
     "Limit",
     "MemoryRateLimiter",
+    "OpenSlots",
     "RateLimitConfig",
+    "RateLimited",
     "RateLimiter",
     "RateLimits",
     "RateRule",
@@ -237,6 +244,72 @@ def rate_limiter_from_url(url: str, *, redis_prefix: str = "tessera:ratelimit:")
     raise TesseraError(ErrorCode.INVALID_REQUEST,
                        f"{STORE_ENV}: unsupported rate-limit store {scheme!r} "
                        "(memory:// or redis://)")
+
+
+class RateLimited(TesseraError):
+    """``rate_limited``, answered 429 with the ``Retry-After`` in :attr:`headers`."""
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, detail)
+        self.retry_after = retry_after
+        # RFC 9110 §10.2.3: whole seconds; never 0, or a client retries at once.
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.detail, self.retry_after))
+
+
+class OpenSlots:
+    """At most ``per_key`` things open at once per key and ``total`` in this process.
+
+    For responses that stay open (event streams): a rate limit bounds how
+    fast they are opened, this bounds how many are held. :meth:`acquire`
+    returns the release function, to call exactly once when the thing closes.
+    """
+
+    def __init__(self, *, per_key: int, total: int, retry_after: float = 5.0) -> None:
+        if per_key < 1 or total < 1:
+            raise TesseraError(ErrorCode.MALFORMED, "open-slot bounds must be at least 1")
+        self.per_key = per_key
+        self.total = total
+        self.retry_after = retry_after
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+        self._count = 0
+
+    def open(self, key: str | None = None) -> int:
+        """How many are open (for ``key``, or in all)."""
+        with self._lock:
+            return self._count if key is None else self._open.get(key, 0)
+
+    def acquire(self, key: str, what: str) -> Callable[[], None]:
+        with self._lock:
+            held = self._open.get(key, 0)
+            if held >= self.per_key:
+                raise RateLimited(f"{held} {what} already open for this client "
+                                  f"(at most {self.per_key}); close one or retry later",
+                                  self.retry_after)
+            if self._count >= self.total:
+                raise RateLimited(f"this server holds {self._count} {what} (at most "
+                                  f"{self.total}); retry later", self.retry_after)
+            self._open[key] = held + 1
+            self._count += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if released:
+                    return
+                released = True
+                self._count -= 1
+                left = self._open[key] - 1
+                if left:
+                    self._open[key] = left
+                else:
+                    del self._open[key]
+
+        return release
 
 
 def client_key(scope: Mapping[str, Any]) -> str:

@@ -201,7 +201,8 @@ def install_problem_handlers(app: FastAPI, *, customize: ProblemCustomizer | Non
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         error, status, extra = to_tessera_error(request, exc)
         setattr(request.state, ERROR_CODE_STATE, error.code.value)  # for logs and metrics
-        headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else {}
+        # Starlette's exceptions and tessera.ratelimit.RateLimited carry headers.
+        headers = dict(getattr(exc, "headers", None) or {})
         # A wrong method is the router's answer, not the route family's: a 405
         # keeps its status everywhere, with the Allow header RFC 9110 §15.5.6 requires.
         routing = isinstance(exc, StarletteHTTPException) and exc.status_code == 405

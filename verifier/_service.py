@@ -46,7 +46,7 @@ import os
 import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -84,7 +84,7 @@ from tessera.observability import (
     instrument_pool,
     set_outcome,
 )
-from tessera.ratelimit import Limit, RateLimitConfig, RateLimits, RateRule
+from tessera.ratelimit import Limit, OpenSlots, RateLimitConfig, RateLimits, RateRule
 from tessera.typing import DIDResolver, Signer
 from tessera.web import (
     PNG_CONTENT,
@@ -208,6 +208,9 @@ class ServiceSettings:
     issuer_must_control_key: bool = True
     # Per-client limits on request creation and event streams (TESSERA_RATE_LIMITS).
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Event streams open at once, per till key and in this process (docs/verifier-service.md).
+    max_streams_per_till: int = 8
+    max_streams: int = 256
     # Seconds one verification may spend fetching DID documents and status
     # lists, all fetches together (TESSERA_FETCH_BUDGET; tessera.did.fetch_budget).
     fetch_budget_seconds: float = DEFAULT_FETCH_BUDGET
@@ -236,6 +239,8 @@ class CheckoutService:
             settings.store_url, table_name=settings.session_table,
             redis_prefix=settings.redis_prefix + "session:",
         )
+        self.streams = OpenSlots(per_key=settings.max_streams_per_till,
+                                 total=settings.max_streams)
         self.verifier = Verifier(
             trust=settings.trust, resolver=settings.resolver, status_check=settings.status_check,
             nonces=self.nonces, request_ttl=timedelta(seconds=settings.request_ttl_seconds),
@@ -404,7 +409,18 @@ class CheckoutService:
 
 
 class EventStreamResponse(StreamingResponse):
+    """``text/event-stream``; ``on_close`` runs once the response ends, however it ends."""
+
     media_type = "text/event-stream"
+    # Not an __init__ parameter: FastAPI reads the default status from its signature.
+    on_close: Callable[[], None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
 
 
 _RESPONSE_FORM: Final = {"requestBody": {"required": True, "content": {
@@ -611,7 +627,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         200: {"description": "Server-Sent Events: `status` events carrying the result view",
               "content": {"text/event-stream": {"schema": {"type": "string"}}}},
     })
-    async def events(request_id: str, till: Till) -> StreamingResponse:
+    async def events(request_id: str, till: Till, request: Request) -> StreamingResponse:
         first = await run_in_threadpool(lambda: service.session(request_id, till=till))
 
         async def stream() -> AsyncIterator[str]:
@@ -620,6 +636,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             deadline = time.monotonic() + settings.request_ttl_seconds + 30
             last_beat = time.monotonic()
             while session is not None and time.monotonic() < deadline:
+                # Starlette stops the stream when the server reports the
+                # disconnect (ASGI < 2.4); with 2.4 only a failed write would,
+                # up to a keep-alive later. Either way, stop polling at once.
+                if await request.is_disconnected():
+                    return
                 if session.get("version") != seen:
                     seen = int(session.get("version", 0))
                     data = json.dumps(service.public_view(session), separators=(",", ":"))
@@ -634,8 +655,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                     service.sessions.get, f"session:{request_id}"
                 )
 
-        return EventStreamResponse(stream(), headers={"Cache-Control": "no-store",
-                                                      "X-Accel-Buffering": "no"})
+        # Held until the response ends: a stream lives up to the request's TTL,
+        # so its rate limit alone would let a client hold ever more of them.
+        release = service.streams.acquire(till, "event streams")
+        response = EventStreamResponse(stream(), headers={"Cache-Control": "no-store",
+                                                          "X-Accel-Buffering": "no"})
+        response.on_close = release
+        return response
 
     return app
 
@@ -725,6 +751,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
     ``CONTEXTS`` (a pinned JSON-LD context manifest, see
     :meth:`tessera.jsonld.DocumentLoader.from_manifest`),
     ``ISSUER_MUST_CONTROL_KEY`` (``true``/``false``, default true);
+    ``MAX_STREAMS_PER_TILL`` and ``MAX_STREAMS`` (event streams open at once
+    per till key and in each process, default 8 and 256);
     ``TESSERA_MASTER_KEY`` seals the key file; ``TESSERA_FETCH_BUDGET`` (seconds,
     default 10) bounds each verification's fetches and each single fetch.
     """
@@ -783,6 +811,13 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
     if must_control not in ("true", "false", "1", "0"):
         raise TesseraError(ErrorCode.INVALID_REQUEST,
                            f"{ENV_PREFIX}ISSUER_MUST_CONTROL_KEY must be true or false")
+    streams: dict[str, int] = {}
+    for name, default in (("MAX_STREAMS_PER_TILL", 8), ("MAX_STREAMS", 256)):
+        raw = get(name, str(default)).strip() or str(default)
+        if not (raw.isdigit() and 1 <= int(raw) <= 100_000):
+            raise TesseraError(ErrorCode.INVALID_REQUEST,
+                               f"{ENV_PREFIX}{name} must be a number from 1 to 100000")
+        streams[name] = int(raw)
     mode = get("RESPONSE_MODE", "direct_post")
     if mode not in RESPONSE_MODES:
         raise TesseraError(ErrorCode.INVALID_REQUEST, f"unknown response mode {mode!r}")
@@ -800,6 +835,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
         response_mode=mode, tills=TillKeys(Path(tills_path)) if tills_path else None,
         loader=loader, issuer_must_control_key=must_control in ("true", "1"),
         rate_limits=RateLimitConfig.from_env(env), fetch_budget_seconds=budget,
+        max_streams_per_till=streams["MAX_STREAMS_PER_TILL"],
+        max_streams=streams["MAX_STREAMS"],
     )
 
 

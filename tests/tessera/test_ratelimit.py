@@ -212,3 +212,23 @@ def test_redis_limits_through_the_service(redis_url: str) -> None:
         assert b.post("/requests", json={"policy": "gold-10"}, headers=TILL).status_code == 201
         _assert_429(a.post("/requests", json={"policy": "gold-10"}, headers=TILL))
         _assert_429(b.post("/requests", json={"policy": "gold-10"}, headers=TILL))
+
+
+def test_open_slots_bound_per_key_and_in_all_and_release_once() -> None:
+    from tessera.ratelimit import OpenSlots, RateLimited
+
+    slots = OpenSlots(per_key=2, total=3, retry_after=5)
+    a1, _a2 = slots.acquire("a", "streams"), slots.acquire("a", "streams")
+    with pytest.raises(RateLimited) as per_key:
+        slots.acquire("a", "streams")
+    assert per_key.value.code is ErrorCode.RATE_LIMITED
+    assert per_key.value.headers == {"Retry-After": "5"}
+    slots.acquire("b", "streams")
+    with pytest.raises(RateLimited):
+        slots.acquire("c", "streams")  # the process bound
+    a1()
+    a1()  # a second release of one slot frees nothing more
+    assert slots.open("a") == 1 and slots.open() == 2
+    slots.acquire("c", "streams")
+    with pytest.raises(RateLimited):
+        slots.acquire("d", "streams")

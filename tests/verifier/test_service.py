@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from jwcrypto import jwe, jwk, jws
 from sd_jwt.holder import SDJWTHolder
 
 from tessera.did import Resolver, did_jwk, did_web
+from tessera.errors import TesseraError
 from tessera.keys import generate_signer, signer_from_jwk
 from verifier._service import ServiceSettings, create_app
 from verifier._tills import TillKeys
@@ -740,3 +743,89 @@ def test_tessera_wallet_encrypted_checkout(brand: TestIssuer, tmp_path: Path) ->
         with pytest.raises(Exception, match="consent"):
             respond(wallet, request, consent=lambda c: False, http=client)
         assert _result(client, declined)["result"]["errors"] == ["consent_denied"]
+
+
+# -- event streams: bounded while open, freed when the till goes (issue 9) -----------------------
+
+
+@contextlib.contextmanager
+def _served(app: Any) -> Iterator[str]:
+    """The app under uvicorn on a loopback port: real connections, real disconnects."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def test_event_streams_are_bounded_and_a_gone_till_frees_its_slot(brand: TestIssuer) -> None:
+    # Before: a stream stayed open until its deadline (request TTL + 30 s)
+    # after the till had gone, and nothing bounded how many were open at once.
+    tills = TillKeys()
+    a, b = tills.create("lane a"), tills.create("lane b")
+    keys = {a["id"]: {"Authorization": f"Bearer {a['token']}"},
+            b["id"]: {"Authorization": f"Bearer {b['token']}"}}
+    app = create_app(_settings(brand, "memory://", tills=tills, max_streams_per_till=2,
+                               max_streams=3, sse_interval_seconds=0.05))
+    slots = app.state.service.streams
+    with _served(app) as url, httpx.Client(base_url=url, timeout=20) as http, \
+            contextlib.ExitStack() as held:
+
+        def events(till: str) -> str:
+            r = http.post("/requests", json={"policy": "gold-10"}, headers=keys[till])
+            assert r.status_code == 201, r.text
+            return str(r.json()["events"])
+
+        readers: list[Iterator[str]] = []  # kept: a dropped reader closes its stream
+
+        def live(stream: httpx.Response) -> httpx.Response:
+            if stream.status_code == 200:  # the first event has arrived
+                readers.append(stream.iter_lines())
+                assert next(readers[-1]).startswith("event: status")
+            return stream
+
+        def open_stream(path: str, till: str) -> httpx.Response:
+            return live(held.enter_context(http.stream("GET", path, headers=keys[till])))
+
+        a_paths = [events(a["id"]) for _ in range(3)]
+        b_paths = [events(b["id"]) for _ in range(2)]
+        first = http.stream("GET", a_paths[0], headers=keys[a["id"]])
+        assert live(first.__enter__()).status_code == 200
+        assert open_stream(a_paths[1], a["id"]).status_code == 200
+        over = open_stream(a_paths[2], a["id"])  # a third for one till
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+        over.read()
+        assert over.json()["code"] == "rate_limited"
+        assert open_stream(b_paths[0], b["id"]).status_code == 200
+        over = open_stream(b_paths[1], b["id"])  # a fourth in the process
+        assert over.status_code == 429
+        assert slots.open() == 3 and slots.open(a["id"]) == 2
+
+        first.__exit__(None, None, None)  # lane a's till goes away mid-checkout
+        deadline = time.monotonic() + 15  # generous: the checkout's own deadline is 330 s
+        while slots.open(a["id"]) != 1:
+            assert time.monotonic() < deadline, "a disconnected stream kept its slot"
+            time.sleep(0.05)
+        assert open_stream(a_paths[2], a["id"]).status_code == 200
+        assert slots.open() == 3
+
+
+def test_stream_bounds_from_env_are_checked() -> None:
+    from verifier._service import settings_from_env
+
+    for bad in ("0", "x", "-1"):
+        with pytest.raises(TesseraError) as refused:
+            settings_from_env({"TESSERA_VERIFIER_TRUST": "/nonexistent",
+                               "TESSERA_VERIFIER_MAX_STREAMS": bad})
+        assert "MAX_STREAMS" in refused.value.detail
