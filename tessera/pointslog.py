@@ -472,6 +472,11 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
     lots: dict[int, list[Any]] = {}  # entry -> [amount, remaining, available_at, expires_at]
     queue: list[tuple[bool, datetime, int]] = []  # lots with points left, in debit order
     reversed_lots: set[int] = set()
+    # Debits a reversal may still undo (issuer._ledger.reverse: redeem and adjust, once
+    # each): those logged with lots, by what they took, and those before the
+    # snapshot, by their points only.
+    undoable: dict[tuple[tuple[int, int], ...], int] = {}
+    earlier: dict[int, int] = {}
     holds: dict[str, OpenHold] = {}
     closed: set[str] = set()
     balance = 0
@@ -480,6 +485,10 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
         if leaf.v < 2 or (not known and leaf.kind != "snapshot"):
             known = False
             balance += leaf.delta
+            if leaf.kind in ("redeem", "adjust") and leaf.delta < 0:
+                earlier[-leaf.delta] = earlier.get(-leaf.delta, 0) + 1
+            elif leaf.kind == "reverse" and earlier.get(leaf.delta, 0) > 0:
+                earlier[leaf.delta] -= 1
             continue
         if leaf.kind == "snapshot" or leaf.carry is not None:
             if leaf.kind != "snapshot" or leaf.carry is None or leaf.delta != 0 \
@@ -512,8 +521,20 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
             raise _bad(leaf, "allocation from a lot never opened")
         if any(a.points > 0 for a in leaf.alloc):
             _check_debit(leaf, lots, queue, reversed_lots)
-        elif leaf.alloc and leaf.kind != "reverse":
-            raise _bad(leaf, "only a reversal gives points back to lots")
+            if leaf.kind in ("redeem", "adjust"):
+                key = tuple(sorted((a.lot, a.points) for a in leaf.alloc))
+                undoable[key] = undoable.get(key, 0) + 1
+        elif leaf.alloc:
+            # issuer._ledger.reverse puts back what the debit took, lot by lot.
+            key = tuple(sorted((a.lot, -a.points) for a in leaf.alloc))
+            if leaf.kind != "reverse":
+                raise _bad(leaf, "only a reversal gives points back to lots")
+            if undoable.get(key, 0) > 0:
+                undoable[key] -= 1
+            elif earlier.get(leaf.delta, 0) > 0:  # a debit whose lots predate the log's
+                earlier[leaf.delta] -= 1
+            else:
+                raise _bad(leaf, "a reversal gives back what one debit took, to its lots")
         taken = 0
         for a in leaf.alloc:
             lot = lots[a.lot]
@@ -521,11 +542,11 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
             lot[1] -= a.points
             if not 0 <= lot[1] <= lot[0]:
                 raise _bad(leaf, f"lot {a.lot} would hold {lot[1]} of {lot[0]} points")
-            key = _queue_key(a.lot, lot)
+            order = _queue_key(a.lot, lot)
             if was > 0 and lot[1] == 0:
-                del queue[bisect.bisect_left(queue, key)]
+                del queue[bisect.bisect_left(queue, order)]
             elif was == 0 and lot[1] > 0:
-                bisect.insort(queue, key)
+                bisect.insort(queue, order)
             taken += a.points
         if leaf.delta != credit - taken:
             raise _bad(leaf, "delta is not the lot opened less the points allocated")

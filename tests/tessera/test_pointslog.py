@@ -258,11 +258,40 @@ def test_the_lot_order_follows_time_expiry_and_reversals() -> None:
     with pytest.raises(TesseraError):
         fold([*lots, *back, _debit(11, (5, 1))], at=T0)
     # A credit's own lot goes first once: it is reversed at most once.
-    again = [_reverse(9, (1, 100)), _reverse(10, (1, -100))]
-    fold([*lots, *again], at=T0)
+    day6 = T0 + 6 * DAY
+    again = [_debit(9, (2, 50), (5, 40), (1, 100), (3, 10)),
+             _reverse(10, (3, 60), (4, 10), time=day6),  # lot 3's credit reversed: it goes first
+             _reverse(11, (2, -50), (5, -40), (1, -100), (3, -10), time=day6)]
+    fold([*lots, *again[:1], _reverse(10, (4, 30), (3, 40), time=day6)], at=day6)
+    fold([*lots, *again], at=day6)
     with pytest.raises(TesseraError):
-        fold([*lots, *again, _reverse(11, (1, 100))], at=T0)
-    fold([*lots, *again, _reverse(11, (2, 50), (5, 40), (1, 10))], at=T0)  # plain FIFO
+        fold([*lots, *again, _reverse(12, (3, 10), (2, 50), (4, 10), time=day6)], at=day6)
+    fold([*lots, *again, _reverse(12, (2, 50), (4, 20), time=day6)], at=day6)  # plain FIFO
+
+
+@pytest.mark.parametrize("back", [
+    [(2, -50), (5, -40), (1, -10)],      # what it took, where it took it from
+    [(1, -10), (2, -50), (5, -40)],      # in any order
+])
+def test_a_reversal_gives_back_what_one_debit_took(back: list[tuple[int, int]]) -> None:
+    debit = _debit(9, (2, 50), (5, 40), (1, 10))
+    fold([*_lots(), debit, _reverse(10, *back)], at=T0)
+
+
+@pytest.mark.parametrize("back", [
+    [(2, -50), (5, -40)],                # not all of it
+    [(2, -50), (5, -30), (1, -20)],      # into a lot that expires sooner than it came from
+    [(2, -50), (5, -40), (4, -10)],
+])
+def test_a_reversal_puts_nothing_into_other_lots(back: list[tuple[int, int]]) -> None:
+    lots = [*_lots(), _debit(9, (2, 50), (5, 40), (1, 10)), _debit(10, (1, 20))]
+    with pytest.raises(TesseraError) as info:
+        fold([*lots, _reverse(11, *back)], at=T0)
+    assert info.value.code is ErrorCode.MALFORMED
+    # ... nor undoes one debit twice.
+    fold([*lots, _reverse(11, (1, -20))], at=T0)
+    with pytest.raises(TesseraError):
+        fold([*lots, _reverse(11, (1, -20)), _reverse(12, (1, -20))], at=T0)
 
 
 def test_a_snapshot_carries_lots_into_the_order() -> None:
