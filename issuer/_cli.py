@@ -327,7 +327,8 @@ def _parse_tier(spec: str) -> TierCreate:
     for key, value in zip(("qualification_period_days", "grace_period_days",
                            "downgrade_policy"), parts[3:], strict=False):
         fields[key] = value
-    return TierCreate.model_validate(fields)
+    # Command-line values are strings: lax parsing, unlike the JSON body.
+    return TierCreate.model_validate(fields, strict=False)
 
 
 @program_app.command("create")

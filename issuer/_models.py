@@ -29,9 +29,9 @@ import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator
+from pydantic import ConfigDict, Strict, ValidationInfo, field_validator
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -46,6 +46,7 @@ from sqlalchemy import (
 from sqlmodel import Field, SQLModel
 
 from tessera.credentials import DEFAULT_POINTS_LADDER
+from tessera.encoding import json_integers
 from tessera.nonces import define_nonce_table
 
 __all__ = [
@@ -92,6 +93,21 @@ __all__ = [
 
 MAX_POINTS = 1_000_000_000
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class _JsonBody(SQLModel):
+    """A JSON request body: what its schema says or refused, as tessera.web.StrictBody
+    (not imported: this module stays free of the web stack)."""
+
+    # sqlmodel types model_config as a TypedDict of its own.
+    model_config = ConfigDict(strict=True)  # type: ignore[assignment]
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_integers(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is None:
+            return value
+        return json_integers(cls.model_fields[info.field_name].annotation, value)
 
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid alias).
@@ -247,8 +263,10 @@ class TierBase(SQLModel):
         return value
 
 
-class TierCreate(TierBase):
-    pass
+class TierCreate(TierBase, _JsonBody):
+    # A JSON string; strict mode would want a DowngradePolicy instance (tessera.web.STRICT_BODY).
+    downgrade_policy: Annotated[DowngradePolicy, Strict(False)] = Field(
+        default=DowngradePolicy.END_OF_GRACE)
 
 
 class Tier(TierBase, table=True):
@@ -274,7 +292,7 @@ class ProgramBase(SQLModel):
                                                          "was earned; null: never")
 
 
-class ProgramCreate(ProgramBase):
+class ProgramCreate(ProgramBase, _JsonBody):
     tiers: list[TierCreate] = Field(default_factory=list, max_length=32)
 
     @field_validator("points_ladder")
@@ -316,7 +334,7 @@ class ProgramPublic(ProgramBase):
 # -- members -----------------------------------------------------------------------
 
 
-class MemberEnrol(SQLModel):
+class MemberEnrol(_JsonBody):
     program_id: str = Field(max_length=36)
     did: str = Field(min_length=8, max_length=2048)
     proof: str = Field(max_length=16384, description=(

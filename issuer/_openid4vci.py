@@ -49,6 +49,7 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import decode_unverified, verify_signature
 from tessera.keys import PublicKey
 from tessera.typing import NonceStore
+from tessera.web import StrictBody
 
 __all__ = [
     "GRANT_PRE_AUTHORIZED",
@@ -161,12 +162,12 @@ def authorization_server_metadata(settings: Settings, brand: Brand) -> dict[str,
 # -- offers ------------------------------------------------------------------------------------
 
 
-class TxCodeRequest(BaseModel):
+class TxCodeRequest(StrictBody):
     length: int = Field(default=6, ge=4, le=10)
     description: str | None = Field(default=None, max_length=300)
 
 
-class OfferRequest(BaseModel):
+class OfferRequest(StrictBody):
     credential_configuration_ids: list[str] = Field(min_length=1, max_length=len(CONFIGURATIONS))
     tx_code: TxCodeRequest | None = None
     ttl_seconds: int = Field(default=600, ge=30, le=7 * 24 * 3600)

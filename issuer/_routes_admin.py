@@ -41,6 +41,7 @@ from issuer._models import (
     ProgramCreate,
     ProgramPublic,
 )
+from tessera.web import StrictBody
 
 __all__ = ["router"]
 
@@ -50,11 +51,11 @@ router = APIRouter(prefix="/admin/v1", tags=["admin"], responses=PROBLEM_RESPONS
 # -- request and response shapes ---------------------------------------------------------------
 
 
-class ApiKeyRequest(BaseModel):
+class ApiKeyRequest(StrictBody):
     label: str = Field(default="", max_length=200)
 
 
-class KeyRotation(BaseModel):
+class KeyRotation(StrictBody):
     alg: str | None = Field(default=None, pattern="^(EdDSA|ES256|ES384)$")
 
 
@@ -69,7 +70,7 @@ class EnrolmentChallengeView(BaseModel):
     expires_at: Any
 
 
-class EarnRequest(BaseModel):
+class EarnRequest(StrictBody):
     points: int = Field(gt=0, le=MAX_POINTS)
     qualifying_points: int | None = Field(default=None, ge=0, le=MAX_POINTS,
                                           description="default: the same as points")
@@ -79,31 +80,31 @@ class EarnRequest(BaseModel):
                                      description="default: the program's return window")
 
 
-class RedeemRequest(BaseModel):
+class RedeemRequest(StrictBody):
     points: int = Field(gt=0, le=MAX_POINTS)
     reference: str | None = Field(default=None, max_length=200)
 
 
-class AdjustRequest(BaseModel):
+class AdjustRequest(StrictBody):
     points: int = Field(ge=-MAX_POINTS, le=MAX_POINTS)
     qualifying_points: int = Field(default=0, ge=-MAX_POINTS, le=MAX_POINTS)
     reason: str = Field(min_length=1, max_length=500)
     operator: str = Field(min_length=1, max_length=200)
 
 
-class ReverseRequest(BaseModel):
+class ReverseRequest(StrictBody):
     entry_id: int = Field(gt=0)
     reason: str = Field(min_length=1, max_length=500)
     operator: str | None = Field(default=None, max_length=200)
 
 
-class HoldRequest(BaseModel):
+class HoldRequest(StrictBody):
     points: int = Field(gt=0, le=MAX_POINTS)
     reference: str | None = Field(default=None, max_length=200)
     ttl_seconds: int = Field(default=3600, ge=1, le=_ledger.MAX_HOLD_SECONDS)
 
 
-class CaptureRequest(BaseModel):
+class CaptureRequest(StrictBody):
     points: int | None = Field(default=None, gt=0, le=MAX_POINTS,
                                description="default: the whole hold; the rest is released")
 
@@ -336,7 +337,7 @@ def list_credentials(member_id: str, brand: BrandDep, session: ReadSessionDep
             for c in session.exec(stmt)]
 
 
-class StatusChange(BaseModel):
+class StatusChange(StrictBody):
     reason: str | None = Field(default=None, max_length=200)
 
 

@@ -31,6 +31,7 @@ from issuer._routes_log import authenticate_member
 from tessera.errors import ErrorCode, TesseraError
 from tessera.observability import count_outcome
 from tessera.redemption import statement_csv
+from tessera.web import StrictBody
 
 __all__ = ["router"]
 
@@ -39,7 +40,7 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="PartnerKey",
                      description="a partner key: `tpk_<id>_<secret>`")
 
 
-class PartnerCreate(BaseModel):
+class PartnerCreate(StrictBody):
     name: str = Field(min_length=1, max_length=200)
     client_id: str = Field(min_length=1, max_length=2048, description=(
         "the OpenID4VP Client Identifier of the partner's requests (KB-JWT aud)"))
@@ -52,7 +53,7 @@ class PartnerCreated(BaseModel):
     token: str = Field(description="shown once; only its hash is stored")
 
 
-class RedemptionRequest(BaseModel):
+class RedemptionRequest(StrictBody):
     vp_token: dict[str, Any] | str = Field(description="as the wallet posted it (§8.1)")
     transaction_data: str = Field(max_length=4096,
                                   description="the tessera_redeem item, as in the request")
@@ -60,16 +61,16 @@ class RedemptionRequest(BaseModel):
     hold_ttl_seconds: int = Field(default=900, ge=30, le=MAX_HOLD_SECONDS)
 
 
-class CaptureBody(BaseModel):
+class CaptureBody(StrictBody):
     points: int | None = Field(default=None, gt=0, le=MAX_POINTS)
 
 
-class RefundBody(BaseModel):
+class RefundBody(StrictBody):
     points: int = Field(gt=0, le=MAX_POINTS)
     refund_reference: str = Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")
 
 
-class EarnBody(BaseModel):
+class EarnBody(StrictBody):
     membership_number: str = Field(min_length=1, max_length=32)
     points: int = Field(gt=0, le=MAX_POINTS)
     order_reference: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import binascii
 import json
+import types
+import typing
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "canonical_json",
+    "json_integers",
     "parse_datetime",
     "parse_json",
     "parse_json_object",
@@ -165,6 +168,30 @@ def parse_json_object(data: str | bytes, *, max_bytes: int = MAX_JSON_BYTES) -> 
     value = parse_json(data, max_bytes=max_bytes)
     if not isinstance(value, dict):
         raise TesseraError(ErrorCode.MALFORMED, "expected a JSON object")
+    return value
+
+
+def _takes_int(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    return (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            and any(_takes_int(a) for a in typing.get_args(annotation)))
+
+
+def json_integers(annotation: Any, value: Any) -> Any:
+    """``value`` with an integral JSON number (``5.0``) as an int where ``annotation`` takes one.
+
+    JSON Schema's ``integer`` is any number with a zero fractional part (JSON Schema
+    2020-12 Core §4.2.1), so ``5.0`` fits a schema that says ``integer``; pydantic's
+    strict mode takes only an int. ``false``, ``"5"`` and ``1.5`` stay what they are,
+    to be refused. Lists of integers are followed; nothing else is (a free-form
+    member such as a ``vp_token`` keeps its numbers as sent).
+    """
+    if type(value) is float and value.is_integer() and _takes_int(annotation):
+        return int(value)
+    if type(value) is list and typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return [json_integers(item, v) for v in value]
     return value
 
 

@@ -20,10 +20,11 @@ from typing import Any, Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from tessera.encoding import MAX_JSON_BYTES, parse_json, parse_json_object
+from tessera.encoding import MAX_JSON_BYTES, json_integers, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
@@ -34,10 +35,12 @@ __all__ = [
     "PROBLEM_REF",
     "PROBLEM_SCHEMA",
     "PROBLEM_TYPE_BASE",
+    "STRICT_BODY",
     "UNMATCHED_ROUTE",
     "PngResponse",
     "ProblemCustomizer",
     "StrictBodies",
+    "StrictBody",
     "allowed_methods",
     "document_problems",
     "install_problem_handlers",
@@ -331,6 +334,31 @@ def document_problems(app: FastAPI) -> None:
         return _complete(build())
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+STRICT_BODY: Final = ConfigDict(strict=True)
+"""``model_config`` of every JSON request body model: a value is what the schema says or refused.
+
+FastAPI validates a body in pydantic's Python mode, whose lax default takes JSON ``false``
+or ``"5"`` for an integer and ``1.0`` for 1; strict mode refuses them as the OpenAPI
+document does (``invalid_request``); ``5.0``, an integer to JSON Schema, is taken as 5
+(:func:`tessera.encoding.json_integers`). Strict Python mode also refuses a string for an enum
+or a datetime, which JSON can only carry as a string: such a field is declared
+``Annotated[..., Strict(False)]``. Query and path parameters stay lax: they are strings."""
+
+
+class StrictBody(BaseModel):
+    """Base of a JSON request body model (:data:`STRICT_BODY`)."""
+
+    model_config = STRICT_BODY
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_integers(cls, value: Any, info: ValidationInfo) -> Any:
+        # 5.0 is a JSON Schema integer (tessera.encoding.json_integers).
+        if info.field_name is None:
+            return value
+        return json_integers(cls.model_fields[info.field_name].annotation, value)
 
 
 _ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -56,7 +56,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from tessera import jsonld
 from tessera.credentials import MEMBERSHIP, POINTS
@@ -90,6 +90,7 @@ from tessera.web import (
     PNG_CONTENT,
     PngResponse,
     StrictBodies,
+    StrictBody,
     install_problem_handlers,
     problem_response,
     problem_responses,
@@ -216,7 +217,7 @@ class ServiceSettings:
     fetch_budget_seconds: float = DEFAULT_FETCH_BUDGET
 
 
-class CreateRequest(BaseModel):
+class CreateRequest(StrictBody):
     policy: str | None = Field(default=None, max_length=64)
     dcql: dict[str, Any] | None = None
     purpose: str = Field(default="", max_length=500)

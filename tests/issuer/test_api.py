@@ -186,3 +186,62 @@ def test_readyz_checks_the_master_key_and_the_nonce_store(service: Service) -> N
         assert r.json()["checks"]["nonce_store"].startswith("database_unavailable: the nonce "
                                                               "store did not answer (")
         assert "127.0.0.1" not in r.text  # no connection strings in the answer
+
+
+# JSON values that pydantic's lax mode took for an integer (false as 0, "5" as 5) and ones it
+# never took (1.5), beside a number where a string is declared: each is refused as the
+# OpenAPI document says (docs/conformance.md, negative_data_rejection).
+NOT_AN_INTEGER = [False, True, "5", 1.5]
+
+
+def test_a_body_is_what_its_schema_says(service: Service) -> None:
+    c = service.client
+    service.brand("acme")
+    h = service.h("acme")
+    program = service.program("acme")
+    member = service.enrol("acme", program["id"])["id"]
+
+    def tiers(rank: Any) -> dict[str, Any]:
+        return {"name": "Beans", "tiers": [{"name": "gold", "rank": rank,
+                                            "qualifying_points": 10}]}
+
+    refused: list[tuple[str, dict[str, Any], list[str]]] = []
+    for value in NOT_AN_INTEGER:
+        refused += [
+            ("/admin/v1/programs", tiers(value), ["body", "tiers", "0", "rank"]),
+            ("/admin/v1/programs", {"name": "Beans", "return_window_days": value},
+             ["body", "return_window_days"]),
+            ("/admin/v1/programs", {"name": "Beans", "points_ladder": [100, value]},
+             ["body", "points_ladder", "1"]),
+            (f"/admin/v1/members/{member}/points/earn", {"points": value}, ["body", "points"]),
+            (f"/admin/v1/members/{member}/holds", {"points": 1, "ttl_seconds": value},
+             ["body", "ttl_seconds"]),
+            (f"/admin/v1/members/{member}/offers",
+             {"credential_configuration_ids": ["MembershipCredential"],
+              "tx_code": {"length": value}}, ["body", "tx_code", "length"]),
+        ]
+    refused += [
+        ("/admin/v1/programs", {"name": 5}, ["body", "name"]),
+        (f"/admin/v1/members/{member}/points/earn", {"points": 5, "reference": 5},
+         ["body", "reference"]),
+        (f"/admin/v1/members/{member}/points/adjust",
+         {"points": 5, "reason": 1.5, "operator": "ops"}, ["body", "reason"]),
+    ]
+    for path, body, loc in refused:
+        r = service.post("acme", path, body)
+        _is_problem(r, 422, "invalid_request")
+        assert [e["loc"] for e in r.json()["errors"]] == [loc], (path, body, r.text)
+    # What the schema says is taken: integers (5.0 is one to JSON Schema, 2020-12 Core
+    # §4.2.1), and an enum as the string JSON carries.
+    r = c.post("/admin/v1/programs", headers=h, json={
+        "name": "Beans", "points_ladder": [100.0, 200], "return_window_days": 5,
+        "tiers": [{"name": "gold", "rank": 5.0, "qualifying_points": 10,
+                   "downgrade_policy": "immediate"}]})
+    assert r.status_code == 201, r.text
+    assert r.json()["points_ladder"] == [100, 200] and r.json()["tiers"][0]["rank"] == 5
+    assert r.json()["tiers"][0]["downgrade_policy"] == "immediate"
+    r = service.post("acme", f"/admin/v1/members/{member}/points/earn",
+                     {"points": 5.0, "reference": "till 5"})
+    assert r.status_code == 201 and r.json()["entry"]["points"] == 5, r.text
+    assert service.post("acme", f"/admin/v1/members/{member}/holds",
+                        {"points": 1, "ttl_seconds": 600}).status_code == 201

@@ -375,6 +375,15 @@ def test_kb_jwt_with_an_infinite_iat_is_refused_not_a_server_error(
      "not_found"),
     ("post", "/response", {"json": {"state": "x"}}, 415, "unsupported_format"),
     ("post", "/response", {"data": {"vp_token": '{"a":["x"]}'}}, 422, "invalid_request"),
+    # a number where the schema declares a string (docs/conformance.md, negative_data_rejection)
+    ("post", "/requests", {"json": {"policy": 5}}, 422, "invalid_request"),
+    ("post", "/requests", {"json": {"policy": "gold-10", "purpose": 1.5}}, 422, "invalid_request"),
+    ("post", "/requests", {"json": {"policy": "gold-10", "transaction_data": [False]}}, 422,
+     "invalid_request"),
+    ("post", "/requests", {"json": {"policy": "gold-10", "response_mode": 5}}, 422,
+     "invalid_request"),
+    ("post", "/presentations/verify",
+     {"json": {"verifiablePresentation": {}, "options": {"challenge": 5}}}, 400, "malformed"),
     ("get", "/no/such/path", {}, 404, "not_found"),
 ])
 def test_errors_are_problem_documents(client: TestClient, method: str, path: str,
