@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import exists, insert, update
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
@@ -169,9 +170,18 @@ def carry_forward(session: Session, *, brand_id: str, member_id: str,
             LedgerEntry.kind == EntryKind.SNAPSHOT)).first() is not None:
         return False
     append_for_member(session, brand_id=brand_id, member_id=member_id, idempotency_key=None)
-    lots = session.exec(select(PointLot).where(PointLot.member_id == member_id,
-                                               col(PointLot.remaining) > 0)
-                        .order_by(col(PointLot.id))).all()
+    # Lots with points left, and drained lots a debit not yet reversed took from:
+    # _ledger.reverse may put points back into those, and the log must know them.
+    undo = aliased(LedgerEntry)
+    reversal = select(undo.id).where(undo.reverses_id == col(LotAllocation.entry_id))
+    refillable = (select(LotAllocation.lot_id)
+                  .join(LedgerEntry, col(LedgerEntry.id) == col(LotAllocation.entry_id))
+                  .where(col(LedgerEntry.kind).in_([EntryKind.REDEEM, EntryKind.ADJUST]),
+                         col(LotAllocation.amount) > 0, ~exists(reversal)))
+    lots = session.exec(select(PointLot).where(
+        PointLot.member_id == member_id,
+        (col(PointLot.remaining) > 0) | col(PointLot.id).in_(refillable))
+        .order_by(col(PointLot.id))).all()
     holds = session.exec(select(PointHold).where(PointHold.member_id == member_id,
                                                  PointHold.status == "held")
                          .order_by(col(PointHold.id))).all()

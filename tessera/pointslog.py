@@ -26,8 +26,9 @@ log (lots, holds) is a cache of it, and the audit recomputes it"):
 * ``carry``: a zero-point ``snapshot`` leaf written once for a member whose
   history began with version 1 leaves: ``{"lots": [{"lot", "amount",
   "remaining", "available_at", "expires_at"}], "holds": [<hold>...]}``, the
-  lots and open holds the ledger kept at that moment. Their points must add
-  up to the history's total; from there on every figure is derivable.
+  lots and open holds the ledger kept at that moment (with the drained lots
+  a reversal may still refill). Their points must add up to the history's
+  total; from there on every figure is derivable.
 
 :func:`fold` is the one definition of those figures (balance, available,
 pending, held, lots with their expiry); the issuer checks what it signs
@@ -496,7 +497,7 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
                 raise _bad(leaf, "a snapshot carries lots and holds, and nothing else")
             lots, holds, closed, reversed_lots = {}, {}, set(), set()
             for c in leaf.carry.lots:
-                if not 0 < c.remaining <= c.amount or c.lot in lots:
+                if not 0 <= c.remaining <= c.amount or c.amount <= 0 or c.lot in lots:
                     raise _bad(leaf, f"carried lot {c.lot} is not a lot")
                 lots[c.lot] = [c.amount, c.remaining, _dt(c.available_at),
                                _dt(c.expires_at) if c.expires_at else None]
@@ -504,7 +505,7 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
                 if h.points is None or h.expires_at is None or h.points <= 0 or h.id in holds:
                     raise _bad(leaf, f"carried hold {h.id} is not a hold")
                 holds[h.id] = OpenHold(h.id, h.points, _dt(h.expires_at))
-            queue = sorted(_queue_key(entry, lot) for entry, lot in lots.items())
+            queue = sorted(_queue_key(entry, lot) for entry, lot in lots.items() if lot[1] > 0)
             if sum(lot[1] for lot in lots.values()) != balance:
                 raise _bad(leaf, f"carried lots hold other than the {balance} points logged")
             known = True

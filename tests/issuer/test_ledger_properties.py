@@ -75,6 +75,9 @@ def _no_hold_entries(real: Any) -> Any:
           ("wait", 61, 0), ("redeem", 1, 0)], 0)
 @example([("earn", 100, 0), ("earn", 50, 0), ("redeem", 120, 0), ("earn", 5, 0),
           ("reverse", 0, 0), ("redeem", 1, 0)], 3)
+# A debit before the snapshot drained lot 1; its reversal after it refills lot 1.
+@example([("earn", 100, 0), ("earn", 50, 0), ("redeem", 120, 0), ("earn", 5, 0),
+          ("reverse", 2, 0), ("redeem", 101, 0)], 3)
 @example([("earn", 100, 0), ("hold", 50, 0), ("hold", 10, 0), ("release", 1, 0),
           ("earn", 5, 0), ("capture", 0, 0), ("wait", 4, 0), ("sweep", 0, 0)], 3)
 def test_ledger_invariants(sequence: list[tuple[str, int, int]], legacy_steps: int) -> None:
