@@ -9,6 +9,7 @@ variable to the empty string to skip those tests anyway.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, MutableMapping
@@ -114,6 +115,18 @@ def _no_outbound_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A serve command run in-process configures the root logger (JSON lines on the
+    stderr of that moment); later tests must not inherit it, or a CLI test's captured
+    stderr gets another test's log lines."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
