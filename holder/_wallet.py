@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,6 +13,7 @@ from tessera.dcql import CredentialQuery, Query
 from tessera.did import Resolver, did_key, issuer_key_lookup
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.files import write_private
 from tessera.formats import sd_jwt
 from tessera.keys import LocalSigner, generate_signer, seal_with_passphrase, signer_from_jwk
 from tessera.keys import unseal_with_passphrase as _unseal
@@ -166,16 +165,7 @@ class Wallet:
         sealed = seal_with_passphrase(json.dumps(inner).encode(), self._passphrase)
         outer = {"version": WALLET_VERSION, "did": self.did, "sealed": sealed}
         # Write-then-rename so a crash never leaves half a wallet behind.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".wallet-")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(outer, fh)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(self.path, json.dumps(outer).encode())
 
     # -- enrolment ----------------------------------------------------------------
     def enrolment_proof(self, challenge: Mapping[str, Any]) -> str:

@@ -36,6 +36,7 @@ from issuer._settings import (
 )
 from tessera.did import Resolver
 from tessera.errors import ErrorCode, TesseraError
+from tessera.files import write_private
 
 __all__ = ["app_from_env", "issuer_app"]
 
@@ -245,10 +246,7 @@ def _ensure_master_key(path: Path) -> str:
     if path.exists():
         _run(lambda: Settings.from_env({MASTER_KEY_FILE_ENV: str(path)}))  # must be a valid key
         return "kept: it already exists"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(generate_master_key() + "\n")
+    write_private(path, (generate_master_key() + "\n").encode("ascii"), replace=False)
     return "created, mode 0600; back it up: it seals every brand's keys"
 
 

@@ -74,6 +74,7 @@ from tessera.did import (
 )
 from tessera.encoding import b64url_decode, parse_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.files import write_private
 from tessera.health import Check, health_router, unavailable
 from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, unseal
 from tessera.nonces import nonce_store_from_url
@@ -698,18 +699,9 @@ def load_or_create_key(path: Path, *, master_key: bytes | None = None) -> LocalS
         data = json.dumps(signer.export_private_jwk()).encode()
         if master_key is not None:
             data = json.dumps({"sealed": seal(data, master_key, aad=_KEY_AAD)}).encode()
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            # FileExistsError: another process won the race; use its key.
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # FileExistsError: another process won the race; use its key.
+        with contextlib.suppress(FileExistsError):
+            write_private(path, data, replace=False)
     try:
         mode = path.stat().st_mode
         raw = path.read_bytes()

@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from typing import Any, Final
 
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.files import write_private
 from tessera.keys import new_secret_token, secret_token_row
 
 __all__ = ["TILL_TOKEN_PREFIX", "TillKeys"]
@@ -122,16 +122,7 @@ class TillKeys:
             rows = self._read_file()
             yield rows
             data = json.dumps({"tills": list(rows.values())}, indent=2).encode() + b"\n"
-            tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-            out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(out_fd, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_private(self.path, data)
         finally:
             os.close(fd)
 
