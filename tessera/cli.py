@@ -8,6 +8,7 @@ verifier-only install still runs ``tessera verify``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,10 @@ app = typer.Typer(
 )
 key_app = typer.Typer(help="Key management.", no_args_is_help=True)
 app.add_typer(key_app, name="key")
+witness_app = typer.Typer(
+    help="A C2SP witness: cosign other brands' log checkpoints (c2sp.org/tlog-witness).",
+    no_args_is_help=True)
+app.add_typer(witness_app, name="witness")
 
 
 def _fail(exc: TesseraError) -> None:
@@ -206,6 +211,70 @@ def verify_cmd(
         return
     typer.echo(json.dumps(result.to_dict(), indent=2))
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _witness_cosigner(key: Path, name: str) -> Any:
+    """The witness's Ed25519 key, created (mode 0600) on first use."""
+    from tessera.files import write_private
+    from tessera.keys import generate_signer, signer_from_jwk
+    from tessera.tlog import Cosigner
+
+    if not key.exists():
+        fresh = json.dumps(generate_signer("EdDSA").export_private_jwk()).encode()
+        # replace=False: another start that created it first wins, and we use its key.
+        with contextlib.suppress(FileExistsError):
+            write_private(key, fresh, replace=False)
+    return Cosigner(name, signer_from_jwk(_read_json(key)))
+
+
+WitnessKeyOpt = Annotated[Path, typer.Option(
+    help="the witness's private Ed25519 JWK file (created with mode 0600 if absent)")]
+WitnessNameOpt = Annotated[str, typer.Option(
+    help="the witness's key name, a schema-less URL such as witness.example.com/acme")]
+
+
+@witness_app.command("vkey")
+def witness_vkey(key: WitnessKeyOpt, name: WitnessNameOpt) -> None:
+    """Print the witness's verifier key (cosignature/v1, type 0x04) for log operators."""
+    try:
+        typer.echo(_witness_cosigner(key, name).vkey)
+    except TesseraError as exc:
+        _fail(exc)
+
+
+@witness_app.command("serve")
+def witness_serve(
+    key: WitnessKeyOpt,
+    name: WitnessNameOpt,
+    log: Annotated[list[str] | None, typer.Option(
+        help="a log's verifier key (name+id+key, name = the log's origin); repeatable")] = None,
+    logs: Annotated[Path | None, typer.Option(
+        help="file of log verifier keys, one a line (# comments)")] = None,
+    db: Annotated[Path, typer.Option(
+        help="SQLite file of the latest cosigned checkpoint of each log")]
+    = Path("tessera-witness.db"),
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8091,
+) -> None:
+    """Serve POST /add-checkpoint (c2sp.org/tlog-witness) for the configured logs."""
+    import uvicorn
+
+    from tessera.witness import Witness, WitnessStore, create_app, load_logs
+
+    try:
+        lines = list(log or [])
+        if logs is not None:
+            lines += _read_text(logs).splitlines()
+        keys = load_logs(lines)
+        if not keys:
+            raise typer.BadParameter("give at least one --log or --logs")
+        witness = Witness(_witness_cosigner(key, name), keys, WitnessStore(db))
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"witness {witness.cosigner.vkey} for {len(witness.logs)} log(s) at "
+               f"http://{host}:{port}", err=True)
+    uvicorn.run(create_app(witness), host=host, port=port, log_config=None, access_log=False)
 
 
 @app.command("demo")
