@@ -143,3 +143,14 @@ def redis_url() -> str:
     if not url:
         pytest.skip("no Redis configured: set TESSERA_TEST_REDIS_URL (CI does)")
     return url
+
+
+@pytest.fixture(scope="session")
+def aics() -> object:
+    """aics-tlog/aics-witness, an independent C2SP implementation, in a venv of its own."""
+    from tests.aics import prepare
+
+    ready = prepare()
+    if isinstance(ready, str):
+        pytest.skip(ready)
+    return ready
