@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from holder._wallet import ConsentRequest, Wallet
+from holder._wallet import ConsentItem, ConsentRequest, Wallet
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 
@@ -219,13 +219,65 @@ def list_cmd(wallet: WalletOption = DEFAULT_WALLET) -> None:
     """List the credentials in the wallet."""
     w = _open(wallet)
     table = Table(title=f"Credentials of {w.did}")
-    for column in ("id", "type", "issuer", "received", "expires"):
+    for column in ("id", "type", "issuer", "received", "expires", "use"):
         table.add_column(column)
     for cred in w.credentials():
         expires = "" if cred.expires_at is None else _iso(cred.expires_at)
+        use = ("one-time, used" if cred.spent_at else "one-time, unused") if cred.one_time \
+            else "linkable"
         table.add_row(cred.id[:8], cred.credential_type, cred.issuer, cred.received_at[:19],
-                      expires)
+                      expires, use)
     out.print(table)
+
+
+@wallet_app.command("pool")
+def pool_cmd(
+    wallet: WalletOption = DEFAULT_WALLET,
+    top_up_below: Annotated[int | None, typer.Option(
+        "--top-up-below", help="top a pool up after a presentation leaves fewer unused "
+                               "one-time credentials than this (0: never on its own); "
+                               "kept in the wallet")] = None,
+) -> None:
+    """One-time credentials left per type, and the top-up threshold."""
+    w = _open(wallet)
+    if top_up_below is not None:
+        try:
+            w.set_top_up_below(top_up_below)
+        except TesseraError as exc:
+            _fail(exc)
+    for pool in w.pools():
+        how = "tops up by refresh token" if pool.can_top_up else "no refresh token: new offer"
+        out.print(f"{pool.credential_type} from {pool.issuer}: {pool.unused} unused, "
+                  f"{pool.used} used ({how})")
+    out.print(f"top up below: {w.top_up_below}")
+
+
+@wallet_app.command("refresh")
+def refresh_cmd(
+    wallet: WalletOption = DEFAULT_WALLET,
+    did_document: DocsOption = None,
+    dev_origin: DevOption = None,
+    all_pools: Annotated[bool, typer.Option(
+        "--all", help="top up every pool, not only those below the threshold")] = False,
+) -> None:
+    """Top pools up now with their refresh tokens (no offer to scan)."""
+    from holder._openid4vci import top_up
+
+    w = _open(wallet, did_document, dev_origin)
+    grants = w.grants() if all_pools else w.grants_running_low()
+    failed = None
+    with _http_client() as http:
+        for grant in grants:
+            try:
+                got = top_up(w, grant, http_client=http)
+            except TesseraError as exc:
+                err.print(f"{grant.credential_configuration_id} from "
+                          f"{grant.credential_issuer}: {exc.code.value}: {exc.detail}")
+                failed = exc
+                continue
+            out.print(f"{got[0].credential_type} from {got[0].issuer}: +{len(got)}")
+    if failed is not None:
+        _fail(failed)
 
 
 def _iso(ts: int) -> str:
@@ -263,7 +315,8 @@ def _consent_screen(request: ConsentRequest, contacts: tuple[str, ...], client_i
     # Outside the panel, unwrapped: members copy it into `consents withdraw`.
     out.print(f"Verifier identifier: {_esc(client_id)}")
     for item in request.items:
-        table = Table(title=f"{item.credential_type} from {_esc(item.issuer)}")
+        table = Table(title=f"{item.credential_type} from {_esc(item.issuer)}",
+                      caption=_use_note(item))
         table.add_column("claim")
         table.add_column("shared?")
         table.add_column("value")
@@ -276,6 +329,16 @@ def _consent_screen(request: ConsentRequest, contacts: tuple[str, ...], client_i
     for tx in transactions:
         out.print(Panel(_esc(json.dumps(tx, indent=2)), title="Transaction you authorise",
                         expand=False))
+
+
+def _use_note(item: ConsentItem) -> str:
+    if item.use == "one-time":
+        return (f"a one-time credential: verifiers cannot link it to your other visits; "
+                f"{item.remaining} unused left after this")
+    if item.use == "reused":
+        return ("REUSED (you allowed it): this verifier and the ones that saw it before "
+                f"can link these visits; {item.remaining} unused left")
+    return "bound to your wallet's key: verifiers comparing notes can link its presentations"
 
 
 def _esc(text: str) -> str:
@@ -293,6 +356,12 @@ def present(
     = False,
     did_document: DocsOption = None,
     dev_origin: DevOption = None,
+    allow_reuse: Annotated[bool, typer.Option(
+        "--allow-reuse", help="when no unused one-time credential is left and topping up "
+                              "fails, present a used one again (verifiers can then link "
+                              "the two presentations)")] = False,
+    no_top_up: Annotated[bool, typer.Option(
+        "--no-top-up", help="do not contact the issuer to refill the pool")] = False,
 ) -> None:
     """Answer a verifier's OpenID4VP request after showing what would be shared."""
     from holder._openid4vp import parse_request, respond
@@ -315,7 +384,8 @@ def present(
                                       default=False))
 
         try:
-            respond(w, request, consent=consent, http=http)
+            respond(w, request, consent=consent, http=http, allow_reuse=allow_reuse,
+                    top_up=not no_top_up)
         except TesseraError as exc:
             if exc.code == ErrorCode.CONSENT_DENIED:
                 err.print(f"Nothing was shared with {request.verifier_name}.")

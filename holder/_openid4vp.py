@@ -34,7 +34,7 @@ import httpx
 from jwcrypto import jwe as _jwe
 from jwcrypto import jwk as _jwk
 
-from holder._wallet import ConsentCallback, Wallet
+from holder._wallet import ConsentCallback, PoolGrant, Wallet
 from tessera.dcql import Query
 from tessera.did import Resolver
 from tessera.encoding import b64url_decode, parse_json, parse_json_object
@@ -346,33 +346,55 @@ def parse_request(
 
 def respond(
     wallet: Wallet, request: VerifierRequest, *, consent: ConsentCallback,
-    http: httpx.Client | None = None,
+    http: httpx.Client | None = None, allow_reuse: bool = False, top_up: bool = True,
+    issuer_http: httpx.Client | None = None,
 ) -> dict[str, Any]:
     """Ask the member, then post the vp_token (or ``access_denied``) to the verifier.
 
     Returns the verifier's JSON answer. Raises ``consent_denied`` when the
     member says no (after telling the verifier), and the verifier's problem
     code when it refuses the presentation.
+
+    One-time credentials: a used-up pool is refilled with its refresh token
+    before the member is asked (``top_up``, through ``issuer_http``, default
+    ``http``); ``pool_empty`` if that fails, unless ``allow_reuse``. After the
+    answer is accepted, pools left with fewer than ``wallet.top_up_below``
+    unused credentials are topped up; a failure there only leaves the pool
+    low (the presentation has been made), it is not raised.
     """
     own = http or httpx.Client(timeout=10.0)
+    issuers = issuer_http or own
+    refill = None
+    if top_up:
+        from holder._openid4vci import top_up as _top_up
+
+        def refill(grant: PoolGrant) -> object:
+            return _top_up(wallet, grant, http_client=issuers)
     try:
         try:
             token = wallet.present(
                 dcql=request.dcql_query, audience=request.client_id, nonce=request.nonce,
                 consent=consent, verifier_name=request.verifier_name, purpose=request.purpose,
-                transaction_data=request.transaction_data,
+                transaction_data=request.transaction_data, allow_reuse=allow_reuse,
+                refill=refill,
             )
         except TesseraError as exc:
-            if exc.code == ErrorCode.CONSENT_DENIED:
+            if exc.code in (ErrorCode.CONSENT_DENIED, ErrorCode.POOL_EMPTY):
                 # The refusal stands even if the till cannot be told.
                 with contextlib.suppress(TesseraError):
                     _post(own, request.response_uri, _response_form(request, {
-                        "error": "access_denied", "error_description": "the member declined",
+                        "error": "access_denied", "error_description": "the member declined"
+                        if exc.code == ErrorCode.CONSENT_DENIED else "nothing to share",
                         "state": request.state,
                     }))
             raise
-        return _post(own, request.response_uri, _response_form(
+        answer = _post(own, request.response_uri, _response_form(
             request, {"vp_token": token, "state": request.state}))
+        if refill is not None:
+            for grant in wallet.grants_running_low():
+                with contextlib.suppress(TesseraError):
+                    refill(grant)
+        return answer
     finally:
         if http is None:
             own.close()

@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_BALANCE = "insufficient_balance"
     CONSENT_DENIED = "consent_denied"
     WRONG_PASSPHRASE = "wrong_passphrase"  # noqa: S105 - an error code, not a secret
+    POOL_EMPTY = "pool_empty"
     # A client sent more requests than a service's per-client limit (HTTP 429).
     RATE_LIMITED = "rate_limited"
     # The service's database cannot be reached or has not been migrated.

@@ -87,6 +87,8 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     # Refused because of the account's state, not the request's shape.
     ErrorCode.INSUFFICIENT_BALANCE: 409,
     ErrorCode.CONSENT_DENIED: 403,
+    # A wallet condition; a service never raises it, but every code has a status.
+    ErrorCode.POOL_EMPTY: 409,
     ErrorCode.RATE_LIMITED: 429,
     # In a service this can only mean the master key does not open a stored
     # key: an operator's problem, not the client's.
