@@ -265,7 +265,7 @@ def test_a_batch_with_a_foreign_key_is_refused_whole(world: World) -> None:
 
 def test_key_attestation_refuses_reused_or_did_keys(world: World) -> None:
     world.receive()
-    held = world.wallet._holder_keys  # noqa: SLF001 - the attack needs a held key
+    held = world.wallet._holder_keys
     old = next(iter(held.values())).public_key
     for keys in ([old], [world.wallet.signer.public_key],
                  [generate_signer("ES256").public_key] * 2):
