@@ -149,3 +149,120 @@ def test_schemas_are_not_mutated_by_partial_copies() -> None:
     assert "required" in MEMBERSHIP.schema
     assert credentials._without_required({"required": ["a"], "x": [{"required": []}]}) == {
         "x": [{}]}
+
+
+# --- compiled validator (jsonschema-rs) against the jsonschema reference -------------------
+
+def _names(schema: Any) -> list[str]:
+    """Every property name the schema mentions, at any depth."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        found += list(schema.get("properties", {}))
+        for value in schema.values():
+            found += _names(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            found += _names(value)
+    return found
+
+
+_KEYS = [
+    *sorted({*_names(MEMBERSHIP.schema), *_names(POINTS.schema)}),
+    "tier_at_least_gold", "tier_at_least_", "tier_at_least_GOLD", "points_at_least_1000",
+    "points_at_least_1x", "nickname"]
+# Python's re.search lets "$" match before one trailing "\n"; ECMA-262 (what JSON Schema
+# patterns are) does not. That one known difference has its own test below.
+_text = st.one_of(
+    st.sampled_from(["", "a", "gold", "GOLD", "did:web:acme.example", "did::x", "https://x",
+                     "2020-05-01", "2020-02-30", "2020-5-1", "a@b", "ab", "2026-11-23T12:00:00Z",
+                     ROOT, ROOT[:-1], "x" * 65, "x" * 201]),
+    st.text(alphabet="abz09_-:@. GÅ\n", max_size=40),
+).filter(lambda s: not s.endswith("\n"))
+_scalar = st.one_of(
+    _text, st.booleans(), st.none(),
+    st.integers(min_value=-3, max_value=3),
+    st.sampled_from([1000, 1001, 10**12, 10**12 + 1, 2**70]),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([2.0, 5.5, -0.0]),
+)
+_json = st.recursive(
+    _scalar,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(st.sampled_from(_KEYS), _text), inner, max_size=5),
+    ),
+    max_leaves=12,
+)
+_claims = st.dictionaries(st.one_of(st.sampled_from(_KEYS), _text), _json, max_size=8)
+
+
+def _mutations() -> st.SearchStrategy[dict[str, Any]]:
+    """Valid claims with one claim or nested member replaced, added or removed."""
+    bases = [_membership(), _membership(name="Ann", email="a@b.example"),
+             _points(expiring_next=(100, date(2027, 1, 1)))]
+
+    @st.composite
+    def mutate(draw: st.DrawFn) -> dict[str, Any]:
+        claims: dict[str, Any] = dict(draw(st.sampled_from(bases)))
+        key = draw(st.sampled_from([*claims, *_KEYS]))
+        action = draw(st.sampled_from(["replace", "drop", "nested"]))
+        if action == "drop":
+            claims.pop(key, None)
+        elif action == "nested" and isinstance(claims.get(key), dict):
+            inner = dict(claims[key])
+            inner[draw(st.sampled_from([*inner, *_KEYS]))] = draw(_json)
+            claims[key] = inner
+        else:
+            claims[key] = draw(_json)
+        return claims
+
+    return mutate()
+
+
+@pytest.mark.parametrize("ctype", CREDENTIAL_TYPES, ids=lambda c: c.name)
+@pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
+@given(claims=st.one_of(_claims, _mutations()))
+def test_compiled_validator_agrees_with_reference(ctype: Any, partial: bool,
+                                                  claims: dict[str, Any]) -> None:
+    reference = ctype._partial if partial else ctype._full
+    expected = reference.is_valid(claims)
+    compiled = ctype._compiled_partial if partial else ctype._compiled_full
+    assert compiled.is_valid(claims) is expected
+    if expected:
+        ctype.validate(claims, partial=partial)
+    else:
+        with pytest.raises(TesseraError) as exc:
+            ctype.validate(claims, partial=partial)
+        assert exc.value.code is ErrorCode.SCHEMA_INVALID
+
+
+def test_rejections_keep_the_reference_message() -> None:
+    claims = {**_membership(), "tier": {"name": "Gold!", "rank": 2}}
+    with pytest.raises(TesseraError) as exc:
+        MEMBERSHIP.validate(claims)
+    assert str(exc.value) == ("schema_invalid: LoyaltyMembershipCredential tier/name: "
+                              "'Gold!' does not match '^[a-z0-9_]{1,32}$'")
+
+
+@pytest.mark.parametrize("claims", [
+    {"tier": {"name": "gold\n", "rank": 2}},
+    {"tier_at_least_gold\n": True},
+    {"program": {**PROGRAM, "brand": "did:web:acme.example\n"}},
+])
+def test_pattern_end_is_end_of_input(claims: dict[str, Any]) -> None:
+    """A trailing newline does not slip past "$" (ECMA-262, unlike Python's re.search)."""
+    with pytest.raises(TesseraError) as exc:
+        MEMBERSHIP.validate(claims, partial=True)
+    assert exc.value.code is ErrorCode.SCHEMA_INVALID
+    with pytest.raises(TesseraError):
+        MEMBERSHIP.validate({**_membership(), **claims})
+
+
+def test_non_json_values_are_refused() -> None:
+    with pytest.raises(TesseraError) as exc:
+        MEMBERSHIP.validate({"member_since": date(2020, 5, 1)}, partial=True)
+    assert exc.value.code is ErrorCode.SCHEMA_INVALID
+
+
+def test_compiled_validator_fetches_nothing() -> None:
+    with pytest.raises(ValueError, match="not bundled"):
+        credentials._compiled({"$ref": "https://example.invalid/other.json"})
