@@ -15,6 +15,7 @@ import binascii
 import json
 import types
 import typing
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -140,18 +141,31 @@ _DECODER = json.JSONDecoder(
     parse_int=_bounded_int,
     parse_float=_bounded_float,
 )
+# Set by JSONDecoder.__init__ (the C scanner when available); not in typeshed.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def parse_json(
     data: str | bytes, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH
 ) -> Any:
     """Parse untrusted JSON strictly; raise ``malformed`` or ``too_large``."""
-    size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
-    if size > max_bytes:
+    if isinstance(data, bytes):
+        if len(data) > max_bytes:
+            raise TesseraError(ErrorCode.TOO_LARGE, f"JSON document over {max_bytes} bytes")
+    elif len(data.encode("utf-8")) > max_bytes:
         raise TesseraError(ErrorCode.TOO_LARGE, f"JSON document over {max_bytes} bytes")
     try:
-        text = data.decode("utf-8", errors="strict") if isinstance(data, bytes) else data
-        value = _DECODER.decode(text)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        # The scanner alone, as JSONDecoder.decode uses it, minus its two
+        # whitespace regex passes; anything but a document that fills the
+        # text exactly (whitespace around it, junk, an error at the start)
+        # goes through decode, which decides and words it the same as before.
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            value = _DECODER.decode(text)
     except TesseraError:
         raise
     except RecursionError as exc:

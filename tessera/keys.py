@@ -149,15 +149,23 @@ class PublicKey:
 
     def raw(self, *, compressed: bool = True) -> bytes:
         """Raw Ed25519 bytes, or the SEC1 point (compressed by default, as did:key wants)."""
+        if compressed:
+            return self._did_key_bytes
+        return self._key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+
+    @functools.cached_property
+    def _did_key_bytes(self) -> bytes:
+        # The verifier names the holder by the did:key of the cnf key on every
+        # presentation; the key object is shared (``from_jwk`` caches it), so the
+        # encoding is done once per key (bench/README.md, issue 10).
         if isinstance(self._key, ed25519.Ed25519PublicKey):
             raw_fmt = serialization.PublicFormat.Raw
             return self._key.public_bytes(serialization.Encoding.Raw, raw_fmt)
-        fmt = (
-            serialization.PublicFormat.CompressedPoint
-            if compressed
-            else serialization.PublicFormat.UncompressedPoint
+        return self._key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
         )
-        return self._key.public_bytes(serialization.Encoding.X962, fmt)
 
     def thumbprint(self) -> str:
         """RFC 7638 JWK thumbprint (SHA-256, base64url)."""

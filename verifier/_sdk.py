@@ -359,17 +359,18 @@ class Verifier:
             errors.append(exc.code)
         errors.extend(self._trusted_status(vc.issuer, ctype.name, vc.payload.get("status"), now))
         status = vc.payload.get("status")
+        # Compared across credentials (and formats) as the DID of the holder key.
+        holder = holder_id(vc.holder_key, {}) if vc.holder_key is not None else None
+        sub = vc.payload.get("sub")
         cred = PresentedCredential(
             query_id=cq.id if cq else None,
             format="dc+sd-jwt",
             credential_type=ctype.name,
             issuer=vc.issuer,
-            holder=holder_id(vc.holder_key, vc.payload),
+            holder=sub if isinstance(sub, str) else holder,
             claims=claims,
             status=status if isinstance(status, dict) else None,
         )
-        # Compared across credentials (and formats) as the DID of the holder key.
-        holder = holder_id(vc.holder_key, {}) if vc.holder_key is not None else None
         return [cred], errors, holder
 
     def _trusted_status(self, issuer: str, type_name: str, status: Any,

@@ -125,6 +125,22 @@ def test_parse_json_round_trip(value: Any) -> None:
     assert parse_json(text.encode("utf-8")) == value
 
 
+_ws = st.text(alphabet=" \t\r\n", max_size=3)
+
+
+@given(json_values, _ws, _ws, st.sampled_from(["", "x", "}", "]", ",", "\u00a0", '"']))
+def test_parse_json_whole_document_only(value: Any, before: str, after: str, junk: str) -> None:
+    """Whitespace around a document is JSON; anything else after it is refused."""
+    text = before + json.dumps(value) + after + junk
+    if junk:
+        with pytest.raises(TesseraError) as exc:
+            parse_json(text.encode("utf-8"))
+        assert _code(exc) is ErrorCode.MALFORMED
+    else:
+        assert parse_json(text.encode("utf-8")) == value
+        assert parse_json(text) == value
+
+
 @given(st.dictionaries(st.text(max_size=6), st.integers(-MAX_JSON_NUMBER, MAX_JSON_NUMBER),
                        min_size=1, max_size=5), st.data())
 def test_parse_json_refuses_duplicate_members(obj: dict[str, int], data: st.DataObject) -> None:
