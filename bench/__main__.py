@@ -35,7 +35,8 @@ TOPICS: dict[str, str] = {
 """topic name -> module with a ``cases()`` function."""
 
 LOAD_TOPICS: dict[str, str] = {
-    "verifier_service": "bench.verifier_service",
+    "load": "bench.load",  # issuance, checkout, redemption against real servers
+    "verifier_service": "bench.verifier_service",  # = load, checkout path only
     "translog": "bench.translog",
 }
 """topic name -> module with ``run(quick=...)`` and ``print_table(report)``."""
@@ -209,8 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for case in _load(topic):
                 print(f"{topic}\t{case.name}\t{case.label}")
         for topic in load_topics:
-            for config in importlib.import_module(LOAD_TOPICS[topic]).CONFIGS:
-                print(f"{topic}\t{config.name}\tcomplete exchanges under load")
+            configs = importlib.import_module(LOAD_TOPICS[topic]).CONFIGS
+            for path, group in (configs.items() if isinstance(configs, dict)
+                                else [("", configs)]):
+                for config in group:
+                    print(f"{topic}\t{config.name}\t{path or 'operations'} under load")
         return 0
     settings = Settings.quick() if args.quick else Settings()
     if args.seconds is not None:

@@ -124,6 +124,7 @@ def serve(
         configure_logging,
         share_metrics_between_workers,
     )
+    from tessera.serving import HTTP_PROTOCOL
     from verifier._service import create_app, settings_from_env
 
     env = {
@@ -178,8 +179,10 @@ def serve(
         # One process: serve the app already built (a one-run key stays the one
         # printed above).
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None,
-                    access_log=False)
+                    access_log=False, http=HTTP_PROTOCOL)
     else:
         share_metrics_between_workers(workers)
+        # TCP_NODELAY on every connection: with workers, uvicorn's own listening
+        # socket leaves Nagle on (tessera.serving), which made 2 workers slower than 1.
         uvicorn.run("verifier._service:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_config=None, access_log=False)
+                    workers=workers, log_config=None, access_log=False, http=HTTP_PROTOCOL)

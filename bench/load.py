@@ -1,0 +1,1051 @@
+"""Load benchmark of the three hot paths against real servers on loopback.
+
+``python -m bench.load [--path issuance|checkout|redemption ...] [--quick]
+[--concurrency 4,8,16,32] [--ops N] [--json PATH]`` (also ``python -m bench load``).
+
+Paths (one *operation* each, counted only when every step answered as it must):
+
+* ``issuance``: the full OpenID4VCI 1.0 pre-authorized exchange for one
+  credential: ``POST /token`` (pre-authorized code), ``POST /nonce``, the
+  wallet signs its key proof (ES256), ``POST /credential`` (an SD-JWT VC must
+  come back). Server: ``tessera issuer serve``.
+* ``checkout``: one OpenID4VP checkout at the verifier service: ``POST
+  /requests`` (till), ``GET`` the request URI (signed request object), the
+  wallet builds its SD-JWT presentation with a KB-JWT over the request's
+  nonce, ``POST /response`` (``direct_post``), ``GET /requests/{id}/result``
+  (must say ``ok``). Server: ``tessera verifier serve``.
+* ``redemption``: a partner's hold and capture of 10 points (``POST
+  /brands/{slug}/redemptions``, then ``/capture``). Server: ``tessera issuer
+  serve``.
+
+Configurations (per path; :data:`CONFIGS`): 1 vs 2 uvicorn workers of one
+instance, and 1 vs 2 separate instances (two server processes, one worker
+each, on one PostgreSQL, + Redis for the verifier's store), with clients
+spread over the instances round-robin as a load balancer would. Each
+configuration runs at every concurrency of the sweep (closed loop: N virtual
+clients, each starts its next operation when the last one ends); the table
+shows the best point per configuration, the JSON every point.
+
+The load generator is one separate process with one asyncio loop and a
+minimal HTTP/1.1 client on raw sockets (keep-alive, one connection per
+virtual client): several times less CPU per request than httpx, which
+matters when it shares two cores with the servers. What can be prepared
+before the timed window is: members, offers, credentials, key pairs, and for
+redemptions the whole presentation (the partner chooses the nonce, so every
+request body is signed beforehand). What cannot is done inside the loop but
+outside the latency: the issuance key proof (one ES256 signature over the
+server's ``c_nonce``) and the checkout presentation (SD-JWT selection and a
+KB-JWT over the request's nonce).
+
+Reported per point: operations/s (completed operations inside the measured
+window / its length), p50/p99 latency of one operation (the sum of its HTTP
+round trips as the generator sees them), errors, the generator's CPU (its
+own process time / wall time, in % of one core, and its share of the CPU used
+by generator + servers), server CPU per operation (all processes of the
+server(s), from ``/proc``: the per-operation cost that docs/scaling.md uses),
+and the machine's load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["CONFIGS", "PATHS", "Config", "main", "print_table", "run"]
+
+PATHS: Final = ("issuance", "checkout", "redemption")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    store: str  # "sqlite", "postgres" or "redis"
+    workers: int = 1  # uvicorn workers per instance
+    instances: int = 1  # separate server processes on one database
+
+
+CONFIGS: Final[dict[str, tuple[Config, ...]]] = {
+    "issuance": (
+        Config("SQLite, 1 worker", "sqlite", 1),
+        Config("SQLite, 2 workers", "sqlite", 2),
+        Config("PostgreSQL, 1 worker", "postgres", 1),
+        Config("PostgreSQL, 2 workers", "postgres", 2),
+        Config("PostgreSQL, 2 instances", "postgres", 1, 2),
+    ),
+    "checkout": (
+        Config("SQLite, 1 worker", "sqlite", 1),
+        Config("SQLite, 2 workers", "sqlite", 2),
+        Config("Redis, 1 worker", "redis", 1),
+        Config("Redis, 2 workers", "redis", 2),
+        Config("Redis, 2 instances", "redis", 1, 2),
+        Config("PostgreSQL, 2 instances", "postgres", 1, 2),
+    ),
+    "redemption": (
+        Config("PostgreSQL, 1 worker", "postgres", 1),
+        Config("PostgreSQL, 2 workers", "postgres", 2),
+        Config("PostgreSQL, 2 instances", "postgres", 1, 2),
+    ),
+}
+
+SWEEP: Final = (4, 8, 16, 32)
+QUICK_SWEEP: Final = (4,)
+OPS: Final = 600  # measured operations per point (plus a warm-up of 2 per client)
+QUICK_OPS: Final = 16
+MAX_SECONDS: Final = 60.0  # a point stops here even if its operations are not all done
+POLICY: Final = "gold-10"
+REDEEM_POINTS: Final = 10
+
+
+# -- a minimal HTTP/1.1 client ---------------------------------------------------------------
+
+
+class HttpError(Exception):
+    pass
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a request at a time, Content-Length or chunked."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, target: str, body: bytes = b"",
+                      headers: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                 f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        try:
+            status_line = await self._reader.readline()
+            if not status_line:
+                raise HttpError("connection closed")
+            status = int(status_line.split(b" ", 2)[1])
+            length, chunked, close = -1, False, False
+            while (line := await self._reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+                elif name == b"connection":
+                    close = b"close" in value.lower()
+            if chunked:
+                parts = []
+                while (size := int((await self._reader.readline()).split(b";")[0], 16)):
+                    parts.append(await self._reader.readexactly(size + 2))
+                await self._reader.readline()
+                data = b"".join(p[:-2] for p in parts)
+            else:
+                data = await self._reader.readexactly(max(length, 0))
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            self.close()
+            raise HttpError(f"{method} {target}: {type(exc).__name__}") from exc
+        if close:
+            self.close()
+        return status, data
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+def _target(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+# -- operations (run in the generator process) -------------------------------------------------
+
+Op = Callable[[Connection, Any, dict[str, Any]], Awaitable[float]]
+JSON_HEADERS: Final = (("Content-Type", "application/json"),)
+FORM: Final = "application/x-www-form-urlencoded"
+
+
+async def _timed(conn: Connection, spent: list[float], method: str, target: str,
+                 body: bytes = b"", headers: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:
+    t = time.perf_counter()
+    answer = await conn.request(method, target, body, headers)
+    spent.append(time.perf_counter() - t)
+    return answer
+
+
+async def issuance_op(conn: Connection, item: Any, ctx: dict[str, Any]) -> float:
+    """One credential over OpenID4VCI; ``item`` = (offer JSON, private JWK JSON, kid)."""
+    from tessera.jose import sign_compact
+
+    offer = json.loads(item[0])
+    issuer = offer["credential_issuer"]
+    base = _target(issuer)
+    code = offer["grants"]["urn:ietf:params:oauth:grant-type:pre-authorized_code"][
+        "pre-authorized_code"]
+    spent: list[float] = []
+    form = urllib.parse.urlencode({
+        "grant_type": "urn:ietf:params:oauth:grant-type:pre-authorized_code",
+        "pre-authorized_code": code}).encode()
+    status, body = await _timed(conn, spent, "POST", f"{base}/token", form,
+                                (("Content-Type", FORM),))
+    if status != 200:
+        raise HttpError(f"token {status}: {body[:120]!r}")
+    access = json.loads(body)["access_token"]
+    status, body = await _timed(conn, spent, "POST", f"{base}/nonce")
+    if status != 200:
+        raise HttpError(f"nonce {status}")
+    signer = ctx["signers"][item[2]]
+    proof = sign_compact({"typ": "openid4vci-proof+jwt"},
+                         {"aud": issuer, "iat": int(time.time()),
+                          "nonce": json.loads(body)["c_nonce"]}, signer)
+    request = json.dumps({"credential_configuration_id": offer["credential_configuration_ids"][0],
+                          "proofs": {"jwt": [proof]}}).encode()
+    status, body = await _timed(conn, spent, "POST", f"{base}/credential", request,
+                                (*JSON_HEADERS, ("Authorization", f"Bearer {access}")))
+    if status != 200 or "~" not in json.loads(body)["credentials"][0]["credential"]:
+        raise HttpError(f"credential {status}: {body[:120]!r}")
+    return sum(spent)
+
+
+async def checkout_op(conn: Connection, item: Any, ctx: dict[str, Any]) -> float:
+    """One checkout; ``item`` is the index of a wallet (credential + key)."""
+    from tessera.encoding import b64url_decode
+    from tessera.formats import sd_jwt
+
+    wallet = ctx["wallets"][item % len(ctx["wallets"])]
+    till = (("Authorization", f"Bearer {ctx['till_key']}"),)
+    spent: list[float] = []
+    status, body = await _timed(conn, spent, "POST", "/requests",
+                                json.dumps({"policy": POLICY}).encode(), (*JSON_HEADERS, *till))
+    if status != 201:
+        raise HttpError(f"create {status}: {body[:120]!r}")
+    created = json.loads(body)
+    status, token = await _timed(conn, spent, "GET", _target(created["request_uri"]))
+    if status != 200:
+        raise HttpError(f"request object {status}")
+    # Wallet work, outside the latency: read the request (a wallet would also
+    # check its signature), select the disclosure, sign the KB-JWT.
+    request = json.loads(b64url_decode(token.split(b".")[1].decode()))
+    presentation = sd_jwt.present(wallet["credential"], disclose=["tier_at_least_gold"],
+                                  holder=wallet["signer"], audience=request["client_id"],
+                                  nonce=request["nonce"])
+    form = urllib.parse.urlencode({
+        "vp_token": json.dumps({"membership": [presentation]}, separators=(",", ":")),
+        "state": request["state"]}).encode()
+    status, body = await _timed(conn, spent, "POST", _target(request["response_uri"]), form,
+                                (("Content-Type", FORM),))
+    if status != 200:
+        raise HttpError(f"response {status}: {body[:120]!r}")
+    status, body = await _timed(conn, spent, "GET", _target(created["result"]), b"", till)
+    view = json.loads(body)
+    if status != 200 or not (view.get("status") == "done" and view["result"]["ok"]):
+        raise HttpError(f"result {status}: {view.get('result')}")
+    return sum(spent)
+
+
+async def redemption_op(conn: Connection, item: Any, ctx: dict[str, Any]) -> float:
+    """Hold + capture; ``item`` is a request body prepared (and signed) before the run."""
+    slug, partner = ctx["slug"], (("Authorization", f"Bearer {ctx['partner_token']}"),)
+    spent: list[float] = []
+    status, body = await _timed(conn, spent, "POST", f"/brands/{slug}/redemptions", item,
+                                (*JSON_HEADERS, *partner))
+    if status != 201:
+        raise HttpError(f"hold {status}: {body[:160]!r}")
+    rid = json.loads(body)["redemption"]["id"]
+    status, body = await _timed(conn, spent, "POST", f"/brands/{slug}/redemptions/{rid}/capture",
+                                b"{}", (*JSON_HEADERS, *partner))
+    if status != 200:
+        raise HttpError(f"capture {status}: {body[:160]!r}")
+    return sum(spent)
+
+
+OPS_BY_PATH: Final[dict[str, Op]] = {
+    "issuance": issuance_op, "checkout": checkout_op, "redemption": redemption_op}
+
+
+# -- CPU accounting (Linux /proc; None elsewhere) ----------------------------------------------
+
+_TICK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + system CPU seconds) of every process we may read."""
+    out: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(b")") + 2:].split()
+        out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+    return out
+
+
+def tree_cpu_seconds(roots: Sequence[int]) -> float | None:
+    """CPU seconds used so far by ``roots`` and every live descendant."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            total += table[pid][1]
+        todo += children.get(pid, [])
+    return total
+
+
+def machine_busy_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in first[:8]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK
+
+
+# -- the load generator (its own process) -----------------------------------------------------
+
+
+@dataclass
+class Point:
+    """One configuration at one concurrency."""
+
+    concurrency: int
+    ops: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    generator_cpu_s: float | None = None
+    server_cpu_s: float | None = None
+    machine_busy_share: float | None = None
+    load_average: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        lat = sorted(self.latencies_ms)
+        out["ops_per_second"] = self.ops / self.seconds if self.seconds else 0.0
+        out["p50_ms"] = percentile(lat, 0.50) if lat else None
+        out["p99_ms"] = percentile(lat, 0.99) if lat else None
+        gen, srv = self.generator_cpu_s, self.server_cpu_s
+        out["generator_cpu_percent_of_core"] = (
+            100 * gen / self.seconds if gen is not None and self.seconds else None)
+        out["generator_cpu_share"] = (gen / (gen + srv) if gen is not None and srv
+                                      else None)
+        out["server_cpu_ms_per_op"] = 1000 * srv / self.ops if srv is not None and self.ops \
+            else None
+        return out
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) of sorted samples."""
+    pos = (len(ordered) - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any],
+                concurrency: int, warmup: int, ctx: dict[str, Any], server_pids: Sequence[int],
+                max_seconds: float = MAX_SECONDS) -> Point:
+    """Run ``items`` through ``concurrency`` closed-loop clients; the first ``warmup``
+    operations are not measured."""
+    point = Point(concurrency)
+    queue: Iterator[tuple[int, Any]] = iter(enumerate(items))
+    clients = [Connection(*targets[i % len(targets)]) for i in range(concurrency)]
+    started: dict[str, float] = {}
+    window_open = asyncio.Event()
+    done_warm = 0
+
+    def open_window() -> None:
+        started["wall"] = time.perf_counter()
+        started["gen"] = time.process_time()
+        started["srv"] = tree_cpu_seconds(server_pids) or 0.0
+        busy = machine_busy_seconds()
+        started["busy"], started["total"] = busy if busy else (0.0, 0.0)
+        window_open.set()
+
+    async def client(conn: Connection) -> None:
+        nonlocal done_warm
+        for index, item in queue:
+            measured = index >= warmup
+            if measured and not window_open.is_set():
+                # Every warm-up operation has been handed out: wait for them to end.
+                while done_warm < warmup:
+                    await asyncio.sleep(0.001)
+                if not window_open.is_set():
+                    open_window()
+            try:
+                latency = await op(conn, item, ctx)
+            except (HttpError, KeyError, ValueError, TypeError) as exc:
+                if measured:
+                    point.errors += 1
+                    if len(point.error_samples) < 5:
+                        point.error_samples.append(f"{type(exc).__name__}: {exc}"[:200])
+                latency = None
+            if not measured:
+                done_warm += 1
+            elif latency is not None:
+                point.latencies_ms.append(latency * 1000)
+            if window_open.is_set() and time.perf_counter() - started["wall"] > max_seconds:
+                return
+        conn.close()
+
+    await asyncio.gather(*(client(c) for c in clients))
+    for c in clients:
+        c.close()
+    if not window_open.is_set():
+        return point
+    point.seconds = time.perf_counter() - started["wall"]
+    point.generator_cpu_s = time.process_time() - started["gen"]
+    srv = tree_cpu_seconds(server_pids)
+    point.server_cpu_s = None if srv is None else srv - started["srv"]
+    busy = machine_busy_seconds()
+    if busy and busy[1] > started["total"]:
+        point.machine_busy_share = (busy[0] - started["busy"]) / (busy[1] - started["total"])
+    point.ops = len(point.latencies_ms)
+    point.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return point
+
+
+def _generator(jobs: Any, results: Any) -> None:
+    """The load generator process: one job per (configuration, concurrency)."""
+    from tessera.keys import signer_from_jwk
+
+    ctx: dict[str, Any] = {}
+    results.put({"ready": True})
+    while (job := jobs.get()) is not None:
+        try:
+            if "context" in job:  # per configuration: keys and credentials, built once
+                raw = job["context"]
+                ctx = dict(raw)
+                ctx["signers"] = {kid: signer_from_jwk(json.loads(jwk), key_id=kid)
+                                  for kid, jwk in raw.get("signers", {}).items()}
+                ctx["wallets"] = [{"credential": w["credential"],
+                                   "signer": signer_from_jwk(json.loads(w["jwk"]))}
+                                  for w in raw.get("wallets", [])]
+                results.put({"ok": True})
+                continue
+            point = asyncio.run(drive(
+                OPS_BY_PATH[job["path"]], job["targets"], job["items"], job["concurrency"],
+                job["warmup"], ctx, job["server_pids"], job.get("max_seconds", MAX_SECONDS)))
+            results.put({"point": asdict(point)})
+        except Exception as exc:  # reported to the parent, which stops the run
+            results.put({"fatal": f"{type(exc).__name__}: {exc}"})
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_url() -> str | None:
+    url = (os.environ.get("TESSERA_BENCH_REDIS_URL") or os.environ.get("TESSERA_TEST_REDIS_URL")
+           or "redis://127.0.0.1:6379/0")
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except Exception:
+        return None
+    return url
+
+
+def postgres_base_url() -> str | None:
+    url = (os.environ.get("TESSERA_BENCH_POSTGRES_URL")
+           or os.environ.get("TESSERA_TEST_POSTGRES_URL")
+           or "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except Exception:
+        return None
+    return url
+
+
+@contextlib.contextmanager
+def postgres_schema(base: str) -> Iterator[str]:
+    """A fresh schema on ``base`` for one configuration, dropped afterwards."""
+    import psycopg
+
+    schema = "bench_" + secrets.token_hex(4)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+class Servers:
+    """``instances`` server processes (each ``workers`` workers), stopped on exit."""
+
+    def __init__(self, commands: Sequence[list[str]], env: dict[str, str], work: Path,
+                 workers: int) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []
+        self._workers = workers
+        for i, cmd in enumerate(commands):
+            port = int(cmd[cmd.index("--port") + 1])
+            log = (work / f"server-{port}.log").open("wb")
+            self.procs.append(subprocess.Popen(  # noqa: S603 - our interpreter, our arguments
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            self.ports.append(port)
+            self._log = work / f"server-{port}.log" if i == 0 else self._log
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def targets(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", port) for port in self.ports]
+
+    def wait_ready(self, probe: str, timeout: float = 90.0) -> None:
+        """Every instance answers ``probe``, and every worker has finished loading the app.
+
+        Uvicorn answers as soon as one worker listens; the others may still be
+        importing (seconds on a loaded machine), so "answers" is not "ready":
+        a worker is taken as loaded once its CPU time stops growing.
+        """
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        for proc, port in zip(self.procs, self.ports, strict=True):
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("a server did not start:\n" + self._log.read_text(
+                        errors="replace")[-3000:])
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}",
+                                                timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+        if not Path("/proc/self/stat").exists():
+            time.sleep(3.0)
+            return
+        quiet, last = 0, None
+        while quiet < 2 and time.monotonic() < deadline:
+            table = _proc_table()
+            workers = {pid: cpu for pid, (ppid, cpu) in table.items() if ppid in self.pids}
+            if last is not None and len(workers) >= (self._workers if self._workers > 1 else 0):
+                grown = max((cpu - last.get(pid, 0.0) for pid, cpu in workers.items()),
+                            default=0.0)
+                quiet = quiet + 1 if grown < 0.05 else 0
+            last = workers
+            time.sleep(0.4)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from tessera.cli import app; app(sys.argv[1:])",
+            *args]
+
+
+def _bench_env(**extra: str) -> dict[str, str]:
+    # One load generator on loopback is one client: far over the per-client rate
+    # limits by design (docs/configuration.md), so they are off here.
+    return {**os.environ, "TESSERA_RATE_LIMITS": "off", "TESSERA_LOG_LEVEL": "warning", **extra}
+
+
+# -- setup per path (main process, before the timed window) --------------------------------------
+
+
+@dataclass
+class Prepared:
+    """What one configuration runs: servers, the generator's context, items per point."""
+
+    servers: Servers
+    context: dict[str, Any]
+    items: Callable[[int], list[Any]]  # n -> that many fresh operation inputs
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+
+def _issuer_servers(config: Config, work: Path, db_url: str, master: str) -> Servers:
+    ports = [free_port() for _ in range(config.instances)]
+    public = f"http://127.0.0.1:{ports[0]}"  # every instance is one issuer behind an LB
+    env = _bench_env(TESSERA_DATABASE_URL=db_url, TESSERA_MASTER_KEY=master,
+                     TESSERA_PUBLIC_URL=public)
+    commands = [_cli("issuer", "serve", "--port", str(p), "--workers", str(config.workers))
+                for p in ports]
+    servers = Servers(commands, env, work, config.workers)
+    servers.wait_ready("/healthz")
+    return servers
+
+
+def _issuer_db(config: Config, work: Path, stack: contextlib.ExitStack) -> str:
+    from issuer.migrations import upgrade
+
+    if config.store == "sqlite":
+        url = f"sqlite:///{work / 'issuer.db'}"
+    else:
+        base = postgres_base_url()
+        if base is None:
+            raise LookupError("no PostgreSQL answered (set TESSERA_BENCH_POSTGRES_URL)")
+        url = stack.enter_context(postgres_schema(base))
+    upgrade(url)
+    return url
+
+
+def _enrol(http: Any, headers: dict[str, str], program_id: str, count: int,
+           points: int) -> list[tuple[str, Any]]:
+    """``count`` members with ES256 did:key holders, each given ``points``."""
+    from tessera.did import did_key
+    from tessera.jose import sign_compact
+    from tessera.keys import generate_signer
+
+    people = []
+    for _ in range(count):
+        signer = generate_signer("ES256")
+        did = did_key(signer.public_key)
+        signer = signer.with_key_id(f"{did}#{did.removeprefix('did:key:')}")
+        ch = http.post("/admin/v1/enrolment-challenges", headers=headers).json()
+        proof = sign_compact({"typ": ch["typ"]}, {"iss": did, "aud": ch["audience"],
+                                                  "nonce": ch["nonce"], "iat": int(time.time())},
+                             signer)
+        member = http.post("/admin/v1/members", headers=headers, json={
+            "program_id": program_id, "did": did, "proof": proof})
+        member.raise_for_status()
+        earned = http.post(f"/admin/v1/members/{member.json()['id']}/points/earn",
+                           json={"points": points},
+                           headers={**headers, "Idempotency-Key": secrets.token_hex(8)})
+        earned.raise_for_status()
+        people.append((member.json()["id"], signer))
+    return people
+
+
+def _issuer_brand(db_url: str, master: str, public: str) -> tuple[Any, str]:
+    from issuer._admin import create_brand
+    from issuer._db import make_engine
+    from issuer._keystore import SqlKeyStore
+    from issuer._ledger import run_write
+    from issuer._models import BrandCreate
+    from issuer._settings import Settings
+    from tessera.encoding import b64url_decode
+
+    settings = Settings(database_url=db_url, master_key=b64url_decode(master),
+                        public_url=public)
+    engine = make_engine(db_url)
+    try:
+        _, key = run_write(engine, lambda s: create_brand(
+            s, keystore=SqlKeyStore(settings.master_key),
+            data=BrandCreate(slug="bench", name="Bench"), did=settings.brand_did("bench")))
+    finally:
+        engine.dispose()
+    return settings, key.token
+
+
+def prepare_issuance(config: Config, work: Path, stack: contextlib.ExitStack,
+                     members: int) -> Prepared:
+    import httpx
+
+    from issuer._settings import generate_master_key
+
+    db_url = _issuer_db(config, work, stack)
+    master = generate_master_key()
+    servers = _issuer_servers(config, work, db_url, master)
+    stack.callback(servers.stop)
+    public = f"http://127.0.0.1:{servers.ports[0]}"
+    settings, token = _issuer_brand(db_url, master, public)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=public, timeout=60) as http:
+        program = http.post("/admin/v1/programs", headers=headers, json={
+            "name": "P", "tiers": [{"name": "blue", "rank": 0, "qualifying_points": 0}]})
+        program.raise_for_status()
+        people = _enrol(http, headers, program.json()["id"], members, 1250)
+    signers = {s.key_id: json.dumps(s.export_private_jwk()) for _, s in people}
+
+    def items(n: int) -> list[Any]:
+        """``n`` pre-authorized offers, written straight to the database (one transaction)."""
+        from issuer import _openid4vci
+        from issuer._admin import brand_by_slug
+        from issuer._db import make_engine
+        from issuer._ledger import run_write
+
+        engine = make_engine(db_url)
+        request = _openid4vci.OfferRequest(
+            credential_configuration_ids=["LoyaltyPointsCredential_sd_jwt"], ttl_seconds=3600)
+        now = datetime.now(UTC)
+
+        def make(session: Any) -> list[Any]:
+            brand = brand_by_slug(session, slug="bench")
+            out = []
+            for i in range(n):
+                member_id, signer = people[i % len(people)]
+                offer = _openid4vci.create_offer(session, settings=settings, brand=brand,
+                                                 member_id=member_id, request=request, now=now)
+                out.append((json.dumps(offer.credential_offer), None, signer.key_id))
+            return out
+
+        try:
+            return run_write(engine, make)
+        finally:
+            engine.dispose()
+
+    return Prepared(servers, {"signers": signers}, items)
+
+
+def prepare_redemption(config: Config, work: Path, stack: contextlib.ExitStack,
+                       members: int, budget: int) -> Prepared:
+    """Members with enough points for ``budget`` redemptions, a partner, credentials."""
+    import httpx
+
+    from issuer._admin import brand_by_slug
+    from issuer._db import make_engine, session_scope
+    from issuer._issuance import issue_for_member
+    from issuer._keystore import SqlKeyStore
+    from issuer._models import Member
+    from issuer._settings import generate_master_key
+    from tessera.formats import sd_jwt
+    from tessera.redemption import build_redeem_transaction_data
+
+    db_url = _issuer_db(config, work, stack)
+    master = generate_master_key()
+    servers = _issuer_servers(config, work, db_url, master)
+    stack.callback(servers.stop)
+    public = f"http://127.0.0.1:{servers.ports[0]}"
+    settings, token = _issuer_brand(db_url, master, public)
+    headers = {"Authorization": f"Bearer {token}"}
+    client_id = "redirect_uri:https://cafe.example/checkout"
+    per_member = REDEEM_POINTS * (budget // members + 2)
+    with httpx.Client(base_url=public, timeout=60) as http:
+        program = http.post("/admin/v1/programs", headers=headers, json={
+            "name": "Miles", "tiers": [{"name": "blue", "rank": 0, "qualifying_points": 0}]})
+        program.raise_for_status()
+        people = _enrol(http, headers, program.json()["id"], members, per_member)
+        partner = http.post("/admin/v1/partners", headers=headers,
+                            json={"name": "cafe", "client_id": client_id})
+        partner.raise_for_status()
+        brand_did = http.get("/brands/bench/did.json").json()["id"]
+    engine = make_engine(db_url)
+    credentials = []
+    try:
+        with session_scope(engine) as session:
+            brand = brand_by_slug(session, slug="bench")
+            for member_id, signer in people:
+                row = session.get(Member, member_id)
+                cred, _ = issue_for_member(
+                    session, settings=settings, keystore=SqlKeyStore(settings.master_key),
+                    brand=brand, member=row, configuration_id="LoyaltyMembershipCredential_sd_jwt",
+                    holder_key=signer.public_key, now=datetime.now(UTC))
+                credentials.append((cred, signer))
+    finally:
+        engine.dispose()
+    partner_id, counter = partner.json()["id"], iter(range(10**9))
+
+    def items(n: int) -> list[Any]:
+        out = []
+        for _ in range(n):
+            i = next(counter)
+            cred, signer = credentials[i % len(credentials)]
+            td = build_redeem_transaction_data(brand=brand_did, points=REDEEM_POINTS,
+                                               partner=partner_id, order_reference=f"o{i}",
+                                               credential_ids=["loyalty"])
+            nonce = secrets.token_urlsafe(16)
+            vp = sd_jwt.present(cred, disclose=["membership_number"], holder=signer,
+                                audience=client_id, nonce=nonce, transaction_data=[td])
+            out.append(json.dumps({"vp_token": {"loyalty": [vp]}, "transaction_data": td,
+                                   "nonce": nonce}).encode())
+        return out
+
+    return Prepared(servers, {"slug": "bench", "partner_token": partner.json()["token"]}, items)
+
+
+def prepare_checkout(config: Config, work: Path, stack: contextlib.ExitStack,
+                     wallets: int) -> Prepared:
+    from tessera.keys import generate_signer
+    from verifier._tills import TillKeys
+    from verifier.testing import TestHolder, TestIssuer
+
+    if config.store == "redis":
+        store = redis_url()
+        if store is None:
+            raise LookupError("no Redis answered (set TESSERA_BENCH_REDIS_URL)")
+    elif config.store == "postgres":
+        base = postgres_base_url()
+        if base is None:
+            raise LookupError("no PostgreSQL answered (set TESSERA_BENCH_POSTGRES_URL)")
+        store = stack.enter_context(postgres_schema(base))
+    else:
+        store = f"sqlite:///{work / 'verifier.db'}"
+    brand = TestIssuer()
+    (work / "trust.json").write_text(json.dumps({"issuers": [
+        {"id": brand.did, "name": "Bench brand", "credential_types": ["*"]}]}))
+    (work / "brand.json").write_text(json.dumps(brand.did_document))
+    made = []
+    for i in range(wallets):
+        signer = generate_signer("ES256")
+        credential = brand.issue_membership(TestHolder(signer), tier="gold",
+                                            membership_number=f"B-{i:04d}")
+        made.append({"credential": credential, "jwk": json.dumps(signer.export_private_jwk())})
+    till = str(TillKeys(work / "tills.json").create("bench")["token"])
+    ports = [free_port() for _ in range(config.instances)]
+    commands = [_cli("verifier", "serve", "--port", str(p), "--workers", str(config.workers),
+                     "--base-url", f"http://127.0.0.1:{ports[0]}", "--store", store,
+                     "--trust", str(work / "trust.json"),
+                     "--did-document", str(work / "brand.json"),
+                     "--key", str(work / "verifier.jwk"), "--tills", str(work / "tills.json"),
+                     "--log-level", "warning") for p in ports]
+    if config.instances > 1:  # the key file is created once, not raced by two instances
+        from verifier._service import load_or_create_key
+
+        load_or_create_key(work / "verifier.jwk")
+    servers = Servers(commands, _bench_env(), work, config.workers)
+    stack.callback(servers.stop)
+    servers.wait_ready("/healthz")
+    counter = iter(range(10**9))
+    return Prepared(servers, {"wallets": made, "till_key": till},
+                    lambda n: [next(counter) for _ in range(n)])
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def _prepare(path: str, config: Config, work: Path, stack: contextlib.ExitStack,
+             concurrencies: Sequence[int], ops: int) -> Prepared:
+    clients = max(concurrencies)
+    if path == "issuance":
+        return prepare_issuance(config, work, stack, members=min(32, clients))
+    if path == "redemption":
+        budget = sum(ops + 2 * c for c in concurrencies)
+        return prepare_redemption(config, work, stack, members=clients, budget=budget)
+    return prepare_checkout(config, work, stack, wallets=clients)
+
+
+def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
+        concurrencies: Sequence[int] | None = None, ops: int | None = None,
+        configs: dict[str, Sequence[Config]] | None = None,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every configuration of every path at every concurrency; the JSON-ready report."""
+    sweep = tuple(concurrencies or (QUICK_SWEEP if quick else SWEEP))
+    n_ops = ops or (QUICK_OPS if quick else OPS)
+    chosen = configs or CONFIGS
+    say = progress or (lambda _m: None)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows: list[dict[str, Any]] = []
+    ctx = multiprocessing.get_context("spawn")
+    jobs, results = ctx.Queue(), ctx.Queue()
+    generator = ctx.Process(target=_generator, args=(jobs, results), daemon=True)
+    generator.start()
+
+    def ask(job: dict[str, Any], timeout: float) -> dict[str, Any]:
+        jobs.put(job)
+        answer: dict[str, Any] = results.get(timeout=timeout)
+        if "fatal" in answer:
+            raise RuntimeError(f"load generator failed: {answer['fatal']}")
+        return answer
+
+    try:
+        results.get(timeout=120)  # the generator has started
+        for path in paths:
+            for config in chosen[path]:
+                row: dict[str, Any] = {"path": path, **asdict(config), "points": [],
+                                       "skipped": None, "best": None, "errors": 0}
+                rows.append(row)
+                say(f"{path}: {config.name}: starting")
+                with tempfile.TemporaryDirectory(prefix="tessera-bench-load-") as tmp, \
+                        contextlib.ExitStack() as stack:
+                    try:
+                        prepared = _prepare(path, config, Path(tmp), stack, sweep, n_ops)
+                    except LookupError as exc:
+                        row["skipped"] = str(exc)
+                        continue
+                    ask({"context": prepared.context}, 120)
+                    for concurrency in sweep:
+                        warmup = 2 * concurrency
+                        items = prepared.items(warmup + n_ops)
+                        say(f"{path}: {config.name}: {concurrency} clients")
+                        answer = ask({"path": path, "targets": prepared.servers.targets(),
+                                      "items": items, "concurrency": concurrency,
+                                      "warmup": warmup, "server_pids": prepared.servers.pids,
+                                      "max_seconds": MAX_SECONDS}, MAX_SECONDS + 600)
+                        row["points"].append(Point(**answer["point"]).summary())
+                row["best"] = max(row["points"], key=lambda p: p["ops_per_second"],
+                                  default=None)
+                row["errors"] = sum(p["errors"] for p in row["points"])
+    finally:
+        jobs.put(None)
+        generator.join(timeout=30)
+        if generator.is_alive():
+            generator.kill()
+    return {
+        "meta": {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "topic": "load", "quick": quick, "paths": list(paths),
+            "concurrency_sweep": list(sweep), "ops_per_point": n_ops,
+            "max_seconds_per_point": MAX_SECONDS,
+            "generator": "one process, asyncio, raw-socket HTTP/1.1 keep-alive client",
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "load_average_start": list(load_start) if load_start else None,
+            "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "git_commit": _git_commit(),
+        },
+        "results": rows,
+        "ratios": ratios(rows),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
+                              capture_output=True, text=True, timeout=5, check=False,
+                              cwd=Path(__file__).resolve().parent)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Scaling ratios from the best points: 2 workers / 1 worker, 2 instances / 1 worker."""
+    best = {(r["path"], r["store"], r["workers"], r["instances"]): r["best"]["ops_per_second"]
+            for r in rows if r.get("best") and r["best"]["ops_per_second"]}
+    out: dict[str, float] = {}
+    for (path, store, workers, instances), value in best.items():
+        one = best.get((path, store, 1, 1))
+        if one and (workers, instances) != (1, 1):
+            kind = f"{workers} workers" if instances == 1 else f"{instances} instances"
+            out[f"{path} {store}: {kind} / 1 worker"] = value / one
+    return out
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if Console().is_terminal else Console(width=170)
+    meta = report["meta"]
+    table = Table(title="bench load: best concurrency per configuration (loopback, real servers)",
+                  title_justify="left")
+    for col in ("path", "configuration", "clients", "ops/s", "p50", "p99", "errors",
+                "server CPU/op", "generator CPU", "gen. share", "machine busy", "load"):
+        table.add_column(col, justify="left" if col in ("path", "configuration") else "right")
+
+    def ms(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1f} ms"
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{100 * value:.0f} %"
+
+    last = None
+    for row in report["results"]:
+        if last is not None and row["path"] != last:
+            table.add_section()
+        last = row["path"]
+        best = row.get("best")
+        if row["skipped"] or not best:
+            table.add_row(row["path"], row["name"], "", "skipped: " + str(row["skipped"]),
+                          *[""] * 8)
+            continue
+        gen = best["generator_cpu_percent_of_core"]
+        table.add_row(row["path"], row["name"], str(best["concurrency"]),
+                      f"{best['ops_per_second']:.1f}", ms(best["p50_ms"]), ms(best["p99_ms"]),
+                      str(sum(p["errors"] for p in row["points"])),
+                      ms(best["server_cpu_ms_per_op"]),
+                      "—" if gen is None else f"{gen:.0f} % core",
+                      pct(best["generator_cpu_share"]), pct(best["machine_busy_share"]),
+                      "—" if best["load_average"] is None else f"{best['load_average']:.2f}")
+    console.print(table)
+    for name, value in report["ratios"].items():
+        console.print(f"  {name}: {value:.2f}×")
+    load = meta.get("load_average_start")
+    console.print(
+        f"Python {meta['python']} on {meta['cpu_count']} CPU(s)"
+        + (f", load average {load[0]:.2f} at the start" if load else "")
+        + f"; concurrency sweep {meta['concurrency_sweep']}, {meta['ops_per_point']} measured "
+        "operations per point after a warm-up of 2 per client. ops/s = operations completed "
+        "in the measured window / its length; latency = the HTTP round trips of one operation "
+        "(client-side signing excluded); server CPU/op = CPU of all server processes / "
+        "operations; generator CPU in % of one core, gen. share = generator / (generator + "
+        "servers); machine busy = all CPUs of the machine, other processes included.")
+    for row in report["results"]:
+        for p in row["points"]:
+            for sample in p["error_samples"]:
+                console.print(f"  {row['path']} {row['name']} ×{p['concurrency']}: {sample}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--path", action="append", choices=PATHS,
+                        help="path to run (repeatable; default: all three)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: one concurrency, a few operations (figures meaningless)")
+    parser.add_argument("--concurrency", default=None,
+                        help="comma-separated sweep of concurrent clients (default 4,8,16,32)")
+    parser.add_argument("--ops", type=int, default=None,
+                        help=f"measured operations per point (default {OPS})")
+    parser.add_argument("--config", action="append", default=None,
+                        help="only configurations whose name contains this (repeatable)")
+    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    paths = tuple(args.path or PATHS)
+    sweep = ([max(1, int(v)) for v in args.concurrency.split(",") if v.strip()]
+             if args.concurrency else None)
+    configs = None
+    if args.config:
+        configs = {p: [c for c in CONFIGS[p] if any(k.lower() in c.name.lower()
+                                                    for k in args.config)] for p in paths}
+
+    def progress(message: str) -> None:
+        print(f"[bench load] {message}", file=sys.stderr, flush=True)
+
+    report = run(quick=args.quick, paths=paths, concurrencies=sweep, ops=args.ops,
+                 configs=configs, progress=progress)
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    failed = any(p["errors"] for r in report["results"] for p in r["points"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

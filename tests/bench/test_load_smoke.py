@@ -1,0 +1,120 @@
+"""Smoke test of ``python -m bench.load``: every path runs end to end in --quick mode.
+
+No timing assertions (figures depend on the machine and its load): what is
+checked is that each path drives real servers to completed operations with
+no error, 2 workers and 2 instances included, and that the report carries
+what the table promises (CPU accounting, ratios).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_run_of_every_path(tmp_path: Path, postgres_url: str, redis_url: str) -> None:
+    out = tmp_path / "load.json"
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", "bench.load", "--quick", "--config", "PostgreSQL, 2 instances",
+         "--config", "Redis, 2 workers", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "TESSERA_BENCH_POSTGRES_URL": postgres_url,
+             "TESSERA_BENCH_REDIS_URL": redis_url},
+    )
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert "ops/s" in done.stdout and "2 instances" in done.stdout  # the table
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert {r["path"] for r in rows} == set(load.PATHS)
+    assert {(r["path"], r["name"]) for r in rows} == {
+        ("issuance", "PostgreSQL, 2 instances"), ("checkout", "Redis, 2 workers"),
+        ("checkout", "PostgreSQL, 2 instances"), ("redemption", "PostgreSQL, 2 instances")}
+    for row in rows:
+        assert row["skipped"] is None and row["errors"] == 0, row
+        best = row["best"]
+        assert best["ops"] >= load.QUICK_OPS - 1 and best["ops_per_second"] > 0, row
+        assert best["p50_ms"] > 0 and best["p99_ms"] >= best["p50_ms"]
+        assert best["server_cpu_ms_per_op"] > 0 and best["generator_cpu_s"] > 0
+        assert 0 < best["generator_cpu_share"] < 1
+    assert report["meta"]["quick"] is True and report["meta"]["load_average_start"]
+
+
+def test_ratios_compare_with_one_worker_of_the_same_store() -> None:
+    def row(store: str, workers: int, instances: int, rate: float) -> dict[str, object]:
+        return {"path": "checkout", "store": store, "workers": workers, "instances": instances,
+                "best": {"ops_per_second": rate}}
+
+    ratios = load.ratios([row("redis", 1, 1, 100.0), row("redis", 2, 1, 160.0),
+                          row("redis", 1, 2, 150.0), row("sqlite", 2, 1, 50.0)])
+    assert ratios == {"checkout redis: 2 workers / 1 worker": 1.6,
+                      "checkout redis: 2 instances / 1 worker": 1.5}
+
+
+def test_percentile_interpolates() -> None:
+    assert load.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert load.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.99) == pytest.approx(4.96)
+
+
+def test_http_client_reads_lengths_chunks_and_reconnects() -> None:
+    """The generator's HTTP/1.1 client against a server that answers three ways."""
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ]
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while answers:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            seen.append(head.split(b"\r\n")[0] + b" " + await reader.readexactly(length))
+            writer.write(answers.pop(0))
+            await writer.drain()
+            if b"close" in head.lower() or not answers:
+                break
+        writer.close()
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = load.Connection("127.0.0.1", port)
+        got = [await conn.request("GET", "/a"),
+               await conn.request("POST", "/b", b"{}", (("Content-Type", "application/json"),)),
+               await conn.request("GET", "/c")]
+        assert conn._writer is None  # closed after "Connection: close"
+        server.close()
+        return got
+
+    got = asyncio.run(scenario())
+    assert got == [(200, b"hello"), (201, b"abcde"), (404, b"")]
+    assert seen == [b"GET /a HTTP/1.1 ", b"POST /b HTTP/1.1 {}", b"GET /c HTTP/1.1 "]
+
+
+def test_cpu_of_a_process_tree_counts_children() -> None:
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc")
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt=time.process_time()\n"
+         "while time.process_time()-t<0.3: pass\nimport sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE)
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while (load.tree_cpu_seconds([child.pid]) or 0) < 0.25:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        child.communicate(b"")
