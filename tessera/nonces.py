@@ -72,6 +72,8 @@ MAX_DATA_BYTES = 64 * 1024
 MAX_TTL_SECONDS = 30 * 24 * 3600
 """A nonce living longer than a month is a bug, not a nonce."""
 MIN_NONCE_BYTES = 16
+SQLITE_SYNCHRONOUS = "NORMAL"
+"""``PRAGMA synchronous`` of a SQLite nonce store (see :class:`SqlNonceStore`, "Durability")."""
 
 
 def new_nonce(nbytes: int = MIN_NONCE_BYTES) -> str:
@@ -348,6 +350,23 @@ class SqlNonceStore(_RecordingStore):
     (SQLite) lets exactly one of several concurrent consumers, in any process,
     get the row back. Expiry is judged by the application clock, so servers
     sharing a table need synchronised clocks (NTP), as for any JWT ``exp``.
+
+    Durability on SQLite (a store made from a URL): WAL with
+    ``synchronous=NORMAL`` (:data:`SQLITE_SYNCHRONOUS`). A commit is in the
+    WAL file, i.e. in the operating system's cache, before ``consume``
+    returns, so a consumed nonce stays consumed when the service process
+    crashes or is killed at any point (tests/tessera/test_nonces.py kills
+    one). What NORMAL gives up is the fsync per commit: a power cut or kernel
+    crash may lose the last commits since the WAL was last synced, and so
+    bring back a nonce consumed in those seconds. That is the guarantee the
+    Redis store gives with its default persistence (an append-only file
+    synced every second, or snapshots), and a revived nonce is one still
+    inside its TTL (minutes) whose checkout the till has already seen
+    answered. FULL cost four fsyncs per checkout, one writer at a time per
+    file: 3.5-8 ms each on the disk measured, a ceiling of about 50 checkouts/s
+    per file whatever the number of workers (bench/README.md). A deployment
+    that must keep consumed nonces across a power cut uses PostgreSQL
+    (``synchronous_commit=on``, its default), or passes its own engine.
     """
 
     def __init__(
@@ -371,13 +390,17 @@ class SqlNonceStore(_RecordingStore):
                     ErrorCode.INVALID_REQUEST,
                     "in-memory SQLite cannot be shared: use memory:// or a SQLite file",
                 )
-            engine = sa.create_engine(url, pool_pre_ping=True)
-            if engine.dialect.name == "sqlite":
+            sqlite = parsed.get_backend_name() == "sqlite"
+            # A file has no server connection to lose: no ping (a SELECT 1 per
+            # transaction) on SQLite.
+            engine = sa.create_engine(url, pool_pre_ping=not sqlite)
+            if sqlite:
                 # WAL, BEGIN IMMEDIATE and the file's write gate (shared with
-                # any other store on the file): see tessera.sqlite.
+                # any other store on the file): see tessera.sqlite. NORMAL, not
+                # FULL: see the class docstring ("Durability").
                 from tessera.sqlite import configure_sqlite
 
-                configure_sqlite(engine)
+                configure_sqlite(engine, synchronous=SQLITE_SYNCHRONOUS)
         else:
             engine = url_or_engine
         if engine.dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35, 0):

@@ -89,8 +89,8 @@ class SqlSessionStore:
     store on the same file shares: with two workers, SQLite's sleeping busy
     handler had made two workers slower than one. ``synchronous=NORMAL``
     here (a power cut may lose the last session writes, which a till simply
-    retries), while the nonce store keeps FULL so a consumed nonce stays
-    consumed.
+    retries), as for the nonce store (:class:`tessera.nonces.SqlNonceStore`,
+    "Durability": a process crash loses no commit).
     """
 
     def __init__(self, url: str, *, table_name: str = "tessera_verifier_session") -> None:
@@ -103,7 +103,9 @@ class SqlSessionStore:
         if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                "in-memory SQLite cannot be shared: use memory:// or a file")
-        self._engine = sa.create_engine(url, pool_pre_ping=True)
+        # No ping on a file (a SELECT 1 per transaction): nothing to reconnect to.
+        self._engine = sa.create_engine(
+            url, pool_pre_ping=parsed.get_backend_name() != "sqlite")
         self._read = self._engine
         if self._engine.dialect.name == "sqlite":
             from tessera.sqlite import READ_ONLY, configure_sqlite
