@@ -335,8 +335,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         # Member DIDs are did:key / did:jwk (resolved locally); a did:web
         # member needs an operator-configured fetcher.
         resolver=resolver or Resolver(),
-        nonces=nonces if nonces is not None else SqlNonceStore(engine, clock=clock,
-                                                               create_table=False),
+        # c_nonce writes need not wait for the disk: the credential commit that
+        # consumes one is durable and makes the consumption durable with it.
+        nonces=nonces if nonces is not None else SqlNonceStore(
+            engine, clock=clock, create_table=False, durable_commits=False),
         clock=clock,
     )
     install_problem_handlers(app, customize=_oauth_problem)

@@ -38,7 +38,7 @@ from sqlmodel import Session, create_engine
 
 from issuer._settings import normalise_database_url
 from tessera.errors import ErrorCode, TesseraError
-from tessera.sqlite import READ_ONLY, configure_sqlite
+from tessera.sqlite import DEFERRED_DURABILITY, READ_ONLY, configure_sqlite
 
 __all__ = ["describe_database", "is_sqlite", "make_engine", "pool_size_per_worker",
            "read_scope", "session_scope"]
@@ -111,9 +111,19 @@ def pool_size_per_worker(environ: Mapping[str, str] | None = None) -> int:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session in one transaction: committed on success, rolled back on error."""
+def session_scope(engine: Engine, *, durable: bool = True) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error.
+
+    ``durable=False``: the commit does not wait for the disk, for a write that a
+    later durable commit makes durable before anything depends on it (see
+    :func:`tessera.sqlite.write_transaction`; the token endpoint).
+    """
     with Session(engine, expire_on_commit=False) as session, session.begin():
+        if not durable:
+            if is_sqlite(engine):
+                session.connection(execution_options={DEFERRED_DURABILITY: True})
+            elif engine.dialect.name == "postgresql":
+                session.connection().exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         yield session
 
 

@@ -101,7 +101,8 @@ class Outcome:
     replayed: bool
 
 
-def run_write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 3) -> T:
+def run_write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 3,
+              durable: bool = True) -> T:
     """Run ``fn`` in its own transaction, retrying races the database reports.
 
     A unique violation (the same idempotency key racing on two members, a
@@ -110,7 +111,7 @@ def run_write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 3) 
     """
     for attempt in range(attempts):
         try:
-            with session_scope(engine) as session:
+            with session_scope(engine, durable=durable) as session:
                 return fn(session)
         except IntegrityError as exc:
             if attempt == attempts - 1:

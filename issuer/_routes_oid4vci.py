@@ -152,7 +152,10 @@ async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JS
         brand = brand_by_slug(session, slug=slug)
         return redeem_code(session, settings=state.settings, brand=brand, form=form, now=now)
 
-    outcome = await _in_thread(lambda: _ledger.run_write(state.engine, run))
+    # Not durable on its own: the credential commit that uses the token is
+    # (tessera.sqlite.write_transaction); a power cut before it can only take
+    # back a redemption nothing was issued with.
+    outcome = await _in_thread(lambda: _ledger.run_write(state.engine, run, durable=False))
     if outcome.error is not None:
         raise outcome.error
     return JSONResponse(outcome.body, headers=NO_STORE)

@@ -378,7 +378,14 @@ class SqlNonceStore(_RecordingStore):
         create_table: bool = True,
         purge_interval_seconds: int = 60,
         purge_batch: int = 5000,
+        durable_commits: bool = True,
     ) -> None:
+        """``durable_commits=False``: issue and consume do not wait for the disk
+        (:func:`tessera.sqlite.write_transaction`), for a store whose consumption
+        is followed by a durable write on the same database that depends on it
+        (the issuer's c_nonce and the credential). Keep the default where a
+        consumed nonce must stay consumed through a power cut on its own (a
+        verifier's presentation nonces)."""
         import sqlalchemy as sa
 
         if isinstance(url_or_engine, str):
@@ -414,6 +421,7 @@ class SqlNonceStore(_RecordingStore):
                 f"database {engine.dialect.name!r} lacks DELETE ... RETURNING",
             )
         self._engine = engine
+        self._durable = durable_commits
         self._clock = clock
         if table_name == DEFAULT_TABLE_NAME:
             self.table: Table = __getattr__("nonce_table")
@@ -444,10 +452,12 @@ class SqlNonceStore(_RecordingStore):
     def _record(self, value: str, ttl_seconds: int, data_text: str) -> bool:
         import sqlalchemy as sa
 
+        from tessera.sqlite import write_transaction
+
         t = self.table
         now_ms = _now_ms(self._clock)
         try:
-            with self._engine.begin() as conn:
+            with write_transaction(self._engine, durable=self._durable) as conn:
                 # An expired row that no purge has reached yet is logically gone.
                 conn.execute(
                     sa.delete(t).where(t.c.value == value, t.c.expires_at <= now_ms)
@@ -470,8 +480,10 @@ class SqlNonceStore(_RecordingStore):
         if not _valid_value(value):
             return None
         t = self.table
+        from tessera.sqlite import write_transaction
+
         now_ms = _now_ms(self._clock)
-        with self._engine.begin() as conn:
+        with write_transaction(self._engine, durable=self._durable) as conn:
             row = conn.execute(
                 sa.delete(t)
                 .where(t.c.value == value, t.c.expires_at > now_ms)

@@ -31,17 +31,27 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 from tessera.errors import ErrorCode, TesseraError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["READ_ONLY", "WriteGate", "configure_sqlite", "write_gate"]
+__all__ = ["DEFERRED_DURABILITY", "READ_ONLY", "WriteGate", "configure_sqlite",
+           "write_gate", "write_transaction"]
 
 READ_ONLY: Final = "tessera_read_only"
 """Execution option of a connection whose transaction only reads (deferred ``BEGIN``)."""
+
+DEFERRED_DURABILITY: Final = "tessera_deferred_durability"
+"""Execution option of a write transaction that may be lost in a power cut until the next
+durable commit on the same database makes it durable (see :func:`write_transaction`)."""
+
+_SYNC_DEFAULT: Final = "tessera_synchronous_default"
+_SYNC_NOW: Final = "tessera_synchronous_now"
 
 BUSY_TIMEOUT_SECONDS: Final = 30
 
@@ -108,6 +118,39 @@ def write_gate(database: str) -> WriteGate:
         return gate
 
 
+_NORMAL: Final = 1
+_FULL: Final = 2
+
+
+@contextmanager
+def write_transaction(engine: Engine, *, durable: bool = True) -> Iterator[Connection]:
+    """A Core connection in one write transaction; ``durable=False`` lets its commit
+    return before the disk has it, on SQLite or PostgreSQL.
+
+    For writes whose loss in a power cut (not a crash of the process: the
+    data is with the OS already) does no harm *until* a later write depends
+    on them: a c_nonce issued or consumed, a pre-authorized code exchanged
+    for an access token. Both engines write their log in order, and a
+    durable commit makes everything before it durable: SQLite in WAL mode
+    with ``synchronous=FULL`` syncs the WAL file, which holds every earlier
+    frame, at its commit; PostgreSQL's synchronous commit flushes the WAL up
+    to its own commit record (PostgreSQL manual, "Asynchronous Commit"). Once
+    the credential that used a nonce and a token is committed durably, so
+    are they; a power cut before that can only take back a nonce or a token
+    that nothing was issued with. SQLite gets ``synchronous=NORMAL`` for the
+    transaction (the WAL is synced at the next checkpoint or durable commit),
+    PostgreSQL ``SET LOCAL synchronous_commit TO OFF``. Every other
+    transaction keeps the engine's setting.
+    """
+    with engine.connect() as conn:
+        if not durable and engine.dialect.name == "sqlite":
+            conn = conn.execution_options(**{DEFERRED_DURABILITY: True})
+        with conn.begin():
+            if not durable and engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield conn
+
+
 def _raw(connection: Any) -> Any:
     return getattr(connection, "dbapi_connection", connection)
 
@@ -126,7 +169,7 @@ def configure_sqlite(engine: Engine, *, synchronous: str | None = None,
     gate = None if memory else write_gate(str(database))
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         try:
@@ -137,14 +180,25 @@ def configure_sqlite(engine: Engine, *, synchronous: str | None = None,
             if synchronous is not None:
                 cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
+            level = int(cursor.execute("PRAGMA synchronous").fetchone()[0])
         finally:
             cursor.close()
+        record.info[_SYNC_DEFAULT] = record.info[_SYNC_NOW] = level
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        if connection.get_execution_options().get(READ_ONLY):
+        options = connection.get_execution_options()
+        if options.get(READ_ONLY):
             connection.exec_driver_sql("BEGIN")  # deferred: a WAL snapshot, no write lock
             return
+        # synchronous is per connection and cannot change inside a transaction:
+        # set it (only when it differs) before BEGIN, for this transaction alone.
+        info = connection.connection.info
+        default = info.get(_SYNC_DEFAULT, _FULL)
+        wanted = min(default, _NORMAL) if options.get(DEFERRED_DURABILITY) else default
+        if info.get(_SYNC_NOW, default) != wanted:
+            connection.exec_driver_sql(f"PRAGMA synchronous={wanted}")
+            info[_SYNC_NOW] = wanted
         if gate is None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             return

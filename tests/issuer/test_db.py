@@ -280,3 +280,52 @@ def test_concurrent_writers_all_commit(service: Service) -> None:
     with read_scope(service.engine) as session:
         assert len(set(ids)) == 40
         assert len(session.exec(select(Brand)).all()) == 40
+
+
+def _commit_is_durable(conn: Any) -> bool:
+    if conn.dialect.name == "sqlite":
+        return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one()) >= 2
+    return str(conn.exec_driver_sql("SHOW synchronous_commit").scalar_one()) != "off"
+
+
+def test_only_the_credential_commit_of_an_issuance_waits_for_the_disk(service: Service) -> None:
+    """Token, c_nonce issue and c_nonce consume commit without waiting for the disk; the
+    credential's commit does, which makes those three durable with it (tessera.sqlite.
+    write_transaction). Ledger writes stay durable on their own."""
+    import json
+
+    from jwcrypto import jwk
+    from sqlalchemy import event
+
+    from tessera.did import did_key
+    from tessera.keys import signer_from_jwk
+    from tessera.sqlite import READ_ONLY
+    from tests.issuer.oid4vci_wallet import SpecWallet
+
+    service.brand("acme")
+    program = service.program("acme", name="Miles")
+    key = jwk.JWK.generate(kty="EC", crv="P-256")
+    signer = signer_from_jwk(json.loads(key.export_private()))
+    member = service.enrol("acme", program["id"], signer)
+    assert did_key(signer.public_key).startswith("did:key:")
+    commits: list[bool] = []
+
+    def on_commit(conn: Any) -> None:
+        if not conn.get_execution_options().get(READ_ONLY):  # readers commit nothing
+            commits.append(_commit_is_durable(conn))
+
+    event.listen(service.engine, "commit", on_commit)
+    r = service.post("acme", f"/admin/v1/members/{member['id']}/points/earn", {"points": 10})
+    assert r.status_code == 201, r.text
+    assert commits and all(commits)  # the ledger
+    r = service.client.post(f"/admin/v1/members/{member['id']}/offers",
+                            headers=service.h("acme"),
+                            json={"credential_configuration_ids":
+                                  ["LoyaltyPointsCredential_sd_jwt"]})
+    assert r.status_code == 201, r.text
+    commits.clear()
+    got = SpecWallet(service.client, key).receive(r.json()["offer_uri"], now=service.clock.now)
+    assert "~" in got["LoyaltyPointsCredential_sd_jwt"]
+    # token, c_nonce issued, c_nonce consumed: deferred; then the credential: durable.
+    assert commits.count(False) == 3, commits
+    assert commits[-1] is True, commits

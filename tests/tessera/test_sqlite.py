@@ -13,9 +13,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
 
 from tessera.nonces import SqlNonceStore
-from tessera.sqlite import write_gate
+from tessera.sqlite import READ_ONLY, write_gate, write_transaction
 from verifier._sessions import SqlSessionStore
 
 
@@ -108,3 +112,50 @@ def test_in_memory_sqlite_has_no_gate(tmp_path: Path) -> None:
     with engine.begin() as conn:
         assert conn.exec_driver_sql("SELECT 1").scalar() == 1
     assert not list(tmp_path.glob("*.writers"))
+
+
+def _synchronous(conn: Any) -> int:
+    return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+
+
+def test_deferred_durability_is_for_that_transaction_only(tmp_path: Path) -> None:
+    """A write_transaction(durable=False) runs with synchronous=NORMAL; every other
+    transaction on the same pooled connection is back at FULL (issue 10)."""
+    store = SqlNonceStore(f"sqlite:///{tmp_path / 'n.db'}")
+    engine = store.engine
+    with write_transaction(engine) as conn:
+        assert _synchronous(conn) == 2
+    with write_transaction(engine, durable=False) as conn:
+        assert _synchronous(conn) == 1
+        assert _gate_taken(tmp_path / "n.db")  # still one writer at a time
+    with engine.begin() as conn:
+        assert _synchronous(conn) == 2
+    with write_transaction(engine, durable=False) as conn:
+        assert _synchronous(conn) == 1
+    with engine.connect() as conn, conn.execution_options(**{READ_ONLY: True}).begin():
+        conn.exec_driver_sql("SELECT 1")  # a reader commits nothing: no PRAGMA for it
+    with engine.begin() as conn:
+        assert _synchronous(conn) == 2
+
+
+def test_nonce_store_commits_durably_unless_told(tmp_path: Path) -> None:
+    seen: list[int] = []
+    for durable in (True, False):
+        store = SqlNonceStore(f"sqlite:///{tmp_path / f'{durable}.db'}", durable_commits=durable)
+        event.listen(store.engine, "commit",
+                     lambda conn: seen.append(_synchronous(conn)))
+        store.issue("n-" + "x" * 20, ttl_seconds=60, data={})
+        assert store.consume("n-" + "x" * 20) == {}
+        assert store.consume("n-" + "x" * 20) is None  # consumed once, either way
+    assert seen[:2] == [2, 2] and seen[-2:] == [1, 1]
+
+
+def test_deferred_durability_on_postgres(postgres_url: str) -> None:
+    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with write_transaction(engine, durable=False) as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "off"
+        with write_transaction(engine) as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "on"
+    finally:
+        engine.dispose()
