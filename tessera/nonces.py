@@ -381,11 +381,12 @@ class SqlNonceStore(_RecordingStore):
         durable_commits: bool = True,
     ) -> None:
         """``durable_commits=False``: issue and consume do not wait for the disk
-        (:func:`tessera.sqlite.write_transaction`), for a store whose consumption
-        is followed by a durable write on the same database that depends on it
-        (the issuer's c_nonce and the credential). Keep the default where a
-        consumed nonce must stay consumed through a power cut on its own (a
-        verifier's presentation nonces)."""
+        (:func:`tessera.sqlite.write_transaction`) even on an engine whose
+        commits otherwise do (the issuer passes its own, FULL / synchronous
+        commit), for a store whose consumption is followed by a durable write
+        on the same database that depends on it: the issuer's c_nonce and the
+        credential issued with it. On PostgreSQL this is the one way to relax a
+        store; a SQLite store made from a URL is NORMAL already ("Durability")."""
         import sqlalchemy as sa
 
         if isinstance(url_or_engine, str):

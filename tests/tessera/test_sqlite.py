@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from tessera.nonces import SqlNonceStore
-from tessera.sqlite import READ_ONLY, write_gate, write_transaction
+from tessera.sqlite import READ_ONLY, configure_sqlite, write_gate, write_transaction
 from verifier._sessions import SqlSessionStore
 
 
@@ -114,6 +114,12 @@ def test_in_memory_sqlite_has_no_gate(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.writers"))
 
 
+def _full_engine(db: Path) -> sa.Engine:
+    engine = sa.create_engine(f"sqlite:///{db}")
+    configure_sqlite(engine)
+    return engine
+
+
 def _synchronous(conn: Any) -> int:
     return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
 
@@ -121,8 +127,7 @@ def _synchronous(conn: Any) -> int:
 def test_deferred_durability_is_for_that_transaction_only(tmp_path: Path) -> None:
     """A write_transaction(durable=False) runs with synchronous=NORMAL; every other
     transaction on the same pooled connection is back at FULL (issue 10)."""
-    store = SqlNonceStore(f"sqlite:///{tmp_path / 'n.db'}")
-    engine = store.engine
+    engine = _full_engine(tmp_path / "n.db")
     with write_transaction(engine) as conn:
         assert _synchronous(conn) == 2
     with write_transaction(engine, durable=False) as conn:
@@ -141,7 +146,8 @@ def test_deferred_durability_is_for_that_transaction_only(tmp_path: Path) -> Non
 def test_nonce_store_commits_durably_unless_told(tmp_path: Path) -> None:
     seen: list[int] = []
     for durable in (True, False):
-        store = SqlNonceStore(f"sqlite:///{tmp_path / f'{durable}.db'}", durable_commits=durable)
+        # A store on a service's own engine (the issuer's: FULL, the SQLite default).
+        store = SqlNonceStore(_full_engine(tmp_path / f"{durable}.db"), durable_commits=durable)
         event.listen(store.engine, "commit",
                      lambda conn: seen.append(_synchronous(conn)))
         store.issue("n-" + "x" * 20, ttl_seconds=60, data={})
