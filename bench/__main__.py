@@ -31,6 +31,7 @@ TOPICS: dict[str, str] = {
     "sd_jwt": "bench.sd_jwt",
     "data_integrity": "bench.data_integrity",
     "issuance": "bench.issuance",  # its harness cases: status lists at 1M entries
+    "witness": "bench.witness",  # cosigning latency per checkpoint (C2SP tlog-witness)
 }
 """topic name -> module with a ``cases()`` function."""
 

@@ -217,6 +217,12 @@ class Witness:
         now = int(self._clock())
         latest = self.store.latest(checkpoint.origin)
         if request.old_size != (latest.size if latest else 0):
+            if latest and checkpoint.size == latest.size and \
+                    checkpoint.root_hash != latest.root_hash:
+                # Two log-signed trees of one size: proof of a fork, whatever old size
+                # came with it.
+                self.store.record_evidence(checkpoint.origin, "same size, another root",
+                                           body, now)
             raise WitnessConflict(latest.size if latest else 0)
         self._check_consistency(request, checkpoint, latest, body, now)
         # Keep the log's verified signatures and ours: what the monitoring URL serves.

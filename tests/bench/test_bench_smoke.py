@@ -90,3 +90,16 @@ def test_per_call_setup_gets_enough_state_and_percentiles() -> None:
     assert result.n >= Settings.quick().min_calls
     assert percentile([1, 2, 3, 4], 0.5) == 2.5
     assert percentile([5], 0.9) == 5
+
+
+def test_python_m_bench_witness_quick_cosigns(tmp_path: Path) -> None:
+    out = tmp_path / "witness.json"
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", "bench", "witness", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"floor.cosign.ed25519", "witness.add_checkpoint",
+                         "witness.round_trip"}
+    assert all(r["n"] >= 1 and r["median_ns"] > 0 for r in rows.values())

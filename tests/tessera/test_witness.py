@@ -124,6 +124,7 @@ def test_smaller_and_forked_trees_are_refused_forever(client: TestClient, witnes
     assert _post(client, smaller.body(0))[0] == 409
     # A fork of the same size: same log key, other entries.
     fork = Log(signer=log.signer, prefix=b"forged").grow(5)
+    assert _post(client, fork.body(0))[0] == 409  # kept as evidence all the same
     status, _, text = _post(client, AddCheckpoint(5, (), fork.note()).to_bytes())
     assert status == 422, text
     assert json.loads(text)["code"] == "invalid_request"
@@ -131,7 +132,8 @@ def test_smaller_and_forked_trees_are_refused_forever(client: TestClient, witnes
     fork.grow(4)
     assert _post(client, fork.body(5))[0] == 422
     reasons = [reason for reason, _ in witness.store.evidence(ORIGIN)]
-    assert reasons[0].startswith("not consistent") and len(reasons) == 2
+    assert reasons[0] == "same size, another root"
+    assert reasons[1].startswith("not consistent") and len(reasons) == 3
     # After a restart the witness still holds size 5 and the honest branch goes on.
     again = Witness(witness.cosigner, [log.signer.verifier], WitnessStore(tmp_path / "w.db"),
                     clock=lambda: NOW + 1)
