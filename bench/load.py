@@ -20,8 +20,10 @@ Paths (one *operation* each, counted only when every step answered as it must):
 
 Configurations (per path; :data:`CONFIGS`): 1 vs 2 uvicorn workers of one
 instance, and 1 vs 2 separate instances (two server processes, one worker
-each, on one PostgreSQL, + Redis for the verifier's store), with clients
-spread over the instances round-robin as a load balancer would. Each
+each, on one PostgreSQL, + Redis for the verifier's store), with requests
+handed to the instances round-robin as a load balancer would: the steps of
+one operation land on different instances, so the run also shows that
+nothing of an exchange lives in one instance's memory. Each
 configuration runs at every concurrency of the sweep (closed loop: N virtual
 clients, each starts its next operation when the last one ends); the table
 shows the best point per configuration, the JSON every point.
@@ -56,6 +58,7 @@ import multiprocessing
 import os
 import platform
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -173,6 +176,26 @@ class Connection:
         self._reader = self._writer = None
 
 
+class Balancer:
+    """A load balancer in the client: one keep-alive connection per instance, requests
+    handed out round-robin, so the steps of one operation land on different instances
+    (a checkout created on one, its request object fetched from the other, ...)."""
+
+    def __init__(self, targets: Sequence[tuple[str, int]], start: int = 0) -> None:
+        self._connections = [Connection(*t) for t in targets]
+        self._next = start % len(self._connections)
+
+    async def request(self, method: str, target: str, body: bytes = b"",
+                      headers: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:
+        connection = self._connections[self._next]
+        self._next = (self._next + 1) % len(self._connections)
+        return await connection.request(method, target, body, headers)
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.close()
+
+
 def _target(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return parts.path + (f"?{parts.query}" if parts.query else "")
@@ -180,12 +203,12 @@ def _target(url: str) -> str:
 
 # -- operations (run in the generator process) -------------------------------------------------
 
-Op = Callable[[Connection, Any, dict[str, Any]], Awaitable[float]]
+Op = Callable[["Balancer", Any, dict[str, Any]], Awaitable[float]]
 JSON_HEADERS: Final = (("Content-Type", "application/json"),)
 FORM: Final = "application/x-www-form-urlencoded"
 
 
-async def _timed(conn: Connection, spent: list[float], method: str, target: str,
+async def _timed(conn: Balancer, spent: list[float], method: str, target: str,
                  body: bytes = b"", headers: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:
     t = time.perf_counter()
     answer = await conn.request(method, target, body, headers)
@@ -193,7 +216,7 @@ async def _timed(conn: Connection, spent: list[float], method: str, target: str,
     return answer
 
 
-async def issuance_op(conn: Connection, item: Any, ctx: dict[str, Any]) -> float:
+async def issuance_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
     """One credential over OpenID4VCI; ``item`` = (offer JSON, private JWK JSON, kid)."""
     from tessera.jose import sign_compact
 
@@ -227,7 +250,7 @@ async def issuance_op(conn: Connection, item: Any, ctx: dict[str, Any]) -> float
     return sum(spent)
 
 
-async def checkout_op(conn: Connection, item: Any, ctx: dict[str, Any]) -> float:
+async def checkout_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
     """One checkout; ``item`` is the index of a wallet (credential + key)."""
     from tessera.encoding import b64url_decode
     from tessera.formats import sd_jwt
@@ -263,7 +286,7 @@ async def checkout_op(conn: Connection, item: Any, ctx: dict[str, Any]) -> float
     return sum(spent)
 
 
-async def redemption_op(conn: Connection, item: Any, ctx: dict[str, Any]) -> float:
+async def redemption_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
     """Hold + capture; ``item`` is a request body prepared (and signed) before the run."""
     slug, partner = ctx["slug"], (("Authorization", f"Bearer {ctx['partner_token']}"),)
     spent: list[float] = []
@@ -380,7 +403,7 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
     operations are not measured."""
     point = Point(concurrency)
     queue: Iterator[tuple[int, Any]] = iter(enumerate(items))
-    clients = [Connection(*targets[i % len(targets)]) for i in range(concurrency)]
+    clients = [Balancer(targets, start=i) for i in range(concurrency)]
     started: dict[str, float] = {}
     window_open = asyncio.Event()
     done_warm = 0
@@ -393,7 +416,7 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
         started["busy"], started["total"] = busy if busy else (0.0, 0.0)
         window_open.set()
 
-    async def client(conn: Connection) -> None:
+    async def client(conn: Balancer) -> None:
         nonlocal done_warm
         for index, item in queue:
             measured = index >= warmup
@@ -497,6 +520,40 @@ def postgres_base_url() -> str | None:
     return url
 
 
+_schemas: dict[str, tuple[str, str]] = {}  # URL of a bench schema -> (server URL, schema)
+
+
+def schema_bytes(base: str, schema: str) -> int:
+    """Bytes on disk of every table, index and TOAST relation of ``schema``."""
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+            "AND c.relkind = 'r'", (schema,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def schema_tables(base: str, schema: str) -> dict[str, dict[str, int]]:
+    """Rows and bytes (with indexes and TOAST) of each non-empty table of ``schema``."""
+    import psycopg
+    from psycopg import sql
+
+    out: dict[str, dict[str, int]] = {}
+    with psycopg.connect(base, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+            "AND c.relkind = 'r' ORDER BY 1", (schema,)).fetchall()
+        for name, size in tables:
+            count = conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(name))).fetchone()
+            if count and count[0]:
+                out[name] = {"rows": int(count[0]), "bytes": int(size)}
+    return out
+
+
 @contextlib.contextmanager
 def postgres_schema(base: str) -> Iterator[str]:
     """A fresh schema on ``base`` for one configuration, dropped afterwards."""
@@ -506,6 +563,7 @@ def postgres_schema(base: str) -> Iterator[str]:
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in base else "?"
+    _schemas[f"{base}{sep}options=-csearch_path%3D{schema}"] = (base, schema)
     try:
         yield f"{base}{sep}options=-csearch_path%3D{schema}"
     finally:
@@ -607,7 +665,15 @@ class Prepared:
     servers: Servers
     context: dict[str, Any]
     items: Callable[[int], list[Any]]  # n -> that many fresh operation inputs
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
+    db_url: str | None = None  # a PostgreSQL bench schema: its growth per operation is measured
+
+    def db_bytes(self) -> int | None:
+        where = _schemas.get(self.db_url or "")
+        return None if where is None else schema_bytes(*where)
+
+    def db_tables(self) -> dict[str, dict[str, int]] | None:
+        where = _schemas.get(self.db_url or "")
+        return None if where is None else schema_tables(*where)
 
 
 def _issuer_servers(config: Config, work: Path, db_url: str, master: str) -> Servers:
@@ -731,7 +797,7 @@ def prepare_issuance(config: Config, work: Path, stack: contextlib.ExitStack,
         finally:
             engine.dispose()
 
-    return Prepared(servers, {"signers": signers}, items)
+    return Prepared(servers, {"signers": signers}, items, db_url)
 
 
 def prepare_redemption(config: Config, work: Path, stack: contextlib.ExitStack,
@@ -797,7 +863,8 @@ def prepare_redemption(config: Config, work: Path, stack: contextlib.ExitStack,
                                    "nonce": nonce}).encode())
         return out
 
-    return Prepared(servers, {"slug": "bench", "partner_token": partner.json()["token"]}, items)
+    return Prepared(servers, {"slug": "bench", "partner_token": partner.json()["token"]}, items,
+                    db_url)
 
 
 def prepare_checkout(config: Config, work: Path, stack: contextlib.ExitStack,
@@ -844,7 +911,7 @@ def prepare_checkout(config: Config, work: Path, stack: contextlib.ExitStack,
     servers.wait_ready("/healthz")
     counter = iter(range(10**9))
     return Prepared(servers, {"wallets": made, "till_key": till},
-                    lambda n: [next(counter) for _ in range(n)])
+                    lambda n: [next(counter) for _ in range(n)], store)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -889,7 +956,9 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         for path in paths:
             for config in chosen[path]:
                 row: dict[str, Any] = {"path": path, **asdict(config), "points": [],
-                                       "skipped": None, "best": None, "errors": 0}
+                                       "skipped": None, "best": None, "errors": 0,
+                                       "db_bytes_per_op": None, "db_tables": None,
+                                       "db_tables_start": None}
                 rows.append(row)
                 say(f"{path}: {config.name}: starting")
                 with tempfile.TemporaryDirectory(prefix="tessera-bench-load-") as tmp, \
@@ -900,6 +969,8 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                         row["skipped"] = str(exc)
                         continue
                     ask({"context": prepared.context}, 120)
+                    size_before, done_ops = prepared.db_bytes(), 0
+                    row["db_tables_start"] = prepared.db_tables()
                     for concurrency in sweep:
                         warmup = 2 * concurrency
                         items = prepared.items(warmup + n_ops)
@@ -908,7 +979,15 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                                       "items": items, "concurrency": concurrency,
                                       "warmup": warmup, "server_pids": prepared.servers.pids,
                                       "max_seconds": MAX_SECONDS}, MAX_SECONDS + 600)
-                        row["points"].append(Point(**answer["point"]).summary())
+                        point = Point(**answer["point"])
+                        done_ops += warmup + point.ops + point.errors
+                        row["points"].append(point.summary())
+                    size_after = prepared.db_bytes()
+                    if size_before is not None and size_after is not None and done_ops:
+                        # Tables with their indexes and TOAST: what the path adds to the
+                        # database per operation (docs/scaling.md sizes storage from it).
+                        row["db_bytes_per_op"] = (size_after - size_before) / done_ops
+                        row["db_tables"] = prepared.db_tables()
                 row["best"] = max(row["points"], key=lambda p: p["ops_per_second"],
                                   default=None)
                 row["errors"] = sum(p["errors"] for p in row["points"])
@@ -1012,6 +1091,89 @@ def print_table(report: dict[str, Any]) -> None:
                 console.print(f"  {row['path']} {row['name']} ×{p['concurrency']}: {sample}")
 
 
+# -- capacity: what the measured per-operation costs mean at coalition scale ---------------------
+
+MEMBERS: Final = 10_000_000
+LEDGER_ENTRIES: Final = 100_000_000
+REDEMPTIONS_PER_S: Final = 1_000
+CORES_PER_INSTANCE: Final = 4
+UTILISATION: Final = 0.6  # service CPUs kept at most this busy: headroom for peaks and a lost node
+LEDGER_TABLES: Final = ("ledger_entry", "log_leaf", "log_node", "point_lot", "lot_allocation")
+ISSUANCE_TABLES: Final = ("issued_credential", "credential_offer", "status_list")
+
+
+def _scale_out_row(report: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The configuration a multi-machine deployment runs: 2 instances on shared stores."""
+    rows = [r for r in report["results"] if r["path"] == path and r.get("best")
+            and r["best"].get("server_cpu_ms_per_op")]
+    rows.sort(key=lambda r: (r["instances"] > 1, r["store"] != "sqlite",
+                             r["best"]["ops_per_second"]), reverse=True)
+    return rows[0] if rows else None
+
+
+def capacity(report: dict[str, Any]) -> list[str]:
+    """Lines of the sizing table docs/scaling.md shows, derived from a ``--json`` report."""
+    import math
+
+    meta = report["meta"]
+    load = meta.get("load_average_start") or [float("nan")]
+    out = [f"measured: {meta['when']}, commit {meta.get('git_commit')}, "
+           f"{meta['cpu_count']} CPUs, load average {load[0]:.1f} at the start",
+           f"{'path':<11}{'configuration':<26}{'ops/s':>8}{'CPU ms/op':>11}"
+           f"{'ops/core·s':>12}{'DB bytes/op':>13}"]
+    rows: dict[str, dict[str, Any]] = {}
+    for path in PATHS:
+        row = _scale_out_row(report, path)
+        if row is None:
+            out.append(f"{path:<11}(not measured)")
+            continue
+        rows[path] = row
+        best = row["best"]
+        db = row.get("db_bytes_per_op")
+        out.append(f"{path:<11}{row['name']:<26}{best['ops_per_second']:>8.1f}"
+                   f"{best['server_cpu_ms_per_op']:>11.1f}"
+                   f"{1000 / best['server_cpu_ms_per_op']:>12.1f}"
+                   f"{'—' if db is None else f'{db:,.0f}':>13}")
+    per_instance = CORES_PER_INSTANCE * UTILISATION
+    out.append(f"sizing: {CORES_PER_INSTANCE}-vCPU instances, at most {UTILISATION:.0%} busy "
+               "(service processes only; the databases are sized below)")
+    for path, rate in (("redemption", REDEMPTIONS_PER_S), ("checkout", REDEMPTIONS_PER_S)):
+        if path in rows:
+            cores = rate * rows[path]["best"]["server_cpu_ms_per_op"] / 1000
+            out.append(f"  {rate:,} {path}s/s: {cores:.0f} busy cores -> "
+                       f"{math.ceil(cores / per_instance)} instances")
+    if "issuance" in rows:
+        core_hours = MEMBERS * rows["issuance"]["best"]["server_cpu_ms_per_op"] / 3.6e6
+        instances = 8
+        out.append(f"  re-issue to {MEMBERS:,} members: {core_hours:.0f} core-hours -> "
+                   f"{core_hours / (instances * per_instance):.1f} h on {instances} instances")
+    def grown(path: str, names: Sequence[str], per: str) -> float | None:
+        """Bytes the tables ``names`` grew by during the sweep, per row added to ``per``."""
+        row = rows.get(path) or {}
+        end, start = row.get("db_tables") or {}, row.get("db_tables_start") or {}
+        added = end.get(per, {}).get("rows", 0) - start.get(per, {}).get("rows", 0)
+        if added <= 0:
+            return None
+        return sum(end.get(t, {}).get("bytes", 0) - start.get(t, {}).get("bytes", 0)
+                   for t in names) / added
+
+    per_entry = grown("redemption", LEDGER_TABLES, "ledger_entry")
+    if per_entry is not None:
+        out.append(f"  {LEDGER_ENTRIES:,} ledger entries: {per_entry:,.0f} bytes each "
+                   f"({' + '.join(LEDGER_TABLES)}) -> "
+                   f"{LEDGER_ENTRIES * per_entry / 1e9:,.0f} GB")
+    per_credential = grown("issuance", ISSUANCE_TABLES, "issued_credential")
+    if per_credential is not None:
+        out.append(f"  {MEMBERS:,} members, one credential each: {per_credential:,.0f} bytes "
+                   f"per credential ({' + '.join(ISSUANCE_TABLES)}) -> "
+                   f"{MEMBERS * per_credential / 1e9:,.0f} GB")
+    db = (rows.get("redemption") or {}).get("db_bytes_per_op")
+    if db:
+        out.append(f"  database growth at {REDEMPTIONS_PER_S:,} redemptions/s: "
+                   f"{REDEMPTIONS_PER_S * db * 86400 / 1e9:,.0f} GB/day")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load",
                                      description=__doc__.split("\n")[0])
@@ -1026,7 +1188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", action="append", default=None,
                         help="only configurations whose name contains this (repeatable)")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the report here")
+    parser.add_argument("--capacity", metavar="REPORT", type=Path,
+                        help="run nothing: print the sizing docs/scaling.md derives from a "
+                             "report written with --json")
     args = parser.parse_args(argv)
+    if args.capacity:
+        print("\n".join(capacity(json.loads(args.capacity.read_text(encoding="utf-8")))))
+        return 0
     paths = tuple(args.path or PATHS)
     sweep = ([max(1, int(v)) for v in args.concurrency.split(",") if v.strip()]
              if args.concurrency else None)
@@ -1037,6 +1205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def progress(message: str) -> None:
         print(f"[bench load] {message}", file=sys.stderr, flush=True)
+
+    # Servers run in their own sessions: a terminated run must still stop them
+    # (the finally blocks run on SystemExit, not on a bare SIGTERM).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     report = run(quick=args.quick, paths=paths, concurrencies=sweep, ops=args.ops,
                  configs=configs, progress=progress)
