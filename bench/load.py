@@ -1167,10 +1167,21 @@ def capacity(report: dict[str, Any]) -> list[str]:
         out.append(f"  {MEMBERS:,} members, one credential each: {per_credential:,.0f} bytes "
                    f"per credential ({' + '.join(ISSUANCE_TABLES)}) -> "
                    f"{MEMBERS * per_credential / 1e9:,.0f} GB")
-    db = (rows.get("redemption") or {}).get("db_bytes_per_op")
+    red = rows.get("redemption") or {}
+    db = red.get("db_bytes_per_op")
     if db:
         out.append(f"  database growth at {REDEMPTIONS_PER_S:,} redemptions/s: "
-                   f"{REDEMPTIONS_PER_S * db * 86400 / 1e9:,.0f} GB/day")
+                   f"{REDEMPTIONS_PER_S * db * 3600 / 1e9:,.0f} GB per hour of that peak")
+    start, end = red.get("db_tables_start") or {}, red.get("db_tables") or {}
+    entries = (end.get("ledger_entry", {}).get("rows", 0)
+               - start.get("ledger_entry", {}).get("rows", 0))
+    redeemed = (end.get("redemption", {}).get("rows", 0)
+                - start.get("redemption", {}).get("rows", 0))
+    if entries and redeemed:
+        per = entries / redeemed
+        hours = LEDGER_ENTRIES / per / REDEMPTIONS_PER_S / 3600
+        out.append(f"  {per:.1f} ledger entries per redemption: {LEDGER_ENTRIES:,} entries are "
+                   f"{hours:.0f} h of {REDEMPTIONS_PER_S:,} redemptions/s")
     return out
 
 
