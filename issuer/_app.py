@@ -103,12 +103,14 @@ OAUTH_ERRORS: Final[dict[str, tuple[tuple[str, int], dict[ErrorCode, tuple[str, 
 }
 
 
-def oauth_errors(kind: str) -> Callable[[Request], None]:
+def oauth_errors(kind: str) -> Callable[[Request], Awaitable[None]]:
     """A route dependency: errors on this route also carry an OAuth ``error`` member."""
     if kind not in OAUTH_ERRORS:
         raise ValueError(kind)
 
-    def mark(request: Request) -> None:
+    # async: FastAPI runs a plain ``def`` dependency on the thread pool, one hop per
+    # request for a line of work (see _state).
+    async def mark(request: Request) -> None:
         request.state.oauth_errors = kind
 
     return mark
@@ -158,7 +160,11 @@ class AppState:
     status_publisher: StatusPublisher = field(default_factory=StatusPublisher)
 
 
-def _state(request: Request) -> AppState:
+# The trivial dependencies are ``async def``: FastAPI runs a plain ``def`` one on its
+# thread pool, and under the issuance load those hops (up to four per credential
+# request before the route ran) were most of the server's anyio time (bench/README.md).
+# Whatever reads the database stays ``def`` (_session, _read_session, _brand).
+async def _state(request: Request) -> AppState:
     state: AppState = request.app.state.tessera
     return state
 
@@ -183,8 +189,8 @@ ReadSessionDep = Annotated[Session, Depends(_read_session)]
 """For routes that only read: no write lock on SQLite (see :func:`issuer._db.read_scope`)."""
 
 
-def _now(state: StateDep) -> datetime:
-    return state.clock()
+async def _now(state: StateDep) -> datetime:
+    return state.clock()  # a clock is a cheap call (datetime.now, a test's fake)
 
 
 NowDep = Annotated[datetime, Depends(_now)]

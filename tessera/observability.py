@@ -184,7 +184,7 @@ def count_outcome(operation: str) -> Any:
     request was answered with (or one the route set, :func:`set_outcome`).
     """
 
-    def mark(request: Request) -> None:
+    async def mark(request: Request) -> None:  # async: no thread-pool hop per request
         setattr(request.state, _OPERATION_STATE, operation)
 
     return Depends(mark)
