@@ -57,6 +57,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import secrets
 import signal
 import socket
@@ -196,6 +197,20 @@ class Balancer:
             connection.close()
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.~-]")
+
+
+def form(fields: dict[str, str]) -> bytes:
+    """``application/x-www-form-urlencoded`` as ``urllib.parse.urlencode`` writes it (space
+    as %20 rather than +, which a form parser reads the same), with one regex pass instead
+    of a Python call per character: the vp_token is kilobytes, and the generator shares
+    the machine's CPUs with the servers."""
+    def quote(value: str) -> str:
+        return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+
+    return "&".join(f"{quote(k)}={quote(v)}" for k, v in fields.items()).encode("ascii")
+
+
 def _target(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return parts.path + (f"?{parts.query}" if parts.query else "")
@@ -226,10 +241,9 @@ async def issuance_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
     code = offer["grants"]["urn:ietf:params:oauth:grant-type:pre-authorized_code"][
         "pre-authorized_code"]
     spent: list[float] = []
-    form = urllib.parse.urlencode({
-        "grant_type": "urn:ietf:params:oauth:grant-type:pre-authorized_code",
-        "pre-authorized_code": code}).encode()
-    status, body = await _timed(conn, spent, "POST", f"{base}/token", form,
+    token_form = form({"grant_type": "urn:ietf:params:oauth:grant-type:pre-authorized_code",
+                       "pre-authorized_code": code})
+    status, body = await _timed(conn, spent, "POST", f"{base}/token", token_form,
                                 (("Content-Type", FORM),))
     if status != 200:
         raise HttpError(f"token {status}: {body[:120]!r}")
@@ -272,10 +286,10 @@ async def checkout_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
     presentation = sd_jwt.present(wallet["credential"], disclose=["tier_at_least_gold"],
                                   holder=wallet["signer"], audience=request["client_id"],
                                   nonce=request["nonce"])
-    form = urllib.parse.urlencode({
+    answer = form({
         "vp_token": json.dumps({"membership": [presentation]}, separators=(",", ":")),
-        "state": request["state"]}).encode()
-    status, body = await _timed(conn, spent, "POST", _target(request["response_uri"]), form,
+        "state": request["state"]})
+    status, body = await _timed(conn, spent, "POST", _target(request["response_uri"]), answer,
                                 (("Content-Type", FORM),))
     if status != 200:
         raise HttpError(f"response {status}: {body[:120]!r}")

@@ -118,3 +118,12 @@ def test_cpu_of_a_process_tree_counts_children() -> None:
             time.sleep(0.05)
     finally:
         child.communicate(b"")
+
+
+def test_form_encoding_is_what_a_form_parser_reads_back() -> None:
+    import urllib.parse
+
+    fields = {"vp_token": '{"m":["eyJ.a~b~c"]} é+&=%/?#', "state": "s_-.~1"}
+    encoded = load.form(fields)
+    assert dict(urllib.parse.parse_qsl(encoded.decode(), strict_parsing=True)) == fields
+    assert encoded == urllib.parse.urlencode(fields, quote_via=urllib.parse.quote).encode()

@@ -838,3 +838,33 @@ def test_stream_bounds_from_env_are_checked() -> None:
             settings_from_env({"TESSERA_VERIFIER_TRUST": "/nonexistent",
                                "TESSERA_VERIFIER_MAX_STREAMS": bad})
         assert "MAX_STREAMS" in refused.value.detail
+
+
+# -- the request id follows from the state (no stored pointer) ----------------------------------
+
+
+def test_request_id_is_a_one_way_function_of_the_state(client: TestClient, brand: TestIssuer,
+                                                       member: TestHolder,
+                                                       member_key: jwk.JWK) -> None:
+    from verifier._service import request_id_of
+
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    created = _start(client)
+    _, request = wallet.fetch(created["deep_link"], client)
+    state = request["state"]
+    assert created["id"] == request_id_of(state) and len(created["id"]) == 16
+    assert state not in created["deep_link"] and created["id"] not in state
+    # Nothing is stored under the state: the response finds its checkout by the id.
+    service = client.app.state.service  # type: ignore[attr-defined]
+    assert service.sessions.get(f"state:{state}") is None
+    # An answer whose state is another request's id, or any other string, finds nothing.
+    for wrong in (created["id"], state[:-1] + ("A" if state[-1] != "A" else "B"), "x" * 129):
+        form = {"vp_token": json.dumps(wallet.present(request["client_id"], request)),
+                "state": wrong}
+        refused = client.post("/response", data=form)
+        assert refused.status_code == 404 and refused.json()["code"] == "not_found", wrong
+    assert _result(client, created)["status"] == "fetched"  # no wrong answer touched it
+    form = {"vp_token": json.dumps(wallet.present(request["client_id"], request)),
+            "state": state}
+    assert wallet.post(client, request, form).status_code == 200
+    assert _result(client, created)["result"]["ok"] is True
