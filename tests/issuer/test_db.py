@@ -329,3 +329,30 @@ def test_only_the_credential_commit_of_an_issuance_waits_for_the_disk(service: S
     # token, c_nonce issued, c_nonce consumed: deferred; then the credential: durable.
     assert commits.count(False) == 3, commits
     assert commits[-1] is True, commits
+
+
+def test_no_two_issuer_routes_answer_the_same_request(service: Service) -> None:
+    """Routers are included hot path first (issuer._app); that is only safe while no
+    method + path is served by two routes, whatever their order."""
+    import re
+
+    from starlette.routing import Match
+
+    routes: list[Any] = []
+
+    def walk(items: list[Any]) -> None:
+        for route in items:
+            inner = getattr(route, "original_router", None)
+            if inner is not None:
+                walk(inner.routes)
+            elif getattr(route, "methods", None):
+                routes.append(route)
+
+    walk(service.client.app.routes)  # type: ignore[attr-defined]
+    assert len(routes) > 40
+    for route in routes:
+        path = re.sub(r"\{[^}]+\}", "x1", route.path)
+        for method in route.methods:
+            scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+            full = [r for r in routes if r.matches(scope)[0] is Match.FULL]
+            assert full == [route], (method, route.path, [r.path for r in full])
