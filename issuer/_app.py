@@ -85,6 +85,7 @@ OAUTH_ERRORS: Final[dict[str, tuple[tuple[str, int], dict[ErrorCode, tuple[str, 
         ErrorCode.REPLAYED: ("invalid_grant", 400),
         ErrorCode.EXPIRED: ("invalid_grant", 400),
         ErrorCode.FORBIDDEN: ("invalid_grant", 400),  # wrong tx_code (§6.3)
+        ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED: ("invalid_scope", 400),  # RFC 6749 §6
         # OAuth has no rate-limit error; RFC 6749 §4.1.2.1's "temporary
         # overloading" is the nearest, and the 429's Retry-After says when.
         ErrorCode.RATE_LIMITED: ("temporarily_unavailable", 429),

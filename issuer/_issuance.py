@@ -1,13 +1,28 @@
 """Issue a member's credentials from the ledger: SD-JWT VC or Data Integrity, with status.
 
-Used by the OpenID4VCI credential endpoint. Every credential gets a random
-slot in one of the brand's status lists and an ``issued_credential`` row;
-the member's earlier credentials of the same type and format are marked
-superseded (and revoked, if they still were valid).
+Used by the OpenID4VCI credential endpoint. One request issues a batch
+(OpenID4VCI 1.0 §3.3.2, §8): one Credential Dataset, and per credential its
+own holder key, salts, decoys and random status-list slot, so that no two
+presentations of a batch share a value the verifier did not ask for.
+
+* Timestamps are coarsened (:data:`TIME_GRANULARITY`): ``iat`` and ``nbf``
+  are the issuance time rounded down to the hour, ``exp`` the policy's end
+  rounded down to the hour. A batch then shares no time rarer than "issued by
+  this brand, of this type, in this hour", which every other member issued in
+  that hour shares too.
+* Each credential gets an ``issued_credential`` row; the rows of a response
+  share a ``batch_id`` and the digest of their dataset. A new batch
+  supersedes (and revokes) the member's earlier credentials of the same type
+  and format whose dataset differs: the claims changed. Earlier credentials
+  with the same dataset stay valid, so a wallet topping up its pool keeps the
+  unused rest (§13.2: no revocation solely because of a new request), and a
+  batch never supersedes its own siblings.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -16,7 +31,6 @@ from sqlmodel import Session
 
 from issuer import _ledger
 from issuer._admin import tiers_of
-from issuer._credentials import CredentialIssuer
 from issuer._credentials import Program as CredentialProgram
 from issuer._keystore import KeyStore
 from issuer._models import (
@@ -38,14 +52,16 @@ from issuer._status_lists import (
 )
 from tessera import credentials
 from tessera.credentials import CredentialType
+from tessera.encoding import canonical_json
 from tessera.errors import ErrorCode, TesseraError
-from tessera.formats import data_integrity
-from tessera.jose import decode_unverified
+from tessera.formats import data_integrity, sd_jwt
 from tessera.keys import PublicKey
 
 __all__ = [
     "CONFIGURATIONS",
     "Configuration",
+    "coarse_time",
+    "issue_batch",
     "issue_for_member",
     "issuer_url",
     "ledger_checkpoint",
@@ -56,6 +72,11 @@ SD_JWT: Final = "dc+sd-jwt"
 LDP_VC: Final = "ldp_vc"
 MEMBERSHIP_TTL: Final = timedelta(days=30)
 POINTS_TTL: Final = timedelta(hours=24)
+# The unit iat, nbf and exp of an SD-JWT VC are rounded down to: the anonymity
+# set of a batch's times is every credential of the brand and type issued in
+# the same hour. A day would hide more but cut a 24-hour points credential
+# issued late in the day to minutes; an hour costs at most an hour of validity.
+TIME_GRANULARITY: Final = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -135,41 +156,88 @@ def _claims(session: Session, *, settings: Settings, brand: Brand, member: Membe
     return claims, now + POINTS_TTL, prog
 
 
+def coarse_time(at: datetime, unit: timedelta = TIME_GRANULARITY) -> datetime:
+    """``at`` rounded down to a multiple of ``unit`` since the epoch (UTC)."""
+    step = int(unit.total_seconds())
+    return datetime.fromtimestamp(int(at.timestamp()) // step * step, UTC)
+
+
+def _dataset_digest(claims: dict[str, Any]) -> str:
+    # ``as_of`` is when the balance was read, not part of the state it states.
+    state = {k: v for k, v in claims.items() if k != "as_of"}
+    return hashlib.sha256(canonical_json(state)).hexdigest()
+
+
 def issue_for_member(session: Session, *, settings: Settings, keystore: KeyStore,
                      brand: Brand, member: Member, configuration_id: str,
                      holder_key: PublicKey, now: datetime) -> tuple[Any, IssuedCredential]:
     """Issue one credential of ``configuration_id`` bound to ``holder_key`` / the member's DID."""
+    issued = issue_batch(session, settings=settings, keystore=keystore, brand=brand,
+                         member=member, configuration_id=configuration_id,
+                         holder_keys=[holder_key], now=now)
+    return issued[0]
+
+
+def issue_batch(session: Session, *, settings: Settings, keystore: KeyStore, brand: Brand,
+                member: Member, configuration_id: str, holder_keys: Sequence[PublicKey],
+                now: datetime) -> list[tuple[Any, IssuedCredential]]:
+    """Issue one credential of ``configuration_id`` per holder key, as one batch.
+
+    The caller checked the keys (each proven or attested by the member, none
+    twice); this only refuses a repeated key, which would link two
+    credentials of the batch by their ``cnf``.
+    """
     config = CONFIGURATIONS.get(configuration_id)
     if config is None:
         raise TesseraError(ErrorCode.NOT_FOUND, "unknown credential configuration")
-    claims, expires, prog = _claims(session, settings=settings, brand=brand, member=member,
-                                    ctype=config.ctype, now=now)
+    if not holder_keys:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "a batch needs at least one holder key")
+    if len({k.thumbprint() for k in holder_keys}) != len(holder_keys):
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
+                           "each holder key binds at most one credential of a batch")
+    claims, expires, _ = _claims(session, settings=settings, brand=brand, member=member,
+                                 ctype=config.ctype, now=now)
     signer = keystore.signer(session, brand_id=brand.id, did=brand.did)
     kind = StatusListKind.TOKEN if config.format == SD_JWT else StatusListKind.BITSTRING
-    shard, idx = allocate(session, brand_id=brand.id, kind=kind, now=now)
-    list_url = status_list_url(settings, brand, shard.id)
-    cred_id = new_id()
-    credential: Any
-    if config.format == SD_JWT:
-        issuer = CredentialIssuer(signer=signer, did=brand.did, program=prog, clock=lambda: now,
-                                  membership_ttl=MEMBERSHIP_TTL, points_ttl=POINTS_TTL)
-        credential = issuer.issue_claims(config.ctype.name, claims, holder_key=holder_key,
-                                         valid_for=expires - now,
-                                         status=token_status_claim(list_url, idx))
-        exp = decode_unverified(credential.split("~", 1)[0]).payload.get("exp")
-        expires = datetime.fromtimestamp(int(exp), UTC) if isinstance(exp, int) else expires
-    else:
-        vc = data_integrity.loyalty_credential(
-            config.ctype, claims, issuer=brand.did, subject=member.did, valid_from=now,
-            valid_until=expires, credential_id=f"urn:uuid:{cred_id}")
-        vc["credentialStatus"] = bitstring_entries(list_url, idx)
-        credential = data_integrity.issue(vc, signer=signer, cryptosuite=_cryptosuite(signer),
-                                          verification_method=signer.key_id or "", created=now)
-    row = IssuedCredential(id=cred_id, brand_id=brand.id, member_id=member.id,
-                           credential_type=config.ctype.name, format=config.format,
-                           status_list_id=shard.id, status_index=idx, issued_at=now,
-                           expires_at=expires, holder_key_thumbprint=holder_key.thumbprint())
-    session.add(row)
-    session.flush()
-    mark_superseded(session, new=row, now=now)
-    return credential, row
+    batch_id = new_id()
+    dataset = _dataset_digest(claims)
+    issued_at = coarse_time(now)
+    coarse_expiry = coarse_time(expires)
+    if coarse_expiry <= issued_at:
+        # Rounding would leave nothing: a tier that ends within the hour.
+        coarse_expiry = expires
+    out: list[tuple[Any, IssuedCredential]] = []
+    for holder_key in holder_keys:
+        # Each row is flushed before the next pick, so the slots of a batch
+        # are distinct as well as random.
+        shard, idx = allocate(session, brand_id=brand.id, kind=kind, now=now)
+        list_url = status_list_url(settings, brand, shard.id)
+        cred_id = new_id()
+        credential: Any
+        if config.format == SD_JWT:
+            credential = sd_jwt.issue_credential(
+                config.ctype, claims, signer=signer, issuer=brand.did, holder_key=holder_key,
+                issued_at=issued_at, not_before=issued_at, expires_at=coarse_expiry,
+                status=token_status_claim(list_url, idx))
+            row_expires = coarse_expiry
+        else:
+            vc = data_integrity.loyalty_credential(
+                config.ctype, claims, issuer=brand.did, subject=member.did, valid_from=now,
+                valid_until=expires, credential_id=f"urn:uuid:{cred_id}")
+            vc["credentialStatus"] = bitstring_entries(list_url, idx)
+            credential = data_integrity.issue(vc, signer=signer,
+                                              cryptosuite=_cryptosuite(signer),
+                                              verification_method=signer.key_id or "",
+                                              created=now)
+            row_expires = expires
+        row = IssuedCredential(id=cred_id, brand_id=brand.id, member_id=member.id,
+                               credential_type=config.ctype.name, format=config.format,
+                               status_list_id=shard.id, status_index=idx, issued_at=now,
+                               expires_at=row_expires,
+                               holder_key_thumbprint=holder_key.thumbprint(),
+                               batch_id=batch_id, dataset_sha256=dataset)
+        session.add(row)
+        session.flush()
+        out.append((credential, row))
+    mark_superseded(session, new=[row for _, row in out], now=now)
+    return out

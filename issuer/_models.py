@@ -82,6 +82,7 @@ __all__ = [
     "Program",
     "ProgramCreate",
     "ProgramPublic",
+    "RefreshToken",
     "StatusListKind",
     "StatusListShard",
     "Tier",
@@ -550,6 +551,12 @@ class IssuedCredential(SQLModel, table=True):
     issued_at: datetime
     expires_at: datetime | None = None
     status_changed_at: datetime | None = None
+    # OpenID4VCI 1.0 batch issuance: the credentials of one Credential Response
+    # share a batch id (never published) and the digest of their Credential
+    # Dataset (claims without ``as_of``), which tells supersession a top-up
+    # with unchanged claims from a change of state.
+    batch_id: str | None = Field(default=None, max_length=36, index=True)
+    dataset_sha256: str | None = Field(default=None, max_length=64)
 
 
 class IssuedCredentialPublic(SQLModel):
@@ -562,6 +569,7 @@ class IssuedCredentialPublic(SQLModel):
     status: CredentialState
     status_reason: str | None
     superseded_by: str | None
+    batch_id: str | None
     issued_at: datetime
     expires_at: datetime | None
     status_changed_at: datetime | None
@@ -595,6 +603,28 @@ class CredentialOffer(SQLModel, table=True):
     access_token_sha256: str | None = Field(default=None, max_length=64, unique=True)
     access_token_expires_at: datetime | None = None
     issued_configurations: list[str] = Field(default_factory=list, sa_type=JSON)
+    # The refresh token family of this offer (RFC 6749 §6, rotated on each
+    # use): it ends at this time whatever the rotations, or when revoked.
+    refresh_family_expires_at: datetime | None = None
+    refresh_revoked_at: datetime | None = None
+
+
+class RefreshToken(SQLModel, table=True):
+    """One refresh token of an offer's family; only its SHA-256 is stored.
+
+    A token is used once: its use (``used_at``) issues the next one. Showing a
+    used token again means two parties hold the family, so the whole family
+    (the offer's refresh grant and its current access token) is revoked
+    (OAuth 2.0 Security BCP, RFC 9700 §4.14.2).
+    """
+
+    __tablename__ = "refresh_token"
+
+    token_sha256: str = Field(primary_key=True, max_length=64)
+    offer_id: str = Field(sa_column=_fk("credential_offer.id"))
+    issued_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
 
 
 # The OpenID4VCI c_nonce store (tessera.nonces.SqlNonceStore) lives in the

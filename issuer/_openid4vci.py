@@ -13,7 +13,11 @@ Section numbers are those of OpenID for Verifiable Credential Issuance 1.0.
   code is single use, expires with the offer, and five wrong tx_codes burn
   the offer (§13.6 asks issuers to limit guessing).
 * The token endpoint (§6) answers RFC 6749 §5.2 errors; the access token is
-  opaque, short lived, bound to the offer and stored as a hash.
+  opaque, short lived, bound to the offer and stored as a hash. With it comes
+  a refresh token (RFC 6749 §6, §13.2 "Refreshing Issued Credentials"), so
+  the wallet tops up its pool of one-time credentials without a new offer:
+  rotated on every use, a used one shown again revokes the whole family
+  (RFC 9700 §4.14.2), 30 days idle and 90 days in all at most.
 * Key proofs (§8.2.1.1, Appendix F.1): ``typ`` ``openid4vci-proof+jwt``,
   ``aud`` the Credential Issuer Identifier, a ``nonce`` from the nonce
   endpoint (§7) consumed once, a fresh ``iat``, no ``iss`` (anonymous
@@ -40,7 +44,8 @@ from sqlmodel import Session, col, select
 
 from issuer._admin import get_member
 from issuer._issuance import CONFIGURATIONS, LDP_VC, SD_JWT, issuer_url
-from issuer._models import Brand, CredentialOffer, Member
+from issuer._log_models import MemberErasure
+from issuer._models import Brand, CredentialOffer, Member, RefreshToken
 from issuer._settings import Settings
 from tessera import jsonld
 from tessera.did import Resolver
@@ -52,10 +57,13 @@ from tessera.typing import NonceStore
 from tessera.web import StrictBody
 
 __all__ = [
+    "ATTESTATION_TYP",
     "GRANT_PRE_AUTHORIZED",
+    "GRANT_REFRESH_TOKEN",
     "OFFER_SCHEME",
     "PROOF_ALGS",
     "PROOF_TYP",
+    "PROOF_TYPES",
     "OfferCreated",
     "OfferRequest",
     "TxCodeRequest",
@@ -66,14 +74,28 @@ __all__ = [
     "issue_nonce",
     "offer_by_reference",
     "redeem_code",
+    "refresh_access",
+    "token_request",
+    "verify_key_attestation",
     "verify_key_proof",
+    "verify_proofs",
 ]
 
 GRANT_PRE_AUTHORIZED: Final = "urn:ietf:params:oauth:grant-type:pre-authorized_code"
+GRANT_REFRESH_TOKEN: Final = "refresh_token"  # noqa: S105 - a grant type name
 OFFER_SCHEME: Final = "openid-credential-offer://"
 PROOF_TYP: Final = "openid4vci-proof+jwt"
+ATTESTATION_TYP: Final = "key-attestation+jwt"
+PROOF_TYPES: Final = ("jwt", "attestation")
+# No request binds more keys than the largest batch size allows; this bounds
+# the work an attestation can ask for before the batch size is known.
+MAX_ATTESTED_KEYS: Final = 100
 PROOF_ALGS: Final = ("ES256", "EdDSA")
 ACCESS_TOKEN_TTL: Final = timedelta(minutes=5)
+# A refresh token lapses after 30 days unused; its family (every rotation of
+# the one from an offer) after 90 days whatever the use: then a new offer.
+REFRESH_TOKEN_TTL: Final = timedelta(days=30)
+REFRESH_FAMILY_TTL: Final = timedelta(days=90)
 C_NONCE_TTL_SECONDS: Final = 300
 PROOF_MAX_AGE: Final = timedelta(minutes=5)
 PROOF_FUTURE_SKEW: Final = timedelta(seconds=60)
@@ -101,7 +123,7 @@ def _tx_mac(settings: Settings, offer_id: str, tx_code: str) -> str:
 # -- metadata ------------------------------------------------------------------------------
 
 
-def _configuration(config_id: str, signing_algs: list[str]) -> dict[str, Any]:
+def _configuration(config_id: str, signing_algs: list[str], batch_size: int) -> dict[str, Any]:
     config = CONFIGURATIONS[config_id]
     display = [{"name": config.ctype.type_metadata.get("name", config.ctype.name),
                 "locale": "en"}]
@@ -120,8 +142,21 @@ def _configuration(config_id: str, signing_algs: list[str]) -> dict[str, Any]:
         body["credential_signing_alg_values_supported"] = [
             {"EdDSA": "eddsa-rdfc-2022", "ES256": "ecdsa-rdfc-2019"}.get(a, a)
             for a in signing_algs]
-    body["proof_types_supported"] = {
-        "jwt": {"proof_signing_alg_values_supported": list(PROOF_ALGS)}}
+    if config.format == SD_JWT:
+        # A key other than the member's enrolled DID key needs the member's
+        # key attestation (Appendix D): "key_attestations_required" with no
+        # key_storage / user_authentication constraint (§12.2.4). A proof by
+        # the enrolled DID key itself still gets one credential without one.
+        body["proof_types_supported"] = {
+            proof_type: {"proof_signing_alg_values_supported": list(PROOF_ALGS),
+                         "key_attestations_required": {}}
+            for proof_type in PROOF_TYPES}
+    else:
+        body["proof_types_supported"] = {
+            "jwt": {"proof_signing_alg_values_supported": list(PROOF_ALGS)}}
+    # Not in §12.2.4 (which has one batch_size for the issuer): the limit of
+    # this configuration, under the same name; wallets ignore unknown members.
+    body["batch_credential_issuance"] = {"batch_size": batch_size}
     properties = config.ctype.schema.get("properties", {})
     body["credential_metadata"] = {
         "display": display,
@@ -134,14 +169,20 @@ def credential_issuer_metadata(settings: Settings, brand: Brand,
                                signing_algs: list[str]) -> dict[str, Any]:
     """Credential Issuer Metadata (§12.2.4)."""
     issuer = issuer_url(settings, brand)
-    return {
+    body: dict[str, Any] = {
         "credential_issuer": issuer,
         "credential_endpoint": f"{issuer}/credential",
         "nonce_endpoint": f"{issuer}/nonce",
         "display": [{"name": brand.name, "locale": "en"}],
         "credential_configurations_supported": {
-            cid: _configuration(cid, signing_algs) for cid in CONFIGURATIONS},
+            cid: _configuration(cid, signing_algs, settings.batch_size_for(cid))
+            for cid in CONFIGURATIONS},
     }
+    largest = max(settings.batch_size_for(cid) for cid in CONFIGURATIONS)
+    if largest >= 2:
+        # §12.2.4: the most proofs one request may carry; "MUST be 2 or greater".
+        body["batch_credential_issuance"] = {"batch_size": largest}
+    return body
 
 
 def authorization_server_metadata(settings: Settings, brand: Brand) -> dict[str, Any]:
@@ -150,7 +191,7 @@ def authorization_server_metadata(settings: Settings, brand: Brand) -> dict[str,
     return {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/token",
-        "grant_types_supported": [GRANT_PRE_AUTHORIZED],
+        "grant_types_supported": [GRANT_PRE_AUTHORIZED, GRANT_REFRESH_TOKEN],
         # §12.3: the token endpoint needs no client authentication.
         "pre-authorized_grant_anonymous_access_supported": True,
         # No authorization endpoint: offers are the only way in.
@@ -287,14 +328,85 @@ class TokenOutcome:
     error: TesseraError | None
 
 
-def redeem_code(session: Session, *, settings: Settings, brand: Brand, form: dict[str, str],
-                now: datetime) -> TokenOutcome:
-    """The pre-authorized code grant (§6.1): single use, unexpired, right tx_code."""
+def token_request(session: Session, *, settings: Settings, brand: Brand,
+                  form: dict[str, str], now: datetime) -> TokenOutcome:
+    """The token endpoint's grants: pre-authorized code (§6.1) and refresh token (RFC 6749 §6)."""
     grant_type = form.get("grant_type")
     if not grant_type:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "grant_type is missing")
+    if grant_type == GRANT_REFRESH_TOKEN:
+        return refresh_access(session, brand=brand, form=form, now=now)
     if grant_type != GRANT_PRE_AUTHORIZED:
-        raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "only the pre-authorized code grant")
+        raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT,
+                           "only the pre-authorized code and refresh token grants")
+    return redeem_code(session, settings=settings, brand=brand, form=form, now=now)
+
+
+def _new_refresh_token(session: Session, offer: CredentialOffer, now: datetime) -> str:
+    assert offer.refresh_family_expires_at is not None
+    token = b64url_encode(secrets.token_bytes(32))
+    session.add(RefreshToken(token_sha256=_sha256(token), offer_id=offer.id, issued_at=now,
+                             expires_at=min(now + REFRESH_TOKEN_TTL,
+                                            offer.refresh_family_expires_at)))
+    return token
+
+
+def _token_response(access: str, refresh: str) -> dict[str, Any]:
+    return {"access_token": access, "token_type": "Bearer",
+            "expires_in": int(ACCESS_TOKEN_TTL.total_seconds()), "refresh_token": refresh}
+
+
+def refresh_access(session: Session, *, brand: Brand, form: dict[str, str],
+                   now: datetime) -> TokenOutcome:
+    """The refresh token grant (RFC 6749 §6) with rotation and replay detection.
+
+    Each use returns a new access token and a new refresh token and uses the
+    old one up. A used refresh token presented again means it was copied:
+    the legitimate wallet and the copier cannot be told apart, so the whole
+    family is revoked, the current access token with it (RFC 9700 §4.14.2),
+    and the member needs a new offer. ``scope``, when sent, must name the
+    configurations the offer granted (RFC 6749 §6: never more); the new
+    access token covers all of them, each once, like the first.
+    """
+    token = form.get("refresh_token", "")
+    if not token or len(token) > 128:
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "refresh_token is missing")
+    row = session.exec(select(RefreshToken).where(
+        RefreshToken.token_sha256 == _sha256(token)).with_for_update()).first()
+    offer = session.exec(select(CredentialOffer).where(
+        CredentialOffer.id == row.offer_id).with_for_update()).first() if row else None
+    if row is None or offer is None or offer.brand_id != brand.id:
+        raise TesseraError(ErrorCode.NOT_FOUND, "unknown refresh token")
+    if offer.refresh_revoked_at is not None:
+        raise TesseraError(ErrorCode.REPLAYED, "this refresh token's family was revoked")
+    if row.used_at is not None or session.get(MemberErasure, offer.member_id) is not None:
+        # Committed although the request fails: the family ends now.
+        offer.refresh_revoked_at = now
+        offer.access_token_expires_at = min(offer.access_token_expires_at or now, now)
+        session.add(offer)
+        return TokenOutcome(None, TesseraError(
+            ErrorCode.REPLAYED, "refresh token already used: every token of its family is "
+                                "revoked" if row.used_at is not None else "member erased"))
+    if row.expires_at <= now or (offer.refresh_family_expires_at or now) <= now:
+        raise TesseraError(ErrorCode.EXPIRED, "refresh token expired")
+    if "scope" in form and set(form["scope"].split()) - set(offer.configuration_ids):
+        raise TesseraError(ErrorCode.CREDENTIAL_TYPE_NOT_ALLOWED,
+                           "scope asks for more than the offer granted")
+    row.used_at = now
+    session.add(row)
+    access = b64url_encode(secrets.token_bytes(32))
+    offer.access_token_sha256 = _sha256(access)
+    offer.access_token_expires_at = now + ACCESS_TOKEN_TTL
+    offer.issued_configurations = []
+    session.add(offer)
+    refresh = _new_refresh_token(session, offer, now)
+    session.flush()
+    return TokenOutcome(_token_response(access, refresh), None)
+
+
+def redeem_code(session: Session, *, settings: Settings, brand: Brand, form: dict[str, str],
+                now: datetime) -> TokenOutcome:
+    """The pre-authorized code grant (§6.1): single use, unexpired, right tx_code."""
     code = form.get("pre-authorized_code", "")
     if not code or len(code) > 128:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "pre-authorized_code is missing")
@@ -325,11 +437,14 @@ def redeem_code(session: Session, *, settings: Settings, brand: Brand, form: dic
         update(CredentialOffer)
         .where(col(CredentialOffer.id) == offer.id, col(CredentialOffer.redeemed_at).is_(None))
         .values(redeemed_at=now, access_token_sha256=_sha256(token),
-                access_token_expires_at=now + ACCESS_TOKEN_TTL))
+                access_token_expires_at=now + ACCESS_TOKEN_TTL,
+                refresh_family_expires_at=now + REFRESH_FAMILY_TTL))
     if getattr(result, "rowcount", 0) != 1:
         raise TesseraError(ErrorCode.REPLAYED, "pre-authorized code already used")
-    return TokenOutcome({"access_token": token, "token_type": "Bearer",
-                         "expires_in": int(ACCESS_TOKEN_TTL.total_seconds())}, None)
+    offer.refresh_family_expires_at = now + REFRESH_FAMILY_TTL
+    refresh = _new_refresh_token(session, offer, now)
+    session.flush()
+    return TokenOutcome(_token_response(token, refresh), None)
 
 
 def authorize(session: Session, *, brand: Brand, authorization: str | None, now: datetime
@@ -379,20 +494,96 @@ def _member_keys(resolver: Resolver, did: str) -> list[tuple[str, PublicKey]]:
     return document.keys_for("authentication")
 
 
-def verify_key_proof(proof: Any, *, audience: str, member: Member, resolver: Resolver,
-                     nonces: NonceStore, brand: Brand, now: datetime,
-                     allowed_algs: Collection[str] = PROOF_ALGS) -> PublicKey:
-    """Check a ``jwt`` key proof (Appendix F.1, F.4) and return its key.
+@dataclass(frozen=True)
+class _Attestation:
+    keys: tuple[PublicKey, ...]
+    nonce: str
 
-    Every failure is ``key_binding_invalid`` (OAuth ``invalid_proof``) except
-    an unknown, used or expired nonce: ``nonce_mismatch`` (``invalid_nonce``),
-    so the wallet knows to fetch a fresh one. The nonce is consumed last,
-    after everything else checked out.
+
+def _fresh_iat(payload: dict[str, Any], now: datetime, what: str) -> None:
+    iat = payload.get("iat")
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        raise _proof_error(f"{what} iat must be a number")
+    t = now.timestamp()
+    if iat > t + PROOF_FUTURE_SKEW.total_seconds() or iat < t - PROOF_MAX_AGE.total_seconds():
+        raise _proof_error(f"{what} iat is not fresh")
+
+
+def _nonce_of(payload: dict[str, Any], what: str) -> str:
+    nonce = payload.get("nonce")
+    if not isinstance(nonce, str) or not nonce:
+        raise TesseraError(ErrorCode.NONCE_MISMATCH, f"{what} has no c_nonce")
+    return nonce
+
+
+def verify_key_attestation(attestation: Any, *, member: Member, resolver: Resolver,
+                           now: datetime, allowed_algs: Collection[str] = PROOF_ALGS
+                           ) -> _Attestation:
+    """A ``key-attestation+jwt`` (Appendix D.1) by the enrolled member's DID key.
+
+    The attestation is how a member vouches for fresh holder keys that are
+    not in its DID document: it must be signed by a key listed for
+    ``authentication`` in the member's DID document (``kid``, a DID URL),
+    carry ``iat`` (fresh), ``exp`` (Appendix D.1 requires it with the jwt
+    proof type; we always do), the request's ``c_nonce`` in ``nonce``, and a
+    non-empty ``attested_keys`` of distinct public JWKs. ``exp`` bounds the
+    attestation's acceptance; the credentials' lifetime stays the issuer's
+    policy. ``key_storage`` and ``user_authentication`` are not evaluated:
+    the member, not a wallet provider, signs, so they would be self-asserted.
     """
+    if not isinstance(attestation, str):
+        raise _proof_error("a key attestation must be a JWT string")
+    try:
+        jws = decode_unverified(attestation, max_bytes=32 * 1024)
+    except TesseraError as exc:
+        raise _proof_error(f"key attestation: {exc.detail}") from exc
+    header, payload = jws.header, jws.payload
+    if header.get("typ") != ATTESTATION_TYP:
+        raise _proof_error(f"key attestation typ must be {ATTESTATION_TYP}")
+    kid = header.get("kid")
+    if any(k in header for k in ("jwk", "x5c", "trust_chain")) or not isinstance(kid, str) \
+            or kid.split("#", 1)[0] != member.did or "#" not in kid:
+        raise _proof_error("a key attestation must be signed by the enrolled member's DID key "
+                           "(kid: a DID URL of the member's DID)")
+    try:
+        key = resolver.key(kid, relationship="authentication")
+        verify_signature(jws, key, allowed_algs)
+    except TesseraError as exc:
+        raise _proof_error(f"key attestation: {exc.detail}") from exc
+    _fresh_iat(payload, now, "key attestation")
+    exp = payload.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise _proof_error("key attestation exp is required (OpenID4VCI 1.0 Appendix D.1)")
+    if exp <= now.timestamp():
+        raise _proof_error("key attestation expired")
+    attested = payload.get("attested_keys")
+    if not isinstance(attested, list) or not attested:
+        raise _proof_error("key attestation attested_keys must be a non-empty array")
+    if len(attested) > MAX_ATTESTED_KEYS:
+        raise _proof_error(f"key attestation attests more than {MAX_ATTESTED_KEYS} keys")
+    keys: list[PublicKey] = []
+    for jwk in attested:
+        if not isinstance(jwk, dict):
+            raise _proof_error("attested_keys holds JWK objects")
+        try:
+            attested_key = PublicKey.from_jwk(jwk)  # refuses private members
+        except TesseraError as exc:
+            raise _proof_error(f"attested key: {exc.detail}") from exc
+        if attested_key in keys:
+            raise _proof_error("attested_keys lists a key twice")
+        keys.append(attested_key)
+    return _Attestation(tuple(keys), _nonce_of(payload, "key attestation"))
+
+
+def _verify_jwt_proof(proof: Any, *, audience: str, member: Member,
+                      member_keys: list[tuple[str, PublicKey]], resolver: Resolver,
+                      now: datetime, allowed_algs: Collection[str]
+                      ) -> tuple[PublicKey, str, str | None]:
+    """One ``jwt`` key proof (Appendix F.1): its key, its nonce, its ``key_attestation``."""
     if not isinstance(proof, str):
         raise _proof_error("a jwt key proof must be a string")
     try:
-        jws = decode_unverified(proof, max_bytes=16 * 1024)
+        jws = decode_unverified(proof, max_bytes=48 * 1024)
     except TesseraError as exc:
         raise _proof_error(f"key proof: {exc.detail}") from exc
     header, payload = jws.header, jws.payload
@@ -400,7 +591,9 @@ def verify_key_proof(proof: Any, *, audience: str, member: Member, resolver: Res
         raise _proof_error(f"key proof typ must be {PROOF_TYP}")
     if sum(k in header for k in ("jwk", "kid", "x5c")) != 1 or "x5c" in header:
         raise _proof_error("key proof must carry exactly one of jwk or kid")
-    keys = _member_keys(resolver, member.did)
+    attestation = header.get("key_attestation")
+    if attestation is not None and not isinstance(attestation, str):
+        raise _proof_error("key_attestation header must be a JWT string")
     key: PublicKey
     try:
         if "jwk" in header:
@@ -414,8 +607,11 @@ def verify_key_proof(proof: Any, *, audience: str, member: Member, resolver: Res
             if kid.split("#", 1)[0] != member.did:
                 raise _proof_error("key proof kid is not a key of the enrolled member's DID")
             key = resolver.key(kid, relationship="authentication")
-        if all(key != k for _, k in keys):
-            raise _proof_error("key proof key is not a key of the enrolled member's DID")
+        # Without an attestation the key must be the member's own; with one,
+        # the caller checks the key is among the attested keys (Appendix F.1).
+        if attestation is None and all(key != k for _, k in member_keys):
+            raise _proof_error("key proof key is not a key of the enrolled member's DID, "
+                               "and no key attestation of the member vouches for it")
         verify_signature(jws, key, allowed_algs)
     except TesseraError as exc:
         if exc.code is ErrorCode.KEY_BINDING_INVALID:
@@ -427,23 +623,102 @@ def verify_key_proof(proof: Any, *, audience: str, member: Member, resolver: Res
     if "iss" in payload:
         # Appendix F.1: iss MUST be omitted after anonymous pre-authorized access.
         raise _proof_error("key proof must not carry iss in the pre-authorized flow")
-    iat = payload.get("iat")
-    if not isinstance(iat, int | float) or isinstance(iat, bool):
-        raise _proof_error("key proof iat must be a number")
-    t = now.timestamp()
-    if iat > t + PROOF_FUTURE_SKEW.total_seconds() or iat < t - PROOF_MAX_AGE.total_seconds():
-        raise _proof_error("key proof iat is not fresh")
-    nonce = payload.get("nonce")
-    if not isinstance(nonce, str) or not nonce:
-        raise TesseraError(ErrorCode.NONCE_MISMATCH, "key proof has no c_nonce")
-    data = nonces.consume(nonce)
+    _fresh_iat(payload, now, "key proof")
+    return key, _nonce_of(payload, "key proof"), attestation
+
+
+def verify_proofs(proof_type: str, proofs: list[Any], *, audience: str, member: Member,
+                  resolver: Resolver, nonces: NonceStore, brand: Brand, now: datetime,
+                  batch_size: int, attestations: bool = True,
+                  allowed_algs: Collection[str] = PROOF_ALGS) -> list[PublicKey]:
+    """Check the ``proofs`` of a Credential Request (§8.2, Appendix F) and return the keys
+    to bind, one credential each, in the order the wallet gave them.
+
+    * ``jwt`` without ``key_attestation``: the key must be one of the enrolled
+      member's DID keys (a leaked code cannot mint credentials for someone
+      else's key).
+    * ``jwt`` with ``key_attestation``, or the ``attestation`` proof type: the
+      attestation must be the member's (:func:`verify_key_attestation`); a
+      ``jwt`` proof's key must be one of its ``attested_keys``; every attested
+      key gets a credential (Appendix F.1, F.3: "SHOULD issue a Credential for
+      each ... attested_keys").
+
+    One ``c_nonce`` serves the whole request (§13.3's single-use nonce and
+    §8.2): every proof and attestation must carry the same one, consumed once
+    after everything else checked out. Every failure is ``key_binding_invalid``
+    (``invalid_proof``) except an unknown, used, expired or mixed nonce:
+    ``nonce_mismatch`` (``invalid_nonce``), so the wallet knows to fetch one.
+    """
+    if len(proofs) > batch_size:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"proofs holds {len(proofs)} proofs; this configuration issues at "
+                           f"most {batch_size} credentials per request (batch_size)")
+    if proof_type == "attestation" and not attestations:
+        raise _proof_error("key attestations apply to dc+sd-jwt configurations only")
+    member_keys = _member_keys(resolver, member.did)
+    keys: list[PublicKey] = []
+    seen_nonces: set[str] = set()
+    checked: dict[str, _Attestation] = {}
+
+    def attested(jwt: str) -> _Attestation:
+        if jwt not in checked:
+            checked[jwt] = verify_key_attestation(jwt, member=member, resolver=resolver, now=now,
+                                                  allowed_algs=allowed_algs)
+            seen_nonces.add(checked[jwt].nonce)
+        return checked[jwt]
+
+    def add(key: PublicKey) -> None:
+        if key not in keys:
+            keys.append(key)
+
+    if proof_type == "attestation":
+        for key in attested(proofs[0]).keys:
+            add(key)
+    else:
+        proof_keys: list[PublicKey] = []
+        for proof in proofs:
+            key, nonce, attestation = _verify_jwt_proof(
+                proof, audience=audience, member=member, member_keys=member_keys,
+                resolver=resolver, now=now, allowed_algs=allowed_algs)
+            seen_nonces.add(nonce)
+            if key in proof_keys:
+                raise _proof_error("two key proofs by one key: each key binds one credential")
+            proof_keys.append(key)
+            if attestation is None:
+                add(key)
+                continue
+            if not attestations:
+                raise _proof_error("key attestations apply to dc+sd-jwt configurations only")
+            vouched = attested(attestation)
+            if key not in vouched.keys:
+                raise _proof_error("the key proof is not signed by a key of its key_attestation")
+            for each in vouched.keys:
+                add(each)
+    if len(seen_nonces) != 1:
+        raise TesseraError(ErrorCode.NONCE_MISMATCH,
+                           "one c_nonce serves the whole request; the proofs and key "
+                           "attestations carry different nonces")
+    if len(keys) > batch_size:
+        raise _proof_error(f"{len(keys)} keys to bind; this configuration issues at most "
+                           f"{batch_size} credentials per request (batch_size)")
+    data = nonces.consume(seen_nonces.pop())
     if data is None or data.get("brand") != brand.id:
         raise TesseraError(ErrorCode.NONCE_MISMATCH, "c_nonce unknown, expired or already used")
-    return key
+    return keys
 
 
-def proof_from_request(body: dict[str, Any]) -> tuple[str, Any]:
-    """``credential_configuration_id`` and the single ``proofs.jwt`` entry (§8.2)."""
+def verify_key_proof(proof: Any, *, audience: str, member: Member, resolver: Resolver,
+                     nonces: NonceStore, brand: Brand, now: datetime,
+                     allowed_algs: Collection[str] = PROOF_ALGS) -> PublicKey:
+    """One ``jwt`` key proof by one of the member's DID keys (batch size 1)."""
+    return verify_proofs("jwt", [proof], audience=audience, member=member, resolver=resolver,
+                         nonces=nonces, brand=brand, now=now, batch_size=1,
+                         attestations=False, allowed_algs=allowed_algs)[0]
+
+
+def proofs_from_request(body: dict[str, Any]) -> tuple[str, str, list[Any]]:
+    """``credential_configuration_id`` and the ``proofs`` (§8.2): its one proof type and
+    the non-empty array under it."""
     config_id = body.get("credential_configuration_id")
     if "credential_identifier" in body:
         raise TesseraError(ErrorCode.INVALID_REQUEST,
@@ -456,13 +731,21 @@ def proof_from_request(body: dict[str, Any]) -> tuple[str, Any]:
     if "proof" in body:
         raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "use proofs, not proof (1.0 §8.2)")
     proofs = body.get("proofs")
-    if not isinstance(proofs, dict) or set(proofs) != {"jwt"}:
-        raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "proofs must hold exactly one jwt proof")
-    jwts = proofs["jwt"]
-    if not isinstance(jwts, list) or len(jwts) != 1:
-        # No batch_credential_issuance in our metadata: one proof, one credential.
-        raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "proofs.jwt must hold exactly one proof")
-    return config_id, jwts[0]
+    if not isinstance(proofs, dict) or len(proofs) != 1:
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
+                           "proofs must hold exactly one proof type")
+    proof_type, items = next(iter(proofs.items()))
+    if proof_type not in PROOF_TYPES:
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
+                           f"proof type {proof_type!r} is not supported; use jwt or attestation")
+    if not isinstance(items, list) or not items:
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
+                           f"proofs.{proof_type} must be a non-empty array")
+    if proof_type == "attestation" and len(items) != 1:
+        # Appendix F.3: exactly one key attestation JWT.
+        raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
+                           "proofs.attestation must hold exactly one key attestation")
+    return config_id, proof_type, items
 
 
 FORMATS: Final = (SD_JWT, LDP_VC)

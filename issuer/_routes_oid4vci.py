@@ -24,10 +24,11 @@ from issuer._app import (
     oauth_errors,
     oauth_responses,
 )
-from issuer._issuance import issue_for_member, issuer_url, status_list_url
+from issuer._issuance import CONFIGURATIONS, SD_JWT, issue_batch, issuer_url, status_list_url
 from issuer._models import KeyStatus, StatusListShard
 from issuer._openid4vci import (
     GRANT_PRE_AUTHORIZED,
+    GRANT_REFRESH_TOKEN,
     authorization_server_metadata,
     authorize,
     check_offer_reference,
@@ -35,10 +36,10 @@ from issuer._openid4vci import (
     issue_nonce,
     offer_by_reference,
     parse_form,
-    proof_from_request,
+    proofs_from_request,
     record_issuance,
-    redeem_code,
-    verify_key_proof,
+    token_request,
+    verify_proofs,
 )
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
@@ -50,6 +51,10 @@ __all__ = ["router"]
 router = APIRouter(tags=["openid4vci"])
 NO_STORE = {"Cache-Control": "no-store"}
 _404: Final[dict[int | str, dict[str, Any]]] = {404: PROBLEM_RESPONSES[404]}
+# The service's body limit. Ten jwt proofs that each carry the attestation of
+# all ten keys take about 30 KiB; larger batches send the attestation once
+# (the attestation proof type, or one jwt proof: every attested key is bound).
+MAX_CREDENTIAL_REQUEST: Final = 64 * 1024
 
 
 def _signing_algs(state: Any, session: Any, brand: Any) -> list[str]:
@@ -122,17 +127,23 @@ _RATE_LIMITED: Final = ("temporarily_unavailable: over this client's rate limit;
                         "Retry-After header says after how many seconds to retry")
 _TOKEN_FORM: Final = {"requestBody": {"required": True, "content": {
     "application/x-www-form-urlencoded": {"schema": {
-        "type": "object", "required": ["grant_type", "pre-authorized_code"],
-        "properties": {"grant_type": {"type": "string", "enum": [GRANT_PRE_AUTHORIZED]},
+        "type": "object", "required": ["grant_type"],
+        "properties": {"grant_type": {"type": "string",
+                                      "enum": [GRANT_PRE_AUTHORIZED, GRANT_REFRESH_TOKEN]},
                        "pre-authorized_code": {"type": "string"},
-                       "tx_code": {"type": "string"}}}}}}}
+                       "tx_code": {"type": "string"},
+                       "refresh_token": {"type": "string"},
+                       "scope": {"type": "string"}}}}}}}
 _CREDENTIAL_REQUEST: Final = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {
         "type": "object", "required": ["credential_configuration_id", "proofs"],
         "properties": {"credential_configuration_id": {"type": "string"},
-                       "proofs": {"type": "object", "required": ["jwt"], "properties": {
+                       "proofs": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                                  "properties": {
                            "jwt": {"type": "array", "items": {"type": "string"},
-                                   "minItems": 1, "maxItems": 1}}}}}}}}}
+                                   "minItems": 1},
+                           "attestation": {"type": "array", "items": {"type": "string"},
+                                           "minItems": 1, "maxItems": 1}}}}}}}}}
 
 
 @router.post("/brands/{slug}/token", dependencies=[Depends(oauth_errors("token"))],
@@ -141,7 +152,8 @@ _CREDENTIAL_REQUEST: Final = {"requestBody": {"required": True, "content": {
                  400: "invalid_request, invalid_grant or unsupported_grant_type",
                  429: _RATE_LIMITED}))
 async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JSONResponse:
-    """Token endpoint (OpenID4VCI §6): ``grant_type`` pre-authorized_code, form-encoded."""
+    """Token endpoint (OpenID4VCI §6): ``grant_type`` pre-authorized_code or refresh_token
+    (RFC 6749 §6, rotated), form-encoded; both answer an access and a refresh token."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise TesseraError(ErrorCode.INVALID_REQUEST,
@@ -150,7 +162,7 @@ async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JS
 
     def run(session: Any) -> Any:
         brand = brand_by_slug(session, slug=slug)
-        return redeem_code(session, settings=state.settings, brand=brand, form=form, now=now)
+        return token_request(session, settings=state.settings, brand=brand, form=form, now=now)
 
     # Not durable on its own: the credential commit that uses the token is
     # (tessera.sqlite.write_transaction); a power cut before it can only take
@@ -185,7 +197,8 @@ def nonce(slug: str, state: StateDep) -> JSONResponse:
                  403: "insufficient_scope: the token does not cover this configuration"}))
 async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
                      authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
-    """Credential endpoint (OpenID4VCI §8): one credential per request, bound to the proof key."""
+    """Credential endpoint (OpenID4VCI §8): a batch of credentials, one per proven or
+    attested key (``batch_credential_issuance`` in the metadata says how many)."""
     from issuer._db import read_scope
 
     raw = await request.body()
@@ -195,31 +208,34 @@ async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
         with read_scope(state.engine) as session:
             brand = brand_by_slug(session, slug=slug)
             offer, member = authorize(session, brand=brand, authorization=authorization, now=now)
-        body = parse_json_object(raw, max_bytes=64 * 1024)
-        config_id, proof = proof_from_request(body)
+        body = parse_json_object(raw, max_bytes=MAX_CREDENTIAL_REQUEST)
+        config_id, proof_type, proofs = proofs_from_request(body)
         if config_id not in offer.configuration_ids:
             raise TesseraError(ErrorCode.FORBIDDEN, "the access token does not cover "
                                                     "this credential configuration")
         # The nonce is consumed outside any transaction of ours: on SQLite the
         # store's write would otherwise wait behind our own BEGIN IMMEDIATE.
-        key = verify_key_proof(proof, audience=issuer_url(state.settings, brand),
-                               member=member, resolver=state.resolver,
-                               nonces=state.nonces, brand=brand, now=now)
-        return brand.id, offer.id, member.id, config_id, key
+        keys = verify_proofs(proof_type, proofs, audience=issuer_url(state.settings, brand),
+                             member=member, resolver=state.resolver, nonces=state.nonces,
+                             brand=brand, now=now,
+                             batch_size=state.settings.batch_size_for(config_id),
+                             attestations=CONFIGURATIONS[config_id].format == SD_JWT)
+        return brand.id, offer.id, member.id, config_id, keys
 
-    brand_id, offer_id, member_id, config_id, key = await _in_thread(check)
+    brand_id, offer_id, member_id, config_id, keys = await _in_thread(check)
 
     def issue(session: Any) -> Any:
         record_issuance(session, offer_id=offer_id, configuration_id=config_id)
         brand = brand_by_slug(session, slug=slug)
         member = _ledger._lock_member(session, brand_id=brand_id, member_id=member_id)
-        credential, _ = issue_for_member(session, settings=state.settings,
-                                         keystore=state.keystore, brand=brand, member=member,
-                                         configuration_id=config_id, holder_key=key, now=now)
-        return credential
+        issued = issue_batch(session, settings=state.settings, keystore=state.keystore,
+                             brand=brand, member=member, configuration_id=config_id,
+                             holder_keys=keys, now=now)
+        return [credential for credential, _ in issued]
 
-    issued = await _in_thread(lambda: _ledger.run_write(state.engine, issue))
-    return JSONResponse({"credentials": [{"credential": issued}]}, headers=NO_STORE)
+    credentials = await _in_thread(lambda: _ledger.run_write(state.engine, issue))
+    return JSONResponse({"credentials": [{"credential": c} for c in credentials]},
+                        headers=NO_STORE)
 
 
 async def _in_thread(fn: Any) -> Any:

@@ -14,6 +14,13 @@
 ``TESSERA_RATE_LIMITS``, ``TESSERA_RATE_LIMIT_STORE``
     per-client limits on the public OpenID4VCI token and nonce endpoints
     (:mod:`tessera.ratelimit`, docs/configuration.md).
+``TESSERA_BATCH_SIZE``, ``TESSERA_BATCH_SIZES``
+    OpenID4VCI batch issuance: the most credentials one Credential Request
+    gets, for every SD-JWT VC configuration (default 10), and per
+    configuration overrides, ``ID=N,ID=N`` (docs/issuer-service.md). Data
+    Integrity (``ldp_vc``) configurations name the member's DID as subject,
+    so a batch of them would be copies of one linkable credential: their
+    size is 1 and cannot be raised.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ _log = logging.getLogger("tessera.issuer")
 DEFAULT_DATABASE_URL = "sqlite:///./tessera.db"
 DEFAULT_PUBLIC_URL = "http://localhost:8000"
 MASTER_KEY_FILE_ENV = "TESSERA_MASTER_KEY_FILE"
+DEFAULT_BATCH_SIZE = 10
+MAX_BATCH_SIZE = 100
 
 
 def normalise_database_url(url: str) -> str:
@@ -61,8 +70,11 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     enrolment_challenge_ttl_seconds: int = 300
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_sizes: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_batch_sizes(self.batch_size, self.batch_sizes)
         object.__setattr__(self, "database_url", normalise_database_url(self.database_url))
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
         if len(self.master_key) != 32:
@@ -104,11 +116,63 @@ class Settings:
             public_url=env.get("TESSERA_PUBLIC_URL") or DEFAULT_PUBLIC_URL,
             dev_mode=dev,
             rate_limits=RateLimitConfig.from_env(env),
+            batch_size=_int_env(env, "TESSERA_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+            batch_sizes=parse_batch_sizes(env.get("TESSERA_BATCH_SIZES", "")),
         )
+
+    def batch_size_for(self, configuration_id: str) -> int:
+        """Most credentials one request gets for a configuration (OpenID4VCI 1.0 §8.2)."""
+        if not configuration_id.endswith("_sd_jwt"):
+            return 1
+        return self.batch_sizes.get(configuration_id, self.batch_size)
 
     def brand_did(self, slug: str) -> str:
         """The ``did:web`` of a brand, served at ``{public_url}/brands/{slug}/did.json``."""
         return did_web(self.public_url, "brands", slug)
+
+
+def _configuration_ids() -> set[str]:
+    from tessera.credentials import CREDENTIAL_TYPES
+
+    return {f"{t.name}_{suffix}" for t in CREDENTIAL_TYPES for suffix in ("sd_jwt", "ldp_vc")}
+
+
+def _check_batch_sizes(default: int, sizes: Mapping[str, int]) -> None:
+    for name, size in {"TESSERA_BATCH_SIZE": default, **sizes}.items():
+        if isinstance(size, bool) or not isinstance(size, int) \
+                or not 1 <= size <= MAX_BATCH_SIZE:
+            raise TesseraError(ErrorCode.MALFORMED,
+                               f"batch size of {name} must be 1 to {MAX_BATCH_SIZE}")
+    unknown = set(sizes) - _configuration_ids()
+    if unknown:
+        raise TesseraError(ErrorCode.MALFORMED,
+                           f"TESSERA_BATCH_SIZES names unknown configurations {sorted(unknown)}")
+    linkable = [c for c, n in sizes.items() if not c.endswith("_sd_jwt") and n != 1]
+    if linkable:
+        raise TesseraError(ErrorCode.MALFORMED,
+                           f"{linkable}: a Data Integrity credential names the member's DID, "
+                           "so its batch size is 1")
+
+
+def parse_batch_sizes(text: str) -> dict[str, int]:
+    """``ID=N,ID=N`` (``TESSERA_BATCH_SIZES``) into a mapping."""
+    sizes: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise TesseraError(ErrorCode.MALFORMED,
+                               f"TESSERA_BATCH_SIZES: {item!r} is not CONFIGURATION_ID=N")
+        sizes[name.strip()] = int(value)
+    return sizes
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise TesseraError(ErrorCode.MALFORMED, f"{name} must be a whole number")
+    return int(raw)
 
 
 def _key_file(env: Mapping[str, str]) -> str:

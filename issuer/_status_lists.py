@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -144,7 +145,14 @@ _ALLOWED: Final[dict[CredentialState, frozenset[CredentialState]]] = {
 def change_state(session: Session, *, brand_id: str, credential_id: str,
                  state: CredentialState, now: datetime, reason: str | None = None
                  ) -> IssuedCredential:
-    """Revoke (final), suspend (a valid one) or resume (a suspended one)."""
+    """Revoke (final), suspend (a valid one) or resume (a suspended one).
+
+    The change acts on the credential's whole batch: its siblings carry the
+    same claims for the same member, so revoking one of them alone would
+    leave the wallet the others to present. Siblings already in the target
+    state, or that cannot move to it (a revoked one is not resumed), keep
+    theirs.
+    """
     cred = session.get(IssuedCredential, credential_id, with_for_update=True,
                        populate_existing=True)
     if cred is None or cred.brand_id != brand_id:
@@ -153,12 +161,21 @@ def change_state(session: Session, *, brand_id: str, credential_id: str,
         return cred  # idempotent: revoking twice is one revocation
     if CredentialState(cred.status) not in _ALLOWED[state]:
         raise TesseraError(ErrorCode.CONFLICT, f"a {cred.status} credential cannot become {state}")
-    cred.status = state
-    cred.status_reason = reason
-    cred.status_changed_at = now
-    session.add(cred)
+    batch = [cred]
+    if cred.batch_id is not None:
+        stmt = (select(IssuedCredential)
+                .where(IssuedCredential.batch_id == cred.batch_id,
+                       IssuedCredential.id != cred.id,
+                       col(IssuedCredential.status).in_(list(_ALLOWED[state])))
+                .with_for_update().execution_options(populate_existing=True))
+        batch.extend(session.exec(stmt))
+    for row in batch:
+        row.status = state
+        row.status_reason = reason
+        row.status_changed_at = now
+        session.add(row)
     session.flush()
-    _bump(session, {cred.status_list_id})
+    _bump(session, {row.status_list_id for row in batch})
     return cred
 
 
@@ -181,17 +198,30 @@ def revoke_current(session: Session, *, member_id: str, credential_type: str,
     return len(rows)
 
 
-def mark_superseded(session: Session, *, new: IssuedCredential, now: datetime) -> None:
-    """A fresh credential replaces the member's earlier ones of the same type and format."""
+def mark_superseded(session: Session, *, new: Sequence[IssuedCredential],
+                    now: datetime) -> None:
+    """A fresh batch replaces the member's earlier credentials of a changed state.
+
+    Earlier credentials of the same type and format whose claims differ from
+    the batch's (``dataset_sha256``) are superseded by the batch's first
+    credential and revoked. Those with the same claims stay valid: a wallet
+    topping up its pool keeps the unused rest (OpenID4VCI 1.0 §13.2), and a
+    batch never touches its own siblings.
+    """
+    first = new[0]
+    ids = [c.id for c in new]
     stmt = select(IssuedCredential).where(
-        IssuedCredential.member_id == new.member_id,
-        IssuedCredential.credential_type == new.credential_type,
-        IssuedCredential.format == new.format,
+        IssuedCredential.member_id == first.member_id,
+        IssuedCredential.credential_type == first.credential_type,
+        IssuedCredential.format == first.format,
         col(IssuedCredential.superseded_by).is_(None),
-        IssuedCredential.id != new.id)
+        col(IssuedCredential.id).not_in(ids))
     changed: set[str] = set()
     for old in session.exec(stmt):
-        old.superseded_by = new.id
+        if old.dataset_sha256 is not None and old.dataset_sha256 == first.dataset_sha256 \
+                and old.status != CredentialState.REVOKED:
+            continue  # the same state: part of the pool, not superseded
+        old.superseded_by = first.id
         if old.status != CredentialState.REVOKED:
             old.status = CredentialState.REVOKED
             old.status_reason = "superseded"

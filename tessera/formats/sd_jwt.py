@@ -573,6 +573,7 @@ def issue_credential(
     issued_at: datetime,
     expires_at: datetime,
     status: Mapping[str, Any] | None = None,
+    not_before: datetime | None = None,
 ) -> str:
     """Issue a loyalty credential: schema-checked claims, the type's vct, key-bound."""
     ctype.validate(claims)
@@ -584,6 +585,7 @@ def issue_credential(
         holder_key=holder_key,
         issued_at=issued_at,
         expires_at=expires_at,
+        not_before=not_before,
         status=status,
         always_visible=ctype.always_visible,
     )

@@ -89,10 +89,22 @@ def test_metadata_at_the_well_known_urls(service: Service) -> None:
     for config in configs.values():
         algs = config["proof_types_supported"]["jwt"]["proof_signing_alg_values_supported"]
         assert set(algs) == {"ES256", "EdDSA"}
+    # Batch issuance (§12.2.4): the issuer-wide limit, and each configuration's own.
+    assert meta["batch_credential_issuance"] == {"batch_size": 10}
+    for cid in SD:
+        assert configs[cid]["batch_credential_issuance"] == {"batch_size": 10}
+        # Fresh holder keys need the member's key attestation (Appendix D).
+        for proof_type in ("jwt", "attestation"):
+            assert configs[cid]["proof_types_supported"][proof_type][
+                "key_attestations_required"] == {}
+    for cid in LDP:
+        assert configs[cid]["batch_credential_issuance"] == {"batch_size": 1}
+        assert set(configs[cid]["proof_types_supported"]) == {"jwt"}
+        assert "key_attestations_required" not in configs[cid]["proof_types_supported"]["jwt"]
     as_meta = c.get(well_known(issuer, "oauth-authorization-server")).json()
     assert as_meta["issuer"] == issuer and as_meta["token_endpoint"] == f"{issuer}/token"
     assert as_meta["grant_types_supported"] == [
-        "urn:ietf:params:oauth:grant-type:pre-authorized_code"]
+        "urn:ietf:params:oauth:grant-type:pre-authorized_code", "refresh_token"]
     assert c.get(well_known("https://issuer.example/brands/nobody",
                             "openid-credential-issuer")).status_code == 404
 
