@@ -32,6 +32,7 @@ TOPICS: dict[str, str] = {
     "data_integrity": "bench.data_integrity",
     "issuance": "bench.issuance",  # its harness cases: status lists at 1M entries
     "witness": "bench.witness",  # cosigning latency per checkpoint (C2SP tlog-witness)
+    "batch_issuance": "bench.batch_issuance",
 }
 """topic name -> module with a ``cases()`` function."""
 

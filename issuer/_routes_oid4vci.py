@@ -52,7 +52,7 @@ router = APIRouter(tags=["openid4vci"])
 NO_STORE = {"Cache-Control": "no-store"}
 _404: Final[dict[int | str, dict[str, Any]]] = {404: PROBLEM_RESPONSES[404]}
 # The service's body limit. Ten jwt proofs that each carry the attestation of
-# all ten keys take about 30 KiB; larger batches send the attestation once
+# all ten keys take about 33 KB; larger batches send the attestation once
 # (the attestation proof type, or one jwt proof: every attested key is bound).
 MAX_CREDENTIAL_REQUEST: Final = 64 * 1024
 
