@@ -142,11 +142,13 @@ def _configuration(config_id: str, signing_algs: list[str], batch_size: int) -> 
         body["credential_signing_alg_values_supported"] = [
             {"EdDSA": "eddsa-rdfc-2022", "ES256": "ecdsa-rdfc-2019"}.get(a, a)
             for a in signing_algs]
-    if config.format == SD_JWT:
-        # A key other than the member's enrolled DID key needs the member's
-        # key attestation (Appendix D): "key_attestations_required" with no
-        # key_storage / user_authentication constraint (§12.2.4). A proof by
-        # the enrolled DID key itself still gets one credential without one.
+    if config.format == SD_JWT and batch_size >= 2:
+        # A batch binds fresh keys, and a key other than the member's enrolled
+        # DID key needs the member's key attestation (Appendix D):
+        # "key_attestations_required" with no key_storage / user_authentication
+        # constraint (§12.2.4). A proof by the enrolled DID key itself still
+        # gets one credential without one. Configurations without batches do
+        # not ask for attestations (a wallet may still send one).
         body["proof_types_supported"] = {
             proof_type: {"proof_signing_alg_values_supported": list(PROOF_ALGS),
                          "key_attestations_required": {}}

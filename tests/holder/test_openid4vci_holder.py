@@ -41,7 +41,10 @@ PASS = "correct horse battery"
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'issuer.db'}",
-                        master_key=secrets.token_bytes(32), public_url="https://issuer.example")
+                        master_key=secrets.token_bytes(32), public_url="https://issuer.example",
+                        # No batches, so no key attestations asked: these tests are
+                        # about the offer flow on the DID key; pools: test_pool.py.
+                        batch_size=1)
     engine = make_engine(settings.database_url)
     upgrade(engine)
     clock = FakeClock()

@@ -148,7 +148,10 @@ def acme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     from issuer.migrations import upgrade
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'issuer.db'}",
-                        master_key=secrets.token_bytes(32), public_url="https://issuer.example")
+                        master_key=secrets.token_bytes(32), public_url="https://issuer.example",
+                        # No batches, so no key attestations asked: these tests are
+                        # about the offer flow on the DID key; pools: test_pool.py.
+                        batch_size=1)
     engine = make_engine(settings.database_url)
     upgrade(engine)
     with TestClient(create_issuer_app(settings, engine=engine)) as client:
