@@ -77,7 +77,6 @@ __all__ = [
     "refresh_access",
     "token_request",
     "verify_key_attestation",
-    "verify_key_proof",
     "verify_proofs",
 ]
 
@@ -707,15 +706,6 @@ def verify_proofs(proof_type: str, proofs: list[Any], *, audience: str, member: 
     if data is None or data.get("brand") != brand.id:
         raise TesseraError(ErrorCode.NONCE_MISMATCH, "c_nonce unknown, expired or already used")
     return keys
-
-
-def verify_key_proof(proof: Any, *, audience: str, member: Member, resolver: Resolver,
-                     nonces: NonceStore, brand: Brand, now: datetime,
-                     allowed_algs: Collection[str] = PROOF_ALGS) -> PublicKey:
-    """One ``jwt`` key proof by one of the member's DID keys (batch size 1)."""
-    return verify_proofs("jwt", [proof], audience=audience, member=member, resolver=resolver,
-                         nonces=nonces, brand=brand, now=now, batch_size=1,
-                         attestations=False, allowed_algs=allowed_algs)[0]
 
 
 def proofs_from_request(body: dict[str, Any]) -> tuple[str, str, list[Any]]:
