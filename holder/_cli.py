@@ -271,11 +271,13 @@ def refresh_cmd(
             try:
                 got = top_up(w, grant, http_client=http)
             except TesseraError as exc:
-                err.print(f"{grant.credential_configuration_id} from "
+                err.print(f"{', '.join(grant.credential_configuration_ids)} from "
                           f"{grant.credential_issuer}: {exc.code.value}: {exc.detail}")
                 failed = exc
                 continue
-            out.print(f"{got[0].credential_type} from {got[0].issuer}: +{len(got)}")
+            for ctype in sorted({c.credential_type for c in got}):
+                count = sum(1 for c in got if c.credential_type == ctype)
+                out.print(f"{ctype} from {got[0].issuer}: +{count}")
     if failed is not None:
         _fail(failed)
 

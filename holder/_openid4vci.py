@@ -164,27 +164,35 @@ def _credential_request(http: httpx.Client, issuer: _Issuer, access_token: str,
     return [str(i["credential"]) for i in issued]
 
 
-def _request_pool(wallet: Wallet, http: httpx.Client, issuer: _Issuer, access_token: str,
-                  config_id: str, plan: tuple[str, int], grant: PoolGrant | None,
-                  now: datetime | None) -> list[StoredCredential]:
-    kind, size = plan
-    algs = (issuer.metadata["credential_configurations_supported"][config_id]
-            .get("proof_types_supported", {}).get(kind, {})
-            .get("proof_signing_alg_values_supported") or ["ES256"])
+def _request_pools(wallet: Wallet, http: httpx.Client, issuer: _Issuer, access_token: str,
+                   plans: dict[str, tuple[str, int]], grant: PoolGrant | None,
+                   now: datetime | None) -> list[StoredCredential]:
+    """One batch per configuration, all on one set of fresh keys: key i binds the i-th
+    credential of each type (a slot), so a presentation of several types has one holder
+    key, and each key still goes to one presentation only."""
+    configs = issuer.metadata["credential_configurations_supported"]
+    algs = set.intersection(*(set(
+        configs[cid].get("proof_types_supported", {}).get(kind, {})
+        .get("proof_signing_alg_values_supported") or ["ES256"]) for cid, (kind, _)
+        in plans.items()))
     alg = "ES256" if "ES256" in algs else next(
-        (a for a in algs if a in ("ES384", "EdDSA")), "ES256")
-    keys = Wallet.new_holder_keys(size, alg)
-    # §13 (1.0): one c_nonce serves every proof of the request.
-    nonce = _nonce(http, issuer)
-    attestation = wallet.key_attestation([k.public_key for k in keys], nonce=nonce)
-    if kind == "jwt":
-        iat = int((now or datetime.now(UTC)).timestamp())
-        proofs = {"jwt": [sign_compact(
-            {"typ": PROOF_TYP, "jwk": key.public_key.to_jwk(), "key_attestation": attestation},
-            {"aud": issuer.identifier, "iat": iat, "nonce": nonce}, key) for key in keys]}
-    else:
-        proofs = {"attestation": [attestation]}
-    issued = _credential_request(http, issuer, access_token, config_id, proofs)
+        (a for a in ("ES384", "EdDSA") if a in algs), "ES256")
+    keys = Wallet.new_holder_keys(max(size for _, size in plans.values()), alg)
+    issued: list[str] = []
+    for config_id, (kind, size) in plans.items():
+        mine = keys[:size]
+        # §13 (1.0): one c_nonce serves every proof of the request.
+        nonce = _nonce(http, issuer)
+        attestation = wallet.key_attestation([k.public_key for k in mine], nonce=nonce)
+        if kind == "jwt":
+            iat = int((now or datetime.now(UTC)).timestamp())
+            proofs = {"jwt": [sign_compact(
+                {"typ": PROOF_TYP, "jwk": key.public_key.to_jwk(),
+                 "key_attestation": attestation},
+                {"aud": issuer.identifier, "iat": iat, "nonce": nonce}, key) for key in mine]}
+        else:
+            proofs = {"attestation": [attestation]}
+        issued += _credential_request(http, issuer, access_token, config_id, proofs)
     return wallet.receive_batch(issued, keys, grant=grant)
 
 
@@ -217,17 +225,22 @@ def receive_offer(wallet: Wallet, offer_uri: str, *, http_client: httpx.Client,
         raise TesseraError(ErrorCode.MALFORMED, "token response has no access_token")
     refresh_token = token.get("refresh_token")
     stored: list[StoredCredential] = []
+    plans = {cid: plan for cid in wanted
+             if (plan := _pool_plan(issuer.metadata, configs[cid])) is not None}
+    if plans:
+        pool_grant = None
+        if isinstance(refresh_token, str) and refresh_token:
+            # One grant for the offer: its refresh token's access token covers every
+            # configuration, and rotating it for one type must not strand the others.
+            pool_grant = PoolGrant(
+                id=str(uuid.uuid4()), credential_issuer=issuer_id,
+                credential_configuration_ids=tuple(plans),
+                vcts=tuple(str(configs[c].get("vct", "")) for c in plans),
+                refresh_token=refresh_token)
+        stored += _request_pools(wallet, http_client, issuer, access_token, plans,
+                                 pool_grant, now)
     for config_id in wanted:
-        plan = _pool_plan(issuer.metadata, configs[config_id])
-        if plan is not None:
-            pool_grant = None
-            if isinstance(refresh_token, str) and refresh_token:
-                pool_grant = PoolGrant(
-                    id=str(uuid.uuid4()), credential_issuer=issuer_id,
-                    credential_configuration_id=config_id,
-                    vct=str(configs[config_id].get("vct", "")), refresh_token=refresh_token)
-            stored += _request_pool(wallet, http_client, issuer, access_token, config_id, plan,
-                                    pool_grant, now)
+        if config_id in plans:
             continue
         nonce = _nonce(http_client, issuer)
         iat = int((now or datetime.now(UTC)).timestamp())
@@ -244,20 +257,22 @@ def receive_offer(wallet: Wallet, offer_uri: str, *, http_client: httpx.Client,
 
 def top_up(wallet: Wallet, grant: PoolGrant, *, http_client: httpx.Client,
            now: datetime | None = None) -> list[StoredCredential]:
-    """Refill a pool: a fresh access token from the refresh token (RFC 6749 §6), a new
-    batch on fresh attested keys. No offer, no member interaction (OpenID4VCI 1.0 §13.5).
+    """Refill the pools of a grant: a fresh access token from the refresh token (RFC 6749
+    §6), a new batch of each type on fresh attested keys. No offer, no member interaction
+    (OpenID4VCI 1.0 §13.5).
 
-    A refresh token the issuer rotates is saved before the credential request, so a
+    A refresh token the issuer rotates is saved before the credential requests, so a
     crash in between loses nothing. Raises what the issuer answers (``invalid_request``
     with ``invalid_grant`` when the refresh token is no longer good).
     """
     issuer = _discover(http_client, grant.credential_issuer)
-    config = (issuer.metadata.get("credential_configurations_supported") or {}).get(
-        grant.credential_configuration_id)
-    plan = _pool_plan(issuer.metadata, config) if isinstance(config, dict) else None
-    if plan is None:
+    configs = issuer.metadata.get("credential_configurations_supported") or {}
+    plans = {cid: plan for cid in grant.credential_configuration_ids
+             if isinstance(configs.get(cid), dict)
+             and (plan := _pool_plan(issuer.metadata, configs[cid])) is not None}
+    if not plans:
         raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT,
-                           "the issuer no longer issues this credential on attested keys")
+                           "the issuer no longer issues these credentials on attested keys")
     token = _post(http_client, issuer.token_endpoint, "token endpoint", data={
         "grant_type": "refresh_token", "refresh_token": grant.refresh_token})
     access_token = token.get("access_token")
@@ -267,5 +282,4 @@ def top_up(wallet: Wallet, grant: PoolGrant, *, http_client: httpx.Client,
     if isinstance(rotated, str) and rotated and rotated != grant.refresh_token:
         grant = replace(grant, refresh_token=rotated)
         wallet.save_grant(grant)
-    return _request_pool(wallet, http_client, issuer, access_token,
-                         grant.credential_configuration_id, plan, grant, now)
+    return _request_pools(wallet, http_client, issuer, access_token, plans, grant, now)

@@ -57,12 +57,16 @@ class StoredCredential:
     received_at: str
     expires_at: int | None = None
     one_time: bool = False
-    """Bound to a holder key of its own (batch issuance): presented at most once.
+    """Bound to a fresh holder key (batch issuance): presented at most once.
     False: bound to the wallet's DID key, so every presentation of it is linkable anyway."""
     spent_at: str | None = None
     presented_to: tuple[str, ...] = ()
     grant: str | None = None
     """The refresh grant (:class:`PoolGrant` id) that tops this credential's pool up."""
+    holder_key: str | None = None
+    """JWK thumbprint of its holder key. A key binds at most one credential of each type
+    of one grant (a "slot", so a presentation of several types has one holder); a key
+    goes to one presentation only: presenting one credential of a slot spends them all."""
 
     @property
     def pool(self) -> tuple[str, str]:
@@ -77,8 +81,9 @@ class PoolGrant:
 
     id: str
     credential_issuer: str
-    credential_configuration_id: str
-    vct: str
+    credential_configuration_ids: tuple[str, ...]
+    """Every configuration of the offer: the refresh token's access token covers each."""
+    vcts: tuple[str, ...]
     refresh_token: str = field(repr=False)
 
 
@@ -166,7 +171,7 @@ class Wallet:
         self._consents = consents or []
         # The last transparency-log head each brand showed (holder._audit).
         self.log_heads: dict[str, dict[str, Any]] = log_heads or {}
-        # One-time credentials' own holder keys, by credential id (sealed with the rest).
+        # One-time credentials' holder keys, by JWK thumbprint (sealed with the rest).
         self._holder_keys: dict[str, LocalSigner] = holder_keys or {}
         self._grants: list[PoolGrant] = grants or []
         self._top_up_below = top_up_below
@@ -214,13 +219,24 @@ class Wallet:
             consents = [ConsentRecord(**c) for c in inner.get("consents", [])]
             log_heads = dict(inner.get("log_heads", {}))
             # Absent from version 1 files: no one-time credentials, no grants yet.
-            holder_keys = {cid: signer_from_jwk(jwk)
-                           for cid, jwk in dict(inner.get("holder_keys", {})).items()}
-            grants = [PoolGrant(**g) for g in inner.get("grants", [])]
+            held = {name: signer_from_jwk(jwk)
+                    for name, jwk in dict(inner.get("holder_keys", {})).items()}
+            holder_keys = {k.public_key.thumbprint(): k for k in held.values()}
+            # Early version 2 files keyed holder keys by credential id and kept one
+            # grant per configuration: read both shapes.
+            creds = [replace(c, holder_key=held[c.id].public_key.thumbprint())
+                     if c.one_time and c.holder_key is None and c.id in held else c
+                     for c in creds]
+            grants = [PoolGrant(
+                id=g["id"], credential_issuer=g["credential_issuer"],
+                credential_configuration_ids=tuple(g.get("credential_configuration_ids")
+                                                   or [g["credential_configuration_id"]]),
+                vcts=tuple(g.get("vcts") or [g["vct"]]), refresh_token=g["refresh_token"])
+                for g in inner.get("grants", [])]
             top_up_below = int(inner.get("top_up_below", DEFAULT_TOP_UP_BELOW))
         except (KeyError, TypeError, ValueError, TesseraError) as exc:
             raise TesseraError(ErrorCode.MALFORMED, "wallet contents are damaged") from exc
-        if any(c.one_time and c.id not in holder_keys for c in creds):
+        if any(c.one_time and c.holder_key not in holder_keys for c in creds):
             raise TesseraError(ErrorCode.MALFORMED, "wallet contents are damaged")
         wallet = cls(source, passphrase, signer, creds=creds, consents=consents,
                      resolver=resolver, clock=clock, log_heads=log_heads,
@@ -236,8 +252,8 @@ class Wallet:
             "credentials": [asdict(c) for c in self._creds],
             "consents": [asdict(c) for c in self._consents],
             "log_heads": self.log_heads,
-            "holder_keys": {cid: key.export_private_jwk()
-                            for cid, key in self._holder_keys.items()},
+            "holder_keys": {thumb: key.export_private_jwk()
+                            for thumb, key in self._holder_keys.items()},
             "grants": [asdict(g) for g in self._grants],
             "top_up_below": self._top_up_below,
         }
@@ -325,8 +341,12 @@ class Wallet:
     def remove(self, credential_id: str) -> None:
         target = self.get(credential_id)
         self._creds = [c for c in self._creds if c.id != target.id]
-        self._holder_keys.pop(target.id, None)
+        self._forget_unused_keys()
         self.save()
+
+    def _forget_unused_keys(self) -> None:
+        wanted = {c.holder_key for c in self._creds if c.one_time}
+        self._holder_keys = {t: k for t, k in self._holder_keys.items() if t in wanted}
 
     # -- one-time credentials: keys, attestation, pools ------------------------------
     @staticmethod
@@ -372,60 +392,63 @@ class Wallet:
         self, issued: Sequence[str], keys: Sequence[LocalSigner], *,
         grant: PoolGrant | None = None,
     ) -> list[StoredCredential]:
-        """Check and store a batch of one-time credentials, each bound to one of ``keys``.
+        """Check and store one-time credentials bound to ``keys`` (one request or several,
+        one per type, over the same keys).
 
-        All or nothing: every credential must verify, be bound to a distinct key of
-        ``keys`` (matched by ``cnf``, not by order: OpenID4VCI 1.0 leaves the order
-        open) and share one type; otherwise nothing is kept. Unused credentials of the
-        same pool that the batch contradicts (claims changed since) are retired.
+        All or nothing: every credential must verify and be bound to one of ``keys``
+        (matched by ``cnf``, not by order: OpenID4VCI 1.0 leaves the order open), and
+        a key may bind at most one credential of each type; otherwise nothing is kept.
+        Unused credentials of the same pool that the new ones contradict (claims changed
+        since) are retired.
         """
         if not issued:
             raise TesseraError(ErrorCode.MALFORMED, "the issuer returned no credential")
         by_key = {k.public_key.thumbprint(): k for k in keys}
-        taken: set[str] = set()
-        batch: list[tuple[StoredCredential, LocalSigner]] = []
+        if len(by_key) != len(keys):
+            raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "holder keys must be distinct")
+        taken: set[tuple[str, str]] = set()
+        batch: list[StoredCredential] = []
         for credential in issued:
             vc = sd_jwt.verify(
                 credential, issuer_key=issuer_key_lookup(self._resolver), now=self._clock(),
                 audience=None, nonce=None, require_key_binding=False,
             )
             thumb = vc.holder_key.thumbprint() if vc.holder_key is not None else None
-            if thumb is None or thumb not in by_key or thumb in taken:
+            if thumb is None or thumb not in by_key or (thumb, vc.vct) in taken:
                 raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
-                                   "a credential of the batch is not bound to a key we sent")
-            taken.add(thumb)
+                                   "a credential of the batch is not bound to a key we sent, "
+                                   "or two of one type share a key")
+            taken.add((thumb, vc.vct))
             ctype = credentials.by_vct(vc.vct)
             ctype.validate(vc.claims)
             exp = vc.payload.get("exp")
-            batch.append((StoredCredential(
+            batch.append(StoredCredential(
                 id=str(uuid.uuid4()), format="dc+sd-jwt", credential=credential,
                 issuer=vc.issuer, vct=vc.vct, credential_type=ctype.name, claims=vc.claims,
                 received_at=self._clock().isoformat(),
                 expires_at=exp if isinstance(exp, int) else None, one_time=True,
-                grant=grant.id if grant is not None else None,
-            ), by_key[thumb]))
-        pools = {c.pool for c, _ in batch}
-        if len(pools) != 1:
-            raise TesseraError(ErrorCode.MALFORMED, "a batch holds one credential type")
-        (pool,) = pools
-        fresh_claims = [c.claims for c, _ in batch]
-        retired = {c.id for c in self._creds if c.one_time and c.pool == pool
-                   and c.spent_at is None and c.claims not in fresh_claims}
-        self._creds = [c for c in self._creds if c.id not in retired]
-        for cid in retired:
-            self._holder_keys.pop(cid, None)
-        for cred, key in batch:
-            self._creds.append(cred)
-            self._holder_keys[cred.id] = key
+                grant=grant.id if grant is not None else None, holder_key=thumb,
+            ))
+        fresh = {(c.pool, json.dumps(c.claims, sort_keys=True)) for c in batch}
+        pools = {c.pool for c in batch}
+        retired = {c.id for c in self._creds if c.one_time and c.pool in pools
+                   and c.spent_at is None
+                   and (c.pool, json.dumps(c.claims, sort_keys=True)) not in fresh}
+        self._creds = [c for c in self._creds if c.id not in retired] + batch
+        self._holder_keys.update({c.holder_key: by_key[c.holder_key] for c in batch
+                                  if c.holder_key is not None})
+        self._forget_unused_keys()
         if grant is not None:
             self._put_grant(grant)
         self.save()
-        return [c for c, _ in batch]
+        return batch
 
     def _put_grant(self, grant: PoolGrant) -> None:
-        self._grants = [g for g in self._grants if g.id != grant.id and (
-            g.credential_issuer, g.credential_configuration_id) != (
-            grant.credential_issuer, grant.credential_configuration_id)] + [grant]
+        # A newer offer's grant replaces the older ones it covers (same issuer and type).
+        self._grants = [g for g in self._grants if g.id != grant.id and not (
+            g.credential_issuer == grant.credential_issuer
+            and set(g.credential_configuration_ids) <= set(grant.credential_configuration_ids))
+        ] + [grant]
 
     def save_grant(self, grant: PoolGrant) -> None:
         """Keep (or replace) a refresh grant, at once: a rotated refresh token must
@@ -526,7 +549,7 @@ class Wallet:
             if attempt or refill is None:
                 break
             grants = [g for g in self._grants if g.id not in refilled
-                      and cq.matches_type(fmt="dc+sd-jwt", vct=g.vct)]
+                      and any(cq.matches_type(fmt="dc+sd-jwt", vct=v) for v in g.vcts)]
             if not grants:
                 break
             for grant in grants:
@@ -552,6 +575,24 @@ class Wallet:
             "verifiers link your presentations: only if you allow it (--allow-reuse)",
         )
 
+    def _one_slot(self, query: Query, chosen: dict[str, tuple[StoredCredential, list[str]]],
+                  uses: dict[str, str]) -> None:
+        """Answer every one-time query from one slot (one holder key) when one can: a
+        verifier refuses credentials of two holder keys in one answer (two members'
+        credentials glued together), and one key in one presentation links nothing."""
+        ids = [q for q, use in uses.items() if use == "one-time"]
+        if len(ids) < 2 or len({chosen[q][0].holder_key for q in ids}) == 1:
+            return
+        per_query = {cq.id: {c.holder_key: (c, n) for c, n in reversed(self._candidates(cq))
+                             if c.one_time and c.spent_at is None}
+                     for cq in query.credentials if cq.id in ids}
+        common = set.intersection(*(set(found) for found in per_query.values()))
+        newest = [c.holder_key for c, _ in self._candidates(query.by_id(ids[0]))
+                  if c.holder_key in common]
+        if newest:
+            for q in ids:
+                chosen[q] = per_query[q][newest[0]]
+
     def plan(
         self, *, dcql: Mapping[str, Any], verifier_id: str, verifier_name: str = "",
         purpose: str = "", transaction_data: Sequence[str] = (), allow_reuse: bool = False,
@@ -574,6 +615,7 @@ class Wallet:
                 chosen[cq.id] = (cred, names)
                 uses[cq.id] = use
         query.check_answered(set(chosen))  # raises when the wallet cannot answer
+        self._one_slot(query, chosen, uses)
         items = []
         for query_id, (cred, names) in chosen.items():
             visible = credentials.by_name(cred.credential_type).always_visible
@@ -614,15 +656,17 @@ class Wallet:
         for query_id, (cred, names) in chosen.items():
             token[query_id] = [sd_jwt.present(
                 cred.credential, disclose=names,
-                holder=self._holder_keys[cred.id] if cred.one_time else self._signer,
+                holder=self._holder_keys[str(cred.holder_key)] if cred.one_time
+                else self._signer,
                 audience=audience, nonce=nonce, issued_at=self._clock(),
                 transaction_data=list(transaction_data) or None,
             )]
         now = self._clock().isoformat()
-        used = {cred.id for cred, _ in chosen.values() if cred.one_time}
+        # Every credential on a key that went out is spent: its key now links.
+        used = {cred.holder_key for cred, _ in chosen.values() if cred.one_time}
         self._creds = [replace(c, spent_at=c.spent_at or now,
                                presented_to=(*c.presented_to, audience))
-                       if c.id in used else c for c in self._creds]
+                       if c.one_time and c.holder_key in used else c for c in self._creds]
         self._log(request, "shared", shared)  # saves: spent marks and record together
         return token
 

@@ -362,22 +362,25 @@ def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server
                       **{"Idempotency-Key": "acme-order-1001"})
         out.print(f"Acme enrolled the member by DID proof (no. {member['membership_number']})"
                   f" and credited 1,250 points: tier [bold]{earned['balance']['tier']}[/]")
-        by_value = call(f"/admin/v1/members/{member['id']}/offers", {
-            "credential_configuration_ids": ["LoyaltyMembershipCredential_sd_jwt"],
+        # One offer for both types: the wallet binds the i-th membership and the i-th
+        # points credential to one one-time key, so a checkout asking for both gets one
+        # holder (docs/privacy.md).
+        offer = call(f"/admin/v1/members/{member['id']}/offers", {
+            "credential_configuration_ids": ["LoyaltyMembershipCredential_sd_jwt",
+                                             "LoyaltyPointsCredential_sd_jwt"],
             "tx_code": {"length": 6, "description": "the code Acme texted you"}})
-        by_reference = call(f"/admin/v1/members/{member['id']}/offers", {
-            "credential_configuration_ids": ["LoyaltyPointsCredential_sd_jwt"]})
         out.print(f"Offer by value (tx_code sent separately): [dim]"
-                  f"{escape(by_value['offer_uri'][:72])}…[/]")
-        out.print(f"Offer by reference: [dim]"
-                  f"{escape(by_reference['offer_uri_by_reference'][:72])}…[/]")
-        received = receive_offer(wallet, by_value["offer_uri"], http_client=wallet_http,
-                                 tx_code=by_value["tx_code"])
-        received += receive_offer(wallet, by_reference["offer_uri_by_reference"],
-                                  http_client=wallet_http)
-        for stored in received:
-            out.print(f"OpenID4VCI: wallet received [green]{stored.credential_type}[/] "
-                      f"({len(stored.claims)} claims), checked and stored")
+                  f"{escape(offer['offer_uri'][:72])}…[/]")
+        out.print(f"The same offer by reference: [dim]"
+                  f"{escape(offer['offer_uri_by_reference'][:72])}…[/]")
+        received = receive_offer(wallet, offer["offer_uri_by_reference"],
+                                 http_client=wallet_http, tx_code=offer["tx_code"])
+        for ctype in sorted({c.credential_type for c in received}):
+            got = [c for c in received if c.credential_type == ctype]
+            kind = "one-time credentials, each on its own key" if got[0].one_time \
+                else "credential(s) on the wallet's DID key"
+            out.print(f"OpenID4VCI: wallet received {len(got)} [green]{ctype}[/] {kind} "
+                      f"({len(got[0].claims)} claims each), checked and stored")
 
         # -- Beta's till: a checkout through the verifier service ----------------------
         out.print(f"\nBeta's verifier service runs at [cyan]{beta_service.base_url}[/]")
@@ -429,7 +432,9 @@ def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server
         side.add_column("What Beta learned", style="green")
         side.add_column("What stayed hidden in the wallet", style="red")
         learned_lines = [f"{k} = {json.dumps(v)}" for k, v in learned.items()]
-        learned_lines += [f"issuer = {result['issuer']}", f"holder = {result['holder']}"]
+        one_time = "" if result["holder"] == wallet.did else " (one-time key, not your DID)"
+        learned_lines += [f"issuer = {result['issuer']}",
+                          f"holder = {str(result['holder'])[:40]}…{one_time}"]
         for i in range(max(len(learned_lines), len(hidden))):
             side.add_row(learned_lines[i] if i < len(learned_lines) else "",
                          hidden[i] if i < len(hidden) else "")
@@ -437,7 +442,9 @@ def _story(out: Console, tmp: Path, acme_service: _Issuer, beta_service: _Server
         checkout_ok = (result["ok"] is True and result["errors"] == []
                        and learned.get("tier_at_least_silver") is True
                        and learned.get("points_at_least_1000") is True
-                       and result["issuer"] == acme_did and result["holder"] == wallet.did)
+                       and result["issuer"] == acme_did
+                       # One-time credentials show a fresh key; others, the member's DID.
+                       and (result["holder"] == wallet.did) != received[0].one_time)
 
         # -- attacks, each posted to Beta's service ------------------------------------
         outcomes: list[Outcome] = []

@@ -73,8 +73,8 @@ class Shop:
 
 
 class World:
-    def __init__(self, tmp_path: Path, **issuer: Any) -> None:
-        self.clock = FixedClock(datetime(2026, 11, 29, 9, 0, tzinfo=UTC))
+    def __init__(self, tmp_path: Path, start: datetime | None = None, **issuer: Any) -> None:
+        self.clock = FixedClock(start or datetime(2026, 11, 29, 9, 0, tzinfo=UTC))
         self.brand = TestIssuer(clock=self.clock)
         self.wallet = Wallet.create(
             tmp_path / "w.wallet", PASS, clock=self.clock,
@@ -316,3 +316,61 @@ def test_a_did_bound_credential_does_not_stand_in_for_a_spent_pool(world: World)
     with pytest.raises(TesseraError) as caught:
         world.present("south", top_up=False)
     assert caught.value.code == ErrorCode.POOL_EMPTY
+
+
+def test_the_command_line_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wallet receive``, ``pool``, ``present`` (consent screen: one-time, how many left;
+    ``pool_empty``; ``--allow-reuse``) and ``refresh``, on the command line."""
+    from typer.testing import CliRunner
+
+    from holder import _cli as wallet_cli
+    from tessera.cli import app
+
+    # The CLI runs on the wall clock; so does this world (nothing here asserts a time).
+    world = World(tmp_path, start=datetime.now(UTC), batch_size=2)
+    client = world.http()
+
+    class Shared(httpx.Client):
+        def __enter__(self) -> Any:
+            return client
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(wallet_cli, "_http_client", Shared)
+    monkeypatch.setenv("TESSERA_WALLET_PASSPHRASE", PASS)
+    monkeypatch.setenv("COLUMNS", "200")
+    doc = tmp_path / "brand.json"
+    doc.write_text(json.dumps(world.brand.did_document))
+    runner = CliRunner()
+    w = ["--wallet", str(world.wallet.path)]
+    pin = ["--did-document", str(doc)]
+
+    r = runner.invoke(app, ["wallet", "receive", world.issuer.offer(), *w, *pin])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("LoyaltyMembershipCredential") == 2
+    r = runner.invoke(app, ["wallet", "pool", "--top-up-below", "0", *w])
+    assert r.exit_code == 0, r.output
+    assert ("LoyaltyMembershipCredential from did:web:brand.test: 2 unused, 0 used "
+            "(tops up by refresh token)") in r.output
+    assert "top up below: 0" in r.output
+
+    def present(*extra: str) -> Any:
+        return runner.invoke(app, ["wallet", "present", world.shops["north"].uri(), "--yes",
+                                   *w, *pin, *extra])
+
+    r = present()
+    assert r.exit_code == 0, r.output
+    assert "one-time credential" in " ".join(r.output.split())
+    assert "1 unused left after this" in " ".join(r.output.split())
+    assert present().exit_code == 0
+    world.issuer.refresh_tokens.clear()
+    r = present()
+    assert r.exit_code == 2 and "pool_empty" in r.output and "invalid_grant" in r.output
+    r = present("--allow-reuse")
+    assert r.exit_code == 0, r.output
+    assert "REUSED" in r.output
+    r = runner.invoke(app, ["wallet", "list", *w])
+    assert r.output.count("one-time, used") == 2
+    r = runner.invoke(app, ["wallet", "refresh", "--all", *w, *pin])
+    assert r.exit_code == 2 and "invalid_grant" in r.output
