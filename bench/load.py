@@ -597,7 +597,8 @@ class Servers:
             port = int(cmd[cmd.index("--port") + 1])
             log = (work / f"server-{port}.log").open("wb")
             self.procs.append(subprocess.Popen(  # noqa: S603 - our interpreter, our arguments
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                cwd=SERVER_CODE))
             self.ports.append(port)
             self._log = work / f"server-{port}.log" if i == 0 else self._log
 
@@ -656,6 +657,13 @@ class Servers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+SERVER_CODE: Final = os.environ.get("TESSERA_BENCH_SERVER_CODE") or None
+"""A directory holding other ``tessera``/``issuer``/``verifier`` packages (e.g. ``git archive
+OLD tessera issuer verifier holder schemas | tar -x -C DIR``): the servers run that code
+(their working directory comes first on their path), the generator this one. Before/after
+tables from one sitting."""
 
 
 def _cli(*args: str) -> list[str]:
@@ -1017,6 +1025,7 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
             "concurrency_sweep": list(sweep), "ops_per_point": n_ops,
             "max_seconds_per_point": MAX_SECONDS,
             "generator": "one process, asyncio, raw-socket HTTP/1.1 keep-alive client",
+            "server_code": SERVER_CODE,
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "load_average_start": list(load_start) if load_start else None,
             "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
