@@ -178,12 +178,7 @@ def _start_issuer(folder: Path) -> _Issuer:
     port = _free_port()
     settings = Settings(database_url=f"sqlite:///{folder / 'issuer.db'}",
                         master_key=secrets.token_bytes(32),  # TESSERA_DEV-style, throw-away
-                        public_url=f"http://127.0.0.1:{port}", dev_mode=True,
-                        # Beta's checkout asks for two credentials in one answer, and
-                        # the verifier requires one holder key across them: one-time
-                        # credentials (a fresh key each, docs/issuer-service.md) cannot
-                        # show that, so the demo's wallet holds DID-bound credentials.
-                        batch_size=1)
+                        public_url=f"http://127.0.0.1:{port}", dev_mode=True)
     engine = make_engine(settings.database_url)
     upgrade(engine)
     try:

@@ -102,3 +102,35 @@ def test_redemption_refusal_statuses_are_the_services() -> None:
         names = re.findall(r"`([a-z_]+)`", codes)
         shown = {int(s) for s in statuses.split(",")}
         assert shown == {HTTP_STATUS.get(ErrorCode(n), 400) for n in names}, (names, shown)
+
+
+def test_privacy_guide_runs_as_written(tmp_path: Path) -> None:
+    import doctest
+
+    checker = doctest.OutputChecker()
+    results = run_guide(DOC.parent / "privacy.md", tmp_path)
+    assert sum(shown is not None for _, shown, _ in results) >= 2
+    for command, shown, printed in results:
+        if shown is not None:
+            assert checker.check_output(shown.strip() + "\n", printed.strip() + "\n",
+                                        doctest.ELLIPSIS), (command, shown, printed)
+
+
+def test_privacy_numbers_are_the_codes() -> None:
+    """The figures docs/privacy.md gives are the ones the wallet and the issuer use."""
+    from holder._wallet import DEFAULT_TOP_UP_BELOW, KEY_ATTESTATION_LIFETIME_SECONDS
+    from issuer._issuance import TIME_GRANULARITY
+    from issuer._openid4vci import REFRESH_FAMILY_TTL, REFRESH_TOKEN_TTL
+    from issuer._settings import DEFAULT_BATCH_SIZE
+    from tessera.status import DEFAULT_LIST_SIZE
+
+    text = " ".join((DOC.parent / "privacy.md").read_text().split())
+    assert f"({DEFAULT_BATCH_SIZE} by default: `TESSERA_BATCH_SIZE`" in text
+    assert TIME_GRANULARITY.total_seconds() == 3600
+    assert text.count("rounded down to the hour") == 2
+    assert f"lapses after {REFRESH_TOKEN_TTL.days} days unused" in text
+    assert f"its family after {REFRESH_FAMILY_TTL.days} days" in text
+    assert f"fewer than **{DEFAULT_TOP_UP_BELOW}** unused credentials" in text
+    assert f"`exp` {KEY_ATTESTATION_LIFETIME_SECONDS} seconds later" in text
+    assert f"at least {DEFAULT_LIST_SIZE:,} entries" in text
+    assert text.count(f"{DEFAULT_LIST_SIZE:,}") == 2
