@@ -196,6 +196,25 @@ def test_settings_refuse_impossible_batch_sizes(database_url: str) -> None:
         Settings.from_env({**env, "TESSERA_BATCH_SIZES": "oops"})
 
 
+def test_a_configuration_without_batches_asks_for_no_attestation() -> None:
+    from issuer._models import Brand
+    from issuer._openid4vci import credential_issuer_metadata
+
+    settings = Settings(master_key=secrets.token_bytes(32), public_url="https://issuer.example",
+                        batch_sizes={POINTS: 1})
+    brand = Brand(slug="acme", name="Acme", did=settings.brand_did("acme"))
+    configs = credential_issuer_metadata(settings, brand, ["EdDSA"])[
+        "credential_configurations_supported"]
+    assert set(configs[POINTS]["proof_types_supported"]) == {"jwt"}
+    assert "key_attestations_required" not in configs[POINTS]["proof_types_supported"]["jwt"]
+    assert configs[MEMBERSHIP]["proof_types_supported"]["attestation"][
+        "key_attestations_required"] == {}
+    everything_one = Settings(master_key=secrets.token_bytes(32), batch_size=1)
+    # §12.2.4: batch_size "MUST be 2 or greater", so without batches it is not published.
+    assert "batch_credential_issuance" not in credential_issuer_metadata(
+        everything_one, brand, ["EdDSA"])
+
+
 def test_a_strangers_key_is_refused_without_the_members_attestation(service: Service) -> None:
     member, wallet = _wallet(service)
     _, rival_wallet = _wallet(service, "rival")
