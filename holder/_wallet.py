@@ -616,6 +616,15 @@ class Wallet:
                 uses[cq.id] = use
         query.check_answered(set(chosen))  # raises when the wallet cannot answer
         self._one_slot(query, chosen, uses)
+        holders = {c.holder_key if c.one_time else self.did for c, _ in chosen.values()}
+        if len(holders) > 1:
+            # A verifier refuses one answer with two holders (two members' credentials
+            # glued together): say so before anything is spent or sent.
+            raise TesseraError(
+                ErrorCode.KEY_BINDING_INVALID,
+                "the credentials this request needs are bound to different keys (received "
+                "in separate offers, or some on the wallet's DID key): no single holder can "
+                "show them together; ask the brand for one offer with every type")
         items = []
         for query_id, (cred, names) in chosen.items():
             visible = credentials.by_name(cred.credential_type).always_visible

@@ -372,3 +372,18 @@ def test_two_types_in_one_answer_have_one_holder_key_and_still_do_not_link(
     assert sum(1 for c in world.wallet.credentials() if c.spent_at) == 4
     linking = _linking(world)
     assert linking == {}, json.dumps({str(k): v for k, v in linking.items()}, indent=1)[:4000]
+
+
+def test_types_from_separate_offers_are_refused_before_anything_is_spent(
+    world: World,
+) -> None:
+    # Separate offers, separate keys: one answer would have two holders, which a
+    # verifier refuses. The wallet says so first and keeps its credentials unspent.
+    world.receive(MEMBERSHIP)
+    world.receive("LoyaltyPointsCredential_sd_jwt")
+    with pytest.raises(TesseraError) as caught:
+        world.present("north-cafe", GOLD_AND_POINTS)
+    assert caught.value.code == ErrorCode.KEY_BINDING_INVALID
+    assert "one offer" in caught.value.detail
+    assert world.partners["north-cafe"].received == []
+    assert not any(c.spent_at for c in world.wallet.credentials())
