@@ -6,7 +6,9 @@ The points transparency log in SQL (:mod:`issuer._translog`):
   appends one or two leaves), and bulk appends (10,000 leaves a transaction,
   how the large trees below are built);
 * **ledger write with and without the log**: ``earn`` through the ledger's
-  write path, so the log's share of a real write shows;
+  write path (pending leaf + signed promise, the background sequencer
+  integrating meanwhile) against the same write with no leaf, interleaved in
+  one run, as a ratio (:func:`bench_ledger`);
 * **proof time at size N** (1M and 10M leaves by default): inclusion proof for
   a random leaf, consistency proof between a random earlier size and N, the
   root at a random size: each a single batched query of O(log N) nodes;
@@ -47,6 +49,7 @@ class Config:
 
 CONFIGS = [Config("append"), Config("proofs"), Config("redemption")]
 BRAND = "bench-brand"
+MEMBERS = 50
 
 
 def _engine(url: str | None, tmp: Path) -> Engine:
@@ -120,46 +123,66 @@ def bench_append(engine: Engine, quick: bool) -> dict[str, Any]:
 
 
 def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
+    """Ledger ``earn`` with the log on and off, interleaved in one run.
+
+    *On* is the service's write path: the leaf queued as pending in the write's
+    transaction, the inclusion promise signed with the brand key, and the
+    background :class:`issuer._translog.Sequencer` integrating batches and
+    signing heads meanwhile (its share of the CPU counts against *on*).
+    *Off* skips the leaf and the promise. Blocks of ``block`` earns alternate
+    on/off so machine load drifts hit both; each mode has its own member so
+    both histories grow alike; earns go round-robin over ``MEMBERS`` members
+    per mode (a member's write cost grows with its own lots, which is the
+    ledger's cost, not the log's). ``ratio`` = on rate / off rate (1.0 = free).
+    """
     from issuer import _ledger, _translog
     from issuer._admin import create_program
+    from issuer._keystore import SqlKeyStore
     from issuer._models import Member, ProgramCreate
 
-    brand_id = _brand(engine, "ledger")
+    master_key = secrets.token_bytes(32)
+    keystore = SqlKeyStore(master_key)
+    brand_id = _brand(engine, f"ledger-{secrets.token_hex(3)}", master_key)
 
     def setup(session: Session) -> list[str]:
         program = create_program(session, brand_id=brand_id,
                                  data=ProgramCreate(name="Miles"))
-        # One member per phase: a member's write cost grows with their lots,
-        # so both phases must start from the same (empty) history.
         members = [Member(brand_id=brand_id, program_id=program.id, did=f"did:example:b{i}",
-                          membership_number=f"000000000{i}") for i in range(2)]
+                          membership_number=f"{i:010d}") for i in range(2 * MEMBERS)]
         session.add_all(members)
         session.flush()
         return [m.id for m in members]
 
     member_ids = _ledger.run_write(engine, setup)
-    n = 200 if quick else 1000
+    pools = {"on": member_ids[:MEMBERS], "off": member_ids[MEMBERS:]}
+    rounds, block = (4, 50) if quick else (10, 100)
     now = datetime.now(UTC)
-
-    def earn(i: int) -> None:
-        _ledger.run_write(engine, lambda s: _ledger.earn(
-            s, brand_id=brand_id, member_id=member_ids[i // n],
-            idempotency_key=f"e{i}-{secrets.token_hex(4)}", points=1, now=now))
-
-    t = time.perf_counter()
-    for i in range(n):
-        earn(i)
-    with_log = n / (time.perf_counter() - t)
     real = _translog.append_for_member
-    _translog.append_for_member = lambda *a, **k: []
+    elapsed = {"on": 0.0, "off": 0.0}
+    sequencer = _translog.Sequencer(engine, keystore=keystore, clock=lambda: datetime.now(UTC))
+    sequencer.start()
     try:
-        t = time.perf_counter()
-        for i in range(n):
-            earn(n + i)
-        without_log = n / (time.perf_counter() - t)
+        for r in range(rounds):
+            for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                _translog.append_for_member = real if mode == "on" else (lambda *a, **k: [])
+                t = time.perf_counter()
+                for i in range(block):
+                    member = pools[mode][i % MEMBERS]
+                    key = f"{member}-{r}-{i}"
+                    _ledger.run_write(engine, lambda s, k=key, m=member: _ledger.earn(
+                        s, brand_id=brand_id, member_id=m, points=1, now=now,
+                        idempotency_key=k), keystore=keystore)
+                elapsed[mode] += time.perf_counter() - t
     finally:
         _translog.append_for_member = real
-    return {"earn_with_log_per_s": with_log, "earn_without_log_per_s": without_log}
+        sequencer.stop()
+    leftover = _translog.integrate_all(engine, keystore=keystore,
+                                       clock=lambda: datetime.now(UTC))
+    n = rounds * block
+    with_log, without_log = n / elapsed["on"], n / elapsed["off"]
+    return {"earn_with_log_per_s": with_log, "earn_without_log_per_s": without_log,
+            "ratio": with_log / without_log, "n_each": n, "block": block,
+            "left_for_the_last_batch": leftover}
 
 
 def bench_proofs(engine: Engine, size: int, quick: bool) -> dict[str, Any]:
@@ -303,7 +326,8 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"  append, one leaf per transaction   {a['single_leaf_tx_per_s']:10.0f} /s")
     print(f"  append, 10k leaves per transaction {a['bulk_leaves_per_s']:10.0f} leaves/s")
     print(f"  ledger earn with log / without     {ledger['earn_with_log_per_s']:10.0f} /s "
-          f"/ {ledger['earn_without_log_per_s']:.0f} /s")
+          f"/ {ledger['earn_without_log_per_s']:.0f} /s = {ledger['ratio']:.2f} "
+          f"(interleaved blocks of {ledger['block']}, n={ledger['n_each']} each)")
     for p in report["proofs"]:
         print(f"  tree of {p['size']:>10,} leaves (built in {p['build_s']:.0f} s):")
         for name in ("inclusion", "consistency", "root_at"):

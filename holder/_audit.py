@@ -18,6 +18,16 @@
    (version 1) supports only its total; then a credential may state less than
    the log held (pending or held points), never more.
 
+5. Hold the brand to its inclusion promises (``tessera-log-promise+jwt``, one
+   per ledger write, kept in the wallet): each must verify with the brand's
+   key for the brand's log, and once its maximum merge delay has passed (the
+   head's timestamp, or this audit's clock with :data:`PROMISE_LEEWAY`,
+   reaches ``timestamp + mmd``) every promised leaf hash must be one of the
+   member's leaves in the signed tree. A promise left out is a problem with
+   code ``log_promise_broken`` (the signed promise and the signed head are
+   the evidence); a promise still within its delay is a note; a kept one is
+   dropped from the wallet.
+
 Only when everything holds is the new head stored in the wallet.
 """
 
@@ -25,7 +35,7 @@ from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import httpx
@@ -39,10 +49,13 @@ from tessera.jose import decode_unverified, sign_compact
 from tessera.pointslog import Figures, LogLeaf, fold, parse_leaf
 from tessera.typing import DIDResolver
 
-__all__ = ["LOG_ACCESS_TYP", "AuditReport", "audit", "brand_base_url", "log_access_token"]
+__all__ = ["LOG_ACCESS_TYP", "PROMISE_LEEWAY", "AuditReport", "audit", "brand_base_url",
+           "log_access_token"]
 
 LOG_ACCESS_TYP: Final = "tessera-log-access+jwt"
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
+PROMISE_LEEWAY: Final = timedelta(minutes=5)
+"""Clock difference allowed before the wallet's own clock says a promise's delay passed."""
 
 
 @dataclass
@@ -59,6 +72,9 @@ class AuditReport:
     balances_checked: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    codes: list[ErrorCode] = field(default_factory=list)
+    """The error code of each problem that has its own (``log_promise_broken``)."""
+    promises_kept: int = 0
 
     @property
     def ok(self) -> bool:
@@ -206,6 +222,8 @@ def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
         leaves.append((index, leaf))
     report.entries = len(leaves)
     report.log_total = sum(leaf.delta for _, leaf in leaves)
+    settled = _check_promises(wallet, report, brand_did, resolver, head,
+                           {leaf.hash for _, leaf in leaves}, when)
     ledger_total = body.get("ledger_total")
     if not isinstance(ledger_total, int) or isinstance(ledger_total, bool):
         raise TesseraError(ErrorCode.MALFORMED, "answer has no ledger_total")
@@ -326,5 +344,51 @@ def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
         wallet.log_heads[brand_did] = {"tree_size": head.tree_size,
                                        "root_hash": report.root_hash,
                                        "sth": head.signature}
+        left = [t for t in wallet.log_promises.get(brand_did, []) if t not in settled]
+        if left:
+            wallet.log_promises[brand_did] = left
+        else:
+            wallet.log_promises.pop(brand_did, None)
         wallet.save()
     return report
+
+
+def _check_promises(wallet: Wallet, report: AuditReport, brand_did: str,
+                    resolver: DIDResolver, head: merkle.SignedTreeHead,
+                    logged: set[bytes], when: datetime) -> set[str]:
+    """Step 5: the brand's promises against its head; returns those settled (kept, or
+    not the brand's word at all), which the wallet need not hold any longer."""
+    settled: set[str] = set()
+    now_ms = int((when - PROMISE_LEEWAY).timestamp() * 1000)
+    for token in wallet.log_promises.get(brand_did, []):
+        try:
+            kid = decode_unverified(token).header.get("kid")
+            if not isinstance(kid, str) or not kid.startswith(brand_did + "#"):
+                raise TesseraError(ErrorCode.KEY_NOT_FOUND, "not signed by a brand key")
+            promise = merkle.InclusionPromise.verify(token, resolver.resolve(brand_did).key(kid),
+                                                     log_id=brand_did)
+        except TesseraError as exc:
+            # Not the brand's word: it proves nothing either way, and is not kept.
+            report.notes.append(f"a stored log promise does not verify ({exc.code.value}); "
+                                f"it is ignored")
+            settled.add(token)
+            continue
+        missing = [h for h in promise.leaf_hashes if h not in logged]
+        if not missing:
+            settled.add(token)
+            report.promises_kept += 1
+        elif head.timestamp >= promise.deadline or now_ms >= promise.deadline:
+            report.problems.append(
+                f"the brand promised at {_ms(promise.timestamp)} to log "
+                f"{len(missing)} leaf(s) of yours within {promise.mmd} ms; the signed head "
+                f"of {_ms(head.timestamp)} (size {head.tree_size}) leaves "
+                f"{b64url_encode(missing[0])[:16]}... out: an entry was dropped from the log")
+            report.codes.append(ErrorCode.LOG_PROMISE_BROKEN)
+        else:
+            report.notes.append(f"a log promise of {_ms(promise.timestamp)} is still within "
+                                f"its {promise.mmd} ms merge delay; checked next time")
+    return settled
+
+
+def _ms(value: int) -> str:
+    return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="milliseconds")

@@ -452,6 +452,9 @@ def audit_cmd(
     = None,
     base_url: Annotated[str | None, typer.Option(
         "--base-url", help="the brand's URL if not the one its did:web names")] = None,
+    promise: Annotated[list[str] | None, typer.Option(
+        "--promise", help="a brand's log promise (the log_promise of a ledger write's answer) "
+                          "to keep and hold the brand to; repeatable")] = None,
     wallet: WalletOption = DEFAULT_WALLET,
     did_document: DocsOption = None,
     dev_origin: DevOption = None,
@@ -461,8 +464,15 @@ def audit_cmd(
     from tessera import credentials
 
     w = _open(wallet, did_document, dev_origin)
+    for token in promise or []:
+        try:
+            w.add_log_promise(token.strip())
+        except TesseraError as exc:
+            _fail(exc)
+    if promise:
+        w.save()
     brands = brand or sorted({c.issuer for c in w.credentials()
-                              if c.vct == credentials.POINTS.vct})
+                              if c.vct == credentials.POINTS.vct} | set(w.log_promises))
     if not brands:
         _fail(TesseraError(ErrorCode.INVALID_REQUEST, "no brand given and no points credential"))
     failed = False
@@ -481,8 +491,12 @@ def audit_cmd(
                       f"{report.credentials_checked}")
             for note in report.notes:
                 out.print(f"  note: {_esc(note)}")
+            if report.promises_kept:
+                out.print(f"  log promises kept: {report.promises_kept}")
             for problem in report.problems:
                 out.print(f"  [red]problem[/red]: {_esc(problem)}", markup=True)
+            for code in report.codes:
+                out.print(f"  [red]error[/red]: {code.value}", markup=True)
             failed = failed or not report.ok
     if failed:
         raise typer.Exit(3)

@@ -162,6 +162,7 @@ class Wallet:
         holder_keys: dict[str, LocalSigner] | None = None,
         grants: list[PoolGrant] | None = None,
         top_up_below: int = DEFAULT_TOP_UP_BELOW,
+        log_promises: dict[str, list[str]] | None = None,
     ) -> None:
         self.path = path
         self._passphrase = passphrase
@@ -175,6 +176,8 @@ class Wallet:
         self._holder_keys: dict[str, LocalSigner] = holder_keys or {}
         self._grants: list[PoolGrant] = grants or []
         self._top_up_below = top_up_below
+        # Inclusion promises (tessera-log-promise+jwt) not yet seen kept, per brand DID.
+        self.log_promises: dict[str, list[str]] = log_promises or {}
         self._resolver = resolver or Resolver()
         self._clock = clock
 
@@ -234,17 +237,34 @@ class Wallet:
                 vcts=tuple(g.get("vcts") or [g["vct"]]), refresh_token=g["refresh_token"])
                 for g in inner.get("grants", [])]
             top_up_below = int(inner.get("top_up_below", DEFAULT_TOP_UP_BELOW))
+            log_promises = {str(k): [str(t) for t in v]
+                            for k, v in dict(inner.get("log_promises", {})).items()}
         except (KeyError, TypeError, ValueError, TesseraError) as exc:
             raise TesseraError(ErrorCode.MALFORMED, "wallet contents are damaged") from exc
         if any(c.one_time and c.holder_key not in holder_keys for c in creds):
             raise TesseraError(ErrorCode.MALFORMED, "wallet contents are damaged")
         wallet = cls(source, passphrase, signer, creds=creds, consents=consents,
                      resolver=resolver, clock=clock, log_heads=log_heads,
-                     holder_keys=holder_keys, grants=grants, top_up_below=top_up_below)
+                     holder_keys=holder_keys, grants=grants, top_up_below=top_up_below,
+                     log_promises=log_promises)
         if outer.get("did") != wallet.did:
             raise TesseraError(ErrorCode.MALFORMED, "wallet DID does not match its key")
         wallet._signer = signer.with_key_id(f"{wallet.did}#{wallet.did.split(':')[-1]}")
         return wallet
+
+    def add_log_promise(self, token: str) -> str:
+        """Keep a brand's inclusion promise (from a ledger write's answer) for the next
+        audit, which holds the brand to it (holder._audit); returns the brand's log id.
+        Only its shape is read here: the audit verifies it against the brand's DID."""
+        from tessera.jose import decode_unverified
+
+        log_id = decode_unverified(token).payload.get("log_id")
+        if not isinstance(log_id, str) or not log_id.startswith("did:"):
+            raise TesseraError(ErrorCode.MALFORMED, "not a log promise: no log_id DID")
+        kept = self.log_promises.setdefault(log_id, [])
+        if token not in kept:
+            kept.append(token)
+        return log_id
 
     def save(self) -> None:
         inner = {
@@ -256,6 +276,7 @@ class Wallet:
                             for thumb, key in self._holder_keys.items()},
             "grants": [asdict(g) for g in self._grants],
             "top_up_below": self._top_up_below,
+            "log_promises": self.log_promises,
         }
         sealed = seal_with_passphrase(json.dumps(inner).encode(), self._passphrase)
         outer = {"version": WALLET_VERSION, "did": self.did, "sealed": sealed}

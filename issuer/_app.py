@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -262,20 +263,28 @@ def _readiness_checks(state: AppState) -> dict[str, Callable[[], str]]:
 
 
 def _log_metrics(state: AppState) -> Iterator[Any]:
-    """Each brand's transparency log: size, leaves not yet under a signed head, head age.
+    """Each brand's transparency log: size, pending leaves and the age of the oldest,
+    leaves not yet under a signed head, head age.
 
-    Leaves are integrated into the tree in the transaction that writes them, so
-    the log has no integration queue; what can lag is the signed head, signed
-    when someone asks for it (GET …/log/head). Read from the database, so every
-    worker answers the same.
+    Ledger writes queue their leaves (``log_pending``); the sequencer integrates
+    them within the 1 s maximum merge delay and signs a head per batch, so the
+    oldest pending leaf's age is the merge delay to alert on. Read from the
+    database, so every worker answers the same.
     """
     from prometheus_client.core import GaugeMetricFamily
     from sqlmodel import col, func, select
 
-    from issuer._log_models import TransparencyLog, TreeHead
+    from issuer._log_models import PendingLeaf, TransparencyLog, TreeHead
 
     size = GaugeMetricFamily("tessera_translog_size", "Leaves in the brand's transparency log",
                              labels=["brand"])
+    pending = GaugeMetricFamily(
+        "tessera_translog_pending_leaves",
+        "Leaves written and promised but not yet integrated into the tree", labels=["brand"])
+    delay = GaugeMetricFamily(
+        "tessera_translog_pending_age_seconds",
+        "Age of the oldest pending leaf (the merge delay; promised at most 1 s)",
+        labels=["brand"])
     unsigned = GaugeMetricFamily(
         "tessera_translog_unsigned_leaves",
         "Leaves not yet covered by a signed tree head (the log's lag, in leaves)",
@@ -283,22 +292,33 @@ def _log_metrics(state: AppState) -> Iterator[Any]:
     age = GaugeMetricFamily("tessera_translog_head_age_seconds",
                             "Seconds since the brand's latest signed tree head was signed",
                             labels=["brand"])
-    with session_scope(state.engine) as session:
+    with read_scope(state.engine) as session:
         logs = session.exec(select(Brand.slug, TransparencyLog.size).join(
             TransparencyLog, col(TransparencyLog.brand_id) == col(Brand.id))).all()
         heads = {slug: (signed, at) for slug, signed, at in session.exec(
             select(Brand.slug, func.max(TreeHead.tree_size), func.max(TreeHead.signed_at))
             .join(TreeHead, col(TreeHead.brand_id) == col(Brand.id))
             .group_by(col(Brand.slug))).all()}
+        queued = {slug: (int(n), at) for slug, n, at in session.exec(
+            select(Brand.slug, func.count(), func.min(PendingLeaf.created_at))
+            .join(PendingLeaf, col(PendingLeaf.brand_id) == col(Brand.id))
+            .group_by(col(Brand.slug))).all()}
     now = state.clock()
+
+    def aware(at: datetime) -> datetime:
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+
     for slug, leaves in logs:
         size.add_metric([slug], float(leaves))
+        waiting, oldest = queued.get(slug, (0, None))
+        pending.add_metric([slug], float(waiting))
+        delay.add_metric([slug], max((now - aware(oldest)).total_seconds(), 0.0)
+                         if oldest is not None else 0.0)
         signed, at = heads.get(slug, (0, None))
         unsigned.add_metric([slug], float(leaves - (signed or 0)))
         if at is not None:
-            at = at if at.tzinfo else at.replace(tzinfo=UTC)
-            age.add_metric([slug], max((now - at).total_seconds(), 0.0))
-    yield from (size, unsigned, age)
+            age.add_metric([slug], max((now - aware(at)).total_seconds(), 0.0))
+    yield from (size, pending, delay, unsigned, age)
 
 
 # -- factory ------------------------------------------------------------------------------------
@@ -325,7 +345,26 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     engine = engine or make_engine(settings.database_url)
     clock = clock or _utc_now
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One sequencer per worker process (issuer._translog: they never integrate
+        # the same brand at once); stopped before the engine goes away.
+        from issuer._translog import Sequencer
+
+        sequencer = None
+        if settings.log_sequencer_interval > 0:
+            state: AppState = app.state.tessera
+            sequencer = Sequencer(engine, keystore=state.keystore, clock=clock,
+                                  interval=settings.log_sequencer_interval)
+            sequencer.start()
+        try:
+            yield
+        finally:
+            if sequencer is not None:
+                sequencer.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Tessera issuer",
         version="0.1.0",
         description="Brands, programs, tiers, members and the points ledger; OpenID4VCI "

@@ -54,10 +54,11 @@ partner_app = typer.Typer(help="Partners of a brand and their keys.", no_args_is
 holds_app = typer.Typer(help="Point holds.", no_args_is_help=True)
 credential_app = typer.Typer(help="Issued credentials: revoke, suspend, resume.",
                              no_args_is_help=True)
+log_app = typer.Typer(help="The points transparency log of each brand.", no_args_is_help=True)
 for _sub, _name in ((brand_app, "brand"), (apikey_app, "apikey"), (program_app, "program"),
                     (member_app, "member"), (points_app, "points"), (offer_app, "offer"),
                     (credential_app, "credential"), (holds_app, "holds"),
-                    (partner_app, "partner")):
+                    (partner_app, "partner"), (log_app, "log")):
     issuer_app.add_typer(_sub, name=_name)
 
 BrandOpt = Annotated[str, typer.Option("--brand", "-b", help="brand slug")]
@@ -477,6 +478,33 @@ def holds_release_expired(
         if len(done) < batch:
             break
     _out({"released": released, "count": len(released)})
+
+
+# -- the transparency log ------------------------------------------------------------------------
+
+
+@log_app.command("integrate")
+def log_integrate(
+    brand: Annotated[str | None, typer.Option("--brand", "-b",
+                                              help="brand slug; default: every brand")] = None,
+) -> None:
+    """Put every pending leaf into the tree now and sign the new heads (the service's
+    background sequencer does this within 1 s; this is for scripts and before a downgrade)."""
+    from issuer._translog import integrate_all
+
+    settings = _run(Settings.from_env)
+    keystore = SqlKeyStore(settings.master_key)
+    engine = _engine()
+    try:
+        brand_id = None
+        if brand is not None:
+            with session_scope(engine) as session:
+                brand_id = _run(lambda: _brand_id(session, brand)).id
+        count = _run(lambda: integrate_all(engine, keystore=keystore, clock=utcnow,
+                                           brand_id=brand_id))
+    finally:
+        engine.dispose()
+    _out({"integrated": count})
 
 
 # -- partners and settlement -----------------------------------------------------------------

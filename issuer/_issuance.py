@@ -111,8 +111,8 @@ def status_list_url(settings: Settings, brand: Brand, list_id: str) -> str:
 def ledger_checkpoint(session: Session, member: Member) -> tuple[int, str]:
     """The brand's transparency-log head (size, root) the balance is computed at.
 
-    The ledger appends in the same transaction as the balance it shows, so the
-    head read here covers every entry the balance counts.
+    :func:`issuer._ledger.checked_balance` put the member's pending leaves into
+    the tree first, so the head read here covers every entry the balance counts.
     """
     from issuer._translog import checkpoint
 

@@ -47,6 +47,7 @@ from sqlmodel import Session, col, func, select
 from issuer import _translog
 from issuer._admin import tiers_of
 from issuer._db import session_scope
+from issuer._keystore import KeyStore
 from issuer._models import (
     MAX_POINTS,
     Balance,
@@ -102,16 +103,20 @@ class Outcome:
 
 
 def run_write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 3,
-              durable: bool = True) -> T:
+              durable: bool = True, keystore: KeyStore | None = None) -> T:
     """Run ``fn`` in its own transaction, retrying races the database reports.
 
     A unique violation (the same idempotency key racing on two members, a
     concurrent enrolment) or a PostgreSQL serialization failure/deadlock is
     retried; the retry sees the winner's row and answers replay or conflict.
+    With ``keystore``, ledger writes in ``fn`` answer with a signed inclusion
+    promise of their log leaves (``log_promise``, :func:`issuer._translog.promise`).
     """
     for attempt in range(attempts):
         try:
             with session_scope(engine, durable=durable) as session:
+                if keystore is not None:
+                    session.info[_translog.KEYSTORE] = keystore
                 return fn(session)
         except IntegrityError as exc:
             if attempt == attempts - 1:
@@ -194,6 +199,11 @@ def checked_balance(session: Session, *, member: Member, now: datetime) -> Balan
     (:func:`issuer._translog.carry_forward`); so does every ledger write.
     """
     _translog.carry_forward(session, brand_id=member.brand_id, member_id=member.id, now=now)
+    # What is signed names a head of the tree (its checkpoint, read next by the
+    # issuer): the member's pending leaves go into the tree first, so that head
+    # covers every entry this balance counts.
+    _translog.catch_up(session, member.brand_id, now=now, member_id=member.id,
+                       keystore=session.info.get(_translog.KEYSTORE))
     shown = balance(session, member=member, now=now)
     try:
         implied = _translog.member_figures(session, brand_id=member.brand_id,
@@ -266,8 +276,11 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     _sweep_expired(session, member=member, now=now)
     body = action(member)
     session.flush()
-    _translog.append_for_member(session, brand_id=brand_id, member_id=member.id,
-                                idempotency_key=idempotency_key)
+    logged = _translog.append_for_member(session, brand_id=brand_id, member_id=member.id,
+                                         idempotency_key=idempotency_key)
+    signed = _translog.promise(session, brand_id=brand_id, leaf_hashes=logged, now=now)
+    if signed is not None:
+        body["log_promise"] = signed
     # The points credential states a balance that just changed: it is
     # superseded (revoked now; superseded_by is set when a fresh one is issued).
     revoke_current(session, member_id=member.id, credential_type="LoyaltyPointsCredential",
@@ -293,6 +306,7 @@ def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -
     entry = LedgerEntry(brand_id=member.brand_id, member_id=member.id, created_at=now, **fields)
     session.add(entry)
     session.flush()
+    _translog.note_written(session, entry)
     return entry
 
 
@@ -305,9 +319,11 @@ def _credit(session: Session, member: Member, entry: LedgerEntry, points: int, n
             *, pending_days: int) -> None:
     validity = _program(session, member).points_validity_days
     assert entry.id is not None
-    session.add(PointLot(member_id=member.id, entry_id=entry.id, amount=points,
-                         remaining=points, available_at=_ms(now + timedelta(days=pending_days)),
-                         expires_at=_ms(now + timedelta(days=validity)) if validity else None))
+    lot = PointLot(member_id=member.id, entry_id=entry.id, amount=points,
+                   remaining=points, available_at=_ms(now + timedelta(days=pending_days)),
+                   expires_at=_ms(now + timedelta(days=validity)) if validity else None)
+    session.add(lot)
+    _translog.note_written(session, lot=lot)
 
 
 def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, now: datetime,

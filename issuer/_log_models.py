@@ -5,10 +5,14 @@ log and the redemption flow evolve on their own migration.
 
 The log of a brand (RFC 9162 tree, :mod:`tessera.merkle`):
 
-* :class:`TransparencyLog`: one row per brand, the *sequencer*. Its size and
-  its ``frontier`` (the hashes of the complete subtrees along the right edge,
-  largest first) are all an append needs, and locking this row serialises
-  the brand's appends.
+* :class:`PendingLeaf`: a leaf a ledger write recorded, not yet in the tree.
+  The write inserts it in its own transaction and takes no log lock; the
+  sequencer (:func:`issuer._translog.integrate`) moves pending leaves into
+  the tree in ``seq`` order, in batches, one transaction each.
+* :class:`TransparencyLog`: one row per brand, the *sequencer's* state. Its
+  size and its ``frontier`` (the hashes of the complete subtrees along the
+  right edge, largest first) are all an integration needs, and locking this
+  row serialises the brand's integrations (never its ledger writes).
 * :class:`LogNode`: every complete subtree hash, ``(level, index) -> hash``
   with level 0 the leaf hashes: written once, never changed, O(1) amortised
   rows per append (at most log2 n). A proof reads O(log n) of them by
@@ -52,6 +56,7 @@ __all__ = [
     "PartnerKey",
     "PartnerKeyPublic",
     "PartnerPublic",
+    "PendingLeaf",
     "Redemption",
     "RedemptionStatus",
     "SettlementLine",
@@ -92,6 +97,22 @@ class LogLeafData(SQLModel, table=True):
                                         index=False))
     member: str = Field(max_length=64)
     data: str | None = Field(default=None, sa_type=Text)
+
+
+class PendingLeaf(SQLModel, table=True):
+    """A leaf written by a ledger write and promised to the member, waiting for the sequencer."""
+
+    __tablename__ = "log_pending"
+    __table_args__ = (Index("ix_log_pending_brand", "brand_id", "seq"),
+                      Index("ix_log_pending_member", "brand_id", "member", "seq"))
+
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BigID)
+    brand_id: str = Field(max_length=36)
+    entry_id: int = Field(sa_column=_fk("ledger_entry.id", unique=True, kind=BigID,
+                                        index=False))
+    member: str = Field(max_length=64)
+    data: str = Field(sa_type=Text)
+    created_at: datetime
 
 
 class TreeHead(SQLModel, table=True):

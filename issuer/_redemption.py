@@ -492,6 +492,8 @@ def settlement(session: Session, *, keystore: KeyStore, brand: Brand, partner: P
     """
     if start.tzinfo is None or end.tzinfo is None or end <= start:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "period must be an aware, non-empty range")
+    # Every line's leaf must have its index: pending leaves go into the tree first.
+    _translog.catch_up(session, brand.id, now=now, keystore=keystore)
     lines = list(session.exec(select(SettlementLine).where(
         SettlementLine.partner_id == partner.id, col(SettlementLine.created_at) >= start,
         col(SettlementLine.created_at) < end).order_by(col(SettlementLine.id))))

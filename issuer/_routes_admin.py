@@ -113,6 +113,11 @@ class LedgerWrite(BaseModel):
     entry: LedgerEntryPublic | None = None
     hold: PointHoldPublic | None = None
     balance: Balance
+    log_promise: str | None = Field(
+        default=None,
+        description="the brand's signed promise (JWS, typ tessera-log-promise+jwt) that the "
+                    "write's transparency-log leaves are in every tree head signed 1 s later "
+                    "(docs/points-log-and-redemption.md)")
 
 
 def _respond(outcome: _ledger.Outcome) -> JSONResponse:
@@ -121,7 +126,7 @@ def _respond(outcome: _ledger.Outcome) -> JSONResponse:
 
 
 def _write(state: Any, fn: Callable[[Session], _ledger.Outcome]) -> JSONResponse:
-    return _respond(_ledger.run_write(state.engine, fn))
+    return _respond(_ledger.run_write(state.engine, fn, keystore=state.keystore))
 
 
 # -- brand, keys, API keys ---------------------------------------------------------------------
@@ -306,7 +311,7 @@ def release_expired_holds(brand: BrandDep, state: StateDep, now: NowDep,
                           ) -> ExpiredHoldsReleased:
     """Close the brand's holds past their expiry (one zero-point ``expire`` entry each)."""
     released = _ledger.run_write(state.engine, lambda s: _ledger.release_expired_holds(
-        s, brand_id=brand.id, now=now, limit=limit))
+        s, brand_id=brand.id, now=now, limit=limit), keystore=state.keystore)
     return ExpiredHoldsReleased(released=released, more=len(released) >= limit)
 
 

@@ -126,8 +126,14 @@ def authenticate_member(session: Session, *, brand: Brand, token: str, resolver:
 
 @router.get("/sth", response_model=TreeHeadView)
 def get_sth(slug: str, session: SessionDep, state: StateDep, now: NowDep) -> TreeHeadView:
-    """The latest signed tree head (RFC 9162 §4.10 in JWS form, ``typ`` ``tessera-sth+jwt``)."""
-    return head_view(session, state, brand_by_slug(session, slug=slug), now)
+    """The latest signed tree head (RFC 9162 §4.10 in JWS form, ``typ`` ``tessera-sth+jwt``).
+
+    Leaves still pending are integrated first (the sequencer does it within
+    the maximum merge delay anyway), so the head covers every committed write.
+    """
+    brand = brand_by_slug(session, slug=slug)
+    _translog.catch_up(session, brand.id, now=now, keystore=state.keystore)
+    return head_view(session, state, brand, now)
 
 
 @router.get("/proof/inclusion", response_model=InclusionView)
@@ -177,6 +183,10 @@ def get_entries(slug: str, request: Request, session: SessionDep, state: StateDe
     # keeps the head, the leaves and the balances below one consistent cut.
     session.exec(select(Member).where(col(Member.id).in_([m.id for m in rows]))
                  .with_for_update(read=True)).all()
+    # Their pending leaves go into the tree now: the head below covers them.
+    for row in rows:
+        _translog.catch_up(session, brand.id, now=now, keystore=state.keystore,
+                           member_id=row.id)
     if size is None:
         head = head_view(session, state, brand, now)
     else:

@@ -201,6 +201,8 @@ def get_redemption(redemption_id: str, auth: PartnerDep, state: StateDep,
     brand, partner = auth
     with session_scope(state.engine) as session:
         row = _redemption._redemption(session, partner, redemption_id, lock=False)
+        # A reader: its entries' pending leaves go into the tree, so log_entries lists them.
+        _translog.catch_up(session, brand.id, now=now, keystore=state.keystore)
     return _answer(state, brand, row, now)
 
 
@@ -259,11 +261,13 @@ def earn(body: EarnBody, auth: PartnerDep, state: StateDep, now: NowDep) -> JSON
     brand, partner = auth
     outcome = run_write(state.engine, lambda s: _redemption.partner_earn(
         s, brand=brand, partner=partner, membership_number=body.membership_number,
-        points=body.points, order_reference=body.order_reference, now=now))
+        points=body.points, order_reference=body.order_reference, now=now),
+        keystore=state.keystore)
     entry = outcome.body["entry"]
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
     return JSONResponse({"entry_id": entry["id"], "points": entry["points"],
-                         "order_reference": body.order_reference},
+                         "order_reference": body.order_reference,
+                         "log_promise": outcome.body.get("log_promise")},
                         status_code=200 if outcome.replayed else 201, headers=headers)
 
 

@@ -57,6 +57,15 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def _seconds(value: str | None, default: float) -> float:
+    if value is None or not value.strip():
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise TesseraError(ErrorCode.MALFORMED, f"not a number of seconds: {value!r}") from None
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -72,6 +81,10 @@ class Settings:
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_sizes: Mapping[str, int] = field(default_factory=dict)
+    # Seconds between the background sequencer's ticks (issuer._translog.Sequencer);
+    # 0 runs none: leaves then reach the tree only when a reader asks, and the
+    # 1 s maximum merge delay promised to members is not kept.
+    log_sequencer_interval: float = 0.1
 
     def __post_init__(self) -> None:
         _check_batch_sizes(self.batch_size, self.batch_sizes)
@@ -84,6 +97,9 @@ class Settings:
             raise TesseraError(ErrorCode.MALFORMED, "TESSERA_PUBLIC_URL must be an http(s) URL")
         if parsed.query or parsed.fragment:
             raise TesseraError(ErrorCode.MALFORMED, "TESSERA_PUBLIC_URL takes no query/fragment")
+        if not 0 <= self.log_sequencer_interval <= 0.2:
+            raise TesseraError(ErrorCode.MALFORMED, "TESSERA_LOG_SEQUENCER_INTERVAL must be 0 "
+                               "(off) to 0.2 seconds: the log promises a 1 s merge delay")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -118,6 +134,7 @@ class Settings:
             rate_limits=RateLimitConfig.from_env(env),
             batch_size=_int_env(env, "TESSERA_BATCH_SIZE", DEFAULT_BATCH_SIZE),
             batch_sizes=parse_batch_sizes(env.get("TESSERA_BATCH_SIZES", "")),
+            log_sequencer_interval=_seconds(env.get("TESSERA_LOG_SEQUENCER_INTERVAL"), 0.1),
         )
 
     def batch_size_for(self, configuration_id: str) -> int:

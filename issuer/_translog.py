@@ -1,34 +1,65 @@
-"""The points transparency log of each brand, in SQL.
+"""The points transparency log of each brand, in SQL, with a sequencer.
 
-Every ledger entry is appended as a leaf (:mod:`tessera.pointslog`) *inside the
-transaction that writes it*: :func:`append_for_member` runs from the ledger's
-write path after the entries are flushed, so a crash anywhere before the
-commit leaves neither the entry nor its leaf, and a commit leaves both. It
-appends the member's entries that have no leaf yet (the member row is locked
-by the ledger, so only this transaction can be creating them), which also
-picks up entries written before the log existed.
+A ledger write does not touch the tree. :func:`append_for_member` runs from
+the ledger's write path after the entries are flushed and records each new
+entry's leaf (:mod:`tessera.pointslog`) as a :class:`PendingLeaf` row *in the
+write's own transaction*: no lock on the log row, no tree work, so writes of
+one brand no longer queue behind each other on the log. A crash before the
+commit leaves neither entry nor pending leaf; a commit leaves both, durably.
+The write answers at once with a signed :class:`tessera.merkle.InclusionPromise`
+over the leaf hashes (Certificate Transparency's SCT, RFC 6962 §3.2): the
+leaves will be in every tree head signed :data:`MAX_MERGE_DELAY_MS` after it.
 
-Appends lock the brand's :class:`TransparencyLog` row (the sequencer) after
-the member row, always in that order. Proofs read stored complete-subtree
-hashes through :class:`SqlHashSource`; a whole proof is fetched in one
-query (the RFC 9162 recursion is first run against a recorder to learn which
-nodes it needs).
+The *sequencer* (:func:`integrate`, Trillian's sequencer) moves pending
+leaves into the RFC 9162 tree in batches: in ``seq`` order, at the next free
+indexes (gap-free), in one transaction per batch that also deletes the
+pending rows (a crash mid-batch integrates nothing; a second run finds
+nothing left: idempotent), and signs one tree head per batch
+(:func:`sign_batch_head`). It runs
+
+* in the background of every issuer worker (:class:`Sequencer`), one batch
+  per brand at a time: PostgreSQL elects it per batch with ``SELECT ... FOR
+  UPDATE SKIP LOCKED`` on the brand's log row (another worker's batch is
+  skipped, not waited for); SQLite's write gate (:mod:`tessera.sqlite`)
+  already admits one writer at a time;
+* on demand (:func:`catch_up`) when a reader needs the tree to hold what the
+  ledger holds: the log routes, a member's entries, a points credential's
+  checkpoint, a settlement; so nothing ever waits for the timer;
+* from the CLI (``tessera issuer log integrate``).
+
+Lock order: a ledger write locks the member row and inserts pending rows;
+an integration locks only the brand's :class:`TransparencyLog` row; a reader
+that integrates takes the member row (shared) first. Proofs read stored
+complete-subtree hashes through :class:`SqlHashSource`; a whole proof is
+fetched in one query (the RFC 9162 recursion is first run against a recorder
+to learn which nodes it needs).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from sqlalchemy import exists, insert, update
+from sqlalchemy import bindparam, delete, exists, insert, literal, union_all, update
 from sqlalchemy.orm import aliased
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
-from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
-from issuer._models import EntryKind, LedgerEntry, LotAllocation, Member, PointHold, PointLot
+from issuer._log_models import LogLeafData, LogNode, PendingLeaf, TransparencyLog, TreeHead
+from issuer._models import (
+    Brand,
+    EntryKind,
+    LedgerEntry,
+    LotAllocation,
+    Member,
+    PointHold,
+    PointLot,
+)
 from tessera import merkle
 from tessera.encoding import b64url_decode, b64url_encode, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
@@ -47,12 +78,22 @@ from tessera.pointslog import (
 )
 from tessera.typing import Signer
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from issuer._keystore import KeyStore
+
 __all__ = [
+    "INTEGRATE_BATCH",
+    "KEYSTORE",
+    "MAX_MERGE_DELAY_MS",
     "LeafRecord",
+    "Sequencer",
     "SqlHashSource",
     "append_for_member",
     "append_leaves",
     "carry_forward",
+    "catch_up",
     "check_log",
     "checkpoint",
     "consistency_proof",
@@ -61,25 +102,45 @@ __all__ = [
     "erase_member_leaves",
     "export_member",
     "inclusion_proof",
+    "integrate",
+    "integrate_all",
     "log_state",
     "member_figures",
     "member_leaves",
+    "note_written",
+    "pending_count",
+    "promise",
     "pseudonym",
     "root_at",
+    "sign_batch_head",
     "signed_head",
 ]
 
 T = TypeVar("T")
 MAX_ENTRIES_PAGE: Final = 1000
 _PLACEHOLDER: Final = b"\0" * merkle.HASH_SIZE
+MAX_MERGE_DELAY_MS: Final = 1000
+"""Every leaf is in each tree head signed this long after its promise (documented MMD)."""
+INTEGRATE_BATCH: Final = 1000
+"""Pending leaves the sequencer integrates per transaction (and per signed head)."""
+SEQUENCER_INTERVAL_SECONDS: Final = 0.1
+SEQUENCER_HOLD_BACK_SECONDS: Final = 0.4
+KEYSTORE: Final = "tessera_log_keystore"
+"""``Session.info`` key of the brand key store a ledger write signs its promise with."""
+_log = logging.getLogger("tessera.issuer.translog")
 
 
 @dataclass(frozen=True)
 class LeafRecord:
-    """A leaf to append: its JSON and the ledger entry it records."""
+    """A leaf to append: its JSON and the ledger entry it records.
+
+    ``raw``: the exact bytes already promised (a pending leaf's text), hashed
+    as they are rather than re-serialised.
+    """
 
     leaf: LogLeaf
     entry_id: int
+    raw: bytes | None = None
 
 
 def log_state(session: Session, brand_id: str, *, lock: bool = False) -> TransparencyLog:
@@ -96,9 +157,22 @@ def log_state(session: Session, brand_id: str, *, lock: bool = False) -> Transpa
     return row
 
 
+_secrets: dict[str, bytes] = {}
+
+
+def _pseudonym_secret(session: Session, brand_id: str) -> bytes:
+    # Written once with the log row and never changed: cached per process.
+    secret = _secrets.get(brand_id)
+    if secret is None:
+        secret = bytes.fromhex(log_state(session, brand_id).pseudonym_secret)
+        if len(_secrets) >= 10_000:
+            _secrets.clear()
+        _secrets[brand_id] = secret
+    return secret
+
+
 def pseudonym(session: Session, brand_id: str, member_id: str) -> str:
-    log = log_state(session, brand_id)
-    return member_pseudonym(bytes.fromhex(log.pseudonym_secret), member_id)
+    return member_pseudonym(_pseudonym_secret(session, brand_id), member_id)
 
 
 def _aware(value: datetime) -> datetime:
@@ -106,30 +180,78 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+NEW_ENTRIES: Final = "tessera_log_new_entries"
+NEW_LOTS: Final = "tessera_log_new_lots"
+_caught_up: set[tuple[str, str]] = set()
+
+
+def note_written(session: Session, entry: LedgerEntry | None = None, *,
+                 lot: PointLot | None = None) -> None:
+    """The ledger's write path hands over each entry and lot it writes in this
+    transaction, so :func:`append_for_member` need not read them back."""
+    if entry is not None:
+        session.info.setdefault(NEW_ENTRIES, []).append(entry)
+    if lot is not None:
+        session.info.setdefault(NEW_LOTS, {})[lot.entry_id] = lot
+
+
+# Built once (the hot path of every ledger write): the member's entries with no leaf,
+# in the tree or pending.
+_UNLOGGED: Final = (
+    select(LedgerEntry)
+    .where(col(LedgerEntry.member_id) == bindparam("member"),
+           col(LedgerEntry.brand_id) == bindparam("brand"),
+           ~exists().where(col(LogLeafData.entry_id) == col(LedgerEntry.id)),
+           ~exists().where(col(PendingLeaf.entry_id) == col(LedgerEntry.id)))
+    .order_by(col(LedgerEntry.id)))
+
+
 def append_for_member(session: Session, *, brand_id: str, member_id: str,
-                      idempotency_key: str | None) -> list[int]:
-    """Append the member's ledger entries that are not in the log yet; return their indexes."""
-    pending = list(session.exec(
-        select(LedgerEntry)
-        .where(LedgerEntry.member_id == member_id, LedgerEntry.brand_id == brand_id,
-               ~exists().where(col(LogLeafData.entry_id) == col(LedgerEntry.id)))
-        .order_by(col(LedgerEntry.id))))
+                      idempotency_key: str | None) -> list[bytes]:
+    """Record the member's ledger entries that have no leaf yet as pending; their leaf hashes.
+
+    The caller holds the member row locked, so only this transaction can be
+    creating the member's leaves (and the sequencer moves a row from pending
+    to the tree in one transaction: a single statement sees it in one place).
+    """
+    written: list[LedgerEntry] = session.info.get(NEW_ENTRIES, [])
+    fresh = [e for e in written if e.member_id == member_id and e.brand_id == brand_id]
+    key = (brand_id, member_id)
+    if key in _caught_up:
+        pending = sorted(fresh, key=lambda e: e.id or 0)
+    else:
+        pending = list(session.exec(_UNLOGGED, params={"member": member_id,
+                                                       "brand": brand_id}))
+        if {e.id for e in pending} == {e.id for e in fresh}:
+            # Nothing older was left without a leaf: from now on this process
+            # takes the member's new entries from the write itself, no query.
+            if len(_caught_up) >= 100_000:
+                _caught_up.clear()
+            _caught_up.add(key)
+    session.info[NEW_ENTRIES] = [e for e in written if e not in fresh]
     if not pending:
         return []
-    log = log_state(session, brand_id, lock=True)
-    name = member_pseudonym(bytes.fromhex(log.pseudonym_secret), member_id)
+    name = pseudonym(session, brand_id, member_id)
     ids = [entry.id for entry in pending]
-    lots = {lot.entry_id: lot for lot in session.exec(
-        select(PointLot).where(col(PointLot.entry_id).in_(ids)))}
+    # Only credits open lots (the ledger hands over those it just opened);
+    # only debits, expiries and reversals take from them.
+    noted: dict[int, PointLot] = session.info.get(NEW_LOTS, {})
+    lots = {i: noted[i] for i in ids if i is not None and i in noted}
+    unknown = [e.id for e in pending if e.points > 0 and e.id not in lots]
+    if unknown:
+        lots.update({lot.entry_id: lot for lot in session.exec(
+            select(PointLot).where(col(PointLot.entry_id).in_(unknown)))})
     allocations: dict[int, list[Allocation]] = {}
-    for entry_id, lot_entry, points in session.exec(
-            select(LotAllocation.entry_id, PointLot.entry_id, LotAllocation.amount)
-            .join(PointLot, col(PointLot.id) == col(LotAllocation.lot_id))
-            .where(col(LotAllocation.entry_id).in_(ids))
-            .order_by(col(LotAllocation.id))):
-        allocations.setdefault(entry_id, []).append(Allocation(lot_entry, points))
-    holds = {hold.id: hold for hold in session.exec(select(PointHold).where(
-        col(PointHold.id).in_([e.hold_id for e in pending if e.hold_id is not None])))}
+    if any(e.points != 0 for e in pending):
+        for entry_id, lot_entry, points in session.exec(
+                select(LotAllocation.entry_id, PointLot.entry_id, LotAllocation.amount)
+                .join(PointLot, col(PointLot.id) == col(LotAllocation.lot_id))
+                .where(col(LotAllocation.entry_id).in_(ids))
+                .order_by(col(LotAllocation.id))):
+            allocations.setdefault(entry_id, []).append(Allocation(lot_entry, points))
+    hold_ids = [e.hold_id for e in pending if e.hold_id is not None]
+    holds = {hold.id: hold for hold in session.exec(
+        select(PointHold).where(col(PointHold.id).in_(hold_ids)))} if hold_ids else {}
     records = []
     for entry in pending:
         assert entry.id is not None
@@ -147,7 +269,59 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
                            _aware(lot.expires_at) if lot.expires_at else None)
             if lot is not None else None,
             alloc=allocations.get(entry.id, ()), hold=hold), entry.id))
-    return append_leaves(session, log, records)
+    return _pend(session, brand_id, records, now=_aware(pending[-1].created_at))
+
+
+def _pend(session: Session, brand_id: str, records: Sequence[LeafRecord], *,
+          now: datetime) -> list[bytes]:
+    """Queue leaves for the sequencer (Core executemany); return their leaf hashes."""
+    rows, hashes = [], []
+    for record in records:
+        raw = record.leaf.to_bytes()
+        hashes.append(merkle.leaf_hash(raw))
+        rows.append({"brand_id": brand_id, "entry_id": record.entry_id,
+                     "member": record.leaf.member, "data": raw.decode(), "created_at": now})
+    if rows:
+        session.execute(insert(_table(PendingLeaf)), rows)
+    return hashes
+
+
+def promise(session: Session, *, brand_id: str, leaf_hashes: Sequence[bytes],
+            now: datetime) -> str | None:
+    """The signed inclusion promise of a write's leaves, with the key store the write's
+    session carries (``session.info[KEYSTORE]``, set by :func:`issuer._ledger.run_write`);
+    ``None`` when it carries none (a library caller without keys) or nothing was logged."""
+    keystore: KeyStore | None = session.info.get(KEYSTORE)
+    if keystore is None or not leaf_hashes:
+        return None
+    did, signer = _promise_signer(session, keystore, brand_id)
+    return merkle.InclusionPromise.sign(leaf_hashes, signer, timestamp=now,
+                                        mmd_ms=MAX_MERGE_DELAY_MS, log_id=did).signature
+
+
+_PROMISE_SIGNER_TTL: Final = 5.0
+_promise_signers: dict[tuple[int, str], tuple[float, str, Signer]] = {}
+
+
+def _promise_signer(session: Session, keystore: KeyStore, brand_id: str
+                    ) -> tuple[str, Signer]:
+    """The brand's DID and signer, looked up at most every few seconds per process.
+
+    A promise signed with a key rotated out seconds ago still verifies: a
+    retired key stays in the brand's DID document (issuer._keystore).
+    """
+    key = (id(keystore), brand_id)
+    cached = _promise_signers.get(key)
+    clock = time.monotonic()
+    if cached is not None and clock - cached[0] < _PROMISE_SIGNER_TTL:
+        return cached[1], cached[2]
+    brand = session.get(Brand, brand_id)
+    assert brand is not None  # foreign key of the member
+    signer = keystore.signer(session, brand_id=brand_id, did=brand.did)
+    if len(_promise_signers) >= 10_000:
+        _promise_signers.clear()
+    _promise_signers[key] = (clock, brand.did, signer)
+    return brand.did, signer
 
 
 def carry_forward(session: Session, *, brand_id: str, member_id: str,
@@ -160,6 +334,8 @@ def carry_forward(session: Session, *, brand_id: str, member_id: str,
     every figure is derivable from the log. Returns whether one was written.
     """
     name = pseudonym(session, brand_id, member_id)
+    # Integrated leaves come before pending ones, so the first is in the tree
+    # whenever the member has any there; a history that is all pending is new.
     first = session.exec(select(LogLeafData.data).where(
         LogLeafData.brand_id == brand_id, LogLeafData.member == name)
         .order_by(col(LogLeafData.idx)).limit(1)).first()
@@ -198,10 +374,9 @@ def carry_forward(session: Session, *, brand_id: str, member_id: str,
                               leaf_time(_aware(lot.expires_at)) if lot.expires_at else None)
                    for lot in lots),
         holds=tuple(HoldRef(h.id, h.points, leaf_time(_aware(h.expires_at))) for h in holds))
-    log = log_state(session, brand_id, lock=True)
-    append_leaves(session, log, [LeafRecord(LogLeaf.of(
+    _pend(session, brand_id, [LeafRecord(LogLeaf.of(
         entry=entry.id, member=name, delta=0, kind=str(EntryKind.SNAPSHOT), reason=entry.reason,
-        time=now, idempotency_key=None, carry=carry), entry.id)])
+        time=now, idempotency_key=None, carry=carry), entry.id)], now=now)
     return True
 
 
@@ -218,7 +393,7 @@ def append_leaves(session: Session, log: TransparencyLog, records: Sequence[Leaf
     leaves: list[dict[str, Any]] = []
     indexes: list[int] = []
     for record in records:
-        raw = record.leaf.to_bytes()
+        raw = record.raw if record.raw is not None else record.leaf.to_bytes()
         current = merkle.leaf_hash(raw)
         index = size
         nodes.append({"brand_id": log.brand_id, "level": 0, "idx": index, "hash": current})
@@ -247,6 +422,173 @@ def append_leaves(session: Session, log: TransparencyLog, records: Sequence[Leaf
     return indexes
 
 
+def _lock_log(session: Session, brand_id: str, *, wait: bool) -> TransparencyLog | None:
+    """The brand's log row, locked for this transaction; ``None`` when ``wait`` is off and
+    another sequencer holds it (PostgreSQL ``SKIP LOCKED``; SQLite's write gate has
+    already made this transaction the only writer)."""
+    stmt = (select(TransparencyLog).where(TransparencyLog.brand_id == brand_id)
+            .with_for_update(skip_locked=not wait)
+            .execution_options(populate_existing=True))
+    return session.exec(stmt).first()
+
+
+def integrate(session: Session, brand_id: str, *, now: datetime,
+              keystore: KeyStore | None = None, limit: int = INTEGRATE_BATCH,
+              wait: bool = True) -> int:
+    """One sequencer batch: up to ``limit`` pending leaves into the tree; how many.
+
+    Oldest first (``seq``), at the next indexes, with their node rows, and the
+    pending rows deleted, all in the caller's transaction: committed, every
+    leaf of the batch is in the tree exactly once; rolled back, all are
+    still pending. With ``keystore`` the new head is signed
+    (:func:`sign_batch_head`); without, the next head handed out signs it.
+    """
+    log = _lock_log(session, brand_id, wait=wait)
+    if log is None:
+        return 0
+    rows = session.execute(
+        select(col(PendingLeaf.seq), col(PendingLeaf.entry_id), col(PendingLeaf.data))
+        .where(col(PendingLeaf.brand_id) == brand_id)
+        .order_by(col(PendingLeaf.seq)).limit(max(1, limit))).all()
+    if not rows:
+        return 0
+    records = [LeafRecord(parse_leaf(parse_json_object(data)), int(entry_id), data.encode())
+               for _, entry_id, data in rows]
+    append_leaves(session, log, records)
+    session.execute(delete(_table(PendingLeaf))
+                    .where(_table(PendingLeaf).c.seq.in_([int(seq) for seq, _, _ in rows])))
+    if keystore is not None:
+        brand = session.get(Brand, brand_id)
+        assert brand is not None
+        sign_batch_head(session, brand_id=brand_id, log_id=brand.did, now=now,
+                        signer=lambda: keystore.signer(session, brand_id=brand_id,
+                                                       did=brand.did))
+    return len(records)
+
+
+def pending_count(session: Session, brand_id: str, *, member: str | None = None) -> int:
+    stmt = select(func.count()).select_from(PendingLeaf).where(PendingLeaf.brand_id == brand_id)
+    if member is not None:
+        stmt = stmt.where(PendingLeaf.member == member)
+    return int(session.exec(stmt).one())
+
+
+def catch_up(session: Session, brand_id: str, *, now: datetime,
+             keystore: KeyStore | None = None, member_id: str | None = None) -> int:
+    """On-demand integration for a reader: everything pending (when ``member_id`` is
+    given, only if that member has something pending) is put in the tree now, in
+    this transaction. Returns how many leaves; 0 takes no lock."""
+    probe = select(PendingLeaf.seq).where(PendingLeaf.brand_id == brand_id)
+    if member_id is not None:
+        probe = probe.where(PendingLeaf.member == pseudonym(session, brand_id, member_id))
+    if session.exec(probe.limit(1)).first() is None:
+        return 0
+    total = 0
+    while True:
+        done = integrate(session, brand_id, now=now, keystore=keystore)
+        total += done
+        if done < INTEGRATE_BATCH:
+            return total
+
+
+def integrate_all(engine: Engine, *, keystore: KeyStore | None, clock: Callable[[], datetime],
+                  brand_id: str | None = None, wait: bool = True) -> int:
+    """Integrate every pending leaf (of one brand, or all), one transaction per batch.
+
+    What the background :class:`Sequencer` runs each tick (``wait=False``:
+    a brand whose log another worker is integrating is left to it) and what
+    ``tessera issuer log integrate`` runs. Returns the number of leaves.
+    """
+    from issuer._db import read_scope, session_scope
+
+    with read_scope(engine) as session:
+        stmt = select(PendingLeaf.brand_id).distinct()
+        if brand_id is not None:
+            stmt = stmt.where(PendingLeaf.brand_id == brand_id)
+        brands = sorted(session.exec(stmt).all())
+    total = 0
+    for brand in brands:
+        while True:
+            with session_scope(engine) as session:
+                done = integrate(session, brand, now=clock(), keystore=keystore, wait=wait)
+            total += done
+            if done < INTEGRATE_BATCH:
+                break
+    return total
+
+
+class Sequencer:
+    """The background sequencer of one issuer worker.
+
+    Every ``interval`` seconds it looks (a read, no lock) for brands with
+    pending leaves. A brand's leaves are integrated once the sequencer has
+    seen them waiting for ``hold_back`` seconds, or as soon as a full batch
+    is waiting: batches grow with the write rate (one commit and one signed
+    head per batch, not per write), while a leaf waits at most ``interval +
+    hold_back`` plus the batch itself, well within :data:`MAX_MERGE_DELAY_MS`.
+
+    Every worker (and every instance) runs one; they never integrate the same
+    brand at the same time (see the module docstring). A failing tick is
+    logged once and retried.
+    """
+
+    def __init__(self, engine: Engine, *, keystore: KeyStore | None,
+                 clock: Callable[[], datetime],
+                 interval: float = SEQUENCER_INTERVAL_SECONDS,
+                 hold_back: float = SEQUENCER_HOLD_BACK_SECONDS) -> None:
+        self.engine, self.keystore, self.clock = engine, keystore, clock
+        self.interval, self.hold_back = interval, hold_back
+        self._seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, *, force: bool = True) -> int:
+        """One tick; ``force`` integrates whatever is pending, held back or not."""
+        from issuer._db import read_scope
+
+        with read_scope(self.engine) as session:
+            waiting = dict(session.exec(
+                select(PendingLeaf.brand_id, func.count()).group_by(col(PendingLeaf.brand_id)))
+                .all())
+        now = time.monotonic()
+        for brand_id in list(self._seen):
+            if brand_id not in waiting:
+                del self._seen[brand_id]
+        total = 0
+        for brand_id, count in sorted(waiting.items()):
+            first = self._seen.setdefault(brand_id, now)
+            if force or count >= INTEGRATE_BATCH or now - first >= self.hold_back:
+                total += integrate_all(self.engine, keystore=self.keystore, clock=self.clock,
+                                       brand_id=brand_id, wait=False)
+                self._seen.pop(brand_id, None)
+        return total
+
+    def _loop(self) -> None:
+        failing = ""
+        while not self._stop.is_set():
+            try:
+                self.run_once(force=False)
+                failing = ""
+            except Exception as exc:  # a database hiccup must not end the sequencer
+                if str(exc) != failing:  # once per new failure, not every tick
+                    _log.exception("transparency log sequencer tick failed")
+                failing = str(exc)
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="tessera-log-sequencer",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+
 def _table(model: Any) -> Any:
     return model.__table__
 
@@ -268,7 +610,12 @@ def current_head(session: Session, brand_id: str) -> tuple[int, bytes]:
 
 
 def checkpoint(session: Session, brand_id: str) -> tuple[int, str]:
-    """The ``(tree_size, root_hash)`` a points credential computed now carries."""
+    """The ``(tree_size, root_hash)`` of the tree now: what a points credential carries.
+
+    Its issuer first puts the member's pending leaves in the tree
+    (:func:`issuer._ledger.checked_balance` runs :func:`catch_up`), so the
+    head named covers every entry the credential's balance counts.
+    """
     size, root = current_head(session, brand_id)
     return size, b64url_encode(root)
 
@@ -368,9 +715,13 @@ def consistency_proof(session: Session, brand_id: str, first: int, second: int) 
         lambda s: merkle.consistency_proof(s, first, second))
 
 
-def signed_head(session: Session, *, brand_id: str, log_id: str,
-                signer: Callable[[], Signer], now: datetime) -> TreeHead:
-    """The signed head of the current tree; signed once per size and kept."""
+def sign_batch_head(session: Session, *, brand_id: str, log_id: str,
+                    signer: Callable[[], Signer], now: datetime) -> TreeHead:
+    """Sign the head of the tree as it stands (after a batch), once per size, and keep it.
+
+    The one place a tree head is signed: each sequencer batch ends here, and
+    so does a reader asking for a head the sequencer has not signed yet.
+    """
     size, root = current_head(session, brand_id)
     stored = session.get(TreeHead, (brand_id, size))
     if stored is not None:
@@ -381,6 +732,12 @@ def signed_head(session: Session, *, brand_id: str, log_id: str,
     session.add(row)
     session.flush()
     return row
+
+
+def signed_head(session: Session, *, brand_id: str, log_id: str,
+                signer: Callable[[], Signer], now: datetime) -> TreeHead:
+    """The signed head of the current tree (see :func:`sign_batch_head`)."""
+    return sign_batch_head(session, brand_id=brand_id, log_id=log_id, signer=signer, now=now)
 
 
 def member_leaves(session: Session, *, brand_id: str, member_id: str, size: int,
@@ -410,10 +767,16 @@ def member_figures(session: Session, *, brand_id: str, member_id: str,
     before leaves carried lots (v1), or one whose text was erased.
     """
     name = pseudonym(session, brand_id, member_id)
+    # One statement, so one snapshot: a batch the sequencer commits meanwhile
+    # moves a leaf from pending to the tree, never out of sight of both.
+    leaf, wait = _table(LogLeafData), _table(PendingLeaf)
+    stmt = union_all(
+        select(literal(0).label("part"), leaf.c.idx.label("pos"), leaf.c.data)
+        .where(leaf.c.brand_id == brand_id, leaf.c.member == name),
+        select(literal(1).label("part"), wait.c.seq.label("pos"), wait.c.data)
+        .where(wait.c.brand_id == brand_id, wait.c.member == name)).order_by("part", "pos")
     leaves = []
-    for data in session.exec(select(LogLeafData.data).where(
-            LogLeafData.brand_id == brand_id, LogLeafData.member == name)
-            .order_by(col(LogLeafData.idx))):
+    for _, _, data in session.execute(stmt):
         if data is None:
             raise TesseraError(ErrorCode.UNSUPPORTED_FORMAT, "the member's leaves were erased")
         leaves.append(parse_leaf(parse_json_object(data)))
@@ -436,8 +799,9 @@ def check_log(session: Session, brand_id: str) -> list[str]:
 
     Rebuilds the tree from the stored leaf hashes and compares every stored
     node, re-hashes every kept leaf text, and checks that every ledger entry
-    of the brand has exactly one leaf whose text still says what the entry
-    says. Returns the problems found (empty when consistent). O(n).
+    of the brand has exactly one leaf, in the tree or pending, whose text
+    still says what the entry says. Returns the problems found (empty when
+    consistent). O(n).
     """
     problems: list[str] = []
     log = log_state(session, brand_id)
@@ -476,6 +840,17 @@ def check_log(session: Session, brand_id: str) -> list[str]:
         if (body.get("entry"), body.get("delta"), body.get("kind")) != (
                 entry.id, entry.points, str(entry.kind)):
             problems.append(f"leaf {row.idx} disagrees with ledger entry {entry.id}")
+    for waiting in session.exec(select(PendingLeaf).where(PendingLeaf.brand_id == brand_id)):
+        entry = entries.get(waiting.entry_id)
+        if waiting.entry_id in logged or entry is None:
+            problems.append(f"pending leaf {waiting.seq} records "
+                            f"{'an entry already in the tree' if entry else 'no ledger entry'}")
+            continue
+        logged.add(waiting.entry_id)
+        body = parse_json_object(waiting.data)
+        if (body.get("entry"), body.get("delta"), body.get("kind")) != (
+                entry.id, entry.points, str(entry.kind)):
+            problems.append(f"pending leaf {waiting.seq} disagrees with ledger entry {entry.id}")
     missing = set(entries) - logged
     if missing:
         problems.append(f"ledger entries without a leaf: {sorted(missing)[:10]}")
@@ -522,6 +897,7 @@ def export_member(session: Session, *, brand_id: str, member_id: str,
     from issuer._models import IssuedCredential, PointHold
 
     member = get_member(session, brand_id=brand_id, member_id=member_id)
+    catch_up(session, brand_id, now=now, member_id=member_id)  # every leaf with its index
 
     def rows(model: Any, **where: Any) -> list[dict[str, Any]]:
         stmt = select(model)
@@ -582,6 +958,8 @@ def erase_member(session: Session, *, brand_id: str, member_id: str,
     done = session.get(MemberErasure, member_id)
     if done is not None:
         return done.model_dump(mode="json")
+    # Pending leaves keep their text until integrated: integrate, then drop the texts.
+    catch_up(session, brand_id, now=now, member_id=member_id)
     revoked = sum(revoke_current(session, member_id=member_id, credential_type=ctype, now=now,
                                  reason="member erased")
                   for ctype in ("LoyaltyPointsCredential", "LoyaltyMembershipCredential"))

@@ -56,6 +56,8 @@ class ErrorCode(StrEnum):
     CONSENT_DENIED = "consent_denied"
     WRONG_PASSPHRASE = "wrong_passphrase"  # noqa: S105 - an error code, not a secret
     POOL_EMPTY = "pool_empty"
+    # A transparency log left out a leaf it had signed a promise to include by then.
+    LOG_PROMISE_BROKEN = "log_promise_broken"
     # A client sent more requests than a service's per-client limit (HTTP 429).
     RATE_LIMITED = "rate_limited"
     # The service's database cannot be reached or has not been migrated.

@@ -46,9 +46,11 @@ from tessera.typing import Signer
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "PROMISE_TYP",
     "STH_TYP",
     "CallbackSource",
     "HashSource",
+    "InclusionPromise",
     "MemoryTree",
     "SignedTreeHead",
     "consistency_proof",
@@ -66,6 +68,8 @@ HASH_SIZE: Final = 32
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 """MTH({}) = SHA-256() (§2.1.1)."""
 STH_TYP: Final = "tessera-sth+jwt"
+PROMISE_TYP: Final = "tessera-log-promise+jwt"
+MAX_PROMISED_LEAVES: Final = 256
 MAX_TREE_SIZE: Final = 2**63  # a 64-bit tree size, as in RFC 9162's TLS structures
 
 
@@ -455,3 +459,63 @@ class SignedTreeHead:
             raise TesseraError(ErrorCode.INVALID_SIGNATURE, "tree heads of different logs")
         verify_consistency(self.tree_size, newer.tree_size, proof, self.root_hash,
                            newer.root_hash)
+
+
+@dataclass(frozen=True)
+class InclusionPromise:
+    """The log's signed promise to include leaves within its maximum merge delay.
+
+    The counterpart of a Certificate Transparency SCT (RFC 6962 §3.2, RFC 9162
+    §4.8): handed out when a leaf is *accepted*, before it is in the tree,
+    so the write that produced it need not wait for the tree. A compact JWS,
+    ``typ`` ``tessera-log-promise+jwt``, payload ``{"log_id", "timestamp"
+    (ms since the epoch), "mmd" (the maximum merge delay, ms), "leaf_hashes"
+    (base64url RFC 9162 leaf hashes)}``. Any signed tree head of the log with
+    a ``timestamp`` at or after ``timestamp + mmd`` must include every one of
+    the leaves; a head that does not is the log breaking its word, which the
+    holder of the promise can show to anyone (it is signed).
+    """
+
+    leaf_hashes: tuple[bytes, ...]
+    timestamp: int
+    mmd: int
+    signature: str
+    log_id: str
+
+    @property
+    def deadline(self) -> int:
+        """The latest head timestamp (ms) by which every leaf must be in the tree."""
+        return self.timestamp + self.mmd
+
+    @classmethod
+    def sign(cls, leaf_hashes: Sequence[bytes], signer: Signer, *, timestamp: datetime,
+             mmd_ms: int, log_id: str) -> InclusionPromise:
+        hashes = tuple(_check_hash(h, "leaf hash") for h in leaf_hashes)
+        if not 0 < len(hashes) <= MAX_PROMISED_LEAVES:
+            raise TesseraError(ErrorCode.INVALID_REQUEST,
+                               f"a promise covers 1 to {MAX_PROMISED_LEAVES} leaves")
+        if not 0 < mmd_ms <= 86_400_000:
+            raise TesseraError(ErrorCode.INVALID_REQUEST, "mmd must be 1 ms to 1 day")
+        ms = _timestamp_ms(timestamp)
+        token = sign_compact({"typ": PROMISE_TYP}, {
+            "log_id": log_id, "timestamp": ms, "mmd": mmd_ms,
+            "leaf_hashes": [b64url_encode(h) for h in hashes]}, signer)
+        return cls(hashes, ms, mmd_ms, token, log_id)
+
+    @classmethod
+    def verify(cls, token: str, key: PublicKey, *, log_id: str,
+               allowed_algs: Collection[str] = SUPPORTED_ALGS) -> InclusionPromise:
+        """Check the signature, the payload, and that the promise is this log's."""
+        claims = verify_compact(token, key, allowed_algs=allowed_algs, typ=PROMISE_TYP).payload
+        ts, mmd, raw = claims.get("timestamp"), claims.get("mmd"), claims.get("leaf_hashes")
+        for value, what in ((ts, "timestamp"), (mmd, "mmd")):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise TesseraError(ErrorCode.MALFORMED, f"promise {what} must be an integer")
+        assert isinstance(ts, int) and isinstance(mmd, int)
+        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_PROMISED_LEAVES \
+                or not all(isinstance(h, str) for h in raw):
+            raise TesseraError(ErrorCode.MALFORMED, "promise leaf_hashes must be a list of hashes")
+        hashes = tuple(_check_hash(b64url_decode(h, max_len=64), "leaf hash") for h in raw)
+        if claims.get("log_id") != log_id:
+            raise TesseraError(ErrorCode.INVALID_SIGNATURE, "promise is for another log")
+        return cls(hashes, ts, mmd, token, log_id)

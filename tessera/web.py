@@ -93,6 +93,8 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     # In a service this can only mean the master key does not open a stored
     # key: an operator's problem, not the client's.
     ErrorCode.WRONG_PASSPHRASE: 500,
+    # A wallet's audit finding; no service raises it, but every code has a status.
+    ErrorCode.LOG_PROMISE_BROKEN: 502,
     ErrorCode.DATABASE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }

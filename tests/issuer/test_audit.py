@@ -63,6 +63,7 @@ def _history(service: Service, member_id: str) -> None:
                        ("redeem", {"points": 100})):
         r = service.post("air", f"/admin/v1/members/{member_id}/points/{path}", body)
         assert r.status_code == 201, r.text
+    service.integrate()  # the sequencer's batch (under a test's patches, if any)
 
 
 def _audit(service: Service, wallet: Wallet, resolver: Resolver, did: str) -> Any:
@@ -77,6 +78,7 @@ def test_clean_history_audits_and_the_head_is_remembered(service: Service,
         "/admin/v1/programs", headers=service.h("air")).json()[0]["id"])
     _history(service, member["id"])
     service.post("air", f"/admin/v1/members/{other['id']}/points/earn", {"points": 7})
+    service.integrate()  # the sequencer (the audit integrates only the member's own leaves)
     _points_credential(service, wallet, member["id"])
     report = _audit(service, wallet, resolver, did)
     assert report.ok, report.problems
@@ -432,8 +434,10 @@ def test_the_audit_reads_every_page_against_one_head(service: Service, tmp_path:
     assert r.json()["head"]["tree_size"] == report.tree_size and r.json()["accounts"] == []
     assert [e["index"] for e in r.json()["entries"]] == [2, 3]
     r = service.client.get("/brands/air/log/entries", headers={
-        "Authorization": f"Bearer {token}"}, params={"member": wallet.did, "size": 3})
-    assert r.status_code == 404  # never handed out: nothing to prove against
+        "Authorization": f"Bearer {token}"}, params={"member": wallet.did, "size": 2})
+    # Never signed (the sequencer signed the head after its batch of 3, then 4):
+    # nothing to prove against.
+    assert r.status_code == 404
 
 
 def test_cli_audit_fails_on_a_debit_moved_to_a_longer_lived_lot(
@@ -512,3 +516,109 @@ def test_cli_audit_fails_on_a_debit_moved_to_a_longer_lived_lot(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 3, result.output
     assert "MISMATCH" in result.output and "first expired" in result.output
+
+
+def _drop_pending_earn(service: Service) -> None:
+    """The brand accepted an earn, promised its leaf, then made it vanish: the pending
+    leaf, the ledger entry and its lot, so the ledger and the log still agree."""
+    from sqlalchemy import text
+
+    from issuer._log_models import PendingLeaf
+
+    with session_scope(service.engine) as s:
+        (pending,) = s.exec(select(PendingLeaf)).all()
+        entry_id = pending.entry_id
+        s.delete(pending)
+        s.flush()
+        s.execute(text("DELETE FROM point_lot WHERE entry_id = :e"), {"e": entry_id})
+        s.execute(text("DELETE FROM ledger_entry WHERE id = :e"), {"e": entry_id})
+
+
+def test_a_kept_promise_passes_and_leaves_the_wallet(service: Service, tmp_path: Path) -> None:
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    r = service.post("air", f"/admin/v1/members/{member['id']}/points/earn", {"points": 40})
+    assert wallet.add_log_promise(r.json()["log_promise"]) == did
+    # Pending when the audit starts: its request integrates it (no timer to wait for).
+    report = _audit(service, wallet, resolver, did)
+    assert report.ok, report.problems
+    assert report.promises_kept == 1 and report.entries == 4
+    assert Wallet.open(wallet.path, "passphrase-1").log_promises == {}
+
+
+def test_a_broken_promise_is_an_audit_failure(service: Service, tmp_path: Path) -> None:
+    """The leaf promised is dropped: within the merge delay that is only a note; once
+    the delay has passed, the head without it is a failure, code log_promise_broken."""
+    from tessera.errors import ErrorCode
+
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    assert _audit(service, wallet, resolver, did).ok
+    r = service.post("air", f"/admin/v1/members/{member['id']}/points/earn", {"points": 40})
+    wallet.add_log_promise(r.json()["log_promise"])
+    _drop_pending_earn(service)
+    early = _audit(service, wallet, resolver, did)
+    assert early.ok, early.problems  # the head predates the promise's deadline
+    assert any("still within its 1000 ms merge delay" in n for n in early.notes)
+    # A later head (another member's earn makes a new one) must include it.
+    other = service.enrol("air", service.client.get(
+        "/admin/v1/programs", headers=service.h("air")).json()[0]["id"])
+    service.clock.advance(seconds=2)
+    service.post("air", f"/admin/v1/members/{other['id']}/points/earn", {"points": 1})
+    assert service.integrate() == 1  # the sequencer's next batch, and its signed head
+    late = _audit(service, wallet, resolver, did)
+    assert not late.ok
+    assert late.codes == [ErrorCode.LOG_PROMISE_BROKEN]
+    assert any("an entry was dropped from the log" in p for p in late.problems)
+    # The failed audit keeps the promise (the evidence) and the old head.
+    assert len(Wallet.open(wallet.path, "passphrase-1").log_promises[did]) == 1
+
+
+def test_a_promise_not_signed_by_the_brand_proves_nothing(service: Service,
+                                                         tmp_path: Path) -> None:
+    from tessera import merkle
+    from tessera.keys import generate_signer
+
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    forger = generate_signer("EdDSA").with_key_id(f"{did}#key-1")
+    forged = merkle.InclusionPromise.sign([b"\1" * 32], forger, timestamp=service.clock.now,
+                                          mmd_ms=1000, log_id=did)
+    wallet.add_log_promise(forged.signature)
+    service.clock.advance(minutes=10)
+    report = _audit(service, wallet, resolver, did)
+    assert report.ok, report.problems
+    assert any("does not verify (invalid_signature)" in n for n in report.notes)
+    assert Wallet.open(wallet.path, "passphrase-1").log_promises == {}
+
+
+def test_cli_audit_holds_the_brand_to_a_promise(service: Service, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    now = datetime.now(UTC).replace(microsecond=0)  # the CLI audits at real time
+    service.clock.now = now - timedelta(minutes=10)
+    wallet, member, _, _ = _world(service, tmp_path)
+    _history(service, member["id"])
+    service.integrate()
+    r = service.post("air", f"/admin/v1/members/{member['id']}/points/earn", {"points": 40})
+    promise = r.json()["log_promise"]
+    _drop_pending_earn(service)
+    service.clock.now = now
+
+    class _Client:
+        def __enter__(self) -> Any:
+            return service.client
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(wallet_cli, "_http_client", _Client)
+    monkeypatch.setenv(wallet_cli.PASSPHRASE_ENV, "passphrase-1")
+    from tessera.cli import app
+
+    result = CliRunner().invoke(app, [
+        "wallet", "audit", "--wallet", str(wallet.path), "--base-url", BASE,
+        "--did-document", str(tmp_path / "brand.json"), "--promise", promise])
+    assert result.exit_code == 3, result.output
+    assert "MISMATCH" in result.output and "log_promise_broken" in result.output

@@ -197,6 +197,29 @@ def test_holds_release_expired_for_cron(cli: Any, tmp_path: Path) -> None:
     assert shown["balance"]["held"] == 200 and shown["balance"]["available"] == 300
 
 
+def test_log_integrate_puts_pending_leaves_in_the_tree(cli: Any, tmp_path: Path) -> None:
+    from issuer import _translog
+    from issuer._admin import brand_by_slug
+    from issuer._db import session_scope
+    from issuer._log_models import TreeHead
+
+    member = _enrolled(cli)
+    for n in ("10", "20", "30"):
+        cli("points", "earn", "--brand", "acme", "--member", member["id"], n)
+    assert cli("log", "integrate", "--brand", "acme") == {"integrated": 3}
+    assert cli("log", "integrate") == {"integrated": 0}  # nothing twice
+    assert "error: not_found" in cli("log", "integrate", "--brand", "nobody", ok=False)
+    engine = _engine_of(tmp_path)
+    try:
+        with session_scope(engine) as s:
+            brand_id = brand_by_slug(s, slug="acme").id
+            assert _translog.log_state(s, brand_id).size == 3
+            assert _translog.check_log(s, brand_id) == []
+            assert s.get(TreeHead, (brand_id, 3)) is not None  # the batch signed its head
+    finally:
+        engine.dispose()
+
+
 def test_partners_and_settlement_from_the_shell(cli: Any, tmp_path: Path) -> None:
     import csv
     import io

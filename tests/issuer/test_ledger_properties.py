@@ -109,31 +109,35 @@ def test_ledger_invariants(sequence: list[tuple[str, int, int]], legacy_steps: i
         mine = {**common, "member_id": member.id}
         try:
             with legacy, session_scope(engine) as s:
-                if op == "earn":
-                    out = _ledger.earn(s, points=n, pending_days=pending, **mine)
-                elif op == "redeem":
-                    out = _ledger.redeem(s, points=n, **mine)
-                elif op == "adjust":
-                    out = _ledger.adjust(s, points=n, reason="r", operator="o", **mine)
-                elif op == "reverse" and entries:
-                    out = _ledger.reverse(s, entry_id=entries[n % len(entries)], reason="r",
-                                          **mine)
-                elif op == "hold":
-                    out = _ledger.create_hold(s, points=n, ttl_seconds=86400 * 3, **mine)
-                    holds.append(out.body["hold"]["id"])
-                elif op == "sweep":
-                    _ledger.release_expired_holds(s, now=now)
-                    continue
-                elif op in ("capture", "release") and holds:
-                    fn = _ledger.capture_hold if op == "capture" else _ledger.release_hold
-                    out = fn(s, hold_id=holds[n % len(holds)], **common)
-                else:
-                    now += timedelta(days=n)
-                    continue
-                if "entry" in out.body:
-                    entries.append(out.body["entry"]["id"])
-                bal = out.body["balance"]
-                assert bal["available"] >= 0 and bal["pending"] >= 0 and bal["held"] >= 0
+                try:
+                    if op == "earn":
+                        out = _ledger.earn(s, points=n, pending_days=pending, **mine)
+                    elif op == "redeem":
+                        out = _ledger.redeem(s, points=n, **mine)
+                    elif op == "adjust":
+                        out = _ledger.adjust(s, points=n, reason="r", operator="o", **mine)
+                    elif op == "reverse" and entries:
+                        out = _ledger.reverse(s, entry_id=entries[n % len(entries)], reason="r",
+                                              **mine)
+                    elif op == "hold":
+                        out = _ledger.create_hold(s, points=n, ttl_seconds=86400 * 3, **mine)
+                        holds.append(out.body["hold"]["id"])
+                    elif op == "sweep":
+                        _ledger.release_expired_holds(s, now=now)
+                        continue
+                    elif op in ("capture", "release") and holds:
+                        fn = _ledger.capture_hold if op == "capture" else _ledger.release_hold
+                        out = fn(s, hold_id=holds[n % len(holds)], **common)
+                    else:
+                        now += timedelta(days=n)
+                        continue
+                    if "entry" in out.body:
+                        entries.append(out.body["entry"]["id"])
+                    bal = out.body["balance"]
+                    assert bal["available"] >= 0 and bal["pending"] >= 0 and bal["held"] >= 0
+                finally:
+                    if i < legacy_steps:  # in the tree as it was then: version 1
+                        _translog.catch_up(s, brand.id, now=now)
         except TesseraError:
             pass
         with session_scope(engine) as s:

@@ -44,12 +44,18 @@ def test_issuer_metrics_outcomes_pool_and_log(service: Service) -> None:
                      earned.status_code)) is not None
     assert (value("tessera_db_pool_capacity", pool="issuer") or 0) >= 1
     assert value("tessera_db_pool_checked_out", pool="issuer") is not None
-    size = value("tessera_translog_size", brand="acme")
-    assert size is not None and size >= 1
-    assert value("tessera_translog_unsigned_leaves", brand="acme") == size
+    # The earn's leaf is pending: promised, not yet in the tree.
+    assert value("tessera_translog_size", brand="acme") == 0
+    assert value("tessera_translog_pending_leaves", brand="acme") == 1
+    assert value("tessera_translog_pending_age_seconds", brand="acme") == 0
+    service.clock.advance(seconds=3)
+    samples = _samples(c.get("/metrics").text)
+    assert value("tessera_translog_pending_age_seconds", brand="acme") == 3  # past its MMD
     assert value("tessera_translog_head_age_seconds", brand="acme") is None  # never signed
-    assert service.client.get("/brands/acme/log/sth").status_code == 200
+    assert service.client.get("/brands/acme/log/sth").status_code == 200  # integrates
     service.clock.advance(seconds=90)
     samples = _samples(c.get("/metrics").text)
+    assert value("tessera_translog_size", brand="acme") == 1
+    assert value("tessera_translog_pending_leaves", brand="acme") == 0
     assert value("tessera_translog_unsigned_leaves", brand="acme") == 0
     assert value("tessera_translog_head_age_seconds", brand="acme") == 90

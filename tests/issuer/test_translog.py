@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from issuer import _ledger, _translog
 from issuer._db import session_scope
-from issuer._log_models import LogLeafData, TransparencyLog
+from issuer._log_models import LogLeafData, PendingLeaf, TransparencyLog, TreeHead
 from issuer._models import LedgerEntry
 from tessera import merkle
 from tessera.encoding import b64url_decode
@@ -85,6 +85,9 @@ def test_every_ledger_write_is_a_leaf_and_proofs_match_rfc9162(service: Service)
     assert service.post(slug, f"/admin/v1/members/{a['id']}/points/redeem",
                         {"points": 50}).status_code == 201
     brand_id = _brand_id(service)
+    assert _leaf_texts(service, brand_id) == []  # promised, pending: no write touched the tree
+    assert service.integrate() == 13
+    assert service.integrate() == 0  # idempotent: nothing is integrated twice
     texts = _leaf_texts(service, brand_id)
     assert len(texts) == 13
     with session_scope(service.engine) as s:
@@ -149,6 +152,7 @@ def test_crash_between_ledger_and_log_leaves_both_consistent(
         service: Service, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     slug, (a, _) = _setup(service)
     service.post(slug, f"/admin/v1/members/{a['id']}/points/earn", {"points": 100})
+    service.integrate()
     brand_id = _brand_id(service)
     real_append = _translog.append_for_member
     real_tier = _ledger.evaluate_tier
@@ -172,6 +176,7 @@ def test_crash_between_ledger_and_log_leaves_both_consistent(
     with session_scope(service.engine) as s:
         assert len(s.exec(select(LedgerEntry)).all()) == 1
         assert _translog.log_state(s, brand_id).size == 1
+        assert _translog.pending_count(s, brand_id) == 0
         assert _translog.check_log(s, brand_id) == []
     monkeypatch.undo()  # the process "restarts"
     r = service.post(slug, f"/admin/v1/members/{a['id']}/points/redeem", {"points": 40},
@@ -182,18 +187,160 @@ def test_crash_between_ledger_and_log_leaves_both_consistent(
         assert _translog.check_log(s, brand_id) == []
 
 
+def _died_after_commit(service: Service, slug: str, member: dict[str, Any]) -> list[str]:
+    """Writes committed and promised; then the worker dies before any integration."""
+    promises = []
+    for i in range(5):
+        r = service.post(slug, f"/admin/v1/members/{member['id']}/points/earn",
+                         {"points": 10 + i})
+        assert r.status_code == 201, r.text
+        promises.append(r.json()["log_promise"])
+    return promises
+
+
+def test_a_crash_between_write_and_integration_loses_nothing(service: Service) -> None:
+    """The pending leaves are durable rows: a new process (a fresh engine, a new
+    sequencer) integrates every promised leaf, in order, and keeps each promise."""
+    from issuer._db import make_engine
+    from tessera.did import DIDDocument
+
+    slug, (a, _) = _setup(service)
+    promises = _died_after_commit(service, slug, a)
+    brand_id = _brand_id(service)
+    service.engine.dispose()  # the old worker's connections are gone
+    fresh = make_engine(service.settings.database_url)
+    try:
+        state = service.client.app.state.tessera  # type: ignore[attr-defined]
+        sequencer = _translog.Sequencer(fresh, keystore=state.keystore, clock=service.clock)
+        assert sequencer.run_once() == 5
+        assert sequencer.run_once() == 0
+        with session_scope(fresh) as s:
+            assert _translog.check_log(s, brand_id) == []
+            assert _translog.pending_count(s, brand_id) == 0
+            head = s.get(TreeHead, (brand_id, 5))
+            assert head is not None  # the batch signed its head
+            rows = s.exec(select(LogLeafData).where(LogLeafData.brand_id == brand_id)
+                          .order_by(LogLeafData.idx)).all()
+            leaf_hashes = [merkle.leaf_hash((r.data or "").encode()) for r in rows]
+    finally:
+        fresh.dispose()
+    doc = service.client.get(f"/brands/{slug}/did.json").json()
+    for token, expected in zip(promises, leaf_hashes, strict=True):
+        kid = token.split(".")[0]
+        from tessera.jose import decode_unverified
+
+        key = DIDDocument(doc["id"], doc).key(decode_unverified(token).header["kid"])
+        promise = merkle.InclusionPromise.verify(token, key, log_id=doc["id"])
+        assert promise.leaf_hashes == (expected,) and promise.mmd == 1000 and kid
+
+
+@pytest.mark.parametrize("where", ["append_leaves", "sign_batch_head"])
+def test_a_crash_inside_a_batch_integrates_nothing(service: Service,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   where: str) -> None:
+    slug, (a, _) = _setup(service)
+    _died_after_commit(service, slug, a)
+    brand_id = _brand_id(service)
+    real = getattr(_translog, where)
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise RuntimeError("injected crash")
+
+    monkeypatch.setattr(_translog, where, crash)
+    with pytest.raises(RuntimeError, match="injected"):
+        service.integrate()
+    with session_scope(service.engine) as s:
+        assert _translog.log_state(s, brand_id).size == 0
+        assert _translog.pending_count(s, brand_id) == 5
+        assert s.exec(select(LogLeafData)).all() == []
+        assert _translog.check_log(s, brand_id) == []
+    monkeypatch.undo()
+    assert service.integrate() == 5
+    with session_scope(service.engine) as s:
+        assert _translog.log_state(s, brand_id).size == 5
+        assert _translog.check_log(s, brand_id) == []
+
+
+def test_readers_integrate_on_demand(service: Service) -> None:
+    """Nothing waits on the sequencer's timer: a head asked for covers every write."""
+    slug, (a, b) = _setup(service)
+    for m in (a, b, a):
+        service.post(slug, f"/admin/v1/members/{m['id']}/points/earn", {"points": 7})
+    head = service.client.get(f"/brands/{slug}/log/sth").json()
+    assert head["tree_size"] == 3
+    brand_id = _brand_id(service)
+    with session_scope(service.engine) as s:
+        assert _translog.pending_count(s, brand_id) == 0
+        # ... and that head was signed by the batch that integrated them.
+        assert s.get(TreeHead, (brand_id, 3)) is not None
+
+
+def test_member_figures_see_pending_and_integrated_leaves_in_order(service: Service) -> None:
+    slug, (a, _) = _setup(service)
+    service.post(slug, f"/admin/v1/members/{a['id']}/points/earn", {"points": 100})
+    service.integrate()
+    service.post(slug, f"/admin/v1/members/{a['id']}/points/redeem", {"points": 30})
+    service.post(slug, f"/admin/v1/members/{a['id']}/points/earn", {"points": 5})
+    brand_id = _brand_id(service)
+    with session_scope(service.engine) as s:
+        assert _translog.pending_count(s, brand_id) == 2
+        figures = _translog.member_figures(s, brand_id=brand_id, member_id=a["id"],
+                                           at=service.clock.now)
+        assert figures.available == 75
+        assert _translog.check_log(s, brand_id) == []
+
+
+def test_background_sequencer_runs_with_the_service(settings: Any) -> None:
+    """With the service's lifespan, the sequencer integrates without any reader."""
+    import dataclasses
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from issuer._app import create_app
+    from issuer._db import make_engine
+    from issuer.migrations import upgrade
+
+    from .conftest import FakeClock
+
+    live = dataclasses.replace(settings, log_sequencer_interval=0.05)
+    engine = make_engine(live.database_url)
+    upgrade(engine)
+    clock = FakeClock()
+    app = create_app(live, engine=engine, clock=clock)
+    with TestClient(app) as client:
+        service = Service(client=client, engine=engine, settings=live, clock=clock)
+        slug, (a, _) = _setup(service)
+        service.post(slug, f"/admin/v1/members/{a['id']}/points/earn", {"points": 3})
+        brand_id = _brand_id(service)
+        # Polls the database, asserts no duration: the sequencer's own tick does the work.
+        for _ in range(600):
+            with session_scope(engine) as s:
+                if _translog.log_state(s, brand_id).size == 1:
+                    break
+            time.sleep(0.05)
+        with session_scope(engine) as s:
+            assert _translog.log_state(s, brand_id).size == 1
+            assert _translog.pending_count(s, brand_id) == 0
+            assert s.get(TreeHead, (brand_id, 1)) is not None
+    engine.dispose()
+
+
 def test_refused_write_appends_nothing(service: Service) -> None:
     slug, (a, _) = _setup(service)
     r = service.post(slug, f"/admin/v1/members/{a['id']}/points/redeem", {"points": 1})
     assert r.json()["code"] == "insufficient_balance"
     with session_scope(service.engine) as s:
         assert s.exec(select(LogLeafData)).all() == []
+        assert s.exec(select(PendingLeaf)).all() == []
 
 
 def test_check_log_sees_a_rewritten_row(service: Service) -> None:
     slug, (a, _) = _setup(service)
     for _ in range(3):
         service.post(slug, f"/admin/v1/members/{a['id']}/points/earn", {"points": 100})
+    service.integrate()
     brand_id = _brand_id(service)
     with session_scope(service.engine) as s:
         entry = s.exec(select(LedgerEntry).order_by(LedgerEntry.id)).first()
@@ -228,8 +375,12 @@ def test_concurrent_appends_from_many_members_keep_one_tree(service: Service) ->
                                 {"points": 1 + i}).status_code)
 
     with ThreadPoolExecutor(8) as pool:
+        # A sequencer racing the writers, as in production.
+        batches = pool.submit(lambda: sum(service.integrate() for _ in range(20)))
         codes = list(pool.map(earn, range(40)))
+        integrated = batches.result()
     assert codes == [201] * 40
+    assert integrated + service.integrate() == 40
     brand_id = _brand_id(service)
     with session_scope(service.engine) as s:
         assert _translog.log_state(s, brand_id).size == 40

@@ -19,6 +19,7 @@ from tessera.keys import generate_signer
 from tessera.merkle import (
     EMPTY_ROOT,
     CallbackSource,
+    InclusionPromise,
     MemoryTree,
     SignedTreeHead,
     consistency_proof,
@@ -511,6 +512,80 @@ def test_signed_tree_head_refusals() -> None:
     _raises(ErrorCode.INVALID_REQUEST,
             lambda: SignedTreeHead.sign(1, ROOTS[1], signer, timestamp=datetime(2026, 1, 1)))
     assert b64url_decode(claims["root_hash"]) == ROOTS[8]
+
+
+# --------------------------------------------------------------------------
+# Inclusion promises (SCT-like).
+
+
+def test_inclusion_promise_round_trip() -> None:
+    signer = generate_signer("EdDSA", key_id="did:web:brand.example#key-1")
+    hashes = [leaf_hash(LEAVES[1]), leaf_hash(LEAVES[2])]
+    promise = InclusionPromise.sign(hashes, signer, timestamp=TS, mmd_ms=1000,
+                                    log_id="did:web:brand.example")
+    jws = decode_unverified(promise.signature)
+    assert jws.header["typ"] == "tessera-log-promise+jwt"
+    assert jws.payload == {"log_id": "did:web:brand.example", "timestamp": 1777636800123,
+                           "mmd": 1000, "leaf_hashes": [b64url_encode(h) for h in hashes]}
+    got = InclusionPromise.verify(promise.signature, signer.public_key,
+                                  log_id="did:web:brand.example")
+    assert got == promise and got.deadline == 1777636801123
+    # A head signed past the deadline must hold the leaves: here it does.
+    tree = _tree(LEAVES)
+    head = SignedTreeHead.sign(8, tree.root_hash(), signer,
+                               timestamp=datetime.fromtimestamp(got.deadline / 1000, UTC),
+                               log_id="did:web:brand.example")
+    assert head.timestamp >= got.deadline
+    head.verify_inclusion(got.leaf_hashes[1], 2, tree.inclusion_proof(2))
+
+
+def test_inclusion_promise_refusals() -> None:
+    signer = generate_signer("ES256")
+    one = [leaf_hash(b"x")]
+    promise = InclusionPromise.sign(one, signer, timestamp=TS, mmd_ms=1000, log_id="log-a")
+    _raises(ErrorCode.INVALID_SIGNATURE, lambda: InclusionPromise.verify(
+        promise.signature, generate_signer("ES256").public_key, log_id="log-a"))
+    _raises(ErrorCode.INVALID_SIGNATURE, lambda: InclusionPromise.verify(
+        promise.signature, signer.public_key, log_id="log-b"))
+    head, _, sig = promise.signature.split(".")
+    claims = decode_unverified(promise.signature).payload
+    forged = b64url_encode(json.dumps({**claims, "mmd": 86_400_000},
+                                      separators=(",", ":")).encode())
+    _raises(ErrorCode.INVALID_SIGNATURE, lambda: InclusionPromise.verify(
+        f"{head}.{forged}.{sig}", signer.public_key, log_id="log-a"))
+    good = {"log_id": "log-a", "timestamp": 1, "mmd": 1000,
+            "leaf_hashes": [b64url_encode(one[0])]}
+    for change in ({"timestamp": "1"}, {"timestamp": True}, {"mmd": -1}, {"leaf_hashes": []},
+                   {"leaf_hashes": "abc"}, {"leaf_hashes": [b64url_encode(b"short")]},
+                   {"leaf_hashes": [one[0].hex()]}, {"leaf_hashes": [1]},
+                   {"leaf_hashes": [b64url_encode(one[0])] * 257}):
+        token = sign_compact({"typ": "tessera-log-promise+jwt"}, {**good, **change}, signer)
+        _raises(ErrorCode.MALFORMED, lambda token=token: InclusionPromise.verify(
+            token, signer.public_key, log_id="log-a"))
+    sth_typed = sign_compact({"typ": "tessera-sth+jwt"}, good, signer)
+    _raises(ErrorCode.MALFORMED, lambda: InclusionPromise.verify(
+        sth_typed, signer.public_key, log_id="log-a"))
+    for bad in (lambda: InclusionPromise.sign([], signer, timestamp=TS, mmd_ms=1000,
+                                              log_id="l"),
+                lambda: InclusionPromise.sign(one, signer, timestamp=TS, mmd_ms=0, log_id="l"),
+                lambda: InclusionPromise.sign(one, signer, timestamp=datetime(2026, 1, 1),
+                                              mmd_ms=1000, log_id="l")):
+        _raises(ErrorCode.INVALID_REQUEST, bad)
+    _raises(ErrorCode.MALFORMED, lambda: InclusionPromise.sign(
+        [b"short"], signer, timestamp=TS, mmd_ms=1000, log_id="l"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.sampled_from(["log_id", "timestamp", "mmd", "leaf_hashes", "x"]),
+                       st.none() | st.booleans() | st.integers() | st.text(max_size=50)
+                       | st.lists(st.text(max_size=50), max_size=3)))
+def test_inclusion_promise_parser_never_crashes(payload: dict[str, Any]) -> None:
+    signer = generate_signer("EdDSA")
+    token = sign_compact({"typ": "tessera-log-promise+jwt"}, payload, signer)
+    try:
+        InclusionPromise.verify(token, signer.public_key, log_id="log-a")
+    except TesseraError as exc:
+        assert exc.code in (ErrorCode.MALFORMED, ErrorCode.INVALID_SIGNATURE)
 
 
 def test_node_hash_domain_separation() -> None:
