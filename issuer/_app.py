@@ -352,7 +352,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         from issuer._translog import Sequencer
 
         sequencer = None
-        if settings.log_sequencer_interval > 0:
+        # An in-memory SQLite database is one shared connection (StaticPool): a
+        # background thread must not open transactions on it beside the requests.
+        memory = engine.dialect.name == "sqlite" and engine.url.database in (None, "",
+                                                                            ":memory:")
+        if settings.log_sequencer_interval > 0 and not memory:
             state: AppState = app.state.tessera
             sequencer = Sequencer(engine, keystore=state.keystore, clock=clock,
                                   interval=settings.log_sequencer_interval)

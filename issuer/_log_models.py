@@ -103,8 +103,9 @@ class PendingLeaf(SQLModel, table=True):
     """A leaf written by a ledger write and promised to the member, waiting for the sequencer."""
 
     __tablename__ = "log_pending"
-    __table_args__ = (Index("ix_log_pending_brand", "brand_id", "seq"),
-                      Index("ix_log_pending_member", "brand_id", "member", "seq"))
+    # No index by member: the queue is short (what arrived in the last half
+    # second), and every index is one more write on the ledger's hot path.
+    __table_args__ = (Index("ix_log_pending_brand", "brand_id", "seq"),)
 
     seq: int | None = Field(default=None, primary_key=True, sa_type=BigID)
     brand_id: str = Field(max_length=36)

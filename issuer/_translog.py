@@ -242,7 +242,7 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
         lots.update({lot.entry_id: lot for lot in session.exec(
             select(PointLot).where(col(PointLot.entry_id).in_(unknown)))})
     allocations: dict[int, list[Allocation]] = {}
-    if any(e.points != 0 for e in pending):
+    if any(e.points < 0 or e.kind == EntryKind.REVERSE for e in pending):
         for entry_id, lot_entry, points in session.exec(
                 select(LotAllocation.entry_id, PointLot.entry_id, LotAllocation.amount)
                 .join(PointLot, col(PointLot.id) == col(LotAllocation.lot_id))
@@ -324,6 +324,9 @@ def _promise_signer(session: Session, keystore: KeyStore, brand_id: str
     return brand.did, signer
 
 
+_not_legacy: set[tuple[str, str]] = set()
+
+
 def carry_forward(session: Session, *, brand_id: str, member_id: str,
                   now: datetime) -> bool:
     """Write the ``snapshot`` leaf of a member whose history began with version 1 leaves.
@@ -333,6 +336,8 @@ def carry_forward(session: Session, *, brand_id: str, member_id: str,
     member row is locked), in a zero-point ``snapshot`` entry; from there on
     every figure is derivable from the log. Returns whether one was written.
     """
+    if (brand_id, member_id) in _not_legacy:
+        return False
     name = pseudonym(session, brand_id, member_id)
     # Integrated leaves come before pending ones, so the first is in the tree
     # whenever the member has any there; a history that is all pending is new.
@@ -340,6 +345,11 @@ def carry_forward(session: Session, *, brand_id: str, member_id: str,
         LogLeafData.brand_id == brand_id, LogLeafData.member == name)
         .order_by(col(LogLeafData.idx)).limit(1)).first()
     if first is None or parse_json_object(first).get("v") != 1:
+        # A first leaf never changes, and one still to come is version 2: no
+        # need to look again in this process (one query less per write).
+        if len(_not_legacy) >= 100_000:
+            _not_legacy.clear()
+        _not_legacy.add((brand_id, member_id))
         return False
     if session.exec(select(LedgerEntry.id).where(
             LedgerEntry.member_id == member_id,

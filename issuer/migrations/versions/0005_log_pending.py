@@ -35,7 +35,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("entry_id"),
     )
     op.create_index("ix_log_pending_brand", "log_pending", ["brand_id", "seq"])
-    op.create_index("ix_log_pending_member", "log_pending", ["brand_id", "member", "seq"])
 
 
 def downgrade() -> None:
