@@ -159,6 +159,7 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
     now = datetime.now(UTC)
     real = _translog.append_for_member
     elapsed = {"on": 0.0, "off": 0.0}
+    cpu = {"on": 0.0, "off": 0.0}
     pairs: list[float] = []
     sequencer = _translog.Sequencer(engine, keystore=keystore, clock=lambda: datetime.now(UTC))
     sequencer.start()
@@ -167,7 +168,7 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
             took: dict[str, float] = {}
             for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
                 _translog.append_for_member = real if mode == "on" else (lambda *a, **k: [])
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 for i in range(block):
                     member = pools[mode][(r * block + i) % MEMBERS]
                     key = f"{member}-{r}-{i}"
@@ -176,6 +177,7 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
                         idempotency_key=k), keystore=keystore)
                 took[mode] = time.perf_counter() - t
                 elapsed[mode] += took[mode]
+                cpu[mode] += time.process_time() - c
             pairs.append(took["off"] / took["on"])
     finally:
         _translog.append_for_member = real
@@ -184,9 +186,13 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
                                        clock=lambda: datetime.now(UTC))
     n = rounds * block
     with_log, without_log = n / elapsed["on"], n / elapsed["off"]
-    # The median of the back-to-back pairs resists a burst of load better than the totals.
+    # The median of the back-to-back pairs resists a burst of load better than the
+    # totals; the process's CPU time (every thread, the sequencer's too) resists the
+    # other tenants of a shared machine (on SQLite it is nearly all the work).
     return {"earn_with_log_per_s": with_log, "earn_without_log_per_s": without_log,
             "ratio": with_log / without_log, "ratio_median_of_pairs": statistics.median(pairs),
+            "cpu_ms_per_earn_on": cpu["on"] / n * 1e3, "cpu_ms_per_earn_off": cpu["off"] / n * 1e3,
+            "cpu_ratio": cpu["off"] / cpu["on"],
             "n_each": n, "block": block, "left_for_the_last_batch": leftover}
 
 
@@ -334,6 +340,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"/ {ledger['earn_without_log_per_s']:.0f} /s = {ledger['ratio']:.2f}, median of "
           f"pairs {ledger['ratio_median_of_pairs']:.2f} (interleaved blocks of "
           f"{ledger['block']}, n={ledger['n_each']} each)")
+    print(f"  ledger earn process CPU on / off    {ledger['cpu_ms_per_earn_on']:10.2f} ms "
+          f"/ {ledger['cpu_ms_per_earn_off']:.2f} ms = {ledger['cpu_ratio']:.2f}")
     for p in report["proofs"]:
         print(f"  tree of {p['size']:>10,} leaves (built in {p['build_s']:.0f} s):")
         for name in ("inclusion", "consistency", "root_at"):
