@@ -28,12 +28,24 @@
    the evidence); a promise still within its delay is a note; a kept one is
    dropped from the wallet.
 
+With witnesses (``witnesses`` and ``quorum``: the coalition's C2SP
+cosigners, c2sp.org/tlog-cosignature), step 1 also fetches the head as a
+C2SP checkpoint (``GET {brand}/log/checkpoints/{size}``) and requires its
+note signature by the brand's Ed25519 key (its DID document's, under the
+log's origin line) and ``quorum`` witness cosignatures of exactly that head.
+A witness cosigns a tree only if it extends the last tree it cosigned, so a
+brand that shows this member a different history of the same size than it
+showed the witnesses (a split view) cannot gather the quorum: the audit
+fails. Every points credential's checkpoint is then proven a prefix of that
+witnessed head (step 4b), so it is covered by the same quorum.
+
 Only when everything holds is the new head stored in the wallet.
 """
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -46,7 +58,8 @@ from tessera.did import Resolver, did_web_url
 from tessera.encoding import b64url_decode, b64url_encode, parse_datetime, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import decode_unverified, sign_compact
-from tessera.pointslog import Figures, LogLeaf, fold, parse_leaf
+from tessera.pointslog import Figures, LogLeaf, fold, log_origin, parse_leaf
+from tessera.tlog import Verifier, open_checkpoint
 from tessera.typing import DIDResolver
 
 __all__ = ["LOG_ACCESS_TYP", "PROMISE_LEEWAY", "AuditReport", "audit", "brand_base_url",
@@ -70,6 +83,7 @@ class AuditReport:
     previous_size: int | None = None
     credentials_checked: int = 0
     balances_checked: int = 0
+    cosigned_by: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     codes: list[ErrorCode] = field(default_factory=list)
@@ -107,6 +121,38 @@ def _get(http: httpx.Client, url: str, params: dict[str, Any],
         raise TesseraError.from_problem(
             body, fallback=f"brand answered {response.status_code}")
     return body
+
+
+def _get_text(http: httpx.Client, url: str) -> str:
+    try:
+        response = http.get(url, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        raise TesseraError(ErrorCode.INVALID_REQUEST,
+                           f"cannot reach the brand: {type(exc).__name__}") from exc
+    if response.status_code != 200 or len(response.content) > 64 * 1024:
+        raise TesseraError(ErrorCode.NOT_FOUND, f"brand answered {response.status_code}")
+    return response.text
+
+
+def _witnessed(http: httpx.Client, base: str, brand_did: str, resolver: DIDResolver,
+               head: merkle.SignedTreeHead, witnesses: Sequence[Verifier], quorum: int,
+               now: datetime) -> list[str]:
+    """The names of the witnesses whose cosignatures of exactly ``head`` verify (>= quorum)."""
+    note = _get_text(http, f"{base}/log/checkpoints/{head.tree_size}")
+    document = resolver.resolve(brand_did)
+    keys = [document.key(str(m.get("id")))
+            for m in document.methods()
+            if document.has_relationship(str(m.get("id")), "assertionMethod")]
+    origin = log_origin(brand_did)
+    opened = open_checkpoint(note, [Verifier.for_key(origin, k) for k in keys
+                                    if k.alg == "EdDSA"],
+                             origin=origin, witnesses=witnesses, quorum=quorum,
+                             # tlog-cosignature: verifiers MAY reject future timestamps.
+                             not_after=int(now.timestamp()) + 300)
+    if (opened.checkpoint.size, opened.checkpoint.root_hash) != (head.tree_size,
+                                                                 head.root_hash):
+        raise TesseraError(ErrorCode.INVALID_SIGNATURE, "the checkpoint is another tree")
+    return sorted(opened.cosignatures)
 
 
 def _hashes(value: Any) -> list[bytes]:
@@ -155,8 +201,15 @@ def _show(value: Any) -> str:
 
 def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
           resolver: DIDResolver | None = None, base_url: str | None = None,
-          now: datetime | None = None) -> AuditReport:
-    """Audit the member's history at ``brand_did``; see the module docstring."""
+          now: datetime | None = None, witnesses: Sequence[Verifier] = (),
+          quorum: int = 0) -> AuditReport:
+    """Audit the member's history at ``brand_did``; see the module docstring.
+
+    ``witnesses`` are cosignature/v1 verifier keys; ``quorum`` of them must
+    have cosigned the head (0: no witness is required).
+    """
+    if not 0 <= quorum <= len({w.name for w in witnesses}):
+        raise TesseraError(ErrorCode.INVALID_REQUEST, "the quorum is 0 to the number of witnesses")
     when = now or datetime.now(UTC)
     resolver = resolver or Resolver()
     base = (base_url or brand_base_url(brand_did)).rstrip("/")
@@ -181,6 +234,15 @@ def audit(wallet: Wallet, *, brand_did: str, http: httpx.Client,
                                         log_id=brand_did)
     report.tree_size = head.tree_size
     report.root_hash = b64url_encode(head.root_hash)
+    if quorum:
+        try:
+            report.cosigned_by = _witnessed(http, base, brand_did, resolver, head, witnesses,
+                                            quorum, when)
+        except TesseraError as exc:
+            report.problems.append(
+                f"the signed head (size {head.tree_size}) is not cosigned by {quorum} "
+                f"witness(es): {exc.detail}. The brand may be showing you a different "
+                f"history than it showed the witnesses")
 
     # 2. Each leaf is in that tree and is ours.
     names = body.get("pseudonyms")

@@ -458,11 +458,23 @@ def audit_cmd(
     wallet: WalletOption = DEFAULT_WALLET,
     did_document: DocsOption = None,
     dev_origin: DevOption = None,
+    witness: Annotated[list[str] | None, typer.Option(
+        "--witness", envvar="TESSERA_WALLET_WITNESSES",
+        help="a witness's cosignature verifier key (name+id+key); repeatable")] = None,
+    quorum: Annotated[int | None, typer.Option(
+        "--quorum", help="how many of those witnesses must have cosigned the brand's head "
+                         "[default: a majority]")] = None,
 ) -> None:
     """Check your points history in each brand's transparency log (exit 3 on a mismatch)."""
     from holder._audit import audit
     from tessera import credentials
+    from tessera.tlog import Verifier
 
+    try:
+        witnesses = [Verifier.parse(v.strip()) for v in witness or [] if v.strip()]
+    except TesseraError as exc:
+        _fail(exc)
+    needed = quorum if quorum is not None else (len(witnesses) // 2 + 1 if witnesses else 0)
     w = _open(wallet, did_document, dev_origin)
     for token in promise or []:
         try:
@@ -480,12 +492,14 @@ def audit_cmd(
         for did in brands:
             try:
                 report = audit(w, brand_did=did, http=http, resolver=w.resolver,
-                               base_url=base_url)
+                               base_url=base_url, witnesses=witnesses, quorum=needed)
             except TesseraError as exc:
                 _fail(exc)
             status = "[green]consistent[/green]" if report.ok else "[red]MISMATCH[/red]"
             out.print(f"{_esc(did)}: {status}", markup=True)
             out.print(f"  signed head: size {report.tree_size}, root {report.root_hash}")
+            if report.cosigned_by:
+                out.print(f"  cosigned by: {_esc(', '.join(report.cosigned_by))}")
             out.print(f"  your entries: {report.entries}, log total {report.log_total}, "
                       f"ledger total {report.ledger_total}, credentials checked "
                       f"{report.credentials_checked}")

@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,52 +266,7 @@ class Wallet:
             kept.append(token)
         return log_id
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """One writer at a time across processes (``<wallet>.lock``, flock)."""
-        fd = os.open(self.path.with_name(self.path.name + ".lock"),
-                     os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def _spent_on_disk(self) -> dict[str, dict[str, Any]]:
-        if not self.path.is_file():
-            return {}
-        outer = parse_json_object(self.path.read_bytes(), max_bytes=MAX_WALLET_BYTES)
-        if outer.get("did") != self.did or not isinstance(outer.get("sealed"), dict):
-            return {}
-        inner = parse_json_object(_unseal(outer["sealed"], self._passphrase),
-                                  max_bytes=MAX_WALLET_BYTES)
-        return {str(c.get("id")): c for c in inner.get("credentials", [])
-                if isinstance(c, dict) and c.get("one_time") and c.get("spent_at")}
-
-    def save(self, *, spending: Iterable[str] = ()) -> None:
-        """Write the wallet (sealed, atomically), never losing a spent mark.
-
-        Another process may have presented from this wallet since we read it: under
-        the lock, spent marks on disk are kept, and if a credential being spent now
-        (``spending``) is already spent there, nothing is written and ``conflict`` is
-        raised, so the caller never sends it a second time.
-        """
-        with self._locked():
-            if any(c.one_time for c in self._creds):
-                spent = self._spent_on_disk()
-                clash = set(spending) & set(spent)
-                if clash:
-                    raise TesseraError(ErrorCode.CONFLICT,
-                                       "another presentation from this wallet used this "
-                                       "credential just now; nothing was sent: try again")
-                self._creds = [replace(c, spent_at=str(spent[c.id]["spent_at"]),
-                                       presented_to=tuple(spent[c.id].get("presented_to", ())))
-                               if c.one_time and c.spent_at is None and c.id in spent else c
-                               for c in self._creds]
-            self._write()
-
-    def _write(self) -> None:
+    def save(self) -> None:
         inner = {
             "key": self._signer.export_private_jwk(),
             "credentials": [asdict(c) for c in self._creds],
@@ -742,24 +694,20 @@ class Wallet:
         now = self._clock().isoformat()
         # Every credential on a key that went out is spent: its key now links.
         used = {cred.holder_key for cred, _ in chosen.values() if cred.one_time}
-        spending = {c.id for c in self._creds
-                    if c.one_time and c.holder_key in used and c.spent_at is None}
         self._creds = [replace(c, spent_at=c.spent_at or now,
                                presented_to=(*c.presented_to, audience))
                        if c.one_time and c.holder_key in used else c for c in self._creds]
-        # One write: spent marks and the consent record, checked against the file.
-        self._log(request, "shared", shared, spending=spending)
+        self._log(request, "shared", shared)  # saves: spent marks and record together
         return token
 
     # -- consent log ----------------------------------------------------------------
-    def _log(self, request: ConsentRequest, event: str, claims: dict[str, list[str]],
-             spending: Iterable[str] = ()) -> None:
+    def _log(self, request: ConsentRequest, event: str, claims: dict[str, list[str]]) -> None:
         self._consents.append(ConsentRecord(
             at=self._clock().isoformat(), verifier_id=request.verifier_id,
             verifier_name=request.verifier_name, purpose=request.purpose, event=event,
             claims=claims,
         ))
-        self.save(spending=spending)
+        self.save()
 
     def consent_log(self) -> list[ConsentRecord]:
         return list(self._consents)

@@ -159,8 +159,15 @@ def brand_by_slug(session: Session, *, slug: str) -> Brand:
 
 
 def brand_did_document(session: Session, *, keystore: KeyStore, brand: Brand) -> dict[str, Any]:
-    return did_document(brand.did,
-                        keystore.public_keys(session, brand_id=brand.id, did=brand.did))
+    """The brand's did:web document, with its points log's C2SP parameters as a service."""
+    from issuer._witnessing import log_service
+    from tessera.pointslog import log_origin
+
+    keys = keystore.public_keys(session, brand_id=brand.id, did=brand.did)
+    document = did_document(brand.did, keys)
+    if any(k.alg == "EdDSA" for k in keys):
+        document["service"] = [log_service(brand.did, keys, f"https://{log_origin(brand.did)}")]
+    return document
 
 
 # -- programs --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, Final
 
+import httpx
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -160,6 +161,14 @@ class AppState:
     nonces: NonceStore
     clock: Clock = field(default=_utc_now)
     status_publisher: StatusPublisher = field(default_factory=StatusPublisher)
+    witness_http: httpx.Client | None = None
+    """How checkpoints reach the C2SP witnesses (``TESSERA_WITNESSES``); made on first use."""
+
+    def witnesses(self) -> httpx.Client:
+        if self.witness_http is None:
+            # A witness answers in milliseconds; a slow one must not hold a request long.
+            self.witness_http = httpx.Client(timeout=5.0, follow_redirects=False)
+        return self.witness_http
 
 
 # The trivial dependencies are ``async def``: FastAPI runs a plain ``def`` one on its
@@ -321,12 +330,22 @@ def _log_metrics(state: AppState) -> Iterator[Any]:
     yield from (size, pending, delay, unsigned, age)
 
 
+def _witness_batch(state: AppState, brand_id: str) -> None:
+    """Each new batch head goes to the brand's witnesses (``TESSERA_WITNESSES``)."""
+    if state.settings.witnesses:
+        from issuer._witnessing import witness_brand
+
+        witness_brand(state.engine, settings=state.settings, keystore=state.keystore,
+                      http=state.witnesses(), brand_id=brand_id)
+
+
 # -- factory ------------------------------------------------------------------------------------
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None,
                keystore: KeyStore | None = None, resolver: Resolver | None = None,
-               clock: Clock | None = None, nonces: NonceStore | None = None) -> FastAPI:
+               clock: Clock | None = None, nonces: NonceStore | None = None,
+               witness_http: httpx.Client | None = None) -> FastAPI:
     """Build the service. The schema must already be migrated (``tessera issuer migrate``).
 
     ``nonces`` holds OpenID4VCI c_nonces; by default the ``tessera_nonce``
@@ -359,7 +378,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         if settings.log_sequencer_interval > 0 and not memory:
             state: AppState = app.state.tessera
             sequencer = Sequencer(engine, keystore=state.keystore, clock=clock,
-                                  interval=settings.log_sequencer_interval)
+                                  interval=settings.log_sequencer_interval,
+                                  after_batch=partial(_witness_batch, state))
             sequencer.start()
         try:
             yield
@@ -390,6 +410,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         nonces=nonces if nonces is not None else SqlNonceStore(
             engine, clock=clock, create_table=False, durable_commits=False),
         clock=clock,
+        witness_http=witness_http,
     )
     install_problem_handlers(app, customize=_oauth_problem)
     app.add_middleware(StrictBodies, max_bytes=settings.max_body_bytes,

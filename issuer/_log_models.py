@@ -23,6 +23,8 @@ The log of a brand (RFC 9162 tree, :mod:`tessera.merkle`):
   and keeps the hash in :class:`LogNode`, so every proof still verifies.
 * :class:`TreeHead`: every signed tree head handed out, so any two can be
   proven consistent later.
+* :class:`LogCosignature`: witnesses' cosignatures of the brand's C2SP
+  checkpoints (:mod:`issuer._witnessing`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from sqlmodel import Field, SQLModel
 from issuer._models import BigID, _fk, new_id, utcnow
 
 __all__ = [
+    "LogCosignature",
     "LogLeafData",
     "LogNode",
     "MemberErasure",
@@ -124,6 +127,23 @@ class TreeHead(SQLModel, table=True):
     root_hash: str = Field(max_length=64)
     signed_at: datetime
     jws: str = Field(sa_type=Text)
+
+
+class LogCosignature(SQLModel, table=True):
+    """A witness's ``cosignature/v1`` of the brand's checkpoint at ``tree_size``.
+
+    ``line`` is the note signature line the witness returned (c2sp.org/tlog-witness),
+    checked against its key before it is stored; the checkpoint text itself is
+    re-made from the tree (Ed25519 is deterministic, so the log's signature too).
+    """
+
+    __tablename__ = "log_cosignature"
+
+    brand_id: str = Field(primary_key=True, max_length=36)
+    tree_size: int = Field(primary_key=True, sa_type=BigInteger)
+    witness: str = Field(primary_key=True, max_length=255)
+    line: str = Field(sa_type=Text)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 # -- partners and redemptions -------------------------------------------------------------

@@ -15,19 +15,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 from sqlmodel import Session, col, func, select
 
-from issuer import _ledger, _translog
+from issuer import _ledger, _translog, _witnessing
 from issuer._admin import IAT_LEEWAY, brand_by_slug
-from issuer._app import PROBLEM_RESPONSES, NowDep, SessionDep, StateDep
+from issuer._app import PROBLEM_RESPONSES, NowDep, ReadSessionDep, SessionDep, StateDep
 from issuer._log_models import LogLeafData, TreeHead
 from issuer._models import Balance, Brand, LedgerEntry, Member
 from tessera.did import Resolver
 from tessera.encoding import b64url_encode
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import decode_unverified, verify_compact
+from tessera.tlog import TileRef
 
 __all__ = ["LOG_ACCESS_TYP", "authenticate_member", "router"]
 
@@ -134,6 +136,53 @@ def get_sth(slug: str, session: SessionDep, state: StateDep, now: NowDep) -> Tre
     brand = brand_by_slug(session, slug=slug)
     _translog.catch_up(session, brand.id, now=now, keystore=state.keystore)
     return head_view(session, state, brand, now)
+
+
+_NOTE: Final = {"content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "a C2SP checkpoint (signed note) with witness cosignatures"}
+
+
+def _checkpoint(state: Any, slug: str, size: int | None, now: datetime) -> PlainTextResponse:
+    note = _witnessing.published(state.engine, settings=state.settings, keystore=state.keystore,
+                                 http=state.witnesses(), slug=slug, size=size, now=now)
+    return PlainTextResponse(note.to_text(), headers={"Cache-Control": "max-age=2"})
+
+
+@router.get("/checkpoint", response_class=PlainTextResponse, responses={200: _NOTE})
+def get_checkpoint(slug: str, state: StateDep, now: NowDep) -> PlainTextResponse:
+    """The log head as a C2SP checkpoint (c2sp.org/tlog-tiles ``<prefix>/checkpoint``).
+
+    Signed by the brand's Ed25519 key (key name: the origin line); carries the
+    ``cosignature/v1`` lines of the witnesses that cosigned it.
+    """
+    return _checkpoint(state, slug, None, now)
+
+
+@router.get("/checkpoints/{size}", response_class=PlainTextResponse, responses={200: _NOTE})
+def get_checkpoint_at(slug: str, state: StateDep, now: NowDep,
+                      size: Annotated[int, Path(ge=0, lt=2**62)]) -> PlainTextResponse:
+    """The checkpoint of an earlier signed head (a points credential's), with its cosignatures."""
+    return _checkpoint(state, slug, size, now)
+
+
+@router.get("/tile/{path:path}", response_class=Response, responses={200: {
+    "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}},
+    "description": "a hash tile or an entry bundle (c2sp.org/tlog-tiles)"}})
+def get_tile(slug: str, path: str, session: ReadSessionDep, state: StateDep) -> Response:
+    """Hash tiles ``tile/<L>/<N>[.p/<W>]`` and entry bundles ``tile/entries/<N>[.p/<W>]``.
+
+    Immutable once they exist (a partial tile of width W never changes either);
+    entry bundles only where the operator publishes leaf texts
+    (``TESSERA_LOG_PUBLIC_ENTRIES``).
+    """
+    brand = brand_by_slug(session, slug=slug)
+    ref = TileRef.parse(f"tile/{path}")
+    data = (_witnessing.entry_bundle(session, brand.id, ref,
+                                     public=state.settings.log_public_entries)
+            if ref.level is None else _witnessing.tile(session, brand.id, ref))
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 
 @router.get("/proof/inclusion", response_model=InclusionView)

@@ -21,6 +21,14 @@
     Integrity (``ldp_vc``) configurations name the member's DID as subject,
     so a batch of them would be copies of one linkable credential: their
     size is 1 and cannot be raised.
+``TESSERA_WITNESSES``
+    the C2SP witnesses each brand's checkpoints are submitted to: a JSON list
+    of ``{"url": <submission prefix>, "vkey": <cosigner vkey>}``
+    (docs/status-and-log.md, "Witnesses").
+``TESSERA_LOG_PUBLIC_ENTRIES``
+    ``1`` serves the log's entry bundles (every leaf text, pseudonymous) to
+    anyone; by default only hash tiles are public and members read their own
+    leaves.
 """
 
 from __future__ import annotations
@@ -85,6 +93,9 @@ class Settings:
     # 0 runs none: leaves then reach the tree only when a reader asks, and the
     # 1 s maximum merge delay promised to members is not kept.
     log_sequencer_interval: float = 0.1
+    witnesses: tuple[tuple[str, str], ...] = ()
+    """(submission prefix URL, cosigner vkey) of each witness."""
+    log_public_entries: bool = False
 
     def __post_init__(self) -> None:
         _check_batch_sizes(self.batch_size, self.batch_sizes)
@@ -100,6 +111,13 @@ class Settings:
         if not 0 <= self.log_sequencer_interval <= 0.2:
             raise TesseraError(ErrorCode.MALFORMED, "TESSERA_LOG_SEQUENCER_INTERVAL must be 0 "
                                "(off) to 0.2 seconds: the log promises a 1 s merge delay")
+        from tessera.tlog import SIG_COSIGNATURE_V1, Verifier
+
+        for url, vkey in self.witnesses:
+            if urllib.parse.urlsplit(url).scheme not in ("https", "http") or \
+                    Verifier.parse(vkey).sig_type != SIG_COSIGNATURE_V1:
+                raise TesseraError(ErrorCode.MALFORMED, "a witness is an http(s) URL and a "
+                                   "cosignature/v1 vkey")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -135,6 +153,8 @@ class Settings:
             batch_size=_int_env(env, "TESSERA_BATCH_SIZE", DEFAULT_BATCH_SIZE),
             batch_sizes=parse_batch_sizes(env.get("TESSERA_BATCH_SIZES", "")),
             log_sequencer_interval=_seconds(env.get("TESSERA_LOG_SEQUENCER_INTERVAL"), 0.1),
+            witnesses=_witnesses(env.get("TESSERA_WITNESSES", "")),
+            log_public_entries=_truthy(env.get("TESSERA_LOG_PUBLIC_ENTRIES")),
         )
 
     def batch_size_for(self, configuration_id: str) -> int:
@@ -190,6 +210,20 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit():
         raise TesseraError(ErrorCode.MALFORMED, f"{name} must be a whole number")
     return int(raw)
+
+
+def _witnesses(raw: str) -> tuple[tuple[str, str], ...]:
+    if not raw.strip():
+        return ()
+    from tessera.encoding import parse_json
+
+    items = parse_json(raw.encode())
+    if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("url"), str) and isinstance(i.get("vkey"), str)
+            for i in items):
+        raise TesseraError(ErrorCode.MALFORMED,
+                           'TESSERA_WITNESSES is a JSON list of {"url": ..., "vkey": ...}')
+    return tuple((str(i["url"]), str(i["vkey"])) for i in items)
 
 
 def _key_file(env: Mapping[str, str]) -> str:

@@ -564,9 +564,13 @@ class Sequencer:
     def __init__(self, engine: Engine, *, keystore: KeyStore | None,
                  clock: Callable[[], datetime],
                  interval: float = SEQUENCER_INTERVAL_SECONDS,
-                 hold_back: float = SEQUENCER_HOLD_BACK_SECONDS) -> None:
+                 hold_back: float = SEQUENCER_HOLD_BACK_SECONDS,
+                 after_batch: Callable[[str], None] | None = None) -> None:
         self.engine, self.keystore, self.clock = engine, keystore, clock
         self.interval, self.hold_back = interval, hold_back
+        # Called with the brand id once a brand's batches are committed (its witnesses
+        # are sent the new checkpoint: issuer._witnessing.witness_brand).
+        self.after_batch = after_batch
         self._seen: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -587,9 +591,12 @@ class Sequencer:
         for brand_id, count in sorted(waiting.items()):
             first = self._seen.setdefault(brand_id, now)
             if force or count >= INTEGRATE_BATCH or now - first >= self.hold_back:
-                total += integrate_all(self.engine, keystore=self.keystore, clock=self.clock,
-                                       brand_id=brand_id, wait=False)
+                done = integrate_all(self.engine, keystore=self.keystore, clock=self.clock,
+                                     brand_id=brand_id, wait=False)
+                total += done
                 self._seen.pop(brand_id, None)
+                if done and self.after_batch is not None:
+                    self.after_batch(brand_id)
         return total
 
     def _loop(self) -> None:

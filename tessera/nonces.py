@@ -32,7 +32,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from tessera.encoding import b64url_encode, parse_json_object
@@ -63,8 +63,6 @@ __all__ = [
     "nonce_store_from_url",
     "nonce_table",
 ]
-
-_T = TypeVar("_T")
 
 DEFAULT_TABLE_NAME = "tessera_nonce"
 MAX_VALUE_BYTES = 255
@@ -371,8 +369,6 @@ class SqlNonceStore(_RecordingStore):
     (``synchronous_commit=on``, its default), or passes its own engine.
     """
 
-    _retry_dropped = False
-
     def __init__(
         self,
         url_or_engine: str | Engine,
@@ -403,17 +399,9 @@ class SqlNonceStore(_RecordingStore):
                     "in-memory SQLite cannot be shared: use memory:// or a SQLite file",
                 )
             sqlite = parsed.get_backend_name() == "sqlite"
-            # No ping of pooled connections (a SELECT 1 round trip before
-            # every transaction): a file has no connection to lose, and on
-            # PostgreSQL a connection that died is retried once (see _run).
-            # PostgreSQL runs in autocommit: every operation of this store is
-            # one statement, atomic on its own, so a BEGIN and a COMMIT round
-            # trip per operation would buy nothing (bench/README.md).
-            if sqlite:
-                engine = sa.create_engine(url)
-            else:
-                engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-                self._retry_dropped = True
+            # A file has no server connection to lose: no ping (a SELECT 1 per
+            # transaction) on SQLite.
+            engine = sa.create_engine(url, pool_pre_ping=not sqlite)
             if sqlite:
                 # WAL, BEGIN IMMEDIATE and the file's write gate (shared with
                 # any other store on the file): see tessera.sqlite. NORMAL, not
@@ -444,62 +432,8 @@ class SqlNonceStore(_RecordingStore):
         self._purge_batch = purge_batch
         self._next_purge_ms = 0
         self._purge_lock = threading.Lock()
-        self._prepare_statements()
         if create_table:
             self._create_table()
-
-    def _prepare_statements(self) -> None:
-        """Build the hot statements once (SQLAlchemy then only looks up their
-        compiled form), each one statement per operation.
-
-        Recording is one ``INSERT ... ON CONFLICT (value) DO UPDATE ... WHERE
-        expires_at <= :now RETURNING value``: a row comes back when the value
-        was absent or only an expired row held it, none when a live row holds
-        it. That is the atomic check-and-record (PostgreSQL: a concurrent
-        insert of the same value waits for the first and then sees a live row;
-        SQLite: one writer at a time), in one statement instead of a DELETE of
-        the expired row, an INSERT and an IntegrityError to catch.
-        """
-        import sqlalchemy as sa
-
-        t = self.table
-        self._consume_stmt = (
-            sa.delete(t)
-            .where(t.c.value == sa.bindparam("v"), t.c.expires_at > sa.bindparam("now"))
-            .returning(t.c.data)
-        )
-        self._record_stmt: Any = None
-        name = self._engine.dialect.name
-        if name in ("postgresql", "sqlite"):
-            from sqlalchemy.dialects import postgresql as pg_dialect
-            from sqlalchemy.dialects import sqlite as sqlite_dialect
-
-            insert: Any = pg_dialect.insert if name == "postgresql" else sqlite_dialect.insert
-            ins = insert(t).values(
-                value=sa.bindparam("v"), data=sa.bindparam("d"), expires_at=sa.bindparam("e")
-            )
-            self._record_stmt = ins.on_conflict_do_update(
-                index_elements=[t.c.value],
-                set_={"data": ins.excluded.data, "expires_at": ins.excluded.expires_at},
-                where=t.c.expires_at <= sa.bindparam("now"),
-            ).returning(t.c.value)
-
-    def _run(self, operation: Callable[[], _T]) -> _T:
-        """``operation()``, once more if its pooled PostgreSQL connection had died
-        (a server restart): the pool is not pinged before each use.
-
-        Retrying fails closed: if the first attempt's statement did reach the
-        server, a retried consume finds the value gone (``None``: refused as
-        a replay) and a retried record finds it live (``False``).
-        """
-        import sqlalchemy as sa
-
-        try:
-            return operation()
-        except sa.exc.DBAPIError as exc:
-            if not (self._retry_dropped and exc.connection_invalidated):
-                raise
-        return operation()
 
     @property
     def engine(self) -> Engine:
@@ -523,18 +457,6 @@ class SqlNonceStore(_RecordingStore):
 
         t = self.table
         now_ms = _now_ms(self._clock)
-        if self._record_stmt is not None:
-            params = {"v": value, "d": data_text, "e": now_ms + ttl_seconds * 1000,
-                      "now": now_ms}
-
-            def record() -> bool:
-                with write_transaction(self._engine, durable=self._durable) as conn:
-                    return conn.execute(self._record_stmt, params).first() is not None
-
-            recorded = self._run(record)
-            if recorded:
-                self._maybe_purge(now_ms)
-            return recorded
         try:
             with write_transaction(self._engine, durable=self._durable) as conn:
                 # An expired row that no purge has reached yet is logically gone.
@@ -554,17 +476,20 @@ class SqlNonceStore(_RecordingStore):
 
     def consume(self, value: str) -> dict[str, Any] | None:
         """The data stored with ``value`` (``{}`` if none), exactly once; else ``None``."""
+        import sqlalchemy as sa
+
         if not _valid_value(value):
             return None
+        t = self.table
         from tessera.sqlite import write_transaction
 
-        params = {"v": value, "now": _now_ms(self._clock)}
-
-        def consume() -> Any:
-            with write_transaction(self._engine, durable=self._durable) as conn:
-                return conn.execute(self._consume_stmt, params).first()
-
-        row = self._run(consume)
+        now_ms = _now_ms(self._clock)
+        with write_transaction(self._engine, durable=self._durable) as conn:
+            row = conn.execute(
+                sa.delete(t)
+                .where(t.c.value == value, t.c.expires_at > now_ms)
+                .returning(t.c.data)
+            ).first()
         return None if row is None else _load_data(row[0])
 
     def purge_expired(self) -> int:

@@ -71,6 +71,7 @@ __all__ = [
     "fold",
     "leaf_bytes",
     "leaf_time",
+    "log_origin",
     "member_pseudonym",
     "parse_leaf",
     "total",
@@ -586,3 +587,15 @@ def fold(leaves: Iterable[LogLeaf], *, at: datetime) -> Figures:
         lots=tuple(LotState(entry, lot[0], lot[1], lot[2], lot[3])
                    for entry, lot in lots.items() if lot[1] > 0),
         holds=tuple(holds.values()))
+
+
+def log_origin(brand_did: str) -> str:
+    """The C2SP checkpoint origin of a brand's log: its URL prefix without the scheme.
+
+    tlog-tiles §Parameters: the origin SHOULD be the schema-less URL prefix of
+    the log. Derived from the brand's did:web (the folder of its did.json), so
+    the issuer and every member compute the same line from the DID alone.
+    """
+    from tessera.did import did_web_url
+
+    return did_web_url(brand_did).removeprefix("https://").removesuffix("/did.json") + "/log"

@@ -41,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tessera import merkle
 from tessera.errors import ErrorCode, TesseraError
+from tessera.health import health_router, unavailable
 from tessera.tlog import (
     MAX_NOTE_BYTES,
     MAX_PROOF_LINES,
@@ -176,6 +177,18 @@ class WitnessStore:
                 if db is not self._shared:
                     db.close()
 
+    def check(self) -> str:
+        """Readiness: the file opens and its tables answer (``/readyz``)."""
+        db = self._connect()
+        try:
+            count = db.execute("SELECT count(*) FROM witness_checkpoint").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise unavailable("the witness database", exc) from None
+        finally:
+            if db is not self._shared:
+                db.close()
+        return f"{count} log(s) cosigned"
+
     def evidence(self, origin: str) -> list[tuple[str, bytes]]:
         db = self._connect()
         try:
@@ -273,6 +286,7 @@ def create_app(witness: Witness) -> FastAPI:
     app = FastAPI(title="Tessera C2SP witness", version="1",
                   description="c2sp.org/tlog-witness add-checkpoint; cosignature/v1 lines.")
     install_problem_handlers(app)
+    app.include_router(health_router({"store": witness.store.check}))
 
     async def conflict(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, WitnessConflict)

@@ -134,3 +134,16 @@ def test_privacy_numbers_are_the_codes() -> None:
     assert f"`exp` {KEY_ATTESTATION_LIFETIME_SECONDS} seconds later" in text
     assert f"at least {DEFAULT_LIST_SIZE:,} entries" in text
     assert text.count(f"{DEFAULT_LIST_SIZE:,}") == 2
+
+
+def test_witness_guide_runs_as_written(tmp_path: Path) -> None:
+    import doctest
+
+    checker = doctest.OutputChecker()
+    results = run_guide(DOC.parent / "witness.md", tmp_path)
+    assert sum(shown is not None for _, shown, _ in results) >= 4
+    for command, shown, printed in results:
+        if shown is None:
+            continue
+        assert checker.check_output(shown.strip() + "\n", printed.strip() + "\n",
+                                    doctest.ELLIPSIS), (command, shown, printed)

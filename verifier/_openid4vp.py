@@ -29,7 +29,7 @@ import json
 import secrets
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -472,7 +472,6 @@ class OpenID4VPVerifier:
             raise TesseraError(ErrorCode.TOO_LARGE, "too many transaction_data items")
         presentation = self.verifier.create_request(
             audience=self.client_id, dcql=dcql, transaction_data=transaction_data,
-            parsed_query=query,
         )
         metadata = dict(self.client_metadata)
         response_key = None
@@ -514,23 +513,9 @@ class OpenID4VPVerifier:
                     else ErrorCode.INVALID_REQUEST)
             return VerificationResult.failure(code)
         assert response.vp_token is not None
-        # The query is parsed once here and handed to Verifier.verify, which
-        # would otherwise parse it again (a request read back from the session
-        # store carries only the JSON).
-        presentation, query, query_error = request.presentation, None, None
+        result = self.verifier.verify(response.vp_token, request=request.presentation, now=now)
         try:
-            query = presentation.parsed_query
-            if query is None:
-                query = Query.parse(request.dcql_query)
-            presentation = replace(presentation, parsed_query=query)
-        except TesseraError as exc:
-            query_error = exc
-        result = self.verifier.verify(response.vp_token, request=presentation, now=now)
-        if query is None:
-            assert query_error is not None
-            return VerificationResult.failure(*result.errors, query_error.code)
-        try:
-            extra = _unasked_disclosures(response.vp_token, query)
+            extra = _unasked_disclosures(response.vp_token, Query.parse(request.dcql_query))
         except TesseraError as exc:
             return VerificationResult.failure(*result.errors, exc.code)
         if extra:

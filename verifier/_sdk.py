@@ -209,7 +209,6 @@ class Verifier:
         dcql: Mapping[str, Any] | None = None,
         transaction_data: Sequence[str] | None = None,
         nonce: str | None = None,
-        parsed_query: Query | None = None,
     ) -> PresentationRequest:
         """A request with a fresh single-use nonce, recorded in the nonce store.
 
@@ -219,12 +218,8 @@ class Verifier:
         """
         if nonce is not None and len(nonce) < 16:
             raise TesseraError(ErrorCode.INVALID_REQUEST, "a nonce needs at least 16 characters")
-        # Parsed now so a malformed query is refused here, not at the till;
-        # ``parsed_query`` is ``dcql`` already parsed by the caller (OpenID4VP
-        # checks transaction data against it first), so it is not parsed twice.
-        query = None
-        if dcql is not None:
-            query = parsed_query if parsed_query is not None else Query.parse(dcql)
+        # Parsed now so a malformed query is refused here, not at the till.
+        query = Query.parse(dcql) if dcql is not None else None
         request = PresentationRequest(
             nonce=nonce or secrets.token_urlsafe(24),
             audience=audience,

@@ -16,8 +16,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from tessera.encoding import parse_json_object
@@ -35,7 +34,6 @@ __all__ = [
 ]
 
 MAX_SESSION_BYTES = 256 * 1024
-_T = TypeVar("_T")
 
 
 class SessionStore(Protocol):
@@ -105,21 +103,9 @@ class SqlSessionStore:
         if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
             raise TesseraError(ErrorCode.INVALID_REQUEST,
                                "in-memory SQLite cannot be shared: use memory:// or a file")
-        # No ping of pooled connections (a SELECT 1 round trip per operation):
-        # a file has nothing to reconnect to, and on PostgreSQL an operation
-        # whose connection had died is retried once (_run). PostgreSQL runs in
-        # autocommit (each operation is one statement) with
-        # synchronous_commit off: a session write does not wait for the WAL
-        # flush, as SQLite's NORMAL does not (a power cut may lose the last
-        # session writes, which a till retries; nonces keep their own store's
-        # durability).
-        self._retry_dropped = parsed.get_backend_name() != "sqlite"
-        if self._retry_dropped:
-            self._engine = sa.create_engine(
-                url, isolation_level="AUTOCOMMIT",
-                connect_args={"options": "-c synchronous_commit=off"})
-        else:
-            self._engine = sa.create_engine(url)
+        # No ping on a file (a SELECT 1 per transaction): nothing to reconnect to.
+        self._engine = sa.create_engine(
+            url, pool_pre_ping=parsed.get_backend_name() != "sqlite")
         self._read = self._engine
         if self._engine.dialect.name == "sqlite":
             from tessera.sqlite import READ_ONLY, configure_sqlite
@@ -137,63 +123,26 @@ class SqlSessionStore:
         except sa.exc.DBAPIError:
             if not sa.inspect(self._engine).has_table(table_name):
                 raise
-        t = self.table
-        # Built once: one statement per operation. ``put`` is an upsert (a
-        # DELETE and an INSERT before); expired rows go in a purge at most
-        # once a minute per process instead of a range DELETE in every put.
-        from sqlalchemy.dialects import postgresql as pg_dialect
-        from sqlalchemy.dialects import sqlite as sqlite_dialect
-
-        insert: Any = (pg_dialect.insert if self._engine.dialect.name == "postgresql"
-                       else sqlite_dialect.insert)
-        ins = insert(t).values(key=sa.bindparam("k"), data=sa.bindparam("d"),
-                               expires_at=sa.bindparam("e"))
-        self._put = ins.on_conflict_do_update(
-            index_elements=[t.c.key],
-            set_={"data": ins.excluded.data, "expires_at": ins.excluded.expires_at})
-        self._get = sa.select(t.c.data).where(t.c.key == sa.bindparam("k"),
-                                              t.c.expires_at > sa.bindparam("now"))
-        self._purge = sa.delete(t).where(t.c.expires_at <= sa.bindparam("before"))
-        self._next_purge = 0.0
-        self._purge_lock = threading.Lock()
-
-    def _run(self, operation: Callable[[], _T]) -> _T:
-        """Once more if the pooled PostgreSQL connection had died (no ping)."""
-        import sqlalchemy as sa
-
-        try:
-            return operation()
-        except sa.exc.DBAPIError as exc:
-            if not (self._retry_dropped and exc.connection_invalidated):
-                raise
-        return operation()
 
     def put(self, key: str, data: dict[str, Any], *, ttl_seconds: int) -> None:
-        text = _dump(data)
-        now = time.time()
-        params = {"k": _check_key(key), "d": text, "e": int(now * 1000) + ttl_seconds * 1000}
+        import sqlalchemy as sa
 
-        def put() -> None:
-            with self._engine.begin() as conn:
-                conn.execute(self._put, params)
-
-        self._run(put)
-        if now >= self._next_purge and self._purge_lock.acquire(blocking=False):
-            try:
-                self._next_purge = now + 60
-                with self._engine.begin() as conn:
-                    conn.execute(self._purge, {"before": int(now * 1000) - 60_000})
-            finally:
-                self._purge_lock.release()
+        t, text = self.table, _dump(data)
+        now_ms = int(time.time() * 1000)
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(t).where(
+                (t.c.key == _check_key(key)) | (t.c.expires_at <= now_ms - 60_000)
+            ))
+            conn.execute(sa.insert(t).values(key=key, data=text,
+                                             expires_at=now_ms + ttl_seconds * 1000))
 
     def get(self, key: str) -> dict[str, Any] | None:
-        params = {"k": key, "now": int(time.time() * 1000)}
+        import sqlalchemy as sa
 
-        def get() -> Any:
-            with self._read.connect() as conn:
-                return conn.execute(self._get, params).first()
-
-        row = self._run(get)
+        t = self.table
+        with self._read.connect() as conn:
+            row = conn.execute(sa.select(t.c.data).where(
+                t.c.key == key, t.c.expires_at > int(time.time() * 1000))).first()
         return None if row is None else parse_json_object(row[0], max_bytes=MAX_SESSION_BYTES)
 
 

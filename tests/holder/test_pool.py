@@ -374,24 +374,3 @@ def test_the_command_line_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert r.output.count("one-time, used") == 2
     r = runner.invoke(app, ["wallet", "refresh", "--all", *w, *pin])
     assert r.exit_code == 2 and "invalid_grant" in r.output
-
-
-def test_two_copies_of_the_wallet_never_send_one_credential_twice(world: World) -> None:
-    """Two processes on one wallet file (two tills at once): the second to spend a
-    credential is refused before anything leaves, and a stale save keeps spent marks."""
-    world.issuer.batch_size = 2
-    world.receive()
-    world.wallet.set_top_up_below(0)
-    racer = Wallet.open(world.wallet.path, PASS, resolver=world.wallet.resolver,
-                        clock=world.clock)
-    stale = Wallet.open(world.wallet.path, PASS, resolver=world.wallet.resolver,
-                        clock=world.clock)
-    shown = world.present("north").items[0].credential_id
-    with pytest.raises(TesseraError) as caught:
-        racer.present(dcql=GOLD, audience="https://south.test", nonce="n" * 16,
-                      consent=lambda _: True)
-    assert caught.value.code == ErrorCode.CONFLICT
-    stale.set_top_up_below(5)  # writes its old view of the pool
-    on_disk = {c.id: c for c in Wallet.open(world.wallet.path, PASS).credentials()}
-    assert on_disk[shown].spent_at is not None
-    assert sum(1 for c in on_disk.values() if c.spent_at) == 1

@@ -524,50 +524,6 @@ def test_postgres_plain_url_uses_psycopg3(postgres_url: str) -> None:
         store.engine.dispose()
 
 
-
-def _kill_pooled_connections(store: SqlNonceStore, admin_url: str) -> None:
-    """Terminate the server side of every connection the store's pool holds (a restart)."""
-    import sqlalchemy as sa
-
-    with store.engine.connect() as conn:
-        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-    admin = SqlNonceStore(admin_url, table_name=_unique("tessera_nonce_t"))
-    try:
-        with admin.engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    finally:
-        admin.table.drop(admin.engine)
-        admin.engine.dispose()
-
-
-def test_postgres_store_survives_a_dropped_connection_and_stays_single_use(
-    postgres_url: str,
-) -> None:
-    """The pool is not pinged: an operation on a connection the server dropped is retried
-    once on a fresh one. A consumed nonce stays consumed through it (a retried consume
-    finds the row gone), and a replay after the drop is refused."""
-    store = SqlNonceStore(postgres_url, table_name=_unique("tessera_nonce_t"))
-    try:
-        first, second = new_nonce(), new_nonce()
-        store.issue(first, ttl_seconds=60, data={"k": 1})
-        store.issue(second, ttl_seconds=60)
-        assert store.consume(first) == {"k": 1}
-        _kill_pooled_connections(store, postgres_url)
-        assert store.consume(first) is None  # the replay, on the retried connection
-        _kill_pooled_connections(store, postgres_url)
-        assert store.consume(second) == {}
-        assert store.consume(second) is None
-        _kill_pooled_connections(store, postgres_url)
-        third = new_nonce()
-        store.issue(third, ttl_seconds=60)
-        with pytest.raises(TesseraError) as err:
-            store.issue(third, ttl_seconds=60)  # live: still one holder
-        assert err.value.code is ErrorCode.CONFLICT
-    finally:
-        store.table.drop(store.engine)
-        store.engine.dispose()
-
-
 # --------------------------------------------------------------------------- factory, helpers
 
 

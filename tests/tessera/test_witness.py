@@ -103,6 +103,7 @@ def test_cosigns_first_and_consistent_checkpoints(client: TestClient, witness: W
     assert opened.checkpoint.size == 12
     assert client.get(f"/{origin_hash('other')}/checkpoint").status_code == 404
     assert client.get("/vkey").text.strip() == witness.cosigner.vkey
+    assert client.get("/readyz").json()["checks"] == {"store": "1 log(s) cosigned"}
 
 
 def test_wrong_old_size_is_409_with_the_cosigned_size(client: TestClient, log: Log) -> None:
