@@ -30,6 +30,7 @@ from tessera.encoding import b64url_encode
 from tessera.errors import ErrorCode, TesseraError
 from tessera.jose import decode_unverified, verify_compact
 from tessera.tlog import TileRef
+from tessera.web import problem_responses
 
 __all__ = ["LOG_ACCESS_TYP", "authenticate_member", "router"]
 
@@ -138,8 +139,10 @@ def get_sth(slug: str, session: SessionDep, state: StateDep, now: NowDep) -> Tre
     return head_view(session, state, brand, now)
 
 
-_NOTE: Final = {"content": {"text/plain": {"schema": {"type": "string"}}},
-                "description": "a C2SP checkpoint (signed note) with witness cosignatures"}
+_NOTE: Final = {200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                      "description": "a C2SP checkpoint (signed note) with witness cosignatures"},
+                 **problem_responses({400: "the brand's signing key is not Ed25519 "
+                                           "(unsupported_algorithm)"})}
 
 
 def _checkpoint(state: Any, slug: str, size: int | None, now: datetime) -> PlainTextResponse:
@@ -148,7 +151,7 @@ def _checkpoint(state: Any, slug: str, size: int | None, now: datetime) -> Plain
     return PlainTextResponse(note.to_text(), headers={"Cache-Control": "max-age=2"})
 
 
-@router.get("/checkpoint", response_class=PlainTextResponse, responses={200: _NOTE})
+@router.get("/checkpoint", response_class=PlainTextResponse, responses=_NOTE)
 def get_checkpoint(slug: str, state: StateDep, now: NowDep) -> PlainTextResponse:
     """The log head as a C2SP checkpoint (c2sp.org/tlog-tiles ``<prefix>/checkpoint``).
 
@@ -158,7 +161,7 @@ def get_checkpoint(slug: str, state: StateDep, now: NowDep) -> PlainTextResponse
     return _checkpoint(state, slug, None, now)
 
 
-@router.get("/checkpoints/{size}", response_class=PlainTextResponse, responses={200: _NOTE})
+@router.get("/checkpoints/{size}", response_class=PlainTextResponse, responses=_NOTE)
 def get_checkpoint_at(slug: str, state: StateDep, now: NowDep,
                       size: Annotated[int, Path(ge=0, lt=2**62)]) -> PlainTextResponse:
     """The checkpoint of an earlier signed head (a points credential's), with its cosignatures."""

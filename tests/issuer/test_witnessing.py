@@ -383,3 +383,19 @@ def test_the_brand_log_with_an_independent_c2sp_implementation(
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(timeout=20)
+
+
+def test_a_brand_rotated_to_p256_gets_no_checkpoint(service: Service,
+                                                    world: dict[str, Any]) -> None:
+    from issuer._admin import brand_by_slug
+    from issuer._keystore import SqlKeyStore
+
+    with session_scope(service.engine) as s:
+        brand = brand_by_slug(s, slug="air")
+        SqlKeyStore(service.settings.master_key).rotate(s, brand_id=brand.id, did=brand.did,
+                                                        alg="ES256")
+    r = service.client.get("/brands/air/log/checkpoint")
+    assert r.status_code == 400 and r.json()["code"] == "unsupported_algorithm"
+    # The retired Ed25519 key's vkey stays declared: older checkpoints still verify.
+    doc = service.client.get("/brands/air/did.json").json()
+    assert doc["service"][0]["vkeys"] == world["service"]["vkeys"]
