@@ -280,7 +280,7 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
                                          idempotency_key=idempotency_key)
     signed = _translog.promise(session, brand_id=brand_id, leaf_hashes=logged, now=now)
     if signed is not None:
-        body["log_promise"] = signed
+        body["log_promise"] = session.info[_translog.LAST_PROMISE] = signed
     # The points credential states a balance that just changed: it is
     # superseded (revoked now; superseded_by is set when a fresh one is issued).
     revoke_current(session, member_id=member.id, credential_type="LoyaltyPointsCredential",

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -35,6 +36,7 @@ from tessera.web import StrictBody
 
 __all__ = ["router"]
 
+T = TypeVar("T")
 router = APIRouter(tags=["redemption"], responses=PROBLEM_RESPONSES)
 _bearer = HTTPBearer(auto_error=False, scheme_name="PartnerKey",
                      description="a partner key: `tpk_<id>_<secret>`")
@@ -189,10 +191,22 @@ def redeem(body: RedemptionRequest, auth: PartnerDep, state: StateDep,
             session, brand=brand, partner=partner, keystore=state.keystore,
             resolver=state.resolver, vp_token=body.vp_token,
             transaction_data=body.transaction_data, nonce=body.nonce, now=now)
-    row, replayed = run_write(state.engine, lambda s: _redemption.place_hold(
+    (row, replayed), promise = _promised(state, lambda s: _redemption.place_hold(
         s, brand=brand, partner=partner, verified=verified, now=now,
         ttl_seconds=body.hold_ttl_seconds))
-    return _answer(state, brand, row, now, status=200 if replayed else 201, replayed=replayed)
+    return _answer(state, brand, row, now, status=200 if replayed else 201, replayed=replayed,
+                   extra=promise)
+
+
+def _promised(state: Any, fn: Callable[[Session], T]) -> tuple[T, dict[str, str]]:
+    """Run a redemption write; with the inclusion promise of the log leaves it wrote
+    (``log_promise``, docs/points-log-and-redemption.md), when it wrote any."""
+    def run(session: Session) -> tuple[T, dict[str, str]]:
+        out = fn(session)
+        signed = session.info.get(_translog.LAST_PROMISE)
+        return out, {"log_promise": signed} if signed else {}
+
+    return run_write(state.engine, run, keystore=state.keystore)
 
 
 @router.get("/brands/{slug}/redemptions/{redemption_id}")
@@ -212,11 +226,11 @@ def capture(redemption_id: str, body: CaptureBody, auth: PartnerDep, state: Stat
             now: NowDep) -> JSONResponse:
     """The sale went through: debit the held points (once)."""
     brand, partner = auth
-    row = run_write(state.engine, lambda s: _redemption.capture(
+    row, promise = _promised(state, lambda s: _redemption.capture(
         s, brand=brand, partner=partner, redemption_id=redemption_id, now=now,
         points=body.points))
     offer = run_write(state.engine, lambda s: _fresh_offer(s, state, brand, row.member_id, now))
-    return _answer(state, brand, row, now, extra={"fresh_credential": offer})
+    return _answer(state, brand, row, now, extra={"fresh_credential": offer, **promise})
 
 
 def _fresh_offer(session: Session, state: Any, brand: Brand, member_id: str,
@@ -237,9 +251,9 @@ def release(redemption_id: str, auth: PartnerDep, state: StateDep,
             now: NowDep) -> JSONResponse:
     """The sale was cancelled: free the points."""
     brand, partner = auth
-    row = run_write(state.engine, lambda s: _redemption.release(
+    row, promise = _promised(state, lambda s: _redemption.release(
         s, brand=brand, partner=partner, redemption_id=redemption_id, now=now))
-    return _answer(state, brand, row, now)
+    return _answer(state, brand, row, now, extra=promise)
 
 
 @router.post("/brands/{slug}/redemptions/{redemption_id}/refund",
@@ -248,10 +262,10 @@ def refund(redemption_id: str, body: RefundBody, auth: PartnerDep, state: StateD
            now: NowDep) -> JSONResponse:
     """Goods returned: credit points back as a new ledger entry (once per refund reference)."""
     brand, partner = auth
-    row = run_write(state.engine, lambda s: _redemption.refund(
+    row, promise = _promised(state, lambda s: _redemption.refund(
         s, brand=brand, partner=partner, redemption_id=redemption_id, points=body.points,
         refund_reference=body.refund_reference, now=now))
-    return _answer(state, brand, row, now)
+    return _answer(state, brand, row, now, extra=promise)
 
 
 @router.post("/brands/{slug}/earns", status_code=201,

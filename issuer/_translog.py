@@ -86,6 +86,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INTEGRATE_BATCH",
     "KEYSTORE",
+    "LAST_PROMISE",
     "MAX_MERGE_DELAY_MS",
     "LeafRecord",
     "Sequencer",
@@ -125,6 +126,8 @@ INTEGRATE_BATCH: Final = 1000
 """Pending leaves the sequencer integrates per transaction (and per signed head)."""
 SEQUENCER_INTERVAL_SECONDS: Final = 0.1
 SEQUENCER_HOLD_BACK_SECONDS: Final = 0.4
+LAST_PROMISE: Final = "tessera_log_last_promise"
+"""``Session.info`` key of the promise the transaction's last ledger write signed."""
 KEYSTORE: Final = "tessera_log_keystore"
 """``Session.info`` key of the brand key store a ledger write signs its promise with."""
 _log = logging.getLogger("tessera.issuer.translog")

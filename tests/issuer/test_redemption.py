@@ -27,6 +27,7 @@ from tessera.encoding import b64url_decode
 from tessera.formats import sd_jwt
 from tessera.jose import decode_unverified
 from tessera.keys import LocalSigner, generate_signer
+from tessera.merkle import InclusionPromise
 from tessera.redemption import (
     build_redeem_transaction_data,
     verify_receipt,
@@ -120,7 +121,7 @@ def test_hold_capture_refund_with_signed_receipts_and_settlement(world: World) -
     assert r.status_code == 201, r.text
     out = r.json()
     rid = out["redemption"]["id"]
-    assert out["redemption"]["status"] == "held"
+    assert out["redemption"]["status"] == "held" and "log_promise" in out  # the hold's leaf
     receipt = verify_receipt(out["receipt"], world.brand_key(out["receipt"]), issuer=world.did)
     assert (receipt["status"], receipt["points"], receipt["sub"]) == ("held", 300, rid)
     assert world.available() == 700
@@ -128,10 +129,17 @@ def test_hold_capture_refund_with_signed_receipts_and_settlement(world: World) -
                                   headers=world.ph())
     assert r.status_code == 200, r.text
     out = r.json()
-    # The capture's leaf is pending (the sequencer's next batch); a later look lists it.
+    # The capture's leaf is pending (the sequencer's next batch); a later look lists it,
+    # and it is the leaf the capture's answer promised.
     assert out["redemption"]["status"] == "captured" and out["redemption"]["log_entries"] == []
+    promise = InclusionPromise.verify(out["log_promise"], world.brand_key(out["log_promise"]),
+                                      log_id=world.did)
     looked = world.service.client.get(f"/brands/air/redemptions/{rid}", headers=world.ph())
-    assert looked.status_code == 200 and len(looked.json()["redemption"]["log_entries"]) == 1
+    assert looked.status_code == 200
+    (index,) = looked.json()["redemption"]["log_entries"]
+    proof = world.service.client.get("/brands/air/log/proof/inclusion",
+                                     params={"index": index, "size": index + 1}).json()
+    assert promise.leaf_hashes == (b64url_decode(proof["leaf_hash"]),)
     assert out["fresh_credential"]["offer_uri"].startswith("openid-credential-offer://")
     assert verify_receipt(out["receipt"], world.brand_key(out["receipt"]))["status"] == "captured"
     # Capturing again changes nothing.
