@@ -329,8 +329,8 @@ def _promise_signer(session: Session, keystore: KeyStore, brand_id: str
                     ) -> tuple[str, Signer]:
     """The brand's DID and signer, looked up at most every few seconds per process.
 
-    A promise signed with a key rotated out seconds ago still verifies: a
-    retired key stays in the brand's DID document (issuer._keystore).
+    A promise or tree head signed with a key rotated out seconds ago still
+    verifies: a retired key stays in the brand's DID document (issuer._keystore).
     """
     key = (id(keystore), brand_id)
     cached = _promise_signers.get(key)
@@ -490,11 +490,8 @@ def integrate(session: Session, brand_id: str, *, now: datetime,
     session.execute(delete(_table(PendingLeaf))
                     .where(_table(PendingLeaf).c.seq.in_([int(seq) for seq, _, _ in rows])))
     if keystore is not None:
-        brand = session.get(Brand, brand_id)
-        assert brand is not None
-        sign_batch_head(session, brand_id=brand_id, log_id=brand.did, now=now,
-                        signer=lambda: keystore.signer(session, brand_id=brand_id,
-                                                       did=brand.did))
+        did, signer = _promise_signer(session, keystore, brand_id)
+        sign_batch_head(session, brand_id=brand_id, log_id=did, now=now, signer=lambda: signer)
     return len(records)
 
 
@@ -531,22 +528,28 @@ def integrate_all(engine: Engine, *, keystore: KeyStore | None, clock: Callable[
     a brand whose log another worker is integrating is left to it) and what
     ``tessera issuer log integrate`` runs. Returns the number of leaves.
     """
-    from issuer._db import read_scope, session_scope
+    from issuer._db import read_scope
 
     with read_scope(engine) as session:
         stmt = select(PendingLeaf.brand_id).distinct()
         if brand_id is not None:
             stmt = stmt.where(PendingLeaf.brand_id == brand_id)
         brands = sorted(session.exec(stmt).all())
+    return sum(_integrate_brand(engine, brand, keystore=keystore, clock=clock, wait=wait)
+               for brand in brands)
+
+
+def _integrate_brand(engine: Engine, brand_id: str, *, keystore: KeyStore | None,
+                     clock: Callable[[], datetime], wait: bool) -> int:
+    from issuer._db import session_scope
+
     total = 0
-    for brand in brands:
-        while True:
-            with session_scope(engine) as session:
-                done = integrate(session, brand, now=clock(), keystore=keystore, wait=wait)
-            total += done
-            if done < INTEGRATE_BATCH:
-                break
-    return total
+    while True:
+        with session_scope(engine) as session:
+            done = integrate(session, brand_id, now=clock(), keystore=keystore, wait=wait)
+        total += done
+        if done < INTEGRATE_BATCH:
+            return total
 
 
 class Sequencer:
@@ -594,8 +597,8 @@ class Sequencer:
         for brand_id, count in sorted(waiting.items()):
             first = self._seen.setdefault(brand_id, now)
             if force or count >= INTEGRATE_BATCH or now - first >= self.hold_back:
-                done = integrate_all(self.engine, keystore=self.keystore, clock=self.clock,
-                                     brand_id=brand_id, wait=False)
+                done = _integrate_brand(self.engine, brand_id, keystore=self.keystore,
+                                        clock=self.clock, wait=False)
                 total += done
                 self._seen.pop(brand_id, None)
                 if done and self.after_batch is not None:
