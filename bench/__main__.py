@@ -16,7 +16,6 @@ import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench._harness import Case, Result, Settings, run_cases
+from bench._harness import Case, Result, Settings, git_commit, run_cases
 
 TOPICS: dict[str, str] = {
     "sd_jwt": "bench.sd_jwt",
@@ -76,16 +75,6 @@ def _ratios(result: Result, by_name: dict[str, Result]) -> dict[str, Any]:
     return out
 
 
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
-                              capture_output=True, text=True, timeout=5, check=False,
-                              cwd=Path(__file__).resolve().parent)
-    except OSError:
-        return None
-    return done.stdout.strip() or None
-
-
 def _meta(settings: Settings, quick: bool, topics: Sequence[str]) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for dist in _VERSIONS:
@@ -104,7 +93,7 @@ def _meta(settings: Settings, quick: bool, topics: Sequence[str]) -> dict[str, A
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "versions": versions,
     }
 

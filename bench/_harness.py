@@ -30,9 +30,11 @@ from __future__ import annotations
 import gc
 import math
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Case", "Result", "Settings", "run_cases"]
@@ -187,3 +189,14 @@ def run_cases(
             _checked(case, outs)
             results[case.name].samples_ns.extend(samples)
     return [results[name] for name in names]
+
+
+def git_commit() -> str | None:
+    """The short commit of this checkout, for a report's metadata (None outside git)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
+                              capture_output=True, text=True, timeout=5, check=False,
+                              cwd=Path(__file__).resolve().parent)
+    except OSError:
+        return None
+    return done.stdout.strip() or None

@@ -72,6 +72,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from bench._harness import git_commit
+
 __all__ = ["CONFIGS", "PATHS", "Config", "main", "print_table", "run"]
 
 PATHS: Final = ("issuance", "checkout", "redemption")
@@ -772,10 +774,10 @@ def _issuer_brand(db_url: str, master: str, public: str) -> tuple[Any, str]:
     return settings, key.token
 
 
-def prepare_issuance(config: Config, work: Path, stack: contextlib.ExitStack,
-                     members: int) -> Prepared:
-    import httpx
-
+def _issuer_up(config: Config, work: Path, stack: contextlib.ExitStack
+               ) -> tuple[str, Servers, str, Any, dict[str, str]]:
+    """A fresh database, the issuer servers on it, a brand: (db url, servers, url, settings,
+    admin headers); the servers stop with ``stack``."""
     from issuer._settings import generate_master_key
 
     db_url = _issuer_db(config, work, stack)
@@ -784,7 +786,14 @@ def prepare_issuance(config: Config, work: Path, stack: contextlib.ExitStack,
     stack.callback(servers.stop)
     public = f"http://127.0.0.1:{servers.ports[0]}"
     settings, token = _issuer_brand(db_url, master, public)
-    headers = {"Authorization": f"Bearer {token}"}
+    return db_url, servers, public, settings, {"Authorization": f"Bearer {token}"}
+
+
+def prepare_issuance(config: Config, work: Path, stack: contextlib.ExitStack,
+                     members: int) -> Prepared:
+    import httpx
+
+    db_url, servers, public, settings, headers = _issuer_up(config, work, stack)
     with httpx.Client(base_url=public, timeout=60) as http:
         program = http.post("/admin/v1/programs", headers=headers, json={
             "name": "P", "tiers": [{"name": "blue", "rank": 0, "qualifying_points": 0}]})
@@ -832,17 +841,10 @@ def prepare_redemption(config: Config, work: Path, stack: contextlib.ExitStack,
     from issuer._issuance import issue_for_member
     from issuer._keystore import SqlKeyStore
     from issuer._models import Member
-    from issuer._settings import generate_master_key
     from tessera.formats import sd_jwt
     from tessera.redemption import build_redeem_transaction_data
 
-    db_url = _issuer_db(config, work, stack)
-    master = generate_master_key()
-    servers = _issuer_servers(config, work, db_url, master)
-    stack.callback(servers.stop)
-    public = f"http://127.0.0.1:{servers.ports[0]}"
-    settings, token = _issuer_brand(db_url, master, public)
-    headers = {"Authorization": f"Bearer {token}"}
+    db_url, servers, public, settings, headers = _issuer_up(config, work, stack)
     client_id = "redirect_uri:https://cafe.example/checkout"
     per_member = REDEEM_POINTS * (budget // members + 2)
     with httpx.Client(base_url=public, timeout=60) as http:
@@ -1029,21 +1031,11 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "load_average_start": list(load_start) if load_start else None,
             "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
         },
         "results": rows,
         "ratios": ratios(rows),
     }
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
-                              capture_output=True, text=True, timeout=5, check=False,
-                              cwd=Path(__file__).resolve().parent)
-    except OSError:
-        return None
-    return done.stdout.strip() or None
 
 
 def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
