@@ -5,10 +5,15 @@
 
 Paths (one *operation* each, counted only when every step answered as it must):
 
-* ``issuance``: the full OpenID4VCI 1.0 pre-authorized exchange for one
-  credential: ``POST /token`` (pre-authorized code), ``POST /nonce``, the
-  wallet signs its key proof (ES256), ``POST /credential`` (an SD-JWT VC must
-  come back). Server: ``tessera issuer serve``.
+* ``issuance``: the full OpenID4VCI 1.0 pre-authorized exchange: ``POST
+  /token`` (pre-authorized code), ``POST /nonce``, the wallet signs its key
+  proof (ES256), ``POST /credential`` (an SD-JWT VC must come back). With
+  ``--batch N`` (N >= 2) one exchange takes a batch of N credentials the way
+  our wallet does (holder/_openid4vci.py): N fresh ES256 keys, a key
+  attestation of all N signed by the member's DID key over the ``c_nonce``,
+  and one ``jwt`` proof per fresh key carrying it in ``key_attestation``;
+  N SD-JWT VCs must come back. ``--batch 1,10`` runs both. Server: ``tessera
+  issuer serve``.
 * ``checkout``: one OpenID4VP checkout at the verifier service: ``POST
   /requests`` (till), ``GET`` the request URI (signed request object), the
   wallet builds its SD-JWT presentation with a KB-JWT over the request's
@@ -34,16 +39,18 @@ virtual client): several times less CPU per request than httpx, which
 matters when it shares two cores with the servers. What can be prepared
 before the timed window is: members, offers, credentials, key pairs, and for
 redemptions the whole presentation (the partner chooses the nonce, so every
-request body is signed beforehand). What cannot is done inside the loop but
-outside the latency: the issuance key proof (one ES256 signature over the
-server's ``c_nonce``) and the checkout presentation (SD-JWT selection and a
-KB-JWT over the request's nonce).
+request body is signed beforehand); a batch's fresh keys are made before the
+window too. What cannot is done inside the loop but outside the latency: the
+issuance key proof (one ES256 signature over the server's ``c_nonce``; for a
+batch the attestation and N proofs) and the checkout presentation (SD-JWT
+selection and a KB-JWT over the request's nonce).
 
 Reported per point: operations/s (completed operations inside the measured
-window / its length), p50/p99 latency of one operation (the sum of its HTTP
-round trips as the generator sees them), errors, the generator's CPU (its
-own process time / wall time, in % of one core, and its share of the CPU used
-by generator + servers), server CPU per operation (all processes of the
+window / its length), credentials/s (issuance: operations/s x batch size),
+p50/p99 latency of one operation (the sum of its HTTP round trips as the
+generator sees them), errors, the generator's CPU (its own process time /
+wall time, in % of one core, and its share of the CPU used by generator +
+servers), server CPU per operation (all processes of the
 server(s), from ``/proc``: the per-operation cost that docs/scaling.md uses),
 and the machine's load average.
 """
@@ -85,6 +92,14 @@ class Config:
     store: str  # "sqlite", "postgres" or "redis"
     workers: int = 1  # uvicorn workers per instance
     instances: int = 1  # separate server processes on one database
+    batch: int = 1  # issuance: credentials per exchange (OpenID4VCI batch issuance)
+
+    def batched(self, size: int) -> Config:
+        """This configuration taking ``size`` credentials per exchange."""
+        if size == 1:
+            return self
+        return Config(f"{self.name}, batch {size}", self.store, self.workers, self.instances,
+                      size)
 
 
 CONFIGS: Final[dict[str, tuple[Config, ...]]] = {
@@ -233,8 +248,30 @@ async def _timed(conn: Balancer, spent: list[float], method: str, target: str,
     return answer
 
 
+PROOF_TYP: Final = "openid4vci-proof+jwt"
+ATTESTATION_TYP: Final = "key-attestation+jwt"
+
+
+def _batch_proofs(signer: Any, fresh: Sequence[tuple[Any, dict[str, Any]]], audience: str,
+                  nonce: str) -> list[str]:
+    """What our wallet sends for a batch (holder._openid4vci._request_pools): the member's
+    key attestation of every fresh key over the c_nonce, and one jwt proof per fresh key
+    carrying it (OpenID4VCI 1.0 Appendix D.1, F.1)."""
+    from tessera.jose import sign_compact
+
+    iat = int(time.time())
+    attestation = sign_compact({"typ": ATTESTATION_TYP}, {
+        "iat": iat, "exp": iat + 300, "nonce": nonce,
+        "attested_keys": [jwk for _, jwk in fresh]}, signer)
+    return [sign_compact({"typ": PROOF_TYP, "jwk": jwk, "key_attestation": attestation},
+                         {"aud": audience, "iat": iat, "nonce": nonce}, key)
+            for key, jwk in fresh]
+
+
 async def issuance_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
-    """One credential over OpenID4VCI; ``item`` = (offer JSON, private JWK JSON, kid)."""
+    """One OpenID4VCI exchange; ``item`` = (offer JSON, fresh keys, kid): fresh keys is
+    None for one credential on the member's DID key (kid), else the batch's
+    (signer, public JWK) pairs, one credential each."""
     from tessera.jose import sign_compact
 
     offer = json.loads(item[0])
@@ -253,15 +290,20 @@ async def issuance_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
     status, body = await _timed(conn, spent, "POST", f"{base}/nonce")
     if status != 200:
         raise HttpError(f"nonce {status}")
-    signer = ctx["signers"][item[2]]
-    proof = sign_compact({"typ": "openid4vci-proof+jwt"},
-                         {"aud": issuer, "iat": int(time.time()),
-                          "nonce": json.loads(body)["c_nonce"]}, signer)
+    signer, fresh = ctx["signers"][item[2]], item[1]
+    nonce = json.loads(body)["c_nonce"]
+    if fresh is None:
+        proofs = [sign_compact({"typ": PROOF_TYP},
+                               {"aud": issuer, "iat": int(time.time()), "nonce": nonce}, signer)]
+    else:
+        proofs = _batch_proofs(signer, fresh, issuer, nonce)
     request = json.dumps({"credential_configuration_id": offer["credential_configuration_ids"][0],
-                          "proofs": {"jwt": [proof]}}).encode()
+                          "proofs": {"jwt": proofs}}).encode()
     status, body = await _timed(conn, spent, "POST", f"{base}/credential", request,
                                 (*JSON_HEADERS, ("Authorization", f"Bearer {access}")))
-    if status != 200 or "~" not in json.loads(body)["credentials"][0]["credential"]:
+    issued = json.loads(body).get("credentials") if status == 200 else None
+    if not isinstance(issued, list) or len(issued) != len(proofs) \
+            or not all("~" in c["credential"] for c in issued):
         raise HttpError(f"credential {status}: {body[:120]!r}")
     return sum(spent)
 
@@ -388,11 +430,13 @@ class Point:
     server_cpu_s: float | None = None
     machine_busy_share: float | None = None
     load_average: float | None = None
+    credentials_per_op: int = 1  # issuance: the batch size (every credential must come back)
 
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
         lat = sorted(self.latencies_ms)
         out["ops_per_second"] = self.ops / self.seconds if self.seconds else 0.0
+        out["credentials_per_second"] = out["ops_per_second"] * self.credentials_per_op
         out["p50_ms"] = percentile(lat, 0.50) if lat else None
         out["p99_ms"] = percentile(lat, 0.99) if lat else None
         gen, srv = self.generator_cpu_s, self.server_cpu_s
@@ -402,6 +446,9 @@ class Point:
                                       else None)
         out["server_cpu_ms_per_op"] = 1000 * srv / self.ops if srv is not None and self.ops \
             else None
+        out["server_cpu_ms_per_credential"] = (
+            None if out["server_cpu_ms_per_op"] is None
+            else out["server_cpu_ms_per_op"] / self.credentials_per_op)
         return out
 
 
@@ -493,8 +540,13 @@ def _generator(jobs: Any, results: Any) -> None:
                                   for w in raw.get("wallets", [])]
                 results.put({"ok": True})
                 continue
+            items = job["items"]
+            if job["path"] == "issuance":  # a batch's fresh keys, parsed before the window
+                items = [(offer, None if fresh is None else [
+                    (key := signer_from_jwk(json.loads(jwk)), key.public_key.to_jwk())
+                    for jwk in fresh], kid) for offer, fresh, kid in items]
             point = asyncio.run(drive(
-                OPS_BY_PATH[job["path"]], job["targets"], job["items"], job["concurrency"],
+                OPS_BY_PATH[job["path"]], job["targets"], items, job["concurrency"],
                 job["warmup"], ctx, job["server_pids"], job.get("max_seconds", MAX_SECONDS)))
             results.put({"point": asdict(point)})
         except Exception as exc:  # reported to the parent, which stops the run
@@ -705,6 +757,8 @@ def _issuer_servers(config: Config, work: Path, db_url: str, master: str) -> Ser
     public = f"http://127.0.0.1:{ports[0]}"  # every instance is one issuer behind an LB
     env = _bench_env(TESSERA_DATABASE_URL=db_url, TESSERA_MASTER_KEY=master,
                      TESSERA_PUBLIC_URL=public)
+    if config.batch > 10:  # the issuer's default batch_size is 10
+        env["TESSERA_BATCH_SIZE"] = str(config.batch)
     commands = [_cli("issuer", "serve", "--port", str(p), "--workers", str(config.workers))
                 for p in ports]
     servers = Servers(commands, env, work, config.workers)
@@ -793,6 +847,8 @@ def prepare_issuance(config: Config, work: Path, stack: contextlib.ExitStack,
                      members: int) -> Prepared:
     import httpx
 
+    from tessera.keys import generate_signer
+
     db_url, servers, public, settings, headers = _issuer_up(config, work, stack)
     with httpx.Client(base_url=public, timeout=60) as http:
         program = http.post("/admin/v1/programs", headers=headers, json={
@@ -820,7 +876,11 @@ def prepare_issuance(config: Config, work: Path, stack: contextlib.ExitStack,
                 member_id, signer = people[i % len(people)]
                 offer = _openid4vci.create_offer(session, settings=settings, brand=brand,
                                                  member_id=member_id, request=request, now=now)
-                out.append((json.dumps(offer.credential_offer), None, signer.key_id))
+                # A batch binds fresh keys, made here (a wallet makes them ahead too).
+                fresh = None if config.batch == 1 else [
+                    json.dumps(generate_signer("ES256").export_private_jwk())
+                    for _ in range(config.batch)]
+                out.append((json.dumps(offer.credential_offer), fresh, signer.key_id))
             return out
 
         try:
@@ -955,11 +1015,17 @@ def _prepare(path: str, config: Config, work: Path, stack: contextlib.ExitStack,
 def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         concurrencies: Sequence[int] | None = None, ops: int | None = None,
         configs: dict[str, Sequence[Config]] | None = None,
+        batches: Sequence[int] = (1,),
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every configuration of every path at every concurrency; the JSON-ready report."""
+    """Every configuration of every path at every concurrency; the JSON-ready report.
+
+    ``batches``: the issuance configurations run once per batch size (credentials per
+    exchange; 1 = one credential on the member's DID key)."""
     sweep = tuple(concurrencies or (QUICK_SWEEP if quick else SWEEP))
     n_ops = ops or (QUICK_OPS if quick else OPS)
-    chosen = configs or CONFIGS
+    chosen = {path: list(cs) for path, cs in (configs or CONFIGS).items()}
+    if "issuance" in chosen:
+        chosen["issuance"] = [c.batched(b) for c in chosen["issuance"] for b in batches]
     say = progress or (lambda _m: None)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows: list[dict[str, Any]] = []
@@ -1004,6 +1070,7 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                                       "warmup": warmup, "server_pids": prepared.servers.pids,
                                       "max_seconds": MAX_SECONDS}, MAX_SECONDS + 600)
                         point = Point(**answer["point"])
+                        point.credentials_per_op = config.batch
                         done_ops += warmup + point.ops + point.errors
                         row["points"].append(point.summary())
                     size_after = prepared.db_bytes()
@@ -1025,6 +1092,7 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "topic": "load", "quick": quick, "paths": list(paths),
             "concurrency_sweep": list(sweep), "ops_per_point": n_ops,
+            "issuance_batches": list(batches),
             "max_seconds_per_point": MAX_SECONDS,
             "generator": "one process, asyncio, raw-socket HTTP/1.1 keep-alive client",
             "server_code": SERVER_CODE,
@@ -1040,14 +1108,16 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
 
 def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Scaling ratios from the best points: 2 workers / 1 worker, 2 instances / 1 worker."""
-    best = {(r["path"], r["store"], r["workers"], r["instances"]): r["best"]["ops_per_second"]
+    best = {(r["path"], r["store"], r["workers"], r["instances"], r.get("batch", 1)):
+            r["best"]["ops_per_second"]
             for r in rows if r.get("best") and r["best"]["ops_per_second"]}
     out: dict[str, float] = {}
-    for (path, store, workers, instances), value in best.items():
-        one = best.get((path, store, 1, 1))
+    for (path, store, workers, instances, batch), value in best.items():
+        one = best.get((path, store, 1, 1, batch))
         if one and (workers, instances) != (1, 1):
             kind = f"{workers} workers" if instances == 1 else f"{instances} instances"
-            out[f"{path} {store}: {kind} / 1 worker"] = value / one
+            what = path if batch == 1 else f"{path} batch {batch}"
+            out[f"{what} {store}: {kind} / 1 worker"] = value / one
     return out
 
 
@@ -1059,7 +1129,7 @@ def print_table(report: dict[str, Any]) -> None:
     meta = report["meta"]
     table = Table(title="bench load: best concurrency per configuration (loopback, real servers)",
                   title_justify="left")
-    for col in ("path", "configuration", "clients", "ops/s", "p50", "p99", "errors",
+    for col in ("path", "configuration", "clients", "ops/s", "creds/s", "p50", "p99", "errors",
                 "server CPU/op", "generator CPU", "gen. share", "machine busy", "load"):
         table.add_column(col, justify="left" if col in ("path", "configuration") else "right")
 
@@ -1077,11 +1147,14 @@ def print_table(report: dict[str, Any]) -> None:
         best = row.get("best")
         if row["skipped"] or not best:
             table.add_row(row["path"], row["name"], "", "skipped: " + str(row["skipped"]),
-                          *[""] * 8)
+                          *[""] * 9)
             continue
         gen = best["generator_cpu_percent_of_core"]
         table.add_row(row["path"], row["name"], str(best["concurrency"]),
-                      f"{best['ops_per_second']:.1f}", ms(best["p50_ms"]), ms(best["p99_ms"]),
+                      f"{best['ops_per_second']:.1f}",
+                      "" if row["path"] != "issuance"
+                      else f"{best.get('credentials_per_second', best['ops_per_second']):.1f}",
+                      ms(best["p50_ms"]), ms(best["p99_ms"]),
                       str(sum(p["errors"] for p in row["points"])),
                       ms(best["server_cpu_ms_per_op"]),
                       "—" if gen is None else f"{gen:.0f} % core",
@@ -1096,7 +1169,8 @@ def print_table(report: dict[str, Any]) -> None:
         + (f", load average {load[0]:.2f} at the start" if load else "")
         + f"; concurrency sweep {meta['concurrency_sweep']}, {meta['ops_per_point']} measured "
         "operations per point after a warm-up of 2 per client. ops/s = operations completed "
-        "in the measured window / its length; latency = the HTTP round trips of one operation "
+        "in the measured window / its length; creds/s = issuance exchanges/s x credentials "
+        "per exchange (batch); latency = the HTTP round trips of one operation "
         "(client-side signing excluded); server CPU/op = CPU of all server processes / "
         "operations; generator CPU in % of one core, gen. share = generator / (generator + "
         "servers); machine busy = all CPUs of the machine, other processes included.")
@@ -1120,7 +1194,7 @@ ISSUANCE_TABLES: Final = ("issued_credential", "credential_offer", "status_list"
 def _scale_out_row(report: dict[str, Any], path: str) -> dict[str, Any] | None:
     """The configuration a multi-machine deployment runs: 2 instances on shared stores."""
     rows = [r for r in report["results"] if r["path"] == path and r.get("best")
-            and r["best"].get("server_cpu_ms_per_op")]
+            and r["best"].get("server_cpu_ms_per_op") and r.get("batch", 1) == 1]
     rows.sort(key=lambda r: (r["instances"] > 1, r["store"] != "sqlite",
                              r["best"]["ops_per_second"]), reverse=True)
     return rows[0] if rows else None
@@ -1213,6 +1287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"measured operations per point (default {OPS})")
     parser.add_argument("--config", action="append", default=None,
                         help="only configurations whose name contains this (repeatable)")
+    parser.add_argument("--batch", default="1",
+                        help="issuance: comma-separated credentials per exchange, each a "
+                             "configuration (default 1; e.g. 1,10: single and batches of 10 "
+                             "on fresh attested keys, as our wallet asks)")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the report here")
     parser.add_argument("--capacity", metavar="REPORT", type=Path,
                         help="run nothing: print the sizing docs/scaling.md derives from a "
@@ -1224,6 +1302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = tuple(args.path or PATHS)
     sweep = ([max(1, int(v)) for v in args.concurrency.split(",") if v.strip()]
              if args.concurrency else None)
+    batches = tuple(dict.fromkeys(max(1, int(v)) for v in args.batch.split(",") if v.strip()))
     configs = None
     if args.config:
         configs = {p: [c for c in CONFIGS[p] if any(k.lower() in c.name.lower()
@@ -1237,7 +1316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     report = run(quick=args.quick, paths=paths, concurrencies=sweep, ops=args.ops,
-                 configs=configs, progress=progress)
+                 configs=configs, batches=batches or (1,), progress=progress)
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

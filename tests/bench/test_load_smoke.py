@@ -49,6 +49,28 @@ def test_quick_run_of_every_path(tmp_path: Path, postgres_url: str, redis_url: s
     assert report["meta"]["quick"] is True and report["meta"]["load_average_start"]
 
 
+def test_issuance_batches_take_every_credential(tmp_path: Path) -> None:
+    """``--batch 1,3``: single exchanges and batches of three on fresh attested keys, each
+    counted only if all its credentials came back; credentials/s = exchanges/s x 3."""
+    out = tmp_path / "load.json"
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", "bench.load", "--quick", "--path", "issuance", "--config",
+         "SQLite, 1 worker", "--batch", "1,3", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert "creds/s" in done.stdout
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["name"], r["batch"]) for r in rows] == [
+        ("SQLite, 1 worker", 1), ("SQLite, 1 worker, batch 3", 3)]
+    for row in rows:
+        best = row["best"]
+        assert row["errors"] == 0 and best["ops"] >= load.QUICK_OPS - 1, row
+        assert best["credentials_per_second"] == pytest.approx(
+            best["ops_per_second"] * row["batch"])
+        assert best["server_cpu_ms_per_credential"] == pytest.approx(
+            best["server_cpu_ms_per_op"] / row["batch"])
+
+
 def test_ratios_compare_with_one_worker_of_the_same_store() -> None:
     def row(store: str, workers: int, instances: int, rate: float) -> dict[str, object]:
         return {"path": "checkout", "store": store, "workers": workers, "instances": instances,
