@@ -16,6 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from issuer._cache import cached
 from issuer._keystore import KeyStore, did_document
 from issuer._log_models import PartnerKey
 from issuer._models import (
@@ -152,7 +153,10 @@ def revoke_api_key(session: Session, *, brand_id: str, key_id: str,
 
 
 def brand_by_slug(session: Session, *, slug: str) -> Brand:
-    brand = session.exec(select(Brand).where(Brand.slug == slug)).first()
+    """The brand named ``slug``; a brand never changes, so each worker reads it once
+    (:mod:`issuer._cache`): the returned row is shared, read it, do not add it to a session."""
+    brand = cached(session, ("brand", slug),
+                   lambda: session.exec(select(Brand).where(Brand.slug == slug)).first())
     if brand is None:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such brand")
     return brand
@@ -174,8 +178,11 @@ def brand_did_document(session: Session, *, keystore: KeyStore, brand: Brand) ->
 
 
 def tiers_of(session: Session, *, program_id: str) -> list[Tier]:
+    """The program's tiers by rank; tiers are created with their program and never change,
+    so each worker reads them once (:mod:`issuer._cache`; shared rows, read only)."""
     stmt = select(Tier).where(Tier.program_id == program_id).order_by(col(Tier.rank))
-    return list(session.exec(stmt))
+    tiers = cached(session, ("tiers", program_id), lambda: list(session.exec(stmt)) or None)
+    return list(tiers or [])
 
 
 def program_public(session: Session, program: Program) -> ProgramPublic:
