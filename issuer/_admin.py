@@ -13,10 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from issuer._cache import cached
+from issuer._cache import cached, peek
 from issuer._keystore import KeyStore, did_document
 from issuer._log_models import PartnerKey
 from issuer._models import (
@@ -54,6 +55,7 @@ __all__ = [
     "get_program",
     "list_api_keys",
     "list_programs",
+    "lookup_brand",
     "member_public",
     "new_enrolment_challenge",
     "program_public",
@@ -160,6 +162,18 @@ def brand_by_slug(session: Session, *, slug: str) -> Brand:
     if brand is None:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such brand")
     return brand
+
+
+def lookup_brand(engine: Engine, *, slug: str) -> Brand:
+    """:func:`brand_by_slug` outside any transaction: from the cache without touching the
+    database, or from one read scope (whose commit caches it)."""
+    from issuer._db import read_scope
+
+    hit = peek(engine, ("brand", slug))
+    if isinstance(hit, Brand):
+        return hit
+    with read_scope(engine) as session:
+        return brand_by_slug(session, slug=slug)
 
 
 def brand_did_document(session: Session, *, keystore: KeyStore, brand: Brand) -> dict[str, Any]:

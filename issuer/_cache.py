@@ -31,7 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-__all__ = ["MAX_ENTRIES", "cached", "clear"]
+__all__ = ["MAX_ENTRIES", "cached", "clear", "peek"]
 
 T = TypeVar("T")
 MAX_ENTRIES: Final = 10_000
@@ -67,6 +67,14 @@ def cached(session: Session, key: Hashable, load: Callable[[], T | None]) -> T |
     if loaded is not None:
         pending[key] = loaded
     return loaded
+
+
+def peek(engine: Engine, key: Hashable) -> Any | None:
+    """The value cached for ``key`` on ``engine``'s database, or ``None``: no session, no
+    transaction (a route that needs nothing else from the database opens none)."""
+    with _lock:
+        entries = _caches.get(engine)
+        return None if entries is None else entries.get(key)
 
 
 @event.listens_for(Session, "after_commit")

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from issuer import _ledger
-from issuer._admin import brand_by_slug
+from issuer._admin import brand_by_slug, lookup_brand
 from issuer._app import (
     PROBLEM_RESPONSES,
     NowDep,
@@ -160,14 +160,15 @@ async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JS
                            "the token request must be application/x-www-form-urlencoded")
     form = parse_form(await request.body())
 
-    def run(session: Any) -> Any:
-        brand = brand_by_slug(session, slug=slug)
-        return token_request(session, settings=state.settings, brand=brand, form=form, now=now)
+    def run() -> Any:
+        brand = lookup_brand(state.engine, slug=slug)
+        # Not durable on its own: the credential commit that uses the token is
+        # (tessera.sqlite.write_transaction); a power cut before it can only take
+        # back a redemption nothing was issued with.
+        return _ledger.run_write(state.engine, lambda session: token_request(
+            session, settings=state.settings, brand=brand, form=form, now=now), durable=False)
 
-    # Not durable on its own: the credential commit that uses the token is
-    # (tessera.sqlite.write_transaction); a power cut before it can only take
-    # back a redemption nothing was issued with.
-    outcome = await _in_thread(lambda: _ledger.run_write(state.engine, run, durable=False))
+    outcome = await _in_thread(run)
     if outcome.error is not None:
         raise outcome.error
     return JSONResponse(outcome.body, headers=NO_STORE)
@@ -179,11 +180,9 @@ async def token(slug: str, request: Request, state: StateDep, now: NowDep) -> JS
                                         429: _RATE_LIMITED}))
 def nonce(slug: str, state: StateDep) -> JSONResponse:
     """Nonce endpoint (OpenID4VCI §7): a fresh single-use ``c_nonce``."""
-    from issuer._db import read_scope
-
-    # A read scope, ended before the nonce store writes (its own transaction).
-    with read_scope(state.engine) as session:
-        brand = brand_by_slug(session, slug=slug)
+    # The brand from the cache (or a read scope ended before the nonce store
+    # writes in its own transaction).
+    brand = lookup_brand(state.engine, slug=slug)
     return JSONResponse({"c_nonce": issue_nonce(state.nonces, brand=brand)}, headers=NO_STORE)
 
 
@@ -204,9 +203,9 @@ async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
     raw = await request.body()
 
     def check() -> Any:
+        brand = lookup_brand(state.engine, slug=slug)
         # Read-only: the write below takes the lock; on SQLite this takes none.
         with read_scope(state.engine) as session:
-            brand = brand_by_slug(session, slug=slug)
             offer, member = authorize(session, brand=brand, authorization=authorization, now=now)
         body = parse_json_object(raw, max_bytes=MAX_CREDENTIAL_REQUEST)
         config_id, proof_type, proofs = proofs_from_request(body)
@@ -220,20 +219,25 @@ async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
                              brand=brand, now=now,
                              batch_size=state.settings.batch_size_for(config_id),
                              attestations=CONFIGURATIONS[config_id].format == SD_JWT)
-        return brand.id, offer.id, member.id, config_id, keys
+        return brand, offer.id, member.id, config_id, keys
 
-    brand_id, offer_id, member_id, config_id, keys = await _in_thread(check)
+    def check_and_issue() -> list[Any]:
+        # One thread-pool hop for the whole request: the checks (read scope, proofs,
+        # nonce consumed in the store's own transaction), then the write.
+        brand, offer_id, member_id, config_id, keys = check()
 
-    def issue(session: Any) -> Any:
-        record_issuance(session, offer_id=offer_id, configuration_id=config_id)
-        brand = brand_by_slug(session, slug=slug)
-        member = _ledger._lock_member(session, brand_id=brand_id, member_id=member_id)
-        issued = issue_batch(session, settings=state.settings, keystore=state.keystore,
-                             brand=brand, member=member, configuration_id=config_id,
-                             holder_keys=keys, now=now)
-        return [credential for credential, _ in issued]
+        def issue(session: Any) -> Any:
+            record_issuance(session, offer_id=offer_id, configuration_id=config_id)
+            member = _ledger._lock_member(session, brand_id=brand.id, member_id=member_id)
+            issued = issue_batch(session, settings=state.settings, keystore=state.keystore,
+                                 brand=brand, member=member, configuration_id=config_id,
+                                 holder_keys=keys, now=now)
+            return [credential for credential, _ in issued]
 
-    credentials = await _in_thread(lambda: _ledger.run_write(state.engine, issue))
+        result: list[Any] = _ledger.run_write(state.engine, issue)
+        return result
+
+    credentials = await _in_thread(check_and_issue)
     return JSONResponse({"credentials": [{"credential": c} for c in credentials]},
                         headers=NO_STORE)
 

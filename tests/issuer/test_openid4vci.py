@@ -369,3 +369,44 @@ def test_member_without_points_still_gets_membership(service: Service, ids: tupl
     got = SpecWallet(service.client, key).receive(_offer(service, member["id"], ids)["offer_uri"],
                                                   now=service.clock.now)
     assert set(got) == set(ids)
+
+
+def test_cached_brand_sees_key_rotation_and_credential_status(service: Service) -> None:
+    """The brand is served from the per-process cache once seen (issuer._admin.brand_by_slug),
+    and what changes about a brand is not cached with it: after a key rotation the next
+    credential is signed by the new key, which the DID document lists as active; a
+    revocation changes the brand's status list at once."""
+    from issuer import _cache
+    from tests.issuer.oid4vci_wallet import b64url_json
+
+    member, key, _ = _member(service)
+    wallet = SpecWallet(service.client, key)
+
+    def receive() -> str:
+        offer = _offer(service, member["id"], SD[:1])["offer_uri"]
+        return str(wallet.receive(offer, now=service.clock.now)[SD[0]])
+
+    first = receive()
+    cached = _cache.peek(service.engine, ("brand", "acme"))  # filled by a committed read
+    assert cached is not None and cached.slug == "acme"
+    r = service.client.post("/admin/v1/keys/rotate", json={}, headers=service.h("acme"))
+    assert r.status_code == 201, r.text
+    second = receive()
+    assert _cache.peek(service.engine, ("brand", "acme")) is cached  # never re-read
+    kids = [b64url_json(c.split(".")[0])["kid"] for c in (first, second)]
+    assert kids == [f"{cached.did}#key-1", f"{cached.did}#key-2"]
+    _issuer_jwk(service, cached.did, {"kid": kids[1]})  # in the DID document
+    doc = service.client.get("/brands/acme/did.json").json()
+    assert doc["authentication"] == [kids[1]]  # key-1 retired: asserts no more
+    status = b64url_json(second.split("~")[0].split(".")[1])["status"]["status_list"]
+    url = status["uri"].removeprefix("https://issuer.example")
+    before = service.client.get(url)
+    assert before.status_code == 200
+    rows = service.client.get(f"/admin/v1/members/{member['id']}/credentials",
+                              headers=service.h("acme")).json()
+    target = next(row for row in rows if row["status_index"] == status["idx"])
+    r = service.client.post(f"/admin/v1/credentials/{target['id']}/revoke",
+                            headers=service.h("acme"))
+    assert r.status_code == 200 and r.json()["status"] == "revoked", r.text
+    after = service.client.get(url)
+    assert after.status_code == 200 and after.headers["etag"] != before.headers["etag"]
