@@ -22,8 +22,9 @@ and the public-key check are saved.
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from sqlalchemy import event
 from sqlmodel import Session, select
 
 from issuer._models import BrandKey, BrandKeyPublic, KeyStatus, utcnow
@@ -33,6 +34,8 @@ from tessera.keys import LocalSigner, generate_signer, seal, signer_from_jwk, un
 from tessera.typing import Signer
 
 __all__ = ["DID_CONTEXT", "KeyStore", "SqlKeyStore", "did_document"]
+
+_KEYS_MEMO: Final = "tessera.keystore.keys"  # Session.info: brand id -> its keys, this transaction
 
 DID_CONTEXT = ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"]
 
@@ -75,12 +78,23 @@ class SqlKeyStore:
         return canonical_json({"brand": brand_id, "kid": kid, "use": "tessera-brand-key"})
 
     def _keys(self, session: Session, brand_id: str) -> list[BrandKey]:
-        stmt = select(BrandKey).where(BrandKey.brand_id == brand_id)
-        # key-1, key-2, ...: numeric order (key-10 after key-9), oldest first.
-        return sorted(session.exec(stmt), key=lambda k: int(k.kid.removeprefix("key-")))
+        # Read once per transaction: a redemption checks the credential against the
+        # brand's keys and signs its receipt with the active one (one SELECT, not two).
+        # generate and rotate drop it, so a rotation is seen by the rest of its own
+        # transaction, and every new transaction reads the keys afresh (another
+        # worker's rotation is seen on the next request).
+        memo: dict[str, list[BrandKey]] = session.info.setdefault(_KEYS_MEMO, {})
+        found = memo.get(brand_id)
+        if found is None:
+            stmt = select(BrandKey).where(BrandKey.brand_id == brand_id)
+            # key-1, key-2, ...: numeric order (key-10 after key-9), oldest first.
+            found = memo[brand_id] = sorted(session.exec(stmt),
+                                            key=lambda k: int(k.kid.removeprefix("key-")))
+        return list(found)
 
     def generate(self, session: Session, *, brand_id: str, did: str,
                  alg: str = "EdDSA") -> BrandKeyPublic:
+        session.info.get(_KEYS_MEMO, {}).pop(brand_id, None)
         existing = self._keys(session, brand_id)
         kid = f"key-{len(existing) + 1}"
         signer = generate_signer(alg)
@@ -91,11 +105,13 @@ class SqlKeyStore:
                        status=KeyStatus.ACTIVE)
         session.add(row)
         session.flush()
+        session.info.get(_KEYS_MEMO, {}).pop(brand_id, None)
         return _public(row, did)
 
     def rotate(self, session: Session, *, brand_id: str, did: str,
                alg: str | None = None) -> BrandKeyPublic:
         now = utcnow()
+        session.info.get(_KEYS_MEMO, {}).pop(brand_id, None)
         active = [k for k in self._keys(session, brand_id) if k.status == KeyStatus.ACTIVE]
         for key in active:
             key.status = KeyStatus.RETIRED
@@ -132,6 +148,13 @@ class SqlKeyStore:
 
     def public_keys(self, session: Session, *, brand_id: str, did: str) -> list[BrandKeyPublic]:
         return [_public(k, did) for k in self._keys(session, brand_id)]
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _forget_keys(session: Session) -> None:
+    # A session used for several transactions reads the keys again in each.
+    session.info.pop(_KEYS_MEMO, None)
 
 
 def did_document(did: str, keys: list[BrandKeyPublic]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, func, select
@@ -81,6 +82,7 @@ __all__ = [
     "evaluate_tier",
     "hold_public",
     "list_entries",
+    "lock_member",
     "redeem",
     "release_expired_holds",
     "release_hold",
@@ -147,12 +149,22 @@ def _open_holds(session: Session, member_id: str, now: datetime) -> list[PointHo
     return list(session.exec(stmt.execution_options(populate_existing=True)))
 
 
+_QUALIFYING: Final = "tessera.ledger.qualifying"  # Session.info: (member, now, days) -> sum
+
+
 def _qualifying(session: Session, member_id: str, now: datetime, days: int) -> int:
-    stmt = select(func.coalesce(func.sum(LedgerEntry.qualifying_points), 0)).where(
-        LedgerEntry.member_id == member_id,
-        col(LedgerEntry.qualifying_at) > now - timedelta(days=days),
-        col(LedgerEntry.qualifying_at) <= now)
-    return int(session.exec(stmt).one())
+    # A write asks the same sum up to five times (its tier, its balance): it is kept
+    # for the transaction and forgotten whenever an entry with qualifying points is
+    # written (_new_entry), the only thing that changes it.
+    memo: dict[tuple[str, datetime, int], int] = session.info.setdefault(_QUALIFYING, {})
+    key = (member_id, now, days)
+    if key not in memo:
+        stmt = select(func.coalesce(func.sum(LedgerEntry.qualifying_points), 0)).where(
+            LedgerEntry.member_id == member_id,
+            col(LedgerEntry.qualifying_at) > now - timedelta(days=days),
+            col(LedgerEntry.qualifying_at) <= now)
+        memo[key] = int(session.exec(stmt).one())
+    return memo[key]
 
 
 def _window_days(tiers: list[Tier], current: Tier | None) -> int:
@@ -160,6 +172,13 @@ def _window_days(tiers: list[Tier], current: Tier | None) -> int:
     above = [t for t in tiers if current is None or t.rank > current.rank]
     target = above[0] if above else current
     return target.qualification_period_days if target else 365
+
+
+def _available(session: Session, member: Member, now: datetime) -> int:
+    """:func:`balance`'s ``available`` alone (what a hold needs; no tier, no window)."""
+    lots = [lot for lot in _lots(session, member.id) if _live(lot, now)]
+    matured = sum(lot.remaining for lot in lots if lot.available_at <= now)
+    return max(0, matured - sum(h.points for h in _open_holds(session, member.id, now)))
 
 
 def balance(session: Session, *, member: Member, now: datetime) -> Balance:
@@ -244,13 +263,35 @@ def hold_public(hold: PointHold, now: datetime) -> PointHoldPublic:
 # -- the write path ----------------------------------------------------------------------------
 
 
-def _lock_member(session: Session, *, brand_id: str, member_id: str) -> Member:
+_LOCKED: Final = "tessera.ledger.locked"  # Session.info: members this transaction locked
+
+
+def lock_member(session: Session, *, brand_id: str, member_id: str) -> Member:
+    """The member row, locked until the transaction ends (``SELECT ... FOR UPDATE``) and
+    read after the lock. Once per transaction: a redemption locks the member before its
+    checks and the ledger write after them needs no second round trip for the lock it
+    already holds (no savepoint is ever rolled back under it: none is used)."""
+    locked: dict[tuple[str, str], Member] = session.info.setdefault(_LOCKED, {})
+    member = locked.get((brand_id, member_id))
+    if member is not None:
+        return member
     stmt = (select(Member).where(Member.id == member_id, Member.brand_id == brand_id)
             .with_for_update().execution_options(populate_existing=True))
     member = session.exec(stmt).first()
     if member is None:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
+    locked[(brand_id, member_id)] = member
     return member
+
+
+_lock_member = lock_member  # the name issuer._routes_oid4vci uses
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _unlocked(session: Session) -> None:
+    session.info.pop(_LOCKED, None)
+    session.info.pop(_QUALIFYING, None)
 
 
 def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
@@ -262,7 +303,7 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
         {"op": operation, "member": member_id, **args})).hexdigest()
     # Lock first: a concurrent request with the same key waits here and
     # then finds the record this one stores.
-    member = _lock_member(session, brand_id=brand_id, member_id=member_id)
+    member = lock_member(session, brand_id=brand_id, member_id=member_id)
     stored = session.exec(select(IdempotencyRecord).where(
         IdempotencyRecord.brand_id == brand_id,
         IdempotencyRecord.key == idempotency_key)).first()
@@ -303,6 +344,8 @@ def _program(session: Session, member: Member) -> Program:
 def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -> LedgerEntry:
     fields.setdefault("qualifying_points", 0)
     fields.setdefault("qualifying_at", now)
+    if fields["qualifying_points"]:
+        session.info.pop(_QUALIFYING, None)
     entry = LedgerEntry(brand_id=member.brand_id, member_id=member.id, created_at=now, **fields)
     session.add(entry)
     session.flush()
@@ -511,7 +554,7 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
         raise TesseraError(ErrorCode.INVALID_REQUEST, "hold ttl_seconds out of range")
 
     def action(member: Member) -> dict[str, Any]:
-        free = balance(session, member=member, now=now).available
+        free = _available(session, member, now)
         if free < points:
             raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE,
                                f"{points} points requested, {free} available")
@@ -520,6 +563,7 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
                          expires_at=_ms(now + timedelta(seconds=ttl_seconds)))
         session.add(hold)
         session.flush()
+        _translog.note_written(session, hold=hold)
         _new_entry(session, member, now, kind=EntryKind.HOLD, points=0, hold_id=hold.id,
                    reference=reference)
         return {"hold": hold_public(hold, now).model_dump(mode="json")}
@@ -568,6 +612,7 @@ def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
         hold.captured_points = amount
         hold.closed_at = now
         session.add(hold)
+        _translog.note_written(session, hold=hold)
         return {"hold": hold_public(hold, now).model_dump(mode="json"),
                 "entry": _entry_public(entry).model_dump(mode="json")}
 
@@ -620,7 +665,7 @@ def release_expired_holds(session: Session, *, now: datetime, brand_id: str | No
     candidates = [(h.id, h.brand_id, h.member_id) for h in session.exec(stmt)]
     released: list[PointHoldPublic] = []
     for hold_id, hold_brand, member_id in candidates:
-        _lock_member(session, brand_id=hold_brand, member_id=member_id)
+        lock_member(session, brand_id=hold_brand, member_id=member_id)
         hold = session.get(PointHold, hold_id, populate_existing=True)
         if hold is None or hold.status != HoldStatus.HELD:
             continue  # captured, released or expired by someone else meanwhile

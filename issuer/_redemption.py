@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from issuer import _ledger, _translog
 from issuer._admin import check_secret_token
+from issuer._cache import cached
 from issuer._keystore import KeyStore
 from issuer._log_models import (
     LogLeafData,
@@ -167,7 +169,10 @@ def authenticate_partner(session: Session, *, brand: Brand, token: str) -> Partn
     refused = TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
     row = check_secret_token(session, model=PartnerKey, prefix=PARTNER_TOKEN_PREFIX,
                              token=token, refused=refused)
-    partner = session.get(Partner, row.partner_id)
+    # The key is read every time (a revoked key is refused from the next request on);
+    # the partner it names never changes (no route updates or deletes one).
+    partner = cached(session, ("partner", row.partner_id),
+                     lambda: session.get(Partner, row.partner_id))
     if partner is None or partner.brand_id != brand.id:
         raise refused  # another brand's partner is nobody here
     return partner
@@ -287,30 +292,29 @@ def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | No
 # -- the write side -------------------------------------------------------------------------------
 
 
-def _lock_member(session: Session, brand: Brand, member_id: str) -> None:
-    session.exec(select(Member).where(Member.id == member_id, Member.brand_id == brand.id)
-                 .with_for_update()).one()
-
-
 def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: VerifiedRedemption,
                now: datetime, ttl_seconds: int) -> tuple[Redemption, bool]:
     """The hold for a verified redemption; ``(redemption, True)`` when it already existed."""
     tx = verified.transaction
-    _lock_member(session, brand, verified.member_id)
-    used = session.exec(select(Redemption).where(
-        Redemption.presentation_hash == verified.presentation_hash)).first()
+    _ledger.lock_member(session, brand_id=brand.id, member_id=verified.member_id)
+    # One query for the three uniqueness checks (each an indexed unique key), judged
+    # in the order they always were: presentation, then order, then nonce.
+    earlier = list(session.exec(select(Redemption).where(or_(
+        col(Redemption.presentation_hash) == verified.presentation_hash,
+        and_(col(Redemption.partner_id) == partner.id,
+             or_(col(Redemption.order_reference) == tx.order_reference,
+                 col(Redemption.nonce) == verified.nonce))))))
+    used = next((r for r in earlier if r.presentation_hash == verified.presentation_hash), None)
     if used is not None:
         raise TesseraError(ErrorCode.REPLAYED, f"presentation already used for redemption "
                                                f"{used.id}")
-    same_order = session.exec(select(Redemption).where(
-        Redemption.partner_id == partner.id,
-        Redemption.order_reference == tx.order_reference)).first()
+    same_order = next((r for r in earlier if r.partner_id == partner.id
+                       and r.order_reference == tx.order_reference), None)
     if same_order is not None:
         if same_order.transaction_hash == tx.hash and same_order.member_id == verified.member_id:
             return same_order, True  # the member presented again for the same transaction
         raise TesseraError(ErrorCode.CONFLICT, "this order already has a redemption")
-    if session.exec(select(Redemption).where(Redemption.partner_id == partner.id,
-                                             Redemption.nonce == verified.nonce)).first():
+    if any(r.partner_id == partner.id and r.nonce == verified.nonce for r in earlier):
         raise TesseraError(ErrorCode.REPLAYED, "nonce already used by this partner")
     _check_status(session, brand, verified.status)
     outcome = _ledger.create_hold(
@@ -470,8 +474,10 @@ def redemption_view(session: Session, row: Redemption, now: datetime) -> dict[st
 
 
 def receipt(session: Session, *, keystore: KeyStore, brand: Brand, row: Redemption,
-            now: datetime) -> str:
-    view = redemption_view(session, row, now)
+            now: datetime, view: Mapping[str, Any] | None = None) -> str:
+    """The brand's signed receipt of ``row``; ``view``: its :func:`redemption_view`,
+    when the caller has it already (the same transaction)."""
+    view = view if view is not None else redemption_view(session, row, now)
     hold = session.get(PointHold, row.hold_id)
     return sign_receipt(
         keystore.signer(session, brand_id=brand.id, did=brand.did), issuer=brand.did,

@@ -78,28 +78,50 @@ class EarnBody(StrictBody):
     order_reference: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
 
 
-def _partner(slug: str, state: StateDep,
-             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-             ) -> tuple[Brand, Partner]:
+PartnerKeyDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _authorised(session: Session, slug: str, credentials: HTTPAuthorizationCredentials | None
+                ) -> tuple[Brand, Partner]:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
+    brand = brand_by_slug(session, slug=slug)
+    return brand, _redemption.authenticate_partner(session, brand=brand,
+                                                   token=credentials.credentials)
+
+
+def _partner(slug: str, state: StateDep, credentials: PartnerKeyDep) -> tuple[Brand, Partner]:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
     with session_scope(state.engine) as session:
-        brand = brand_by_slug(session, slug=slug)
-        return brand, _redemption.authenticate_partner(session, brand=brand,
-                                                       token=credentials.credentials)
+        return _authorised(session, slug, credentials)
 
 
 PartnerDep = Annotated[tuple[Brand, Partner], Depends(_partner)]
 
 
+def _body(session: Session, state: Any, brand: Brand, row: Any, now: datetime,
+          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A redemption answer: its view and the brand's signed receipt of it."""
+    view = _redemption.redemption_view(session, row, now)
+    return {"redemption": view,
+            "receipt": _redemption.receipt(session, keystore=state.keystore, brand=brand,
+                                           row=row, now=now, view=view), **(extra or {})}
+
+
 def _answer(state: Any, brand: Brand, row: Any, now: datetime, *, status: int = 200,
             replayed: bool = False, extra: dict[str, Any] | None = None) -> JSONResponse:
     with session_scope(state.engine) as session:
-        body = {"redemption": _redemption.redemption_view(session, row, now),
-                "receipt": _redemption.receipt(session, keystore=state.keystore, brand=brand,
-                                               row=row, now=now), **(extra or {})}
+        body = _body(session, state, brand, row, now, extra)
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _promise_of(session: Session) -> dict[str, str]:
+    """The inclusion promise of the log leaves this transaction wrote, if it wrote any
+    (``log_promise``, docs/points-log-and-redemption.md)."""
+    signed = session.info.get(_translog.LAST_PROMISE)
+    return {"log_promise": signed} if signed else {}
 
 
 # -- admin: partners and data-subject rights ------------------------------------------------------
@@ -182,29 +204,34 @@ def export_me(slug: str, request: Request, session: SessionDep, state: StateDep,
 
 @router.post("/brands/{slug}/redemptions", status_code=201,
              dependencies=[count_outcome("redemption")])
-def redeem(body: RedemptionRequest, auth: PartnerDep, state: StateDep,
+def redeem(slug: str, body: RedemptionRequest, credentials: PartnerKeyDep, state: StateDep,
            now: NowDep) -> JSONResponse:
-    """Verify the member's consent for exactly this transaction and hold the points."""
-    brand, partner = auth
-    with session_scope(state.engine) as session:
+    """Verify the member's consent for exactly this transaction and hold the points.
+
+    One transaction: the partner's key, the presentation, the hold and the signed
+    answer (the hot path; bench/README.md "Redemption profile (session 4)").
+    """
+    def run(session: Session) -> tuple[dict[str, Any], bool]:
+        brand, partner = _authorised(session, slug, credentials)
         verified = _redemption.verify_redemption(
             session, brand=brand, partner=partner, keystore=state.keystore,
             resolver=state.resolver, vp_token=body.vp_token,
             transaction_data=body.transaction_data, nonce=body.nonce, now=now)
-    (row, replayed), promise = _promised(state, lambda s: _redemption.place_hold(
-        s, brand=brand, partner=partner, verified=verified, now=now,
-        ttl_seconds=body.hold_ttl_seconds))
-    return _answer(state, brand, row, now, status=200 if replayed else 201, replayed=replayed,
-                   extra=promise)
+        row, replayed = _redemption.place_hold(
+            session, brand=brand, partner=partner, verified=verified, now=now,
+            ttl_seconds=body.hold_ttl_seconds)
+        return _body(session, state, brand, row, now, _promise_of(session)), replayed
+
+    answer, replayed = run_write(state.engine, run, keystore=state.keystore)
+    return JSONResponse(answer, status_code=200 if replayed else 201,
+                        headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
 def _promised(state: Any, fn: Callable[[Session], T]) -> tuple[T, dict[str, str]]:
     """Run a redemption write; with the inclusion promise of the log leaves it wrote
     (``log_promise``, docs/points-log-and-redemption.md), when it wrote any."""
     def run(session: Session) -> tuple[T, dict[str, str]]:
-        out = fn(session)
-        signed = session.info.get(_translog.LAST_PROMISE)
-        return out, {"log_promise": signed} if signed else {}
+        return fn(session), _promise_of(session)
 
     return run_write(state.engine, run, keystore=state.keystore)
 
@@ -222,15 +249,22 @@ def get_redemption(redemption_id: str, auth: PartnerDep, state: StateDep,
 
 @router.post("/brands/{slug}/redemptions/{redemption_id}/capture",
              dependencies=[count_outcome("redemption_capture")])
-def capture(redemption_id: str, body: CaptureBody, auth: PartnerDep, state: StateDep,
-            now: NowDep) -> JSONResponse:
-    """The sale went through: debit the held points (once)."""
-    brand, partner = auth
-    row, promise = _promised(state, lambda s: _redemption.capture(
-        s, brand=brand, partner=partner, redemption_id=redemption_id, now=now,
-        points=body.points))
-    offer = run_write(state.engine, lambda s: _fresh_offer(s, state, brand, row.member_id, now))
-    return _answer(state, brand, row, now, extra={"fresh_credential": offer, **promise})
+def capture(slug: str, redemption_id: str, body: CaptureBody, credentials: PartnerKeyDep,
+            state: StateDep, now: NowDep) -> JSONResponse:
+    """The sale went through: debit the held points (once).
+
+    One transaction: the partner's key, the capture, the member's offer of a fresh
+    points credential and the signed answer (no capture without its offer).
+    """
+    def run(session: Session) -> dict[str, Any]:
+        brand, partner = _authorised(session, slug, credentials)
+        row = _redemption.capture(session, brand=brand, partner=partner,
+                                  redemption_id=redemption_id, now=now, points=body.points)
+        promise = _promise_of(session)
+        offer = _fresh_offer(session, state, brand, row.member_id, now)
+        return _body(session, state, brand, row, now, {"fresh_credential": offer, **promise})
+
+    return JSONResponse(run_write(state.engine, run, keystore=state.keystore))
 
 
 def _fresh_offer(session: Session, state: Any, brand: Brand, member_id: str,

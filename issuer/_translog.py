@@ -185,17 +185,21 @@ def _aware(value: datetime) -> datetime:
 
 NEW_ENTRIES: Final = "tessera_log_new_entries"
 NEW_LOTS: Final = "tessera_log_new_lots"
+NEW_HOLDS: Final = "tessera_log_new_holds"
 _caught_up: set[tuple[str, str]] = set()
 
 
 def note_written(session: Session, entry: LedgerEntry | None = None, *,
-                 lot: PointLot | None = None) -> None:
-    """The ledger's write path hands over each entry and lot it writes in this
-    transaction, so :func:`append_for_member` need not read them back."""
+                 lot: PointLot | None = None, hold: PointHold | None = None) -> None:
+    """The ledger's write path hands over each entry, lot and hold it writes in this
+    transaction, so :func:`append_for_member` need not read them back (and the
+    session's identity map, which holds rows weakly, keeps them for the answer)."""
     if entry is not None:
         session.info.setdefault(NEW_ENTRIES, []).append(entry)
     if lot is not None:
         session.info.setdefault(NEW_LOTS, {})[lot.entry_id] = lot
+    if hold is not None:
+        session.info.setdefault(NEW_HOLDS, {})[hold.id] = hold
 
 
 # Built once (the hot path of every ledger write): the member's entries with no leaf,
@@ -252,9 +256,12 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
                 .where(col(LotAllocation.entry_id).in_(ids))
                 .order_by(col(LotAllocation.id))):
             allocations.setdefault(entry_id, []).append(Allocation(lot_entry, points))
-    hold_ids = [e.hold_id for e in pending if e.hold_id is not None]
-    holds = {hold.id: hold for hold in session.exec(
-        select(PointHold).where(col(PointHold.id).in_(hold_ids)))} if hold_ids else {}
+    noted_holds: dict[str, PointHold] = session.info.get(NEW_HOLDS, {})
+    holds = {i: noted_holds[i] for e in pending if (i := e.hold_id) in noted_holds}
+    hold_ids = [e.hold_id for e in pending if e.hold_id is not None and e.hold_id not in holds]
+    if hold_ids:
+        holds.update({hold.id: hold for hold in session.exec(
+            select(PointHold).where(col(PointHold.id).in_(hold_ids)))})
     records = []
     for entry in pending:
         assert entry.id is not None

@@ -252,6 +252,29 @@ def test_release_and_expiry(world: World) -> None:
     assert r.json()["code"] == "expired"
 
 
+def test_a_key_rotation_is_seen_by_the_next_redemption(world: World) -> None:
+    """Brand keys are read once per transaction, not per process: after a rotation the
+    next hold's receipt is signed by the new key, and a credential signed by the
+    retired key still redeems (the key stays in the DID document)."""
+    old_cred = world.credential()
+    first = world.redeem(world.body(old_cred, world.td(10, order="before")))
+    assert first.status_code == 201, first.text
+    old_kid = decode_unverified(first.json()["receipt"]).header["kid"]
+    r = world.service.client.post("/admin/v1/keys/rotate", json={},
+                                  headers=world.service.h("air"))
+    assert r.status_code == 201, r.text
+    new_kid = r.json()["verification_method"]
+    assert new_kid != old_kid
+    after = world.redeem(world.body(old_cred, world.td(10, order="after")))
+    assert after.status_code == 201, after.text
+    assert decode_unverified(after.json()["receipt"]).header["kid"] == new_kid
+    rid = after.json()["redemption"]["id"]
+    captured = world.service.client.post(f"/brands/air/redemptions/{rid}/capture", json={},
+                                         headers=world.ph())
+    assert captured.status_code == 200, captured.text
+    assert decode_unverified(captured.json()["receipt"]).header["kid"] == new_kid
+
+
 def test_a_points_credential_redeems_once(world: World) -> None:
     cred = world.credential("LoyaltyPointsCredential_sd_jwt")
     assert world.redeem(world.body(cred, world.td(100))).status_code == 201
