@@ -1,6 +1,7 @@
 """Load benchmark of the three hot paths against real servers on loopback.
 
 ``python -m bench.load [--path issuance|checkout|redemption ...] [--quick]
+[--server uvicorn,granian] [--repeat N]
 [--concurrency 4,8,16,32] [--ops N] [--json PATH]`` (also ``python -m bench load``).
 
 Paths (one *operation* each, counted only when every step answered as it must):
@@ -32,6 +33,13 @@ nothing of an exchange lives in one instance's memory. Each
 configuration runs at every concurrency of the sweep (closed loop: N virtual
 clients, each starts its next operation when the last one ends); the table
 shows the best point per configuration, the JSON every point.
+
+HTTP server (``--server``): the services run on uvicorn; ``--server
+uvicorn,granian`` runs each configuration on both, back to back, the granian
+one through the same ``tessera ... serve`` command with granian in place of
+uvicorn (:mod:`bench._granian`), and prints granian / uvicorn per pair.
+``--repeat N`` runs a path's list of configurations N times in turn (A B A B),
+so a drift of the shared machine's load falls on both sides of an A/B.
 
 The load generator is one separate process with one asyncio loop and a
 minimal HTTP/1.1 client on raw sockets (keep-alive, one connection per
@@ -74,7 +82,7 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -84,22 +92,29 @@ from bench._harness import git_commit
 __all__ = ["CONFIGS", "PATHS", "Config", "main", "print_table", "run"]
 
 PATHS: Final = ("issuance", "checkout", "redemption")
+SERVERS: Final = ("uvicorn", "granian")
 
 
 @dataclass(frozen=True)
 class Config:
     name: str
     store: str  # "sqlite", "postgres" or "redis"
-    workers: int = 1  # uvicorn workers per instance
+    workers: int = 1  # worker processes per instance
     instances: int = 1  # separate server processes on one database
     batch: int = 1  # issuance: credentials per exchange (OpenID4VCI batch issuance)
+    server: str = "uvicorn"  # the HTTP server under the app: "uvicorn" or "granian"
+
+    def with_server(self, server: str) -> Config:
+        """This configuration on another HTTP server (its name says which, uvicorn's not)."""
+        if server == self.server:
+            return self
+        return replace(self, name=f"{self.name}, {server}", server=server)
 
     def batched(self, size: int) -> Config:
         """This configuration taking ``size`` credentials per exchange."""
         if size == 1:
             return self
-        return Config(f"{self.name}, batch {size}", self.store, self.workers, self.instances,
-                      size)
+        return replace(self, name=f"{self.name}, batch {size}", batch=size)
 
 
 CONFIGS: Final[dict[str, tuple[Config, ...]]] = {
@@ -720,7 +735,15 @@ OLD tessera issuer verifier holder schemas | tar -x -C DIR``): the servers run t
 tables from one sitting."""
 
 
-def _cli(*args: str) -> list[str]:
+def _cli(*args: str, server: str = "uvicorn") -> list[str]:
+    """A ``tessera`` command in a fresh interpreter; ``server="granian"``: the same command
+    with granian in place of uvicorn (:mod:`bench._granian`)."""
+    if server == "granian":
+        # Appended, not inserted: with TESSERA_BENCH_SERVER_CODE the servers' own
+        # packages (their working directory) still come first.
+        root = str(Path(__file__).resolve().parents[1])
+        return [sys.executable, "-c", f"import sys; sys.path.append({root!r}); "
+                "from bench._granian import main; main(sys.argv[1:])", *args]
     return [sys.executable, "-c", "import sys; from tessera.cli import app; app(sys.argv[1:])",
             *args]
 
@@ -759,8 +782,8 @@ def _issuer_servers(config: Config, work: Path, db_url: str, master: str) -> Ser
                      TESSERA_PUBLIC_URL=public)
     if config.batch > 10:  # the issuer's default batch_size is 10
         env["TESSERA_BATCH_SIZE"] = str(config.batch)
-    commands = [_cli("issuer", "serve", "--port", str(p), "--workers", str(config.workers))
-                for p in ports]
+    commands = [_cli("issuer", "serve", "--port", str(p), "--workers", str(config.workers),
+                     server=config.server) for p in ports]
     servers = Servers(commands, env, work, config.workers)
     servers.wait_ready("/healthz")
     return servers
@@ -985,7 +1008,7 @@ def prepare_checkout(config: Config, work: Path, stack: contextlib.ExitStack,
                      "--trust", str(work / "trust.json"),
                      "--did-document", str(work / "brand.json"),
                      "--key", str(work / "verifier.jwk"), "--tills", str(work / "tills.json"),
-                     "--log-level", "warning") for p in ports]
+                     "--log-level", "warning", server=config.server) for p in ports]
     if config.instances > 1:  # the key file is created once, not raced by two instances
         from verifier._service import load_or_create_key
 
@@ -1016,11 +1039,15 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         concurrencies: Sequence[int] | None = None, ops: int | None = None,
         configs: dict[str, Sequence[Config]] | None = None,
         batches: Sequence[int] = (1,),
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None,
+        servers: Sequence[str] = ("uvicorn",), repeat: int = 1) -> dict[str, Any]:
     """Every configuration of every path at every concurrency; the JSON-ready report.
 
     ``batches``: the issuance configurations run once per batch size (credentials per
-    exchange; 1 = one credential on the member's DID key)."""
+    exchange; 1 = one credential on the member's DID key). ``servers``: each
+    configuration once per HTTP server, back to back (an A/B of the server under the
+    same machine load); ``repeat``: a path's whole list that many times in turn
+    (A B A B ...), so a drift of the load hits both sides alike."""
     sweep = tuple(concurrencies or (QUICK_SWEEP if quick else SWEEP))
     n_ops = ops or (QUICK_OPS if quick else OPS)
     chosen = {path: list(cs) for path, cs in (configs or CONFIGS).items()}
@@ -1044,8 +1071,11 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
     try:
         results.get(timeout=120)  # the generator has started
         for path in paths:
-            for config in chosen[path]:
-                row: dict[str, Any] = {"path": path, **asdict(config), "points": [],
+            runs = [(r, config.with_server(server)) for r in range(max(1, repeat))
+                    for config in chosen[path] for server in servers]
+            for round_, config in runs:
+                row: dict[str, Any] = {"path": path, **asdict(config), "round": round_,
+                                       "points": [],
                                        "skipped": None, "best": None, "errors": 0,
                                        "db_bytes_per_op": None, "db_tables": None,
                                        "db_tables_start": None}
@@ -1092,6 +1122,7 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "topic": "load", "quick": quick, "paths": list(paths),
             "concurrency_sweep": list(sweep), "ops_per_point": n_ops,
+            "servers": list(servers), "repeat": repeat,
             "issuance_batches": list(batches),
             "max_seconds_per_point": MAX_SECONDS,
             "generator": "one process, asyncio, raw-socket HTTP/1.1 keep-alive client",
@@ -1103,21 +1134,51 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         },
         "results": rows,
         "ratios": ratios(rows),
+        "server_ratios": server_ratios(rows),
     }
 
 
 def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Scaling ratios from the best points: 2 workers / 1 worker, 2 instances / 1 worker."""
-    best = {(r["path"], r["store"], r["workers"], r["instances"], r.get("batch", 1)):
-            r["best"]["ops_per_second"]
-            for r in rows if r.get("best") and r["best"]["ops_per_second"]}
+    """Scaling ratios from the best points: 2 workers / 1 worker, 2 instances / 1 worker
+    (within one HTTP server; the best of repeated rounds)."""
+    best: dict[tuple[Any, ...], float] = {}
+    for r in rows:
+        if r.get("best") and r["best"]["ops_per_second"]:
+            key = (r["path"], r["store"], r["workers"], r["instances"], r.get("batch", 1),
+                   r.get("server", "uvicorn"))
+            best[key] = max(best.get(key, 0.0), r["best"]["ops_per_second"])
     out: dict[str, float] = {}
-    for (path, store, workers, instances, batch), value in best.items():
-        one = best.get((path, store, 1, 1, batch))
+    for (path, store, workers, instances, batch, server), value in best.items():
+        one = best.get((path, store, 1, 1, batch, server))
         if one and (workers, instances) != (1, 1):
             kind = f"{workers} workers" if instances == 1 else f"{instances} instances"
             what = path if batch == 1 else f"{path} batch {batch}"
-            out[f"{what} {store}: {kind} / 1 worker"] = value / one
+            on = "" if server == "uvicorn" else f" ({server})"
+            out[f"{what} {store}{on}: {kind} / 1 worker"] = value / one
+    return out
+
+
+def server_ratios(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per configuration and round: each other server's best point against uvicorn's in
+    the same round (ops/s and server CPU per operation, other / uvicorn)."""
+    uvicorn: dict[tuple[Any, ...], dict[str, Any]] = {}
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        best = r.get("best")
+        if not best or not best["ops_per_second"]:
+            continue
+        key = (r["path"], r["store"], r["workers"], r["instances"], r.get("batch", 1),
+               r.get("round", 0))
+        server = r.get("server", "uvicorn")
+        if server == "uvicorn":
+            uvicorn[key] = best
+            continue
+        base = uvicorn.get(key)
+        if base is None or not base["server_cpu_ms_per_op"] or not best["server_cpu_ms_per_op"]:
+            continue
+        out[f"{r['path']} {r['name']} (round {key[-1] + 1})"] = {
+            "ops_per_second": best["ops_per_second"] / base["ops_per_second"],
+            "server_cpu_per_op": best["server_cpu_ms_per_op"] / base["server_cpu_ms_per_op"]}
     return out
 
 
@@ -1136,6 +1197,10 @@ def print_table(report: dict[str, Any]) -> None:
     def ms(value: float | None) -> str:
         return "—" if value is None else f"{value:.1f} ms"
 
+    def label(row: dict[str, Any]) -> str:
+        repeated = (meta.get("repeat") or 1) > 1
+        return f"{row['name']} #{row.get('round', 0) + 1}" if repeated else str(row["name"])
+
     def pct(value: float | None) -> str:
         return "—" if value is None else f"{100 * value:.0f} %"
 
@@ -1146,11 +1211,11 @@ def print_table(report: dict[str, Any]) -> None:
         last = row["path"]
         best = row.get("best")
         if row["skipped"] or not best:
-            table.add_row(row["path"], row["name"], "", "skipped: " + str(row["skipped"]),
+            table.add_row(row["path"], label(row), "", "skipped: " + str(row["skipped"]),
                           *[""] * 9)
             continue
         gen = best["generator_cpu_percent_of_core"]
-        table.add_row(row["path"], row["name"], str(best["concurrency"]),
+        table.add_row(row["path"], label(row), str(best["concurrency"]),
                       f"{best['ops_per_second']:.1f}",
                       "" if row["path"] != "issuance"
                       else f"{best.get('credentials_per_second', best['ops_per_second']):.1f}",
@@ -1163,6 +1228,9 @@ def print_table(report: dict[str, Any]) -> None:
     console.print(table)
     for name, value in report["ratios"].items():
         console.print(f"  {name}: {value:.2f}×")
+    for name, pair in report.get("server_ratios", {}).items():
+        console.print(f"  {name} / uvicorn: ops/s {pair['ops_per_second']:.2f}×, "
+                      f"server CPU/op {pair['server_cpu_per_op']:.2f}×")
     load = meta.get("load_average_start")
     console.print(
         f"Python {meta['python']} on {meta['cpu_count']} CPU(s)"
@@ -1291,6 +1359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="issuance: comma-separated credentials per exchange, each a "
                              "configuration (default 1; e.g. 1,10: single and batches of 10 "
                              "on fresh attested keys, as our wallet asks)")
+    parser.add_argument("--server", default="uvicorn",
+                        help="comma-separated HTTP servers to run each configuration on, "
+                             "back to back (uvicorn, granian; default uvicorn)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each path's configurations this many times in turn")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the report here")
     parser.add_argument("--capacity", metavar="REPORT", type=Path,
                         help="run nothing: print the sizing docs/scaling.md derives from a "
@@ -1315,8 +1388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (the finally blocks run on SystemExit, not on a bare SIGTERM).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    servers = [v.strip() for v in args.server.split(",") if v.strip()]
+    if not servers or any(v not in SERVERS for v in servers):
+        parser.error(f"--server takes {', '.join(SERVERS)}")
     report = run(quick=args.quick, paths=paths, concurrencies=sweep, ops=args.ops,
-                 configs=configs, batches=batches or (1,), progress=progress)
+                 configs=configs, batches=batches or (1,), progress=progress,
+                 servers=servers, repeat=args.repeat)
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -49,28 +49,6 @@ def test_quick_run_of_every_path(tmp_path: Path, postgres_url: str, redis_url: s
     assert report["meta"]["quick"] is True and report["meta"]["load_average_start"]
 
 
-def test_issuance_batches_take_every_credential(tmp_path: Path) -> None:
-    """``--batch 1,3``: single exchanges and batches of three on fresh attested keys, each
-    counted only if all its credentials came back; credentials/s = exchanges/s x 3."""
-    out = tmp_path / "load.json"
-    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
-        [sys.executable, "-m", "bench.load", "--quick", "--path", "issuance", "--config",
-         "SQLite, 1 worker", "--batch", "1,3", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
-    assert "creds/s" in done.stdout
-    rows = json.loads(out.read_text())["results"]
-    assert [(r["name"], r["batch"]) for r in rows] == [
-        ("SQLite, 1 worker", 1), ("SQLite, 1 worker, batch 3", 3)]
-    for row in rows:
-        best = row["best"]
-        assert row["errors"] == 0 and best["ops"] >= load.QUICK_OPS - 1, row
-        assert best["credentials_per_second"] == pytest.approx(
-            best["ops_per_second"] * row["batch"])
-        assert best["server_cpu_ms_per_credential"] == pytest.approx(
-            best["server_cpu_ms_per_op"] / row["batch"])
-
-
 def test_ratios_compare_with_one_worker_of_the_same_store() -> None:
     def row(store: str, workers: int, instances: int, rate: float) -> dict[str, object]:
         return {"path": "checkout", "store": store, "workers": workers, "instances": instances,
@@ -149,3 +127,54 @@ def test_form_encoding_is_what_a_form_parser_reads_back() -> None:
     encoded = load.form(fields)
     assert dict(urllib.parse.parse_qsl(encoded.decode(), strict_parsing=True)) == fields
     assert encoded == urllib.parse.urlencode(fields, quote_via=urllib.parse.quote).encode()
+
+
+def test_each_configuration_runs_once_per_server_and_is_compared_with_uvicorn() -> None:
+    config = load.Config("Redis, 2 workers", "redis", 2)
+    assert config.with_server("uvicorn") == config
+    granian = config.with_server("granian")
+    assert (granian.name, granian.server, granian.workers) == (
+        "Redis, 2 workers, granian", "granian", 2)
+
+    def row(server: str, round_: int, rate: float, cpu: float) -> dict[str, object]:
+        return {"path": "checkout", "name": config.with_server(server).name, "store": "redis",
+                "workers": 2, "instances": 1, "server": server, "round": round_,
+                "best": {"ops_per_second": rate, "server_cpu_ms_per_op": cpu}}
+
+    rows = [row("uvicorn", 0, 100.0, 5.0), row("granian", 0, 80.0, 6.0),
+            row("uvicorn", 1, 200.0, 4.0), row("granian", 1, 300.0, 2.0)]
+    assert load.server_ratios(rows) == {
+        "checkout Redis, 2 workers, granian (round 1)": {"ops_per_second": 0.8,
+                                                         "server_cpu_per_op": 1.2},
+        "checkout Redis, 2 workers, granian (round 2)": {"ops_per_second": 1.5,
+                                                         "server_cpu_per_op": 0.5}}
+    # Scaling ratios stay within one server: granian's 2 workers are not divided by
+    # uvicorn's one worker.
+    assert load.ratios(rows) == {}
+
+
+def test_the_granian_command_serves_the_same_cli_command(tmp_path: Path) -> None:
+    """``--server granian``: the verifier CLI as the uvicorn runs use it, under granian."""
+    pytest.importorskip("granian")
+    import urllib.request
+
+    from verifier.testing import TestIssuer
+
+    (tmp_path / "trust.json").write_text(json.dumps({"issuers": [
+        {"id": TestIssuer().did, "name": "b", "credential_types": ["*"]}]}))
+    port = load.free_port()
+    cmd = load._cli("verifier", "serve", "--port", str(port), "--workers", "2",
+                    "--store", f"sqlite:///{tmp_path / 'v.db'}", "--trust",
+                    str(tmp_path / "trust.json"), "--key", str(tmp_path / "v.jwk"),
+                    "--tills", str(tmp_path / "tills.json"), server="granian")
+    servers = load.Servers([cmd], load._bench_env(), tmp_path, 2)
+    try:
+        servers.wait_ready("/healthz")
+        procs = {pid for pid, (ppid, _) in load._proc_table().items()
+                 if ppid == servers.pids[0]}
+        assert len(procs) >= 2  # granian's worker processes under the CLI's process
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
+            assert answer.status == 200
+            assert answer.headers.get("server") == "granian", answer.headers
+    finally:
+        servers.stop()
