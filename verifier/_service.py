@@ -453,9 +453,13 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="tillKey",
                      description="a till key, `tvk_<id>_<secret>` (`tessera verifier till create`)")
 
 
-def _till_key(request: Request,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-              ) -> str:
+async def _till_key(request: Request,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                           Depends(_bearer)]) -> str:
+    # async: FastAPI runs a plain ``def`` dependency on the thread pool, a hop of its
+    # own before the route's (two per checkout: POST /requests and the result); the
+    # check is a stat of the till file and a hash, no I/O that waits (bench/README.md,
+    # "Servers and drivers (session 4)").
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid till key")
     service: CheckoutService = request.app.state.service
