@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlmodel import Session, col, select
 
 from issuer._models import (
@@ -82,13 +82,21 @@ RESIGN_AFTER: Final = timedelta(hours=1)
 CACHE_SECONDS: Final = 60
 
 
+# Built once with bound parameters: a slot costs two or three of these per credential,
+# and building a statement and its cache key was a third of each (bench/README.md).
+_OPEN_SHARD: Final = (select(StatusListShard)
+                      .where(col(StatusListShard.brand_id) == bindparam("brand_id"),
+                             col(StatusListShard.kind) == bindparam("kind"),
+                             col(StatusListShard.full).is_(False))
+                      .order_by(col(StatusListShard.created_at)))
+_SLOT_USED: Final = select(IssuedCredential.id).where(
+    col(IssuedCredential.status_list_id) == bindparam("shard_id"),
+    col(IssuedCredential.status_index) == bindparam("idx"))
+
+
 def _open_shard(session: Session, *, brand_id: str, kind: StatusListKind,
                 now: datetime, size: int) -> StatusListShard:
-    stmt = (select(StatusListShard)
-            .where(StatusListShard.brand_id == brand_id, StatusListShard.kind == kind,
-                   col(StatusListShard.full).is_(False))
-            .order_by(col(StatusListShard.created_at)))
-    shard = session.exec(stmt).first()
+    shard = session.exec(_OPEN_SHARD, params={"brand_id": brand_id, "kind": kind}).first()
     if shard is None:
         shard = StatusListShard(brand_id=brand_id, kind=kind, size=size, created_at=now)
         session.add(shard)
@@ -113,10 +121,8 @@ def allocate(session: Session, *, brand_id: str, kind: StatusListKind, now: date
             probes += 1
             if probes > MAX_PROBES:
                 raise TesseraError(ErrorCode.CONFLICT, "status list shard is nearly full")
-            stmt = select(IssuedCredential.id).where(
-                IssuedCredential.status_list_id == shard_id,
-                IssuedCredential.status_index == idx)
-            return session.exec(stmt).first() is not None
+            found = session.exec(_SLOT_USED, params={"shard_id": shard_id, "idx": idx})
+            return found.first() is not None
 
         try:
             return shard, IndexAllocator(shard.size, is_used=used, attempts=MAX_PROBES).allocate()
