@@ -159,12 +159,51 @@ _LOCK_MEMBER: Final = (select(Member)
                        .with_for_update().execution_options(populate_existing=True))
 
 
+# A write reads the member's lots and open holds up to three times (the sweep, the
+# action, the balance it answers with). Under the member's lock nobody else can change
+# them, and this transaction changes them only through the very rows it read (the
+# session's identity map gives one object per row), so each is read once per
+# transaction and member and filtered again on every use; a row this transaction adds
+# joins them (_remember: _credit, create_hold), a refilled lot makes them be read again
+# (_forget: reverse). Outside a write (a balance read) there is no lock and nothing to
+# share: the memo lives and dies with the transaction either way.
+_LOTS_READ: Final = "tessera.ledger.lots"
+_HOLDS_READ: Final = "tessera.ledger.holds"
+
+
+def _forget(session: Session, member_id: str) -> None:
+    session.info.get(_LOTS_READ, {}).pop(member_id, None)
+    for key in [k for k in session.info.get(_HOLDS_READ, {}) if k[0] == member_id]:
+        session.info[_HOLDS_READ].pop(key, None)
+
+
+def _remember(session: Session, *, lot: PointLot | None = None,
+              hold: PointHold | None = None) -> None:
+    """A lot or hold this transaction just wrote joins the member's read rows (what
+    reading them again would add)."""
+    if lot is not None and lot.member_id in session.info.get(_LOTS_READ, {}):
+        session.info[_LOTS_READ][lot.member_id].append(lot)
+    if hold is not None:
+        for (member_id, _at), rows in session.info.get(_HOLDS_READ, {}).items():
+            if member_id == hold.member_id:
+                rows.append(hold)  # _open_holds filters by status and expiry on use
+
+
 def _lots(session: Session, member_id: str) -> list[PointLot]:
-    return list(session.exec(_LOTS, params={"member_id": member_id}))
+    memo: dict[str, list[PointLot]] = session.info.setdefault(_LOTS_READ, {})
+    if member_id not in memo:
+        memo[member_id] = list(session.exec(_LOTS, params={"member_id": member_id}))
+    return [lot for lot in memo[member_id] if lot.remaining > 0]
 
 
 def _open_holds(session: Session, member_id: str, now: datetime) -> list[PointHold]:
-    return list(session.exec(_OPEN_HOLDS, params={"member_id": member_id, "now": now}))
+    memo: dict[tuple[str, datetime], list[PointHold]] = session.info.setdefault(_HOLDS_READ,
+                                                                                 {})
+    key = (member_id, now)
+    if key not in memo:
+        memo[key] = list(session.exec(_OPEN_HOLDS, params={"member_id": member_id,
+                                                           "now": now}))
+    return [h for h in memo[key] if h.status == HoldStatus.HELD and h.expires_at > now]
 
 
 _QUALIFYING: Final = "tessera.ledger.qualifying"  # Session.info: (member, now, days) -> sum
@@ -304,8 +343,8 @@ _lock_member = lock_member  # the name issuer._routes_oid4vci uses
 @event.listens_for(Session, "after_commit")
 @event.listens_for(Session, "after_rollback")
 def _unlocked(session: Session) -> None:
-    session.info.pop(_LOCKED, None)
-    session.info.pop(_QUALIFYING, None)
+    for memo in (_LOCKED, _QUALIFYING, _LOTS_READ, _HOLDS_READ):
+        session.info.pop(memo, None)
 
 
 def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
@@ -380,6 +419,7 @@ def _credit(session: Session, member: Member, entry: LedgerEntry, points: int, n
                    remaining=points, available_at=_ms(now + timedelta(days=pending_days)),
                    expires_at=_ms(now + timedelta(days=validity)) if validity else None)
     session.add(lot)
+    _remember(session, lot=lot)
     _translog.note_written(session, lot=lot)
 
 
@@ -411,6 +451,9 @@ def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, no
         need -= take
         session.add(lot)
         session.add(LotAllocation(entry_id=entry.id, lot_id=lot.id, amount=take))
+        # All of this entry's allocations are made here: the log takes them from
+        # here instead of reading them back (issuer._translog.append_for_member).
+        _translog.note_written(session, taken=(entry.id, lot.entry_id, take))
 
 
 def _sweep_expired(session: Session, *, member: Member, now: datetime) -> None:
@@ -549,6 +592,7 @@ def reverse(session: Session, *, brand_id: str, member_id: str, idempotency_key:
                 taken = session.get(PointLot, alloc.lot_id)
                 assert taken is not None
                 taken.remaining += alloc.amount
+                _forget(session, member.id)  # a drained lot may be live again
                 session.add(taken)
                 session.add(LotAllocation(entry_id=entry.id, lot_id=alloc.lot_id,
                                           amount=-alloc.amount))
@@ -577,6 +621,7 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
                          expires_at=_ms(now + timedelta(seconds=ttl_seconds)))
         session.add(hold)
         session.flush()
+        _remember(session, hold=hold)
         _translog.note_written(session, hold=hold)
         _new_entry(session, member, now, kind=EntryKind.HOLD, points=0, hold_id=hold.id,
                    reference=reference)
@@ -594,9 +639,13 @@ def _hold_member(session: Session, brand_id: str, hold_id: str) -> str:
     return hold.member_id
 
 
-def _open_hold(session: Session, hold_id: str, now: datetime) -> PointHold:
+def _open_hold(session: Session, hold_id: str, now: datetime,
+               owner: tuple[str, str] | None = None) -> PointHold:
+    """The hold, read after the member's lock, still open; ``owner``: (brand, member)
+    it must belong to, when the caller has not checked that already."""
     hold = session.get(PointHold, hold_id, populate_existing=True)
-    assert hold is not None
+    if hold is None or (owner is not None and (hold.brand_id, hold.member_id) != owner):
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such hold")
     if hold.status == HoldStatus.EXPIRED:
         raise TesseraError(ErrorCode.EXPIRED, "hold expired")
     if hold.status != HoldStatus.HELD:
@@ -605,14 +654,21 @@ def _open_hold(session: Session, hold_id: str, now: datetime) -> PointHold:
 
 
 def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_key: str,
-                 now: datetime, points: int | None = None) -> Outcome:
-    """Turn a hold into a ``redeem`` entry; a partial capture releases the rest."""
+                 now: datetime, points: int | None = None, member_id: str | None = None
+                 ) -> Outcome:
+    """Turn a hold into a ``redeem`` entry; a partial capture releases the rest.
+
+    ``member_id``: whose hold the caller knows it to be (a redemption names its
+    member): the hold is then read once, after the member's lock, and must be theirs.
+    """
     if points is not None:
         _check_points(points)
-    member_id = _hold_member(session, brand_id, hold_id)
+    if member_id is None:
+        member_id = _hold_member(session, brand_id, hold_id)
+    owner = member_id
 
     def action(member: Member) -> dict[str, Any]:
-        hold = _open_hold(session, hold_id, now)
+        hold = _open_hold(session, hold_id, now, owner=(brand_id, owner))
         if hold.expires_at <= now:
             raise TesseraError(ErrorCode.EXPIRED, "hold expired")
         amount = hold.points if points is None else points

@@ -357,7 +357,8 @@ def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
     if row.status != RedemptionStatus.HELD:
         raise TesseraError(ErrorCode.CONFLICT, f"redemption is {row.status}")
     outcome = _ledger.capture_hold(session, brand_id=brand.id, hold_id=row.hold_id,
-                                   idempotency_key=f"capture:{row.id}", now=now, points=points)
+                                   idempotency_key=f"capture:{row.id}", now=now, points=points,
+                                   member_id=row.member_id)
     row.status = RedemptionStatus.CAPTURED
     row.captured_points = int(outcome.body["hold"]["captured_points"])
     row.closed_at = now
@@ -454,23 +455,25 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _log_indexes(session: Session, brand_id: str, entry_ids: list[int]) -> list[int]:
-    if not entry_ids:
+def _log_indexes(session: Session, row: Redemption) -> list[int]:
+    """The log indexes of the entries the redemption's settlement lines name (those
+    already integrated). Only a capture writes a line (a refund needs a capture
+    first), so a held or released redemption has none: no query."""
+    if row.status in (RedemptionStatus.HELD, RedemptionStatus.RELEASED):
         return []
+    lines = select(SettlementLine.entry_id).where(SettlementLine.redemption_id == row.id)
     return sorted(int(i) for i in session.exec(select(LogLeafData.idx).where(
-        LogLeafData.brand_id == brand_id, col(LogLeafData.entry_id).in_(entry_ids))))
+        LogLeafData.brand_id == row.brand_id, col(LogLeafData.entry_id).in_(lines))))
 
 
 def redemption_view(session: Session, row: Redemption, now: datetime) -> dict[str, Any]:
     hold = session.get(PointHold, row.hold_id)
-    lines = list(session.exec(select(SettlementLine).where(
-        SettlementLine.redemption_id == row.id)))
     return {"id": row.id, "partner_id": row.partner_id, "order_reference": row.order_reference,
             "points": row.points, "status": _status(session, row, now),
             "captured_points": row.captured_points, "refunded_points": row.refunded_points,
             "hold_expires_at": _aware(hold.expires_at).isoformat() if hold else None,
             "transaction_data_hash": row.transaction_hash,
-            "log_entries": _log_indexes(session, row.brand_id, [ln.entry_id for ln in lines])}
+            "log_entries": _log_indexes(session, row)}
 
 
 def receipt(session: Session, *, keystore: KeyStore, brand: Brand, row: Redemption,

@@ -186,11 +186,13 @@ def _aware(value: datetime) -> datetime:
 NEW_ENTRIES: Final = "tessera_log_new_entries"
 NEW_LOTS: Final = "tessera_log_new_lots"
 NEW_HOLDS: Final = "tessera_log_new_holds"
+NEW_ALLOCATIONS: Final = "tessera_log_new_allocations"
 _caught_up: set[tuple[str, str]] = set()
 
 
 def note_written(session: Session, entry: LedgerEntry | None = None, *,
-                 lot: PointLot | None = None, hold: PointHold | None = None) -> None:
+                 lot: PointLot | None = None, hold: PointHold | None = None,
+                 taken: tuple[int, int, int] | None = None) -> None:
     """The ledger's write path hands over each entry, lot and hold it writes in this
     transaction, so :func:`append_for_member` need not read them back (and the
     session's identity map, which holds rows weakly, keeps them for the answer)."""
@@ -200,6 +202,9 @@ def note_written(session: Session, entry: LedgerEntry | None = None, *,
         session.info.setdefault(NEW_LOTS, {})[lot.entry_id] = lot
     if hold is not None:
         session.info.setdefault(NEW_HOLDS, {})[hold.id] = hold
+    if taken is not None:  # (debit entry, the entry of the lot it took from, points)
+        session.info.setdefault(NEW_ALLOCATIONS, {}).setdefault(taken[0], []).append(
+            Allocation(taken[1], taken[2]))
 
 
 # Built once (the hot path of every ledger write): the member's entries with no leaf,
@@ -249,7 +254,13 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
         lots.update({lot.entry_id: lot for lot in session.exec(
             select(PointLot).where(col(PointLot.entry_id).in_(unknown)))})
     allocations: dict[int, list[Allocation]] = {}
-    if any(e.points < 0 or e.kind == EntryKind.REVERSE for e in pending):
+    taking = [e.id for e in pending if e.points < 0 or e.kind == EntryKind.REVERSE]
+    noted_taken: dict[int, list[Allocation]] = session.info.get(NEW_ALLOCATIONS, {})
+    if taking and all(i in noted_taken for i in taking):
+        # Every allocation of these entries was made by the ledger's _debit in this
+        # transaction, which hands each over in the order it wrote them.
+        allocations = {i: noted_taken[i] for i in taking if i is not None}
+    elif taking:
         for entry_id, lot_entry, points in session.exec(
                 select(LotAllocation.entry_id, PointLot.entry_id, LotAllocation.amount)
                 .join(PointLot, col(PointLot.id) == col(LotAllocation.lot_id))
