@@ -26,6 +26,7 @@ within ``TESSERA_DB_MAX_CONNECTIONS`` (:func:`pool_size_per_worker`).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any, Final
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
@@ -82,8 +84,43 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     # No overflow: the budget divided among workers is a ceiling, not a hint.
     # A request beyond it waits for a connection (pool_timeout) instead of
     # pushing the server past max_connections, where every worker fails.
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=size,
-                         max_overflow=0, pool_timeout=30)
+    engine = create_engine(url, echo=echo, pool_size=size, max_overflow=0, pool_timeout=30)
+    _ping_when_idle(engine)
+    return engine
+
+
+PING_AFTER_IDLE_SECONDS: Final = 1.0
+"""A pooled connection idle longer than this is pinged before use (see _ping_when_idle)."""
+_IDLE_SINCE: Final = "tessera_idle_since"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it has sat idle.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip per transaction
+    (two per redemption, ten a second per worker for the log's sequencer),
+    bench/README.md "Redemption profile (session 4)". What it guards against
+    is a connection that died while it sat in the pool (a database restart, an
+    idle timeout): one used again within a second has just answered its last
+    transaction, so it is handed out as is; one idle longer is pinged, and a
+    dead one is replaced (``DisconnectionError``: the pool discards it and
+    takes another, SQLAlchemy's pessimistic-disconnect recipe). A connection
+    that dies while in use fails its transaction either way, with or without
+    a ping before it.
+    """
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is not None and time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure: this connection is not to be trusted
+            raise DisconnectionError("pooled connection failed its ping") from exc
 
 
 def pool_size_per_worker(environ: Mapping[str, str] | None = None) -> int:

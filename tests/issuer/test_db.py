@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlmodel import select
 
 from issuer._db import make_engine, pool_size_per_worker, read_scope, session_scope
@@ -356,3 +357,62 @@ def test_no_two_issuer_routes_answer_the_same_request(service: Service) -> None:
             scope = {"type": "http", "path": path, "method": method, "root_path": ""}
             full = [r for r in routes if r.matches(scope)[0] is Match.FULL]
             assert full == [route], (method, route.path, [r.path for r in full])
+
+
+def _backend_pid(engine: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def _kill(postgres_url: str, pid: int) -> None:
+    import psycopg
+
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_pooled_connection_that_died_while_idle_is_replaced(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ping per checkout, but a connection idle past PING_AFTER_IDLE_SECONDS is
+    pinged first: one killed while it sat in the pool is replaced, not handed out."""
+    from issuer import _db
+
+    engine = make_engine(postgres_url)
+    try:
+        first = _backend_pid(engine)
+        assert _backend_pid(engine) == first  # reused within the second: no ping needed
+        _kill(postgres_url, first)
+        monkeypatch.setattr(_db, "PING_AFTER_IDLE_SECONDS", 0.0)  # as if idle long enough
+        with session_scope(engine) as session:
+            assert session.execute(text("SELECT 1")).scalar_one() == 1
+        assert _backend_pid(engine) != first
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_reused_at_once_is_not_pinged(postgres_url: str) -> None:
+    """The saving itself: back-to-back transactions send no ping between them (a
+    connection killed in that second fails the next transaction, as a connection
+    dying in use always did)."""
+    from sqlalchemy import event
+
+    engine = make_engine(postgres_url)
+    sent: list[str] = []
+    try:
+        _backend_pid(engine)
+        original = engine.dialect.do_ping
+
+        def counting(dbapi_connection: Any) -> bool:
+            sent.append("ping")
+            return bool(original(dbapi_connection))
+
+        engine.dialect.do_ping = counting  # type: ignore[method-assign]
+        event.listen(engine, "before_cursor_execute",
+                     lambda *args: sent.append("statement"))
+        for _ in range(3):
+            with session_scope(engine) as session:
+                session.execute(text("SELECT 1")).scalar_one()
+        assert sent == ["statement"] * 3
+    finally:
+        engine.dispose()
