@@ -24,8 +24,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Final, Protocol
 
-from sqlalchemy import event
-from sqlmodel import Session, select
+from sqlalchemy import bindparam, event
+from sqlmodel import Session, col, select
 
 from issuer._models import BrandKey, BrandKeyPublic, KeyStatus, utcnow
 from tessera.encoding import canonical_json, parse_json_object
@@ -35,6 +35,7 @@ from tessera.typing import Signer
 
 __all__ = ["DID_CONTEXT", "KeyStore", "SqlKeyStore", "did_document"]
 
+_BRAND_KEYS: Final = select(BrandKey).where(col(BrandKey.brand_id) == bindparam("brand_id"))
 _KEYS_MEMO: Final = "tessera.keystore.keys"  # Session.info: brand id -> its keys, this transaction
 
 DID_CONTEXT = ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"]
@@ -86,9 +87,9 @@ class SqlKeyStore:
         memo: dict[str, list[BrandKey]] = session.info.setdefault(_KEYS_MEMO, {})
         found = memo.get(brand_id)
         if found is None:
-            stmt = select(BrandKey).where(BrandKey.brand_id == brand_id)
             # key-1, key-2, ...: numeric order (key-10 after key-9), oldest first.
-            found = memo[brand_id] = sorted(session.exec(stmt),
+            found = memo[brand_id] = sorted(session.exec(_BRAND_KEYS,
+                                                         params={"brand_id": brand_id}),
                                             key=lambda k: int(k.kid.removeprefix("key-")))
         return list(found)
 

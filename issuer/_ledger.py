@@ -153,6 +153,9 @@ _QUALIFYING_SUM: Final = select(func.coalesce(func.sum(LedgerEntry.qualifying_po
     col(LedgerEntry.member_id) == bindparam("member_id"),
     col(LedgerEntry.qualifying_at) > bindparam("since"),
     col(LedgerEntry.qualifying_at) <= bindparam("now"))
+_IDEMPOTENCY: Final = select(IdempotencyRecord).where(
+    col(IdempotencyRecord.brand_id) == bindparam("brand_id"),
+    col(IdempotencyRecord.key) == bindparam("key"))
 _LOCK_MEMBER: Final = (select(Member)
                        .where(col(Member.id) == bindparam("member_id"),
                               col(Member.brand_id) == bindparam("brand_id"))
@@ -357,9 +360,8 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     # Lock first: a concurrent request with the same key waits here and
     # then finds the record this one stores.
     member = lock_member(session, brand_id=brand_id, member_id=member_id)
-    stored = session.exec(select(IdempotencyRecord).where(
-        IdempotencyRecord.brand_id == brand_id,
-        IdempotencyRecord.key == idempotency_key)).first()
+    stored = session.exec(_IDEMPOTENCY, params={"brand_id": brand_id,
+                                                 "key": idempotency_key}).first()
     if stored is not None:
         if stored.fingerprint != fingerprint:
             raise TesseraError(ErrorCode.CONFLICT,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, bindparam, or_
 from sqlmodel import Session, col, select
 
 from issuer import _ledger, _translog
@@ -246,8 +246,8 @@ def verify_redemption(session: Session, *, brand: Brand, partner: Partner, keyst
         raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "membership_number must be disclosed")
     program = vc.claims.get("program")
     program_id = program.get("id") if isinstance(program, dict) else None
-    candidates = [m for m in session.exec(select(Member).where(
-        Member.brand_id == brand.id, Member.membership_number == number))
+    candidates = [m for m in session.exec(_MEMBER_BY_NUMBER, params={
+        "brand_id": brand.id, "number": number})
         if isinstance(program_id, str) and program_id.endswith(f"/programs/{m.program_id}")]
     if len(candidates) != 1:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
@@ -276,11 +276,9 @@ def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | No
     uri, idx = (entry.get("uri"), entry.get("idx")) if isinstance(entry, dict) else (None, None)
     if not isinstance(uri, str) or not isinstance(idx, int):
         raise TesseraError(ErrorCode.MALFORMED, "credential status entry malformed")
-    row = session.exec(select(IssuedCredential).where(
-        IssuedCredential.brand_id == brand.id,
-        IssuedCredential.status_list_id == uri.rstrip("/").rsplit("/", 1)[-1],
-        IssuedCredential.status_index == idx)
-        .execution_options(populate_existing=True)).first()
+    row = session.exec(_STATUS_ENTRY, params={
+        "brand_id": brand.id, "list_id": uri.rstrip("/").rsplit("/", 1)[-1],
+        "idx": idx}).first()
     if row is None:
         raise TesseraError(ErrorCode.STATUS_UNAVAILABLE, "credential status unknown")
     if row.status == CredentialState.REVOKED:
@@ -291,6 +289,27 @@ def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | No
 
 # -- the write side -------------------------------------------------------------------------------
 
+# The hot path's reads, built once with bound parameters (building a statement and its
+# cache key on every call cost about as much as running it).
+_MEMBER_BY_NUMBER: Final = select(Member).where(
+    col(Member.brand_id) == bindparam("brand_id"),
+    col(Member.membership_number) == bindparam("number"))
+_STATUS_ENTRY: Final = (select(IssuedCredential)
+                        .where(col(IssuedCredential.brand_id) == bindparam("brand_id"),
+                               col(IssuedCredential.status_list_id) == bindparam("list_id"),
+                               col(IssuedCredential.status_index) == bindparam("idx"))
+                        .execution_options(populate_existing=True))
+# The three uniqueness checks of a hold (each an indexed unique key) in one query.
+_EARLIER: Final = select(Redemption).where(or_(
+    col(Redemption.presentation_hash) == bindparam("presentation_hash"),
+    and_(col(Redemption.partner_id) == bindparam("partner_id"),
+         or_(col(Redemption.order_reference) == bindparam("order_reference"),
+             col(Redemption.nonce) == bindparam("nonce")))))
+_READ_REDEMPTION: Final = (select(Redemption).where(col(Redemption.id) == bindparam("id"))
+                           .execution_options(populate_existing=True))
+_LOCK_REDEMPTION: Final = (select(Redemption).where(col(Redemption.id) == bindparam("id"))
+                           .with_for_update().execution_options(populate_existing=True))
+
 
 def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: VerifiedRedemption,
                now: datetime, ttl_seconds: int) -> tuple[Redemption, bool]:
@@ -299,11 +318,9 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
     _ledger.lock_member(session, brand_id=brand.id, member_id=verified.member_id)
     # One query for the three uniqueness checks (each an indexed unique key), judged
     # in the order they always were: presentation, then order, then nonce.
-    earlier = list(session.exec(select(Redemption).where(or_(
-        col(Redemption.presentation_hash) == verified.presentation_hash,
-        and_(col(Redemption.partner_id) == partner.id,
-             or_(col(Redemption.order_reference) == tx.order_reference,
-                 col(Redemption.nonce) == verified.nonce))))))
+    earlier = list(session.exec(_EARLIER, params={
+        "presentation_hash": verified.presentation_hash, "partner_id": partner.id,
+        "order_reference": tx.order_reference, "nonce": verified.nonce}))
     used = next((r for r in earlier if r.presentation_hash == verified.presentation_hash), None)
     if used is not None:
         raise TesseraError(ErrorCode.REPLAYED, f"presentation already used for redemption "
@@ -335,10 +352,8 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
 
 def _redemption(session: Session, partner: Partner, redemption_id: str, *,
                 lock: bool = True) -> Redemption:
-    stmt = select(Redemption).where(Redemption.id == redemption_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    row = session.exec(stmt.execution_options(populate_existing=True)).first()
+    row = session.exec(_LOCK_REDEMPTION if lock else _READ_REDEMPTION,
+                       params={"id": redemption_id}).first()
     if row is None or row.partner_id != partner.id:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such redemption")
     return row

@@ -185,14 +185,18 @@ def change_state(session: Session, *, brand_id: str, credential_id: str,
     return cred
 
 
+# Every ledger write asks it (the points credential is superseded): built once.
+_LIVE_OF_TYPE: Final = select(IssuedCredential).where(
+    col(IssuedCredential.member_id) == bindparam("member_id"),
+    col(IssuedCredential.credential_type) == bindparam("credential_type"),
+    col(IssuedCredential.status).in_([CredentialState.VALID, CredentialState.SUSPENDED]))
+
+
 def revoke_current(session: Session, *, member_id: str, credential_type: str,
                    now: datetime, reason: str) -> int:
     """Revoke the member's live credentials of a type (their claims no longer hold)."""
-    stmt = select(IssuedCredential).where(
-        IssuedCredential.member_id == member_id,
-        IssuedCredential.credential_type == credential_type,
-        col(IssuedCredential.status).in_([CredentialState.VALID, CredentialState.SUSPENDED]))
-    rows = list(session.exec(stmt))
+    rows = list(session.exec(_LIVE_OF_TYPE, params={"member_id": member_id,
+                                                    "credential_type": credential_type}))
     for cred in rows:
         cred.status = CredentialState.REVOKED
         cred.status_reason = reason
