@@ -207,37 +207,54 @@ def issue_batch(session: Session, *, settings: Settings, keystore: KeyStore, bra
         # Rounding would leave nothing: a tier that ends within the hour.
         coarse_expiry = expires
     out: list[tuple[Any, IssuedCredential]] = []
-    for holder_key in holder_keys:
-        # Each row is flushed before the next pick, so the slots of a batch
-        # are distinct as well as random.
-        shard, idx = allocate(session, brand_id=brand.id, kind=kind, now=now)
-        list_url = status_list_url(settings, brand, shard.id)
-        cred_id = new_id()
-        credential: Any
-        if config.format == SD_JWT:
-            credential = sd_jwt.issue_credential(
-                config.ctype, claims, signer=signer, issuer=brand.did, holder_key=holder_key,
-                issued_at=issued_at, not_before=issued_at, expires_at=coarse_expiry,
-                status=token_status_claim(list_url, idx))
-            row_expires = coarse_expiry
-        else:
-            vc = data_integrity.loyalty_credential(
-                config.ctype, claims, issuer=brand.did, subject=member.did, valid_from=now,
-                valid_until=expires, credential_id=f"urn:uuid:{cred_id}")
-            vc["credentialStatus"] = bitstring_entries(list_url, idx)
-            credential = data_integrity.issue(vc, signer=signer,
-                                              cryptosuite=_cryptosuite(signer),
-                                              verification_method=signer.key_id or "",
-                                              created=now)
-            row_expires = expires
-        row = IssuedCredential(id=cred_id, brand_id=brand.id, member_id=member.id,
-                               credential_type=config.ctype.name, format=config.format,
-                               status_list_id=shard.id, status_index=idx, issued_at=now,
-                               expires_at=row_expires,
-                               holder_key_thumbprint=holder_key.thumbprint(),
-                               batch_id=batch_id, dataset_sha256=dataset)
-        session.add(row)
-        session.flush()
-        out.append((credential, row))
+    taken: set[tuple[str, int]] = set()
+    # The batch's rows go in with one flush after the loop (a flush per row was a third
+    # of a batch's time: bench/README.md, "Issuance profile (session 4)"); the slots
+    # picked so far are passed on, so those of a batch are distinct as well as random.
+    with session.no_autoflush:
+        for holder_key in holder_keys:
+            out.append(_issue_one(session, settings=settings, brand=brand, member=member,
+                                  config=config, claims=claims, signer=signer, kind=kind,
+                                  holder_key=holder_key, batch_id=batch_id, dataset=dataset,
+                                  issued_at=issued_at, expires=expires,
+                                  coarse_expiry=coarse_expiry, now=now, taken=taken))
+            taken.add((out[-1][1].status_list_id, out[-1][1].status_index))
+    session.flush()
     mark_superseded(session, new=[row for _, row in out], now=now)
     return out
+
+
+def _issue_one(session: Session, *, settings: Settings, brand: Brand, member: Member,
+               config: Configuration, claims: dict[str, Any], signer: Any,
+               kind: StatusListKind, holder_key: PublicKey, batch_id: str, dataset: str,
+               issued_at: datetime, expires: datetime, coarse_expiry: datetime,
+               now: datetime, taken: set[tuple[str, int]]) -> tuple[Any, IssuedCredential]:
+    """One credential of a batch and its row (added to the session, not yet flushed)."""
+    shard, idx = allocate(session, brand_id=brand.id, kind=kind, now=now, taken=taken)
+    list_url = status_list_url(settings, brand, shard.id)
+    cred_id = new_id()
+    credential: Any
+    if config.format == SD_JWT:
+        credential = sd_jwt.issue_credential(
+            config.ctype, claims, signer=signer, issuer=brand.did, holder_key=holder_key,
+            issued_at=issued_at, not_before=issued_at, expires_at=coarse_expiry,
+            status=token_status_claim(list_url, idx))
+        row_expires = coarse_expiry
+    else:
+        vc = data_integrity.loyalty_credential(
+            config.ctype, claims, issuer=brand.did, subject=member.did, valid_from=now,
+            valid_until=expires, credential_id=f"urn:uuid:{cred_id}")
+        vc["credentialStatus"] = bitstring_entries(list_url, idx)
+        credential = data_integrity.issue(vc, signer=signer,
+                                          cryptosuite=_cryptosuite(signer),
+                                          verification_method=signer.key_id or "",
+                                          created=now)
+        row_expires = expires
+    row = IssuedCredential(id=cred_id, brand_id=brand.id, member_id=member.id,
+                           credential_type=config.ctype.name, format=config.format,
+                           status_list_id=shard.id, status_index=idx, issued_at=now,
+                           expires_at=row_expires,
+                           holder_key_thumbprint=holder_key.thumbprint(),
+                           batch_id=batch_id, dataset_sha256=dataset)
+    session.add(row)
+    return credential, row

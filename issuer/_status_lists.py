@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -105,12 +105,15 @@ def _open_shard(session: Session, *, brand_id: str, kind: StatusListKind,
 
 
 def allocate(session: Session, *, brand_id: str, kind: StatusListKind, now: datetime,
-             size: int = SHARD_SIZE) -> tuple[StatusListShard, int]:
+             size: int = SHARD_SIZE, taken: Collection[tuple[str, int]] = ()
+             ) -> tuple[StatusListShard, int]:
     """A free random index in the brand's open shard of ``kind`` (a new shard if full).
 
     The caller inserts the credential row in the same transaction; the
     unique ``(status_list_id, status_index)`` constraint turns a concurrent
-    pick of the same slot into a retried write (``run_write``).
+    pick of the same slot into a retried write (``run_write``). ``taken``:
+    ``(shard id, index)`` slots the caller picked but has not inserted yet
+    (a batch inserts its rows together after its picks).
     """
     for _ in range(8):
         shard = _open_shard(session, brand_id=brand_id, kind=kind, now=now, size=size)
@@ -121,6 +124,8 @@ def allocate(session: Session, *, brand_id: str, kind: StatusListKind, now: date
             probes += 1
             if probes > MAX_PROBES:
                 raise TesseraError(ErrorCode.CONFLICT, "status list shard is nearly full")
+            if (shard_id, idx) in taken:
+                return True
             found = session.exec(_SLOT_USED, params={"shard_id": shard_id, "idx": idx})
             return found.first() is not None
 

@@ -135,17 +135,21 @@ class PublicKey:
             raise TesseraError(ErrorCode.INVALID_SIGNATURE, "signature does not verify") from None
 
     def to_jwk(self) -> dict[str, str]:
+        return dict(self._jwk_members)
+
+    @functools.cached_property
+    def _jwk_members(self) -> tuple[tuple[str, str], ...]:
+        # Once per key: equality and hashing compare these, and a batch request
+        # compares every proof's key with every attested key (public_numbers()
+        # cost more than the rest of a comparison; bench/README.md, issue 10).
         if isinstance(self._key, ed25519.Ed25519PublicKey):
             raw = self._key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
+            return (("kty", "OKP"), ("crv", "Ed25519"), ("x", b64url_encode(raw)))
         size = _CURVES[self.crv][2]
         nums = self._key.public_numbers()
-        return {
-            "kty": "EC",
-            "crv": self.crv,
-            "x": b64url_encode(nums.x.to_bytes(size, "big")),
-            "y": b64url_encode(nums.y.to_bytes(size, "big")),
-        }
+        return (("kty", "EC"), ("crv", self.crv),
+                ("x", b64url_encode(nums.x.to_bytes(size, "big"))),
+                ("y", b64url_encode(nums.y.to_bytes(size, "big"))))
 
     def raw(self, *, compressed: bool = True) -> bytes:
         """Raw Ed25519 bytes, or the SEC1 point (compressed by default, as did:key wants)."""
@@ -175,7 +179,7 @@ class PublicKey:
         return b64url_encode(hashlib.sha256(canonical_json(required)).digest())
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PublicKey) and self.to_jwk() == other.to_jwk()
+        return isinstance(other, PublicKey) and self._jwk_members == other._jwk_members
 
     def __hash__(self) -> int:
         return hash(self.thumbprint())

@@ -187,3 +187,25 @@ def test_points_change_supersedes_the_points_credential(service: Service) -> Non
     assert final[points_id]["superseded_by"] == new_id
     assert final[new_id]["status"] == "valid"
     assert got  # the earlier credentials were real
+
+
+def test_a_batch_never_picks_a_slot_it_holds_but_has_not_inserted(service: Service) -> None:
+    """A batch inserts its rows after all its picks (issuer._issuance.issue_batch): the
+    slots it picked so far are passed as ``taken`` and never handed out again."""
+    from datetime import UTC, datetime
+
+    from issuer._admin import brand_by_slug
+    from issuer._db import session_scope
+    from issuer._models import StatusListKind
+    from issuer._status_lists import allocate
+
+    service.brand("acme")
+    now = datetime.now(UTC)
+    with session_scope(service.engine) as session:
+        brand = brand_by_slug(session, slug="acme")
+        shard, _ = allocate(session, brand_id=brand.id, kind=StatusListKind.TOKEN, now=now,
+                            size=8)
+        taken = {(shard.id, i) for i in range(8) if i != 5}
+        picks = [allocate(session, brand_id=brand.id, kind=StatusListKind.TOKEN, now=now,
+                          taken=taken) for _ in range(10)]
+    assert {(s.id, i) for s, i in picks} == {(shard.id, 5)}
