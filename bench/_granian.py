@@ -36,7 +36,8 @@ def _granian_run(app: Any, *, host: str = "127.0.0.1", port: int = 8000, workers
     if not isinstance(app, str):
         app, factory = _FACTORIES[_role], True
     # GRANIAN_TASK_IMPL=rust: granian's own task implementation (Python < 3.12 only),
-    # which its documentation recommends for speed; asyncio's by default.
+    # documented as faster; asyncio's by default, because with rust every thread-pool
+    # route fails (anyio cannot find its root task: bench/README.md, "Servers and drivers").
     task_impl = TaskImpl(os.environ.get("GRANIAN_TASK_IMPL", "asyncio"))
     Server(app, address=host, port=port, interface=Interfaces.ASGI, workers=workers,
            loop=Loops.uvloop, http=HTTPModes.http1, factory=factory, task_impl=task_impl,
