@@ -12,7 +12,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -194,9 +194,14 @@ def brand_did_document(session: Session, *, keystore: KeyStore, brand: Brand) ->
 def tiers_of(session: Session, *, program_id: str) -> list[Tier]:
     """The program's tiers by rank; tiers are created with their program and never change,
     so each worker reads them once (:mod:`issuer._cache`; shared rows, read only)."""
-    stmt = select(Tier).where(Tier.program_id == program_id).order_by(col(Tier.rank))
-    tiers = cached(session, ("tiers", program_id), lambda: list(session.exec(stmt)) or None)
+    tiers = cached(session, ("tiers", program_id), lambda: list(session.exec(
+        _TIERS, params={"program_id": program_id})) or None)
     return list(tiers or [])
+
+
+# Built once: a statement built per call cost more than the cache lookup it precedes.
+_TIERS: Final = (select(Tier).where(col(Tier.program_id) == bindparam("program_id"))
+                 .order_by(col(Tier.rank)))
 
 
 def program_public(session: Session, program: Program) -> ProgramPublic:
