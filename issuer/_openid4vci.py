@@ -106,8 +106,10 @@ MAX_TX_CODE_FAILURES: Final = 5
 _BY_CODE: Final = (select(CredentialOffer)
                    .where(col(CredentialOffer.code_sha256) == bindparam("sha256"))
                    .with_for_update())
-_BY_ACCESS_TOKEN: Final = select(CredentialOffer).where(
-    col(CredentialOffer.access_token_sha256) == bindparam("sha256"))
+# The offer and its member in one round trip (the credential endpoint's first read).
+_BY_ACCESS_TOKEN: Final = (select(CredentialOffer, Member)
+                           .join(Member, col(Member.id) == col(CredentialOffer.member_id))
+                           .where(col(CredentialOffer.access_token_sha256) == bindparam("sha256")))
 _LOCK_OFFER: Final = (select(CredentialOffer)
                       .where(col(CredentialOffer.id) == bindparam("offer_id"))
                       .with_for_update().execution_options(populate_existing=True))
@@ -465,12 +467,11 @@ def authorize(session: Session, *, brand: Brand, authorization: str | None, now:
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token or len(token) > 128:
         raise TesseraError(ErrorCode.UNAUTHORIZED, "missing bearer access token")
-    offer = session.exec(_BY_ACCESS_TOKEN, params={"sha256": _sha256(token.strip())}).first()
-    if offer is None or offer.brand_id != brand.id or offer.access_token_expires_at is None \
-            or offer.access_token_expires_at <= now:
+    found = session.exec(_BY_ACCESS_TOKEN, params={"sha256": _sha256(token.strip())}).first()
+    offer, member = found if found is not None else (None, None)
+    if offer is None or member is None or offer.brand_id != brand.id \
+            or offer.access_token_expires_at is None or offer.access_token_expires_at <= now:
         raise TesseraError(ErrorCode.UNAUTHORIZED, "access token unknown or expired")
-    member = session.get(Member, offer.member_id)
-    assert member is not None  # foreign key
     return offer, member
 
 
