@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import ipaddress
 import json
@@ -24,7 +23,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -331,21 +330,31 @@ def fetch_budget_seconds(value: str | float | None) -> float:
     return seconds
 
 
-@contextlib.contextmanager
-def fetch_budget(seconds: float) -> Iterator[None]:
+class fetch_budget:  # lower case: it was, and is used as, a function
     """Bound every :class:`HttpFetcher` fetch made inside the block to ``seconds`` in total.
 
     A verification may resolve several DIDs and status lists; each fetch has
     its own deadline, and this bounds their sum. Nested budgets keep the
     earlier end. ``Verifier(fetch_budget=...)`` wraps each ``verify`` in one.
     """
-    end = time.monotonic() + seconds
-    outer = _BUDGET.get()
-    token = _BUDGET.set(end if outer is None else min(end, outer))
-    try:
-        yield
-    finally:
-        _BUDGET.reset(token)
+
+    # A class, not @contextmanager: it wraps every Verifier.verify, and the
+    # generator machinery cost more than the ContextVar work itself.
+    __slots__ = ("_seconds", "_token")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._token: contextvars.Token[float | None] | None = None
+
+    def __enter__(self) -> None:
+        end = time.monotonic() + self._seconds
+        outer = _BUDGET.get()
+        self._token = _BUDGET.set(end if outer is None else min(end, outer))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _BUDGET.reset(self._token)
+            self._token = None
 
 
 def _within(seconds: float, work: Callable[[], list[str]]) -> list[str]:

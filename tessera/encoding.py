@@ -49,6 +49,12 @@ _B64URL_INDEX = {
 
 _B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _URL_TO_STD = bytes.maketrans(b"-_", b"+/")
+# base64url -> standard base64 in one pass, every byte outside the url-safe
+# alphabet (padding, '+', '/', whitespace, ...) to '*', which strict
+# a2b_base64 refuses: validation and mapping in the same C pass.
+_URL_TO_STD_OR_BAD = bytes(
+    b if b in _B64URL_ALPHABET else 0x2A for b in range(256)
+).translate(_URL_TO_STD)
 _STD_TO_URL = bytes.maketrans(b"+/", b"-_")
 
 
@@ -69,13 +75,12 @@ def b64url_decode(text: str, *, max_len: int = MAX_JSON_BYTES * 2) -> bytes:
         data = text.encode("ascii")
     except UnicodeEncodeError:
         raise TesseraError(ErrorCode.MALFORMED, "not unpadded base64url") from None
-    # Deleting every alphabet byte leaves exactly the offending ones (padding,
-    # '+', '/', whitespace, anything else): one C-speed pass instead of the
-    # regex and the copies base64.b64decode(validate=True) makes.
-    if rem == 1 or data.translate(None, _B64URL_ALPHABET):
+    if rem == 1:
         raise TesseraError(ErrorCode.MALFORMED, "not unpadded base64url")
     try:
-        raw = binascii.a2b_base64(data.translate(_URL_TO_STD) + b"=" * (-rem % 4),
+        # Any byte outside the alphabet became '*' (see _URL_TO_STD_OR_BAD)
+        # and strict mode refuses it: one translate, no regex, no extra copy.
+        raw = binascii.a2b_base64(data.translate(_URL_TO_STD_OR_BAD) + b"=" * (-rem % 4),
                                   strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise TesseraError(ErrorCode.MALFORMED, "not unpadded base64url") from exc

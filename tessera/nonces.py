@@ -1,6 +1,6 @@
 """Single-use nonces and replay caches shared by every instance of a service.
 
-Three stores implement :class:`tessera.typing.NonceStore` plus ``remember``:
+Three stores implement :class:`tessera.typing.NonceStore` plus ``remember`` and ``take``:
 
 - :class:`MemoryNonceStore`: one process, bounded, for tests and single-node use.
 - :class:`SqlNonceStore`: SQLAlchemy Core over SQLite (>= 3.35) or PostgreSQL.
@@ -16,6 +16,9 @@ recorded and unexpired, and says whether it did (``True`` = new). It is the
 atomic "check and record" that :class:`ReplayCache` builds on to refuse a
 replayed KB-JWT or ``jti`` (OpenID4VP 1.0 §14.1 asks verifiers to detect
 replay; RFC 7519 §4.1.7 makes ``jti`` the identifier for it).
+
+``take(value)`` is ``consume(value) is not None`` without reading the data
+back: what a verifier that still holds the request object needs.
 
 SQLAlchemy and redis are imported inside the classes that need them: the
 verifier SDK imports this module without either installed.
@@ -57,6 +60,7 @@ __all__ = [
     "RememberingNonceStore",
     "ReplayCache",
     "SqlNonceStore",
+    "TakingNonceStore",
     "define_nonce_table",
     "new_nonce",
     "nonce_metadata",
@@ -167,6 +171,15 @@ class RememberingNonceStore(NonceStore, Protocol):
         ...
 
 
+@runtime_checkable
+class TakingNonceStore(NonceStore, Protocol):
+    """A :class:`~tessera.typing.NonceStore` that can consume a value without reading its data."""
+
+    def take(self, value: str) -> bool:
+        """Consume ``value``: ``True`` exactly once, as ``consume(value) is not None`` would be."""
+        ...
+
+
 class ReplayCache:
     """Refuses a value seen before within its time-to-live (KB-JWTs, ``jti``).
 
@@ -214,6 +227,17 @@ class _RecordingStore(ABC):
     def remember(self, value: str, *, ttl_seconds: int) -> bool:
         """``True`` if newly recorded, ``False`` if already present and unexpired."""
         return self._record(_check_value(value), _check_ttl(ttl_seconds), "{}")
+
+    @abstractmethod
+    def consume(self, value: str) -> dict[str, Any] | None: ...
+
+    def take(self, value: str) -> bool:
+        """Consume ``value`` when only "was it live?" matters: ``True`` exactly once.
+
+        The verifier holding the request object already has the data; this
+        spares it reading and parsing it again. Same atomic step as ``consume``.
+        """
+        return self.consume(value) is not None
 
 
 class MemoryNonceStore(_RecordingStore):
@@ -296,6 +320,15 @@ class MemoryNonceStore(_RecordingStore):
         # needed here, and was a tenth of Verifier.verify's own time.
         data: dict[str, Any] = json.loads(entry[1])
         return data
+
+    def take(self, value: str) -> bool:
+        # consume() minus json.loads: the data stays text until a consume asks.
+        if not _valid_value(value):
+            return False
+        now_ms = _now_ms(self._clock)
+        with self._lock:
+            entry = self._entries.pop(value, None)
+        return entry is not None and entry[0] > now_ms
 
 
 # --------------------------------------------------------------------------- SQL
@@ -559,6 +592,12 @@ class RedisNonceStore(_RecordingStore):
         if raw is None:
             return None
         return _load_data(raw)
+
+    def take(self, value: str) -> bool:
+        # DEL is as atomic as GETDEL, and Redis treats an expired key as absent.
+        if not _valid_value(value):
+            return False
+        return bool(self._client.delete(self._key(value)))
 
 
 # --------------------------------------------------------------------------- factory

@@ -3,7 +3,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -183,7 +183,7 @@ class Verifier:
         loader: jsonld.DocumentLoader | None = None,
         issuer_must_control_key: bool = True,
     ) -> None:
-        from tessera.nonces import MemoryNonceStore
+        from tessera.nonces import MemoryNonceStore, TakingNonceStore
 
         self.trust = trust
         self._resolver: DIDResolver = resolver or Resolver(HttpFetcher())
@@ -191,6 +191,11 @@ class Verifier:
             self._resolver, clock=clock, trusted=lambda did: self.trust.knows(did))
         # "is not None": an empty MemoryNonceStore has len() == 0, so it is falsy.
         self._nonces: NonceStore = nonces if nonces is not None else MemoryNonceStore(clock)
+        # With the request object in hand only "was the nonce live?" matters:
+        # a store that can say so without reading the data back does.
+        self._take_nonce: Callable[[str], bool] = (
+            self._nonces.take if isinstance(self._nonces, TakingNonceStore)
+            else lambda value: self._nonces.consume(value) is not None)
         self._clock = clock
         self._algs = frozenset(allowed_algs)
         self._ttl = request_ttl
@@ -309,7 +314,7 @@ class Verifier:
                 query.check_answered({q for q, _ in items if q is not None})
             except TesseraError as exc:
                 errors.append(exc.code)
-        if not errors and not consumed and self._nonces.consume(req.nonce) is None:
+        if not errors and not consumed and not self._take_nonce(req.nonce):
             errors.append(ErrorCode.REPLAYED)
         merged: dict[str, Any] = {}
         for cred in presented:

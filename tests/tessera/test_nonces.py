@@ -129,6 +129,46 @@ def test_issue_then_consume_exactly_once(backend: Backend) -> None:
     assert backend.other().consume(n) is None
 
 
+def test_take_is_consume_without_the_data(backend: Backend) -> None:
+    assert isinstance(backend.store, nonces.TakingNonceStore)
+    n = new_nonce()
+    backend.store.issue(n, ttl_seconds=60, data={"aud": "https://partner.example"})
+    assert backend.store.take(n) is True
+    assert backend.store.take(n) is False
+    assert backend.other().take(n) is False
+    assert backend.store.consume(n) is None  # taken means consumed
+    m = new_nonce()
+    backend.store.issue(m, ttl_seconds=60)
+    assert backend.store.consume(m) == {}
+    assert backend.store.take(m) is False  # consumed means taken
+    for value in (new_nonce(), "", "x" * (MAX_VALUE_BYTES + 1), "a\x00b", "\ud800"):
+        assert backend.store.take(value) is False
+
+
+def test_expired_nonce_cannot_be_taken(backend: Backend) -> None:
+    n1, n2 = new_nonce(), new_nonce()
+    if backend.clock is None:
+        backend.store.issue(n1, ttl_seconds=1)
+        time.sleep(1.2)
+        assert backend.store.take(n1) is False
+        return
+    backend.store.issue(n1, ttl_seconds=60)
+    backend.store.issue(n2, ttl_seconds=60)
+    backend.clock.advance(59.999)
+    assert backend.store.take(n1) is True
+    backend.clock.advance(0.001)  # exactly at expiry: gone
+    assert backend.store.take(n2) is False
+
+
+def test_concurrent_takers_exactly_one_wins(backend: Backend) -> None:
+    stores = [backend.other() for _ in range(20)]
+    for _ in range(3):
+        n = new_nonce()
+        backend.store.issue(n, ttl_seconds=60, data={"a": 1})
+        results = _race(20, lambda i, n=n: stores[i].take(n))
+        assert results.count(True) == 1
+
+
 def test_issue_without_data_consumes_to_empty_dict(backend: Backend) -> None:
     # {} rather than None: None must keep meaning "refused".
     n = new_nonce()

@@ -220,6 +220,43 @@ def test_failed_verification_does_not_burn_the_nonce(verifier: Verifier, brand: 
     assert verifier.verify(good, request=req).errors == ("replayed",)
 
 
+class _ConsumeOnlyStore:
+    """A partner's store with only the NonceStore protocol (no ``take``)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+        self.consumed: list[str] = []
+
+    def issue(self, value: str, *, ttl_seconds: int, data: dict[str, Any] | None = None) -> None:
+        self.data[value] = dict(data or {})
+
+    def consume(self, value: str) -> dict[str, Any] | None:
+        self.consumed.append(value)
+        return self.data.pop(value, None)
+
+
+def test_a_store_without_take_still_consumes_each_nonce_once(
+        brand: TestIssuer, member: TestHolder, clock: FixedClock) -> None:
+    store = _ConsumeOnlyStore()
+    v = Verifier(trust=brand.trust_list(), resolver=InMemoryResolver(brand.did_document),
+                 clock=clock, nonces=store)
+    req = v.create_request(audience=AUD)
+    pres = member.present(brand.issue_membership(member), ["tier_at_least_gold"], req)
+    assert v.verify(pres, request=req).ok
+    assert store.consumed == [req.nonce] and req.nonce not in store.data
+    assert v.verify(pres, request=req).errors == ("replayed",)
+
+
+def test_the_default_store_takes_the_nonce(verifier: Verifier, brand: TestIssuer,
+                                          member: TestHolder) -> None:
+    req = verifier.create_request(audience=AUD)
+    pres = member.present(brand.issue_membership(member), ["tier_at_least_gold"], req)
+    assert verifier.verify(pres, request=req).ok
+    # Gone from the store, whichever way it is asked for again.
+    assert verifier._nonces.consume(req.nonce) is None
+    assert verifier.verify(pres, request=req.nonce).errors == ("replayed",)
+
+
 # -- low level -------------------------------------------------------------------------------
 
 
