@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from tessera.errors import ErrorCode, TesseraError
@@ -77,16 +78,29 @@ class CredentialQuery:
 
     def options(self) -> list[tuple[ClaimQuery, ...]]:
         """Acceptable claim combinations, most preferred first (§6.4.1)."""
+        return list(self._options)
+
+    # The query is immutable and checked against every presentation of its
+    # request: what derives from it is worked out once.
+    @cached_property
+    def _options(self) -> tuple[tuple[ClaimQuery, ...], ...]:
         if not self.claims:
-            return [()]
+            return ((),)
         if self.claim_sets is None:
-            return [self.claims]
+            return (self.claims,)
         by_id = {c.id: c for c in self.claims}
-        return [tuple(by_id[i] for i in option) for option in self.claim_sets]
+        return tuple(tuple(by_id[i] for i in option) for option in self.claim_sets)
+
+    @cached_property
+    def _asked_names(self) -> frozenset[str]:
+        return frozenset(str(c.path[0]) for c in self.claims if isinstance(c.path[0], str))
 
     def satisfied_option(self, claims: Mapping[str, Any]) -> tuple[ClaimQuery, ...] | None:
-        for option in self.options():
-            if all(c.satisfied_by(claims) for c in option):
+        for option in self._options:
+            for c in option:
+                if not c.satisfied_by(claims):
+                    break
+            else:
                 return option
         return None
 
@@ -100,7 +114,7 @@ class CredentialQuery:
         return names
 
     def asked_names(self) -> set[str]:
-        return {str(c.path[0]) for c in self.claims if isinstance(c.path[0], str)}
+        return set(self._asked_names)
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,10 @@ class Query:
         return cls(parsed, tuple(sets) if sets_raw is not None else None, tuple(required),
                    dict(raw))
 
+    @cached_property
+    def _ids(self) -> frozenset[str]:
+        return frozenset(c.id for c in self.credentials)
+
     def by_id(self, cred_id: str) -> CredentialQuery:
         for c in self.credentials:
             if c.id == cred_id:
@@ -148,11 +166,11 @@ class Query:
 
     def check_answered(self, answered: set[str]) -> None:
         """Raise ``disclosure_mismatch`` unless the answered ids satisfy the query (§6.3)."""
-        unknown = answered - {c.id for c in self.credentials}
+        unknown = answered - self._ids
         if unknown:
             raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, f"unasked credentials {unknown}")
         if self.credential_sets is None:
-            missing = {c.id for c in self.credentials} - answered
+            missing = self._ids - answered
             if missing:
                 raise TesseraError(
                     ErrorCode.DISCLOSURE_MISMATCH, f"missing credentials {sorted(missing)}"

@@ -99,9 +99,16 @@ class PublicKey:
             )
         if "alg" in jwk and jwk["alg"] != alg:
             raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM, "JWK alg does not fit its curve")
-        members = tuple((k, jwk[k]) for k in ("kty", "crv", "x", "y") if k in jwk)
-        if not all(isinstance(v, str) for _, v in members):
-            raise _bad_key("JWK members must be strings")
+        # kty and crv are strings here (matched above); x and y when present.
+        # Spelled out rather than a generator: a cnf key arrives with every
+        # presentation, and this is the cache key of _public_from_members.
+        members: tuple[tuple[str, str], ...] = (("kty", kty), ("crv", crv))
+        for name in ("x", "y"):
+            if name in jwk:
+                value = jwk[name]
+                if not isinstance(value, str):
+                    raise _bad_key("JWK members must be strings")
+                members += ((name, value),)
         return _public_from_members(members, alg)
 
     @classmethod

@@ -92,10 +92,11 @@ def parse(text: str) -> SdJwt:
         raise TesseraError(ErrorCode.MALFORMED, "not an SD-JWT (no '~' separator)")
     if len(parts) - 2 > MAX_DISCLOSURES:
         raise TesseraError(ErrorCode.TOO_LARGE, "too many disclosures")
-    jwt, *disclosures, last = parts
-    if not jwt or any(not d for d in disclosures):
+    disclosures = tuple(parts[1:-1])
+    jwt, last = parts[0], parts[-1]
+    if not jwt or "" in disclosures:
         raise TesseraError(ErrorCode.MALFORMED, "empty SD-JWT component")
-    return SdJwt(jwt, tuple(disclosures), last or None)
+    return SdJwt(jwt, disclosures, last or None)
 
 
 def _digest(disclosure: str) -> str:
@@ -322,14 +323,14 @@ def _ts(payload: Mapping[str, Any], name: str) -> int | None:
 
 
 def check_times(payload: Mapping[str, Any], now: datetime, skew: timedelta) -> None:
-    t = now.timestamp()
+    t, s = now.timestamp(), skew.total_seconds()
     exp, nbf = _ts(payload, "exp"), _ts(payload, "nbf")
-    if exp is not None and t - skew.total_seconds() >= exp:
+    if exp is not None and t - s >= exp:
         raise TesseraError(ErrorCode.EXPIRED, "credential expired")
-    if nbf is not None and t + skew.total_seconds() < nbf:
+    if nbf is not None and t + s < nbf:
         raise TesseraError(ErrorCode.NOT_YET_VALID, "credential not yet valid")
     iat = _ts(payload, "iat")
-    if iat is not None and iat > t + skew.total_seconds():
+    if iat is not None and iat > t + s:
         raise TesseraError(ErrorCode.NOT_YET_VALID, "credential issued in the future")
 
 
@@ -483,6 +484,7 @@ def verify(
         parsed, holder_key, now=now, audience=audience, nonce=nonce,
         required=require_key_binding, transaction_data=transaction_data,
         allowed_algs=allowed_algs, skew=clock_skew, max_age=max_kb_age,
+        presentation=presentation,
     )
     claims = {k: v for k, v in processed.items() if k not in _STRUCTURAL}
     return VerifiedSdJwt(
@@ -513,6 +515,7 @@ def _verify_key_binding(
     allowed_algs: Collection[str],
     skew: timedelta,
     max_age: timedelta,
+    presentation: str | None = None,
 ) -> dict[str, Any] | None:
     if parsed.kb_jwt is None:
         if required or transaction_data:
@@ -537,7 +540,11 @@ def _verify_key_binding(
         raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "KB-JWT not signed by the cnf key") \
             from exc
     claims = kb.payload
-    if claims.get("sd_hash") != _digest(parsed.without_kb):
+    # The presentation minus its KB-JWT is exactly what sd_hash covers
+    # (RFC 9901 §4.3.1); slicing it off is cheaper than SdJwt.without_kb's join.
+    signed_part = presentation[:len(presentation) - len(parsed.kb_jwt)] \
+        if presentation is not None else parsed.without_kb
+    if claims.get("sd_hash") != _digest(signed_part):
         raise TesseraError(ErrorCode.KEY_BINDING_INVALID, "sd_hash does not match")
     if audience is None or nonce is None:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "verifying key binding needs aud and nonce")
