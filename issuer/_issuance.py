@@ -162,9 +162,15 @@ def coarse_time(at: datetime, unit: timedelta = TIME_GRANULARITY) -> datetime:
     return datetime.fromtimestamp(int(at.timestamp()) // step * step, UTC)
 
 
+_WHEN_READ: Final = frozenset({"as_of", "checkpoint"})
+
+
 def _dataset_digest(claims: dict[str, Any]) -> str:
-    # ``as_of`` is when the balance was read, not part of the state it states.
-    state = {k: v for k, v in claims.items() if k != "as_of"}
+    # ``as_of`` and the log ``checkpoint`` say when the balance was read, not the state it
+    # states: every member's ledger write moves the brand's log head, and counting it would
+    # make each top-up revoke the unused rest of the pool (§13.2 forbids revoking solely
+    # for a new request). An older checkpoint stays a prefix the audit can still prove.
+    state = {k: v for k, v in claims.items() if k not in _WHEN_READ}
     return hashlib.sha256(canonical_json(state)).hexdigest()
 
 

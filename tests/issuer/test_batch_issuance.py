@@ -20,6 +20,7 @@ from jwcrypto import jwk
 
 from issuer._settings import Settings
 from tessera.did import HttpFetcher, Resolver
+from tessera.encoding import b64url_decode
 from tessera.keys import PublicKey
 from tests.issuer.conftest import Service
 from tests.issuer.oid4vci_wallet import (
@@ -478,3 +479,50 @@ def test_an_erased_member_cannot_refresh(service: Service) -> None:
     r = service.post("acme", f"/admin/v1/members/{member['id']}/erase")
     assert r.status_code in (200, 201), r.text
     _oauth_error(wallet.refresh(session), 400, "invalid_grant")
+
+
+def _checkpoint(credential: str) -> Any:
+    """The ``checkpoint`` a points SD-JWT VC states, in clear or in a disclosure."""
+    parts = credential.split("~")
+    payload = _payload(credential)
+    if "checkpoint" in payload:
+        return payload["checkpoint"]
+    for disclosure in parts[1:]:
+        if disclosure:
+            decoded = json.loads(b64url_decode(disclosure))
+            if decoded[1] == "checkpoint":
+                return decoded[2]
+    raise AssertionError("no checkpoint in the credential")
+
+
+def test_a_points_top_up_keeps_the_pool_when_only_the_log_moved(service: Service) -> None:
+    """A points credential names the brand's log checkpoint, which every member's ledger
+    write moves. That is when the balance was read, like ``as_of``, not the state stated:
+    another member's earn must not make this member's top-up revoke its unused pool."""
+    member, wallet = _wallet(service)
+    other, _ = _wallet(service)
+
+    def points_batch(n: int) -> list[tuple[str, jwk.JWK]]:
+        session = _session(service, wallet, member, (POINTS,))
+        keys = fresh_keys(n)
+        issued = _got(wallet.request_batch(session, POINTS, keys, now=service.clock.now))
+        return list(zip(issued, keys, strict=True))
+
+    first = points_batch(2)
+    r = service.post("acme", f"/admin/v1/members/{other['id']}/points/earn", {"points": 5})
+    assert r.status_code == 201
+    assert service.integrate() >= 1  # the log's head moves past the first batch's checkpoint
+    second = points_batch(2)
+    rows = [r for r in _rows(service, member["id"])
+            if r["credential_type"] == "LoyaltyPointsCredential"]
+    assert len(rows) == 4 and all(r["status"] == "valid" for r in rows), rows
+    # The two batches do name different log heads (the case this test is about).
+    assert _checkpoint(first[0][0]) != _checkpoint(second[0][0])
+
+    # The member's own balance moving does supersede the pool.
+    r = service.post("acme", f"/admin/v1/members/{member['id']}/points/earn", {"points": 5})
+    assert r.status_code == 201
+    points_batch(1)
+    rows = [r for r in _rows(service, member["id"])
+            if r["credential_type"] == "LoyaltyPointsCredential"]
+    assert sum(r["status"] == "revoked" for r in rows) == 4
