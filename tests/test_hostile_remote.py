@@ -570,3 +570,26 @@ def test_vc_api_verifier_bounds_its_fetches_per_request() -> None:
     assert web.calls == []
     roomy = VcApiVerifier(resolver=Resolver(web.fetcher()), clock=clock)
     assert roomy.verify_credential({"verifiableCredential": vc})[0] == 200
+
+
+def test_the_verifiers_fetcher_serves_its_default_resolver_and_status_check() -> None:
+    # One injected fetcher (here over httpx.MockTransport) carries both the
+    # issuer's did:web document and the status list; nothing else is asked.
+    clock = FixedClock()
+    brand, member = TestIssuer(clock=clock), TestHolder(clock=clock)
+    revoked = StatusList()
+    revoked.set(3, 1)
+    token = sign_status_list_token(revoked, brand.signer, uri=LIST_URL, issued_at=clock(),
+                                   expires_at=None, issuer=brand.did)
+    brand_doc_url = "https://brand.test/.well-known/did.json"
+    web = Recorder({LIST_URL: ("application/statuslist+jwt", token.encode()),
+                    brand_doc_url: _doc(brand)})
+    v = Verifier(trust=brand.trust_list(), clock=clock, fetcher=web.fetcher())
+    for idx, errors in ((3, ("revoked",)), (4, ())):
+        req = v.create_request(audience=AUD)
+        cred = brand.issue_membership(member, status={"status_list": {"idx": idx,
+                                                                       "uri": LIST_URL}})
+        assert v.verify(member.present(cred, ["tier_at_least_gold"], req),
+                        request=req).errors == errors
+    # Each fetched once: the resolver's and the status list's caches answer the second time.
+    assert sorted(web.calls) == sorted([brand_doc_url, LIST_URL])

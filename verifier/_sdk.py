@@ -17,7 +17,7 @@ from tessera.encoding import parse_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import sd_jwt
 from tessera.keys import SUPPORTED_ALGS, PublicKey
-from tessera.typing import Clock, DIDResolver, NonceStore
+from tessera.typing import Clock, DIDResolver, Fetcher, NonceStore
 from verifier._status import StatusCheck, default_status_check
 from verifier._trust import TrustList
 
@@ -150,7 +150,10 @@ class Verifier:
     defaults (DID resolution with an SSRF-safe HTTP client, status lists
     fetched the same way, an in-memory nonce store, the system clock); pass
     your own to share nonces across instances (SQL or Redis store) or to run
-    without a network.
+    without a network. ``fetcher`` is the HTTP client of both defaults
+    (did:web documents and status lists), e.g.
+    ``HttpFetcher(httpx.Client(transport=...))``; it is not used by a
+    ``resolver`` or ``status_check`` you pass yourself.
 
     ``fetch_budget`` bounds the time one :meth:`verify` may spend fetching
     (DID documents and status lists together, through
@@ -173,6 +176,7 @@ class Verifier:
         trust: TrustList,
         resolver: DIDResolver | None = None,
         status_check: StatusCheck | None = None,
+        fetcher: Fetcher | None = None,
         nonces: NonceStore | None = None,
         clock: Clock = _utcnow,
         allowed_algs: Collection[str] = SUPPORTED_ALGS,
@@ -186,9 +190,14 @@ class Verifier:
         from tessera.nonces import MemoryNonceStore, TakingNonceStore
 
         self.trust = trust
-        self._resolver: DIDResolver = resolver or Resolver(HttpFetcher())
+        # One fetcher for both defaults, as the VC API verifier does: the
+        # default status check used to build its own HttpFetcher, which a
+        # partner (or a test with httpx.MockTransport) could not replace.
+        if fetcher is None and (resolver is None or status_check is None):
+            fetcher = HttpFetcher()
+        self._resolver: DIDResolver = resolver or Resolver(fetcher)
         self._status_check = status_check or default_status_check(
-            self._resolver, clock=clock, trusted=lambda did: self.trust.knows(did))
+            self._resolver, fetcher, clock=clock, trusted=lambda did: self.trust.knows(did))
         # "is not None": an empty MemoryNonceStore has len() == 0, so it is falsy.
         self._nonces: NonceStore = nonces if nonces is not None else MemoryNonceStore(clock)
         # With the request object in hand only "was the nonce live?" matters:
