@@ -35,6 +35,12 @@ def _bad(detail: str) -> TesseraError:
     return TesseraError(ErrorCode.MALFORMED, f"DCQL: {detail}")
 
 
+def _same(value: Any, wanted: Any) -> bool:
+    # JSON equality, not Python's: ``True == 1`` in Python, but a query asking for the
+    # number 1 must not be satisfied by the boolean true (or the reverse).
+    return isinstance(value, bool) is isinstance(wanted, bool) and value == wanted
+
+
 @dataclass(frozen=True)
 class ClaimQuery:
     id: str | None
@@ -57,7 +63,7 @@ class ClaimQuery:
 
     def satisfied_by(self, claims: Mapping[str, Any]) -> bool:
         found, value = self.lookup(claims)
-        return found and (self.values is None or value in self.values)
+        return found and (self.values is None or any(_same(value, v) for v in self.values))
 
 
 @dataclass(frozen=True)

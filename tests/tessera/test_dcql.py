@@ -42,6 +42,15 @@ def test_claim_paths() -> None:
     assert not ClaimQuery(None, ("tier", "name"), ("silver",)).satisfied_by(claims)
 
 
+@pytest.mark.parametrize(("value", "wanted"), [(True, 1), (1, True), (False, 0), (0, False),
+                                                 ("1", 1), (1, "1")])
+def test_values_match_by_json_type(value: object, wanted: object) -> None:
+    # DCQL values compare as JSON values: Python's True == 1 must not leak through.
+    query = ClaimQuery(None, ("a",), (wanted,))
+    assert not query.satisfied_by({"a": value})
+    assert query.satisfied_by({"a": wanted})
+
+
 def test_claim_sets_prefer_first_satisfiable_option() -> None:
     query = Query.parse({"credentials": [{
         "id": "m", "format": "dc+sd-jwt", "meta": {"vct_values": [VCT]},
