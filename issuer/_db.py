@@ -32,20 +32,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import event
+from sqlalchemy import Insert, event, insert
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 from issuer._settings import normalise_database_url
 from tessera.errors import ErrorCode, TesseraError
 from tessera.sqlite import DEFERRED_DURABILITY, READ_ONLY, configure_sqlite
 
-__all__ = ["describe_database", "is_sqlite", "make_engine", "pool_size_per_worker",
-           "read_scope", "session_scope"]
+__all__ = ["core_insert", "describe_database", "is_sqlite", "make_engine",
+           "pool_size_per_worker", "read_scope", "session_scope"]
 
 # READ_ONLY (tessera.sqlite) is also the Session.info key of a read scope.
+
+
+def core_insert(model: type[SQLModel]) -> Insert:
+    """An ``INSERT`` into ``model``'s table as a Core statement: executed through a
+    session it skips the unit of work (no object, no flush; the session does not know
+    the row). For append-only rows the transaction does not read back as objects."""
+    return insert(model.__table__)  # type: ignore[attr-defined]
 
 DEFAULT_MAX_CONNECTIONS: Final = 40
 """Connections all workers of one service may hold together (PostgreSQL's default

@@ -47,7 +47,7 @@ from sqlmodel import Session, col, func, select
 
 from issuer import _translog
 from issuer._admin import tiers_of
-from issuer._db import session_scope
+from issuer._db import core_insert, session_scope
 from issuer._keystore import KeyStore
 from issuer._models import (
     MAX_POINTS,
@@ -156,6 +156,7 @@ _QUALIFYING_SUM: Final = select(func.coalesce(func.sum(LedgerEntry.qualifying_po
 _IDEMPOTENCY: Final = select(IdempotencyRecord).where(
     col(IdempotencyRecord.brand_id) == bindparam("brand_id"),
     col(IdempotencyRecord.key) == bindparam("key"))
+_INSERT_IDEMPOTENCY: Final = core_insert(IdempotencyRecord)
 _LOCK_MEMBER: Final = (select(Member)
                        .where(col(Member.id) == bindparam("member_id"),
                               col(Member.brand_id) == bindparam("brand_id"))
@@ -383,10 +384,12 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
                    now=now, reason="superseded: points changed")
     evaluate_tier(session, member=member, now=now)
     body["balance"] = balance(session, member=member, now=now).model_dump(mode="json")
-    session.add(IdempotencyRecord(brand_id=brand_id, key=idempotency_key,
-                                  fingerprint=fingerprint, status_code=201, response=body,
-                                  created_at=now))
     session.flush()
+    # Append-only and never read back in this transaction: a Core INSERT, not an ORM
+    # object through the unit of work (bench/README.md "Redemption profile (session 4)").
+    session.execute(_INSERT_IDEMPOTENCY, {"brand_id": brand_id, "key": idempotency_key,
+                                          "fingerprint": fingerprint, "status_code": 201,
+                                          "response": body, "created_at": now})
     return Outcome(201, body, replayed=False)
 
 
