@@ -38,10 +38,10 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import bindparam, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, func, select
 
@@ -157,6 +157,8 @@ _IDEMPOTENCY: Final = select(IdempotencyRecord).where(
     col(IdempotencyRecord.brand_id) == bindparam("brand_id"),
     col(IdempotencyRecord.key) == bindparam("key"))
 _INSERT_IDEMPOTENCY: Final = core_insert(IdempotencyRecord)
+_INSERT_ENTRY: Final = core_insert(LedgerEntry)
+_INSERT_ALLOCATION: Final = core_insert(LotAllocation)
 _LOCK_MEMBER: Final = (select(Member)
                        .where(col(Member.id) == bindparam("member_id"),
                               col(Member.brand_id) == bindparam("brand_id"))
@@ -405,8 +407,13 @@ def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -
     if fields["qualifying_points"]:
         session.info.pop(_QUALIFYING, None)
     entry = LedgerEntry(brand_id=member.brand_id, member_id=member.id, created_at=now, **fields)
-    session.add(entry)
-    session.flush()
+    # Append-only: the row is inserted as a Core statement (its id from RETURNING) and
+    # never joins the session's unit of work, which cost more than the INSERT itself.
+    # The object stays the transaction's copy of it (note_written keeps it for the log).
+    inserted = session.execute(_INSERT_ENTRY, entry.model_dump(exclude={"id"}))
+    key = cast(CursorResult[Any], inserted).inserted_primary_key
+    assert key is not None
+    entry.id = int(key[0])
     _translog.note_written(session, entry)
     return entry
 
@@ -455,7 +462,8 @@ def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, no
         lot.remaining -= take
         need -= take
         session.add(lot)
-        session.add(LotAllocation(entry_id=entry.id, lot_id=lot.id, amount=take))
+        session.execute(_INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
+                                             "amount": take})
         # All of this entry's allocations are made here: the log takes them from
         # here instead of reading them back (issuer._translog.append_for_member).
         _translog.note_written(session, taken=(entry.id, lot.entry_id, take))
