@@ -128,6 +128,7 @@ def run(url: str, ops: int, members: int, rounds: int, profile: int,
             one(bodies.pop())  # warm: statement caches, the brand and partner caches
             event.listen(engine, "before_cursor_execute", count)
             per_op: list[float] = []
+            calls = 0.0
             for _ in range(rounds):
                 batch, bodies = bodies[:ops], bodies[ops:]
                 statements[0] = 0
@@ -141,6 +142,7 @@ def run(url: str, ops: int, members: int, rounds: int, profile: int,
                 per_op.append((time.process_time() - start) * 1000 / len(batch))
                 per_stmt = statements[0] / len(batch)
                 if prof is not None:
+                    calls = pstats.Stats(prof).total_calls / len(batch)  # type: ignore[attr-defined]
                     for key in ("tottime", "cumulative"):
                         pstats.Stats(prof).sort_stats(key).print_stats(profile)
             event.remove(engine, "before_cursor_execute", count)
@@ -153,6 +155,7 @@ def run(url: str, ops: int, members: int, rounds: int, profile: int,
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     return {"cpu_ms_per_op": per_op, "median_cpu_ms": statistics.median(per_op),
             "statements_per_op": per_stmt, "ops": ops, "rounds": rounds,
+            "python_calls_per_op": calls if profile else None,
             "load_average": os.getloadavg()}
 
 
