@@ -32,9 +32,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Insert, event, insert
+from sqlalchemy import Insert, Update, bindparam, event, insert, inspect, update
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -42,7 +43,7 @@ from issuer._settings import normalise_database_url
 from tessera.errors import ErrorCode, TesseraError
 from tessera.sqlite import DEFERRED_DURABILITY, READ_ONLY, configure_sqlite
 
-__all__ = ["core_insert", "describe_database", "is_sqlite", "make_engine",
+__all__ = ["core_insert", "core_update", "describe_database", "is_sqlite", "make_engine",
            "pool_size_per_worker", "read_scope", "session_scope"]
 
 # READ_ONLY (tessera.sqlite) is also the Session.info key of a read scope.
@@ -53,6 +54,27 @@ def core_insert(model: type[SQLModel]) -> Insert:
     session it skips the unit of work (no object, no flush; the session does not know
     the row). For append-only rows the transaction does not read back as objects."""
     return insert(model.__table__)  # type: ignore[attr-defined]
+
+
+_UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
+
+
+def core_update(session: Session, row: SQLModel, **values: Any) -> None:
+    """``UPDATE`` one loaded row's ``values`` as a Core statement and make them the
+    object's committed state: the row is written now and the object is not dirty, so
+    no flush has to find and write it (the transaction's later reads see both)."""
+    table = row.__table__  # type: ignore[attr-defined]
+    (pk,) = table.primary_key.columns
+    key = (table.name, tuple(values))
+    stmt = _UPDATES.get(key)
+    if stmt is None:
+        stmt = _UPDATES[key] = (update(table).where(pk == bindparam("_pk"))
+                                .values({name: bindparam(name) for name in values}))
+    done = session.execute(stmt, {"_pk": inspect(row).identity[0], **values})
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise TesseraError(ErrorCode.INTERNAL_ERROR, f"{table.name} row to update is gone")
+    for name, value in values.items():
+        set_committed_value(row, name, value)
 
 DEFAULT_MAX_CONNECTIONS: Final = 40
 """Connections all workers of one service may hold together (PostgreSQL's default

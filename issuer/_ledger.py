@@ -48,7 +48,7 @@ from sqlmodel import Session, col, func, select
 
 from issuer import _translog
 from issuer._admin import tiers_of
-from issuer._db import core_insert, session_scope
+from issuer._db import core_insert, core_update, session_scope
 from issuer._keystore import KeyStore
 from issuer._models import (
     MAX_POINTS,
@@ -461,9 +461,8 @@ def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, no
             break
         take = min(lot.remaining, need)
         assert lot.id is not None
-        lot.remaining -= take
+        core_update(session, lot, remaining=lot.remaining - take)
         need -= take
-        session.add(lot)
         session.execute(_INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
                                              "amount": take})
         # All of this entry's allocations are made here: the log takes them from
@@ -701,10 +700,8 @@ def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
                            reference=hold.reference, hold_id=hold.id)
         _debit(session, member, entry, amount, now,
                reserved=_held(session, member, now) - hold.points)
-        hold.status = HoldStatus.CAPTURED
-        hold.captured_points = amount
-        hold.closed_at = now
-        session.add(hold)
+        core_update(session, hold, status=HoldStatus.CAPTURED, captured_points=amount,
+                    closed_at=now)
         _translog.note_written(session, hold=hold)
         return {"hold": hold_public(hold, now).model_dump(mode="json"),
                 "entry": _entry_public(entry).model_dump(mode="json")}

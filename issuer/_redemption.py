@@ -41,7 +41,7 @@ from sqlmodel import Session, col, select
 from issuer import _ledger, _translog
 from issuer._admin import check_secret_token
 from issuer._cache import cached
-from issuer._db import core_insert
+from issuer._db import core_insert, core_update
 from issuer._keystore import KeyStore
 from issuer._log_models import (
     LogLeafData,
@@ -379,11 +379,8 @@ def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
     outcome = _ledger.capture_hold(session, brand_id=brand.id, hold_id=row.hold_id,
                                    idempotency_key=f"capture:{row.id}", now=now, points=points,
                                    member_id=row.member_id)
-    row.status = RedemptionStatus.CAPTURED
-    row.captured_points = int(outcome.body["hold"]["captured_points"])
-    row.closed_at = now
-    session.add(row)
-    session.flush()
+    core_update(session, row, status=RedemptionStatus.CAPTURED,
+                captured_points=int(outcome.body["hold"]["captured_points"]), closed_at=now)
     session.execute(_INSERT_SETTLEMENT_LINE, {
         "brand_id": brand.id, "partner_id": partner.id, "kind": "redeem",
         "points": row.captured_points, "entry_id": _entry_id(outcome.body),
