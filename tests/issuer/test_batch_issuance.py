@@ -42,10 +42,11 @@ PARTNER = "https://partner.example"
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    # Points credentials: at most 3 a request; membership: the default, 10.
+    # Points credentials: at most 3 a request; membership: the default, 10. No background
+    # sequencer (as in conftest): a test integrates the log when it says so.
     return Settings(database_url=database_url, master_key=secrets.token_bytes(32),
                     public_url="https://issuer.example",
-                    batch_sizes={POINTS: 3})
+                    batch_sizes={POINTS: 3}, log_sequencer_interval=0)
 
 
 def _wallet(service: Service, slug: str = "acme") -> tuple[dict[str, Any], SpecWallet]:
