@@ -78,21 +78,27 @@ class EarnBody(StrictBody):
     order_reference: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
 
 
-PartnerKeyDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-def _authorised(session: Session, slug: str, credentials: HTTPAuthorizationCredentials | None
-                ) -> tuple[Brand, Partner]:
+async def _partner_key(credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                               Depends(_bearer)]) -> HTTPAuthorizationCredentials:
+    # Resolved before the body is validated: a request without a bearer key is 401,
+    # never a validation error that would describe the body to a caller with no key.
+    # The key itself is checked in the route's own transaction (_authorised).
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
+    return credentials
+
+
+PartnerKeyDep = Annotated[HTTPAuthorizationCredentials, Depends(_partner_key)]
+
+
+def _authorised(session: Session, slug: str, credentials: HTTPAuthorizationCredentials
+                ) -> tuple[Brand, Partner]:
     brand = brand_by_slug(session, slug=slug)
     return brand, _redemption.authenticate_partner(session, brand=brand,
                                                    token=credentials.credentials)
 
 
 def _partner(slug: str, state: StateDep, credentials: PartnerKeyDep) -> tuple[Brand, Partner]:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
     with session_scope(state.engine) as session:
         return _authorised(session, slug, credentials)
 

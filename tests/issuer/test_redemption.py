@@ -234,6 +234,17 @@ def test_refusals_write_nothing(world: World, service: Service) -> None:
     assert world.counts() == after
 
 
+@pytest.mark.parametrize("path", ["/brands/air/redemptions",
+                                  "/brands/air/redemptions/r-1/capture"])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Basic eDp5"}])
+def test_no_partner_key_is_401_before_the_body_is_read(service: Service, path: str,
+                                                        headers: dict[str, str]) -> None:
+    # A caller without a key learns nothing about the body's schema (not 422).
+    r = service.client.post(path, content=b'{"points": "x", "nope": []}', headers={
+        "Content-Type": "application/json", **headers})
+    assert r.status_code == 401 and r.json()["code"] == "unauthorized", r.text
+
+
 def test_release_and_expiry(world: World) -> None:
     cred = world.credential()
     r = world.redeem(world.body(cred, world.td(400)))
