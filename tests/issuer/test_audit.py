@@ -136,44 +136,48 @@ def test_rewritten_log_row_is_caught(service: Service, tmp_path: Path) -> None:
     assert any("entry 0" in p and "not in the signed tree" in p for p in report.problems)
 
 
-def test_history_rewritten_and_rehashed_is_caught(service: Service, tmp_path: Path) -> None:
-    wallet, member, resolver, did = _world(service, tmp_path)
-    _history(service, member["id"])
-    _points_credential(service, wallet, member["id"])
-    assert _audit(service, wallet, resolver, did).ok  # the wallet remembers this head
-    # A thorough forger: change the redemption in both the ledger and the leaf,
-    # then rebuild every node so that all inclusion proofs check out again.
+def rewrite_history(service: Service) -> None:
+    """A thorough forger: the brand's history as another tree of the same size.
+
+    The redemption changes in both the ledger and its leaf (and the lot it took from,
+    everywhere, so the log's own rules hold), then every node is rebuilt so that all
+    inclusion proofs check out again. Also the fork of tests/issuer/test_witnessing.py.
+    """
     with session_scope(service.engine) as s:
         log = s.exec(select(TransparencyLog)).one()
         rows = list(s.exec(select(LogLeafData).order_by(LogLeafData.idx)))
-        for row in [*s.exec(select(LogNode)), *s.exec(select(TreeHead))]:
-            s.delete(row)
-        for row in rows:
+        for row in [*s.exec(select(LogNode)), *s.exec(select(TreeHead)), *rows]:
             s.delete(row)
         s.flush()
         records = []
         for row in rows:
             leaf = parse_leaf(json.loads(row.data or ""))
             if leaf.kind == "redeem":
-                # ... and the lot it took from, everywhere, so the log's own rules hold.
                 (taken,) = leaf.alloc
                 leaf = dataclasses.replace(leaf, delta=-10,
                                            alloc=(dataclasses.replace(taken, points=10),))
                 entry = s.get(LedgerEntry, leaf.entry)
                 assert entry is not None
                 entry.points = -10
-                s.add(entry)
                 alloc = s.exec(select(LotAllocation).where(
                     LotAllocation.entry_id == leaf.entry)).one()
                 alloc.amount = 10
                 lot = s.get(PointLot, alloc.lot_id)
                 assert lot is not None
                 lot.remaining += 90
-                s.add_all([alloc, lot])
+                s.add_all([entry, alloc, lot])
             records.append(_translog.LeafRecord(leaf, row.entry_id))
         log.size, log.frontier = 0, []
         _translog.append_leaves(s, log, records)
         assert _translog.check_log(s, log.brand_id) == []  # internally consistent now
+
+
+def test_history_rewritten_and_rehashed_is_caught(service: Service, tmp_path: Path) -> None:
+    wallet, member, resolver, did = _world(service, tmp_path)
+    _history(service, member["id"])
+    _points_credential(service, wallet, member["id"])
+    assert _audit(service, wallet, resolver, did).ok  # the wallet remembers this head
+    rewrite_history(service)
     report = _audit(service, wallet, resolver, did)
     assert not report.ok
     assert any("history was rewritten" in p for p in report.problems)

@@ -25,17 +25,16 @@ from holder._audit import audit
 from holder._wallet import Wallet
 from issuer import _translog, _witnessing
 from issuer._db import session_scope
-from issuer._log_models import LogLeafData, LogNode, TransparencyLog, TreeHead
-from issuer._models import LedgerEntry, LotAllocation, PointLot
+from issuer._log_models import LogNode
 from issuer._settings import Settings
 from tessera import merkle
 from tessera.did import Resolver
 from tessera.keys import generate_signer
-from tessera.pointslog import parse_leaf
 from tessera.tlog import Cosigner, Note, TileHashSource, TileRef, Verifier, open_checkpoint
 from tessera.witness import Witness, WitnessStore, create_app
 
 from .conftest import Service
+from .test_audit import rewrite_history
 
 BASE = "http://testserver/brands/air"
 ORIGIN = "issuer.example/brands/air/log"
@@ -241,37 +240,6 @@ def _audit(service: Service, wallet: Wallet, world: dict[str, Any], witnesses: W
                  witnesses=witnesses.keys(), quorum=quorum)
 
 
-def _fork(service: Service) -> None:
-    """Rewrite the brand's history into another tree of the same size (every node rehashed)."""
-    with session_scope(service.engine) as s:
-        log = s.exec(select(TransparencyLog)).one()
-        rows = list(s.exec(select(LogLeafData).order_by(LogLeafData.idx)))
-        for row in [*s.exec(select(LogNode)), *s.exec(select(TreeHead)), *rows]:
-            s.delete(row)
-        s.flush()
-        records = []
-        for row in rows:
-            leaf = parse_leaf(json.loads(row.data or ""))
-            if leaf.kind == "redeem":
-                (taken,) = leaf.alloc
-                leaf = dataclasses.replace(leaf, delta=-10,
-                                           alloc=(dataclasses.replace(taken, points=10),))
-                entry = s.get(LedgerEntry, leaf.entry)
-                assert entry is not None
-                entry.points = -10
-                alloc = s.exec(select(LotAllocation).where(
-                    LotAllocation.entry_id == leaf.entry)).one()
-                alloc.amount = 10
-                lot = s.get(PointLot, alloc.lot_id)
-                assert lot is not None
-                lot.remaining += 90
-                s.add_all([entry, alloc, lot])
-            records.append(_translog.LeafRecord(leaf, row.entry_id))
-        log.size, log.frontier = 0, []
-        _translog.append_leaves(s, log, records)
-        assert _translog.check_log(s, log.brand_id) == []
-
-
 def test_fork_two_trees_of_one_size_the_witnesses_refuse_the_second(
         service: Service, world: dict[str, Any], witnesses: Witnesses, tmp_path: Path) -> None:
     alice, alice_member = _wallet(service, world, tmp_path / "alice.json")
@@ -286,7 +254,7 @@ def test_fork_two_trees_of_one_size_the_witnesses_refuse_the_second(
     assert first.tree_size == 3 and len(first.cosigned_by) == 2
     # The brand now shows Bob another tree of the same size (Alice's redemption
     # shrunk to 10 points, every node rehashed, the head re-signed).
-    _fork(service)
+    rewrite_history(service)  # another tree of the same size
     second = _audit(service, bob, world, witnesses)
     assert second.tree_size == 3 and second.root_hash != first.root_hash
     assert not second.ok
