@@ -32,9 +32,11 @@ from sqlmodel import Session
 from issuer import _ledger
 from issuer._admin import tiers_of
 from issuer._credentials import Program as CredentialProgram
+from issuer._db import core_insert
 from issuer._keystore import KeyStore
 from issuer._models import (
     Brand,
+    CredentialState,
     IssuedCredential,
     Member,
     Program,
@@ -44,8 +46,9 @@ from issuer._models import (
 )
 from issuer._settings import Settings
 from issuer._status_lists import (
+    SHARD_SIZE,
     _cryptosuite,
-    allocate,
+    allocate_batch,
     bitstring_entries,
     mark_superseded,
     token_status_claim,
@@ -60,11 +63,14 @@ from tessera.keys import PublicKey
 __all__ = [
     "CONFIGURATIONS",
     "Configuration",
+    "IssuedRow",
+    "PreparedBatch",
     "coarse_time",
     "issue_batch",
     "issue_for_member",
     "issuer_url",
     "ledger_checkpoint",
+    "prepare_batch",
     "status_list_url",
 ]
 
@@ -176,7 +182,7 @@ def _dataset_digest(claims: dict[str, Any]) -> str:
 
 def issue_for_member(session: Session, *, settings: Settings, keystore: KeyStore,
                      brand: Brand, member: Member, configuration_id: str,
-                     holder_key: PublicKey, now: datetime) -> tuple[Any, IssuedCredential]:
+                     holder_key: PublicKey, now: datetime) -> tuple[Any, IssuedRow]:
     """Issue one credential of ``configuration_id`` bound to ``holder_key`` / the member's DID."""
     issued = issue_batch(session, settings=settings, keystore=keystore, brand=brand,
                          member=member, configuration_id=configuration_id,
@@ -186,19 +192,82 @@ def issue_for_member(session: Session, *, settings: Settings, keystore: KeyStore
 
 def issue_batch(session: Session, *, settings: Settings, keystore: KeyStore, brand: Brand,
                 member: Member, configuration_id: str, holder_keys: Sequence[PublicKey],
-                now: datetime) -> list[tuple[Any, IssuedCredential]]:
-    """Issue one credential of ``configuration_id`` per holder key, as one batch.
+                now: datetime) -> list[tuple[Any, IssuedRow]]:
+    """Issue one credential of ``configuration_id`` per holder key, as one batch, signed
+    before this returns (:func:`prepare_batch` leaves the signing to after the commit)."""
+    batch = prepare_batch(session, settings=settings, keystore=keystore, brand=brand,
+                          member=member, configuration_id=configuration_id,
+                          holder_keys=holder_keys, now=now)
+    return list(zip(batch.sign(), batch.rows, strict=True))
+
+
+@dataclass(frozen=True)
+class IssuedRow:
+    """The ``issued_credential`` row written for one credential of a batch."""
+
+    id: str
+    status_list_id: str
+    status_index: int
+    holder_key_thumbprint: str
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch whose rows are written and whose credentials are not signed yet.
+
+    :meth:`sign` reads no database: the credential endpoint calls it after its
+    write transaction committed, so the write lock (one writer at a time on
+    SQLite) is not held over a batch's signatures (bench/README.md "Issuance,
+    third pass (session 5)"). Everything that can refuse the batch (claims,
+    schema, Data Integrity context, slots, rows) ran in :func:`prepare_batch`.
+    """
+
+    config: Configuration
+    rows: list[IssuedRow]
+    holder_keys: list[PublicKey]
+    unsigned: list[Any]  # per credential: SD-JWT claims' status, or the unsigned VC
+    claims: dict[str, Any]
+    signer: Any
+    issuer: str
+    issued_at: datetime
+    expires_at: datetime
+    now: datetime
+
+    def sign(self) -> list[Any]:
+        if self.config.format == SD_JWT:
+            ctype = self.config.ctype
+            return [sd_jwt.issue(self.claims, signer=self.signer, issuer=self.issuer,
+                                 vct=ctype.vct, holder_key=key, issued_at=self.issued_at,
+                                 not_before=self.issued_at, expires_at=self.expires_at,
+                                 status=status, always_visible=ctype.always_visible)
+                    for key, status in zip(self.holder_keys, self.unsigned, strict=True)]
+        return [data_integrity.issue(vc, signer=self.signer,
+                                     cryptosuite=_cryptosuite(self.signer),
+                                     verification_method=self.signer.key_id or "",
+                                     created=self.now)
+                for vc in self.unsigned]
+
+
+_INSERT_ISSUED: Final = core_insert(IssuedCredential)
+
+
+def prepare_batch(session: Session, *, settings: Settings, keystore: KeyStore, brand: Brand,
+                  member: Member, configuration_id: str, holder_keys: Sequence[PublicKey],
+                  now: datetime) -> PreparedBatch:
+    """Write the rows of one credential of ``configuration_id`` per holder key.
 
     The caller checked the keys (each proven or attested by the member, none
     twice); this only refuses a repeated key, which would link two
-    credentials of the batch by their ``cnf``.
+    credentials of the batch by their ``cnf``. The claims are checked against
+    the type's schema once here (every credential of a batch carries the same).
     """
     config = CONFIGURATIONS.get(configuration_id)
     if config is None:
         raise TesseraError(ErrorCode.NOT_FOUND, "unknown credential configuration")
     if not holder_keys:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "a batch needs at least one holder key")
-    if len({k.thumbprint() for k in holder_keys}) != len(holder_keys):
+    thumbprints = [k.thumbprint() for k in holder_keys]
+    if len(set(thumbprints)) != len(holder_keys):
         raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
                            "each holder key binds at most one credential of a batch")
     claims, expires, _ = _claims(session, settings=settings, brand=brand, member=member,
@@ -212,55 +281,41 @@ def issue_batch(session: Session, *, settings: Settings, keystore: KeyStore, bra
     if coarse_expiry <= issued_at:
         # Rounding would leave nothing: a tier that ends within the hour.
         coarse_expiry = expires
-    out: list[tuple[Any, IssuedCredential]] = []
-    taken: set[tuple[str, int]] = set()
-    # The batch's rows go in with one flush after the loop (a flush per row was a third
-    # of a batch's time: bench/README.md, "Issuance profile (session 4)"); the slots
-    # picked so far are passed on, so those of a batch are distinct as well as random.
-    with session.no_autoflush:
-        for holder_key in holder_keys:
-            out.append(_issue_one(session, settings=settings, brand=brand, member=member,
-                                  config=config, claims=claims, signer=signer, kind=kind,
-                                  holder_key=holder_key, batch_id=batch_id, dataset=dataset,
-                                  issued_at=issued_at, expires=expires,
-                                  coarse_expiry=coarse_expiry, now=now, taken=taken))
-            taken.add((out[-1][1].status_list_id, out[-1][1].status_index))
-    session.flush()
-    mark_superseded(session, new=[row for _, row in out], now=now)
-    return out
-
-
-def _issue_one(session: Session, *, settings: Settings, brand: Brand, member: Member,
-               config: Configuration, claims: dict[str, Any], signer: Any,
-               kind: StatusListKind, holder_key: PublicKey, batch_id: str, dataset: str,
-               issued_at: datetime, expires: datetime, coarse_expiry: datetime,
-               now: datetime, taken: set[tuple[str, int]]) -> tuple[Any, IssuedCredential]:
-    """One credential of a batch and its row (added to the session, not yet flushed)."""
-    shard, idx = allocate(session, brand_id=brand.id, kind=kind, now=now, taken=taken)
-    list_url = status_list_url(settings, brand, shard.id)
-    cred_id = new_id()
-    credential: Any
     if config.format == SD_JWT:
-        credential = sd_jwt.issue_credential(
-            config.ctype, claims, signer=signer, issuer=brand.did, holder_key=holder_key,
-            issued_at=issued_at, not_before=issued_at, expires_at=coarse_expiry,
-            status=token_status_claim(list_url, idx))
-        row_expires = coarse_expiry
-    else:
-        vc = data_integrity.loyalty_credential(
-            config.ctype, claims, issuer=brand.did, subject=member.did, valid_from=now,
-            valid_until=expires, credential_id=f"urn:uuid:{cred_id}")
-        vc["credentialStatus"] = bitstring_entries(list_url, idx)
-        credential = data_integrity.issue(vc, signer=signer,
-                                          cryptosuite=_cryptosuite(signer),
-                                          verification_method=signer.key_id or "",
-                                          created=now)
-        row_expires = expires
-    row = IssuedCredential(id=cred_id, brand_id=brand.id, member_id=member.id,
-                           credential_type=config.ctype.name, format=config.format,
-                           status_list_id=shard.id, status_index=idx, issued_at=now,
-                           expires_at=row_expires,
-                           holder_key_thumbprint=holder_key.thumbprint(),
-                           batch_id=batch_id, dataset_sha256=dataset)
-    session.add(row)
-    return credential, row
+        config.ctype.validate(claims)
+    # One shard read and one probe for the batch's slots (distinct and random), and its
+    # rows in one Core INSERT: no ORM objects, no flush (bench/README.md, "Issuance,
+    # third pass (session 5)").
+    slots = allocate_batch(session, brand_id=brand.id, kind=kind, now=now,
+                           count=len(holder_keys), size=SHARD_SIZE)
+    rows: list[IssuedRow] = []
+    unsigned: list[Any] = []
+    values: list[dict[str, Any]] = []
+    row_expires = coarse_expiry if config.format == SD_JWT else expires
+    for (shard, idx), thumbprint in zip(slots, thumbprints, strict=True):
+        cred_id = new_id()
+        list_url = status_list_url(settings, brand, shard.id)
+        if config.format == SD_JWT:
+            unsigned.append(token_status_claim(list_url, idx))
+        else:
+            vc = data_integrity.loyalty_credential(
+                config.ctype, claims, issuer=brand.did, subject=member.did, valid_from=now,
+                valid_until=expires, credential_id=f"urn:uuid:{cred_id}")
+            vc["credentialStatus"] = bitstring_entries(list_url, idx)
+            unsigned.append(vc)
+        rows.append(IssuedRow(cred_id, shard.id, idx, thumbprint))
+        values.append({"id": cred_id, "brand_id": brand.id, "member_id": member.id,
+                       "credential_type": config.ctype.name, "format": config.format,
+                       "status_list_id": shard.id, "status_index": idx,
+                       "status": CredentialState.VALID, "status_reason": None,
+                       "superseded_by": None, "holder_key_thumbprint": thumbprint,
+                       "issued_at": now, "expires_at": row_expires,
+                       "status_changed_at": None, "batch_id": batch_id,
+                       "dataset_sha256": dataset})
+    session.execute(_INSERT_ISSUED, values)
+    mark_superseded(session, member_id=member.id, credential_type=config.ctype.name,
+                    credential_format=config.format, dataset_sha256=dataset,
+                    new_ids=[row.id for row in rows], now=now)
+    return PreparedBatch(config=config, rows=rows, holder_keys=list(holder_keys),
+                         unsigned=unsigned, claims=claims, signer=signer, issuer=brand.did,
+                         issued_at=issued_at, expires_at=coarse_expiry, now=now)

@@ -24,7 +24,14 @@ from issuer._app import (
     oauth_errors,
     oauth_responses,
 )
-from issuer._issuance import CONFIGURATIONS, SD_JWT, issue_batch, issuer_url, status_list_url
+from issuer._issuance import (
+    CONFIGURATIONS,
+    SD_JWT,
+    PreparedBatch,
+    issuer_url,
+    prepare_batch,
+    status_list_url,
+)
 from issuer._models import KeyStatus, StatusListShard
 from issuer._openid4vci import (
     GRANT_PRE_AUTHORIZED,
@@ -226,16 +233,16 @@ async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
         # nonce consumed in the store's own transaction), then the write.
         brand, offer_id, member_id, config_id, keys = check()
 
-        def issue(session: Any) -> Any:
+        def issue(session: Any) -> PreparedBatch:
             record_issuance(session, offer_id=offer_id, configuration_id=config_id)
             member = _ledger._lock_member(session, brand_id=brand.id, member_id=member_id)
-            issued = issue_batch(session, settings=state.settings, keystore=state.keystore,
+            return prepare_batch(session, settings=state.settings, keystore=state.keystore,
                                  brand=brand, member=member, configuration_id=config_id,
                                  holder_keys=keys, now=now)
-            return [credential for credential, _ in issued]
 
-        result: list[Any] = _ledger.run_write(state.engine, issue)
-        return result
+        # Signed after the commit: the write lock is not held over the batch's signatures.
+        batch: PreparedBatch = _ledger.run_write(state.engine, issue)
+        return batch.sign()
 
     credentials = await _in_thread(check_and_issue)
     return JSONResponse({"credentials": [{"credential": c} for c in credentials]},

@@ -28,6 +28,7 @@ disagree with the table. Signed documents are cached per process by
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ __all__ = [
     "PublishedList",
     "StatusPublisher",
     "allocate",
+    "allocate_batch",
     "bitstring_entries",
     "change_state",
     "mark_superseded",
@@ -92,6 +94,9 @@ _OPEN_SHARD: Final = (select(StatusListShard)
 _SLOT_USED: Final = select(IssuedCredential.id).where(
     col(IssuedCredential.status_list_id) == bindparam("shard_id"),
     col(IssuedCredential.status_index) == bindparam("idx"))
+_SLOTS_USED: Final = select(IssuedCredential.status_index).where(
+    col(IssuedCredential.status_list_id) == bindparam("shard_id"),
+    col(IssuedCredential.status_index).in_(bindparam("idxs", expanding=True)))
 
 
 def _open_shard(session: Session, *, brand_id: str, kind: StatusListKind,
@@ -138,6 +143,44 @@ def allocate(session: Session, *, brand_id: str, kind: StatusListKind, now: date
             session.add(shard)
             session.flush()
     raise TesseraError(ErrorCode.INTERNAL_ERROR, "could not allocate a status list index")
+
+
+def allocate_batch(session: Session, *, brand_id: str, kind: StatusListKind, now: datetime,
+                   count: int, size: int = SHARD_SIZE) -> list[tuple[StatusListShard, int]]:
+    """``count`` distinct free random slots for a batch's rows, inserted by the caller.
+
+    The open shard is read once and a round of candidates is probed in one
+    statement, instead of a shard read and a probe per slot (two statements a
+    credential: bench/README.md "Issuance, third pass (session 5)"). Each
+    candidate is drawn uniformly among the slots not yet picked and kept if
+    free, so each pick stays uniform over the free slots (rejection sampling,
+    as :class:`tessera.status.IndexAllocator`). After :data:`MAX_PROBES`
+    candidates the rest go through :func:`allocate` one by one, which marks
+    a nearly full shard full and opens the next.
+    """
+    shard = _open_shard(session, brand_id=brand_id, kind=kind, now=now, size=size)
+    picked: list[int] = []
+    probes = 0
+    while probes < MAX_PROBES:
+        want = min(count - len(picked), shard.size - len(picked), MAX_PROBES - probes)
+        if want <= 0:
+            break
+        candidates: list[int] = []
+        while len(candidates) < want:
+            idx = secrets.randbelow(shard.size)
+            if idx not in candidates and idx not in picked:
+                candidates.append(idx)
+        probes += want
+        used = set(session.exec(_SLOTS_USED, params={"shard_id": shard.id,
+                                                     "idxs": candidates}))
+        picked.extend(idx for idx in candidates if idx not in used)
+    slots = [(shard, idx) for idx in picked]
+    taken = {(shard.id, idx) for idx in picked}
+    while len(slots) < count:
+        slots.append(allocate(session, brand_id=brand_id, kind=kind, now=now, size=size,
+                              taken=taken))
+        taken.add((slots[-1][0].id, slots[-1][1]))
+    return slots
 
 
 def _bump(session: Session, shard_ids: set[str]) -> None:
@@ -213,9 +256,11 @@ def revoke_current(session: Session, *, member_id: str, credential_type: str,
     return len(rows)
 
 
-def mark_superseded(session: Session, *, new: Sequence[IssuedCredential],
-                    now: datetime) -> None:
-    """A fresh batch replaces the member's earlier credentials of a changed state.
+def mark_superseded(session: Session, *, member_id: str, credential_type: str,
+                    credential_format: str, dataset_sha256: str | None,
+                    new_ids: Sequence[str], now: datetime) -> None:
+    """A fresh batch (``new_ids``) replaces the member's earlier credentials of a changed
+    state.
 
     Earlier credentials of the same type and format whose claims differ from
     the batch's (``dataset_sha256``) are superseded by the batch's first
@@ -223,27 +268,26 @@ def mark_superseded(session: Session, *, new: Sequence[IssuedCredential],
     topping up its pool keeps the unused rest (OpenID4VCI 1.0 §13.2), and a
     batch never touches its own siblings.
     """
-    first = new[0]
-    ids = [c.id for c in new]
+    first = new_ids[0]
     stmt = select(IssuedCredential).where(
-        IssuedCredential.member_id == first.member_id,
-        IssuedCredential.credential_type == first.credential_type,
-        IssuedCredential.format == first.format,
+        IssuedCredential.member_id == member_id,
+        IssuedCredential.credential_type == credential_type,
+        IssuedCredential.format == credential_format,
         col(IssuedCredential.superseded_by).is_(None),
-        col(IssuedCredential.id).not_in(ids))
-    if first.dataset_sha256 is not None:
+        col(IssuedCredential.id).not_in(list(new_ids)))
+    if dataset_sha256 is not None:
         # The member's pool of the same state is not loaded at all: without this
         # every issuance read back every unused credential of the pool (a cost
         # growing with each top-up). The loop below still checks each row it gets.
         stmt = stmt.where(or_(col(IssuedCredential.dataset_sha256).is_(None),
-                              col(IssuedCredential.dataset_sha256) != first.dataset_sha256,
+                              col(IssuedCredential.dataset_sha256) != dataset_sha256,
                               col(IssuedCredential.status) == CredentialState.REVOKED))
     changed: set[str] = set()
     for old in session.exec(stmt):
-        if old.dataset_sha256 is not None and old.dataset_sha256 == first.dataset_sha256 \
+        if old.dataset_sha256 is not None and old.dataset_sha256 == dataset_sha256 \
                 and old.status != CredentialState.REVOKED:
             continue  # the same state: part of the pool, not superseded
-        old.superseded_by = first.id
+        old.superseded_by = first
         if old.status != CredentialState.REVOKED:
             old.status = CredentialState.REVOKED
             old.status_reason = "superseded"

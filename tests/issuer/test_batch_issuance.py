@@ -157,6 +157,79 @@ def test_attestation_proof_type_and_one_proof_for_many_keys(service: Service, mo
         assert result.ok and result.claims["points_balance"] == 1250
 
 
+def test_a_batch_reads_its_shard_once_and_probes_its_slots_together(service: Service) -> None:
+    """issuer._status_lists.allocate_batch: one read of the open shard and one probe of the
+    batch's candidate slots, not a shard read and a probe per credential; the slots stay
+    distinct (test_n_attested_keys_give_n_unlinkable_credentials)."""
+    from sqlalchemy import event
+
+    member, wallet = _wallet(service)
+    session = _session(service, wallet, member)
+    sent: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(" ".join(statement.split()))
+
+    event.listen(service.engine, "before_cursor_execute", seen)
+    try:
+        issued = _got(wallet.request_batch(session, MEMBERSHIP, fresh_keys(8),
+                                           now=service.clock.now))
+    finally:
+        event.remove(service.engine, "before_cursor_execute", seen)
+    assert len(issued) == 8
+    shard_reads = [s for s in sent if s.startswith("SELECT status_list.")]
+    probes = [s for s in sent if "FROM issued_credential WHERE issued_credential.status_list_id"
+              in s]
+    assert len(shard_reads) == 1 and len(probes) == 1, sent
+
+
+def test_allocate_batch_fills_a_shard_then_opens_the_next(service: Service) -> None:
+    from issuer._admin import brand_by_slug
+    from issuer._db import session_scope
+    from issuer._models import StatusListKind
+    from issuer._status_lists import allocate_batch
+
+    service.brand("acme")
+    now = datetime.now(UTC)
+    with session_scope(service.engine) as session:
+        brand = brand_by_slug(session, slug="acme")
+        slots = allocate_batch(session, brand_id=brand.id, kind=StatusListKind.TOKEN, now=now,
+                               count=11, size=8)
+    first = slots[0][0]
+    # Every slot of the first shard, each once; the rest from a new shard, distinct too.
+    assert sorted(i for s, i in slots if s.id == first.id) == list(range(8))
+    rest = [(s.id, i) for s, i in slots if s.id != first.id]
+    assert len(rest) == 3 and len(set(rest)) == 3 and first.full
+
+
+def test_a_batch_is_committed_before_it_is_signed(service: Service,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The credential endpoint signs after its write transaction commits
+    (issuer._issuance.PreparedBatch): the write lock is not held over the signatures.
+    Another connection already sees every row of the batch when the first is signed."""
+    from sqlalchemy import func, select
+
+    from issuer import _issuance
+    from issuer._db import read_scope
+    from issuer._models import IssuedCredential
+
+    member, wallet = _wallet(service)
+    session = _session(service, wallet, member)
+    seen: list[int] = []
+    signing = _issuance.sd_jwt.issue
+
+    def issue(*args: Any, **kwargs: Any) -> str:
+        with read_scope(service.engine) as other:
+            seen.append(other.exec(select(func.count()).select_from(IssuedCredential).where(
+                IssuedCredential.member_id == member["id"])).one()[0])
+        return signing(*args, **kwargs)
+
+    monkeypatch.setattr(_issuance.sd_jwt, "issue", issue)
+    issued = _got(wallet.request_batch(session, MEMBERSHIP, fresh_keys(3),
+                                       now=service.clock.now))
+    assert len(issued) == 3 and seen == [3, 3, 3]
+
+
 def test_batch_size_is_published_and_enforced(service: Service) -> None:
     member, wallet = _wallet(service)
     session = _session(service, wallet, member)
