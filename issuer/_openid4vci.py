@@ -69,6 +69,8 @@ __all__ = [
     "TxCodeRequest",
     "authorization_server_metadata",
     "authorize",
+    "check_nonce",
+    "check_proofs",
     "create_offer",
     "credential_issuer_metadata",
     "issue_nonce",
@@ -642,8 +644,27 @@ def verify_proofs(proof_type: str, proofs: list[Any], *, audience: str, member: 
                   resolver: Resolver, nonces: NonceStore, brand: Brand, now: datetime,
                   batch_size: int, attestations: bool = True,
                   allowed_algs: Collection[str] = PROOF_ALGS) -> list[PublicKey]:
+    """:func:`check_proofs`, then the request's ``c_nonce`` consumed from ``nonces``."""
+    keys, nonce = check_proofs(proof_type, proofs, audience=audience, member=member,
+                               resolver=resolver, now=now, batch_size=batch_size,
+                               attestations=attestations, allowed_algs=allowed_algs)
+    check_nonce(nonces.consume(nonce), brand=brand)
+    return keys
+
+
+def check_nonce(consumed: dict[str, Any] | None, *, brand: Brand) -> None:
+    """What consuming the request's ``c_nonce`` gave back must be a nonce of this brand."""
+    if consumed is None or consumed.get("brand") != brand.id:
+        raise TesseraError(ErrorCode.NONCE_MISMATCH, "c_nonce unknown, expired or already used")
+
+
+def check_proofs(proof_type: str, proofs: list[Any], *, audience: str, member: Member,
+                 resolver: Resolver, now: datetime, batch_size: int,
+                 attestations: bool = True, allowed_algs: Collection[str] = PROOF_ALGS
+                 ) -> tuple[list[PublicKey], str]:
     """Check the ``proofs`` of a Credential Request (§8.2, Appendix F) and return the keys
-    to bind, one credential each, in the order the wallet gave them.
+    to bind, one credential each, in the order the wallet gave them, and the request's
+    ``c_nonce``, which the caller consumes (:func:`check_nonce`).
 
     * ``jwt`` without ``key_attestation``: the key must be one of the enrolled
       member's DID keys (a leaked code cannot mint credentials for someone
@@ -655,8 +676,8 @@ def verify_proofs(proof_type: str, proofs: list[Any], *, audience: str, member: 
       each ... attested_keys").
 
     One ``c_nonce`` serves the whole request (§13.3's single-use nonce and
-    §8.2): every proof and attestation must carry the same one, consumed once
-    after everything else checked out. Every failure is ``key_binding_invalid``
+    §8.2): every proof and attestation must carry the same one, to be consumed
+    once after everything here checked out. Every failure is ``key_binding_invalid``
     (``invalid_proof``) except an unknown, used, expired or mixed nonce:
     ``nonce_mismatch`` (``invalid_nonce``), so the wallet knows to fetch one.
     """
@@ -712,10 +733,7 @@ def verify_proofs(proof_type: str, proofs: list[Any], *, audience: str, member: 
     if len(keys) > batch_size:
         raise _proof_error(f"{len(keys)} keys to bind; this configuration issues at most "
                            f"{batch_size} credentials per request (batch_size)")
-    data = nonces.consume(seen_nonces.pop())
-    if data is None or data.get("brand") != brand.id:
-        raise TesseraError(ErrorCode.NONCE_MISMATCH, "c_nonce unknown, expired or already used")
-    return keys
+    return keys, seen_nonces.pop()
 
 
 def proofs_from_request(body: dict[str, Any]) -> tuple[str, str, list[Any]]:

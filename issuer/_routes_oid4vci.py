@@ -8,6 +8,7 @@ at the credential endpoint), which makes the answer ``application/json``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from typing import Annotated, Any, Final
 
@@ -38,7 +39,9 @@ from issuer._openid4vci import (
     GRANT_REFRESH_TOKEN,
     authorization_server_metadata,
     authorize,
+    check_nonce,
     check_offer_reference,
+    check_proofs,
     credential_issuer_metadata,
     issue_nonce,
     offer_by_reference,
@@ -46,10 +49,10 @@ from issuer._openid4vci import (
     proofs_from_request,
     record_issuance,
     token_request,
-    verify_proofs,
 )
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
+from tessera.nonces import SqlNonceStore
 from tessera.observability import count_outcome
 from tessera.web import PNG_CONTENT, PngResponse
 
@@ -208,6 +211,12 @@ async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
     from issuer._db import read_scope
 
     raw = await request.body()
+    # The c_nonce is consumed in the credential's own write transaction when the store
+    # is a table of the service database (the default): one transaction fewer per
+    # request, and on SQLite the only way (the file's write gate admits one writer).
+    nonces = state.nonces
+    in_write = nonces if isinstance(nonces, SqlNonceStore) \
+        and nonces.engine is state.engine else None
 
     def check() -> Any:
         brand = lookup_brand(state.engine, slug=slug)
@@ -219,29 +228,40 @@ async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
         if config_id not in offer.configuration_ids:
             raise TesseraError(ErrorCode.FORBIDDEN, "the access token does not cover "
                                                     "this credential configuration")
-        # The nonce is consumed outside any transaction of ours: on SQLite the
-        # store's write would otherwise wait behind our own BEGIN IMMEDIATE.
-        keys = verify_proofs(proof_type, proofs, audience=issuer_url(state.settings, brand),
-                             member=member, resolver=state.resolver, nonces=state.nonces,
-                             brand=brand, now=now,
-                             batch_size=state.settings.batch_size_for(config_id),
-                             attestations=CONFIGURATIONS[config_id].format == SD_JWT)
-        return brand, offer.id, member.id, config_id, keys
+        keys, nonce = check_proofs(
+            proof_type, proofs, audience=issuer_url(state.settings, brand), member=member,
+            resolver=state.resolver, now=now, batch_size=state.settings.batch_size_for(config_id),
+            attestations=CONFIGURATIONS[config_id].format == SD_JWT)
+        if in_write is None:
+            # Another store (Redis): consumed in its own step before the write.
+            check_nonce(nonces.consume(nonce), brand=brand)
+        return brand, offer.id, member.id, config_id, keys, nonce
 
     def check_and_issue() -> list[Any]:
-        # One thread-pool hop for the whole request: the checks (read scope, proofs,
-        # nonce consumed in the store's own transaction), then the write.
-        brand, offer_id, member_id, config_id, keys = check()
+        # One thread-pool hop for the whole request: the checks (read scope, proofs),
+        # then the write, the c_nonce consumed first in it.
+        brand, offer_id, member_id, config_id, keys, nonce = check()
 
         def issue(session: Any) -> PreparedBatch:
+            if in_write is not None:
+                check_nonce(in_write.consume_on(session.connection(), nonce), brand=brand)
             record_issuance(session, offer_id=offer_id, configuration_id=config_id)
             member = _ledger._lock_member(session, brand_id=brand.id, member_id=member_id)
             return prepare_batch(session, settings=state.settings, keystore=state.keystore,
                                  brand=brand, member=member, configuration_id=config_id,
                                  holder_keys=keys, now=now)
 
+        try:
+            batch: PreparedBatch = _ledger.run_write(state.engine, issue)
+        except Exception:
+            if in_write is not None:
+                # The write rolled the nonce back with it; a request whose proofs checked
+                # out uses its nonce up all the same, issued or not (as when the nonce was
+                # consumed before the write): a retry needs a fresh one.
+                with contextlib.suppress(Exception):
+                    nonces.consume(nonce)
+            raise
         # Signed after the commit: the write lock is not held over the batch's signatures.
-        batch: PreparedBatch = _ledger.run_write(state.engine, issue)
         return batch.sign()
 
     credentials = await _in_thread(check_and_issue)

@@ -44,7 +44,7 @@ from tessera.typing import Clock, NonceStore
 
 if TYPE_CHECKING:
     import redis
-    from sqlalchemy import Engine, MetaData, Table
+    from sqlalchemy import Connection, Engine, MetaData, Table
 
     # Built on first access by the module ``__getattr__`` below (PEP 562), so
     # that importing this module does not import SQLAlchemy.
@@ -509,20 +509,31 @@ class SqlNonceStore(_RecordingStore):
 
     def consume(self, value: str) -> dict[str, Any] | None:
         """The data stored with ``value`` (``{}`` if none), exactly once; else ``None``."""
-        import sqlalchemy as sa
-
         if not _valid_value(value):
             return None
-        t = self.table
         from tessera.sqlite import write_transaction
 
-        now_ms = _now_ms(self._clock)
         with write_transaction(self._engine, durable=self._durable) as conn:
-            row = conn.execute(
-                sa.delete(t)
-                .where(t.c.value == value, t.c.expires_at > now_ms)
-                .returning(t.c.data)
-            ).first()
+            return self._consume(conn, value)
+
+    def consume_on(self, connection: Connection, value: str) -> dict[str, Any] | None:
+        """``consume`` inside the caller's open transaction on ``connection``, a connection
+        to this store's database: the nonce is used up if, and when, that transaction
+        commits. The way for a writer on SQLite, where the file's write gate admits one
+        write transaction and a second one for the store would wait behind the first."""
+        if not _valid_value(value):
+            return None
+        return self._consume(connection, value)
+
+    def _consume(self, conn: Connection, value: str) -> dict[str, Any] | None:
+        import sqlalchemy as sa
+
+        t = self.table
+        row = conn.execute(
+            sa.delete(t)
+            .where(t.c.value == value, t.c.expires_at > _now_ms(self._clock))
+            .returning(t.c.data)
+        ).first()
         return None if row is None else _load_data(row[0])
 
     def purge_expired(self) -> int:

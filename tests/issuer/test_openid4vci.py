@@ -254,6 +254,48 @@ def test_stale_or_reused_c_nonce_refused(service: Service) -> None:
         session, nonce=wallet.nonce(session), now=now)), 400, "credential_request_denied")
 
 
+def test_c_nonce_is_consumed_in_the_credential_write(service: Service) -> None:
+    """The default store is a table of the service database: the credential request
+    consumes its c_nonce in its write transaction (issuer._routes_oid4vci), not in one of
+    its own: two commits per request (the access token's read scope, the write)."""
+    from sqlalchemy import event
+
+    member, key, _ = _member(service)
+    wallet = SpecWallet(service.client, key)
+    session = wallet.start(_offer(service, member["id"])["offer_uri"])
+    assert wallet.token(session).status_code == 200
+    proof = wallet.proof(session, nonce=wallet.nonce(session), now=service.clock.now)
+    commits: list[object] = []
+
+    def committed(connection: object) -> None:
+        commits.append(connection)
+
+    event.listen(service.engine, "commit", committed)
+    try:
+        assert wallet.credential(session, SD[0], proof).status_code == 200
+    finally:
+        event.remove(service.engine, "commit", committed)
+    assert len(commits) == 2
+    # Consumed all the same: the proof cannot be sent again.
+    _oauth_error(wallet.credential(session, SD[1], proof), 400, "invalid_nonce")
+
+
+def test_c_nonce_is_used_up_when_the_write_refuses_the_request(service: Service) -> None:
+    """A request whose proofs checked out uses its nonce up even when the write then
+    refuses it (here: the configuration was already issued under the offer) and rolls the
+    consumption back with it: a retry of the same request is an invalid_nonce."""
+    member, key, _ = _member(service)
+    wallet = SpecWallet(service.client, key)
+    session = wallet.start(_offer(service, member["id"])["offer_uri"])
+    assert wallet.token(session).status_code == 200
+    now = service.clock.now
+    assert wallet.credential(session, SD[0], wallet.proof(
+        session, nonce=wallet.nonce(session), now=now)).status_code == 200
+    again = wallet.proof(session, nonce=wallet.nonce(session), now=now)
+    _oauth_error(wallet.credential(session, SD[0], again), 400, "credential_request_denied")
+    _oauth_error(wallet.credential(session, SD[0], again), 400, "invalid_nonce")
+
+
 def test_key_proof_must_be_by_the_members_key(service: Service) -> None:
     member, key, did = _member(service)
     _, other_key, other_did = _member(service, "rival")
