@@ -79,7 +79,7 @@ async def asgi(app: Any, method: str, path: str, body: bytes = b"",
 
 
 def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profile: int,
-        show_sql: bool = False) -> dict[str, Any]:
+        show_sql: bool = False, pstats_out: str | None = None) -> dict[str, Any]:
     import psycopg
     from fastapi.testclient import TestClient
     from sqlalchemy import event
@@ -243,6 +243,8 @@ def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profil
         if show_sql:  # the statements of the last exchange
             print("\n".join(shown[-int(per_stmt):]))
         if profile and prof is not None:
+            if pstats_out:
+                prof.dump_stats(pstats_out)
             for key in ("tottime", "cumulative"):
                 pstats.Stats(prof).sort_stats(key).print_stats(profile)
     finally:
@@ -272,11 +274,13 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="cProfile the exchanges, print the top N functions (slows the run)")
+    parser.add_argument("--pstats", metavar="PATH",
+                        help="with --profile: also save the last round's stats there")
     parser.add_argument("--show-sql", action="store_true",
                         help="print the statements of the last exchange")
     args = parser.parse_args()
     report = run(args.url if args.db == "postgresql" else None, args.batch, args.ops,
-                 args.rounds, args.members, args.profile, args.show_sql)
+                 args.rounds, args.members, args.profile, args.show_sql, args.pstats)
     print(json.dumps(report, indent=1))
 
 

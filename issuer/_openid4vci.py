@@ -43,6 +43,7 @@ from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from issuer._admin import get_member
+from issuer._db import core_insert
 from issuer._issuance import CONFIGURATIONS, LDP_VC, SD_JWT, issuer_url
 from issuer._log_models import MemberErasure
 from issuer._models import Brand, CredentialOffer, Member, RefreshToken
@@ -112,6 +113,14 @@ _BY_CODE: Final = (select(CredentialOffer)
 _BY_ACCESS_TOKEN: Final = (select(CredentialOffer, Member)
                            .join(Member, col(Member.id) == col(CredentialOffer.member_id))
                            .where(col(CredentialOffer.access_token_sha256) == bindparam("sha256")))
+# The token endpoint's writes as Core statements (no ORM synchronisation, no flush).
+_OFFERS: Final = CredentialOffer.__table__  # type: ignore[attr-defined]
+_REDEEM: Final = (update(_OFFERS)
+                  .where(_OFFERS.c.id == bindparam("offer_id"), _OFFERS.c.redeemed_at.is_(None))
+                  .values({name: bindparam(name) for name in (
+                      "redeemed_at", "access_token_sha256", "access_token_expires_at",
+                      "refresh_family_expires_at")}))
+_INSERT_REFRESH_TOKEN: Final = core_insert(RefreshToken)
 _LOCK_OFFER: Final = (select(CredentialOffer)
                       .where(col(CredentialOffer.id) == bindparam("offer_id"))
                       .with_for_update().execution_options(populate_existing=True))
@@ -359,12 +368,12 @@ def token_request(session: Session, *, settings: Settings, brand: Brand,
     return redeem_code(session, settings=settings, brand=brand, form=form, now=now)
 
 
-def _new_refresh_token(session: Session, offer: CredentialOffer, now: datetime) -> str:
-    assert offer.refresh_family_expires_at is not None
+def _new_refresh_token(session: Session, offer_id: str, family_expires_at: datetime,
+                       now: datetime) -> str:
     token = b64url_encode(secrets.token_bytes(32))
-    session.add(RefreshToken(token_sha256=_sha256(token), offer_id=offer.id, issued_at=now,
-                             expires_at=min(now + REFRESH_TOKEN_TTL,
-                                            offer.refresh_family_expires_at)))
+    session.execute(_INSERT_REFRESH_TOKEN, {
+        "token_sha256": _sha256(token), "offer_id": offer_id, "issued_at": now,
+        "expires_at": min(now + REFRESH_TOKEN_TTL, family_expires_at), "used_at": None})
     return token
 
 
@@ -416,7 +425,8 @@ def refresh_access(session: Session, *, brand: Brand, form: dict[str, str],
     offer.access_token_expires_at = now + ACCESS_TOKEN_TTL
     offer.issued_configurations = []
     session.add(offer)
-    refresh = _new_refresh_token(session, offer, now)
+    assert offer.refresh_family_expires_at is not None
+    refresh = _new_refresh_token(session, offer.id, offer.refresh_family_expires_at, now)
     session.flush()
     return TokenOutcome(_token_response(access, refresh), None)
 
@@ -449,17 +459,14 @@ def redeem_code(session: Session, *, settings: Settings, brand: Brand, form: dic
         raise TesseraError(ErrorCode.INVALID_REQUEST, "this offer has no tx_code")
     token = b64url_encode(secrets.token_bytes(32))
     # Conditional: of two concurrent redemptions, one updates the row.
-    result = session.execute(
-        update(CredentialOffer)
-        .where(col(CredentialOffer.id) == offer.id, col(CredentialOffer.redeemed_at).is_(None))
-        .values(redeemed_at=now, access_token_sha256=_sha256(token),
-                access_token_expires_at=now + ACCESS_TOKEN_TTL,
-                refresh_family_expires_at=now + REFRESH_FAMILY_TTL))
+    family_ends = now + REFRESH_FAMILY_TTL
+    result = session.execute(_REDEEM, {
+        "offer_id": offer.id, "redeemed_at": now, "access_token_sha256": _sha256(token),
+        "access_token_expires_at": now + ACCESS_TOKEN_TTL,
+        "refresh_family_expires_at": family_ends})
     if getattr(result, "rowcount", 0) != 1:
         raise TesseraError(ErrorCode.REPLAYED, "pre-authorized code already used")
-    offer.refresh_family_expires_at = now + REFRESH_FAMILY_TTL
-    refresh = _new_refresh_token(session, offer, now)
-    session.flush()
+    refresh = _new_refresh_token(session, offer.id, family_ends, now)
     return TokenOutcome(_token_response(token, refresh), None)
 
 
@@ -691,6 +698,7 @@ def check_proofs(proof_type: str, proofs: list[Any], *, audience: str, member: M
     keys: list[PublicKey] = []
     seen_nonces: set[str] = set()
     checked: dict[str, _Attestation] = {}
+    bound: set[str] = set()  # attestations whose keys were added
 
     def attested(jwt: str) -> _Attestation:
         if jwt not in checked:
@@ -724,8 +732,12 @@ def check_proofs(proof_type: str, proofs: list[Any], *, audience: str, member: M
             vouched = attested(attestation)
             if key not in vouched.keys:
                 raise _proof_error("the key proof is not signed by a key of its key_attestation")
-            for each in vouched.keys:
-                add(each)
+            if attestation not in bound:
+                # Once per attestation: ten proofs carrying one attestation of ten keys
+                # would otherwise compare a hundred keys.
+                bound.add(attestation)
+                for each in vouched.keys:
+                    add(each)
     if len(seen_nonces) != 1:
         raise TesseraError(ErrorCode.NONCE_MISMATCH,
                            "one c_nonce serves the whole request; the proofs and key "

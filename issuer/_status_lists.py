@@ -256,6 +256,23 @@ def revoke_current(session: Session, *, member_id: str, credential_type: str,
     return len(rows)
 
 
+# A member's earlier credentials a new batch may supersede, built once (a statement built
+# per call was a tenth of a batch's write: bench/README.md "Issuance, third pass").
+_SUPERSEDABLE_ANY: Final = select(IssuedCredential).where(
+    col(IssuedCredential.member_id) == bindparam("member_id"),
+    col(IssuedCredential.credential_type) == bindparam("credential_type"),
+    col(IssuedCredential.format) == bindparam("format"),
+    col(IssuedCredential.superseded_by).is_(None),
+    col(IssuedCredential.id).not_in(bindparam("new_ids", expanding=True)))
+# The member's pool of the same state is not loaded at all: without this every issuance
+# read back every unused credential of the pool (a cost growing with each top-up). The
+# loop of mark_superseded still checks each row it gets.
+_SUPERSEDABLE: Final = _SUPERSEDABLE_ANY.where(
+    or_(col(IssuedCredential.dataset_sha256).is_(None),
+        col(IssuedCredential.dataset_sha256) != bindparam("dataset"),
+        col(IssuedCredential.status) == CredentialState.REVOKED))
+
+
 def mark_superseded(session: Session, *, member_id: str, credential_type: str,
                     credential_format: str, dataset_sha256: str | None,
                     new_ids: Sequence[str], now: datetime) -> None:
@@ -269,21 +286,14 @@ def mark_superseded(session: Session, *, member_id: str, credential_type: str,
     batch never touches its own siblings.
     """
     first = new_ids[0]
-    stmt = select(IssuedCredential).where(
-        IssuedCredential.member_id == member_id,
-        IssuedCredential.credential_type == credential_type,
-        IssuedCredential.format == credential_format,
-        col(IssuedCredential.superseded_by).is_(None),
-        col(IssuedCredential.id).not_in(list(new_ids)))
-    if dataset_sha256 is not None:
-        # The member's pool of the same state is not loaded at all: without this
-        # every issuance read back every unused credential of the pool (a cost
-        # growing with each top-up). The loop below still checks each row it gets.
-        stmt = stmt.where(or_(col(IssuedCredential.dataset_sha256).is_(None),
-                              col(IssuedCredential.dataset_sha256) != dataset_sha256,
-                              col(IssuedCredential.status) == CredentialState.REVOKED))
+    params = {"member_id": member_id, "credential_type": credential_type,
+              "format": credential_format, "new_ids": list(new_ids)}
+    if dataset_sha256 is None:
+        rows = session.exec(_SUPERSEDABLE_ANY, params=params)
+    else:
+        rows = session.exec(_SUPERSEDABLE, params={**params, "dataset": dataset_sha256})
     changed: set[str] = set()
-    for old in session.exec(stmt):
+    for old in rows:
         if old.dataset_sha256 is not None and old.dataset_sha256 == dataset_sha256 \
                 and old.status != CredentialState.REVOKED:
             continue  # the same state: part of the pool, not superseded
