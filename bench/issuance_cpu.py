@@ -78,6 +78,32 @@ async def asgi(app: Any, method: str, path: str, body: bytes = b"",
     return status, b"".join(chunks)
 
 
+def _time_write_lock(database: str, held: list[float]) -> None:
+    """Add to ``held[0]`` the seconds each write transaction holds the file's write gate
+    (:class:`tessera.sqlite.WriteGate`: from before ``BEGIN IMMEDIATE`` to the end of the
+    commit, its fsync included), and to ``held[1]`` the CPU time of the holding thread in
+    that span (what the shared machine's load does not stretch)."""
+    from tessera.sqlite import write_gate
+
+    gate = write_gate(database)
+    acquire, release = gate.acquire, gate.release
+    since: dict[int, tuple[float, float]] = {}
+
+    def timed_acquire(holder: Any) -> None:
+        acquire(holder)
+        since[id(holder)] = (time.perf_counter(), time.thread_time())
+
+    def timed_release(holder: Any) -> None:
+        start = since.pop(id(holder), None)
+        if start is not None:
+            held[0] += time.perf_counter() - start[0]
+            held[1] += time.thread_time() - start[1]
+        release(holder)
+
+    gate.acquire = timed_acquire  # type: ignore[method-assign]
+    gate.release = timed_release  # type: ignore[method-assign]
+
+
 def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profile: int,
         show_sql: bool = False, pstats_out: str | None = None) -> dict[str, Any]:
     import psycopg
@@ -146,6 +172,9 @@ def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profil
             return out
 
         items = run_write(engine, make)
+        held = [0.0, 0.0]
+        if not postgres:
+            _time_write_lock(str(engine.url.database), held)
         base = "/brands/bench"
         audience = f"{PUBLIC}{base}"
         wallet = [0.0]
@@ -222,11 +251,13 @@ def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profil
             event.listen(engine, "before_cursor_execute", count)
             event.listen(engine, "commit", committed)
             per_op: list[float] = []
+            lock_ms: list[float] = []
+            lock_cpu_ms: list[float] = []
             calls = 0.0
             for _ in range(rounds):
                 chunk, items = items[:ops], items[ops:]
                 counts.update(statements=0, commits=0)
-                wallet[0] = 0.0
+                wallet[0] = held[0] = held[1] = 0.0
                 prof = cProfile.Profile(time.process_time) if profile else None
                 start = time.process_time()
                 loop.run_until_complete(exchanges(chunk, prof))
@@ -234,6 +265,8 @@ def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profil
                 per_op.append(spent * 1000 / len(chunk))
                 per_stmt = counts["statements"] / len(chunk)
                 per_commit = counts["commits"] / len(chunk)
+                lock_ms.append(held[0] * 1000 / len(chunk))
+                lock_cpu_ms.append(held[1] * 1000 / len(chunk))
                 if prof is not None:
                     calls = pstats.Stats(prof).total_calls / len(chunk)  # type: ignore[attr-defined]
             event.remove(engine, "before_cursor_execute", count)
@@ -258,6 +291,11 @@ def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profil
             "cpu_ms_per_exchange": [round(x, 2) for x in per_op],
             "median_cpu_ms": round(statistics.median(per_op), 2),
             "statements_per_exchange": per_stmt, "commits_per_exchange": per_commit,
+            # SQLite: wall time the file's write lock was held per exchange (one writer at a
+            # time across the workers: what concurrent exchanges queue for).
+            "write_lock_ms_per_exchange": None if postgres else [round(x, 2) for x in lock_ms],
+            "write_lock_cpu_ms_per_exchange":
+                None if postgres else [round(x, 2) for x in lock_cpu_ms],
             "python_calls_per_exchange": calls if profile else None,
             "ops": ops, "rounds": rounds, "load_average": os.getloadavg()}
 

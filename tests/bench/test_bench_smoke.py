@@ -113,3 +113,15 @@ def test_batch_issuance_cases_issue_ten_credentials_each() -> None:
                                               "10 credentials, 10 requests"]
     # Each case's check (ten distinct credentials a call) ran on every call.
     assert all(len(r.samples_ns) >= 3 and min(r.samples_ns) > 0 for r in results)
+
+
+def test_issuance_cpu_runs_whole_exchanges_on_sqlite() -> None:
+    """bench.issuance_cpu drives token, nonce and credential in process; every exchange
+    is checked (its batch of credentials came back) before anything is counted."""
+    from bench.issuance_cpu import run
+
+    report = run(None, batch=3, ops=2, rounds=1, members=2, profile=0)
+    assert report["batch"] == 3 and report["database"] == "sqlite"
+    assert report["statements_per_exchange"] > 0 and report["commits_per_exchange"] > 0
+    assert len(report["cpu_ms_per_exchange"]) == 1
+    assert len(report["write_lock_cpu_ms_per_exchange"]) == 1
