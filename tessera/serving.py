@@ -16,17 +16,27 @@ acknowledged the head, and the client delays that ACK by up to 40 ms. Four
 round trips of a checkout then idle ~160 ms, and two workers served a third
 of what one worker did with both workers idle (bench/README.md, "Why two
 workers were slower than one").
+
+The same class also sends each response in one write: uvicorn writes the
+head and the body separately (two ``send`` system calls, and with Nagle off
+two TCP segments, each a trip through the loopback or network stack charged
+to this process). :class:`CoalescingTransport` gathers what is written
+during one turn of the event loop and sends it at the end of that turn: an
+application's ``http.response.start`` and ``http.response.body`` are sent
+without the loop turning in between, so they leave as one segment; a
+streamed body (event streams) still leaves chunk by chunk, one loop turn
+later at most (bench/README.md, "Checkout, per-request cost (session 5)").
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-__all__ = ["HTTP_PROTOCOL", "NoDelayHTTPProtocol", "set_nodelay"]
+__all__ = ["HTTP_PROTOCOL", "CoalescingTransport", "NoDelayHTTPProtocol", "set_nodelay"]
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -36,12 +46,56 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class CoalescingTransport:
+    """A transport whose writes in one event-loop turn leave in one ``write``.
+
+    Everything else is the wrapped transport's; ``close`` sends what is
+    buffered first (as a transport's own ``close`` does), ``abort`` drops it.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, data: Any) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending = []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
-    """Uvicorn's HTTP protocol; ``TCP_NODELAY`` set as each connection is made."""
+    """Uvicorn's HTTP protocol; ``TCP_NODELAY`` set as each connection is made, and
+    each response's head and body written together (:class:`CoalescingTransport`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         set_nodelay(transport)
-        super().connection_made(transport)
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport)))
 
 
 HTTP_PROTOCOL: Final = f"{__name__}:NoDelayHTTPProtocol"

@@ -77,3 +77,65 @@ def test_unix_sockets_are_left_alone() -> None:
     set_nodelay(Transport())  # no TCP option on a Unix socket: nothing raised
     left.close()
     right.close()
+
+
+async def _sized_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _writes_of_one_response(protocol_class: Any, request: bytes) -> list[str | bytes]:
+    """What the protocol hands its transport for one request: writes, then "close"."""
+    from uvicorn.server import ServerState
+
+    events: list[str | bytes] = []
+
+    class Transport(asyncio.Transport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"peername": ("127.0.0.1", 5000),
+                    "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+        def write(self, data: Any) -> None:
+            events.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return "close" in events
+
+        def close(self) -> None:
+            events.append("close")
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        config = uvicorn.Config(_sized_app, log_level="warning", lifespan="off")
+        config.load()
+        protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+        protocol.connection_made(Transport())
+        protocol.data_received(request)
+        for _ in range(20):  # the app's task, then the end of its loop turn
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    return events
+
+
+def test_a_response_leaves_in_one_write() -> None:
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    # The premise: uvicorn writes the head and the body separately.
+    head, body = _writes_of_one_response(AutoHTTPProtocol, request)
+    assert isinstance(head, bytes) and head.startswith(b"HTTP/1.1 200") and body == b"ok"
+    assert _writes_of_one_response(NoDelayHTTPProtocol, request) == [head + body]
+
+
+def test_what_is_buffered_is_sent_before_the_connection_closes() -> None:
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    written, closed = _writes_of_one_response(NoDelayHTTPProtocol, request)
+    assert isinstance(written, bytes) and written.startswith(b"HTTP/1.1 200")
+    assert written.endswith(b"\r\n\r\nok") and closed == "close"
