@@ -157,12 +157,28 @@ class RedisSessionStore:
         )
         self._prefix = prefix
 
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
     def put(self, key: str, data: dict[str, Any], *, ttl_seconds: int) -> None:
         self._client.set(self._prefix + _check_key(key), _dump(data), ex=ttl_seconds)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        raw: Any = self._client.get(self._prefix + key)
-        return None if raw is None else parse_json_object(raw, max_bytes=MAX_SESSION_BYTES)
+        return self.loaded(self._client.get(self._prefix + key))
+
+    # put and get queued on a pipeline (tessera.nonces.RedisNonceStore.queue_issue).
+    def queue_put(self, pipeline: redis.client.Pipeline, key: str, data: dict[str, Any], *,
+                  ttl_seconds: int) -> None:
+        pipeline.set(self._prefix + _check_key(key), _dump(data), ex=ttl_seconds)
+
+    def queue_get(self, pipeline: redis.client.Pipeline, key: str) -> None:
+        pipeline.get(self._prefix + key)
+
+    @staticmethod
+    def loaded(reply: Any) -> dict[str, Any] | None:
+        """The session a ``GET`` replied (``None``: no such key)."""
+        return None if reply is None else parse_json_object(reply, max_bytes=MAX_SESSION_BYTES)
 
 
 def session_store_from_url(url: str, *, redis_prefix: str = "tessera:verifier:session:",

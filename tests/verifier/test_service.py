@@ -127,9 +127,19 @@ def _settings(brand: TestIssuer, store_url: str, **kw: Any) -> ServiceSettings:
     )
 
 
-@pytest.fixture
-def client(brand: TestIssuer, tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(_settings(brand, f"sqlite:///{tmp_path / 'verifier.db'}"))
+def _store_url(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    if store == "redis":  # its own key prefix: tests never see each other's checkouts
+        return {"store_url": str(request.getfixturevalue("redis_url")),
+                "redis_prefix": f"tessera:test:{secrets.token_hex(4)}:"}
+    return {"store_url": f"sqlite:///{tmp_path / 'verifier.db'}"}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def client(brand: TestIssuer, tmp_path: Path, request: pytest.FixtureRequest
+           ) -> Iterator[TestClient]:
+    """The service on SQLite and on Redis, where a step's commands share round trips."""
+    store = _store_url(request.param, tmp_path, request)
+    app = create_app(_settings(brand, store.pop("store_url"), **store))
     with TestClient(app, base_url=BASE) as c:
         yield c
 
@@ -627,6 +637,66 @@ def _two_instances(brand: TestIssuer, store_url: str, member: TestHolder,
         form = {"vp_token": json.dumps(wallet.present(client_id, request)),
                 "state": request["state"]}
         assert wallet.post(ca, request, form).status_code == 409
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_step_already_live_refuses_the_new_checkout(
+        brand: TestIssuer, tmp_path: Path, store: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new checkout's single-use step that is live already is ``conflict`` (409), as
+    ``NonceStore.issue`` makes it, when the steps are written in one Redis pipeline too."""
+    import verifier._sdk
+
+    settings = _store_url(store, tmp_path, request)
+    app = create_app(_settings(brand, settings.pop("store_url"), **settings))
+    real = secrets.token_urlsafe
+    # The state (16 bytes) fixed, the presentation nonce (24) random as ever.
+    monkeypatch.setattr(verifier._sdk.secrets, "token_urlsafe",
+                        lambda n=None: "S" * 22 if n == 16 else real(n))
+    with TestClient(app, base_url=BASE) as c:
+        app.state.service.nonces.issue("resp:" + "S" * 22, ttl_seconds=60)
+        r = c.post("/requests", json={"policy": "gold-10"}, headers=TILL)
+        assert r.status_code == 409 and r.json()["code"] == "conflict"
+
+
+def test_redis_checkout_round_trips(brand: TestIssuer, member: TestHolder,
+                                    member_key: jwk.JWK, redis_url: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Redis a checkout's independent commands share round trips: 8, not 12.
+
+    POST /requests: the SDK's presentation nonce, then the service's two steps and
+    the session in one pipeline; GET /r/{id}: the session and taking the step, then
+    the session written back; POST /response: the same two, the SDK taking the
+    presentation nonce, the result written; the result: one GET.
+    """
+    import redis.connection
+
+    trips: list[int] = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, *args: Any, **kw: Any) -> None:
+        trips.append(1)
+        real(self, *args, **kw)
+
+    app = create_app(_settings(brand, redis_url,
+                               redis_prefix=f"tessera:test:{secrets.token_hex(4)}:"))
+    wallet = SpecWallet(member_key, brand.issue_membership(member))
+    with TestClient(app, base_url=BASE) as c:
+        _start(c)  # connects (a new connection's handshake is round trips of its own)
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
+                            counted)
+        steps = []
+        created = _start(c)
+        steps.append(len(trips))
+        client_id, request = wallet.fetch(created["deep_link"], c)
+        steps.append(len(trips))
+        form = {"vp_token": json.dumps(wallet.present(client_id, request)),
+                "state": request["state"]}
+        assert wallet.post(c, request, form).status_code == 200
+        steps.append(len(trips))
+        assert _result(c, created)["result"]["ok"] is True
+        steps.append(len(trips))
+    assert steps == [2, 4, 7, 8]
 
 
 def test_sqlite_store_shared_by_two_instances(brand: TestIssuer, member: TestHolder,
