@@ -146,6 +146,9 @@ OPS: Final = 600  # measured operations per point (plus a warm-up of 2 per clien
 QUICK_OPS: Final = 16
 MAX_SECONDS: Final = 60.0  # a point stops here even if its operations are not all done
 POLICY: Final = "gold-10"
+# What the gold-10 policy asks (verifier._service.DEFAULT_POLICIES) and the wallet shows.
+DISCLOSED_CREDENTIAL: Final = "membership"
+DISCLOSED_CLAIM: Final = "tier_at_least_gold"
 REDEEM_POINTS: Final = 10
 
 
@@ -174,12 +177,17 @@ class Connection:
         lines += [f"{k}: {v}" for k, v in headers]
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         try:
-            status_line = await self._reader.readline()
-            if not status_line:
-                raise HttpError("connection closed")
+            # The head in one read, not a readline (an await) per header line.
+            try:
+                head = await self._reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if not exc.partial:
+                    raise HttpError("connection closed") from None
+                raise
+            status_line, *header_lines = head[:-4].split(b"\r\n")
             status = int(status_line.split(b" ", 2)[1])
             length, chunked, close = -1, False, False
-            while (line := await self._reader.readline()) not in (b"\r\n", b""):
+            for line in header_lines:
                 name, _, value = line.partition(b":")
                 name = name.strip().lower()
                 if name == b"content-length":
@@ -196,7 +204,8 @@ class Connection:
                 data = b"".join(p[:-2] for p in parts)
             else:
                 data = await self._reader.readexactly(max(length, 0))
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError) as exc:
             self.close()
             raise HttpError(f"{method} {target}: {type(exc).__name__}") from exc
         if close:
@@ -232,15 +241,18 @@ class Balancer:
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.~-]")
 
 
+def form_quote(value: str) -> str:
+    """One form field's name or value, percent-encoded as :func:`form` does."""
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+
+
 def form(fields: dict[str, str]) -> bytes:
     """``application/x-www-form-urlencoded`` as ``urllib.parse.urlencode`` writes it (space
     as %20 rather than +, which a form parser reads the same), with one regex pass instead
     of a Python call per character: the vp_token is kilobytes, and the generator shares
     the machine's CPUs with the servers."""
-    def quote(value: str) -> str:
-        return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
-
-    return "&".join(f"{quote(k)}={quote(v)}" for k, v in fields.items()).encode("ascii")
+    return "&".join(f"{form_quote(k)}={form_quote(v)}"
+                    for k, v in fields.items()).encode("ascii")
 
 
 def _target(url: str) -> str:
@@ -323,10 +335,49 @@ async def issuance_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
     return sum(spent)
 
 
-async def checkout_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
-    """One checkout; ``item`` is the index of a wallet (credential + key)."""
-    from tessera.encoding import b64url_decode
+_VP_OPEN: Final = '{"' + DISCLOSED_CREDENTIAL + '":["'
+_VP_CLOSE: Final = '"]}'
+
+
+def checkout_wallet(credential: str, signer: Any) -> dict[str, Any]:
+    """A wallet's credential as it presents it at every checkout, made once.
+
+    What a presentation holds apart from its KB-JWT does not change between
+    checkouts: the issuer-signed JWT with the disclosure it shows (RFC 9901
+    §4), the ``sd_hash`` over them that the KB-JWT carries (§4.3.1), and the
+    form-encoded ``vp_token`` up to the KB-JWT (base64url and ``~`` need no
+    escaping). Per checkout only the KB-JWT over the request's nonce is signed
+    (:func:`checkout_answer`); the bytes are those of ``sd_jwt.present``.
+    """
+    import hashlib
+
+    from tessera.encoding import b64url_encode
     from tessera.formats import sd_jwt
+
+    shown = sd_jwt.present(credential, disclose=[DISCLOSED_CLAIM], holder=None)
+    return {"signer": signer, "credential": credential,
+            "sd_hash": b64url_encode(hashlib.sha256(shown.encode("ascii")).digest()),
+            "form_head": form({"vp_token": _VP_OPEN + shown})}
+
+
+def checkout_answer(wallet: dict[str, Any], request: dict[str, Any],
+                    issued_at: int | None = None) -> bytes:
+    """The ``direct_post`` body of a wallet's answer to ``request`` (a KB-JWT signed now)."""
+    from tessera.formats.sd_jwt import KB_TYP
+    from tessera.jose import sign_compact
+
+    kb_jwt = sign_compact({"typ": KB_TYP}, {
+        "iat": int(time.time()) if issued_at is None else issued_at,
+        "aud": request["client_id"], "nonce": request["nonce"],
+        "sd_hash": wallet["sd_hash"]}, wallet["signer"])
+    tail = f"{form_quote(kb_jwt + _VP_CLOSE)}&state={form_quote(request['state'])}"
+    head: bytes = wallet["form_head"]
+    return head + tail.encode("ascii")
+
+
+async def checkout_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
+    """One checkout; ``item`` is the index of a wallet (:func:`checkout_wallet`)."""
+    from tessera.encoding import b64url_decode
 
     wallet = ctx["wallets"][item % len(ctx["wallets"])]
     till = (("Authorization", f"Bearer {ctx['till_key']}"),)
@@ -340,14 +391,9 @@ async def checkout_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
     if status != 200:
         raise HttpError(f"request object {status}")
     # Wallet work, outside the latency: read the request (a wallet would also
-    # check its signature), select the disclosure, sign the KB-JWT.
+    # check its signature), sign the KB-JWT over its nonce.
     request = json.loads(b64url_decode(token.split(b".")[1].decode()))
-    presentation = sd_jwt.present(wallet["credential"], disclose=["tier_at_least_gold"],
-                                  holder=wallet["signer"], audience=request["client_id"],
-                                  nonce=request["nonce"])
-    answer = form({
-        "vp_token": json.dumps({"membership": [presentation]}, separators=(",", ":")),
-        "state": request["state"]})
+    answer = checkout_answer(wallet, request)
     status, body = await _timed(conn, spent, "POST", _target(request["response_uri"]), answer,
                                 (("Content-Type", FORM),))
     if status != 200:
@@ -537,6 +583,20 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
     return point
 
 
+def _run_loop(main: Awaitable[Point]) -> Point:
+    """The generator's event loop: uvloop where installed (the servers' loop too, through
+    uvicorn), whose transports and scheduling cost the generator less CPU per request
+    than asyncio's own loop, and the generator shares the machine with the servers."""
+    async def wrapped() -> Point:
+        return await main
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(wrapped())
+    return uvloop.run(wrapped())
+
+
 def _generator(jobs: Any, results: Any) -> None:
     """The load generator process: one job per (configuration, concurrency)."""
     from tessera.keys import signer_from_jwk
@@ -550,8 +610,8 @@ def _generator(jobs: Any, results: Any) -> None:
                 ctx = dict(raw)
                 ctx["signers"] = {kid: signer_from_jwk(json.loads(jwk), key_id=kid)
                                   for kid, jwk in raw.get("signers", {}).items()}
-                ctx["wallets"] = [{"credential": w["credential"],
-                                   "signer": signer_from_jwk(json.loads(w["jwk"]))}
+                ctx["wallets"] = [checkout_wallet(w["credential"],
+                                                  signer_from_jwk(json.loads(w["jwk"])))
                                   for w in raw.get("wallets", [])]
                 results.put({"ok": True})
                 continue
@@ -560,7 +620,7 @@ def _generator(jobs: Any, results: Any) -> None:
                 items = [(offer, None if fresh is None else [
                     (key := signer_from_jwk(json.loads(jwk)), key.public_key.to_jwk())
                     for jwk in fresh], kid) for offer, fresh, kid in items]
-            point = asyncio.run(drive(
+            point = _run_loop(drive(
                 OPS_BY_PATH[job["path"]], job["targets"], items, job["concurrency"],
                 job["warmup"], ctx, job["server_pids"], job.get("max_seconds", MAX_SECONDS)))
             results.put({"point": asdict(point)})

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,33 @@ def test_the_granian_command_serves_the_same_cli_command(tmp_path: Path) -> None
             assert answer.headers.get("server") == "granian", answer.headers
     finally:
         servers.stop()
+
+
+def test_checkout_answer_is_the_wallet_presentation_with_a_fresh_kb_jwt() -> None:
+    """The generator's precomputed answer: the bytes ``sd_jwt.present`` + ``form`` give."""
+    import base64
+    from datetime import UTC, datetime
+
+    from tessera.formats import sd_jwt
+    from tessera.keys import generate_signer
+    from verifier.testing import TestHolder, TestIssuer
+
+    signer = generate_signer("ES256")
+    credential = TestIssuer().issue_membership(TestHolder(signer), tier="gold")
+    wallet = load.checkout_wallet(credential, signer)
+    request = {"client_id": "decentralized_identifier:did:web:till.test", "nonce": "n-1",
+               "state": "s_1"}
+    answer = load.checkout_answer(wallet, request, issued_at=1_700_000_000)
+    fields = dict(urllib.parse.parse_qsl(answer.decode(), strict_parsing=True))
+    (presented,) = json.loads(fields["vp_token"])[load.DISCLOSED_CREDENTIAL]
+    assert fields["state"] == "s_1"
+    # ES256 signatures are randomized: compare everything but the KB-JWT's signature.
+    expected = sd_jwt.present(credential, disclose=[load.DISCLOSED_CLAIM], holder=signer,
+                              audience=request["client_id"], nonce="n-1",
+                              issued_at=datetime.fromtimestamp(1_700_000_000, UTC))
+    assert presented.rsplit(".", 1)[0] == expected.rsplit(".", 1)[0]
+    signing_input, signature = presented.rsplit("~", 1)[1].rsplit(".", 1)
+    signer.public_key.verify(base64.urlsafe_b64decode(signature + "=="),
+                             signing_input.encode())
+    assert answer == load.form({"vp_token": json.dumps(
+        {load.DISCLOSED_CREDENTIAL: [presented]}, separators=(",", ":")), "state": "s_1"})
