@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from pydantic import Field
 
 from tessera import jsonld
@@ -510,24 +510,29 @@ _RESPONSE_FORM: Final = {"requestBody": {"required": True, "content": {
                        "error_description": {"type": "string"}}}}}}}
 
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="tillKey",
-                     description="a till key, `tvk_<id>_<secret>` (`tessera verifier till create`)")
+class _TillKey(HTTPBearer):
+    """The till key: the OpenAPI security scheme (HTTP bearer ``tillKey``) and its
+    check in one dependency, the till's id.
+
+    One rather than a check depending on ``HTTPBearer``: FastAPI solves each
+    dependency of a request in Python, and two of a checkout's four requests
+    carry the key (bench/README.md, "Checkout, per-request cost (session 5)").
+    ``async``: FastAPI runs a plain ``def`` dependency on the thread pool, a hop
+    of its own before the route's; the check is a stat of the till file and a
+    hash, no I/O that waits ("Servers and drivers (session 4)").
+    """
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        credentials = await super().__call__(request)
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid till key")
+        service: CheckoutService = request.app.state.service
+        return service.tills.authenticate(credentials.credentials)
 
 
-async def _till_key(request: Request,
-                    credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                           Depends(_bearer)]) -> str:
-    # async: FastAPI runs a plain ``def`` dependency on the thread pool, a hop of its
-    # own before the route's (two per checkout: POST /requests and the result); the
-    # check is a stat of the till file and a hash, no I/O that waits (bench/README.md,
-    # "Servers and drivers (session 4)").
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid till key")
-    service: CheckoutService = request.app.state.service
-    return service.tills.authenticate(credentials.credentials)
-
-
-Till = Annotated[str, Depends(_till_key)]
+Till = Annotated[str, Depends(_TillKey(
+    auto_error=False, scheme_name="tillKey",
+    description="a till key, `tvk_<id>_<secret>` (`tessera verifier till create`)"))]
 """The id of the till whose key authenticates the request."""
 
 _TILL_REFUSED: Final = "missing, wrong or revoked till key"
@@ -593,69 +598,24 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.service = service
     install_problem_handlers(app)
     app.add_middleware(StrictBodies)
-    app.include_router(health_router(readiness_checks(service)))
     # Added last, so it runs first: a client over its limit costs no body parsing.
     app.add_middleware(RateLimits, rules=RATE_RULES, config=settings.rate_limits)
     for name, store in (("sessions", service.sessions), ("nonces", service.nonces)):
         engine = getattr(store, "_engine", None)  # the SQL stores; Redis has no pool here
         if engine is not None:
             instrument_pool(engine, name)
-    install_observability(app, service="verifier")
-    # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
-    app.include_router(vcapi_verifier_router(
-        resolver=settings.resolver, status_check=settings.status_check,
-        loader=settings.loader, issuer_must_control_key=settings.issuer_must_control_key,
-        fetch_budget=timedelta(seconds=settings.fetch_budget_seconds),
-    ))
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def checkout_page() -> HTMLResponse:
-        return HTMLResponse(CHECKOUT_HTML, headers=PAGE_HEADERS)
-
-    @app.get("/checkout.js", include_in_schema=False)
-    def checkout_script() -> Response:
-        return Response(CHECKOUT_JS, media_type="text/javascript; charset=utf-8",
-                        headers=PAGE_HEADERS)
-
-    @app.get("/checkout.css", include_in_schema=False)
-    def checkout_style() -> Response:
-        return Response(CHECKOUT_CSS, media_type="text/css; charset=utf-8",
-                        headers=PAGE_HEADERS)
-
-    @app.get("/policies", responses=problem_responses({401: _TILL_REFUSED}))
-    def policies(_till: Till) -> list[dict[str, str]]:
-        return [{"id": p.id, "label": p.label, "purpose": p.purpose}
-                for p in service.policies.values()]
-
-    # The checkout's routes answer JSONResponse themselves: FastAPI would otherwise
-    # validate the dict against ``response_model`` (any object) and encode it
-    # through pydantic, the same bytes for more CPU per request (bench/README.md,
-    # "Checkout, per-request cost (session 5)"); ``response_model`` stays for the OpenAPI.
+    # The checkout's four steps are added first: the router tries routes in the
+    # order they were added, and every other route comes after them. They answer
+    # JSONResponse themselves: FastAPI would otherwise validate the dict against
+    # ``response_model`` (any object) and encode it through pydantic, the same
+    # bytes for more CPU per request; ``response_model`` stays for the OpenAPI
+    # (bench/README.md, "Checkout, per-request cost (session 5)").
     @app.post("/requests", status_code=201, response_model=dict[str, Any],
               responses=problem_responses({
                   400: "a DCQL query or transaction data that cannot be used",
                   401: _TILL_REFUSED, 404: "no such policy", 429: _RATE_LIMITED}))
     def create_request(body: CreateRequest, till: Till) -> JSONResponse:
         return JSONResponse(service.create(body, till=till), status_code=201)
-
-    @app.get("/requests/{request_id}/qr.png", response_class=PngResponse,
-             responses={**_TILL_NOT_FOUND, 200: {"content": PNG_CONTENT}})
-    def qr_png(request_id: str, till: Till) -> Response:
-        session = service.session(request_id, till=till)
-        out = io.BytesIO()
-        qr_code(session["deep_link"]).save(out, kind="png", scale=6, border=2)
-        return PngResponse(out.getvalue(), headers={"Cache-Control": "no-store"})
-
-    if service.did_document is not None:
-        document = service.did_document
-
-        @app.get(service.did_document_path, responses={200: {
-            "description": "the verifier's did:web document (did:web §3.2): the key that "
-                           "signs its request objects",
-            "content": {"application/did+json": {"schema": {"type": "object"}}}}})
-        def verifier_did_document() -> Response:
-            return Response(json.dumps(document), media_type="application/did+json",
-                            headers={"Cache-Control": "max-age=300"})
 
     @app.get("/r/{request_id}", response_class=Response, responses={
         **problem_responses({404: "no such checkout request (or it expired)",
@@ -749,6 +709,53 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                                                           "X-Accel-Buffering": "no"})
         response.on_close = release
         return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def checkout_page() -> HTMLResponse:
+        return HTMLResponse(CHECKOUT_HTML, headers=PAGE_HEADERS)
+
+    @app.get("/checkout.js", include_in_schema=False)
+    def checkout_script() -> Response:
+        return Response(CHECKOUT_JS, media_type="text/javascript; charset=utf-8",
+                        headers=PAGE_HEADERS)
+
+    @app.get("/checkout.css", include_in_schema=False)
+    def checkout_style() -> Response:
+        return Response(CHECKOUT_CSS, media_type="text/css; charset=utf-8",
+                        headers=PAGE_HEADERS)
+
+    @app.get("/policies", responses=problem_responses({401: _TILL_REFUSED}))
+    def policies(_till: Till) -> list[dict[str, str]]:
+        return [{"id": p.id, "label": p.label, "purpose": p.purpose}
+                for p in service.policies.values()]
+
+    @app.get("/requests/{request_id}/qr.png", response_class=PngResponse,
+             responses={**_TILL_NOT_FOUND, 200: {"content": PNG_CONTENT}})
+    def qr_png(request_id: str, till: Till) -> Response:
+        session = service.session(request_id, till=till)
+        out = io.BytesIO()
+        qr_code(session["deep_link"]).save(out, kind="png", scale=6, border=2)
+        return PngResponse(out.getvalue(), headers={"Cache-Control": "no-store"})
+
+    if service.did_document is not None:
+        document = service.did_document
+
+        @app.get(service.did_document_path, responses={200: {
+            "description": "the verifier's did:web document (did:web §3.2): the key that "
+                           "signs its request objects",
+            "content": {"application/did+json": {"schema": {"type": "object"}}}}})
+        def verifier_did_document() -> Response:
+            return Response(json.dumps(document), media_type="application/did+json",
+                            headers={"Cache-Control": "max-age=300"})
+
+    app.include_router(health_router(readiness_checks(service)))
+    install_observability(app, service="verifier")
+    # The W3C VC API verifier endpoints, so the W3C interop suites can call this service.
+    app.include_router(vcapi_verifier_router(
+        resolver=settings.resolver, status_check=settings.status_check,
+        loader=settings.loader, issuer_must_control_key=settings.issuer_must_control_key,
+        fetch_budget=timedelta(seconds=settings.fetch_budget_seconds),
+    ))
 
     return app
 
