@@ -41,17 +41,18 @@ uvicorn (:mod:`bench._granian`), and prints granian / uvicorn per pair.
 ``--repeat N`` runs a path's list of configurations N times in turn (A B A B),
 so a drift of the shared machine's load falls on both sides of an A/B.
 
-The load generator is one separate process with one asyncio loop and a
-minimal HTTP/1.1 client on raw sockets (keep-alive, one connection per
-virtual client): several times less CPU per request than httpx, which
-matters when it shares two cores with the servers. What can be prepared
-before the timed window is: members, offers, credentials, key pairs, and for
-redemptions the whole presentation (the partner chooses the nonce, so every
-request body is signed beforehand); a batch's fresh keys are made before the
-window too. What cannot is done inside the loop but outside the latency: the
-issuance key proof (one ES256 signature over the server's ``c_nonce``; for a
-batch the attestation and N proofs) and the checkout presentation (SD-JWT
-selection and a KB-JWT over the request's nonce).
+The load generator is one separate process with one event loop (uvloop where
+installed) and a minimal HTTP/1.1 client on raw sockets (keep-alive, one
+connection per virtual client, a response head read in one call): several
+times less CPU per request than httpx, which matters when it shares two cores
+with the servers. What can be prepared before the timed window is: members,
+offers, credentials, key pairs, and for redemptions the whole presentation
+(the partner chooses the nonce, so every request body is signed beforehand);
+a batch's fresh keys are made before the window too, and each checkout
+wallet's presentation up to its KB-JWT (:func:`checkout_wallet`). What cannot
+is done inside the loop but outside the latency: the issuance key proof (one
+ES256 signature over the server's ``c_nonce``; for a batch the attestation
+and N proofs) and the checkout's KB-JWT over the request's nonce.
 
 Reported per point: operations/s (completed operations inside the measured
 window / its length), credentials/s (issuance: operations/s x batch size),
