@@ -37,7 +37,7 @@ def _schema_url(base: str, schema: str) -> str:
 
 
 def run(url: str, ops: int, members: int, rounds: int, profile: int,
-        show_sql: bool = False) -> dict[str, Any]:
+        show_sql: bool = False, pstats_out: str | None = None) -> dict[str, Any]:
     import psycopg
     from fastapi.security import HTTPAuthorizationCredentials
     from fastapi.testclient import TestClient
@@ -145,6 +145,8 @@ def run(url: str, ops: int, members: int, rounds: int, profile: int,
                     calls = pstats.Stats(prof).total_calls / len(batch)  # type: ignore[attr-defined]
                     for key in ("tottime", "cumulative"):
                         pstats.Stats(prof).sort_stats(key).print_stats(profile)
+                    if pstats_out:
+                        prof.dump_stats(pstats_out)
             event.remove(engine, "before_cursor_execute", count)
             if show_sql:  # the statements of the last hold + capture
                 print("\n".join(shown[-int(per_stmt):]))
@@ -168,10 +170,13 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print cProfile's top N functions (slows the run)")
+    parser.add_argument("--pstats", metavar="FILE",
+                        help="with --profile: also write the last round's profile to FILE")
     parser.add_argument("--show-sql", action="store_true",
                         help="print the statements of the last hold + capture")
     args = parser.parse_args()
-    report = run(args.url, args.ops, args.members, args.rounds, args.profile, args.show_sql)
+    report = run(args.url, args.ops, args.members, args.rounds, args.profile, args.show_sql,
+                 args.pstats)
     print(json.dumps(report, indent=1))
 
 

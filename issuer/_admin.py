@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from sqlalchemy import bindparam, update
-from sqlalchemy.engine import Engine
+import sqlalchemy
+from sqlalchemy import Select, bindparam, update
+from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from issuer._cache import cached, peek
+from issuer._db import core, table_of
 from issuer._keystore import KeyStore, did_document
 from issuer._log_models import PartnerKey
 from issuer._models import (
@@ -93,15 +95,20 @@ def create_api_key(session: Session, *, brand_id: str, label: str = "") -> ApiKe
                          revoked_at=None, token=token)
 
 
-_KeyRow = TypeVar("_KeyRow", ApiKey, PartnerKey)
+# Every authenticated request reads its key: built once, read as a plain row (no ORM
+# object; callers need the key's owner, not the row: issuer._db.core).
+_KEY_ROWS: Final[dict[type[SQLModel], Select[Any]]] = {
+    model: sqlalchemy.select(table_of(model)).where(table_of(model).c.id == bindparam("id"))
+    for model in (ApiKey, PartnerKey)}
 
 
-def check_secret_token(session: Session, *, model: type[_KeyRow], prefix: str, token: str,
-                       refused: TesseraError) -> _KeyRow:
-    """The unrevoked key row a ``<prefix><id>_<secret>`` token names, or raise ``refused``."""
+def check_secret_token(session: Session, *, model: type[ApiKey] | type[PartnerKey],
+                       prefix: str, token: str, refused: TesseraError) -> Row[Any]:
+    """The unrevoked key row a ``<prefix><id>_<secret>`` token names (its columns), or
+    raise ``refused``."""
 
-    def lookup(key_id: str) -> _KeyRow | None:
-        row = session.get(model, key_id)
+    def lookup(key_id: str) -> Row[Any] | None:
+        row = core(session, _KEY_ROWS[model], {"id": key_id}).first()
         return row if row is not None and row.revoked_at is None else None
 
     return secret_token_row(token, prefix=prefix, lookup=lookup,

@@ -32,8 +32,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Insert, Update, bindparam, event, insert, inspect, update
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy import (
+    Executable,
+    Insert,
+    Table,
+    Update,
+    bindparam,
+    event,
+    insert,
+    inspect,
+    update,
+)
+from sqlalchemy.engine import URL, CursorResult, Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import StaticPool
@@ -43,17 +53,46 @@ from issuer._settings import normalise_database_url
 from tessera.errors import ErrorCode, TesseraError
 from tessera.sqlite import DEFERRED_DURABILITY, READ_ONLY, configure_sqlite
 
-__all__ = ["core_insert", "core_update", "describe_database", "is_sqlite", "make_engine",
-           "pool_size_per_worker", "read_scope", "session_scope"]
+__all__ = [
+    "core",
+    "core_insert",
+    "core_update",
+    "describe_database",
+    "is_sqlite",
+    "make_engine",
+    "pool_size_per_worker",
+    "read_scope",
+    "session_scope",
+    "table_of",
+]
 
 # READ_ONLY (tessera.sqlite) is also the Session.info key of a read scope.
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's Core table."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+def core(session: Session, stmt: Executable,
+         params: Mapping[str, Any] | None = None) -> CursorResult[Any]:
+    """A prebuilt Core statement on the session's connection, answering plain rows.
+
+    No ORM step: no object is built or put in the identity map, and nothing is
+    autoflushed first, so it reads what the database holds, not changes the
+    session has pending (the hot paths that use it write through Core, or flush
+    first). About half the Python of ``session.exec`` per statement
+    (bench/README.md "Redemption, third pass (session 5)").
+    """
+    return session.connection().execute(stmt, params)
 
 
 def core_insert(model: type[SQLModel]) -> Insert:
     """An ``INSERT`` into ``model``'s table as a Core statement: executed through a
     session it skips the unit of work (no object, no flush; the session does not know
     the row). For append-only rows the transaction does not read back as objects."""
-    return insert(model.__table__)  # type: ignore[attr-defined]
+    return insert(table_of(model))
 
 
 _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
@@ -70,8 +109,8 @@ def core_update(session: Session, row: SQLModel, **values: Any) -> None:
     if stmt is None:
         stmt = _UPDATES[key] = (update(table).where(pk == bindparam("_pk"))
                                 .values({name: bindparam(name) for name in values}))
-    done = session.execute(stmt, {"_pk": inspect(row).identity[0], **values})
-    if done.rowcount != 1:  # type: ignore[attr-defined]
+    done = core(session, stmt, {"_pk": inspect(row).identity[0], **values})
+    if done.rowcount != 1:
         raise TesseraError(ErrorCode.INTERNAL_ERROR, f"{table.name} row to update is gone")
     for name, value in values.items():
         set_committed_value(row, name, value)

@@ -38,17 +38,17 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import bindparam, event
-from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, func, select
 
 from issuer import _translog
 from issuer._admin import tiers_of
-from issuer._db import core_insert, core_update, session_scope
+from issuer._db import core, core_insert, core_update, session_scope
 from issuer._keystore import KeyStore
 from issuer._models import (
     MAX_POINTS,
@@ -154,7 +154,8 @@ _QUALIFYING_SUM: Final = select(func.coalesce(func.sum(LedgerEntry.qualifying_po
     col(LedgerEntry.member_id) == bindparam("member_id"),
     col(LedgerEntry.qualifying_at) > bindparam("since"),
     col(LedgerEntry.qualifying_at) <= bindparam("now"))
-_IDEMPOTENCY: Final = select(IdempotencyRecord).where(
+_IDEMPOTENCY: Final = select(col(IdempotencyRecord.fingerprint), col(IdempotencyRecord.status_code),
+                             col(IdempotencyRecord.response)).where(
     col(IdempotencyRecord.brand_id) == bindparam("brand_id"),
     col(IdempotencyRecord.key) == bindparam("key"))
 _INSERT_IDEMPOTENCY: Final = core_insert(IdempotencyRecord)
@@ -224,8 +225,8 @@ def _qualifying(session: Session, member_id: str, now: datetime, days: int) -> i
     memo: dict[tuple[str, datetime, int], int] = session.info.setdefault(_QUALIFYING, {})
     key = (member_id, now, days)
     if key not in memo:
-        memo[key] = int(session.exec(_QUALIFYING_SUM, params={
-            "member_id": member_id, "since": now - timedelta(days=days), "now": now}).one())
+        memo[key] = int(core(session, _QUALIFYING_SUM, {
+            "member_id": member_id, "since": now - timedelta(days=days), "now": now}).scalar_one())
     return memo[key]
 
 
@@ -365,8 +366,8 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     # Lock first: a concurrent request with the same key waits here and
     # then finds the record this one stores.
     member = lock_member(session, brand_id=brand_id, member_id=member_id)
-    stored = session.exec(_IDEMPOTENCY, params={"brand_id": brand_id,
-                                                 "key": idempotency_key}).first()
+    stored = core(session, _IDEMPOTENCY, {"brand_id": brand_id,
+                                          "key": idempotency_key}).first()
     if stored is not None:
         if stored.fingerprint != fingerprint:
             raise TesseraError(ErrorCode.CONFLICT,
@@ -391,7 +392,7 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     session.flush()
     # Append-only and never read back in this transaction: a Core INSERT, not an ORM
     # object through the unit of work (bench/README.md "Redemption profile (session 4)").
-    session.execute(_INSERT_IDEMPOTENCY, {"brand_id": brand_id, "key": idempotency_key,
+    core(session, _INSERT_IDEMPOTENCY, {"brand_id": brand_id, "key": idempotency_key,
                                           "fingerprint": fingerprint, "status_code": 201,
                                           "response": body, "created_at": now})
     return Outcome(201, body, replayed=False)
@@ -412,8 +413,7 @@ def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -
     # Append-only: the row is inserted as a Core statement (its id from RETURNING) and
     # never joins the session's unit of work, which cost more than the INSERT itself.
     # The object stays the transaction's copy of it (note_written keeps it for the log).
-    inserted = session.execute(_INSERT_ENTRY, entry.model_dump(exclude={"id"}))
-    key = cast(CursorResult[Any], inserted).inserted_primary_key
+    key = core(session, _INSERT_ENTRY, entry.model_dump(exclude={"id"})).inserted_primary_key
     assert key is not None
     entry.id = int(key[0])
     _translog.note_written(session, entry)
@@ -463,7 +463,7 @@ def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, no
         assert lot.id is not None
         core_update(session, lot, remaining=lot.remaining - take)
         need -= take
-        session.execute(_INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
+        core(session, _INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
                                              "amount": take})
         # All of this entry's allocations are made here: the log takes them from
         # here instead of reading them back (issuer._translog.append_for_member).
@@ -635,7 +635,7 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
                          expires_at=_ms(now + timedelta(seconds=ttl_seconds)))
         # A Core INSERT, then the object joins the session as the row's clean copy (the
         # answer and a capture in this transaction find it there) without a flush.
-        session.execute(_INSERT_HOLD, hold.model_dump())
+        core(session, _INSERT_HOLD, hold.model_dump())
         make_transient_to_detached(hold)
         session.add(hold)
         _remember(session, hold=hold)

@@ -41,7 +41,7 @@ from sqlmodel import Session, col, select
 from issuer import _ledger, _translog
 from issuer._admin import check_secret_token
 from issuer._cache import cached
-from issuer._db import core_insert, core_update
+from issuer._db import core, core_insert, core_update
 from issuer._keystore import KeyStore
 from issuer._log_models import (
     LogLeafData,
@@ -247,7 +247,7 @@ def verify_redemption(session: Session, *, brand: Brand, partner: Partner, keyst
         raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "membership_number must be disclosed")
     program = vc.claims.get("program")
     program_id = program.get("id") if isinstance(program, dict) else None
-    candidates = [m for m in session.exec(_MEMBER_BY_NUMBER, params={
+    candidates = [m for m in core(session, _MEMBER_BY_NUMBER, {
         "brand_id": brand.id, "number": number})
         if isinstance(program_id, str) and program_id.endswith(f"/programs/{m.program_id}")]
     if len(candidates) != 1:
@@ -277,7 +277,7 @@ def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | No
     uri, idx = (entry.get("uri"), entry.get("idx")) if isinstance(entry, dict) else (None, None)
     if not isinstance(uri, str) or not isinstance(idx, int):
         raise TesseraError(ErrorCode.MALFORMED, "credential status entry malformed")
-    row = session.exec(_STATUS_ENTRY, params={
+    row = core(session, _STATUS_ENTRY, {
         "brand_id": brand.id, "list_id": uri.rstrip("/").rsplit("/", 1)[-1],
         "idx": idx}).first()
     if row is None:
@@ -291,17 +291,19 @@ def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | No
 # -- the write side -------------------------------------------------------------------------------
 
 # The hot path's reads, built once with bound parameters (building a statement and its
-# cache key on every call cost about as much as running it).
-_MEMBER_BY_NUMBER: Final = select(Member).where(
+# cache key on every call cost about as much as running it), read as plain rows where
+# no ORM object is needed (issuer._db.core).
+_MEMBER_BY_NUMBER: Final = select(col(Member.id), col(Member.program_id), col(Member.did)).where(
     col(Member.brand_id) == bindparam("brand_id"),
     col(Member.membership_number) == bindparam("number"))
-_STATUS_ENTRY: Final = (select(IssuedCredential)
+_STATUS_ENTRY: Final = (select(col(IssuedCredential.status), col(IssuedCredential.status_reason))
                         .where(col(IssuedCredential.brand_id) == bindparam("brand_id"),
                                col(IssuedCredential.status_list_id) == bindparam("list_id"),
-                               col(IssuedCredential.status_index) == bindparam("idx"))
-                        .execution_options(populate_existing=True))
+                               col(IssuedCredential.status_index) == bindparam("idx")))
 # The three uniqueness checks of a hold (each an indexed unique key) in one query.
-_EARLIER: Final = select(Redemption).where(or_(
+_EARLIER: Final = select(*(col(c) for c in (
+    Redemption.id, Redemption.partner_id, Redemption.member_id, Redemption.order_reference,
+    Redemption.nonce, Redemption.transaction_hash, Redemption.presentation_hash))).where(or_(
     col(Redemption.presentation_hash) == bindparam("presentation_hash"),
     and_(col(Redemption.partner_id) == bindparam("partner_id"),
          or_(col(Redemption.order_reference) == bindparam("order_reference"),
@@ -322,7 +324,7 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
     _ledger.lock_member(session, brand_id=brand.id, member_id=verified.member_id)
     # One query for the three uniqueness checks (each an indexed unique key), judged
     # in the order they always were: presentation, then order, then nonce.
-    earlier = list(session.exec(_EARLIER, params={
+    earlier = list(core(session, _EARLIER, {
         "presentation_hash": verified.presentation_hash, "partner_id": partner.id,
         "order_reference": tx.order_reference, "nonce": verified.nonce}))
     used = next((r for r in earlier if r.presentation_hash == verified.presentation_hash), None)
@@ -333,7 +335,8 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
                        and r.order_reference == tx.order_reference), None)
     if same_order is not None:
         if same_order.transaction_hash == tx.hash and same_order.member_id == verified.member_id:
-            return same_order, True  # the member presented again for the same transaction
+            # The member presented again for the same transaction: its redemption.
+            return _redemption(session, partner, same_order.id, lock=False), True
         raise TesseraError(ErrorCode.CONFLICT, "this order already has a redemption")
     if any(r.partner_id == partner.id and r.nonce == verified.nonce for r in earlier):
         raise TesseraError(ErrorCode.REPLAYED, "nonce already used by this partner")
@@ -351,7 +354,7 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
         created_at=now)
     # A new row this transaction only answers with: a Core INSERT of the object's
     # columns, not the unit of work's flush (bench/README.md "Redemption profile").
-    session.execute(_INSERT_REDEMPTION, redemption.model_dump())
+    core(session, _INSERT_REDEMPTION, redemption.model_dump())
     return redemption, False
 
 
@@ -381,7 +384,7 @@ def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
                                    member_id=row.member_id)
     core_update(session, row, status=RedemptionStatus.CAPTURED,
                 captured_points=int(outcome.body["hold"]["captured_points"]), closed_at=now)
-    session.execute(_INSERT_SETTLEMENT_LINE, {
+    core(session, _INSERT_SETTLEMENT_LINE, {
         "brand_id": brand.id, "partner_id": partner.id, "kind": "redeem",
         "points": row.captured_points, "entry_id": _entry_id(outcome.body),
         "redemption_id": row.id, "reference": row.order_reference, "created_at": now})

@@ -36,8 +36,11 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import bindparam, or_, update
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
+from issuer._db import core
 from issuer._models import (
     CredentialState,
     IssuedCredential,
@@ -233,26 +236,36 @@ def change_state(session: Session, *, brand_id: str, credential_id: str,
     return cred
 
 
-# Every ledger write asks it (the points credential is superseded): built once.
-_LIVE_OF_TYPE: Final = select(IssuedCredential).where(
-    col(IssuedCredential.member_id) == bindparam("member_id"),
-    col(IssuedCredential.credential_type) == bindparam("credential_type"),
-    col(IssuedCredential.status).in_([CredentialState.VALID, CredentialState.SUSPENDED]))
+# Every ledger write asks it (the points credential is superseded): built once, one
+# UPDATE ... RETURNING whether or not there is a live credential (bench/README.md
+# "Redemption, third pass (session 5)").
+_REVOKE_LIVE_OF_TYPE: Final = (
+    update(IssuedCredential)
+    .where(col(IssuedCredential.member_id) == bindparam("of_member"),
+           col(IssuedCredential.credential_type) == bindparam("of_type"),
+           col(IssuedCredential.status).in_([CredentialState.VALID, CredentialState.SUSPENDED]))
+    .values(status=CredentialState.REVOKED, status_reason=bindparam("reason"),
+            status_changed_at=bindparam("now"))
+    .returning(col(IssuedCredential.id), col(IssuedCredential.status_list_id)))
 
 
 def revoke_current(session: Session, *, member_id: str, credential_type: str,
                    now: datetime, reason: str) -> int:
     """Revoke the member's live credentials of a type (their claims no longer hold)."""
-    rows = list(session.exec(_LIVE_OF_TYPE, params={"member_id": member_id,
-                                                    "credential_type": credential_type}))
-    for cred in rows:
-        cred.status = CredentialState.REVOKED
-        cred.status_reason = reason
-        cred.status_changed_at = now
-        session.add(cred)
+    if session.new or session.dirty:
+        session.flush()  # a credential changed and not yet written is written first
+    rows = core(session, _REVOKE_LIVE_OF_TYPE, {
+        "of_member": member_id, "of_type": credential_type, "reason": reason,
+        "now": now}).all()
+    for row in rows:
+        # A copy of the row this transaction loaded becomes what the row now holds.
+        loaded = session.identity_map.get(identity_key(IssuedCredential, row.id))
+        if loaded is not None:
+            set_committed_value(loaded, "status", CredentialState.REVOKED)
+            set_committed_value(loaded, "status_reason", reason)
+            set_committed_value(loaded, "status_changed_at", now)
     if rows:
-        session.flush()
-        _bump(session, {c.status_list_id for c in rows})
+        _bump(session, {row.status_list_id for row in rows})
     return len(rows)
 
 
