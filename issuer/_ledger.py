@@ -84,6 +84,7 @@ __all__ = [
     "hold_public",
     "list_entries",
     "lock_member",
+    "lock_member_by_number",
     "redeem",
     "release_expired_holds",
     "release_hold",
@@ -343,6 +344,24 @@ def lock_member(session: Session, *, brand_id: str, member_id: str) -> Member:
     if member is None:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
     locked[(brand_id, member_id)] = member
+    return member
+
+
+_LOCK_MEMBER_BY_NUMBER: Final = (select(Member)
+                                 .where(col(Member.brand_id) == bindparam("brand_id"),
+                                        col(Member.program_id) == bindparam("program_id"),
+                                        col(Member.membership_number) == bindparam("number"))
+                                 .with_for_update().execution_options(populate_existing=True))
+
+
+def lock_member_by_number(session: Session, *, brand_id: str, program_id: str,
+                          number: str) -> Member | None:
+    """:func:`lock_member` for the member a membership number names in a program (one
+    of its unique keys): found and locked in one statement, or ``None``."""
+    member = session.exec(_LOCK_MEMBER_BY_NUMBER, params={
+        "brand_id": brand_id, "program_id": program_id, "number": number}).first()
+    if member is not None:
+        session.info.setdefault(_LOCKED, {})[(brand_id, member.id)] = member
     return member
 
 

@@ -246,13 +246,17 @@ def verify_redemption(session: Session, *, brand: Brand, partner: Partner, keyst
     if not isinstance(number, str):
         raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "membership_number must be disclosed")
     program = vc.claims.get("program")
-    program_id = program.get("id") if isinstance(program, dict) else None
-    candidates = [m for m in core(session, _MEMBER_BY_NUMBER, {
-        "brand_id": brand.id, "number": number})
-        if isinstance(program_id, str) and program_id.endswith(f"/programs/{m.program_id}")]
-    if len(candidates) != 1:
+    program_url = program.get("id") if isinstance(program, dict) else None
+    # The claim is the program's URL, .../programs/<id> (ids never contain "/"). The
+    # member is locked as it is found: place_hold needs the lock anyway, and taking it
+    # here spares a statement; nothing is written before every check below holds.
+    _, slash, program_id = (program_url.rpartition("/programs/")
+                            if isinstance(program_url, str) else ("", "", ""))
+    member = (_ledger.lock_member_by_number(session, brand_id=brand.id, program_id=program_id,
+                                            number=number)
+              if slash and program_id and "/" not in program_id else None)
+    if member is None:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
-    member = candidates[0]
     try:
         enrolled = holder_key_of(resolver, member.did)
     except TesseraError as exc:
@@ -293,9 +297,6 @@ def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | No
 # The hot path's reads, built once with bound parameters (building a statement and its
 # cache key on every call cost about as much as running it), read as plain rows where
 # no ORM object is needed (issuer._db.core).
-_MEMBER_BY_NUMBER: Final = select(col(Member.id), col(Member.program_id), col(Member.did)).where(
-    col(Member.brand_id) == bindparam("brand_id"),
-    col(Member.membership_number) == bindparam("number"))
 _STATUS_ENTRY: Final = (select(col(IssuedCredential.status), col(IssuedCredential.status_reason))
                         .where(col(IssuedCredential.brand_id) == bindparam("brand_id"),
                                col(IssuedCredential.status_list_id) == bindparam("list_id"),
@@ -388,6 +389,7 @@ def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
         "brand_id": brand.id, "partner_id": partner.id, "kind": "redeem",
         "points": row.captured_points, "entry_id": _entry_id(outcome.body),
         "redemption_id": row.id, "reference": row.order_reference, "created_at": now})
+    session.info.setdefault(_CAPTURED_NOW, set()).add(row.id)
     return row
 
 
@@ -475,11 +477,18 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+# Session.info: redemptions this transaction captured (their one settlement line is its own).
+_CAPTURED_NOW: Final = "tessera.redemption.captured_now"
+
+
 def _log_indexes(session: Session, row: Redemption) -> list[int]:
     """The log indexes of the entries the redemption's settlement lines name (those
     already integrated). Only a capture writes a line (a refund needs a capture
-    first), so a held or released redemption has none: no query."""
-    if row.status in (RedemptionStatus.HELD, RedemptionStatus.RELEASED):
+    first), so a held or released redemption has none: no query. Nor has one this
+    transaction captured: its only line is the capture's, whose leaf is pending
+    until this transaction commits (the sequencer integrates committed leaves)."""
+    if row.status in (RedemptionStatus.HELD, RedemptionStatus.RELEASED) \
+            or row.id in session.info.get(_CAPTURED_NOW, ()):
         return []
     lines = select(SettlementLine.entry_id).where(SettlementLine.redemption_id == row.id)
     return sorted(int(i) for i in session.exec(select(LogLeafData.idx).where(
