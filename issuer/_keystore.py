@@ -24,9 +24,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Final, Protocol
 
-from sqlalchemy import bindparam, event
-from sqlmodel import Session, col, select
+import sqlalchemy
+from sqlalchemy import bindparam, event, update
+from sqlalchemy.engine import Row
+from sqlmodel import Session, col
 
+from issuer._db import core, table_of
 from issuer._models import BrandKey, BrandKeyPublic, KeyStatus, utcnow
 from tessera.encoding import canonical_json, parse_json_object
 from tessera.errors import ErrorCode, TesseraError
@@ -35,7 +38,14 @@ from tessera.typing import Signer
 
 __all__ = ["DID_CONTEXT", "KeyStore", "SqlKeyStore", "did_document"]
 
-_BRAND_KEYS: Final = select(BrandKey).where(col(BrandKey.brand_id) == bindparam("brand_id"))
+# Read as plain rows (issuer._db.core): every redemption reads them, nothing updates
+# them through an object (rotate is an UPDATE of its own).
+_BRAND_KEYS: Final = sqlalchemy.select(table_of(BrandKey)).where(
+    col(BrandKey.brand_id) == bindparam("brand_id"))
+_RETIRE_ACTIVE: Final = (update(BrandKey)
+                         .where(col(BrandKey.brand_id) == bindparam("of_brand"),
+                                col(BrandKey.status) == KeyStatus.ACTIVE)
+                         .values(status=KeyStatus.RETIRED, retired_at=bindparam("now")))
 _KEYS_MEMO: Final = "tessera.keystore.keys"  # Session.info: brand id -> its keys, this transaction
 
 DID_CONTEXT = ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"]
@@ -56,7 +66,7 @@ class KeyStore(Protocol):
                     ) -> list[BrandKeyPublic]: ...
 
 
-def _public(key: BrandKey, did: str) -> BrandKeyPublic:
+def _public(key: BrandKey | Row[Any], did: str) -> BrandKeyPublic:
     return BrandKeyPublic(kid=key.kid, verification_method=f"{did}#{key.kid}", alg=key.alg,
                           public_jwk=key.public_jwk, status=key.status,
                           created_at=key.created_at, retired_at=key.retired_at)
@@ -78,18 +88,17 @@ class SqlKeyStore:
     def _aad(brand_id: str, kid: str) -> bytes:
         return canonical_json({"brand": brand_id, "kid": kid, "use": "tessera-brand-key"})
 
-    def _keys(self, session: Session, brand_id: str) -> list[BrandKey]:
+    def _keys(self, session: Session, brand_id: str) -> list[Row[Any]]:
         # Read once per transaction: a redemption checks the credential against the
         # brand's keys and signs its receipt with the active one (one SELECT, not two).
         # generate and rotate drop it, so a rotation is seen by the rest of its own
         # transaction, and every new transaction reads the keys afresh (another
         # worker's rotation is seen on the next request).
-        memo: dict[str, list[BrandKey]] = session.info.setdefault(_KEYS_MEMO, {})
+        memo: dict[str, list[Row[Any]]] = session.info.setdefault(_KEYS_MEMO, {})
         found = memo.get(brand_id)
         if found is None:
             # key-1, key-2, ...: numeric order (key-10 after key-9), oldest first.
-            found = memo[brand_id] = sorted(session.exec(_BRAND_KEYS,
-                                                         params={"brand_id": brand_id}),
+            found = memo[brand_id] = sorted(core(session, _BRAND_KEYS, {"brand_id": brand_id}),
                                             key=lambda k: int(k.kid.removeprefix("key-")))
         return list(found)
 
@@ -111,13 +120,10 @@ class SqlKeyStore:
 
     def rotate(self, session: Session, *, brand_id: str, did: str,
                alg: str | None = None) -> BrandKeyPublic:
-        now = utcnow()
         session.info.get(_KEYS_MEMO, {}).pop(brand_id, None)
         active = [k for k in self._keys(session, brand_id) if k.status == KeyStatus.ACTIVE]
-        for key in active:
-            key.status = KeyStatus.RETIRED
-            key.retired_at = now
-            session.add(key)
+        session.flush()  # a key changed through an object is written before the UPDATE
+        core(session, _RETIRE_ACTIVE, {"of_brand": brand_id, "now": utcnow()})
         new_alg = alg or (active[-1].alg if active else "EdDSA")
         return self.generate(session, brand_id=brand_id, did=did, alg=new_alg)
 

@@ -67,6 +67,7 @@ from issuer._models import (
     PointLot,
     Program,
     Tier,
+    new_id,
 )
 from issuer._status_lists import revoke_current
 from tessera.encoding import canonical_json
@@ -649,8 +650,8 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
         if free < points:
             raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE,
                                f"{points} points requested, {free} available")
-        hold = PointHold(brand_id=member.brand_id, member_id=member.id, points=points,
-                         reference=reference, created_at=now,
+        hold = PointHold(id=new_id(), brand_id=member.brand_id, member_id=member.id,
+                         points=points, reference=reference, created_at=now,
                          expires_at=_ms(now + timedelta(seconds=ttl_seconds)))
         # A Core INSERT, then the object joins the session as the row's clean copy (the
         # answer and a capture in this transaction find it there) without a flush.
@@ -830,9 +831,15 @@ def evaluate_tier(session: Session, *, member: Member, now: datetime) -> None:
             revoke_current(session, member_id=member.id,
                            credential_type="LoyaltyMembershipCredential", now=now,
                            reason="superseded: tier changed")
-        member.tier_id = tier.id if tier else None
-        member.tier_valid_until = (now + timedelta(days=tier.qualification_period_days)
-                                   if tier is not None and tier.qualifying_points > 0 else None)
+        tier_id = tier.id if tier else None
+        valid_until = (now + timedelta(days=tier.qualification_period_days)
+                       if tier is not None and tier.qualifying_points > 0 else None)
+        # Assigned only when they change: an assignment, even of the same value, makes
+        # the member dirty and sends the flush through the unit of work on every write.
+        if member.tier_id != tier_id:
+            member.tier_id = tier_id
+        if member.tier_valid_until != valid_until:
+            member.tier_valid_until = valid_until
         session.add(member)
 
     earned_rank = earned.rank if earned else -1
