@@ -209,3 +209,34 @@ def test_a_batch_never_picks_a_slot_it_holds_but_has_not_inserted(service: Servi
         picks = [allocate(session, brand_id=brand.id, kind=StatusListKind.TOKEN, now=now,
                           taken=taken) for _ in range(10)]
     assert {(s.id, i) for s, i in picks} == {(shard.id, 5)}
+
+
+def test_revoke_current_updates_a_copy_loaded_in_the_same_transaction(service: Service) -> None:
+    """revoke_current is one UPDATE ... RETURNING (no objects): a credential this
+    transaction loaded before it shows the revocation, and a later flush of that
+    object does not write the old status back."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import select
+
+    from issuer._db import session_scope
+    from issuer._models import IssuedCredential
+    from issuer._status_lists import revoke_current
+
+    member, _, _ = _issue(service, SD)
+    now = datetime.now(UTC)
+    with session_scope(service.engine) as session:
+        loaded = session.exec(select(IssuedCredential).where(
+            IssuedCredential.member_id == member["id"],
+            IssuedCredential.credential_type == "LoyaltyPointsCredential")).one()
+        assert loaded.status == "valid"
+        loaded.status_reason = None  # dirty: revoke_current writes it first, then revokes
+        assert revoke_current(session, member_id=member["id"],
+                              credential_type="LoyaltyPointsCredential", now=now,
+                              reason="superseded: test") == 1
+        assert (loaded.status, loaded.status_reason) == ("revoked", "superseded: test")
+        session.flush()
+    with session_scope(service.engine) as session:
+        again = session.get(IssuedCredential, loaded.id)
+        assert again is not None
+        assert (again.status, again.status_reason) == ("revoked", "superseded: test")
