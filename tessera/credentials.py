@@ -164,7 +164,9 @@ class CredentialType:
         omits required claims, but whatever it shows must still be well-typed
         and nothing outside the schema is accepted.
         """
-        instance = dict(claims)
+        # A copy only for other mappings: the validators take a dict, and a
+        # dict is never changed here.
+        instance = claims if type(claims) is dict else dict(claims)
         compiled = self._compiled_partial if partial else self._compiled_full
         try:
             if compiled.is_valid(instance):

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tessera.errors import ErrorCode, TesseraError
@@ -82,24 +81,28 @@ class CredentialQuery:
             return False
         return self.type_values is None or any(set(t) <= set(types) for t in self.type_values)
 
+    # The query is immutable and checked against every presentation of its
+    # request: what derives from it is worked out once, when it is built.
+    # Not cached_property: every request brings a fresh query, and its first
+    # access (a lock, a descriptor call) cost more than the work itself.
+    _options: tuple[tuple[ClaimQuery, ...], ...] = field(init=False, repr=False, compare=False)
+    _asked_names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.claims:
+            options: tuple[tuple[ClaimQuery, ...], ...] = ((),)
+        elif self.claim_sets is None:
+            options = (self.claims,)
+        else:
+            by_id = {c.id: c for c in self.claims}
+            options = tuple(tuple(by_id[i] for i in option) for option in self.claim_sets)
+        object.__setattr__(self, "_options", options)
+        object.__setattr__(self, "_asked_names", frozenset(
+            c.path[0] for c in self.claims if isinstance(c.path[0], str)))
+
     def options(self) -> list[tuple[ClaimQuery, ...]]:
         """Acceptable claim combinations, most preferred first (§6.4.1)."""
         return list(self._options)
-
-    # The query is immutable and checked against every presentation of its
-    # request: what derives from it is worked out once.
-    @cached_property
-    def _options(self) -> tuple[tuple[ClaimQuery, ...], ...]:
-        if not self.claims:
-            return ((),)
-        if self.claim_sets is None:
-            return (self.claims,)
-        by_id = {c.id: c for c in self.claims}
-        return tuple(tuple(by_id[i] for i in option) for option in self.claim_sets)
-
-    @cached_property
-    def _asked_names(self) -> frozenset[str]:
-        return frozenset(str(c.path[0]) for c in self.claims if isinstance(c.path[0], str))
 
     def satisfied_option(self, claims: Mapping[str, Any]) -> tuple[ClaimQuery, ...] | None:
         for option in self._options:
@@ -160,9 +163,10 @@ class Query:
         return cls(parsed, tuple(sets) if sets_raw is not None else None, tuple(required),
                    dict(raw))
 
-    @cached_property
-    def _ids(self) -> frozenset[str]:
-        return frozenset(c.id for c in self.credentials)
+    _ids: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ids", frozenset(c.id for c in self.credentials))
 
     def by_id(self, cred_id: str) -> CredentialQuery:
         for c in self.credentials:

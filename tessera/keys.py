@@ -18,7 +18,7 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -129,15 +129,19 @@ class PublicKey:
     def verify(self, signature: bytes, data: bytes) -> None:
         """Raise ``invalid_signature`` unless ``signature`` is valid over ``data``."""
         try:
-            if isinstance(self._key, ed25519.Ed25519PublicKey):
-                self._key.verify(signature, data)
+            # crv names the key object's type (every constructor pairs them);
+            # isinstance against the Ed25519PublicKey ABC goes through
+            # ABCMeta.__instancecheck__ in Python, twice per presentation.
+            if self.crv == "Ed25519":
+                cast(ed25519.Ed25519PublicKey, self._key).verify(signature, data)
                 return
             size = _CURVES[self.crv][2]
             if len(signature) != 2 * size:
                 raise InvalidSignature
             r = int.from_bytes(signature[:size], "big")
             s = int.from_bytes(signature[size:], "big")
-            self._key.verify(encode_dss_signature(r, s), data, _ECDSA[self.crv])
+            cast(ec.EllipticCurvePublicKey, self._key).verify(
+                encode_dss_signature(r, s), data, _ECDSA[self.crv])
         except InvalidSignature:
             raise TesseraError(ErrorCode.INVALID_SIGNATURE, "signature does not verify") from None
 

@@ -358,7 +358,8 @@ class Verifier:
         errors: list[ErrorCode] = []
         ctype = credentials.by_vct(vc.vct)
         ctype.validate(vc.claims, partial=True)
-        claims = dict(vc.claims)
+        # vc is this call's own: its claims dict is not shared, no copy needed.
+        claims = vc.claims
         if cq is not None:
             answered = cq.matches_type(fmt="dc+sd-jwt", vct=vc.vct)
             if not answered or cq.satisfied_option(claims) is None:

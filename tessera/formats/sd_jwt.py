@@ -87,13 +87,16 @@ def parse(text: str) -> SdJwt:
         raise TesseraError(ErrorCode.MALFORMED, "SD-JWT must be a string")
     if len(text) > MAX_PRESENTATION_BYTES:
         raise TesseraError(ErrorCode.TOO_LARGE, "SD-JWT presentation too large")
-    parts = text.split("~")
-    if len(parts) < 2:
+    # The issuer JWT is most of the text: find its end with str.find (a
+    # memchr) and split only the disclosures and KB-JWT after it.
+    end = text.find("~")
+    if end < 0:
         raise TesseraError(ErrorCode.MALFORMED, "not an SD-JWT (no '~' separator)")
-    if len(parts) - 2 > MAX_DISCLOSURES:
+    parts = text[end + 1:].split("~")
+    if len(parts) - 1 > MAX_DISCLOSURES:
         raise TesseraError(ErrorCode.TOO_LARGE, "too many disclosures")
-    disclosures = tuple(parts[1:-1])
-    jwt, last = parts[0], parts[-1]
+    disclosures = tuple(parts[:-1])
+    jwt, last = text[:end], parts[-1]
     if not jwt or "" in disclosures:
         raise TesseraError(ErrorCode.MALFORMED, "empty SD-JWT component")
     return SdJwt(jwt, disclosures, last or None)
@@ -471,7 +474,8 @@ def verify(
         raise TesseraError(ErrorCode.UNSUPPORTED_ALGORITHM, "only _sd_alg sha-256 is supported")
     unpacker = _Unpacker(parsed.disclosures)
     processed = unpacker.unpack(payload, top=True)
-    if unpacker.used != set(unpacker.by_digest):
+    # used only ever holds keys of by_digest, so equal sizes mean equal sets.
+    if len(unpacker.used) != len(unpacker.by_digest):
         # §7.1 step 5: every disclosure must be referenced by a digest.
         raise TesseraError(ErrorCode.DISCLOSURE_MISMATCH, "disclosure not referenced by the JWT")
     if unpacker.top_level & NEVER_DISCLOSABLE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -179,3 +180,19 @@ def test_arbitrary_text_only_raises_tessera_errors(text: str) -> None:
 
 
 _ED = generate_signer("EdDSA")
+
+
+@given(st.lists(st.sampled_from(["e30", "AA", ""]), min_size=1, max_size=5))
+def test_decode_takes_exactly_three_parts(parts: list[str]) -> None:
+    # decode_unverified finds the two dots itself (no split): the parts, the
+    # signing input and the refusals must be those of a plain split.
+    token = ".".join(parts)
+    if len(parts) == 3 and parts[0] == parts[1] == "e30":
+        jws = decode_unverified(token)
+        assert (jws.header, jws.payload) == ({}, {})
+        assert jws.signing_input == b"e30.e30"
+        assert jws.signature == base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
+    else:
+        with pytest.raises(TesseraError) as exc:
+            decode_unverified(token)
+        assert exc.value.code is ErrorCode.MALFORMED
