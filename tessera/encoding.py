@@ -19,8 +19,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pybase64 import b64decode as _b64decode
-
 from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
@@ -50,6 +48,35 @@ _B64URL_INDEX = {
 
 
 _STD_TO_URL = bytes.maketrans(b"+/", b"-_")
+# base64url -> standard base64 with every byte outside the url-safe alphabet
+# (and the padding b64url_decode adds itself) mapped to '*', which strict
+# a2b_base64 refuses (the fallback decoder below).
+_URL_TO_STD_OR_BAD = bytes(
+    b if b in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=" else 0x2A
+    for b in range(256)
+).translate(bytes.maketrans(b"-_", b"+/"))
+
+
+def _decode_binascii(padded: bytes) -> bytes:
+    return binascii.a2b_base64(padded.translate(_URL_TO_STD_OR_BAD), strict_mode=True)
+
+
+def _decode_pybase64(padded: bytes) -> bytes:
+    # validate=True refuses every byte outside the standard alphabet plus the
+    # altchars, and '=' anywhere but at the end; b64url_decode has refused
+    # '+', '/' and '=' before (altchars leave the first two accepted).
+    out: bytes = _pybase64.b64decode(padded, altchars=b"-_", validate=True)
+    return out
+
+
+try:
+    import pybase64 as _pybase64
+except ImportError:  # pragma: no cover - an environment set up before it was a dependency
+    _decode_padded: Callable[[bytes], bytes] = _decode_binascii
+else:
+    # SIMD C: about 5x faster than translate + strict a2b_base64 on the
+    # 1.3 KB payload of an issuer JWT (bench/README.md, issue 10 session 5).
+    _decode_padded = _decode_pybase64
 
 
 def b64url_encode(data: bytes) -> str:
@@ -65,11 +92,8 @@ def b64url_decode(text: str, *, max_len: int = MAX_JSON_BYTES * 2) -> bytes:
     if len(text) > max_len:
         raise TesseraError(ErrorCode.TOO_LARGE, "base64url value too large")
     rem = len(text) % 4
-    # pybase64 (SIMD) with validate=True refuses every byte outside the
-    # standard alphabet plus the altchars, and '=' anywhere but at the end;
-    # mapping '-_' as altchars leaves '+' and '/' accepted too, and padding
-    # sent by the caller would pass: those three are refused here first.
-    # About 7x faster than translate + strict a2b_base64 on a 1.3 KB payload.
+    # Padding, and the two characters of the standard alphabet, are refused
+    # here (three C scans); the decoder refuses every other outsider.
     if rem == 1 or "=" in text or "+" in text or "/" in text:
         raise TesseraError(ErrorCode.MALFORMED, "not unpadded base64url")
     try:
@@ -77,8 +101,7 @@ def b64url_decode(text: str, *, max_len: int = MAX_JSON_BYTES * 2) -> bytes:
     except UnicodeEncodeError:
         raise TesseraError(ErrorCode.MALFORMED, "not unpadded base64url") from None
     try:
-        raw = _b64decode(data + b"=" * (-rem % 4) if rem else data, altchars=b"-_",
-                         validate=True)
+        raw = _decode_padded(data + b"=" * (-rem % 4) if rem else data)
     except (binascii.Error, ValueError) as exc:
         raise TesseraError(ErrorCode.MALFORMED, "not unpadded base64url") from exc
     # Non-canonical encodings (stray low bits in the last character) would let
