@@ -454,6 +454,18 @@ def test_check_times_boundaries() -> None:
     assert _code(lambda: check_times({"nbf": t + 61}, NOW, skew)) is ErrorCode.NOT_YET_VALID
 
 
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+def test_check_times_numeric_dates(name: str) -> None:
+    # An int takes a shortcut in _ts; a bool (an int to Python), a string or
+    # other junk must still be refused, and a float still read.
+    for bad in (True, False, "1", [1], {"t": 1}):
+        with pytest.raises(TesseraError) as exc:
+            check_times({name: bad}, NOW, timedelta(0))
+        assert exc.value.code is ErrorCode.MALFORMED
+    t = int(NOW.timestamp())
+    check_times({name: float(t + 100 if name == "exp" else t - 100)}, NOW, timedelta(0))
+
+
 # -- parsing and encodings ---------------------------------------------------------------
 
 
