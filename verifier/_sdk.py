@@ -332,7 +332,8 @@ class Verifier:
                     errors.append(ErrorCode.DISCLOSURE_MISMATCH)
                 merged.setdefault(name, value)
         return VerificationResult(
-            errors=tuple(dict.fromkeys(str(e) for e in errors)),
+            # The usual answer has no errors: no generator and dict for it.
+            errors=tuple(dict.fromkeys(str(e) for e in errors)) if errors else (),
             credentials=tuple(presented),
             claims=merged if not errors else {},
         )
