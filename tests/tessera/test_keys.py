@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jwcrypto import jwk as jwcrypto_jwk
 
-from tessera.encoding import b64url_encode
+from tessera.encoding import b64url_decode, b64url_encode
 from tessera.errors import ErrorCode, TesseraError
 from tessera.keys import (
     SUPPORTED_ALGS,
@@ -111,6 +111,34 @@ def test_bad_public_jwks_are_malformed(jwk: Any) -> None:
     with pytest.raises(TesseraError) as exc:
         PublicKey.from_jwk(jwk)
     assert exc.value.code is ErrorCode.MALFORMED
+
+
+def test_public_jwk_members_must_be_full_size_unpadded_base64url() -> None:
+    """RFC 7518 §6.2.1.2: a coordinate is the full size for its curve; RFC 8037 §2: the
+    Ed25519 key is 32 bytes; base64url without padding (RFC 7515 §2)."""
+    ec_jwk = generate_signer("ES256").public_key.to_jwk()
+    ed_jwk = generate_signer("EdDSA").public_key.to_jwk()
+    x = b64url_decode(ec_jwk["x"])
+    for bad in ({**ec_jwk, "x": b64url_encode(x[1:])},  # short
+                {**ec_jwk, "x": b64url_encode(b"\x00" + x)},  # long
+                {**ec_jwk, "x": ec_jwk["x"] + "="},  # padded
+                {**ed_jwk, "x": b64url_encode(b64url_decode(ed_jwk["x"])[:31])},
+                {**ed_jwk, "y": ec_jwk["y"]}):
+        with pytest.raises(TesseraError) as exc:
+            PublicKey.from_jwk(bad)
+        assert exc.value.code is ErrorCode.MALFORMED
+
+
+def test_a_coordinate_with_a_leading_zero_byte_round_trips() -> None:
+    # About one P-256 key in 128 has a coordinate starting with a zero byte: its member
+    # is still the full 32 bytes, and it imports as any other.
+    for _ in range(5000):
+        key = generate_signer("ES256").public_key
+        jwk = key.to_jwk()
+        if b64url_decode(jwk["x"])[0] == 0 or b64url_decode(jwk["y"])[0] == 0:
+            assert PublicKey.from_jwk(jwk) == key
+            return
+    raise AssertionError("no key with a leading zero byte in 5000")
 
 
 def test_point_not_on_curve_refused() -> None:
