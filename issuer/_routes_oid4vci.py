@@ -33,7 +33,7 @@ from issuer._issuance import (
     prepare_batch,
     status_list_url,
 )
-from issuer._models import KeyStatus, StatusListShard
+from issuer._models import CredentialState, KeyStatus, StatusListShard
 from issuer._openid4vci import (
     GRANT_PRE_AUTHORIZED,
     GRANT_REFRESH_TOKEN,
@@ -50,6 +50,7 @@ from issuer._openid4vci import (
     record_issuance,
     token_request,
 )
+from issuer._status_lists import change_state
 from tessera.encoding import parse_json_object
 from tessera.errors import ErrorCode, TesseraError
 from tessera.nonces import SqlNonceStore
@@ -262,7 +263,18 @@ async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
                     nonces.consume(nonce)
             raise
         # Signed after the commit: the write lock is not held over the batch's signatures.
-        return batch.sign()
+        try:
+            return batch.sign()
+        except Exception:
+            # A batch that could not be signed (a KMS refusing, say) was never delivered:
+            # its committed rows are revoked by a write of their own (the whole batch,
+            # change_state), not left as valid credentials that no wallet holds.
+            with contextlib.suppress(Exception):
+                _ledger.run_write(state.engine, lambda s: change_state(
+                    s, brand_id=brand.id, credential_id=batch.rows[0].id,
+                    state=CredentialState.REVOKED, now=now,
+                    reason="not delivered: the credentials could not be signed"))
+            raise
 
     credentials = await _in_thread(check_and_issue)
     return JSONResponse({"credentials": [{"credential": c} for c in credentials]},

@@ -230,6 +230,39 @@ def test_a_batch_is_committed_before_it_is_signed(service: Service,
     assert len(issued) == 3 and seen == [3, 3, 3]
 
 
+def test_a_batch_that_cannot_be_signed_is_revoked_not_left_valid(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows commit before the signatures: when signing then fails (a KMS refusing,
+    say), the wallet gets an error and the batch's rows are revoked, not left as valid
+    credentials nobody holds. A later batch is issued as usual."""
+    from issuer import _issuance
+
+    member, wallet = _wallet(service)
+    session = _session(service, wallet, member)
+    signing = _issuance.sd_jwt.issue
+    calls: list[int] = []
+
+    def refuse_the_second(*args: Any, **kwargs: Any) -> str:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the key service refused")
+        return signing(*args, **kwargs)
+
+    monkeypatch.setattr(_issuance.sd_jwt, "issue", refuse_the_second)
+    # The test client re-raises what the server would answer as a 500 problem.
+    with pytest.raises(RuntimeError, match="the key service refused"):
+        wallet.request_batch(session, MEMBERSHIP, fresh_keys(3), now=service.clock.now)
+    rows = _rows(service, member["id"])
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"revoked"}, rows
+
+    monkeypatch.setattr(_issuance.sd_jwt, "issue", signing)
+    again = _session(service, wallet, member)
+    assert len(_got(wallet.request_batch(again, MEMBERSHIP, fresh_keys(2),
+                                         now=service.clock.now))) == 2
+    rows = _rows(service, member["id"])
+    assert sorted(row["status"] for row in rows) == ["revoked"] * 3 + ["valid"] * 2
+
+
 def test_batch_size_is_published_and_enforced(service: Service) -> None:
     member, wallet = _wallet(service)
     session = _session(service, wallet, member)
