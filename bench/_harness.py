@@ -200,3 +200,18 @@ def git_commit() -> str | None:
     except OSError:
         return None
     return done.stdout.strip() or None
+
+
+def in_process_arguments(parser: Any, *, what: str, ops: int, members: int) -> None:
+    """The options ``bench.issuance_cpu`` and ``bench.redemption_cpu`` share: how much to
+    run (``--ops`` of ``what`` per round, ``--rounds``, ``--members``) and what to show
+    (``--profile N``, ``--pstats PATH``, ``--show-sql``)."""
+    parser.add_argument("--ops", type=int, default=ops, help=f"{what} per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--members", type=int, default=members)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="cProfile the run, print the top N functions (slows the run)")
+    parser.add_argument("--pstats", metavar="PATH",
+                        help="with --profile: also save the last round's stats there")
+    parser.add_argument("--show-sql", action="store_true",
+                        help=f"print the statements of the last of the {what}")

@@ -35,6 +35,8 @@ import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
+from bench._harness import in_process_arguments
+
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 PUBLIC = "https://issuer.example"
 
@@ -307,15 +309,7 @@ def main() -> None:
                                                         DEFAULT_POSTGRES),
                         help="PostgreSQL server (with --db postgresql)")
     parser.add_argument("--batch", type=int, default=1, help="credentials per exchange")
-    parser.add_argument("--ops", type=int, default=40, help="exchanges per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--members", type=int, default=8)
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="cProfile the exchanges, print the top N functions (slows the run)")
-    parser.add_argument("--pstats", metavar="PATH",
-                        help="with --profile: also save the last round's stats there")
-    parser.add_argument("--show-sql", action="store_true",
-                        help="print the statements of the last exchange")
+    in_process_arguments(parser, what="exchanges", ops=40, members=8)
     args = parser.parse_args()
     report = run(args.url if args.db == "postgresql" else None, args.batch, args.ops,
                  args.rounds, args.members, args.profile, args.show_sql, args.pstats)

@@ -26,6 +26,8 @@ import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
+from bench._harness import in_process_arguments
+
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 POINTS = 10
 
@@ -165,15 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("TESSERA_TEST_POSTGRES_URL",
                                                         DEFAULT_URL))
-    parser.add_argument("--ops", type=int, default=50, help="hold + capture pairs per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--members", type=int, default=4)
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="print cProfile's top N functions (slows the run)")
-    parser.add_argument("--pstats", metavar="FILE",
-                        help="with --profile: also write the last round's profile to FILE")
-    parser.add_argument("--show-sql", action="store_true",
-                        help="print the statements of the last hold + capture")
+    in_process_arguments(parser, what="hold + capture pairs", ops=50, members=4)
     args = parser.parse_args()
     report = run(args.url, args.ops, args.members, args.rounds, args.profile, args.show_sql,
                  args.pstats)
