@@ -34,12 +34,6 @@ def _bad(detail: str) -> TesseraError:
     return TesseraError(ErrorCode.MALFORMED, f"DCQL: {detail}")
 
 
-def _same(value: Any, wanted: Any) -> bool:
-    # JSON equality, not Python's: ``True == 1`` in Python, but a query asking for the
-    # number 1 must not be satisfied by the boolean true (or the reverse).
-    return isinstance(value, bool) is isinstance(wanted, bool) and value == wanted
-
-
 @dataclass(frozen=True)
 class ClaimQuery:
     id: str | None
@@ -62,7 +56,19 @@ class ClaimQuery:
 
     def satisfied_by(self, claims: Mapping[str, Any]) -> bool:
         found, value = self.lookup(claims)
-        return found and (self.values is None or any(_same(value, v) for v in self.values))
+        if not found:
+            return False
+        if self.values is None:
+            return True
+        # JSON equality, not Python's: ``True == 1`` in Python, but a query asking for the
+        # number 1 must not be satisfied by the boolean true (or the reverse). A plain
+        # loop, not any() over a generator: this runs for every asked claim of every
+        # presentation.
+        is_bool = isinstance(value, bool)
+        for wanted in self.values:
+            if isinstance(wanted, bool) is is_bool and value == wanted:
+                return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ class CredentialQuery:
     # Not cached_property: every request brings a fresh query, and its first
     # access (a lock, a descriptor call) cost more than the work itself.
     _options: tuple[tuple[ClaimQuery, ...], ...] = field(init=False, repr=False, compare=False)
-    _asked_names: frozenset[str] = field(init=False, repr=False, compare=False)
+    asked: frozenset[str] = field(init=False, repr=False, compare=False)
+    """Top-level claim names the query asks for (``asked_names()`` without the copy)."""
 
     def __post_init__(self) -> None:
         if not self.claims:
@@ -97,7 +104,7 @@ class CredentialQuery:
             by_id = {c.id: c for c in self.claims}
             options = tuple(tuple(by_id[i] for i in option) for option in self.claim_sets)
         object.__setattr__(self, "_options", options)
-        object.__setattr__(self, "_asked_names", frozenset(
+        object.__setattr__(self, "asked", frozenset(
             c.path[0] for c in self.claims if isinstance(c.path[0], str)))
 
     def options(self) -> list[tuple[ClaimQuery, ...]]:
@@ -123,7 +130,7 @@ class CredentialQuery:
         return names
 
     def asked_names(self) -> set[str]:
-        return set(self._asked_names)
+        return set(self.asked)
 
 
 @dataclass(frozen=True)

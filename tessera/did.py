@@ -176,6 +176,9 @@ def did_web_url(did: str) -> str:
     return f"https://{host}/{suffix}"
 
 
+_MAX_GRANTED = 64
+
+
 @dataclass(frozen=True)
 class DIDDocument:
     """A resolved DID document with its verification methods parsed on demand."""
@@ -183,6 +186,10 @@ class DIDDocument:
     id: str
     document: dict[str, Any]
     _keys: dict[str, PublicKey] = field(default_factory=dict, repr=False, compare=False)
+    # (method id as asked, relationship) -> key, once every rule below passed:
+    # an issuer's kid recurs on every presentation, the document never changes.
+    _granted: dict[tuple[str, str], PublicKey] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def _absolute(self, ref: str) -> str:
         return self.id + ref if ref.startswith("#") else ref
@@ -205,6 +212,10 @@ class DIDDocument:
 
     def key(self, method_id: str, *, relationship: str = "assertionMethod") -> PublicKey:
         """The public key of ``method_id``, which must be listed for ``relationship``."""
+        granted = self._granted.get((method_id, relationship))
+        if granted is not None:
+            return granted
+        asked = method_id
         method_id = self._absolute(method_id)
         if not method_id.startswith(self.id + "#"):
             raise TesseraError(ErrorCode.KEY_NOT_FOUND, "key is not controlled by this DID")
@@ -212,14 +223,17 @@ class DIDDocument:
             raise TesseraError(
                 ErrorCode.KEY_NOT_FOUND, f"{method_id} is not listed for {relationship}"
             )
-        cached = self._keys.get(method_id)
-        if cached is not None:
-            return cached
-        for vm in self.methods():
-            if isinstance(vm.get("id"), str) and self._absolute(vm["id"]) == method_id:
-                key = _key_of_method(vm)
-                self._keys[method_id] = key
-                return key
+        key = self._keys.get(method_id)
+        if key is None:
+            for vm in self.methods():
+                if isinstance(vm.get("id"), str) and self._absolute(vm["id"]) == method_id:
+                    key = _key_of_method(vm)
+                    self._keys[method_id] = key
+                    break
+        if key is not None:
+            if len(self._granted) < _MAX_GRANTED:  # bounded: method ids come from JWT headers
+                self._granted[(asked, relationship)] = key
+            return key
         raise TesseraError(ErrorCode.KEY_NOT_FOUND, f"no verification method {method_id}")
 
     def keys_for(self, relationship: str = "assertionMethod") -> list[tuple[str, PublicKey]]:

@@ -24,8 +24,8 @@ from verifier._trust import TrustList
 _log = logging.getLogger("tessera.verifier")
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+# A partial of the C function, not a def: the clock is read on every verify.
+_utcnow: Clock = functools.partial(datetime.now, UTC)
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,10 @@ class Verifier:
         self._status_check = status_check or default_status_check(
             self._resolver, fetcher, clock=clock, trusted=lambda did: self.trust.knows(did))
         # "is not None": an empty MemoryNonceStore has len() == 0, so it is falsy.
-        self._nonces: NonceStore = nonces if nonces is not None else MemoryNonceStore(clock)
+        # The system clock is the store's own default: told nothing, it reads
+        # time.time() instead of making a datetime per take.
+        self._nonces: NonceStore = nonces if nonces is not None else (
+            MemoryNonceStore() if clock is _utcnow else MemoryNonceStore(clock))
         # With the request object in hand only "was the nonce live?" matters:
         # a store that can say so without reading the data back does.
         self._take_nonce: Callable[[str], bool] = (
@@ -274,8 +277,12 @@ class Verifier:
         any verifier instance able to finish it). Each nonce is accepted once.
         """
         try:
-            with within_fetch_budget(self._fetch_budget), _jsonld_work_budget(vp_token):
-                return self._verify(vp_token, request, now or self._clock())
+            with within_fetch_budget(self._fetch_budget):
+                if isinstance(vp_token, str) and vp_token[:1] not in _JSON_START:
+                    # A bare SD-JWT (the usual till answer) has no JSON-LD.
+                    return self._verify(vp_token, request, now or self._clock())
+                with _jsonld_work_budget(vp_token):
+                    return self._verify(vp_token, request, now or self._clock())
         except TesseraError as exc:
             return VerificationResult.failure(exc.code)
         except (ValueError, TypeError, KeyError, RecursionError):
@@ -366,15 +373,16 @@ class Verifier:
             if not answered or cq.satisfied_option(claims) is None:
                 errors.append(ErrorCode.DISCLOSURE_MISMATCH)
             else:
-                # Nothing unasked is trusted: keep only what the query named.
-                asked = cq.asked_names() | ctype.always_visible
-                claims = {k: v for k, v in claims.items() if k in asked}
+                # Nothing unasked is trusted: keep only what the query named
+                # (two frozenset lookups rather than a union built per call).
+                asked, always = cq.asked, ctype.always_visible
+                claims = {k: v for k, v in claims.items() if k in asked or k in always}
         try:
             sd_jwt.check_times(vc.payload, now, self._skew)
         except TesseraError as exc:
             errors.append(exc.code)
-        errors.extend(self._trusted_status(vc.issuer, ctype.name, vc.payload.get("status"), now))
         status = vc.payload.get("status")
+        errors.extend(self._trusted_status(vc.issuer, ctype.name, status, now))
         # Compared across credentials (and formats) as the DID of the holder key.
         holder = holder_id(vc.holder_key, {}) if vc.holder_key is not None else None
         sub = vc.payload.get("sub")
@@ -478,6 +486,11 @@ Presentation = str | dict[str, Any]
 def _issuer_of_unverified(vc: Mapping[str, Any]) -> str:
     issuer = vc.get("issuer")
     return str(issuer.get("id") if isinstance(issuer, dict) else issuer)
+
+
+# What a vp_token that is JSON (a VP object or an OpenID4VP map) starts with,
+# after optional whitespace; a bare SD-JWT starts with its header's base64url.
+_JSON_START = frozenset("{ \t\r\n")
 
 
 def _jsonld_work_budget(vp_token: str | Mapping[str, Any]) -> AbstractContextManager[object]:

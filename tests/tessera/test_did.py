@@ -203,6 +203,16 @@ def test_document_relationships_and_foreign_keys() -> None:
     with pytest.raises(TesseraError) as exc:
         DIDDocument(did, _doc(did, assertion=["#ghost"])).key("#ghost")
     assert exc.value.code is ErrorCode.KEY_NOT_FOUND
+    # A key once granted (relative and absolute id) is remembered for that
+    # relationship only: the refusals above still hold after it.
+    assert doc.key("#a") is doc.key(f"{did}#a") is doc.key("#a")
+    for relationship in ("authentication", "capabilityInvocation"):
+        with pytest.raises(TesseraError) as exc:
+            doc.key(f"{did}#a", relationship=relationship)
+        assert exc.value.code is ErrorCode.KEY_NOT_FOUND
+    with pytest.raises(TesseraError) as exc:
+        doc.key("#b")
+    assert exc.value.code is ErrorCode.KEY_NOT_FOUND
 
 
 def test_document_method_types() -> None:
