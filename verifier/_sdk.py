@@ -374,9 +374,13 @@ class Verifier:
                 errors.append(ErrorCode.DISCLOSURE_MISMATCH)
             else:
                 # Nothing unasked is trusted: keep only what the query named
-                # (two frozenset lookups rather than a union built per call).
+                # (two frozenset lookups rather than a union built per call;
+                # a new dict only when something unasked was disclosed).
                 asked, always = cq.asked, ctype.always_visible
-                claims = {k: v for k, v in claims.items() if k in asked or k in always}
+                for name in claims:
+                    if name not in asked and name not in always:
+                        claims = {k: v for k, v in claims.items() if k in asked or k in always}
+                        break
         try:
             sd_jwt.check_times(vc.payload, now, self._skew)
         except TesseraError as exc:
