@@ -278,8 +278,11 @@ class Verifier:
         """
         try:
             with within_fetch_budget(self._fetch_budget):
-                if isinstance(vp_token, str) and vp_token[:1] not in _JSON_START:
-                    # A bare SD-JWT (the usual till answer) has no JSON-LD.
+                if (isinstance(vp_token, str) and (head := vp_token[:1]) != "{"
+                        and not head.isspace()):
+                    # A bare SD-JWT (the usual till answer) has no JSON-LD. Any
+                    # leading whitespace (str.strip's: all of Unicode's) goes the
+                    # long way, as _split_vp_token may then find JSON.
                     return self._verify(vp_token, request, now or self._clock())
                 with _jsonld_work_budget(vp_token):
                     return self._verify(vp_token, request, now or self._clock())
@@ -490,11 +493,6 @@ Presentation = str | dict[str, Any]
 def _issuer_of_unverified(vc: Mapping[str, Any]) -> str:
     issuer = vc.get("issuer")
     return str(issuer.get("id") if isinstance(issuer, dict) else issuer)
-
-
-# What a vp_token that is JSON (a VP object or an OpenID4VP map) starts with,
-# after optional whitespace; a bare SD-JWT starts with its header's base64url.
-_JSON_START = frozenset("{ \t\r\n")
 
 
 def _jsonld_work_budget(vp_token: str | Mapping[str, Any]) -> AbstractContextManager[object]:

@@ -310,3 +310,30 @@ def test_verifier_with_did_key_issuer(clock: FixedClock, member: TestHolder) -> 
                                      req), request=req)
     assert result.ok, result.errors
     assert result.issuer == did
+
+
+@pytest.mark.parametrize(("prefix", "json_ld"), [
+    ("", False), ("{", True), (" {", True), ("\x0c{", True), ("\u00a0{", True), ("\u2028{", True),
+])
+def test_jsonld_work_budget_for_every_token_that_may_be_json(
+        verifier: Verifier, monkeypatch: pytest.MonkeyPatch, prefix: str, json_ld: bool) -> None:
+    # A vp_token is JSON after any str.strip() whitespace: such a token must run under
+    # one JSON-LD work budget for the whole answer (every VP in it and their status
+    # lists), entered by verify itself; a bare SD-JWT need not.
+    import sys
+
+    from tessera import jsonld
+
+    entered: list[str] = []
+    real = jsonld.work_budget
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        entered.append(sys._getframe(1).f_code.co_name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jsonld, "work_budget", spy)
+    req = verifier.create_request(audience=AUD)
+    token = prefix + '"proof": {}}' if prefix else "eyJhbGciOiJFUzI1NiJ9.e30.sig~"
+    result = verifier.verify(token, request=req)
+    assert not result.ok
+    assert ("_jsonld_work_budget" in entered) is json_ld, entered
