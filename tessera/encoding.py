@@ -19,6 +19,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import pybase64
+
 from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
@@ -48,38 +50,18 @@ _B64URL_INDEX = {
 
 
 _STD_TO_URL = bytes.maketrans(b"+/", b"-_")
-# base64url -> standard base64 with every byte outside the url-safe alphabet
-# (and the padding b64url_decode adds itself) mapped to '*', which strict
-# a2b_base64 refuses (the fallback decoder below).
-_URL_TO_STD_OR_BAD = bytes(
-    b if b in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=" else 0x2A
-    for b in range(256)
-).translate(bytes.maketrans(b"-_", b"+/"))
 
 
-def _decode_binascii(padded: bytes) -> bytes:
-    return binascii.a2b_base64(padded.translate(_URL_TO_STD_OR_BAD), strict_mode=True)
-
-
-def _decode_pybase64(padded: bytes) -> bytes:
-    # validate=True refuses every byte outside the standard alphabet plus the
-    # altchars, and '=' anywhere but at the end; b64url_decode has refused
-    # '+', '/' and '=' before (altchars leave the first two accepted).
-    # Positional: keyword parsing cost ~250 ns a call, as much as decoding a
-    # 300-character value.
-    out: bytes = _pybase64.b64decode(padded, b"-_", True)
+def _decode_padded(padded: bytes) -> bytes:
+    # pybase64 (SIMD C): 0.5 us instead of 3.9 us with binascii for the 1.3 KB
+    # payload of an issuer JWT, no slower on a 43-character digest
+    # (bench/README.md, issue 10 session 5). validate=True refuses every byte
+    # outside the standard alphabet plus the altchars, and '=' anywhere but at
+    # the end; b64url_decode has refused '+', '/' and '=' before (altchars
+    # leave the first two accepted). Positional: keyword parsing cost ~250 ns
+    # a call, as much as decoding a 300-character value.
+    out: bytes = pybase64.b64decode(padded, b"-_", True)
     return out
-
-
-try:
-    import pybase64 as _pybase64
-except ImportError:  # pragma: no cover - an environment set up before it was a dependency
-    _decode_padded: Callable[[bytes], bytes] = _decode_binascii
-else:
-    # SIMD C: 0.5 us instead of 3.9 us for the 1.3 KB payload of an issuer
-    # JWT, and no slower on a 43-character digest (bench/README.md, issue 10
-    # session 5).
-    _decode_padded = _decode_pybase64
 
 
 def b64url_encode(data: bytes) -> str:
