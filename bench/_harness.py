@@ -215,3 +215,32 @@ def in_process_arguments(parser: Any, *, what: str, ops: int, members: int) -> N
                         help="with --profile: also save the last round's stats there")
     parser.add_argument("--show-sql", action="store_true",
                         help=f"print the statements of the last of the {what}")
+
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def schema_url(base: str, schema: str) -> str:
+    """``base`` (a PostgreSQL URL) with every connection's ``search_path`` set to ``schema``."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(base)
+    query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def issuer_app(settings: Any, engine: Any) -> tuple[Any, dict[str, str]]:
+    """The in-process drivers' issuer: its schema migrated, a brand ``bench`` created;
+    the app and the admin headers of the brand's key."""
+    from issuer._admin import create_brand
+    from issuer._app import create_app
+    from issuer._keystore import SqlKeyStore
+    from issuer._ledger import run_write
+    from issuer._models import BrandCreate
+    from issuer.migrations import upgrade
+
+    upgrade(engine)
+    token = run_write(engine, lambda s: create_brand(
+        s, keystore=SqlKeyStore(settings.master_key),
+        data=BrandCreate(slug="bench", name="Bench"), did=settings.brand_did("bench"))[1].token)
+    return create_app(settings, engine=engine), {"Authorization": f"Bearer {token}"}

@@ -31,20 +31,12 @@ import secrets
 import statistics
 import tempfile
 import time
-import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
-from bench._harness import in_process_arguments
+from bench._harness import DEFAULT_POSTGRES, in_process_arguments, issuer_app, schema_url
 
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 PUBLIC = "https://issuer.example"
-
-
-def _schema_url(base: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(base)
-    query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 async def asgi(app: Any, method: str, path: str, body: bytes = b"",
@@ -114,14 +106,10 @@ def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profil
 
     from bench.load import ATTESTATION_TYP, PROOF_TYP, _enrol, form
     from issuer import _openid4vci
-    from issuer._admin import brand_by_slug, create_brand
-    from issuer._app import create_app
+    from issuer._admin import brand_by_slug
     from issuer._db import make_engine
-    from issuer._keystore import SqlKeyStore
     from issuer._ledger import run_write
-    from issuer._models import BrandCreate
     from issuer._settings import Settings
-    from issuer.migrations import upgrade
     from tessera.jose import sign_compact
     from tessera.keys import generate_signer
     from tessera.ratelimit import RateLimitConfig
@@ -133,7 +121,7 @@ def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profil
         plain = url.replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(plain, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
-        db_url = _schema_url(plain, schema)
+        db_url = schema_url(plain, schema)
     else:
         temp = tempfile.TemporaryDirectory(prefix="tessera-issuance-cpu-")
         db_url = f"sqlite:///{temp.name}/issuer.db"
@@ -143,12 +131,7 @@ def run(url: str | None, batch: int, ops: int, rounds: int, members: int, profil
     engine = make_engine(settings.database_url)
     total = ops * rounds + 1
     try:
-        upgrade(engine)
-        token = run_write(engine, lambda s: create_brand(
-            s, keystore=SqlKeyStore(settings.master_key),
-            data=BrandCreate(slug="bench", name="Bench"), did=settings.brand_did("bench"))[1].token)
-        headers = {"Authorization": f"Bearer {token}"}
-        app = create_app(settings, engine=engine)
+        app, headers = issuer_app(settings, engine)
         with TestClient(app) as http:
             program = http.post("/admin/v1/programs", headers=headers, json={
                 "name": "P", "tiers": [{"name": "blue", "rank": 0,

@@ -22,20 +22,12 @@ import pstats
 import secrets
 import statistics
 import time
-import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
-from bench._harness import in_process_arguments
+from bench._harness import DEFAULT_POSTGRES, in_process_arguments, issuer_app, schema_url
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 POINTS = 10
-
-
-def _schema_url(base: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(base)
-    query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def run(url: str, ops: int, members: int, rounds: int, profile: int,
@@ -46,16 +38,12 @@ def run(url: str, ops: int, members: int, rounds: int, profile: int,
     from sqlalchemy import event
 
     from bench.load import _enrol
-    from issuer._admin import brand_by_slug, create_brand
-    from issuer._app import create_app
+    from issuer._admin import brand_by_slug
     from issuer._db import make_engine, session_scope
     from issuer._issuance import issue_for_member
-    from issuer._keystore import SqlKeyStore
-    from issuer._ledger import run_write
-    from issuer._models import BrandCreate, Member
+    from issuer._models import Member
     from issuer._routes_redeem import CaptureBody, RedemptionRequest, capture, redeem
     from issuer._settings import Settings
-    from issuer.migrations import upgrade
     from tessera.formats import sd_jwt
     from tessera.redemption import build_redeem_transaction_data
 
@@ -65,17 +53,12 @@ def run(url: str, ops: int, members: int, rounds: int, profile: int,
     if postgres:
         with psycopg.connect(plain, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
-        url = _schema_url(plain, schema)
+        url = schema_url(plain, schema)
     settings = Settings(database_url=url, master_key=secrets.token_bytes(32),
                         public_url="https://issuer.example", log_sequencer_interval=0)
     engine = make_engine(settings.database_url)
     try:
-        upgrade(engine)
-        token = run_write(engine, lambda s: create_brand(
-            s, keystore=SqlKeyStore(settings.master_key),
-            data=BrandCreate(slug="bench", name="Bench"), did=settings.brand_did("bench"))[1].token)
-        headers = {"Authorization": f"Bearer {token}"}
-        app = create_app(settings, engine=engine)
+        app, headers = issuer_app(settings, engine)
         client_id = "redirect_uri:https://cafe.example/checkout"
         total = ops * rounds
         with TestClient(app) as http:
@@ -166,7 +149,7 @@ def run(url: str, ops: int, members: int, rounds: int, profile: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("TESSERA_TEST_POSTGRES_URL",
-                                                        DEFAULT_URL))
+                                                        DEFAULT_POSTGRES))
     in_process_arguments(parser, what="hold + capture pairs", ops=50, members=4)
     args = parser.parse_args()
     report = run(args.url, args.ops, args.members, args.rounds, args.profile, args.show_sql,
