@@ -1,7 +1,7 @@
 """Load benchmark of the three hot paths against real servers on loopback.
 
 ``python -m bench.load [--path issuance|checkout|redemption ...] [--quick]
-[--server uvicorn,granian] [--repeat N]
+[--server uvicorn,granian] [--repeat N] [--balance request|operation]
 [--concurrency 4,8,16,32] [--ops N] [--json PATH]`` (also ``python -m bench load``).
 
 Paths (one *operation* each, counted only when every step answered as it must):
@@ -61,7 +61,13 @@ generator sees them), errors, the generator's CPU (its own process time /
 wall time, in % of one core, and its share of the CPU used by generator +
 servers), server CPU per operation (all processes of the
 server(s), from ``/proc``: the per-operation cost that docs/scaling.md uses),
-and the machine's load average.
+on PostgreSQL the database's CPU per operation (the backends serving the
+servers, found by the ``application_name`` their URL sets, and every
+``postgres`` process of the machine), the whole machine's busy CPU per
+operation and what is left of it beyond servers, generator and PostgreSQL
+(the kernel's unattributed work, other processes), and the machine's load
+average. ``--balance operation`` sends each operation's steps to one instance
+instead of round-robin per request (:class:`Balancer`).
 """
 
 from __future__ import annotations
@@ -219,20 +225,38 @@ class Connection:
         self._reader = self._writer = None
 
 
+BALANCING: Final = ("request", "operation")
+
+
 class Balancer:
     """A load balancer in the client: one keep-alive connection per instance, requests
-    handed out round-robin, so the steps of one operation land on different instances
-    (a checkout created on one, its request object fetched from the other, ...)."""
+    handed out round-robin. ``per="request"`` (an L7 balancer): the steps of one operation
+    land on different instances (a checkout created on one, its request object fetched
+    from the other, ...); ``per="operation"``: each operation's steps go to one instance,
+    the next operation to the next (a balancer keeping a client's connection on one
+    instance, or sticky sessions)."""
 
-    def __init__(self, targets: Sequence[tuple[str, int]], start: int = 0) -> None:
+    def __init__(self, targets: Sequence[tuple[str, int]], start: int = 0,
+                 per: str = "request") -> None:
+        if per not in BALANCING:
+            raise ValueError(per)
         self._connections = [Connection(*t) for t in targets]
         self._next = start % len(self._connections)
+        self._per_request = per == "request"
+        self._current = self._next
+
+    def begin_operation(self) -> None:
+        """The next operation starts (``per="operation"``: on the next instance)."""
+        if not self._per_request:
+            self._current = self._next
+            self._next = (self._next + 1) % len(self._connections)
 
     async def request(self, method: str, target: str, body: bytes = b"",
                       headers: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:
-        connection = self._connections[self._next]
-        self._next = (self._next + 1) % len(self._connections)
-        return await connection.request(method, target, body, headers)
+        if self._per_request:
+            self._current = self._next
+            self._next = (self._next + 1) % len(self._connections)
+        return await self._connections[self._current].request(method, target, body, headers)
 
     def close(self) -> None:
         for connection in self._connections:
@@ -464,6 +488,49 @@ def tree_cpu_seconds(roots: Sequence[int]) -> float | None:
     return total
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def postgres_backend_pids(probe: dict[str, str]) -> set[int] | None:
+    """Pids of the PostgreSQL backends serving this run's servers: the connections whose
+    ``application_name`` is the one the servers' database URL sets (:func:`postgres_schema`);
+    None when the database does not answer."""
+    try:
+        import psycopg
+
+        with psycopg.connect(probe["url"], autocommit=True, connect_timeout=2) as conn:
+            rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                                (probe["application_name"],)).fetchall()
+    except Exception:
+        return None
+    return {int(pid) for (pid,) in rows}
+
+
+def postgres_cpu() -> dict[int, float] | None:
+    """pid -> CPU seconds of every process named ``postgres`` on the machine: the
+    postmaster, its WAL writer, checkpointer, background writer and every client's
+    backend (other clients' included); None when /proc shows none (PostgreSQL on another
+    machine or in a container, or /proc not readable)."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    table = _proc_table()
+    found = {pid: cpu for pid, (_, cpu) in table.items() if _comm(pid) == "postgres"}
+    return found or None
+
+
+def cpu_between(start: dict[int, float], end: dict[int, float],
+                only: set[int] | None = None) -> float:
+    """CPU seconds spent between two :func:`postgres_cpu` readings by the processes alive
+    at the end (``only``: those pids); one started in between counts from zero, one
+    that ended in between is not seen."""
+    return sum(cpu - start.get(pid, 0.0) for pid, cpu in end.items()
+               if only is None or pid in only)
+
+
 def machine_busy_seconds() -> tuple[float, float] | None:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     try:
@@ -491,6 +558,12 @@ class Point:
     generator_cpu_s: float | None = None
     server_cpu_s: float | None = None
     machine_busy_share: float | None = None
+    machine_busy_s: float | None = None  # all CPUs of the machine, every process
+    # PostgreSQL (servers on PostgreSQL only): its backends serving this run's servers,
+    # and every postgres process on the machine (other clients' backends included).
+    postgres_cpu_s: float | None = None
+    postgres_all_cpu_s: float | None = None
+    postgres_skipped: str | None = None  # why the two above are None
     load_average: float | None = None
     credentials_per_op: int = 1  # issuance: the batch size (every credential must come back)
 
@@ -511,6 +584,20 @@ class Point:
         out["server_cpu_ms_per_credential"] = (
             None if out["server_cpu_ms_per_op"] is None
             else out["server_cpu_ms_per_op"] / self.credentials_per_op)
+
+        def per_op(seconds: float | None) -> float | None:
+            return None if seconds is None or not self.ops else 1000 * seconds / self.ops
+
+        out["generator_cpu_ms_per_op"] = per_op(gen)
+        out["postgres_cpu_ms_per_op"] = per_op(self.postgres_cpu_s)
+        out["postgres_all_cpu_ms_per_op"] = per_op(self.postgres_all_cpu_s)
+        out["machine_cpu_ms_per_op"] = per_op(self.machine_busy_s)
+        # What the machine spent beyond servers, generator and PostgreSQL: the kernel's
+        # work not charged to a process (softirqs: loopback packets), other processes.
+        known = [srv, gen, self.postgres_all_cpu_s]
+        out["other_cpu_ms_per_op"] = (
+            None if self.machine_busy_s is None or any(v is None for v in known)
+            else per_op(self.machine_busy_s - sum(v for v in known if v is not None)))
         return out
 
 
@@ -523,17 +610,25 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any],
                 concurrency: int, warmup: int, ctx: dict[str, Any], server_pids: Sequence[int],
-                max_seconds: float = MAX_SECONDS) -> Point:
+                max_seconds: float = MAX_SECONDS,
+                postgres: dict[str, str] | None = None, balance: str = "request") -> Point:
     """Run ``items`` through ``concurrency`` closed-loop clients; the first ``warmup``
-    operations are not measured."""
+    operations are not measured. ``postgres`` (``url``, ``application_name``): the
+    servers' database, whose backends' CPU is measured over the window too."""
     point = Point(concurrency)
+    pg_start: dict[int, float] | None = None
     queue: Iterator[tuple[int, Any]] = iter(enumerate(items))
-    clients = [Balancer(targets, start=i) for i in range(concurrency)]
+    clients = [Balancer(targets, start=i, per=balance) for i in range(concurrency)]
     started: dict[str, float] = {}
     window_open = asyncio.Event()
     done_warm = 0
 
     def open_window() -> None:
+        nonlocal pg_start
+        if postgres is not None:  # before the generator's clock starts: not its CPU
+            pg_start = postgres_cpu()
+            if pg_start is None:
+                point.postgres_skipped = "no postgres process in /proc (not this machine?)"
         started["wall"] = time.perf_counter()
         started["gen"] = time.process_time()
         started["srv"] = tree_cpu_seconds(server_pids) or 0.0
@@ -551,6 +646,7 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
                     await asyncio.sleep(0.001)
                 if not window_open.is_set():
                     open_window()
+            conn.begin_operation()
             try:
                 latency = await op(conn, item, ctx)
             except (HttpError, KeyError, ValueError, TypeError) as exc:
@@ -579,6 +675,22 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
     busy = machine_busy_seconds()
     if busy and busy[1] > started["total"]:
         point.machine_busy_share = (busy[0] - started["busy"]) / (busy[1] - started["total"])
+        point.machine_busy_s = busy[0] - started["busy"]
+    if postgres is not None and pg_start is not None:
+        pg_end = postgres_cpu()
+        # Asked after the reading: the query's own backend is not in it.
+        backends = postgres_backend_pids(postgres)
+        if pg_end is None:
+            point.postgres_skipped = "postgres processes gone from /proc during the window"
+        elif backends is None:
+            point.postgres_skipped = "PostgreSQL did not answer the backend query"
+        elif backends and not backends & pg_end.keys():
+            # pg_stat_activity's pids are not this machine's postgres processes.
+            point.postgres_skipped = ("its backends are not in /proc (PostgreSQL in another "
+                                      "pid namespace or on another machine)")
+        else:
+            point.postgres_cpu_s = cpu_between(pg_start, pg_end, backends)
+            point.postgres_all_cpu_s = cpu_between(pg_start, pg_end)
     point.ops = len(point.latencies_ms)
     point.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return point
@@ -623,7 +735,8 @@ def _generator(jobs: Any, results: Any) -> None:
                     for jwk in fresh], kid) for offer, fresh, kid in items]
             point = _run_loop(drive(
                 OPS_BY_PATH[job["path"]], job["targets"], items, job["concurrency"],
-                job["warmup"], ctx, job["server_pids"], job.get("max_seconds", MAX_SECONDS)))
+                job["warmup"], ctx, job["server_pids"], job.get("max_seconds", MAX_SECONDS),
+                job.get("postgres"), job.get("balance", "request")))
             results.put({"point": asdict(point)})
         except Exception as exc:  # reported to the parent, which stops the run
             results.put({"fatal": f"{type(exc).__name__}: {exc}"})
@@ -707,9 +820,12 @@ def postgres_schema(base: str) -> Iterator[str]:
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in base else "?"
-    _schemas[f"{base}{sep}options=-csearch_path%3D{schema}"] = (base, schema)
+    # The schema's name is also the connections' application_name: pg_stat_activity
+    # then tells which backends serve this configuration (their CPU is measured).
+    url = f"{base}{sep}options=-csearch_path%3D{schema}&application_name={schema}"
+    _schemas[url] = (base, schema)
     try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+        yield url
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -834,6 +950,11 @@ class Prepared:
     def db_tables(self) -> dict[str, dict[str, int]] | None:
         where = _schemas.get(self.db_url or "")
         return None if where is None else schema_tables(*where)
+
+    def postgres_probe(self) -> dict[str, str] | None:
+        """What the generator needs to find this configuration's PostgreSQL backends."""
+        where = _schemas.get(self.db_url or "")
+        return None if where is None else {"url": where[0], "application_name": where[1]}
 
 
 def _issuer_servers(config: Config, work: Path, db_url: str, master: str) -> Servers:
@@ -1101,14 +1222,16 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         configs: dict[str, Sequence[Config]] | None = None,
         batches: Sequence[int] = (1,),
         progress: Callable[[str], None] | None = None,
-        servers: Sequence[str] = ("uvicorn",), repeat: int = 1) -> dict[str, Any]:
+        servers: Sequence[str] = ("uvicorn",), repeat: int = 1,
+        balance: str = "request") -> dict[str, Any]:
     """Every configuration of every path at every concurrency; the JSON-ready report.
 
     ``batches``: the issuance configurations run once per batch size (credentials per
     exchange; 1 = one credential on the member's DID key). ``servers``: each
     configuration once per HTTP server, back to back (an A/B of the server under the
     same machine load); ``repeat``: a path's whole list that many times in turn
-    (A B A B ...), so a drift of the load hits both sides alike."""
+    (A B A B ...), so a drift of the load hits both sides alike. ``balance``: how the
+    generator spreads requests over several instances (:class:`Balancer`)."""
     sweep = tuple(concurrencies or (QUICK_SWEEP if quick else SWEEP))
     n_ops = ops or (QUICK_OPS if quick else OPS)
     chosen = {path: list(cs) for path, cs in (configs or CONFIGS).items()}
@@ -1159,6 +1282,8 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                         answer = ask({"path": path, "targets": prepared.servers.targets(),
                                       "items": items, "concurrency": concurrency,
                                       "warmup": warmup, "server_pids": prepared.servers.pids,
+                                      "postgres": prepared.postgres_probe(),
+                                      "balance": balance,
                                       "max_seconds": MAX_SECONDS}, MAX_SECONDS + 600)
                         point = Point(**answer["point"])
                         point.credentials_per_op = config.batch
@@ -1183,7 +1308,7 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "topic": "load", "quick": quick, "paths": list(paths),
             "concurrency_sweep": list(sweep), "ops_per_point": n_ops,
-            "servers": list(servers), "repeat": repeat,
+            "servers": list(servers), "repeat": repeat, "balance": balance,
             "issuance_batches": list(batches),
             "max_seconds_per_point": MAX_SECONDS,
             "generator": "one process, asyncio, raw-socket HTTP/1.1 keep-alive client",
@@ -1247,12 +1372,13 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console() if Console().is_terminal else Console(width=170)
+    console = Console() if Console().is_terminal else Console(width=200)
     meta = report["meta"]
     table = Table(title="bench load: best concurrency per configuration (loopback, real servers)",
                   title_justify="left")
     for col in ("path", "configuration", "clients", "ops/s", "creds/s", "p50", "p99", "errors",
-                "server CPU/op", "generator CPU", "gen. share", "machine busy", "load"):
+                "server CPU/op", "PG CPU/op", "gen. CPU/op", "gen. share", "machine CPU/op",
+                "machine busy", "load"):
         table.add_column(col, justify="left" if col in ("path", "configuration") else "right")
 
     def ms(value: float | None) -> str:
@@ -1273,9 +1399,9 @@ def print_table(report: dict[str, Any]) -> None:
         best = row.get("best")
         if row["skipped"] or not best:
             table.add_row(row["path"], label(row), "", "skipped: " + str(row["skipped"]),
-                          *[""] * 9)
+                          *[""] * 11)
             continue
-        gen = best["generator_cpu_percent_of_core"]
+        pg, pg_all = best.get("postgres_cpu_ms_per_op"), best.get("postgres_all_cpu_ms_per_op")
         table.add_row(row["path"], label(row), str(best["concurrency"]),
                       f"{best['ops_per_second']:.1f}",
                       "" if row["path"] != "issuance"
@@ -1283,8 +1409,10 @@ def print_table(report: dict[str, Any]) -> None:
                       ms(best["p50_ms"]), ms(best["p99_ms"]),
                       str(sum(p["errors"] for p in row["points"])),
                       ms(best["server_cpu_ms_per_op"]),
-                      "—" if gen is None else f"{gen:.0f} % core",
-                      pct(best["generator_cpu_share"]), pct(best["machine_busy_share"]),
+                      "—" if pg is None or pg_all is None else f"{pg:.1f} ({pg_all:.1f}) ms",
+                      ms(best.get("generator_cpu_ms_per_op")),
+                      pct(best["generator_cpu_share"]), ms(best.get("machine_cpu_ms_per_op")),
+                      pct(best["machine_busy_share"]),
                       "—" if best["load_average"] is None else f"{best['load_average']:.2f}")
     console.print(table)
     for name, value in report["ratios"].items():
@@ -1301,8 +1429,15 @@ def print_table(report: dict[str, Any]) -> None:
         "in the measured window / its length; creds/s = issuance exchanges/s x credentials "
         "per exchange (batch); latency = the HTTP round trips of one operation "
         "(client-side signing excluded); server CPU/op = CPU of all server processes / "
-        "operations; generator CPU in % of one core, gen. share = generator / (generator + "
-        "servers); machine busy = all CPUs of the machine, other processes included.")
+        "operations; PG CPU/op = CPU of the PostgreSQL backends serving the servers (in "
+        "parentheses: every postgres process, WAL writer and other clients included); gen. = "
+        "the load generator, gen. share = generator / (generator + servers); machine CPU/op "
+        "and machine busy = all CPUs of the machine, other processes and the kernel's "
+        "softirq work included.")
+    skipped = {row["name"]: p["postgres_skipped"] for row in report["results"]
+               for p in row["points"] if p.get("postgres_skipped")}
+    for name, why in skipped.items():
+        console.print(f"  {name}: PostgreSQL CPU not measured: {why}")
     for row in report["results"]:
         for p in row["points"]:
             for sample in p["error_samples"]:
@@ -1425,6 +1560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "back to back (uvicorn, granian; default uvicorn)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each path's configurations this many times in turn")
+    parser.add_argument("--balance", choices=BALANCING, default="request",
+                        help="several instances: round-robin per request (default: the steps "
+                             "of one operation on different instances) or per operation")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the report here")
     parser.add_argument("--capacity", metavar="REPORT", type=Path,
                         help="run nothing: print the sizing docs/scaling.md derives from a "
@@ -1454,7 +1592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--server takes {', '.join(SERVERS)}")
     report = run(quick=args.quick, paths=paths, concurrencies=sweep, ops=args.ops,
                  configs=configs, batches=batches or (1,), progress=progress,
-                 servers=servers, repeat=args.repeat)
+                 servers=servers, repeat=args.repeat, balance=args.balance)
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

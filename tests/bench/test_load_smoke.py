@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,14 @@ def test_quick_run_of_every_path(tmp_path: Path, postgres_url: str, redis_url: s
         assert best["p50_ms"] > 0 and best["p99_ms"] >= best["p50_ms"]
         assert best["server_cpu_ms_per_op"] > 0 and best["generator_cpu_s"] > 0
         assert 0 < best["generator_cpu_share"] < 1
+        assert best["machine_cpu_ms_per_op"] > 0
+        if row["store"] == "postgres":
+            # The backends serving the servers are measured, or the report says why not.
+            assert (best["postgres_cpu_ms_per_op"] or 0) > 0 or best["postgres_skipped"], row
+            if best["postgres_skipped"] is None:
+                assert best["postgres_all_cpu_ms_per_op"] >= best["postgres_cpu_ms_per_op"]
+        else:
+            assert best["postgres_cpu_ms_per_op"] is None and best["postgres_skipped"] is None
     assert report["meta"]["quick"] is True and report["meta"]["load_average_start"]
 
 
@@ -119,6 +128,65 @@ def test_cpu_of_a_process_tree_counts_children() -> None:
             time.sleep(0.05)
     finally:
         child.communicate(b"")
+
+
+def test_postgres_cpu_counts_backends_alive_at_the_end_from_their_start() -> None:
+    start = {10: 1.0, 11: 2.0, 12: 5.0}  # 12 ends during the window
+    end = {10: 1.5, 11: 2.25, 13: 0.5}  # 13 starts during it: counted from zero
+    assert load.cpu_between(start, end) == pytest.approx(0.5 + 0.25 + 0.5)
+    assert load.cpu_between(start, end, only={11, 13}) == pytest.approx(0.25 + 0.5)
+    assert load.cpu_between(start, end, only=set()) == 0
+
+
+def test_a_point_splits_the_machine_cpu_per_operation() -> None:
+    point = load.Point(4, ops=100, seconds=2.0, generator_cpu_s=0.05, server_cpu_s=1.5,
+                       postgres_cpu_s=0.4, postgres_all_cpu_s=0.45, machine_busy_s=2.1)
+    out = point.summary()
+    assert out["server_cpu_ms_per_op"] == pytest.approx(15.0)
+    assert out["postgres_cpu_ms_per_op"] == pytest.approx(4.0)
+    assert out["postgres_all_cpu_ms_per_op"] == pytest.approx(4.5)
+    assert out["generator_cpu_ms_per_op"] == pytest.approx(0.5)
+    assert out["machine_cpu_ms_per_op"] == pytest.approx(21.0)
+    assert out["other_cpu_ms_per_op"] == pytest.approx(21.0 - 15.0 - 0.5 - 4.5)
+    unmeasured = load.Point(4, ops=100, seconds=2.0, generator_cpu_s=0.05, server_cpu_s=1.5,
+                            machine_busy_s=2.1, postgres_skipped="why").summary()
+    assert unmeasured["postgres_cpu_ms_per_op"] is None
+    assert unmeasured["other_cpu_ms_per_op"] is None
+
+
+def test_the_balancer_sends_an_operation_to_one_instance_or_spreads_its_requests() -> None:
+    async def scenario(per: str) -> list[int]:
+        hits: list[int] = []
+
+        def server(index: int) -> Any:
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                while True:
+                    try:
+                        await reader.readuntil(b"\r\n\r\n")
+                    except asyncio.IncompleteReadError:
+                        break
+                    hits.append(index)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                writer.close()
+            return handle
+
+        servers = [await asyncio.start_server(server(i), "127.0.0.1", 0) for i in range(2)]
+        balancer = load.Balancer([("127.0.0.1", s.sockets[0].getsockname()[1])
+                                  for s in servers], per=per)
+        for _ in range(2):  # two operations of two requests each
+            balancer.begin_operation()
+            await balancer.request("GET", "/")
+            await balancer.request("GET", "/")
+        balancer.close()
+        for s in servers:
+            s.close()
+        return hits
+
+    assert asyncio.run(scenario("request")) == [0, 1, 0, 1]
+    assert asyncio.run(scenario("operation")) == [0, 0, 1, 1]
+    with pytest.raises(ValueError):
+        load.Balancer([("127.0.0.1", 1)], per="connection")
 
 
 def test_form_encoding_is_what_a_form_parser_reads_back() -> None:
