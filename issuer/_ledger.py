@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import bindparam, event
+import sqlalchemy
+from sqlalchemy import Select, and_, bindparam, case, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
@@ -48,7 +49,7 @@ from sqlmodel import Session, col, func, select
 
 from issuer import _translog
 from issuer._admin import tiers_of
-from issuer._db import core, core_insert, core_update, session_scope
+from issuer._db import core, core_insert, core_update, session_scope, table_of
 from issuer._keystore import KeyStore
 from issuer._models import (
     MAX_POINTS,
@@ -156,10 +157,40 @@ _QUALIFYING_SUM: Final = select(func.coalesce(func.sum(LedgerEntry.qualifying_po
     col(LedgerEntry.member_id) == bindparam("member_id"),
     col(LedgerEntry.qualifying_at) > bindparam("since"),
     col(LedgerEntry.qualifying_at) <= bindparam("now"))
-_IDEMPOTENCY: Final = select(col(IdempotencyRecord.fingerprint), col(IdempotencyRecord.status_code),
-                             col(IdempotencyRecord.response)).where(
-    col(IdempotencyRecord.brand_id) == bindparam("brand_id"),
-    col(IdempotencyRecord.key) == bindparam("key"))
+_PRIOR: dict[int, Select[Any]] = {}
+
+
+def _prior(windows: int) -> Select[Any]:
+    """The idempotency record a key names (if any) and the member's qualifying sums over
+    ``windows`` periods, in one statement (built once per number of periods).
+
+    Both are read after the member's lock, in a statement of their own: under READ
+    COMMITTED it sees every write committed before the lock was granted (a subquery
+    of the locking ``SELECT ... FOR UPDATE`` would not: it reads the snapshot taken
+    before the wait, bench/README.md "Redemption, third pass (session 5)"). One row
+    always: the sums' aggregate, the record outer-joined to it.
+    """
+    stmt = _PRIOR.get(windows)
+    if stmt is None:
+        entries, record = table_of(LedgerEntry), table_of(IdempotencyRecord)
+        sums = sqlalchemy.select(*(func.coalesce(func.sum(case(
+            (entries.c.qualifying_at > bindparam(f"since_{i}"), entries.c.qualifying_points),
+            else_=0)), 0).label(f"q{i}") for i in range(windows))).where(
+            entries.c.member_id == bindparam("member_id"),
+            entries.c.qualifying_at > bindparam("since"),
+            entries.c.qualifying_at <= bindparam("now")).subquery("sums")
+        stmt = _PRIOR[windows] = sqlalchemy.select(
+            record.c.fingerprint, record.c.status_code, record.c.response,
+            *(sums.c[f"q{i}"] for i in range(windows))).select_from(sums.outerjoin(
+                record, and_(record.c.brand_id == bindparam("brand_id"),
+                             record.c.key == bindparam("key"))))
+    return stmt
+
+
+def _windows(tiers: list[Tier]) -> list[int]:
+    """Every qualification period a write may ask the member's sum over: each tier's
+    (:func:`evaluate_tier`), or the 365 days :func:`balance` shows without tiers."""
+    return sorted({t.qualification_period_days for t in tiers}) or [365]
 _INSERT_IDEMPOTENCY: Final = core_insert(IdempotencyRecord)
 _INSERT_ENTRY: Final = core_insert(LedgerEntry)
 _INSERT_ALLOCATION: Final = core_insert(LotAllocation)
@@ -386,8 +417,19 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     # Lock first: a concurrent request with the same key waits here and
     # then finds the record this one stores.
     member = lock_member(session, brand_id=brand_id, member_id=member_id)
-    stored = core(session, _IDEMPOTENCY, {"brand_id": brand_id,
-                                          "key": idempotency_key}).first()
+    # The qualifying sums come with the idempotency lookup (one statement, after the
+    # lock). They stay right for the whole write: only an entry with qualifying points
+    # changes them, and writing one drops them (_new_entry).
+    windows = _windows(tiers_of(session, program_id=member.program_id))
+    prior = core(session, _prior(len(windows)), {
+        "brand_id": brand_id, "key": idempotency_key, "member_id": member.id, "now": now,
+        "since": now - timedelta(days=windows[-1]),
+        **{f"since_{i}": now - timedelta(days=days) for i, days in enumerate(windows)},
+    }).one()
+    sums: dict[tuple[str, datetime, int], int] = session.info.setdefault(_QUALIFYING, {})
+    for i, days in enumerate(windows):
+        sums[(member.id, now, days)] = int(prior[3 + i])
+    stored = prior if prior.fingerprint is not None else None
     if stored is not None:
         if stored.fingerprint != fingerprint:
             raise TesseraError(ErrorCode.CONFLICT,

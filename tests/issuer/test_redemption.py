@@ -500,3 +500,38 @@ def test_kb_jwt_with_an_infinite_iat_is_refused_not_a_server_error(world: World)
     r = world.redeem(body | {"vp_token": {"loyalty": [vp]}})
     assert r.status_code == 400 and r.json()["code"] == "key_binding_invalid", r.text
     assert world.counts() == before
+
+
+# Statements a warm hold + capture sends (bench/README.md "Redemption, fourth pass
+# (session 6)"): each one is a round trip and ~0.1-0.3 ms of Python on the hot path, so a
+# change that adds one shows here.
+MAX_STATEMENTS_PER_PAIR = 31
+
+
+def test_a_hold_and_capture_send_no_more_statements_than_counted(world: World) -> None:
+    from sqlalchemy import event
+
+    cred = world.credential()
+
+    def pair(order: str) -> None:
+        r = world.redeem(world.body(cred, world.td(10, order=order)))
+        assert r.status_code == 201, r.text
+        rid = r.json()["redemption"]["id"]
+        r = world.service.client.post(f"/brands/air/redemptions/{rid}/capture", json={},
+                                      headers=world.ph())
+        assert r.status_code == 200, r.text
+
+    pair("warm-up")  # fills the per-process caches (brand, partner, tiers, the log's)
+    sent: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.split(None, 1)[0].upper() in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+            sent.append(statement)
+
+    engine = world.service.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        pair("counted")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(sent) <= MAX_STATEMENTS_PER_PAIR, "\n".join(sent)
