@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import (
+    Delete,
     Executable,
     Insert,
+    Select,
     Table,
     Update,
     bindparam,
@@ -43,10 +46,19 @@ from sqlalchemy import (
     inspect,
     update,
 )
-from sqlalchemy.engine import URL, CursorResult, Engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.engine import URL, Connection, CursorResult, Dialect, Engine, Row, make_url
+from sqlalchemy.engine.interfaces import BindTyping
+from sqlalchemy.engine.result import SimpleResultMetaData
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InvalidRequestError,
+    MultipleResultsFound,
+    NoResultFound,
+    ResourceClosedError,
+)
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.compiler import WARN_LINTING, SQLCompiler
 from sqlmodel import Session, SQLModel, create_engine
 
 from issuer._settings import normalise_database_url
@@ -54,6 +66,7 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.sqlite import DEFERRED_DURABILITY, READ_ONLY, configure_sqlite
 
 __all__ = [
+    "CoreResult",
     "core",
     "core_insert",
     "core_update",
@@ -75,8 +88,392 @@ def table_of(model: type[SQLModel]) -> Table:
     return table
 
 
+# -- core(): prebuilt statements on the DBAPI cursor ---------------------------------------
+#
+# ``Connection.execute`` spent about 155 of its 281 us per statement in SQLAlchemy's own
+# Python (execution context, parameter dicts, result metadata, a new cursor each time),
+# the rest in psycopg (bench/README.md "Core statements on the DBAPI cursor (session 6)").
+# The statements the hot paths run are module constants: each is compiled once per
+# dialect (and, for INSERT/UPDATE, per set of parameter names, which picks the columns),
+# and what SQLAlchemy works out per execution from the compiled form is worked out once
+# here: the SQL text, the order of the parameters, their bind processors, the result
+# columns' processors and the row keys. An execution is then: the parameters in order,
+# one ``cursor.execute`` on a cursor kept per connection, ``fetchall``, ``Row`` objects.
+# Anything not handled exactly takes ``Connection.execute`` (_make_plan says what).
+
+_NO_PARAMS: Final[Mapping[str, Any]] = {}
+_REQUIRED: Final = object()
+_EXPANDED: Final = "\x00tessera expanded"  # the key of no parameter: its constant is used
+_CURSOR: Final = "tessera_core_cursor"
+_MAX_PLANS: Final = 1000
+
+# Execution options with which SQLAlchemy runs a statement differently (server-side
+# cursors, schema translation, name matching, ...): such a statement takes its path.
+_OWN_PATH_OPTIONS: Final = frozenset({
+    "stream_results", "yield_per", "max_row_buffer", "schema_translate_map",
+    "driver_column_names", "preserve_rowcount", "no_parameters", "sqlite_raw_colnames",
+    "insertmanyvalues_page_size", "logging_token"})
+
+_Bind = tuple[str, "str | None", Any, "Callable[[Any], Any] | None"]
+
+
+class _Plan:
+    """One statement compiled for one dialect, and what its executions need from that."""
+
+    __slots__ = ("binds", "compiled", "dialect", "expanded", "make_row", "named", "names",
+                 "pk_from_lastrowid", "pk_from_returning", "result_extra", "result_keys",
+                 "result_types", "sql", "statement")
+
+    def __init__(self, statement: Executable, dialect: Dialect, compiled: SQLCompiler,
+                 sql: str, binds: tuple[_Bind, ...], names: tuple[str, ...] | None,
+                 expanded: frozenset[str]) -> None:
+        self.statement = statement  # held: the plan cache is keyed by its id()
+        self.dialect = dialect
+        self.compiled = compiled
+        self.sql = sql
+        self.expanded = expanded
+        self.binds = binds
+        self.named = names is not None
+        self.names = names or ()
+        columns = compiled._result_columns
+        self.result_keys = [c[0] for c in columns]
+        self.result_extra = [c[2] for c in columns]
+        self.result_types = [c[3] for c in columns]
+        self.make_row: Callable[[Any], Row[Any]] | None = None  # at the first execution
+        self.pk_from_returning = bool(compiled.isinsert and compiled.implicit_returning)
+        self.pk_from_lastrowid = bool(compiled.isinsert and compiled.postfetch_lastrowid)
+
+    def row_maker(self, description: Any) -> Callable[[Any], Row[Any]]:
+        # Result processors as SQLAlchemy picks them for a compiled statement whose
+        # columns match the cursor's one to one (engine/cursor.py
+        # _merge_cursor_description): by the column's type and the driver's type code
+        # (psycopg's numeric processors depend on the latter).
+        if len(description) != len(self.result_keys):
+            raise TesseraError(ErrorCode.INTERNAL_ERROR,
+                               "a core statement answered other columns than compiled")
+        processors = [type_._cached_result_processor(self.dialect, column[1])
+                      for type_, column in zip(self.result_types, description, strict=True)]
+        parent = SimpleResultMetaData(self.result_keys, self.result_extra)
+        make = partial(Row, parent, processors if any(processors) else None,
+                       parent._key_to_index)
+        self.make_row = make
+        return make
+
+
+class _Unplanned:
+    """The cache entry of a statement left to SQLAlchemy; it holds the statement and
+    dialect so that their ids stay theirs while the entry lives."""
+
+    __slots__ = ("dialect", "statement")
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        self.statement = statement
+        self.dialect = dialect
+
+
+_PLANS: dict[tuple[int, int, frozenset[str] | None], _Plan | _Unplanned] = {}
+
+
+def _plan_of(conn: Connection, stmt: Executable,
+             params: Mapping[str, Any]) -> _Plan | _Unplanned:
+    dialect = conn.dialect
+    # INSERT and UPDATE compile to different SQL for different parameter names.
+    names = frozenset(params) if isinstance(stmt, (Insert, Update)) else None
+    key = (id(stmt), id(dialect), names)
+    try:
+        return _PLANS[key]
+    except KeyError:
+        pass
+    plan = _make_plan(stmt, dialect, params) or _Unplanned(stmt, dialect)
+    if len(_PLANS) >= _MAX_PLANS:  # statements built per call: do not keep them all
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+def _make_plan(stmt: Executable, dialect: Dialect, params: Mapping[str, Any]) -> _Plan | None:
+    """The plan of ``stmt``, or None when SQLAlchemy's path must run it: statements
+    other than SELECT/INSERT/UPDATE/DELETE constructs, ``IN`` lists (expanding
+    parameters) whose values are given per execution, Python-side defaults SQLAlchemy
+    computes per execution, implicit RETURNING other than an INSERT's primary key,
+    execution options that change how SQLAlchemy runs it, columns it matches by name,
+    duplicate row keys, callable parameter values, drivers that take
+    ``setinputsizes``."""
+    if not isinstance(stmt, (Select, Insert, Update, Delete)):
+        return None
+    if not _OWN_PATH_OPTIONS.isdisjoint(stmt._execution_options):
+        return None
+    if dialect.bind_typing is BindTyping.SETINPUTSIZES:
+        return None
+    compiled = stmt.compile(dialect=dialect, column_keys=sorted(params), for_executemany=False,
+                            linting=dialect.compiler_linting | WARN_LINTING)
+    assert isinstance(compiled, SQLCompiler)
+    if (getattr(compiled, "_collected_params", None)
+            or compiled.insert_prefetch or compiled.update_prefetch
+            or compiled.has_out_parameters or compiled.schema_translate_map
+            or (compiled.implicit_returning and not compiled.isinsert)):
+        return None
+    statement = compiled.compile_state.statement if compiled.compile_state else stmt
+    if getattr(statement, "_supplemental_returning", None):
+        return None
+    columns = compiled._result_columns
+    if columns and (not compiled._ordered_columns or compiled._textual_ordered_columns
+                    or compiled._ad_hoc_textual or compiled._loose_column_name_matching):
+        return None
+    if len({c[0] for c in columns}) != len(columns):
+        return None
+    processors: dict[str, Any] = dict(compiled._bind_processors)
+    by_name = {name: bind for bind, name in compiled.bind_names.items()}
+    sql = compiled.string
+    positiontup: Sequence[str] | None = compiled.positiontup
+    constants: dict[str, Any] = {}
+    expanded: set[str] = set()
+    special = set(compiled.post_compile_params) | set(compiled.literal_execute_params)
+    if special:
+        # An IN list written into the statement (``col.in_([...])``, not a bindparam
+        # given per execution) expands the same way every time: once, here, with
+        # SQLAlchemy's own expansion; an execution that passes its key goes to SQLAlchemy.
+        if any(b.required or b.callable is not None for b in special):
+            return None
+        expanding = compiled._process_parameters_for_postcompile(
+            compiled.construct_params(escape_names=False, _check=False))
+        sql = expanding.statement
+        positiontup = expanding.positiontup
+        processors.update(expanding.processors)
+        expanded = {b.key for b in special} | {compiled.bind_names[b] for b in special}
+        constants = {name: value for name, value in expanding.parameters.items()
+                     if name not in by_name}
+    order: Sequence[str]
+    if compiled.positional:
+        if positiontup is None:
+            return None
+        order, names = positiontup, None
+    else:
+        order = list(expanding.parameters if special else compiled.bind_names.values())
+        escaped = compiled.escaped_bind_names
+        names = tuple(escaped.get(name, name) for name in order)
+    binds: list[_Bind] = []
+    for name in order:
+        processor = processors.get(name)
+        if processor is not None and not callable(processor):  # a tuple type's
+            return None
+        if name in constants:  # an element of an expanded IN list
+            binds.append((_EXPANDED, None, constants[name], processor))
+            continue
+        bind = by_name[name]
+        if bind.callable is not None or bind.expanding or bind.isoutparam:
+            return None
+        # The lookup of SQLCompiler.construct_params: the bind's key, then its
+        # compiled name, then its own value unless it is required.
+        binds.append((bind.key, name if name != bind.key else None,
+                      _REQUIRED if bind.required else bind.value, processor))
+    return _Plan(stmt, dialect, compiled, sql, tuple(binds), names, frozenset(expanded))
+
+
+class _NoContext:
+    """Stands for SQLAlchemy's execution context in its error handling (there is none)."""
+
+    executemany: Final = False
+
+    def handle_dbapi_exception(self, _e: BaseException) -> None:
+        return None
+
+
+_NO_CONTEXT: Final = _NoContext()
+
+
+def _run(plan: _Plan, conn: Connection, params: Mapping[str, Any]) -> CoreResult | None:
+    """Execute ``plan`` on the connection's DBAPI cursor; None: leave it to SQLAlchemy
+    (a required parameter missing, listeners or options it alone serves)."""
+    if not _OWN_PATH_OPTIONS.isdisjoint(conn._execution_options) or conn._echo:
+        return None
+    # What Connection._execute_context checks before it executes: a transaction
+    # that can take the statement (else SQLAlchemy raises or begins).
+    trans = conn._transaction
+    if (trans is None or not trans.is_active
+            or (conn._nested_transaction is not None
+                and not conn._nested_transaction.is_active)):
+        return None
+    has_events = conn._has_events or conn.engine._has_events
+    if has_events and (conn.dispatch.before_execute or conn.dispatch.after_execute):
+        return None
+    dialect = plan.dialect
+    if dialect._has_events and dialect.dispatch.do_execute:
+        return None
+    fairy = conn._dbapi_connection
+    if fairy is None:
+        return None
+    if plan.expanded and not plan.expanded.isdisjoint(params):
+        return None  # an IN list given with the execution
+    sql = plan.sql
+    args: Any
+    try:
+        values = []
+        for key, name, value, processor in plan.binds:
+            if key in params:
+                value = params[key]
+            elif name is not None and name in params:
+                value = params[name]
+            elif value is _REQUIRED:
+                return None  # SQLAlchemy raises its own error for it
+            values.append(value if processor is None else processor(value))
+        args = dict(zip(plan.names, values, strict=True)) if plan.named else tuple(values)
+    except Exception as e:  # a bind processor's: wrapped as SQLAlchemy wraps it
+        conn._handle_dbapi_exception(e, sql, dict(params), None, None)
+    info = fairy.info
+    raw = fairy.dbapi_connection
+    held = info.get(_CURSOR)
+    if held is not None and held[0] is raw:
+        cursor = held[1]
+    else:
+        cursor = raw.cursor()  # type: ignore[union-attr]
+        info[_CURSOR] = (raw, cursor)
+    try:
+        if has_events:
+            for fn in conn.dispatch.before_cursor_execute:
+                sql, args = fn(conn, cursor, sql, args, None, False)
+        cursor.execute(sql, args)
+        rowcount = cursor.rowcount
+        lastrowid = cursor.lastrowid if plan.pk_from_lastrowid else None
+        if has_events:
+            conn.dispatch.after_cursor_execute(conn, cursor, sql, args, None, False)
+        description = cursor.description
+        rows: list[Row[Any]] | None = None
+        if description is not None:
+            make = plan.make_row or plan.row_maker(description)
+            rows = list(map(make, cursor.fetchall()))
+    except BaseException as e:
+        # SQLAlchemy closes the cursor of a failed statement: a new one next time.
+        info.pop(_CURSOR, None)
+        conn._handle_dbapi_exception(e, sql, args, cursor, _NO_CONTEXT)  # type: ignore[arg-type]
+    if plan.pk_from_returning:
+        return CoreResult(None, rowcount, (plan, dict(params), rows[0] if rows else None))
+    if plan.pk_from_lastrowid or plan.compiled.isinsert:
+        return CoreResult(rows, rowcount, (plan, dict(params), lastrowid))
+    return CoreResult(rows, rowcount, None)
+
+
+class CoreResult:
+    """What :func:`core` answers: the statement's rows, all fetched, as SQLAlchemy
+    ``Row`` objects, its ``rowcount`` and an INSERT's ``inserted_primary_key``.
+
+    Consumed as a ``CursorResult`` is: iteration and ``all()`` take the rows that are
+    left, ``first()``, ``one()``, ``scalar()`` and the like close the result.
+    """
+
+    __slots__ = ("_insert", "_next", "_rows", "rowcount")
+
+    def __init__(self, rows: list[Row[Any]] | None, rowcount: int,
+                 insert: tuple[_Plan, dict[str, Any], Any] | CursorResult[Any] | None) -> None:
+        self._rows = rows
+        self._next = 0
+        self.rowcount = rowcount
+        self._insert = insert
+
+    @classmethod
+    def _of(cls, result: CursorResult[Any]) -> CoreResult:
+        rows = list(result.all()) if result.returns_rows else None
+        return cls(rows, result.rowcount, result if result.context.isinsert else None)
+
+    @property
+    def returns_rows(self) -> bool:
+        return self._rows is not None
+
+    def _left(self) -> list[Row[Any]]:
+        rows = self._rows
+        if rows is None:
+            raise ResourceClosedError("This result object does not return rows. "
+                                      "It has been closed automatically.")
+        if self._next < 0:
+            raise ResourceClosedError("This result object is closed.")
+        left = rows[self._next:] if self._next else rows
+        self._next = len(rows)
+        return left
+
+    def _close(self) -> list[Row[Any]]:
+        left = self._left()
+        self._next = -1
+        return left
+
+    def __iter__(self) -> Iterator[Row[Any]]:
+        return iter(self._left())
+
+    def all(self) -> list[Row[Any]]:
+        return self._left()
+
+    fetchall = all
+
+    def fetchone(self) -> Row[Any] | None:
+        rows = self._left()  # marks all taken; put the rest back
+        if not rows:
+            return None
+        self._next = len(self._rows or ()) - len(rows) + 1
+        return rows[0]
+
+    def first(self) -> Row[Any] | None:
+        rows = self._close()
+        return rows[0] if rows else None
+
+    def one_or_none(self) -> Row[Any] | None:
+        rows = self._close()
+        if len(rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        return rows[0] if rows else None
+
+    def one(self) -> Row[Any]:
+        rows = self._close()
+        if not rows:
+            raise NoResultFound("No row was found when one was required")
+        if len(rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when exactly one was required")
+        return rows[0]
+
+    def scalar(self) -> Any:
+        row = self.first()
+        return None if row is None else row[0]
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalar_one_or_none(self) -> Any:
+        row = self.one_or_none()
+        return None if row is None else row[0]
+
+    def scalars(self) -> list[Any]:
+        """The first column of the rows left (a list, not a ``ScalarResult``)."""
+        return [row[0] for row in self._left()]
+
+    def close(self) -> None:
+        self._next = -1
+
+    @property
+    def inserted_primary_key(self) -> Row[Any] | None:
+        """As ``CursorResult.inserted_primary_key``: worked out when asked (from the
+        RETURNING row or ``lastrowid``, and the parameters), by SQLAlchemy's getters."""
+        insert = self._insert
+        if insert is None:
+            raise InvalidRequestError("Statement is not an insert() expression construct.")
+        if isinstance(insert, CursorResult):
+            return insert.inserted_primary_key
+        plan, params, got = insert
+        compiled = plan.compiled
+        if compiled.compile_state is not None and bool(getattr(
+                compiled.compile_state.statement, "_returning", None)):
+            raise InvalidRequestError("Can't call inserted_primary_key when returning() "
+                                      "is used.")
+        parameters = compiled.construct_params(params, escape_names=False)
+        if plan.pk_from_returning:
+            if got is None:
+                return None
+            key: Row[Any] = compiled._inserted_primary_key_from_returning_getter(
+                got, parameters)
+        else:
+            key = compiled._inserted_primary_key_from_lastrowid_getter(got, parameters)
+        return key
+
+
 def core(session: Session, stmt: Executable,
-         params: Mapping[str, Any] | None = None) -> CursorResult[Any]:
+         params: Mapping[str, Any] | None = None) -> CoreResult:
     """A prebuilt Core statement on the session's connection, answering plain rows.
 
     No ORM step: no object is built or put in the identity map, and nothing is
@@ -84,8 +481,20 @@ def core(session: Session, stmt: Executable,
     session has pending (the hot paths that use it write through Core, or flush
     first). About half the Python of ``session.exec`` per statement
     (bench/README.md "Redemption, third pass (session 5)").
+
+    The statement runs on the DBAPI cursor directly when :func:`_plan_of` can
+    plan it (compiled once, see there); anything else goes through
+    ``Connection.execute``. Either way the rows are SQLAlchemy ``Row`` objects,
+    fetched at once, and errors are SQLAlchemy's (``IntegrityError``, ...).
     """
-    return session.connection().execute(stmt, params)
+    conn = session.connection()
+    params = _NO_PARAMS if params is None else params
+    plan = _plan_of(conn, stmt, params)
+    if isinstance(plan, _Plan):
+        done = _run(plan, conn, params)
+        if done is not None:
+            return done
+    return CoreResult._of(conn.execute(stmt, params or None))
 
 
 def core_insert(model: type[SQLModel]) -> Insert:
