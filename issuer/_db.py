@@ -57,7 +57,7 @@ from sqlalchemy.exc import (
     ResourceClosedError,
 )
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.sql.compiler import WARN_LINTING, SQLCompiler
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -324,10 +324,15 @@ def _run(plan: _Plan, conn: Connection, params: Mapping[str, Any]) -> CoreResult
     raw = fairy.dbapi_connection
     held = info.get(_CURSOR)
     if held is not None and held[0] is raw:
-        cursor = held[1]
+        cursor, keep = held[1], True
     else:
         cursor = raw.cursor()  # type: ignore[union-attr]
-        info[_CURSOR] = (raw, cursor)
+        # One cursor per connection, used again by the next statement (psycopg
+        # builds a cursor and its adapters in Python), except on a connection the
+        # pool shares between threads (SQLite in memory): each statement its own.
+        keep = not isinstance(conn.engine.pool, (StaticPool, SingletonThreadPool))
+        if keep:
+            info[_CURSOR] = (raw, cursor)
     try:
         if has_events:
             for fn in conn.dispatch.before_cursor_execute:
@@ -346,6 +351,8 @@ def _run(plan: _Plan, conn: Connection, params: Mapping[str, Any]) -> CoreResult
         # SQLAlchemy closes the cursor of a failed statement: a new one next time.
         info.pop(_CURSOR, None)
         conn._handle_dbapi_exception(e, sql, args, cursor, _NO_CONTEXT)  # type: ignore[arg-type]
+    if not keep:
+        cursor.close()
     if plan.pk_from_returning:
         return CoreResult(None, rowcount, (plan, dict(params), rows[0] if rows else None))
     if plan.pk_from_lastrowid or plan.compiled.isinsert:
