@@ -249,3 +249,33 @@ def test_a_body_is_what_its_schema_says(service: Service) -> None:
     assert r.status_code == 201 and r.json()["entry"]["points"] == 5, r.text
     assert service.post("acme", f"/admin/v1/members/{member}/holds",
                         {"points": 1, "ttl_seconds": 600}).status_code == 201
+
+
+def test_the_hot_requests_are_matched_before_the_other_routes(service: Service) -> None:
+    """Routing tries routes in order (issuer._app.HOT_ROUTES): an issuance's and a
+    redemption's requests come before every other route of their routers, and the
+    service's routers before FastAPI's docs, the health routes and /metrics."""
+    from issuer._app import HOT_ROUTES
+
+    order: list[tuple[str, str]] = []
+
+    def walk(items: list[Any]) -> None:
+        for route in items:
+            inner = getattr(route, "original_router", None)
+            if inner is not None:
+                walk(inner.routes)
+            else:
+                order.extend((m, route.path) for m in sorted(getattr(route, "methods", None)
+                                                             or {"GET"}))
+
+    walk(service.client.app.routes)  # type: ignore[attr-defined]
+    hot = {path.rsplit("/", 1)[-1]: order.index((method, path)) for method, path in HOT_ROUTES}
+    assert len(hot) == 5
+    for later in (("GET", "/openapi.json"), ("GET", "/healthz"), ("GET", "/metrics")):
+        assert max(hot.values()) < order.index(later), (later, order[:15])
+    issuance = max(hot["token"], hot["nonce"], hot["credential"])
+    assert issuance < order.index(("GET", "/brands/{slug}/.well-known/openid-credential-issuer"))
+    assert max(hot["redemptions"], hot["capture"]) < order.index(("POST", "/admin/v1/partners"))
+    # And the hot requests still reach their routes.
+    r = service.client.post("/brands/nobrand/redemptions", json={})
+    assert r.status_code in (401, 422), r.text
