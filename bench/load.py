@@ -510,6 +510,23 @@ def postgres_backend_pids(probe: dict[str, str]) -> set[int] | None:
     return {int(pid) for (pid,) in rows}
 
 
+def postgres_table_stats(probe: dict[str, str]) -> dict[str, list[int]] | None:
+    """Per table of the configuration's schema: [scans (sequential + index), rows
+    inserted, updated, deleted], from ``pg_stat_user_tables`` (counts the machine's load
+    does not move; each backend reports them at most a second late)."""
+    try:
+        import psycopg
+
+        with psycopg.connect(probe["url"], autocommit=True, connect_timeout=2) as conn:
+            rows = conn.execute(
+                "SELECT relname, seq_scan + coalesce(idx_scan, 0), n_tup_ins, n_tup_upd, "
+                "n_tup_del FROM pg_stat_user_tables WHERE schemaname = %s",
+                (probe["application_name"],)).fetchall()
+    except Exception:
+        return None
+    return {str(name): [int(v) for v in values] for name, *values in rows}
+
+
 def postgres_cpu() -> dict[int, float] | None:
     """pid -> CPU seconds of every process named ``postgres`` on the machine: the
     postmaster, its WAL writer, checkpointer, background writer and every client's
@@ -564,6 +581,9 @@ class Point:
     postgres_cpu_s: float | None = None
     postgres_all_cpu_s: float | None = None
     postgres_skipped: str | None = None  # why the two above are None
+    postgres_backends: int | None = None  # connections the servers held at the end
+    # Per table: [scans, rows inserted, updated, deleted] during the window.
+    postgres_tables: dict[str, list[int]] | None = None
     load_average: float | None = None
     credentials_per_op: int = 1  # issuance: the batch size (every credential must come back)
 
@@ -617,6 +637,7 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
     servers' database, whose backends' CPU is measured over the window too."""
     point = Point(concurrency)
     pg_start: dict[int, float] | None = None
+    tables_start: dict[str, list[int]] | None = None
     queue: Iterator[tuple[int, Any]] = iter(enumerate(items))
     clients = [Balancer(targets, start=i, per=balance) for i in range(concurrency)]
     started: dict[str, float] = {}
@@ -624,8 +645,9 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
     done_warm = 0
 
     def open_window() -> None:
-        nonlocal pg_start
+        nonlocal pg_start, tables_start
         if postgres is not None:  # before the generator's clock starts: not its CPU
+            tables_start = postgres_table_stats(postgres)
             pg_start = postgres_cpu()
             if pg_start is None:
                 point.postgres_skipped = "no postgres process in /proc (not this machine?)"
@@ -691,6 +713,12 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
         else:
             point.postgres_cpu_s = cpu_between(pg_start, pg_end, backends)
             point.postgres_all_cpu_s = cpu_between(pg_start, pg_end)
+            point.postgres_backends = len(backends)
+    if postgres is not None and tables_start is not None:
+        tables_end = postgres_table_stats(postgres) or {}
+        point.postgres_tables = {
+            name: [a - b for a, b in zip(values, tables_start.get(name, [0] * 4), strict=True)]
+            for name, values in tables_end.items()}
     point.ops = len(point.latencies_ms)
     point.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return point

@@ -54,6 +54,9 @@ def test_quick_run_of_every_path(tmp_path: Path, postgres_url: str, redis_url: s
             assert (best["postgres_cpu_ms_per_op"] or 0) > 0 or best["postgres_skipped"], row
             if best["postgres_skipped"] is None:
                 assert best["postgres_all_cpu_ms_per_op"] >= best["postgres_cpu_ms_per_op"]
+                assert best["postgres_backends"] >= 1
+            # The schema's tables, with what the window did to them (scans, rows written).
+            assert "ledger_entry" in best["postgres_tables"] or row["path"] != "redemption"
         else:
             assert best["postgres_cpu_ms_per_op"] is None and best["postgres_skipped"] is None
     assert report["meta"]["quick"] is True and report["meta"]["load_average_start"]
