@@ -294,9 +294,13 @@ def _run(plan: _Plan, conn: Connection, params: Mapping[str, Any]) -> CoreResult
             or (conn._nested_transaction is not None
                 and not conn._nested_transaction.is_active)):
         return None
-    has_events = conn._has_events or conn.engine._has_events
-    if has_events and (conn.dispatch.before_execute or conn.dispatch.after_execute):
-        return None
+    before = after = None
+    if conn._has_events or conn.engine._has_events:
+        events = conn.dispatch
+        if events.before_execute or events.after_execute:
+            return None
+        before = events.before_cursor_execute or None
+        after = events.after_cursor_execute or None
     dialect = plan.dialect
     if dialect._has_events and dialect.dispatch.do_execute:
         return None
@@ -334,18 +338,17 @@ def _run(plan: _Plan, conn: Connection, params: Mapping[str, Any]) -> CoreResult
         if keep:
             info[_CURSOR] = (raw, cursor)
     try:
-        if has_events:
-            for fn in conn.dispatch.before_cursor_execute:
+        if before is not None:
+            for fn in before:
                 sql, args = fn(conn, cursor, sql, args, None, False)
         cursor.execute(sql, args)
         rowcount = cursor.rowcount
         lastrowid = cursor.lastrowid if plan.pk_from_lastrowid else None
-        if has_events:
-            conn.dispatch.after_cursor_execute(conn, cursor, sql, args, None, False)
-        description = cursor.description
+        if after is not None:
+            after(conn, cursor, sql, args, None, False)
         rows: list[Row[Any]] | None = None
-        if description is not None:
-            make = plan.make_row or plan.row_maker(description)
+        if plan.result_keys:  # no cursor.description: psycopg builds it per access
+            make = plan.make_row or plan.row_maker(cursor.description)
             rows = list(map(make, cursor.fetchall()))
     except BaseException as e:
         # SQLAlchemy closes the cursor of a failed statement: a new one next time.
