@@ -48,7 +48,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, CursorResult, Dialect, Engine, Row, make_url
 from sqlalchemy.engine.interfaces import BindTyping
-from sqlalchemy.engine.result import SimpleResultMetaData
+from sqlalchemy.engine.result import (
+    IteratorResult,
+    MappingResult,
+    ScalarResult,
+    SimpleResultMetaData,
+)
 from sqlalchemy.exc import (
     DisconnectionError,
     InvalidRequestError,
@@ -449,9 +454,18 @@ class CoreResult:
         row = self.one_or_none()
         return None if row is None else row[0]
 
-    def scalars(self) -> list[Any]:
-        """The first column of the rows left (a list, not a ``ScalarResult``)."""
-        return [row[0] for row in self._left()]
+    def _as_result(self) -> IteratorResult[Any]:
+        rows = self._left()
+        keys = rows[0]._fields if rows else ("_",)
+        return IteratorResult(SimpleResultMetaData(keys), iter([tuple(row) for row in rows]))
+
+    def scalars(self) -> ScalarResult[Any]:
+        """The first column of the rows left, as SQLAlchemy's ``ScalarResult``."""
+        return self._as_result().scalars()
+
+    def mappings(self) -> MappingResult:
+        """The rows left as mappings, as SQLAlchemy's ``MappingResult``."""
+        return self._as_result().mappings()
 
     def close(self) -> None:
         self._next = -1

@@ -149,6 +149,8 @@ def test_a_result_is_consumed_as_a_cursor_result_is(engine: Engine) -> None:
         assert first.first() == ("a",)
         with pytest.raises(ResourceClosedError):
             first.all()
+        assert core(session, every).mappings().all() == [{"label": x} for x in "abc"]
+        assert core(session, every).scalars().first() == "a"
         with pytest.raises(ResourceClosedError):  # an INSERT answers no rows
             core(session, _INSERT, _row("d")).first()
 
@@ -237,9 +239,9 @@ def test_what_the_cursor_path_does_not_plan_goes_through_sqlalchemy(
         assert row.made_at == datetime(2026, 1, 1, tzinfo=UTC)
         # An IN list given per execution is rendered per execution by SQLAlchemy;
         # one written into the statement is expanded once.
-        assert core(session, _IN_GIVEN, {"notes": ["b", "c"]}).scalars() == ["listed"]
+        assert core(session, _IN_GIVEN, {"notes": ["b", "c"]}).scalars().all() == ["listed"]
         assert _IN_GIVEN in sqlalchemy_calls
-        assert core(session, _IN_LIST, {"over": 10}).scalars() == ["listed"]
+        assert list(core(session, _IN_LIST, {"over": 10}).scalars()) == ["listed"]
         assert _IN_LIST not in sqlalchemy_calls
         assert core(session, _IN_LIST, {"over": 50}).all() == []
         _same(core(session, _IN_LIST, {"over": 1}).all(),
