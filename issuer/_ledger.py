@@ -38,18 +38,17 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import sqlalchemy
-from sqlalchemy import Select, and_, bindparam, case, event
+from sqlalchemy import Select, and_, bindparam, case, event, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, func, select
 
 from issuer import _translog
 from issuer._admin import tiers_of
-from issuer._db import core, core_insert, core_update, session_scope, table_of
+from issuer._db import core, core_insert, session_scope, table_of
 from issuer._keystore import KeyStore
 from issuer._models import (
     MAX_POINTS,
@@ -137,22 +136,66 @@ def run_write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 3,
 # -- reads ---------------------------------------------------------------------------------------
 
 
-def _live(lot: PointLot, now: datetime) -> bool:
+@dataclass(slots=True)
+class Lot:
+    """A :class:`PointLot` as the write path reads it: a plain row, no ORM object (loading
+    and instrumenting one cost more than the query, bench/README.md "Redemption, fourth
+    pass (session 6)"). ``remaining`` changes only through :func:`_set_remaining` (a Core
+    ``UPDATE`` and this copy together)."""
+
+    id: int
+    member_id: str
+    entry_id: int
+    amount: int
+    remaining: int
+    available_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(slots=True)
+class Hold:
+    """A :class:`PointHold` as the write path reads and writes it (a plain row, as
+    :class:`Lot`); it closes through :func:`_close_hold`."""
+
+    id: str
+    brand_id: str
+    member_id: str
+    points: int
+    reference: str | None
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None = None
+    captured_points: int | None = None
+
+
+def _live(lot: Lot, now: datetime) -> bool:
     return lot.remaining > 0 and (lot.expires_at is None or lot.expires_at > now)
 
 
 # The hot reads are built once, with bound parameters: building a statement and its
 # cache key cost about a third of each query (py-spy, bench/README.md "Issuance
-# profile (session 4)"); a prebuilt statement memoizes its cache key.
-_LOTS: Final = (select(PointLot)
-                .where(col(PointLot.member_id) == bindparam("member_id"),
-                       col(PointLot.remaining) > 0)
-                .execution_options(populate_existing=True))
-_OPEN_HOLDS: Final = (select(PointHold)
-                      .where(col(PointHold.member_id) == bindparam("member_id"),
-                             col(PointHold.status) == HoldStatus.HELD,
-                             col(PointHold.expires_at) > bindparam("now"))
-                      .execution_options(populate_existing=True))
+# profile (session 4)"); a prebuilt statement memoizes its cache key. Lots and holds
+# are read as plain rows (issuer._db.core: no autoflush; every write to them on the
+# write path is a Core statement, and the rest flush before they read).
+_LOT_TABLE: Final = table_of(PointLot)
+_HOLD_TABLE: Final = table_of(PointHold)
+_LOTS: Final = sqlalchemy.select(_LOT_TABLE).where(
+    _LOT_TABLE.c.member_id == bindparam("member_id"), _LOT_TABLE.c.remaining > 0)
+_LOT_OF_ENTRY: Final = sqlalchemy.select(_LOT_TABLE).where(
+    _LOT_TABLE.c.entry_id == bindparam("entry_id"))
+_SET_REMAINING: Final = (update(_LOT_TABLE).where(_LOT_TABLE.c.id == bindparam("_pk"))
+                         .values(remaining=bindparam("remaining")))
+_REFILL: Final = (update(_LOT_TABLE).where(_LOT_TABLE.c.id == bindparam("_pk"))
+                  .values(remaining=_LOT_TABLE.c.remaining + bindparam("refill")))
+_OPEN_HOLDS: Final = sqlalchemy.select(_HOLD_TABLE).where(
+    _HOLD_TABLE.c.member_id == bindparam("member_id"),
+    _HOLD_TABLE.c.status == HoldStatus.HELD,
+    _HOLD_TABLE.c.expires_at > bindparam("now"))
+_HOLD: Final = sqlalchemy.select(_HOLD_TABLE).where(_HOLD_TABLE.c.id == bindparam("id"))
+_CLOSE_HOLD: Final = (update(_HOLD_TABLE).where(_HOLD_TABLE.c.id == bindparam("_pk"))
+                      .values(status=bindparam("status"), closed_at=bindparam("closed_at"),
+                              captured_points=bindparam("captured_points")))
 _QUALIFYING_SUM: Final = select(func.coalesce(func.sum(LedgerEntry.qualifying_points), 0)).where(
     col(LedgerEntry.member_id) == bindparam("member_id"),
     col(LedgerEntry.qualifying_at) > bindparam("since"),
@@ -195,6 +238,7 @@ _INSERT_IDEMPOTENCY: Final = core_insert(IdempotencyRecord)
 _INSERT_ENTRY: Final = core_insert(LedgerEntry)
 _INSERT_ALLOCATION: Final = core_insert(LotAllocation)
 _INSERT_HOLD: Final = core_insert(PointHold)
+_INSERT_LOT: Final = core_insert(PointLot)
 _LOCK_MEMBER: Final = (select(Member)
                        .where(col(Member.id) == bindparam("member_id"),
                               col(Member.brand_id) == bindparam("brand_id"))
@@ -219,8 +263,7 @@ def _forget(session: Session, member_id: str) -> None:
         session.info[_HOLDS_READ].pop(key, None)
 
 
-def _remember(session: Session, *, lot: PointLot | None = None,
-              hold: PointHold | None = None) -> None:
+def _remember(session: Session, *, lot: Lot | None = None, hold: Hold | None = None) -> None:
     """A lot or hold this transaction just wrote joins the member's read rows (what
     reading them again would add)."""
     if lot is not None and lot.member_id in session.info.get(_LOTS_READ, {}):
@@ -231,21 +274,71 @@ def _remember(session: Session, *, lot: PointLot | None = None,
                 rows.append(hold)  # _open_holds filters by status and expiry on use
 
 
-def _lots(session: Session, member_id: str) -> list[PointLot]:
-    memo: dict[str, list[PointLot]] = session.info.setdefault(_LOTS_READ, {})
+def _read_lots(session: Session, member_id: str) -> list[Lot]:
+    memo: dict[str, list[Lot]] = session.info.setdefault(_LOTS_READ, {})
     if member_id not in memo:
-        memo[member_id] = list(session.exec(_LOTS, params={"member_id": member_id}))
-    return [lot for lot in memo[member_id] if lot.remaining > 0]
+        memo[member_id] = [Lot(**row._mapping)
+                           for row in core(session, _LOTS, {"member_id": member_id})]
+    return memo[member_id]
 
 
-def _open_holds(session: Session, member_id: str, now: datetime) -> list[PointHold]:
-    memo: dict[tuple[str, datetime], list[PointHold]] = session.info.setdefault(_HOLDS_READ,
-                                                                                 {})
+def _lots(session: Session, member_id: str) -> list[Lot]:
+    return [lot for lot in _read_lots(session, member_id) if lot.remaining > 0]
+
+
+def _lot_of_entry(session: Session, member_id: str, entry_id: int) -> Lot:
+    """The lot a credit opened: this transaction's copy when it has read it (one object
+    per row, as the identity map gave), else read."""
+    found = next((lot for lot in _read_lots(session, member_id) if lot.entry_id == entry_id),
+                 None)
+    return found or Lot(**core(session, _LOT_OF_ENTRY, {"entry_id": entry_id}).one()._mapping)
+
+
+def _set_remaining(session: Session, lot: Lot, remaining: int) -> None:
+    if core(session, _SET_REMAINING, {"_pk": lot.id, "remaining": remaining}).rowcount != 1:
+        raise TesseraError(ErrorCode.INTERNAL_ERROR, "point_lot row to update is gone")
+    lot.remaining = remaining
+
+
+_HOLDS_KNOWN: Final = "tessera.ledger.holds_known"  # Session.info: hold id -> Hold
+
+
+def _known(session: Session, holds: list[Hold]) -> list[Hold]:
+    """Holds read or written after the member's lock: :func:`hold_row` answers from them."""
+    known: dict[str, Hold] = session.info.setdefault(_HOLDS_KNOWN, {})
+    for hold in holds:
+        known[hold.id] = hold
+    return holds
+
+
+def _open_holds(session: Session, member_id: str, now: datetime) -> list[Hold]:
+    memo: dict[tuple[str, datetime], list[Hold]] = session.info.setdefault(_HOLDS_READ, {})
     key = (member_id, now)
     if key not in memo:
-        memo[key] = list(session.exec(_OPEN_HOLDS, params={"member_id": member_id,
-                                                           "now": now}))
+        memo[key] = _known(session, [Hold(**row._mapping) for row in core(
+            session, _OPEN_HOLDS, {"member_id": member_id, "now": now})])
     return [h for h in memo[key] if h.status == HoldStatus.HELD and h.expires_at > now]
+
+
+def _read_hold(session: Session, hold_id: str) -> Hold | None:
+    row = core(session, _HOLD, {"id": hold_id}).first()
+    return None if row is None else Hold(**row._mapping)
+
+
+def hold_row(session: Session, hold_id: str) -> Hold | None:
+    """A hold as this transaction last wrote or read it under its member's lock, else as
+    the database holds it (a redemption's answer names its hold's expiry: no second read
+    of a hold the write just placed or closed)."""
+    known: dict[str, Hold] = session.info.get(_HOLDS_KNOWN, {})
+    return known.get(hold_id) or _read_hold(session, hold_id)
+
+
+def _close_hold(session: Session, hold: Hold, *, status: HoldStatus, now: datetime,
+                captured_points: int | None = None) -> None:
+    if core(session, _CLOSE_HOLD, {"_pk": hold.id, "status": status, "closed_at": now,
+                                   "captured_points": captured_points}).rowcount != 1:
+        raise TesseraError(ErrorCode.INTERNAL_ERROR, "point_hold row to update is gone")
+    hold.status, hold.closed_at, hold.captured_points = status, now, captured_points
 
 
 _QUALIFYING: Final = "tessera.ledger.qualifying"  # Session.info: (member, now, days) -> sum
@@ -349,7 +442,7 @@ def _entry_public(entry: LedgerEntry) -> LedgerEntryPublic:
     return LedgerEntryPublic.model_validate(entry, from_attributes=True)
 
 
-def hold_public(hold: PointHold, now: datetime) -> PointHoldPublic:
+def hold_public(hold: PointHold | Hold, now: datetime) -> PointHoldPublic:
     public = PointHoldPublic.model_validate(hold, from_attributes=True)
     if hold.status == HoldStatus.HELD and hold.expires_at <= now:
         public.status = HoldStatus.EXPIRED
@@ -403,7 +496,7 @@ _lock_member = lock_member  # the name issuer._routes_oid4vci uses
 @event.listens_for(Session, "after_commit")
 @event.listens_for(Session, "after_rollback")
 def _unlocked(session: Session) -> None:
-    for memo in (_LOCKED, _QUALIFYING, _LOTS_READ, _HOLDS_READ):
+    for memo in (_LOCKED, _QUALIFYING, _LOTS_READ, _HOLDS_READ, _HOLDS_KNOWN):
         session.info.pop(memo, None)
 
 
@@ -491,16 +584,22 @@ def _credit(session: Session, member: Member, entry: LedgerEntry, points: int, n
             *, pending_days: int) -> None:
     validity = _program(session, member).points_validity_days
     assert entry.id is not None
-    lot = PointLot(member_id=member.id, entry_id=entry.id, amount=points,
-                   remaining=points, available_at=_ms(now + timedelta(days=pending_days)),
-                   expires_at=_ms(now + timedelta(days=validity)) if validity else None)
-    session.add(lot)
+    lot = Lot(id=0, member_id=member.id, entry_id=entry.id, amount=points, remaining=points,
+              available_at=_ms(now + timedelta(days=pending_days)),
+              expires_at=_ms(now + timedelta(days=validity)) if validity else None)
+    key = core(session, _INSERT_LOT, {
+        "member_id": lot.member_id, "entry_id": lot.entry_id, "amount": lot.amount,
+        "remaining": lot.remaining, "available_at": lot.available_at,
+        "expires_at": lot.expires_at}).inserted_primary_key
+    assert key is not None
+    lot.id = int(key[0])
     _remember(session, lot=lot)
-    _translog.note_written(session, lot=lot)
+    # The log reads a lot's entry_id, available_at and expires_at, which a Lot has.
+    _translog.note_written(session, lot=cast(PointLot, lot))
 
 
 def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, now: datetime,
-           *, reserved: int, first: PointLot | None = None) -> None:
+           *, reserved: int, first: Lot | None = None) -> None:
     """Take ``points`` FIFO from matured live lots, ``reserved`` of them being held elsewhere.
 
     ``first`` (the lot of a credit being reversed) is drained before any
@@ -522,8 +621,7 @@ def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, no
         if need == 0:
             break
         take = min(lot.remaining, need)
-        assert lot.id is not None
-        core_update(session, lot, remaining=lot.remaining - take)
+        _set_remaining(session, lot, lot.remaining - take)
         need -= take
         core(session, _INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
                                              "amount": take})
@@ -537,15 +635,14 @@ def _sweep_expired(session: Session, *, member: Member, now: datetime) -> None:
                if lot.expires_at is not None and lot.expires_at <= now]
     expired.sort(key=lambda lot: (lot.expires_at, lot.id))
     for lot in expired:
-        assert lot.id is not None and lot.expires_at is not None
+        assert lot.expires_at is not None
         entry = _new_entry(session, member, now, kind=EntryKind.EXPIRE, points=-lot.remaining,
                            reason=f"lot {lot.id} expired at {lot.expires_at.isoformat()}",
                            reference=f"lot:{lot.id}")
         assert entry.id is not None
-        session.add(LotAllocation(entry_id=entry.id, lot_id=lot.id, amount=lot.remaining))
-        lot.remaining = 0
-        session.add(lot)
-    session.flush()
+        core(session, _INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
+                                             "amount": lot.remaining})
+        _set_remaining(session, lot, 0)
 
 
 def _held(session: Session, member: Member, now: datetime) -> int:
@@ -658,20 +755,21 @@ def reverse(session: Session, *, brand_id: str, member_id: str, idempotency_key:
                            reverses_id=original.id)
         assert entry.id is not None
         if original.points > 0:
-            lot = session.exec(select(PointLot).where(PointLot.entry_id == original.id)).one()
+            lot = _lot_of_entry(session, member.id, entry_id)
             _debit(session, member, entry, original.points, now,
                    reserved=_held(session, member, now), first=lot)
         elif original.points < 0:
             allocations = session.exec(select(LotAllocation).where(
                 LotAllocation.entry_id == original.id)).all()
             for alloc in allocations:
-                taken = session.get(PointLot, alloc.lot_id)
-                assert taken is not None
-                taken.remaining += alloc.amount
+                # In the database itself: the lot may be one this transaction has no copy of.
+                if core(session, _REFILL, {"_pk": alloc.lot_id,
+                                           "refill": alloc.amount}).rowcount != 1:
+                    raise TesseraError(ErrorCode.INTERNAL_ERROR, "point_lot row is gone")
                 _forget(session, member.id)  # a drained lot may be live again
-                session.add(taken)
-                session.add(LotAllocation(entry_id=entry.id, lot_id=alloc.lot_id,
-                                          amount=-alloc.amount))
+                core(session, _INSERT_ALLOCATION, {"entry_id": entry.id,
+                                                     "lot_id": alloc.lot_id,
+                                                     "amount": -alloc.amount})
         return {"entry": _entry_public(entry).model_dump(mode="json")}
 
     return _write(session, brand_id=brand_id, member_id=member_id,
@@ -692,16 +790,20 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
         if free < points:
             raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE,
                                f"{points} points requested, {free} available")
-        hold = PointHold(id=new_id(), brand_id=member.brand_id, member_id=member.id,
-                         points=points, reference=reference, created_at=now,
-                         expires_at=_ms(now + timedelta(seconds=ttl_seconds)))
-        # A Core INSERT, then the object joins the session as the row's clean copy (the
-        # answer and a capture in this transaction find it there) without a flush.
-        core(session, _INSERT_HOLD, hold.model_dump())
-        make_transient_to_detached(hold)
-        session.add(hold)
+        hold = Hold(id=new_id(), brand_id=member.brand_id, member_id=member.id,
+                    points=points, reference=reference, status=HoldStatus.HELD,
+                    created_at=now, expires_at=_ms(now + timedelta(seconds=ttl_seconds)))
+        # A Core INSERT of a plain row (no SQLModel object, no flush); the answer and a
+        # capture in this transaction find it among the holds it knows (hold_row).
+        core(session, _INSERT_HOLD, {
+            "id": hold.id, "brand_id": hold.brand_id, "member_id": hold.member_id,
+            "points": hold.points, "reference": hold.reference, "status": hold.status,
+            "created_at": hold.created_at, "expires_at": hold.expires_at,
+            "closed_at": None, "captured_points": None})
+        _known(session, [hold])
         _remember(session, hold=hold)
-        _translog.note_written(session, hold=hold)
+        # The log reads a hold's id, points and expires_at, which a Hold has.
+        _translog.note_written(session, hold=cast(PointHold, hold))
         _new_entry(session, member, now, kind=EntryKind.HOLD, points=0, hold_id=hold.id,
                    reference=reference)
         return {"hold": hold_public(hold, now).model_dump(mode="json")}
@@ -712,17 +814,20 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
 
 
 def _hold_member(session: Session, brand_id: str, hold_id: str) -> str:
-    hold = session.get(PointHold, hold_id)
+    hold = _read_hold(session, hold_id)
     if hold is None or hold.brand_id != brand_id:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such hold")
     return hold.member_id
 
 
 def _open_hold(session: Session, hold_id: str, now: datetime,
-               owner: tuple[str, str] | None = None) -> PointHold:
-    """The hold, read after the member's lock, still open; ``owner``: (brand, member)
-    it must belong to, when the caller has not checked that already."""
-    hold = session.get(PointHold, hold_id, populate_existing=True)
+               owner: tuple[str, str] | None = None, *, read: Hold | None = None) -> Hold:
+    """The hold, read after the member's lock (``read``: already), still open;
+    ``owner``: (brand, member) it must belong to, when the caller has not checked that
+    already."""
+    hold = read or _read_hold(session, hold_id)
+    if hold is not None:
+        _known(session, [hold])
     if hold is None or (owner is not None and (hold.brand_id, hold.member_id) != owner):
         raise TesseraError(ErrorCode.NOT_FOUND, "no such hold")
     if hold.status == HoldStatus.EXPIRED:
@@ -762,9 +867,8 @@ def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
                            reference=hold.reference, hold_id=hold.id)
         _debit(session, member, entry, amount, now,
                reserved=_held(session, member, now) - hold.points)
-        core_update(session, hold, status=HoldStatus.CAPTURED, captured_points=amount,
-                    closed_at=now)
-        _translog.note_written(session, hold=hold)
+        _close_hold(session, hold, status=HoldStatus.CAPTURED, captured_points=amount, now=now)
+        _translog.note_written(session, hold=cast(PointHold, hold))
         return {"hold": hold_public(hold, now).model_dump(mode="json"),
                 "entry": _entry_public(entry).model_dump(mode="json")}
 
@@ -778,14 +882,12 @@ def release_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
     member_id = _hold_member(session, brand_id, hold_id)
 
     def action(member: Member) -> dict[str, Any]:
-        current = session.get(PointHold, hold_id, populate_existing=True)
+        current = _read_hold(session, hold_id)
         if current is not None and current.status == HoldStatus.EXPIRED:
             # Already given back by release_expired_holds: releasing it is a no-op.
             return {"hold": hold_public(current, now).model_dump(mode="json")}
-        hold = _open_hold(session, hold_id, now)
-        hold.status = HoldStatus.RELEASED
-        hold.closed_at = now
-        session.add(hold)
+        hold = _open_hold(session, hold_id, now, read=current)
+        _close_hold(session, hold, status=HoldStatus.RELEASED, now=now)
         _new_entry(session, member, now, kind=EntryKind.RELEASE, points=0, hold_id=hold.id,
                    reference=hold.reference)
         return {"hold": hold_public(hold, now).model_dump(mode="json")}
@@ -818,19 +920,17 @@ def release_expired_holds(session: Session, *, now: datetime, brand_id: str | No
     released: list[PointHoldPublic] = []
     for hold_id, hold_brand, member_id in candidates:
         lock_member(session, brand_id=hold_brand, member_id=member_id)
-        hold = session.get(PointHold, hold_id, populate_existing=True)
+        hold = _read_hold(session, hold_id)
         if hold is None or hold.status != HoldStatus.HELD:
             continue  # captured, released or expired by someone else meanwhile
 
-        def action(member: Member, hold: PointHold = hold) -> dict[str, Any]:
+        def action(member: Member, hold: Hold = hold) -> dict[str, Any]:
             entry = _new_entry(
                 session, member, now, kind=EntryKind.EXPIRE, points=0, hold_id=hold.id,
                 reference=hold.reference,
                 reason=f"hold {hold.id} expired at {hold.expires_at.isoformat()}; "
                        f"{hold.points} held points released")
-            hold.status = HoldStatus.EXPIRED
-            hold.closed_at = now
-            session.add(hold)
+            _close_hold(session, hold, status=HoldStatus.EXPIRED, now=now)
             return {"hold": hold_public(hold, now).model_dump(mode="json"),
                     "entry": _entry_public(entry).model_dump(mode="json")}
 
