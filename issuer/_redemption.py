@@ -31,17 +31,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import and_, bindparam, or_
+import sqlalchemy
+from sqlalchemy import and_, bindparam, or_, update
 from sqlmodel import Session, col, select
 
 from issuer import _ledger, _translog
 from issuer._admin import check_secret_token
 from issuer._cache import cached
-from issuer._db import core, core_insert, core_update
+from issuer._db import core, core_insert, table_of
 from issuer._keystore import KeyStore
 from issuer._log_models import (
     LogLeafData,
@@ -58,7 +59,6 @@ from issuer._models import (
     CredentialState,
     IssuedCredential,
     Member,
-    PointHold,
     new_id,
 )
 from tessera import credentials
@@ -76,6 +76,7 @@ from tessera.redemption import (
 
 __all__ = [
     "PARTNER_TOKEN_PREFIX",
+    "RedemptionRow",
     "VerifiedRedemption",
     "authenticate_partner",
     "capture",
@@ -309,17 +310,56 @@ _EARLIER: Final = select(*(col(c) for c in (
     and_(col(Redemption.partner_id) == bindparam("partner_id"),
          or_(col(Redemption.order_reference) == bindparam("order_reference"),
              col(Redemption.nonce) == bindparam("nonce")))))
-_READ_REDEMPTION: Final = (select(Redemption).where(col(Redemption.id) == bindparam("id"))
-                           .execution_options(populate_existing=True))
+# A redemption is read and written as a plain row (RedemptionRow), never as an ORM object
+# (loading, constructing and flushing one cost more than its statements).
+_REDEMPTIONS: Final = table_of(Redemption)
+_READ_REDEMPTION: Final = sqlalchemy.select(_REDEMPTIONS).where(
+    _REDEMPTIONS.c.id == bindparam("id"))
+_LOCK_REDEMPTION: Final = _READ_REDEMPTION.with_for_update()
+_UPDATE_REDEMPTION: Final = (update(_REDEMPTIONS).where(_REDEMPTIONS.c.id == bindparam("_pk"))
+                             .values(status=bindparam("status"),
+                                     captured_points=bindparam("captured_points"),
+                                     refunded_points=bindparam("refunded_points"),
+                                     closed_at=bindparam("closed_at")))
 # Append-only rows written as Core INSERTs on the hot path (no unit of work).
 _INSERT_REDEMPTION: Final = core_insert(Redemption)
 _INSERT_SETTLEMENT_LINE: Final = core_insert(SettlementLine)
-_LOCK_REDEMPTION: Final = (select(Redemption).where(col(Redemption.id) == bindparam("id"))
-                           .with_for_update().execution_options(populate_existing=True))
+
+
+@dataclass(slots=True)
+class RedemptionRow:
+    """A :class:`Redemption` row as read or written here (its columns); it changes
+    through :func:`_save` (a Core ``UPDATE`` and this copy together)."""
+
+    id: str
+    brand_id: str
+    partner_id: str
+    member_id: str
+    hold_id: str
+    order_reference: str
+    points: int
+    nonce: str
+    transaction_hash: str
+    presentation_hash: str
+    credential_hash: str
+    created_at: datetime
+    status: str = RedemptionStatus.HELD
+    captured_points: int = 0
+    refunded_points: int = 0
+    closed_at: datetime | None = None
+
+
+def _save(session: Session, row: RedemptionRow) -> None:
+    """Write ``row``'s mutable columns (status, captured and refunded points, closed_at)."""
+    done = core(session, _UPDATE_REDEMPTION, {
+        "_pk": row.id, "status": row.status, "captured_points": row.captured_points,
+        "refunded_points": row.refunded_points, "closed_at": row.closed_at})
+    if done.rowcount != 1:
+        raise TesseraError(ErrorCode.INTERNAL_ERROR, "redemption row to update is gone")
 
 
 def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: VerifiedRedemption,
-               now: datetime, ttl_seconds: int) -> tuple[Redemption, bool]:
+               now: datetime, ttl_seconds: int) -> tuple[RedemptionRow, bool]:
     """The hold for a verified redemption; ``(redemption, True)`` when it already existed."""
     tx = verified.transaction
     _ledger.lock_member(session, brand_id=brand.id, member_id=verified.member_id)
@@ -347,25 +387,25 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
         idempotency_key=f"redemption:{partner.id}:{tx.order_reference}", points=tx.points,
         now=now, reference=f"{partner.name}:{tx.order_reference}"[:200],
         ttl_seconds=ttl_seconds)
-    redemption = Redemption(
+    redemption = RedemptionRow(
         id=new_id(), brand_id=brand.id, partner_id=partner.id, member_id=verified.member_id,
         hold_id=outcome.body["hold"]["id"], order_reference=tx.order_reference,
         points=tx.points, nonce=verified.nonce, transaction_hash=tx.hash,
         presentation_hash=verified.presentation_hash, credential_hash=verified.credential_hash,
         created_at=now)
-    # A new row this transaction only answers with: a Core INSERT of the object's
-    # columns, not the unit of work's flush (bench/README.md "Redemption profile").
-    core(session, _INSERT_REDEMPTION, redemption.model_dump())
+    # A new row this transaction only answers with: a Core INSERT of its columns, not
+    # the unit of work's flush (bench/README.md "Redemption profile").
+    core(session, _INSERT_REDEMPTION, asdict(redemption))
     return redemption, False
 
 
 def _redemption(session: Session, partner: Partner, redemption_id: str, *,
-                lock: bool = True) -> Redemption:
-    row = session.exec(_LOCK_REDEMPTION if lock else _READ_REDEMPTION,
-                       params={"id": redemption_id}).first()
+                lock: bool = True) -> RedemptionRow:
+    row = core(session, _LOCK_REDEMPTION if lock else _READ_REDEMPTION,
+               {"id": redemption_id}).first()
     if row is None or row.partner_id != partner.id:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such redemption")
-    return row
+    return RedemptionRow(**row._mapping)
 
 
 def _entry_id(body: Mapping[str, Any]) -> int:
@@ -373,7 +413,7 @@ def _entry_id(body: Mapping[str, Any]) -> int:
 
 
 def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: str,
-            now: datetime, points: int | None = None) -> Redemption:
+            now: datetime, points: int | None = None) -> RedemptionRow:
     """The partner confirmed the sale: the hold becomes a ``redeem`` entry, once."""
     row = _redemption(session, partner, redemption_id)
     if row.status == RedemptionStatus.CAPTURED:
@@ -383,8 +423,10 @@ def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
     outcome = _ledger.capture_hold(session, brand_id=brand.id, hold_id=row.hold_id,
                                    idempotency_key=f"capture:{row.id}", now=now, points=points,
                                    member_id=row.member_id)
-    core_update(session, row, status=RedemptionStatus.CAPTURED,
-                captured_points=int(outcome.body["hold"]["captured_points"]), closed_at=now)
+    row.status = RedemptionStatus.CAPTURED
+    row.captured_points = int(outcome.body["hold"]["captured_points"])
+    row.closed_at = now
+    _save(session, row)
     core(session, _INSERT_SETTLEMENT_LINE, {
         "brand_id": brand.id, "partner_id": partner.id, "kind": "redeem",
         "points": row.captured_points, "entry_id": _entry_id(outcome.body),
@@ -394,7 +436,7 @@ def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
 
 
 def release(session: Session, *, brand: Brand, partner: Partner, redemption_id: str,
-            now: datetime) -> Redemption:
+            now: datetime) -> RedemptionRow:
     """The sale was cancelled: the points are free again. Releasing twice is one release."""
     row = _redemption(session, partner, redemption_id)
     if row.status == RedemptionStatus.RELEASED:
@@ -405,13 +447,12 @@ def release(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
                          idempotency_key=f"release:{row.id}", now=now)
     row.status = RedemptionStatus.RELEASED
     row.closed_at = now
-    session.add(row)
-    session.flush()
+    _save(session, row)
     return row
 
 
 def refund(session: Session, *, brand: Brand, partner: Partner, redemption_id: str,
-           points: int, refund_reference: str, now: datetime) -> Redemption:
+           points: int, refund_reference: str, now: datetime) -> RedemptionRow:
     """Goods returned at the partner: points come back as a new ledger entry."""
     row = _redemption(session, partner, redemption_id)
     key = f"refund:{row.id}:{refund_reference}"
@@ -433,7 +474,7 @@ def refund(session: Session, *, brand: Brand, partner: Partner, redemption_id: s
     row.refunded_points += points
     if row.refunded_points == row.captured_points:
         row.status = RedemptionStatus.REFUNDED
-    session.add(row)
+    _save(session, row)
     session.add(SettlementLine(brand_id=brand.id, partner_id=partner.id, kind="refund",
                                points=points, entry_id=_entry_id(outcome.body),
                                redemption_id=row.id,
@@ -465,9 +506,9 @@ def partner_earn(session: Session, *, brand: Brand, partner: Partner, membership
 # -- views, receipts, statements --------------------------------------------------------------
 
 
-def _status(session: Session, row: Redemption, now: datetime) -> str:
+def _status(session: Session, row: RedemptionRow, now: datetime) -> str:
     if row.status == RedemptionStatus.HELD:
-        hold = session.get(PointHold, row.hold_id)
+        hold = _ledger.hold_row(session, row.hold_id)
         if hold is not None and _aware(hold.expires_at) <= now:
             return RedemptionStatus.EXPIRED
     return row.status
@@ -481,7 +522,7 @@ def _aware(value: datetime) -> datetime:
 _CAPTURED_NOW: Final = "tessera.redemption.captured_now"
 
 
-def _log_indexes(session: Session, row: Redemption) -> list[int]:
+def _log_indexes(session: Session, row: RedemptionRow) -> list[int]:
     """The log indexes of the entries the redemption's settlement lines name (those
     already integrated). Only a capture writes a line (a refund needs a capture
     first), so a held or released redemption has none: no query. Nor has one this
@@ -495,8 +536,8 @@ def _log_indexes(session: Session, row: Redemption) -> list[int]:
         LogLeafData.brand_id == row.brand_id, col(LogLeafData.entry_id).in_(lines))))
 
 
-def redemption_view(session: Session, row: Redemption, now: datetime) -> dict[str, Any]:
-    hold = session.get(PointHold, row.hold_id)
+def redemption_view(session: Session, row: RedemptionRow, now: datetime) -> dict[str, Any]:
+    hold = _ledger.hold_row(session, row.hold_id)
     return {"id": row.id, "partner_id": row.partner_id, "order_reference": row.order_reference,
             "points": row.points, "status": _status(session, row, now),
             "captured_points": row.captured_points, "refunded_points": row.refunded_points,
@@ -505,12 +546,12 @@ def redemption_view(session: Session, row: Redemption, now: datetime) -> dict[st
             "log_entries": _log_indexes(session, row)}
 
 
-def receipt(session: Session, *, keystore: KeyStore, brand: Brand, row: Redemption,
+def receipt(session: Session, *, keystore: KeyStore, brand: Brand, row: RedemptionRow,
             now: datetime, view: Mapping[str, Any] | None = None) -> str:
     """The brand's signed receipt of ``row``; ``view``: its :func:`redemption_view`,
     when the caller has it already (the same transaction)."""
     view = view if view is not None else redemption_view(session, row, now)
-    hold = session.get(PointHold, row.hold_id)
+    hold = _ledger.hold_row(session, row.hold_id)
     return sign_receipt(
         keystore.signer(session, brand_id=brand.id, did=brand.did), issuer=brand.did,
         redemption_id=row.id, partner=row.partner_id, order_reference=row.order_reference,
