@@ -438,7 +438,7 @@ def list_entries(session: Session, *, member: Member, after: int = 0,
     return [_entry_public(e) for e in session.exec(stmt)]
 
 
-def _entry_public(entry: LedgerEntry) -> LedgerEntryPublic:
+def _entry_public(entry: LedgerEntry | Entry) -> LedgerEntryPublic:
     return LedgerEntryPublic.model_validate(entry, from_attributes=True)
 
 
@@ -559,19 +559,45 @@ def _program(session: Session, member: Member) -> Program:
     return program
 
 
-def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -> LedgerEntry:
+@dataclass(slots=True)
+class Entry:
+    """A :class:`LedgerEntry` this transaction wrote, as a plain row: building the SQLModel
+    object (its attributes set through the ORM's instrumentation) cost more than the
+    ``INSERT`` (bench/README.md "Redemption, fourth pass (session 6)")."""
+
+    kind: EntryKind
+    points: int
+    brand_id: str
+    member_id: str
+    created_at: datetime
+    qualifying_points: int = 0
+    qualifying_at: datetime | None = None
+    reason: str | None = None
+    operator: str | None = None
+    reference: str | None = None
+    reverses_id: int | None = None
+    hold_id: str | None = None
+    id: int | None = None
+
+
+_ENTRY_COLUMNS: Final = tuple(c.name for c in table_of(LedgerEntry).columns if c.name != "id")
+
+
+def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -> Entry:
     fields.setdefault("qualifying_points", 0)
     fields.setdefault("qualifying_at", now)
     if fields["qualifying_points"]:
         session.info.pop(_QUALIFYING, None)
-    entry = LedgerEntry(brand_id=member.brand_id, member_id=member.id, created_at=now, **fields)
+    entry = Entry(brand_id=member.brand_id, member_id=member.id, created_at=now, **fields)
     # Append-only: the row is inserted as a Core statement (its id from RETURNING) and
     # never joins the session's unit of work, which cost more than the INSERT itself.
     # The object stays the transaction's copy of it (note_written keeps it for the log).
-    key = core(session, _INSERT_ENTRY, entry.model_dump(exclude={"id"})).inserted_primary_key
+    key = core(session, _INSERT_ENTRY, {
+        name: getattr(entry, name) for name in _ENTRY_COLUMNS}).inserted_primary_key
     assert key is not None
     entry.id = int(key[0])
-    _translog.note_written(session, entry)
+    # The log reads an entry's columns, which an Entry has under the same names.
+    _translog.note_written(session, cast(LedgerEntry, entry))
     return entry
 
 
@@ -580,7 +606,7 @@ def _ms(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-def _credit(session: Session, member: Member, entry: LedgerEntry, points: int, now: datetime,
+def _credit(session: Session, member: Member, entry: Entry, points: int, now: datetime,
             *, pending_days: int) -> None:
     validity = _program(session, member).points_validity_days
     assert entry.id is not None
@@ -598,7 +624,7 @@ def _credit(session: Session, member: Member, entry: LedgerEntry, points: int, n
     _translog.note_written(session, lot=cast(PointLot, lot))
 
 
-def _debit(session: Session, member: Member, entry: LedgerEntry, points: int, now: datetime,
+def _debit(session: Session, member: Member, entry: Entry, points: int, now: datetime,
            *, reserved: int, first: Lot | None = None) -> None:
     """Take ``points`` FIFO from matured live lots, ``reserved`` of them being held elsewhere.
 

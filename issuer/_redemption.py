@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -395,7 +395,8 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
         created_at=now)
     # A new row this transaction only answers with: a Core INSERT of its columns, not
     # the unit of work's flush (bench/README.md "Redemption profile").
-    core(session, _INSERT_REDEMPTION, asdict(redemption))
+    core(session, _INSERT_REDEMPTION, {c.name: getattr(redemption, c.name)
+                                       for c in _REDEMPTIONS.columns})
     return redemption, False
 
 
