@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar, cast
 
 import sqlalchemy
-from sqlalchemy import Select, and_, bindparam, case, event, update
+from sqlalchemy import Select, Update, and_, bindparam, case, event, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, func, select
@@ -74,6 +74,10 @@ from tessera.encoding import canonical_json
 from tessera.errors import ErrorCode, TesseraError
 
 __all__ = [
+    "Entry",
+    "Hold",
+    "Lot",
+    "MemberRow",
     "Outcome",
     "adjust",
     "balance",
@@ -83,9 +87,11 @@ __all__ = [
     "earn",
     "evaluate_tier",
     "hold_public",
+    "hold_row",
     "list_entries",
     "lock_member",
     "lock_member_by_number",
+    "locked_member",
     "redeem",
     "release_expired_holds",
     "release_hold",
@@ -239,9 +245,13 @@ _INSERT_ENTRY: Final = core_insert(LedgerEntry)
 _INSERT_ALLOCATION: Final = core_insert(LotAllocation)
 _INSERT_HOLD: Final = core_insert(PointHold)
 _INSERT_LOT: Final = core_insert(PointLot)
-_LOCK_MEMBER: Final = (select(Member)
-                       .where(col(Member.id) == bindparam("member_id"),
-                              col(Member.brand_id) == bindparam("brand_id"))
+_MEMBER_TABLE: Final = table_of(Member)
+_LOCK_MEMBER: Final = sqlalchemy.select(_MEMBER_TABLE).where(
+    _MEMBER_TABLE.c.id == bindparam("member_id"),
+    _MEMBER_TABLE.c.brand_id == bindparam("brand_id")).with_for_update()
+_LOCK_MEMBER_OBJECT: Final = (select(Member)
+                              .where(col(Member.id) == bindparam("member_id"),
+                                     col(Member.brand_id) == bindparam("brand_id"))
                        .with_for_update().execution_options(populate_existing=True))
 
 
@@ -363,14 +373,14 @@ def _window_days(tiers: list[Tier], current: Tier | None) -> int:
     return target.qualification_period_days if target else 365
 
 
-def _available(session: Session, member: Member, now: datetime) -> int:
+def _available(session: Session, member: MemberRow, now: datetime) -> int:
     """:func:`balance`'s ``available`` alone (what a hold needs; no tier, no window)."""
     lots = [lot for lot in _lots(session, member.id) if _live(lot, now)]
     matured = sum(lot.remaining for lot in lots if lot.available_at <= now)
     return max(0, matured - sum(h.points for h in _open_holds(session, member.id, now)))
 
 
-def balance(session: Session, *, member: Member, now: datetime) -> Balance:
+def balance(session: Session, *, member: Member | MemberRow, now: datetime) -> Balance:
     lots = [lot for lot in _lots(session, member.id) if _live(lot, now)]
     matured = sum(lot.remaining for lot in lots if lot.available_at <= now)
     pending = sum(lot.remaining for lot in lots if lot.available_at > now)
@@ -397,7 +407,8 @@ def balance(session: Session, *, member: Member, now: datetime) -> Balance:
     )
 
 
-def checked_balance(session: Session, *, member: Member, now: datetime) -> Balance:
+def checked_balance(session: Session, *, member: Member | MemberRow, now: datetime
+                    ) -> Balance:
     """The balance, refused unless it is what the member's log implies: what the brand signs.
 
     Lots and holds are a cache of the log (DESIGN.md, "Points, redemption and
@@ -455,42 +466,71 @@ def hold_public(hold: PointHold | Hold, now: datetime) -> PointHoldPublic:
 _LOCKED: Final = "tessera.ledger.locked"  # Session.info: members this transaction locked
 
 
-def lock_member(session: Session, *, brand_id: str, member_id: str) -> Member:
+@dataclass(slots=True)
+class MemberRow:
+    """A :class:`Member` as a ledger write locks it: a plain row (as :class:`Lot`); its
+    tier columns change through :func:`evaluate_tier` (a Core ``UPDATE`` and this copy)."""
+
+    id: str
+    brand_id: str
+    program_id: str
+    did: str
+    membership_number: str
+    tier_id: str | None
+    tier_since: datetime | None
+    tier_valid_until: datetime | None
+    enrolled_at: datetime
+
+
+def lock_member(session: Session, *, brand_id: str, member_id: str) -> MemberRow:
     """The member row, locked until the transaction ends (``SELECT ... FOR UPDATE``) and
     read after the lock. Once per transaction: a redemption locks the member before its
     checks and the ledger write after them needs no second round trip for the lock it
     already holds (no savepoint is ever rolled back under it: none is used)."""
-    locked: dict[tuple[str, str], Member] = session.info.setdefault(_LOCKED, {})
+    locked: dict[tuple[str, str], MemberRow] = session.info.setdefault(_LOCKED, {})
     member = locked.get((brand_id, member_id))
     if member is not None:
         return member
-    member = session.exec(_LOCK_MEMBER,
-                          params={"member_id": member_id, "brand_id": brand_id}).first()
-    if member is None:
+    row = core(session, _LOCK_MEMBER, {"member_id": member_id, "brand_id": brand_id}).first()
+    if row is None:
         raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
-    locked[(brand_id, member_id)] = member
+    member = locked[(brand_id, member_id)] = MemberRow(**row._mapping)
     return member
 
 
-_LOCK_MEMBER_BY_NUMBER: Final = (select(Member)
-                                 .where(col(Member.brand_id) == bindparam("brand_id"),
-                                        col(Member.program_id) == bindparam("program_id"),
-                                        col(Member.membership_number) == bindparam("number"))
-                                 .with_for_update().execution_options(populate_existing=True))
+_LOCK_MEMBER_BY_NUMBER: Final = sqlalchemy.select(_MEMBER_TABLE).where(
+    _MEMBER_TABLE.c.brand_id == bindparam("brand_id"),
+    _MEMBER_TABLE.c.program_id == bindparam("program_id"),
+    _MEMBER_TABLE.c.membership_number == bindparam("number")).with_for_update()
 
 
 def lock_member_by_number(session: Session, *, brand_id: str, program_id: str,
-                          number: str) -> Member | None:
+                          number: str) -> MemberRow | None:
     """:func:`lock_member` for the member a membership number names in a program (one
     of its unique keys): found and locked in one statement, or ``None``."""
-    member = session.exec(_LOCK_MEMBER_BY_NUMBER, params={
+    row = core(session, _LOCK_MEMBER_BY_NUMBER, {
         "brand_id": brand_id, "program_id": program_id, "number": number}).first()
-    if member is not None:
-        session.info.setdefault(_LOCKED, {})[(brand_id, member.id)] = member
+    if row is None:
+        return None
+    member = MemberRow(**row._mapping)
+    session.info.setdefault(_LOCKED, {})[(brand_id, member.id)] = member
     return member
 
 
-_lock_member = lock_member  # the name issuer._routes_oid4vci uses
+def locked_member(session: Session, *, brand_id: str, member_id: str) -> MemberRow | None:
+    """The member as :func:`lock_member` locked it in this transaction, if it did."""
+    locked: dict[tuple[str, str], MemberRow] = session.info.get(_LOCKED, {})
+    return locked.get((brand_id, member_id))
+
+
+def _lock_member(session: Session, *, brand_id: str, member_id: str) -> Member:
+    """:func:`lock_member` as the ORM object (issuer._routes_oid4vci issues a credential
+    to it); not kept for the transaction's ledger writes, which lock again (a no-op)."""
+    member = session.exec(_LOCK_MEMBER_OBJECT,
+                          params={"member_id": member_id, "brand_id": brand_id}).first()
+    if member is None:
+        raise TesseraError(ErrorCode.NOT_FOUND, "no such member")
+    return member
 
 
 @event.listens_for(Session, "after_commit")
@@ -502,7 +542,7 @@ def _unlocked(session: Session) -> None:
 
 def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
            operation: str, args: dict[str, Any], now: datetime,
-           action: Callable[[Member], dict[str, Any]]) -> Outcome:
+           action: Callable[[MemberRow], dict[str, Any]]) -> Outcome:
     if not idempotency_key or len(idempotency_key) > 255:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "Idempotency-Key must be 1-255 chars")
     fingerprint = hashlib.sha256(canonical_json(
@@ -553,7 +593,7 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     return Outcome(201, body, replayed=False)
 
 
-def _program(session: Session, member: Member) -> Program:
+def _program(session: Session, member: MemberRow) -> Program:
     program = session.get(Program, member.program_id)
     assert program is not None  # foreign key
     return program
@@ -583,7 +623,7 @@ class Entry:
 _ENTRY_COLUMNS: Final = tuple(c.name for c in table_of(LedgerEntry).columns if c.name != "id")
 
 
-def _new_entry(session: Session, member: Member, now: datetime, **fields: Any) -> Entry:
+def _new_entry(session: Session, member: MemberRow, now: datetime, **fields: Any) -> Entry:
     fields.setdefault("qualifying_points", 0)
     fields.setdefault("qualifying_at", now)
     if fields["qualifying_points"]:
@@ -606,7 +646,7 @@ def _ms(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-def _credit(session: Session, member: Member, entry: Entry, points: int, now: datetime,
+def _credit(session: Session, member: MemberRow, entry: Entry, points: int, now: datetime,
             *, pending_days: int) -> None:
     validity = _program(session, member).points_validity_days
     assert entry.id is not None
@@ -624,7 +664,7 @@ def _credit(session: Session, member: Member, entry: Entry, points: int, now: da
     _translog.note_written(session, lot=cast(PointLot, lot))
 
 
-def _debit(session: Session, member: Member, entry: Entry, points: int, now: datetime,
+def _debit(session: Session, member: MemberRow, entry: Entry, points: int, now: datetime,
            *, reserved: int, first: Lot | None = None) -> None:
     """Take ``points`` FIFO from matured live lots, ``reserved`` of them being held elsewhere.
 
@@ -656,7 +696,7 @@ def _debit(session: Session, member: Member, entry: Entry, points: int, now: dat
         _translog.note_written(session, taken=(entry.id, lot.entry_id, take))
 
 
-def _sweep_expired(session: Session, *, member: Member, now: datetime) -> None:
+def _sweep_expired(session: Session, *, member: MemberRow, now: datetime) -> None:
     expired = [lot for lot in _lots(session, member.id)
                if lot.expires_at is not None and lot.expires_at <= now]
     expired.sort(key=lambda lot: (lot.expires_at, lot.id))
@@ -671,7 +711,7 @@ def _sweep_expired(session: Session, *, member: Member, now: datetime) -> None:
         _set_remaining(session, lot, 0)
 
 
-def _held(session: Session, member: Member, now: datetime) -> int:
+def _held(session: Session, member: MemberRow, now: datetime) -> int:
     return sum(h.points for h in _open_holds(session, member.id, now))
 
 
@@ -693,7 +733,7 @@ def earn(session: Session, *, brand_id: str, member_id: str, idempotency_key: st
     if pending_days is not None and not 0 <= pending_days <= 365:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "pending_days must be 0-365")
 
-    def action(member: Member) -> dict[str, Any]:
+    def action(member: MemberRow) -> dict[str, Any]:
         window = (_program(session, member).return_window_days
                   if pending_days is None else pending_days)
         entry = _new_entry(session, member, now, kind=EntryKind.EARN, points=points,
@@ -712,7 +752,7 @@ def redeem(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
            points: int, now: datetime, reference: str | None = None) -> Outcome:
     _check_points(points)
 
-    def action(member: Member) -> dict[str, Any]:
+    def action(member: MemberRow) -> dict[str, Any]:
         entry = _new_entry(session, member, now, kind=EntryKind.REDEEM, points=-points,
                            reference=reference)
         _debit(session, member, entry, points, now, reserved=_held(session, member, now))
@@ -734,7 +774,7 @@ def adjust(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     if not reason.strip() or not operator.strip():
         raise TesseraError(ErrorCode.INVALID_REQUEST, "an adjustment needs a reason and operator")
 
-    def action(member: Member) -> dict[str, Any]:
+    def action(member: MemberRow) -> dict[str, Any]:
         if qualifying_points < 0:
             total = session.exec(select(func.coalesce(func.sum(LedgerEntry.qualifying_points), 0))
                                  .where(LedgerEntry.member_id == member.id)).one()
@@ -762,7 +802,7 @@ def reverse(session: Session, *, brand_id: str, member_id: str, idempotency_key:
     if not reason.strip():
         raise TesseraError(ErrorCode.INVALID_REQUEST, "a reversal needs a reason")
 
-    def action(member: Member) -> dict[str, Any]:
+    def action(member: MemberRow) -> dict[str, Any]:
         original = session.get(LedgerEntry, entry_id)
         if original is None or original.member_id != member.id:
             raise TesseraError(ErrorCode.NOT_FOUND, "no such ledger entry for this member")
@@ -811,7 +851,7 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
     if not 1 <= ttl_seconds <= MAX_HOLD_SECONDS:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "hold ttl_seconds out of range")
 
-    def action(member: Member) -> dict[str, Any]:
+    def action(member: MemberRow) -> dict[str, Any]:
         free = _available(session, member, now)
         if free < points:
             raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE,
@@ -877,7 +917,7 @@ def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
         member_id = _hold_member(session, brand_id, hold_id)
     owner = member_id
 
-    def action(member: Member) -> dict[str, Any]:
+    def action(member: MemberRow) -> dict[str, Any]:
         # The member's open holds (read after the lock) are needed below anyway: an
         # open hold among them needs no read of its own (one statement fewer).
         hold = next((h for h in _open_holds(session, member.id, now)
@@ -907,7 +947,7 @@ def release_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
                  now: datetime) -> Outcome:
     member_id = _hold_member(session, brand_id, hold_id)
 
-    def action(member: Member) -> dict[str, Any]:
+    def action(member: MemberRow) -> dict[str, Any]:
         current = _read_hold(session, hold_id)
         if current is not None and current.status == HoldStatus.EXPIRED:
             # Already given back by release_expired_holds: releasing it is a no-op.
@@ -950,7 +990,7 @@ def release_expired_holds(session: Session, *, now: datetime, brand_id: str | No
         if hold is None or hold.status != HoldStatus.HELD:
             continue  # captured, released or expired by someone else meanwhile
 
-        def action(member: Member, hold: Hold = hold) -> dict[str, Any]:
+        def action(member: MemberRow, hold: Hold = hold) -> dict[str, Any]:
             entry = _new_entry(
                 session, member, now, kind=EntryKind.EXPIRE, points=0, hold_id=hold.id,
                 reference=hold.reference,
@@ -972,7 +1012,32 @@ def release_expired_holds(session: Session, *, now: datetime, brand_id: str | No
 # -- tiers ----------------------------------------------------------------------------------------
 
 
-def evaluate_tier(session: Session, *, member: Member, now: datetime) -> None:
+_SET_MEMBER: dict[tuple[str, ...], Update] = {}
+
+
+def _set_tier(session: Session, member: Member | MemberRow, changes: dict[str, Any]) -> None:
+    """The member's tier columns: an ORM member through the unit of work (its caller's
+    session flushes it), a locked :class:`MemberRow` as a Core ``UPDATE`` now."""
+    if isinstance(member, Member):
+        for name, value in changes.items():
+            setattr(member, name, value)
+        session.add(member)
+        return
+    if not changes:
+        return
+    key = tuple(sorted(changes))
+    stmt = _SET_MEMBER.get(key)
+    if stmt is None:
+        stmt = _SET_MEMBER[key] = (update(_MEMBER_TABLE)
+                                   .where(_MEMBER_TABLE.c.id == bindparam("_pk"))
+                                   .values({name: bindparam(name) for name in key}))
+    if core(session, stmt, {"_pk": member.id, **changes}).rowcount != 1:
+        raise TesseraError(ErrorCode.INTERNAL_ERROR, "member row to update is gone")
+    for name, value in changes.items():
+        setattr(member, name, value)
+
+
+def evaluate_tier(session: Session, *, member: Member | MemberRow, now: datetime) -> None:
     """Move the member to the tier the rules give now.
 
     The earned tier is the highest whose threshold the member's qualifying
@@ -993,8 +1058,9 @@ def evaluate_tier(session: Session, *, member: Member, now: datetime) -> None:
     current = next((t for t in tiers if t.id == member.tier_id), None)
 
     def move(tier: Tier | None) -> None:
+        changes: dict[str, Any] = {}
         if tier is None or current is None or tier.id != current.id:
-            member.tier_since = now
+            changes["tier_since"] = now
             # A membership credential naming the old tier no longer holds.
             revoke_current(session, member_id=member.id,
                            credential_type="LoyaltyMembershipCredential", now=now,
@@ -1002,13 +1068,13 @@ def evaluate_tier(session: Session, *, member: Member, now: datetime) -> None:
         tier_id = tier.id if tier else None
         valid_until = (now + timedelta(days=tier.qualification_period_days)
                        if tier is not None and tier.qualifying_points > 0 else None)
-        # Assigned only when they change: an assignment, even of the same value, makes
-        # the member dirty and sends the flush through the unit of work on every write.
+        # Written only when they change: an assignment, even of the same value, made an
+        # ORM member dirty and sent the flush through the unit of work on every write.
         if member.tier_id != tier_id:
-            member.tier_id = tier_id
+            changes["tier_id"] = tier_id
         if member.tier_valid_until != valid_until:
-            member.tier_valid_until = valid_until
-        session.add(member)
+            changes["tier_valid_until"] = valid_until
+        _set_tier(session, member, changes)
 
     earned_rank = earned.rank if earned else -1
     if current is None or earned_rank >= current.rank:

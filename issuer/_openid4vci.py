@@ -45,6 +45,7 @@ from sqlmodel import Session, col, select
 from issuer._admin import get_member
 from issuer._db import core, core_insert
 from issuer._issuance import CONFIGURATIONS, LDP_VC, SD_JWT, issuer_url
+from issuer._ledger import locked_member
 from issuer._log_models import MemberErasure
 from issuer._models import Brand, CredentialOffer, Member, RefreshToken, new_id
 from issuer._settings import Settings
@@ -258,7 +259,10 @@ _INSERT_OFFER: Final = core_insert(CredentialOffer)
 
 def create_offer(session: Session, *, settings: Settings, brand: Brand, member_id: str,
                  request: OfferRequest, now: datetime) -> OfferCreated:
-    member = get_member(session, brand_id=brand.id, member_id=member_id)
+    # A member this transaction's ledger write locked (a capture's fresh offer) is known
+    # to exist and to be the brand's: no read.
+    member = (locked_member(session, brand_id=brand.id, member_id=member_id)
+              or get_member(session, brand_id=brand.id, member_id=member_id))
     ids = list(dict.fromkeys(request.credential_configuration_ids))
     unknown = [i for i in ids if i not in CONFIGURATIONS]
     if unknown:
