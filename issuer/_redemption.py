@@ -274,18 +274,24 @@ def verify_redemption(session: Session, *, brand: Brand, partner: Partner, keyst
         credential_type=credentials.by_vct(vc.vct).name)
 
 
-def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | None) -> None:
-    """The credential's own status entry, read from our table under the member lock."""
-    if status is None:
-        return  # no status to check: the online balance still decides
-    entry = status.get("status_list")
+def _status_key(status: Mapping[str, Any] | None) -> tuple[str, int] | None:
+    """The (status list id, index) a credential's status entry names; ``None`` when it
+    names none or a malformed one (:func:`_check_status` tells them apart)."""
+    entry = status.get("status_list") if status is not None else None
     uri, idx = (entry.get("uri"), entry.get("idx")) if isinstance(entry, dict) else (None, None)
     if not isinstance(uri, str) or not isinstance(idx, int):
+        return None
+    return uri.rstrip("/").rsplit("/", 1)[-1], idx
+
+
+def _check_status(status: Mapping[str, Any] | None, row: Any) -> None:
+    """The credential's own status entry (``row``: its status and reason, read from our
+    table under the member lock; ``status`` ``None`` when not found)."""
+    if status is None:
+        return  # no status to check: the online balance still decides
+    if _status_key(status) is None:
         raise TesseraError(ErrorCode.MALFORMED, "credential status entry malformed")
-    row = core(session, _STATUS_ENTRY, {
-        "brand_id": brand.id, "list_id": uri.rstrip("/").rsplit("/", 1)[-1],
-        "idx": idx}).first()
-    if row is None:
+    if row.status is None:
         raise TesseraError(ErrorCode.STATUS_UNAVAILABLE, "credential status unknown")
     if row.status == CredentialState.REVOKED:
         raise TesseraError(ErrorCode.REVOKED, f"credential revoked ({row.status_reason})")
@@ -298,18 +304,25 @@ def _check_status(session: Session, brand: Brand, status: Mapping[str, Any] | No
 # The hot path's reads, built once with bound parameters (building a statement and its
 # cache key on every call cost about as much as running it), read as plain rows where
 # no ORM object is needed (issuer._db.core).
-_STATUS_ENTRY: Final = (select(col(IssuedCredential.status), col(IssuedCredential.status_reason))
-                        .where(col(IssuedCredential.brand_id) == bindparam("brand_id"),
-                               col(IssuedCredential.status_list_id) == bindparam("list_id"),
-                               col(IssuedCredential.status_index) == bindparam("idx")))
-# The three uniqueness checks of a hold (each an indexed unique key) in one query.
-_EARLIER: Final = select(*(col(c) for c in (
-    Redemption.id, Redemption.partner_id, Redemption.member_id, Redemption.order_reference,
-    Redemption.nonce, Redemption.transaction_hash, Redemption.presentation_hash))).where(or_(
-    col(Redemption.presentation_hash) == bindparam("presentation_hash"),
-    and_(col(Redemption.partner_id) == bindparam("partner_id"),
-         or_(col(Redemption.order_reference) == bindparam("order_reference"),
-             col(Redemption.nonce) == bindparam("nonce")))))
+# A hold's checks after the member lock in one query: the credential's status entry and
+# the three uniqueness checks (each an indexed unique key), both outer-joined to one
+# constant row, so there is a row (status or NULLs) even when no redemption matches.
+_CREDENTIALS: Final = table_of(IssuedCredential)
+_EARLIER: Final = sqlalchemy.select(
+    _CREDENTIALS.c.status, _CREDENTIALS.c.status_reason,
+    *(table_of(Redemption).c[name] for name in (
+        "id", "partner_id", "member_id", "order_reference", "nonce", "transaction_hash",
+        "presentation_hash")),
+).select_from(
+    sqlalchemy.select(sqlalchemy.literal(1).label("one")).subquery("one")
+    .outerjoin(_CREDENTIALS, and_(_CREDENTIALS.c.brand_id == bindparam("brand_id"),
+                                  _CREDENTIALS.c.status_list_id == bindparam("list_id"),
+                                  _CREDENTIALS.c.status_index == bindparam("idx")))
+    .outerjoin(table_of(Redemption), or_(
+        col(Redemption.presentation_hash) == bindparam("presentation_hash"),
+        and_(col(Redemption.partner_id) == bindparam("partner_id"),
+             or_(col(Redemption.order_reference) == bindparam("order_reference"),
+                 col(Redemption.nonce) == bindparam("nonce"))))))
 # A redemption is read and written as a plain row (RedemptionRow), never as an ORM object
 # (loading, constructing and flushing one cost more than its statements).
 _REDEMPTIONS: Final = table_of(Redemption)
@@ -364,10 +377,14 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
     tx = verified.transaction
     _ledger.lock_member(session, brand_id=brand.id, member_id=verified.member_id)
     # One query for the three uniqueness checks (each an indexed unique key), judged
-    # in the order they always were: presentation, then order, then nonce.
-    earlier = list(core(session, _EARLIER, {
+    # in the order they always were: presentation, then order, then nonce; then the
+    # credential's status entry, read by the same query.
+    list_id, idx = _status_key(verified.status) or (None, None)
+    rows = list(core(session, _EARLIER, {
         "presentation_hash": verified.presentation_hash, "partner_id": partner.id,
-        "order_reference": tx.order_reference, "nonce": verified.nonce}))
+        "order_reference": tx.order_reference, "nonce": verified.nonce,
+        "brand_id": brand.id, "list_id": list_id, "idx": idx}))
+    earlier = [r for r in rows if r.id is not None]
     used = next((r for r in earlier if r.presentation_hash == verified.presentation_hash), None)
     if used is not None:
         raise TesseraError(ErrorCode.REPLAYED, f"presentation already used for redemption "
@@ -381,7 +398,7 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
         raise TesseraError(ErrorCode.CONFLICT, "this order already has a redemption")
     if any(r.partner_id == partner.id and r.nonce == verified.nonce for r in earlier):
         raise TesseraError(ErrorCode.REPLAYED, "nonce already used by this partner")
-    _check_status(session, brand, verified.status)
+    _check_status(verified.status, rows[0])
     outcome = _ledger.create_hold(
         session, brand_id=brand.id, member_id=verified.member_id,
         idempotency_key=f"redemption:{partner.id}:{tx.order_reference}", points=tx.points,
