@@ -102,6 +102,14 @@ class SqlKeyStore:
                                             key=lambda k: int(k.kid.removeprefix("key-")))
         return list(found)
 
+    def remember_keys(self, session: Session, brand_id: str, rows: list[Row[Any]]) -> None:
+        """The brand's keys as a caller read them in this transaction (every column of
+        ``brand_key`` among the row's), so that :meth:`_keys` needs no read of its own:
+        a partner request reads its partner key and the brand's keys in one statement
+        (issuer._redemption.authenticate_partner)."""
+        session.info.setdefault(_KEYS_MEMO, {})[brand_id] = sorted(
+            rows, key=lambda k: int(k.kid.removeprefix("key-")))
+
     def generate(self, session: Session, *, brand_id: str, did: str,
                  alg: str = "EdDSA") -> BrandKeyPublic:
         session.info.get(_KEYS_MEMO, {}).pop(brand_id, None)

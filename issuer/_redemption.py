@@ -43,7 +43,7 @@ from issuer import _ledger, _translog
 from issuer._admin import check_secret_token
 from issuer._cache import cached
 from issuer._db import core, core_insert, table_of
-from issuer._keystore import KeyStore
+from issuer._keystore import KeyStore, SqlKeyStore
 from issuer._log_models import (
     LogLeafData,
     Partner,
@@ -56,6 +56,7 @@ from issuer._log_models import (
 )
 from issuer._models import (
     Brand,
+    BrandKey,
     CredentialState,
     IssuedCredential,
     Member,
@@ -66,7 +67,7 @@ from tessera.did import Resolver, holder_key_of
 from tessera.encoding import b64url_encode, parse_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.formats import sd_jwt
-from tessera.keys import PublicKey, new_secret_token
+from tessera.keys import PublicKey, new_secret_token, secret_token_row
 from tessera.redemption import (
     RedeemTransaction,
     parse_redeem_transaction_data,
@@ -167,14 +168,65 @@ def revoke_partner_key(session: Session, *, brand_id: str, partner_id: str, key_
     return PartnerKeyPublic.model_validate(row, from_attributes=True)
 
 
-def authenticate_partner(session: Session, *, brand: Brand, token: str) -> Partner:
+# A partner key and the brand's keys in one statement: a redemption's transaction needs
+# both (the key first; the brand's keys to check the credential or sign the receipt), and
+# both are read afresh in each transaction (a revoked partner key, a rotated brand key
+# are seen by the next request). One row per brand key, each carrying the partner key's
+# columns, or NULLs when no such partner key.
+_PARTNER_KEYS: Final = table_of(PartnerKey)
+_PARTNER_KEY_AND_BRAND_KEYS: Final = sqlalchemy.select(
+    _PARTNER_KEYS.c.id.label("pk_id"), _PARTNER_KEYS.c.partner_id.label("pk_partner_id"),
+    _PARTNER_KEYS.c.secret_sha256.label("pk_secret_sha256"),
+    _PARTNER_KEYS.c.revoked_at.label("pk_revoked_at"), *table_of(BrandKey).c,
+).select_from(table_of(BrandKey).outerjoin(
+    _PARTNER_KEYS, _PARTNER_KEYS.c.id == bindparam("key_id"))).where(
+    table_of(BrandKey).c.brand_id == bindparam("brand_id"))
+
+
+_PARTNER_KEY: Final = sqlalchemy.select(_PARTNER_KEYS).where(
+    _PARTNER_KEYS.c.id == bindparam("key_id"))
+
+
+def _partner_of_key(session: Session, *, brand: Brand, token: str, refused: TesseraError,
+                    keystore: KeyStore | None) -> str:
+    """The partner id of the unrevoked partner key ``token`` names, or raise ``refused``;
+    with a :class:`SqlKeyStore`, the brand's keys come with the key (one statement) and
+    are handed to it for the rest of the transaction."""
+    if not isinstance(keystore, SqlKeyStore):
+        return str(check_secret_token(session, model=PartnerKey, prefix=PARTNER_TOKEN_PREFIX,
+                                      token=token, refused=refused).partner_id)
+    store = keystore
+
+    def lookup(key_id: str) -> tuple[str, str] | None:  # (partner id, secret hash)
+        rows = list(core(session, _PARTNER_KEY_AND_BRAND_KEYS,
+                         {"key_id": key_id, "brand_id": brand.id}))
+        if rows:
+            store.remember_keys(session, brand.id, rows)
+            key = (rows[0].pk_id, rows[0].pk_partner_id, rows[0].pk_secret_sha256,
+                   rows[0].pk_revoked_at)
+        else:  # a brand with no key (keys are never deleted): the partner key alone
+            row = core(session, _PARTNER_KEY, {"key_id": key_id}).first()
+            key = ((row.id, row.partner_id, row.secret_sha256, row.revoked_at)
+                   if row is not None else (None, None, None, None))
+        key_id_found, partner_id, secret_sha256, revoked_at = key
+        return ((str(partner_id), str(secret_sha256))
+                if key_id_found is not None and revoked_at is None else None)
+
+    return secret_token_row(token, prefix=PARTNER_TOKEN_PREFIX, lookup=lookup,
+                            stored_hash=lambda found: found[1], refused=refused)[0]
+
+
+def authenticate_partner(session: Session, *, brand: Brand, token: str,
+                         keystore: KeyStore | None = None) -> Partner:
+    """The partner whose key ``token`` is; ``keystore``: the brand's keys are read with
+    the key (one statement) for the rest of the transaction (:func:`_partner_of_key`)."""
     refused = TesseraError(ErrorCode.UNAUTHORIZED, "missing or invalid partner key")
-    row = check_secret_token(session, model=PartnerKey, prefix=PARTNER_TOKEN_PREFIX,
-                             token=token, refused=refused)
+    partner_id = _partner_of_key(session, brand=brand, token=token, refused=refused,
+                                 keystore=keystore)
     # The key is read every time (a revoked key is refused from the next request on);
     # the partner it names never changes (no route updates or deletes one).
-    partner = cached(session, ("partner", row.partner_id),
-                     lambda: session.get(Partner, row.partner_id))
+    partner = cached(session, ("partner", partner_id),
+                     lambda: session.get(Partner, partner_id))
     if partner is None or partner.brand_id != brand.id:
         raise refused  # another brand's partner is nobody here
     return partner

@@ -25,6 +25,7 @@ from issuer import _redemption, _translog
 from issuer._admin import brand_by_slug
 from issuer._app import PROBLEM_RESPONSES, BrandDep, NowDep, SessionDep, StateDep
 from issuer._db import session_scope
+from issuer._keystore import KeyStore
 from issuer._ledger import MAX_HOLD_SECONDS, run_write
 from issuer._log_models import Partner, PartnerKeyPublic, PartnerPublic
 from issuer._models import MAX_POINTS, Brand
@@ -91,11 +92,13 @@ async def _partner_key(credentials: Annotated[HTTPAuthorizationCredentials | Non
 PartnerKeyDep = Annotated[HTTPAuthorizationCredentials, Depends(_partner_key)]
 
 
-def _authorised(session: Session, slug: str, credentials: HTTPAuthorizationCredentials
-                ) -> tuple[Brand, Partner]:
+def _authorised(session: Session, slug: str, credentials: HTTPAuthorizationCredentials,
+                keystore: KeyStore | None = None) -> tuple[Brand, Partner]:
+    """The brand and the partner the key names; ``keystore``: a transaction that will
+    need the brand's keys reads them with the partner key (one statement)."""
     brand = brand_by_slug(session, slug=slug)
-    return brand, _redemption.authenticate_partner(session, brand=brand,
-                                                   token=credentials.credentials)
+    return brand, _redemption.authenticate_partner(
+        session, brand=brand, token=credentials.credentials, keystore=keystore)
 
 
 def _partner(slug: str, state: StateDep, credentials: PartnerKeyDep) -> tuple[Brand, Partner]:
@@ -218,7 +221,7 @@ def redeem(slug: str, body: RedemptionRequest, credentials: PartnerKeyDep, state
     answer (the hot path; bench/README.md "Redemption profile (session 4)").
     """
     def run(session: Session) -> tuple[dict[str, Any], bool]:
-        brand, partner = _authorised(session, slug, credentials)
+        brand, partner = _authorised(session, slug, credentials, state.keystore)
         verified = _redemption.verify_redemption(
             session, brand=brand, partner=partner, keystore=state.keystore,
             resolver=state.resolver, vp_token=body.vp_token,
@@ -263,7 +266,7 @@ def capture(slug: str, redemption_id: str, body: CaptureBody, credentials: Partn
     points credential and the signed answer (no capture without its offer).
     """
     def run(session: Session) -> dict[str, Any]:
-        brand, partner = _authorised(session, slug, credentials)
+        brand, partner = _authorised(session, slug, credentials, state.keystore)
         row = _redemption.capture(session, brand=brand, partner=partner,
                                   redemption_id=redemption_id, now=now, points=body.points)
         promise = _promise_of(session)
