@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from datetime import timedelta
 from typing import Any
 from unittest import mock
@@ -28,6 +29,7 @@ from issuer._models import (
 )
 from issuer.migrations import upgrade
 from tessera.errors import TesseraError
+from tessera.pointslog import parse_leaf
 from tests.issuer.conftest import T0
 
 ops = st.lists(st.one_of(
@@ -49,9 +51,10 @@ append = _translog.append_leaves
 def _v1(real: Any) -> Any:
     """``append_leaves`` as a brand wrote before leaves carried lots and holds."""
     def append(session: Any, log: Any, records: Any, **kw: Any) -> Any:
-        old = [_translog.LeafRecord(dataclasses.replace(r.leaf, v=1, lot=None, alloc=(),
-                                                        hold=None), r.entry_id)
-               for r in records]
+        # The sequencer hands over pending leaves as their promised text alone.
+        old = [_translog.LeafRecord(dataclasses.replace(
+            r.leaf or parse_leaf(json.loads(r.raw)), v=1, lot=None, alloc=(), hold=None),
+            r.entry_id) for r in records]
         return real(session, log, old, **kw)
     return append
 

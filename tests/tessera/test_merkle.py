@@ -539,6 +539,24 @@ def test_inclusion_promise_round_trip() -> None:
     head.verify_inclusion(got.leaf_hashes[1], 2, tree.inclusion_proof(2))
 
 
+@pytest.mark.parametrize("key_id", [None, "did:web:brand.example#key-1"])
+@pytest.mark.parametrize("log_id", ["did:web:brand.example", 'did:web:br\u00e4nd"\\.example'])
+def test_inclusion_promise_is_the_compact_jws_sign_compact_makes(key_id: str | None,
+                                                                  log_id: str) -> None:
+    # InclusionPromise.sign assembles the JWS itself (it runs on every ledger write);
+    # Ed25519 is deterministic, so the token must be sign_compact's to the byte.
+    signer = generate_signer("EdDSA", key_id=key_id)
+    hashes = [leaf_hash(LEAVES[i]) for i in range(1, 4)]
+    for count in (1, 3):
+        promise = InclusionPromise.sign(hashes[:count], signer, timestamp=TS, mmd_ms=1000,
+                                        log_id=log_id)
+        assert promise.signature == sign_compact({"typ": "tessera-log-promise+jwt"}, {
+            "log_id": log_id, "timestamp": 1777636800123, "mmd": 1000,
+            "leaf_hashes": [b64url_encode(h) for h in hashes[:count]]}, signer)
+        assert InclusionPromise.verify(promise.signature, signer.public_key,
+                                       log_id=log_id) == promise
+
+
 def test_inclusion_promise_refusals() -> None:
     signer = generate_signer("ES256")
     one = [leaf_hash(b"x")]
