@@ -88,7 +88,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -548,6 +548,47 @@ def cpu_between(start: dict[int, float], end: dict[int, float],
                if only is None or pid in only)
 
 
+def context_switches(pids: Iterable[int]) -> dict[int, int]:
+    """pid -> context switches (voluntary and not) of all its threads so far: how often
+    they went to sleep and were woken, a count the machine's load moves less than CPU."""
+    out: dict[int, int] = {}
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        total = 0
+        for tid in tasks:
+            try:
+                text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except OSError:
+                continue
+            total += sum(int(line.rsplit(None, 1)[-1]) for line in text.splitlines()
+                         if "ctxt_switches:" in line)
+        out[pid] = total
+    return out
+
+
+def switches_between(start: dict[int, int], end: dict[int, int]) -> int:
+    """Context switches between two readings, of the processes alive at both."""
+    return sum(count - start[pid] for pid, count in end.items() if pid in start)
+
+
+def tree_pids(roots: Sequence[int]) -> list[int]:
+    """``roots`` and their live descendants."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
 def machine_busy_seconds() -> tuple[float, float] | None:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     try:
@@ -582,6 +623,8 @@ class Point:
     postgres_all_cpu_s: float | None = None
     postgres_skipped: str | None = None  # why the two above are None
     postgres_backends: int | None = None  # connections the servers held at the end
+    server_switches: int | None = None  # context switches of the servers' threads
+    postgres_switches: int | None = None  # ... of the backends serving them
     # Per table: [scans, rows inserted, updated, deleted] during the window.
     postgres_tables: dict[str, list[int]] | None = None
     load_average: float | None = None
@@ -609,6 +652,10 @@ class Point:
             return None if seconds is None or not self.ops else 1000 * seconds / self.ops
 
         out["generator_cpu_ms_per_op"] = per_op(gen)
+        for who in ("server", "postgres"):
+            count = getattr(self, f"{who}_switches")
+            out[f"{who}_switches_per_op"] = count / self.ops if count is not None \
+                and self.ops else None
         out["postgres_cpu_ms_per_op"] = per_op(self.postgres_cpu_s)
         out["postgres_all_cpu_ms_per_op"] = per_op(self.postgres_all_cpu_s)
         out["machine_cpu_ms_per_op"] = per_op(self.machine_busy_s)
@@ -638,6 +685,8 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
     point = Point(concurrency)
     pg_start: dict[int, float] | None = None
     tables_start: dict[str, list[int]] | None = None
+    srv_switches: dict[int, int] = {}
+    pg_switches: dict[int, int] = {}
     queue: Iterator[tuple[int, Any]] = iter(enumerate(items))
     clients = [Balancer(targets, start=i, per=balance) for i in range(concurrency)]
     started: dict[str, float] = {}
@@ -649,11 +698,13 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
         if postgres is not None:  # before the generator's clock starts: not its CPU
             tables_start = postgres_table_stats(postgres)
             pg_start = postgres_cpu()
+            pg_switches.update(context_switches(pg_start or ()))
             if pg_start is None:
                 point.postgres_skipped = "no postgres process in /proc (not this machine?)"
         started["wall"] = time.perf_counter()
         started["gen"] = time.process_time()
         started["srv"] = tree_cpu_seconds(server_pids) or 0.0
+        srv_switches.update(context_switches(tree_pids(server_pids)))
         busy = machine_busy_seconds()
         started["busy"], started["total"] = busy if busy else (0.0, 0.0)
         window_open.set()
@@ -694,6 +745,9 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
     point.generator_cpu_s = time.process_time() - started["gen"]
     srv = tree_cpu_seconds(server_pids)
     point.server_cpu_s = None if srv is None else srv - started["srv"]
+    if srv is not None:
+        point.server_switches = switches_between(
+            srv_switches, context_switches(tree_pids(server_pids)))
     busy = machine_busy_seconds()
     if busy and busy[1] > started["total"]:
         point.machine_busy_share = (busy[0] - started["busy"]) / (busy[1] - started["total"])
@@ -714,6 +768,8 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
             point.postgres_cpu_s = cpu_between(pg_start, pg_end, backends)
             point.postgres_all_cpu_s = cpu_between(pg_start, pg_end)
             point.postgres_backends = len(backends)
+            point.postgres_switches = switches_between(pg_switches,
+                                                       context_switches(backends))
     if postgres is not None and tables_start is not None:
         tables_end = postgres_table_stats(postgres) or {}
         point.postgres_tables = {

@@ -48,7 +48,7 @@ def test_quick_run_of_every_path(tmp_path: Path, postgres_url: str, redis_url: s
         assert best["p50_ms"] > 0 and best["p99_ms"] >= best["p50_ms"]
         assert best["server_cpu_ms_per_op"] > 0 and best["generator_cpu_s"] > 0
         assert 0 < best["generator_cpu_share"] < 1
-        assert best["machine_cpu_ms_per_op"] > 0
+        assert best["machine_cpu_ms_per_op"] > 0 and best["server_switches_per_op"] > 0
         if row["store"] == "postgres":
             # The backends serving the servers are measured, or the report says why not.
             assert (best["postgres_cpu_ms_per_op"] or 0) > 0 or best["postgres_skipped"], row
@@ -139,6 +139,13 @@ def test_postgres_cpu_counts_backends_alive_at_the_end_from_their_start() -> Non
     assert load.cpu_between(start, end) == pytest.approx(0.5 + 0.25 + 0.5)
     assert load.cpu_between(start, end, only={11, 13}) == pytest.approx(0.25 + 0.5)
     assert load.cpu_between(start, end, only=set()) == 0
+
+
+def test_context_switches_count_the_processes_alive_at_both_readings() -> None:
+    assert load.switches_between({1: 10, 2: 5}, {1: 25, 3: 7}) == 15
+    if Path("/proc/self/task").exists():
+        counts = load.context_switches([os.getpid(), 999_999_999])
+        assert list(counts) == [os.getpid()] and counts[os.getpid()] > 0
 
 
 def test_a_point_splits_the_machine_cpu_per_operation() -> None:
