@@ -66,7 +66,10 @@ servers, found by the ``application_name`` their URL sets, and every
 ``postgres`` process of the machine), the whole machine's busy CPU per
 operation and what is left of it beyond servers, generator and PostgreSQL
 (the kernel's unattributed work, other processes), and the machine's load
-average. ``--balance operation`` sends each operation's steps to one instance
+average. In the JSON only: context switches per operation of the servers'
+threads and of their PostgreSQL backends, the backends held, and per table
+of the schema the scans and rows written during the window (counts the
+machine's load does not move). ``--balance operation`` sends each operation's steps to one instance
 instead of round-robin per request (:class:`Balancer`).
 """
 

@@ -444,7 +444,7 @@ HOT_ROUTES: Final = frozenset({
 })
 """The requests of the hot paths (an issuance's three, a redemption's hold and capture),
 tried first by the router. Each route tried before the matching one costs a request
-~24 Python calls on the event loop (FastAPI 0.165's matching): a hold was tried against
+~40 Python calls on the event loop (FastAPI 0.165's matching): a hold was tried against
 26 routes and a capture against 28 (FastAPI's docs, health, ``/metrics``, the
 OpenID4VCI router, the partner admin routes), ~1,270 of the 4,150 calls per hold +
 capture outside the routes (bench/README.md "Two instances vs two workers (session 6)")."""
