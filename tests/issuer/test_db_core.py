@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, Row
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.sql import Select
 from sqlmodel.sql.sqltypes import UTCDateTime
 
@@ -38,6 +38,7 @@ from issuer import _db
 from issuer._db import core, make_engine, session_scope
 
 from . import test_redemption
+from .test_db import _kill
 from .test_redemption import World, world  # noqa: F401  (world: the fixture, by name)
 
 _META = MetaData()
@@ -270,3 +271,24 @@ def test_the_redemption_flows_reads_are_sqlalchemys_rows(
     monkeypatch.setattr(_db, "_run", shadowed)
     test_redemption.test_hold_capture_refund_with_signed_receipts_and_settlement(world)
     assert len(set(compared)) >= 5, compared
+
+
+def test_a_connection_that_dies_under_a_statement_is_invalidated_and_replaced(
+        postgres_url: str, sqlalchemy_calls: list[Any]) -> None:
+    """A backend killed between two transactions (reused within the second, so not
+    pinged): the statement fails as SQLAlchemy's disconnect error, the pool drops
+    the connection, and the next transaction runs on a new one (and a new cursor)."""
+    pid = select(func.pg_backend_pid())
+    engine = make_engine(postgres_url)
+    try:
+        with session_scope(engine) as session:
+            first = core(session, pid).scalar()
+        _kill(postgres_url, first)
+        with pytest.raises(DBAPIError) as caught, session_scope(engine) as session:
+            core(session, pid).scalar()
+        assert caught.value.connection_invalidated
+        with session_scope(engine) as session:
+            assert core(session, pid).scalar() not in (None, first)
+        assert pid not in sqlalchemy_calls
+    finally:
+        engine.dispose()
