@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, Row
@@ -188,6 +189,12 @@ def test_written_and_read_values_match_sqlalchemys(
         read = [core(session, _BY_ID, {"id": key[0]}).one() for key in (mine, theirs)]
         _same(read, [conn.execute(_BY_ID, {"id": key[0]}).one() for key in (mine, theirs)])
         assert read[0][2:] == read[1][2:]
+        # Stored alike, not only read back alike (SQLite keeps datetimes as text).
+        stored = text("SELECT CAST(amount AS TEXT), CAST(at AS TEXT), CAST(doc AS TEXT), "
+                      "CAST(flag AS TEXT), note, CAST(made_at AS TEXT) "
+                      "FROM core_sample WHERE id = :id")
+        assert (conn.execute(stored, {"id": mine[0]}).one()
+                == conn.execute(stored, {"id": theirs[0]}).one())
         assert (read[0].label, read[0].amount, read[0].at, read[0].doc, read[0].flag,
                 read[0].note) == (label, amount, at, doc, flag, note)
         raise _Undo
