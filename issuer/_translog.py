@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from sqlalchemy import bindparam, exists, literal, union_all, update
+from sqlalchemy import bindparam, exists, insert, literal, union_all, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, func, select
 
@@ -309,36 +309,26 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
 
 def _pend(session: Session, brand_id: str, records: Sequence[LeafRecord], *,
           now: datetime) -> list[bytes]:
-    """Queue leaves for the sequencer (Core executemany); return their leaf hashes."""
+    """Queue leaves for the sequencer; return their leaf hashes."""
     if not records:
         return []
-    connection = session.connection()
-    dialect = connection.dialect
-    sql, when = _PEND_SQL.get(dialect.name) or _pend_sql(dialect)
-    at = when(now) if when is not None else now
     rows, hashes = [], []
     for record in records:
         assert record.leaf is not None
         raw = record.leaf.to_bytes()
         hashes.append(merkle.leaf_hash(raw))
-        rows.append((brand_id, record.entry_id, record.leaf.member, raw.decode(), at))
-    # Plain driver SQL: on every ledger write, SQLAlchemy's statement machinery
-    # cost more than the insert itself (bench/translog.py, the profile there).
-    connection.exec_driver_sql(sql, rows if len(rows) > 1 else rows[0])
+        rows.append({"brand_id": brand_id, "entry_id": record.entry_id,
+                     "member": record.leaf.member, "data": raw.decode(), "created_at": now})
+    if len(rows) == 1:
+        # The one leaf of most writes: issuer._db.core runs the prebuilt insert on the
+        # DBAPI cursor (cursor listeners still see it), without SQLAlchemy's execution
+        # context, which cost more than the insert itself.
+        from issuer._db import core
+
+        core(session, _INSERT_PENDING, rows[0])
+    else:
+        session.execute(_INSERT_PENDING, rows)  # Core executemany
     return hashes
-
-
-_PEND_SQL: dict[str, tuple[str, Callable[[Any], Any] | None]] = {}
-
-
-def _pend_sql(dialect: Any) -> tuple[str, Callable[[Any], Any] | None]:
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO log_pending (brand_id, entry_id, member, data, created_at) "  # noqa: S608
-           f"VALUES ({', '.join([mark] * 5)})")
-    # The column type's own conversion (SQLite keeps datetimes as its text form).
-    when = _table(PendingLeaf).c.created_at.type.bind_processor(dialect)
-    _PEND_SQL[dialect.name] = (sql, when)
-    return sql, when
 
 
 def promise(session: Session, *, brand_id: str, leaf_hashes: Sequence[bytes],
@@ -695,6 +685,9 @@ class Sequencer:
 
 def _table(model: Any) -> Any:
     return model.__table__
+
+
+_INSERT_PENDING: Final = insert(_table(PendingLeaf))
 
 
 def _frontier_root(frontier: Sequence[str]) -> bytes:

@@ -47,12 +47,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import hmac
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tessera.encoding import b64url_encode, canonical_json, parse_datetime
+from tessera.encoding import b64url_encode, parse_datetime
 from tessera.errors import ErrorCode, TesseraError
 from tessera.merkle import leaf_hash
 
@@ -203,11 +204,17 @@ class LogLeaf:
         return body
 
     def to_bytes(self) -> bytes:
-        return canonical_json(self.as_json())
+        # canonical_json's settings on an encoder built once (json.dumps with options
+        # builds one per call): every ledger write serialises its leaves here.
+        return _CANONICAL(self.as_json()).encode()
 
     @property
     def hash(self) -> bytes:
         return leaf_hash(self.to_bytes())
+
+
+_CANONICAL: Final = json.JSONEncoder(separators=(",", ":"), sort_keys=True,
+                                    ensure_ascii=False).encode
 
 
 def leaf_bytes(leaf: LogLeaf) -> bytes:

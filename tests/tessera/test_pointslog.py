@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tessera.encoding import canonical_json
 from tessera.errors import ErrorCode, TesseraError
 from tessera.merkle import leaf_hash
 from tessera.pointslog import (
@@ -46,6 +47,17 @@ def test_leaf_bytes_are_canonical_and_hashed_per_rfc9162() -> None:
     other = _leaf(time=datetime(2026, 1, 1, 14, 0, 0, 123999, tzinfo=timezone(timedelta(hours=2))))
     assert other.hash == leaf.hash
     assert parse_leaf(json.loads(raw)) == leaf
+
+
+@given(st.text(max_size=40), st.one_of(st.none(), st.text(max_size=40)))
+def test_leaf_bytes_are_canonical_json_of_the_leaf(reason: str, key: str | None) -> None:
+    # LogLeaf.to_bytes encodes with an encoder of its own: the same bytes as
+    # canonical_json (UTF-8, not \u escapes), whatever text a leaf carries.
+    leaf = _leaf(reason=reason, idempotency_key=key, kind="earn", delta=5,
+                 lot=LotOpen.of(datetime(2026, 1, 2, tzinfo=UTC), None),
+                 hold=HoldRef("h\u00e9", 3, "2026-01-03T00:00:00.000Z"),
+                 alloc=[Allocation(1, 2)])
+    assert leaf.to_bytes() == canonical_json(leaf.as_json())
 
 
 def test_pseudonym_is_keyed() -> None:
