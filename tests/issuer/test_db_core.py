@@ -4,6 +4,7 @@ on SQLite and PostgreSQL, and what it cannot plan still runs through SQLAlchemy.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -81,12 +82,16 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def sqlalchemy_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The statements that went through ``Connection.execute`` (not the cursor)."""
+    """The statements this test's thread sent through ``Connection.execute`` (not the
+    cursor). Only this thread's: a thread an earlier test left running (a sequencer, a
+    server's pool) may execute statements of its own meanwhile."""
     calls: list[Any] = []
     real = Connection.execute
+    mine = threading.get_ident()
 
     def counted(self: Connection, statement: Any, *args: Any, **kw: Any) -> Any:
-        calls.append(statement)
+        if threading.get_ident() == mine:
+            calls.append(statement)
         return real(self, statement, *args, **kw)
 
     monkeypatch.setattr(Connection, "execute", counted)
