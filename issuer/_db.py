@@ -585,7 +585,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     # No overflow: the budget divided among workers is a ceiling, not a hint.
     # A request beyond it waits for a connection (pool_timeout) instead of
     # pushing the server past max_connections, where every worker fails.
-    engine = create_engine(url, echo=echo, pool_size=size, max_overflow=0, pool_timeout=30)
+    # Last in, first out: the connection just returned is handed out next, so a lightly
+    # loaded process keeps using a few warm connections (their backends' caches, prepared
+    # statements, no idle ping) instead of cycling every transaction through the whole
+    # pool; measured with two instances on one database, bench/README.md "Two instances
+    # vs two workers (session 6)".
+    engine = create_engine(url, echo=echo, pool_size=size, max_overflow=0, pool_timeout=30,
+                           pool_use_lifo=True)
     _ping_when_idle(engine)
     return engine
 

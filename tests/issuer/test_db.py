@@ -193,6 +193,22 @@ def test_postgresql_engine_pools_its_share_and_no_overflow(
         engine.dispose()
 
 
+def test_the_pool_hands_out_the_connection_returned_last(postgres_url: str) -> None:
+    """Two connections in the pool: the next transaction gets the one returned last
+    (first in, first out would give the older one)."""
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as a, engine.connect() as b:
+            older = int(a.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+            newer = int(b.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+            a.close()  # returned first
+        assert older != newer
+        assert _backend_pid(engine) == newer
+        assert _backend_pid(engine) == newer
+    finally:
+        engine.dispose()
+
+
 def test_serve_tells_the_workers_their_number(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Any) -> None:
     import os
