@@ -1576,12 +1576,19 @@ def capacity(report: dict[str, Any]) -> list[str]:
                    f"{'—' if db is None else f'{db:,.0f}':>13}")
     per_instance = CORES_PER_INSTANCE * UTILISATION
     out.append(f"sizing: {CORES_PER_INSTANCE}-vCPU instances, at most {UTILISATION:.0%} busy "
-               "(service processes only; the databases are sized below)")
+               "(service processes only; PostgreSQL on its own line, its rows below)")
     for path, rate in (("redemption", REDEMPTIONS_PER_S), ("checkout", REDEMPTIONS_PER_S)):
         if path in rows:
             cores = rate * rows[path]["best"]["server_cpu_ms_per_op"] / 1000
             out.append(f"  {rate:,} {path}s/s: {cores:.0f} busy cores -> "
                        f"{math.ceil(cores / per_instance)} instances")
+            # The database's own CPU, where the run could read its backends (PostgreSQL
+            # paths, bench/README.md "PostgreSQL's share of a redemption"): what one
+            # primary must have free before partitioning by brand is needed.
+            pg = rows[path]["best"].get("postgres_cpu_ms_per_op")
+            if pg:
+                out.append(f"  {rate:,} {path}s/s: PostgreSQL {rate * pg / 1000:.0f} busy "
+                           f"cores ({pg:.1f} ms of its backends' CPU per {path})")
     if "issuance" in rows:
         core_hours = MEMBERS * rows["issuance"]["best"]["server_cpu_ms_per_op"] / 3.6e6
         instances = 8
