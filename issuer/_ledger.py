@@ -38,7 +38,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import sqlalchemy
 from sqlalchemy import Select, Update, and_, bindparam, case, event, update
@@ -637,7 +637,7 @@ def _new_entry(session: Session, member: MemberRow, now: datetime, **fields: Any
     assert key is not None
     entry.id = int(key[0])
     # The log reads an entry's columns, which an Entry has under the same names.
-    _translog.note_written(session, cast(LedgerEntry, entry))
+    _translog.note_written(session, entry)
     return entry
 
 
@@ -661,7 +661,7 @@ def _credit(session: Session, member: MemberRow, entry: Entry, points: int, now:
     lot.id = int(key[0])
     _remember(session, lot=lot)
     # The log reads a lot's entry_id, available_at and expires_at, which a Lot has.
-    _translog.note_written(session, lot=cast(PointLot, lot))
+    _translog.note_written(session, lot=lot)
 
 
 def _debit(session: Session, member: MemberRow, entry: Entry, points: int, now: datetime,
@@ -869,7 +869,7 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
         _known(session, [hold])
         _remember(session, hold=hold)
         # The log reads a hold's id, points and expires_at, which a Hold has.
-        _translog.note_written(session, hold=cast(PointHold, hold))
+        _translog.note_written(session, hold=hold)
         _new_entry(session, member, now, kind=EntryKind.HOLD, points=0, hold_id=hold.id,
                    reference=reference)
         return {"hold": hold_public(hold, now).model_dump(mode="json")}
@@ -934,7 +934,7 @@ def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
         _debit(session, member, entry, amount, now,
                reserved=_held(session, member, now) - hold.points)
         _close_hold(session, hold, status=HoldStatus.CAPTURED, captured_points=amount, now=now)
-        _translog.note_written(session, hold=cast(PointHold, hold))
+        _translog.note_written(session, hold=hold)
         return {"hold": hold_public(hold, now).model_dump(mode="json"),
                 "entry": _entry_public(entry).model_dump(mode="json")}
 

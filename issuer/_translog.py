@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from issuer._keystore import KeyStore
+    from issuer._ledger import Entry, Hold, Lot
 
 __all__ = [
     "INTEGRATE_BATCH",
@@ -204,8 +205,8 @@ NEW_ALLOCATIONS: Final = "tessera_log_new_allocations"
 _caught_up: set[tuple[str, str]] = set()
 
 
-def note_written(session: Session, entry: LedgerEntry | None = None, *,
-                 lot: PointLot | None = None, hold: PointHold | None = None,
+def note_written(session: Session, entry: Entry | None = None, *,
+                 lot: Lot | None = None, hold: Hold | None = None,
                  taken: tuple[int, int, int] | None = None) -> None:
     """The ledger's write path hands over each entry, lot and hold it writes in this
     transaction, so :func:`append_for_member` need not read them back (and the
@@ -240,14 +241,18 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
     creating the member's leaves (and the sequencer moves a row from pending
     to the tree in one transaction: a single statement sees it in one place).
     """
-    written: list[LedgerEntry] = session.info.get(NEW_ENTRIES, [])
+    # The ledger's plain rows (issuer._ledger.Entry/Lot/Hold) where the write handed them
+    # over, ORM rows where they are read back: both have the columns used below.
+    written: list[Entry] = session.info.get(NEW_ENTRIES, [])
     fresh = [e for e in written if e.member_id == member_id and e.brand_id == brand_id]
     key = (brand_id, member_id)
+    pending: list[Entry | LedgerEntry]
     if key in _caught_up:
         pending = sorted(fresh, key=lambda e: e.id or 0)
     else:
-        pending = list(session.exec(_UNLOGGED, params={"member": member_id,
-                                                       "brand": brand_id}))
+        read: list[LedgerEntry] = list(session.exec(_UNLOGGED, params={
+            "member": member_id, "brand": brand_id}))
+        pending = [*read]
         if {e.id for e in pending} == {e.id for e in fresh}:
             # Nothing older was left without a leaf: from now on this process
             # takes the member's new entries from the write itself, no query.
@@ -261,7 +266,7 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
     ids = [entry.id for entry in pending]
     # Only credits open lots (the ledger hands over those it just opened);
     # only debits, expiries and reversals take from them.
-    noted: dict[int, PointLot] = session.info.get(NEW_LOTS, {})
+    noted: dict[int, Lot | PointLot] = session.info.get(NEW_LOTS, {})
     lots = {i: noted[i] for i in ids if i is not None and i in noted}
     unknown = [e.id for e in pending if e.points > 0 and e.id not in lots]
     if unknown:
@@ -281,7 +286,7 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
                 .where(col(LotAllocation.entry_id).in_(ids))
                 .order_by(col(LotAllocation.id))):
             allocations.setdefault(entry_id, []).append(Allocation(lot_entry, points))
-    noted_holds: dict[str, PointHold] = session.info.get(NEW_HOLDS, {})
+    noted_holds: dict[str, Hold | PointHold] = session.info.get(NEW_HOLDS, {})
     holds = {i: noted_holds[i] for e in pending if (i := e.hold_id) in noted_holds}
     hold_ids = [e.hold_id for e in pending if e.hold_id is not None and e.hold_id not in holds]
     if hold_ids:
