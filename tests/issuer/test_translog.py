@@ -435,3 +435,28 @@ def test_competing_sequencers_integrate_each_leaf_once_in_order(service: Service
         for head in s.exec(select(TreeHead).where(TreeHead.brand_id == brand_id)):
             assert b64url_decode(head.root_hash) == _translog.root_at(s, brand_id,
                                                                       head.tree_size)
+
+
+def test_a_pending_leaf_altered_before_integration_is_logged_as_written_and_flagged(
+        service: Service) -> None:
+    """The sequencer moves a pending row's text into the tree as promised, without parsing
+    it back (bench/README.md "Session 6 (the log's own cost per earn)"): a row altered
+    after the write is not silently repaired or dropped, and the brand's self-check names
+    it before and after integration."""
+    slug, (member,) = _setup(service, members=1)
+    assert service.post(slug, f"/admin/v1/members/{member['id']}/points/earn",
+                        {"points": 100}).status_code == 201
+    brand_id = _brand_id(service)
+    with session_scope(service.engine) as s:
+        pending = s.exec(select(PendingLeaf).where(PendingLeaf.brand_id == brand_id)).one()
+        assert '"delta":100' in pending.data
+        pending.data = pending.data.replace('"delta":100', '"delta":900')
+        s.add(pending)
+    with session_scope(service.engine) as s:
+        problems = _translog.check_log(s, brand_id)
+        assert any(p.startswith(f"pending leaf {pending.seq} disagrees") for p in problems)
+    assert service.integrate() == 1
+    assert _leaf_texts(service, brand_id) == [pending.data.encode()]
+    with session_scope(service.engine) as s:
+        problems = _translog.check_log(s, brand_id)
+        assert any(p.startswith("leaf 0 disagrees with ledger entry") for p in problems)
