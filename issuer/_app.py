@@ -381,11 +381,23 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
                                   interval=settings.log_sequencer_interval,
                                   after_batch=partial(_witness_batch, state))
             sequencer.start()
+        # A SQLite file's WAL checkpoints on a thread of this worker, not inside
+        # whichever request's commit crosses SQLite's threshold while holding the
+        # write gate (tessera.sqlite.Checkpointer, bench/README.md session 7).
+        checkpointer = None
+        if engine.dialect.name == "sqlite" and not memory:
+            from tessera.sqlite import start_checkpointer
+
+            checkpointer = start_checkpointer(str(engine.url.database))
         try:
             yield
         finally:
             if sequencer is not None:
                 sequencer.stop()
+            if checkpointer is not None:
+                from tessera.sqlite import stop_checkpointer
+
+                stop_checkpointer(checkpointer)
 
     app = FastAPI(
         lifespan=lifespan,

@@ -22,6 +22,19 @@ processes): both wake the next writer as soon as the previous one ends.
 SQLite's own lock and busy timeout stay underneath for programs that do not
 take the gate (the ``sqlite3`` shell, a backup).
 
+Checkpoints: SQLite copies the WAL back into the database file (a
+checkpoint: a sync of the WAL, the copy, a sync of the file) by default
+inside the commit that takes the WAL past 1000 pages, i.e. inside one
+request's write transaction while it holds the gate, every other writer of
+every worker waiting behind it. A :class:`Checkpointer` (a service starts one
+per process for its file, :func:`start_checkpointer`) runs ``PASSIVE``
+checkpoints on a thread of its own, beside the writers (a passive checkpoint
+takes neither the write lock nor the gate, and never waits for a reader or
+writer); while one runs, the write transactions of that file in the process
+raise their automatic threshold to :data:`BACKSTOP_PAGES`, a backstop should
+the thread fall behind. Durability is the same either way: a checkpoint syncs
+the WAL before copying it.
+
 SQLAlchemy is imported inside the functions: the verifier SDK imports
 :mod:`tessera.nonces`, which imports this module only for a SQL store.
 """
@@ -40,8 +53,9 @@ from tessera.errors import ErrorCode, TesseraError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["DEFERRED_DURABILITY", "READ_ONLY", "WriteGate", "configure_sqlite",
-           "write_gate", "write_transaction"]
+__all__ = ["BACKSTOP_PAGES", "DEFERRED_DURABILITY", "READ_ONLY", "Checkpointer", "WriteGate",
+           "configure_sqlite", "start_checkpointer", "stop_checkpointer", "write_gate",
+           "write_transaction"]
 
 READ_ONLY: Final = "tessera_read_only"
 """Execution option of a connection whose transaction only reads (deferred ``BEGIN``)."""
@@ -52,6 +66,17 @@ durable commit on the same database makes it durable (see :func:`write_transacti
 
 _SYNC_DEFAULT: Final = "tessera_synchronous_default"
 _SYNC_NOW: Final = "tessera_synchronous_now"
+_AUTOCHECKPOINT_NOW: Final = "tessera_wal_autocheckpoint_now"
+
+AUTOCHECKPOINT_PAGES: Final = 1000
+"""SQLite's default ``wal_autocheckpoint``: kept when no :class:`Checkpointer` runs."""
+
+BACKSTOP_PAGES: Final = 8000
+"""``wal_autocheckpoint`` of write transactions while a :class:`Checkpointer` runs for their
+file in the process: a commit checkpoints only if the WAL outgrew this (32 MB of 4 KB pages),
+i.e. if the checkpointer thread fell far behind."""
+
+CHECKPOINT_INTERVAL_SECONDS: Final = 0.25
 
 BUSY_TIMEOUT_SECONDS: Final = 30
 
@@ -118,6 +143,104 @@ def write_gate(database: str) -> WriteGate:
         return gate
 
 
+class Checkpointer:
+    """``PASSIVE`` WAL checkpoints of one database file on a thread, every ``interval`` seconds.
+
+    A passive checkpoint copies what it can without waiting for readers or
+    writers and without the write lock: the writers keep committing beside it.
+    Several workers may run one each on the same file: SQLite lets one
+    checkpoint run at a time (the others answer busy and try again on their
+    next turn). Its own ``sqlite3`` connection, not an engine's pool, and no
+    :class:`WriteGate`. :meth:`stop` ends the thread (and closes its connection)
+    before it returns; a checkpoint under way is finished, not cut off.
+    """
+
+    def __init__(self, database: str, *, interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
+        self.database = os.path.realpath(database)
+        self.interval = interval
+        self.checkpoints = 0  # passive checkpoints that copied pages
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="tessera-sqlite-checkpoint")
+        self._thread.start()
+
+    def stop(self, timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def checkpoint(self, connection: Any) -> tuple[int, int, int]:
+        """One passive checkpoint: (busy, frames in the WAL, frames copied)."""
+        busy, log, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(log), int(copied)
+
+    def _run(self) -> None:
+        import sqlite3
+
+        connection = None
+        done = -1
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    if connection is None:
+                        connection = sqlite3.connect(self.database, isolation_level=None,
+                                                     check_same_thread=False)
+                    busy, _log, copied = self.checkpoint(connection)
+                    if not busy and copied != done and copied > 0:
+                        self.checkpoints += 1
+                    done = copied
+                except Exception:  # a checkpoint is an optimisation: the commits' backstop stays
+                    self.errors += 1
+                    if connection is not None:
+                        connection.close()
+                        connection = None
+        finally:
+            if connection is not None:
+                connection.close()
+
+
+_checkpointers: dict[str, list[Checkpointer]] = {}
+
+
+def start_checkpointer(database: str, *,
+                       interval: float = CHECKPOINT_INTERVAL_SECONDS) -> Checkpointer:
+    """Start a :class:`Checkpointer` for ``database`` in this process and raise the
+    automatic threshold of its write transactions here to :data:`BACKSTOP_PAGES` until
+    it stops (:meth:`Checkpointer.stop`; :func:`stop_checkpointer` does both)."""
+    checkpointer = Checkpointer(database, interval=interval)
+    with _gates_lock:
+        _checkpointers.setdefault(checkpointer.database, []).append(checkpointer)
+    checkpointer.start()
+    return checkpointer
+
+
+def stop_checkpointer(checkpointer: Checkpointer) -> None:
+    """Stop ``checkpointer`` (its thread ended when this returns); the file's write
+    transactions in this process go back to SQLite's own threshold unless another runs."""
+    with _gates_lock:
+        running = _checkpointers.get(checkpointer.database, [])
+        if checkpointer in running:
+            running.remove(checkpointer)
+        if not running:
+            _checkpointers.pop(checkpointer.database, None)
+    checkpointer.stop()
+
+
+def _autocheckpoint_pages(database: str) -> int:
+    return BACKSTOP_PAGES if _checkpointers.get(database) else AUTOCHECKPOINT_PAGES
+
+
 _NORMAL: Final = 1
 _FULL: Final = 2
 
@@ -167,6 +290,7 @@ def configure_sqlite(engine: Engine, *, synchronous: str | None = None,
     database = engine.url.database
     memory = database in (None, "", ":memory:")
     gate = None if memory else write_gate(str(database))
+    realpath = None if memory else os.path.realpath(str(database))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
@@ -202,6 +326,12 @@ def configure_sqlite(engine: Engine, *, synchronous: str | None = None,
         if gate is None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             return
+        # Likewise the automatic checkpoint threshold: SQLite's own unless a
+        # Checkpointer of this process runs for the file (its backstop then).
+        pages = _autocheckpoint_pages(realpath) if realpath else AUTOCHECKPOINT_PAGES
+        if info.get(_AUTOCHECKPOINT_NOW, AUTOCHECKPOINT_PAGES) != pages:
+            connection.exec_driver_sql(f"PRAGMA wal_autocheckpoint={pages}")
+            info[_AUTOCHECKPOINT_NOW] = pages
         raw = _raw(connection.connection)
         gate.acquire(raw)
         try:

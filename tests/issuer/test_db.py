@@ -432,3 +432,40 @@ def test_a_connection_reused_at_once_is_not_pinged(postgres_url: str) -> None:
         assert sent == ["statement"] * 3
     finally:
         engine.dispose()
+
+
+def test_the_service_checkpoints_a_sqlite_file_on_its_own_thread_and_stops_it(
+        settings: Any) -> None:
+    """The lifespan starts a WAL checkpointer for a SQLite file (none for PostgreSQL) and
+    stops it with the service: no request's commit checkpoints under the write gate
+    (bench/README.md, "Issuance on SQLite: the tail at the best concurrency")."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from issuer._app import create_app
+    from issuer.migrations import upgrade
+    from tessera import sqlite as tessera_sqlite
+
+    def running() -> int:
+        return sum(t.name == "tessera-sqlite-checkpoint" and t.is_alive()
+                   for t in threading.enumerate())
+
+    before = running()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    sqlite = engine.dialect.name == "sqlite"
+    try:
+        with TestClient(create_app(settings, engine=engine)):
+            assert running() == before + sqlite
+            if sqlite:
+                with engine.begin() as conn:
+                    assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() \
+                        == tessera_sqlite.BACKSTOP_PAGES
+        assert running() == before
+        if sqlite:
+            with engine.begin() as conn:
+                assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() \
+                    == tessera_sqlite.AUTOCHECKPOINT_PAGES
+    finally:
+        engine.dispose()

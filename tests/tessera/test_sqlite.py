@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,94 @@ def test_deferred_durability_on_postgres(postgres_url: str) -> None:
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "on"
     finally:
         engine.dispose()
+
+
+# -- WAL checkpoints on a thread of their own (session 7) ------------------------------------
+
+
+def _autocheckpoint(conn: Any) -> int:
+    return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+
+def test_checkpointer_copies_the_wal_beside_the_writers_and_stops(tmp_path: Path) -> None:
+    """While a Checkpointer runs, this process's write transactions leave checkpoints to it
+    (SQLite's automatic threshold raised to the backstop); once stopped, its thread is gone
+    and the transactions are back at SQLite's own threshold."""
+    from tessera.sqlite import (
+        AUTOCHECKPOINT_PAGES,
+        BACKSTOP_PAGES,
+        start_checkpointer,
+        stop_checkpointer,
+    )
+
+    db = tmp_path / "c.db"
+    engine = _full_engine(db)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER PRIMARY KEY, pad TEXT)")
+        assert _autocheckpoint(conn) == AUTOCHECKPOINT_PAGES
+    checkpointer = start_checkpointer(str(tmp_path / "." / "c.db"), interval=0.01)
+    try:
+        assert checkpointer.running
+        for i in range(50):
+            with engine.begin() as conn:
+                assert _autocheckpoint(conn) == BACKSTOP_PAGES
+                conn.exec_driver_sql("INSERT INTO t (x, pad) VALUES (?, ?)", (i, "p" * 3000))
+        # Polled, no duration asserted: the thread's own tick copies the frames.
+        for _ in range(2000):
+            if checkpointer.checkpoints:
+                break
+            threading.Event().wait(0.01)
+        assert checkpointer.checkpoints >= 1 and checkpointer.errors == 0
+    finally:
+        stop_checkpointer(checkpointer)
+    assert not checkpointer.running
+    assert "tessera-sqlite-checkpoint" not in {t.name for t in threading.enumerate()}
+    stop_checkpointer(checkpointer)  # twice: nothing left to stop
+    with engine.begin() as conn:
+        assert _autocheckpoint(conn) == AUTOCHECKPOINT_PAGES
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 50
+    engine.dispose()
+
+
+_WORKER = """
+import sys
+import threading
+import sqlalchemy as sa
+from tessera.sqlite import configure_sqlite, start_checkpointer, stop_checkpointer
+db, tag = sys.argv[1], sys.argv[2]
+engine = sa.create_engine("sqlite:///" + db)
+configure_sqlite(engine)
+checkpointer = start_checkpointer(db, interval=0.005)
+for i in range(300):
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO t (tag, i, pad) VALUES (?, ?, ?)", (tag, i, "p" * 2000))
+stop_checkpointer(checkpointer)
+assert not checkpointer.running and checkpointer.errors == 0, checkpointer.errors
+engine.dispose()
+"""
+
+
+def test_checkpointers_of_two_workers_on_one_file(tmp_path: Path) -> None:
+    """Two worker processes, each with its checkpointer, writing one file at once: every
+    row of both is there, the file is intact, and both threads stopped without an error."""
+    db = tmp_path / "w.db"
+    engine = _full_engine(db)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (tag TEXT, i INTEGER, pad TEXT, "
+                             "PRIMARY KEY (tag, i))")
+    engine.dispose()
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, str(db), tag])  # noqa: S603
+               for tag in ("a", "b")]
+    try:
+        assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    check = sqlite3.connect(db)
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert check.execute("SELECT tag, count(*) FROM t GROUP BY tag").fetchall() == [
+            ("a", 300), ("b", 300)]
+    finally:
+        check.close()
