@@ -202,8 +202,11 @@ _HOLD: Final = sqlalchemy.select(_HOLD_TABLE).where(_HOLD_TABLE.c.id == bindpara
 _CLOSE_HOLD: Final = (update(_HOLD_TABLE).where(_HOLD_TABLE.c.id == bindparam("_pk"))
                       .values(status=bindparam("status"), closed_at=bindparam("closed_at"),
                               captured_points=bindparam("captured_points")))
+# Entries without qualifying points add nothing to the sums: leaving them out (a constant,
+# as ix_ledger_entry_member_qualifying's condition says) reads only those that count.
+_COUNTS: Final = col(LedgerEntry.qualifying_points) != sqlalchemy.literal_column("0")
 _QUALIFYING_SUM: Final = select(func.coalesce(func.sum(LedgerEntry.qualifying_points), 0)).where(
-    col(LedgerEntry.member_id) == bindparam("member_id"),
+    col(LedgerEntry.member_id) == bindparam("member_id"), _COUNTS,
     col(LedgerEntry.qualifying_at) > bindparam("since"),
     col(LedgerEntry.qualifying_at) <= bindparam("now"))
 _PRIOR: dict[int, Select[Any]] = {}
@@ -225,7 +228,7 @@ def _prior(windows: int) -> Select[Any]:
         sums = sqlalchemy.select(*(func.coalesce(func.sum(case(
             (entries.c.qualifying_at > bindparam(f"since_{i}"), entries.c.qualifying_points),
             else_=0)), 0).label(f"q{i}") for i in range(windows))).where(
-            entries.c.member_id == bindparam("member_id"),
+            entries.c.member_id == bindparam("member_id"), _COUNTS,
             entries.c.qualifying_at > bindparam("since"),
             entries.c.qualifying_at <= bindparam("now")).subquery("sums")
         stmt = _PRIOR[windows] = sqlalchemy.select(

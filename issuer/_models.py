@@ -42,6 +42,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -344,12 +345,19 @@ class MemberEnrol(_JsonBody):
 
 
 class Member(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("program_id", "did"),
-                      UniqueConstraint("program_id", "membership_number"))
+    # No index leads with brand_id or program_id: the lock of a member by id and brand
+    # then has only its primary key to use, and one by program and number only the
+    # unique key that pins both (a planner without statistics picked an index on brand_id,
+    # or the other unique key's program_id prefix, and read every member of the brand or
+    # program; bench/README.md "Hot statements in O(1) without planner statistics
+    # (session 7)"). SQLite keeps these keys as (program_id, ...): its planner prefers the
+    # key all of whose columns a lookup pins, and changing them there rebuilds the table.
+    __table_args__ = (UniqueConstraint("did", "program_id"),
+                      UniqueConstraint("membership_number", "program_id"))
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
-    brand_id: str = Field(sa_column=_fk("brand.id"))
-    program_id: str = Field(sa_column=_fk("program.id"))
+    brand_id: str = Field(sa_column=_fk("brand.id", index=False))
+    program_id: str = Field(sa_column=_fk("program.id", index=False))
     did: str = Field(max_length=2048)
     membership_number: str = Field(max_length=32)
     tier_id: str | None = Field(default=None, sa_column=_fk("tier.id", nullable=True))
@@ -395,10 +403,18 @@ class LedgerEntryBase(SQLModel):
 
 class LedgerEntry(LedgerEntryBase, table=True):
     __tablename__ = "ledger_entry"
+    # A member's qualifying sums read the window's entries with qualifying points only
+    # (member_id alone read every entry the member ever had; a redemption's hold and
+    # redeem entries carry none). Their statements say ``qualifying_points != 0`` as a
+    # constant, which is how a planner knows the partial index answers them.
+    __table_args__ = (Index("ix_ledger_entry_member", "member_id", "id"),
+                      Index("ix_ledger_entry_member_qualifying", "member_id", "qualifying_at",
+                            postgresql_where=text("qualifying_points <> 0"),
+                            sqlite_where=text("qualifying_points <> 0")))
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigID)
     brand_id: str = Field(sa_column=_fk("brand.id"))
-    member_id: str = Field(sa_column=_fk("member.id"))
+    member_id: str = Field(sa_column=_fk("member.id", index=False))
     # Unique: an entry is reversed at most once.
     reverses_id: int | None = Field(
         default=None,
@@ -418,11 +434,13 @@ class LedgerEntryPublic(LedgerEntryBase):
 class PointLot(SQLModel, table=True):
     __tablename__ = "point_lot"
     # The last line of defence against a negative balance, below the ledger's checks.
+    # The member's live lots (remaining > 0) are read without the drained ones.
     __table_args__ = (CheckConstraint("remaining >= 0 AND remaining <= amount",
-                                      name="ck_point_lot_remaining"),)
+                                      name="ck_point_lot_remaining"),
+                      Index("ix_point_lot_member_remaining", "member_id", "remaining"))
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigID)
-    member_id: str = Field(sa_column=_fk("member.id"))
+    member_id: str = Field(sa_column=_fk("member.id", index=False))
     entry_id: int = Field(sa_column=_fk("ledger_entry.id", unique=True, kind=BigID))
     amount: int
     remaining: int
@@ -446,11 +464,13 @@ class PointHoldBase(SQLModel):
 
 class PointHold(PointHoldBase, table=True):
     __tablename__ = "point_hold"
-    __table_args__ = (CheckConstraint("points > 0", name="ck_point_hold_points"),)
+    # The member's open holds (held, unexpired) are read without the closed ones.
+    __table_args__ = (CheckConstraint("points > 0", name="ck_point_hold_points"),
+                      Index("ix_point_hold_member_open", "member_id", "status", "expires_at"))
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     brand_id: str = Field(sa_column=_fk("brand.id"))
-    member_id: str = Field(sa_column=_fk("member.id"))
+    member_id: str = Field(sa_column=_fk("member.id", index=False))
     status: HoldStatus = Field(default=HoldStatus.HELD, sa_type=String(16))
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
@@ -470,10 +490,12 @@ class PointHoldPublic(PointHoldBase):
 
 class IdempotencyRecord(SQLModel, table=True):
     __tablename__ = "idempotency_record"
+    # The unique key is the only index: an index on brand_id alone (its prefix) was picked
+    # by generic plans and read every record of the brand per lookup.
     __table_args__ = (UniqueConstraint("brand_id", "key"),)
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigID)
-    brand_id: str = Field(sa_column=_fk("brand.id"))
+    brand_id: str = Field(sa_column=_fk("brand.id", index=False))
     key: str = Field(max_length=255)
     fingerprint: str = Field(max_length=64)
     status_code: int
@@ -521,7 +543,7 @@ class StatusListShard(SQLModel, table=True):
     __table_args__ = (Index("ix_status_list_open", "brand_id", "kind", "full"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
-    brand_id: str = Field(sa_column=_fk("brand.id"))
+    brand_id: str = Field(sa_column=_fk("brand.id", index=False))  # ix_status_list_open
     kind: StatusListKind = Field(sa_type=String(16))
     size: int
     # Set once random allocation cannot find a free slot; a new shard opens.
@@ -533,11 +555,16 @@ class StatusListShard(SQLModel, table=True):
 
 class IssuedCredential(SQLModel, table=True):
     __tablename__ = "issued_credential"
+    # No index on brand_id: a credential's status entry is found by its unique key (a
+    # brand_id index was picked instead and read every credential of the brand). The
+    # member's credentials of a type that nothing superseded (its current pool, and those
+    # revoked since it was issued) are read without the history.
     __table_args__ = (UniqueConstraint("status_list_id", "status_index"),
-                      Index("ix_issued_credential_member_type", "member_id", "credential_type"))
+                      Index("ix_issued_credential_member_current",
+                            "member_id", "credential_type", "superseded_by"))
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
-    brand_id: str = Field(sa_column=_fk("brand.id"))
+    brand_id: str = Field(sa_column=_fk("brand.id", index=False))
     member_id: str = Field(sa_column=_fk("member.id", index=False))
     credential_type: str = Field(max_length=64)
     format: str = Field(max_length=16)

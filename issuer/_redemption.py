@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import sqlalchemy
-from sqlalchemy import and_, bindparam, or_, update
+from sqlalchemy import and_, bindparam, update
 from sqlmodel import Session, col, select
 
 from issuer import _ledger, _translog
@@ -357,24 +357,38 @@ def _check_status(status: Mapping[str, Any] | None, row: Any) -> None:
 # cache key on every call cost about as much as running it), read as plain rows where
 # no ORM object is needed (issuer._db.core).
 # A hold's checks after the member lock in one query: the credential's status entry and
-# the three uniqueness checks (each an indexed unique key), both outer-joined to one
-# constant row, so there is a row (status or NULLs) even when no redemption matches.
+# the three uniqueness checks, both outer-joined to one constant row, so there is a row
+# (status or NULLs) even when no redemption matches. The checks are a UNION of three
+# lookups, each by a unique key (presentation_hash; partner_id and order_reference;
+# partner_id and nonce): one join condition ORing them got a generic plan that scanned
+# the whole table (bench/README.md "Hot statements in O(1) without planner statistics
+# (session 7)"). UNION, not UNION ALL: a redemption matching two keys is one row, as
+# the OR gave.
 _CREDENTIALS: Final = table_of(IssuedCredential)
+_EARLIER_COLUMNS: Final = ("id", "partner_id", "member_id", "order_reference", "nonce",
+                           "transaction_hash", "presentation_hash")
+
+
+def _earlier_by(*where: Any) -> sqlalchemy.Select[Any]:
+    table = table_of(Redemption)
+    return sqlalchemy.select(*(table.c[name] for name in _EARLIER_COLUMNS)).where(*where)
+
+
+_MATCHES: Final = sqlalchemy.union(
+    _earlier_by(col(Redemption.presentation_hash) == bindparam("presentation_hash")),
+    _earlier_by(col(Redemption.partner_id) == bindparam("partner_id"),
+                col(Redemption.order_reference) == bindparam("order_reference")),
+    _earlier_by(col(Redemption.partner_id) == bindparam("partner_id"),
+                col(Redemption.nonce) == bindparam("nonce"))).subquery("earlier")
 _EARLIER: Final = sqlalchemy.select(
     _CREDENTIALS.c.status, _CREDENTIALS.c.status_reason,
-    *(table_of(Redemption).c[name] for name in (
-        "id", "partner_id", "member_id", "order_reference", "nonce", "transaction_hash",
-        "presentation_hash")),
+    *(_MATCHES.c[name] for name in _EARLIER_COLUMNS),
 ).select_from(
     sqlalchemy.select(sqlalchemy.literal(1).label("one")).subquery("one")
     .outerjoin(_CREDENTIALS, and_(_CREDENTIALS.c.brand_id == bindparam("brand_id"),
                                   _CREDENTIALS.c.status_list_id == bindparam("list_id"),
                                   _CREDENTIALS.c.status_index == bindparam("idx")))
-    .outerjoin(table_of(Redemption), or_(
-        col(Redemption.presentation_hash) == bindparam("presentation_hash"),
-        and_(col(Redemption.partner_id) == bindparam("partner_id"),
-             or_(col(Redemption.order_reference) == bindparam("order_reference"),
-                 col(Redemption.nonce) == bindparam("nonce"))))))
+    .outerjoin(_MATCHES, sqlalchemy.true()))
 # A redemption is read and written as a plain row (RedemptionRow), never as an ORM object
 # (loading, constructing and flushing one cost more than its statements).
 _REDEMPTIONS: Final = table_of(Redemption)

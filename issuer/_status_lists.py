@@ -243,6 +243,10 @@ _REVOKE_LIVE_OF_TYPE: Final = (
     update(IssuedCredential)
     .where(col(IssuedCredential.member_id) == bindparam("of_member"),
            col(IssuedCredential.credential_type) == bindparam("of_type"),
+           # Rows nothing superseded only: the same rows (mark_superseded revokes what it
+           # supersedes), read through ix_issued_credential_member_current without the
+           # member's history of superseded credentials.
+           col(IssuedCredential.superseded_by).is_(None),
            col(IssuedCredential.status).in_([CredentialState.VALID, CredentialState.SUSPENDED]))
     .values(status=CredentialState.REVOKED, status_reason=bindparam("reason"),
             status_changed_at=bindparam("now"))
