@@ -515,15 +515,17 @@ def postgres_backend_pids(probe: dict[str, str]) -> set[int] | None:
 
 def postgres_table_stats(probe: dict[str, str]) -> dict[str, list[int]] | None:
     """Per table of the configuration's schema: [scans (sequential + index), rows
-    inserted, updated, deleted], from ``pg_stat_user_tables`` (counts the machine's load
-    does not move; each backend reports them at most a second late)."""
+    inserted, updated, deleted, rows read (fetched by index scans + read by sequential
+    scans)], from ``pg_stat_user_tables`` (counts the machine's load does not move; each
+    backend reports them at most a second late)."""
     try:
         import psycopg
 
         with psycopg.connect(probe["url"], autocommit=True, connect_timeout=2) as conn:
             rows = conn.execute(
                 "SELECT relname, seq_scan + coalesce(idx_scan, 0), n_tup_ins, n_tup_upd, "
-                "n_tup_del FROM pg_stat_user_tables WHERE schemaname = %s",
+                "n_tup_del, seq_tup_read + coalesce(idx_tup_fetch, 0) "
+                "FROM pg_stat_user_tables WHERE schemaname = %s",
                 (probe["application_name"],)).fetchall()
     except Exception:
         return None
@@ -628,7 +630,7 @@ class Point:
     postgres_backends: int | None = None  # connections the servers held at the end
     server_switches: int | None = None  # context switches of the servers' threads
     postgres_switches: int | None = None  # ... of the backends serving them
-    # Per table: [scans, rows inserted, updated, deleted] during the window.
+    # Per table: [scans, rows inserted, updated, deleted, rows read] during the window.
     postgres_tables: dict[str, list[int]] | None = None
     load_average: float | None = None
     credentials_per_op: int = 1  # issuance: the batch size (every credential must come back)
@@ -662,6 +664,12 @@ class Point:
         out["postgres_cpu_ms_per_op"] = per_op(self.postgres_cpu_s)
         out["postgres_all_cpu_ms_per_op"] = per_op(self.postgres_all_cpu_s)
         out["machine_cpu_ms_per_op"] = per_op(self.machine_busy_s)
+        # Rows PostgreSQL read per operation, all tables: what grows with the history when
+        # a plan filters behind an index prefix or scans a table (load-independent).
+        tables = self.postgres_tables
+        out["postgres_rows_read_per_op"] = (
+            sum(v[4] for v in tables.values() if len(v) > 4) / self.ops
+            if tables and self.ops else None)
         # What the machine spent beyond servers, generator and PostgreSQL: the kernel's
         # work not charged to a process (softirqs: loopback packets), other processes.
         known = [srv, gen, self.postgres_all_cpu_s]
@@ -776,7 +784,7 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
     if postgres is not None and tables_start is not None:
         tables_end = postgres_table_stats(postgres) or {}
         point.postgres_tables = {
-            name: [a - b for a, b in zip(values, tables_start.get(name, [0] * 4), strict=True)]
+            name: [a - b for a, b in zip(values, tables_start.get(name, [0] * 5), strict=True)]
             for name, values in tables_end.items()}
     point.ops = len(point.latencies_ms)
     point.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -1521,6 +1529,11 @@ def print_table(report: dict[str, Any]) -> None:
         "the load generator, gen. share = generator / (generator + servers); machine CPU/op "
         "and machine busy = all CPUs of the machine, other processes and the kernel's "
         "softirq work included.")
+    for row in report["results"]:
+        read = (row.get("best") or {}).get("postgres_rows_read_per_op")
+        if read is not None:
+            console.print(f"  {label(row)}: PostgreSQL read {read:.1f} rows per operation "
+                          "(idx_tup_fetch + seq_tup_read, every table)")
     skipped = {row["name"]: p["postgres_skipped"] for row in report["results"]
                for p in row["points"] if p.get("postgres_skipped")}
     for name, why in skipped.items():
