@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from jwcrypto import jwk
 from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine
 
 from issuer._db import is_sqlite
 from tessera.keys import signer_from_jwk
@@ -162,12 +163,12 @@ def _reads(statement: str) -> bool:
         verb == "INSERT" and re.search(r"\bSELECT\b", statement, re.IGNORECASE) is not None)
 
 
-def _pg_plans(service: Service, captured: Captured) -> dict[str, Any]:
+def pg_plans(engine: Engine, captured: Captured) -> dict[str, Any]:
     """The generic plan of each captured statement, as EXPLAIN (FORMAT JSON) gives it."""
     import psycopg
 
     plans: dict[str, Any] = {}
-    raw = service.engine.raw_connection()
+    raw = engine.raw_connection()
     try:
         conn = raw.dbapi_connection
         assert isinstance(conn, psycopg.Connection)
@@ -205,10 +206,10 @@ def _pg_plans(service: Service, captured: Captured) -> dict[str, Any]:
     return plans
 
 
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", ()):
-        yield from _nodes(child)
+        yield from nodes(child)
 
 
 def _pg_indexes(service: Service) -> dict[str, list[str]]:
@@ -239,8 +240,8 @@ def test_postgresql_generic_plans_read_o1_rows(hot: Captured, service: Service) 
         pytest.skip("PostgreSQL's generic plans (the SQLite case is the test below)")
     indexes = _pg_indexes(service)
     found: list[str] = []
-    for statement, plan in _pg_plans(service, hot).items():
-        for node in _nodes(plan):
+    for statement, plan in pg_plans(service.engine, hot).items():
+        for node in nodes(plan):
             table = node.get("Relation Name")
             kind = node["Node Type"]
             if table is None or kind == "ModifyTable" or not _growing(table):
