@@ -290,7 +290,7 @@ def test_no_index_of_a_growing_table_is_a_prefix_of_another(service: Service) ->
     for table in schema.get_table_names():
         if not _growing(table):
             continue
-        keys = [("index " + ix["name"], list(ix["column_names"]))
+        keys = [(f"index {ix['name']}", list(ix["column_names"]))
                 for ix in schema.get_indexes(table)]
         keys += [(f"unique {uq['name']}", list(uq["column_names"]))
                  for uq in schema.get_unique_constraints(table)]
