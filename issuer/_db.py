@@ -62,9 +62,18 @@ from sqlalchemy.exc import (
     ResourceClosedError,
 )
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.session import SessionTransactionState
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.sql.compiler import WARN_LINTING, SQLCompiler
 from sqlmodel import Session, SQLModel, create_engine
+
+try:  # psycopg's own placeholder conversion, run once per plan (_pg_query)
+    from psycopg import Connection as _PgConnection
+    from psycopg import RawCursor as _PgRawCursor
+    from psycopg._queries import _query2pg_nocache
+    from psycopg.adapt import PyFormat
+except ImportError:  # pragma: no cover - psycopg is a dependency
+    _PgRawCursor = _PgConnection = None  # type: ignore[assignment,misc]
 
 from issuer._settings import normalise_database_url
 from tessera.errors import ErrorCode, TesseraError
@@ -126,8 +135,8 @@ class _Plan:
     """One statement compiled for one dialect, and what its executions need from that."""
 
     __slots__ = ("binds", "compiled", "dialect", "expanded", "make_row", "named", "names",
-                 "pk_from_lastrowid", "pk_from_returning", "result_extra", "result_keys",
-                 "result_types", "sql", "statement")
+                 "pg_order", "pg_sql", "pk_from_lastrowid", "pk_from_returning",
+                 "result_extra", "result_keys", "result_types", "sql", "statement")
 
     def __init__(self, statement: Executable, dialect: Dialect, compiled: SQLCompiler,
                  sql: str, binds: tuple[_Bind, ...], names: tuple[str, ...] | None,
@@ -147,6 +156,26 @@ class _Plan:
         self.make_row: Callable[[Any], Row[Any]] | None = None  # at the first execution
         self.pk_from_returning = bool(compiled.isinsert and compiled.implicit_returning)
         self.pk_from_lastrowid = bool(compiled.isinsert and compiled.postfetch_lastrowid)
+        self.pg_sql: bytes | None = None
+        self.pg_order: tuple[int, ...] | None = None
+        if dialect.driver == "psycopg" and names is not None:
+            self._pg_query()
+
+    def _pg_query(self) -> None:
+        # psycopg converts ``%(name)s`` to ``$n`` (and ``%%`` to ``%``) on every execute
+        # (encode, a cached parse looked up by the whole text, the dict reordered into a
+        # list): done here once, with psycopg's own conversion, for its RawCursor
+        # (``$n`` SQL, parameters as a sequence). Same SQL text to the server, so the
+        # same prepared statements.
+        pg_sql, formats, order, _parts = _query2pg_nocache(self.sql.encode("utf-8"), "utf-8")
+        position = {name: i for i, name in enumerate(self.names)}
+        if (order is None) != (not self.names) or any(
+                f is not PyFormat.AUTO for f in formats) or any(
+                name not in position for name in order or ()):
+            return
+        pg_order = tuple(position[name] for name in order or ())
+        self.pg_sql = pg_sql
+        self.pg_order = None if pg_order == tuple(range(len(self.names))) else pg_order
 
     def row_maker(self, description: Any) -> Callable[[Any], Row[Any]]:
         # Result processors as SQLAlchemy picks them for a compiled statement whose
@@ -326,7 +355,6 @@ def _run(plan: _Plan, conn: Connection, params: Mapping[str, Any]) -> CoreResult
             elif value is _REQUIRED:
                 return None  # SQLAlchemy raises its own error for it
             values.append(value if processor is None else processor(value))
-        args = dict(zip(plan.names, values, strict=True)) if plan.named else tuple(values)
     except Exception as e:  # a bind processor's: wrapped as SQLAlchemy wraps it
         conn._handle_dbapi_exception(e, sql, dict(params), None, None)
     info = fairy.info
@@ -335,37 +363,88 @@ def _run(plan: _Plan, conn: Connection, params: Mapping[str, Any]) -> CoreResult
     if held is not None and held[0] is raw:
         cursor, keep = held[1], True
     else:
-        cursor = raw.cursor()  # type: ignore[union-attr]
+        cursor = _new_cursor(raw, plan)
         # One cursor per connection, used again by the next statement (psycopg
         # builds a cursor and its adapters in Python), except on a connection the
         # pool shares between threads (SQLite in memory): each statement its own.
         keep = not isinstance(conn.engine.pool, (StaticPool, SingletonThreadPool))
         if keep:
             info[_CURSOR] = (raw, cursor)
+    # psycopg's RawCursor takes the plan's ``$n`` SQL and the values in order; the
+    # parameters as SQLAlchemy passes them (a dict by name) are built only for
+    # listeners, another cursor, or an error.
+    on_raw = type(cursor) is _PgRawCursor and plan.pg_sql is not None
+    args = None if on_raw and before is None else _args_of(plan, values)
     try:
         if before is not None:
+            given = args
             for fn in before:
                 sql, args = fn(conn, cursor, sql, args, None, False)
-        cursor.execute(sql, args)
+            on_raw = on_raw and sql is plan.sql and args is given
+        if on_raw:
+            # The SQL converted once (_Plan._pg_query), the parameters in the
+            # placeholders' order: what psycopg's own cursor works out per call.
+            pg_order = plan.pg_order
+            cursor.execute(plan.pg_sql, values if pg_order is None
+                           else [values[i] for i in pg_order])
+        elif type(cursor) is _PgRawCursor:
+            # A listener changed the statement or its parameters (or psycopg's
+            # conversion did not apply): as SQLAlchemy would send it, on a plain cursor.
+            with raw.cursor() as plain:  # type: ignore[union-attr]
+                plain.execute(sql, args)
+                if after is not None:
+                    after(conn, plain, sql, args, None, False)
+                rows = _rows_of(plan, plain)
+                return _answer(plan, params, rows, plain.rowcount, None)
+        else:
+            cursor.execute(sql, args)
         rowcount = cursor.rowcount
         lastrowid = cursor.lastrowid if plan.pk_from_lastrowid else None
         if after is not None:
+            if args is None:
+                args = _args_of(plan, values)
             after(conn, cursor, sql, args, None, False)
-        rows: list[Row[Any]] | None = None
-        if plan.result_keys:  # no cursor.description: psycopg builds it per access
-            make = plan.make_row or plan.row_maker(cursor.description)
-            rows = list(map(make, cursor.fetchall()))
+        rows = _rows_of(plan, cursor)
     except BaseException as e:
         # SQLAlchemy closes the cursor of a failed statement: a new one next time.
         info.pop(_CURSOR, None)
+        if args is None:
+            args = _args_of(plan, values)
         conn._handle_dbapi_exception(e, sql, args, cursor, _NO_CONTEXT)  # type: ignore[arg-type]
     if not keep:
         cursor.close()
+    return _answer(plan, params, rows, rowcount, lastrowid)
+
+
+def _answer(plan: _Plan, params: Mapping[str, Any], rows: list[Row[Any]] | None,
+            rowcount: int, lastrowid: Any) -> CoreResult:
     if plan.pk_from_returning:
         return CoreResult(None, rowcount, (plan, dict(params), rows[0] if rows else None))
     if plan.pk_from_lastrowid or plan.compiled.isinsert:
         return CoreResult(rows, rowcount, (plan, dict(params), lastrowid))
     return CoreResult(rows, rowcount, None)
+
+
+def _args_of(plan: _Plan, values: list[Any]) -> Any:
+    """The parameters as SQLAlchemy hands them to the driver: by name or in order."""
+    return dict(zip(plan.names, values, strict=True)) if plan.named else tuple(values)
+
+
+def _rows_of(plan: _Plan, cursor: Any) -> list[Row[Any]] | None:
+    if not plan.result_keys:  # no cursor.description: psycopg builds it per access
+        return None
+    make = plan.make_row or plan.row_maker(cursor.description)
+    return list(map(make, cursor.fetchall()))
+
+
+def _new_cursor(raw: Any, plan: _Plan) -> Any:
+    """The cursor kept on a connection: psycopg's RawCursor when the plans are psycopg's
+    and the connection speaks UTF-8 (what _Plan._pg_query converted for), else the
+    driver's own cursor."""
+    if (plan.pg_sql is not None and _PgRawCursor is not None
+            and isinstance(raw, _PgConnection) and raw.info.encoding == "utf-8"):
+        return _PgRawCursor(raw)
+    return raw.cursor()
 
 
 class CoreResult:
@@ -496,6 +575,28 @@ class CoreResult:
         return key
 
 
+_ACTIVE: Final = SessionTransactionState.ACTIVE
+_GET_BIND: Final = Session.get_bind
+
+
+def _connection(session: Session) -> Connection:
+    """``session.connection()``: the connection the session's transaction holds for its
+    engine. Once the transaction has it (the first statement), what SQLAlchemy's path
+    checks and answers (no context-manager transaction closed, the transaction active,
+    the session bound to one engine, its connection for that engine) is looked up here
+    directly; anything else, and the first statement, take ``session.connection()``."""
+    trans = session._transaction
+    if trans is not None and trans._state is _ACTIVE:
+        context = session._trans_context_manager
+        bind = session.bind
+        if ((context is None or context is trans) and bind is not None and not session.binds
+                and type(session).get_bind is _GET_BIND):
+            held = trans._connections.get(bind)
+            if held is not None:
+                return held[0]
+    return session.connection()
+
+
 def core(session: Session, stmt: Executable,
          params: Mapping[str, Any] | None = None) -> CoreResult:
     """A prebuilt Core statement on the session's connection, answering plain rows.
@@ -511,7 +612,7 @@ def core(session: Session, stmt: Executable,
     ``Connection.execute``. Either way the rows are SQLAlchemy ``Row`` objects,
     fetched at once, and errors are SQLAlchemy's (``IntegrityError``, ...).
     """
-    conn = session.connection()
+    conn = _connection(session)
     params = _NO_PARAMS if params is None else params
     plan = _plan_of(conn, stmt, params)
     if isinstance(plan, _Plan):

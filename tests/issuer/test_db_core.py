@@ -239,6 +239,46 @@ def test_statement_listeners_see_cursor_statements(engine: Engine) -> None:
     assert True in (parameters.values() if isinstance(parameters, dict) else parameters)
 
 
+def test_a_listener_that_rewrites_a_statement_is_obeyed(engine: Engine) -> None:
+    # On PostgreSQL core keeps psycopg's RawCursor (the plan's $n SQL, values in order);
+    # a statement or parameters a retval listener hands back run as given, as
+    # SQLAlchemy would run them (on a plain cursor there), and after_cursor_execute
+    # sees them.
+    after: list[tuple[str, Any]] = []
+
+    def rewrite(_conn: Any, _cursor: Any, statement: str, parameters: Any,
+                *_: Any) -> tuple[str, Any]:
+        if "core_sample.amount" in statement:
+            parameters = (dict(parameters, flag=False) if isinstance(parameters, dict)
+                          else tuple(0 for _ in parameters))  # SQLite: flag 1 -> 0
+        return statement, parameters
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        after.append((statement, parameters))
+
+    with session_scope(engine) as session:
+        core(session, _INSERT, _row("kept", amount=3, flag=True))
+        core(session, _INSERT, _row("other", amount=4, flag=False))
+        assert core(session, _SUM, {"flag": True}).scalar() == 3
+        if engine.dialect.name == "postgresql":
+            info = session.connection()._dbapi_connection.info  # type: ignore[union-attr]
+            assert type(info[_db._CURSOR][1]).__name__ == "RawCursor"
+    event.listen(engine, "before_cursor_execute", rewrite, retval=True)
+    event.listen(engine, "after_cursor_execute", seen)
+    try:
+        with session_scope(engine) as session:
+            assert core(session, _SUM, {"flag": True}).scalar() == 4
+            assert core(session, _SUM, {"flag": True}).scalar() == 4  # and again
+    finally:
+        event.remove(engine, "before_cursor_execute", rewrite)
+        event.remove(engine, "after_cursor_execute", seen)
+    sums = [p for s, p in after if "core_sample.amount" in s]
+    assert len(sums) == 2
+    assert all(False in (p.values() if isinstance(p, dict) else p) for p in sums)
+    with session_scope(engine) as session:  # the kept cursor still answers
+        assert core(session, _SUM, {"flag": True}).scalar() == 3
+
+
 def test_what_the_cursor_path_does_not_plan_goes_through_sqlalchemy(
         engine: Engine, sqlalchemy_calls: list[Any]) -> None:
     with session_scope(engine) as session:
