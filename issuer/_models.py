@@ -413,7 +413,9 @@ class LedgerEntry(LedgerEntryBase, table=True):
                             sqlite_where=text("qualifying_points <> 0")))
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigID)
-    brand_id: str = Field(sa_column=_fk("brand.id"))
+    # No index on brand_id: a member's entries (member_id and brand_id) could be planned
+    # on it, every entry of the brand; the one reader by brand alone is check_log's audit.
+    brand_id: str = Field(sa_column=_fk("brand.id", index=False))
     member_id: str = Field(sa_column=_fk("member.id", index=False))
     # Unique: an entry is reversed at most once.
     reverses_id: int | None = Field(

@@ -31,7 +31,8 @@ depends_on = None
 _CHANGES: tuple[tuple[str, str | None, list[str], list[tuple[str, list[str]]]], ...] = (
     ("idempotency_record", None, [], [("ix_idempotency_record_brand_id", ["brand_id"])]),
     ("ledger_entry", "ix_ledger_entry_member", ["member_id", "id"],
-     [("ix_ledger_entry_member_id", ["member_id"])]),
+     [("ix_ledger_entry_member_id", ["member_id"]),
+      ("ix_ledger_entry_brand_id", ["brand_id"])]),
     ("point_lot", "ix_point_lot_member_remaining", ["member_id", "remaining"],
      [("ix_point_lot_member_id", ["member_id"])]),
     ("point_hold", "ix_point_hold_member_open", ["member_id", "status", "expires_at"],
