@@ -70,10 +70,13 @@ from sqlmodel import Session, SQLModel, create_engine
 try:  # psycopg's own placeholder conversion, run once per plan (_pg_query)
     from psycopg import Connection as _PgConnection
     from psycopg import RawCursor as _PgRawCursor
-    from psycopg._queries import _query2pg_nocache
     from psycopg.adapt import PyFormat
 except ImportError:  # pragma: no cover - psycopg is a dependency
     _PgRawCursor = _PgConnection = None  # type: ignore[assignment,misc]
+try:  # private to psycopg (3.1-3.3): without it plans take psycopg's per-execute path
+    from psycopg._queries import _query2pg_nocache
+except ImportError:  # pragma: no cover - depends on the installed psycopg
+    _query2pg_nocache = None  # type: ignore[assignment]
 
 from issuer._settings import normalise_database_url
 from tessera.errors import ErrorCode, TesseraError
@@ -167,7 +170,13 @@ class _Plan:
         # list): done here once, with psycopg's own conversion, for its RawCursor
         # (``$n`` SQL, parameters as a sequence). Same SQL text to the server, so the
         # same prepared statements.
-        pg_sql, formats, order, _parts = _query2pg_nocache(self.sql.encode("utf-8"), "utf-8")
+        if _query2pg_nocache is None:
+            return
+        try:
+            pg_sql, formats, order, _parts = _query2pg_nocache(
+                self.sql.encode("utf-8"), "utf-8")
+        except (TypeError, ValueError):  # pragma: no cover - another psycopg's internals
+            return
         position = {name: i for i, name in enumerate(self.names)}
         if (order is None) != (not self.names) or any(
                 f is not PyFormat.AUTO for f in formats) or any(

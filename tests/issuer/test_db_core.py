@@ -205,6 +205,20 @@ def test_written_and_read_values_match_sqlalchemys(
         raise _Undo
 
 
+def test_without_psycopgs_private_conversion_plans_take_the_per_execute_path(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issuer._db borrows psycopg's private placeholder conversion (3.1-3.3); another
+    # psycopg without it must still work, through psycopg's own per-execute path.
+    monkeypatch.setattr(_db, "_query2pg_nocache", None)
+    fresh = select(_SAMPLE).where(_SAMPLE.c.label == bindparam("label"))  # a new plan
+    with pytest.raises(_Undo), session_scope(engine) as session:
+        core(session, _INSERT, _row("plain"))
+        read = core(session, fresh, {"label": "plain"}).all()
+        _same(read, session.connection().execute(fresh, {"label": "plain"}).all())
+        assert read[0].label == "plain"
+        raise _Undo
+
+
 def test_a_duplicate_insert_is_an_integrity_error_and_the_next_transaction_works(
         engine: Engine, sqlalchemy_calls: list[Any]) -> None:
     with session_scope(engine) as session:
