@@ -214,7 +214,7 @@ def test_without_psycopgs_private_conversion_plans_take_the_per_execute_path(
     with pytest.raises(_Undo), session_scope(engine) as session:
         core(session, _INSERT, _row("plain"))
         read = core(session, fresh, {"label": "plain"}).all()
-        _same(read, session.connection().execute(fresh, {"label": "plain"}).all())
+        _same(list(read), list(session.connection().execute(fresh, {"label": "plain"}).all()))
         assert read[0].label == "plain"
         raise _Undo
 
