@@ -37,6 +37,7 @@ to learn which nodes it needs).
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -76,6 +77,7 @@ from tessera.pointslog import (
     member_pseudonym,
     parse_leaf,
 )
+from tessera.sqlite import READ_ONLY
 from tessera.typing import Signer
 
 if TYPE_CHECKING:
@@ -440,19 +442,34 @@ def carry_forward(session: Session, *, brand_id: str, member_id: str,
     return True
 
 
-def append_leaves(session: Session, log: TransparencyLog, records: Sequence[LeafRecord],
-                  *, leaf_rows: bool = True) -> list[int]:
+@dataclass
+class _LogRow:
+    """The brand's log row as the sequencer reads and writes it (driver SQL, no ORM)."""
+
+    brand_id: str
+    size: int
+    frontier: list[str]
+
+
+def append_leaves(session: Session, log: TransparencyLog | _LogRow,
+                  records: Sequence[LeafRecord], *, leaf_rows: bool = True) -> list[int]:
     """Append to a log row the caller has locked: O(1) amortised node rows per leaf.
 
+    ``log`` is the ORM row (written back with a flush) or, from :func:`integrate`, the
+    row it read with driver SQL (written back with one driver ``UPDATE``).
     ``leaf_rows=False`` stores the hashes only (a bulk load whose leaf texts
     live elsewhere, as the benchmark does); proofs need nothing more.
     """
     frontier = [b64url_decode(h) for h in log.frontier]
     size = log.size
     brand_id = log.brand_id
-    nodes: list[tuple[str, int, int, bytes]] = []
-    leaves: list[tuple[str, int, int, str, str]] = []
-    indexes: list[int] = []
+    levels: list[int] = []
+    idxs: list[int] = []
+    hashes: list[bytes] = []
+    leaf_idxs: list[int] = []
+    entries: list[int] = []
+    members: list[str] = []
+    texts: list[str] = []
     leaf_hash, node_hash = merkle.leaf_hash, merkle.node_hash
     for record in records:
         if record.raw is not None and record.member is not None:
@@ -463,58 +480,103 @@ def append_leaves(session: Session, log: TransparencyLog, records: Sequence[Leaf
             member = record.leaf.member
         current = leaf_hash(raw)
         index = size
-        nodes.append((brand_id, 0, index, current))
+        levels.append(0)
+        idxs.append(index)
+        hashes.append(current)
         level = 0
         # A node whose index is odd at its level is a right child: fold it
         # into its left sibling, the last complete subtree on the frontier.
         while (index >> level) & 1:
             current = node_hash(frontier.pop(), current)
             level += 1
-            nodes.append((brand_id, level, index >> level, current))
+            levels.append(level)
+            idxs.append(index >> level)
+            hashes.append(current)
         frontier.append(current)
         size += 1
-        indexes.append(index)
-        leaves.append((brand_id, index, record.entry_id, member, raw.decode()))
-    if nodes:
-        # Driver executemany of plain tuples: SQLAlchemy's Core insert() processed
-        # every row's parameters in Python first, most of the sequencer's cost per
-        # leaf (bench/README.md, "Session 6"). No column here needs a bind processor.
-        connection = session.connection()
-        sql = _APPEND_SQL.get(connection.dialect.name) or _append_sql(connection.dialect)
-        connection.exec_driver_sql(sql[0], nodes)
-        if leaf_rows:
-            connection.exec_driver_sql(sql[1], leaves)
+        leaf_idxs.append(index)
+        entries.append(record.entry_id)
+        members.append(member)
+        texts.append(raw.decode())
+    connection = session.connection()
+    sql = _APPEND_SQL.get(connection.dialect.name) or _append_sql(connection.dialect)
+    if hashes:
+        # Driver SQL, no SQLAlchemy parameter processing (no column here needs a bind
+        # processor): on SQLite an executemany of tuples (a C loop); on PostgreSQL one
+        # statement whose one parameter is the rows as JSON (one json.dumps), since
+        # psycopg adapts every row of an executemany, and every element of an array,
+        # in Python (bench/README.md, "Session 7").
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(sql[0], (brand_id, json.dumps([
+                [level, idx, h.hex()] for level, idx, h in zip(levels, idxs, hashes,
+                                                               strict=True)])))
+            if leaf_rows:
+                connection.exec_driver_sql(sql[1], (brand_id, json.dumps([
+                    [*leaf] for leaf in zip(leaf_idxs, entries, members, texts,
+                                            strict=True)])))
+        else:
+            connection.exec_driver_sql(sql[0], [
+                (brand_id, *node) for node in zip(levels, idxs, hashes, strict=True)])
+            if leaf_rows:
+                connection.exec_driver_sql(sql[1], [
+                    (brand_id, *leaf) for leaf in zip(leaf_idxs, entries, members, texts,
+                                                      strict=True)])
     log.size = size
     log.frontier = [b64url_encode(h) for h in frontier]
-    session.add(log)
-    session.flush()
-    return indexes
+    if isinstance(log, _LogRow):
+        connection.exec_driver_sql(sql[3], (size, json.dumps(log.frontier), brand_id))
+    else:
+        session.add(log)
+        session.flush()
+    return leaf_idxs
 
 
-_APPEND_SQL: dict[str, tuple[str, str, str]] = {}
+_APPEND_SQL: dict[str, tuple[str, ...]] = {}
 
 
-def _append_sql(dialect: Any) -> tuple[str, str, str]:
-    """The node insert, the leaf insert and the pending delete in the driver's paramstyle."""
+def _append_sql(dialect: Any) -> tuple[str, ...]:
+    """The sequencer's statements in the driver's paramstyle: node insert, leaf insert,
+    pending delete, log row update, log row read (with its lock, then without waiting),
+    pending read, head insert. Only placeholders are interpolated."""
+    pg = dialect.name == "postgresql"
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    marks = ", ".join([mark] * 5)
+    read_log = f"SELECT size, frontier FROM transparency_log WHERE brand_id = {mark}"  # noqa: S608
     statements = (
-        f"INSERT INTO log_node (brand_id, level, idx, hash) "  # noqa: S608
-        f"VALUES ({', '.join([mark] * 4)})",
-        f"INSERT INTO log_leaf (brand_id, idx, entry_id, member, data) "  # noqa: S608
-        f"VALUES ({', '.join([mark] * 5)})",
-        f"DELETE FROM log_pending WHERE seq = {mark}")  # noqa: S608
+        "INSERT INTO log_node (brand_id, level, idx, hash) SELECT %s, (r->>0)::smallint, "
+        "(r->>1)::bigint, decode(r->>2, 'hex') FROM json_array_elements(%s::json) AS r" if pg else
+        f"INSERT INTO log_node (brand_id, level, idx, hash) VALUES ({', '.join([mark] * 4)})",  # noqa: S608
+        "INSERT INTO log_leaf (brand_id, idx, entry_id, member, data) SELECT %s, "
+        "(r->>0)::bigint, (r->>1)::bigint, r->>2, r->>3 FROM json_array_elements(%s::json) AS r"
+        if pg else
+        f"INSERT INTO log_leaf (brand_id, idx, entry_id, member, data) VALUES ({marks})",  # noqa: S608
+        "DELETE FROM log_pending WHERE seq = ANY(string_to_array(%s, ',')::bigint[])" if pg else
+        f"DELETE FROM log_pending WHERE seq = {mark}",  # noqa: S608
+        f"UPDATE transparency_log SET size = {mark}, frontier = {mark}{'::json' if pg else ''} "  # noqa: S608
+        f"WHERE brand_id = {mark}",
+        read_log + (" FOR UPDATE" if pg else ""),
+        read_log + (" FOR UPDATE SKIP LOCKED" if pg else ""),
+        f"SELECT seq, entry_id, member, data FROM log_pending WHERE brand_id = {mark} "  # noqa: S608
+        f"ORDER BY seq LIMIT {mark}",
+        f"INSERT INTO log_tree_head (brand_id, tree_size, root_hash, signed_at, jws) "  # noqa: S608
+        f"VALUES ({marks})")
     _APPEND_SQL[dialect.name] = statements
     return statements
 
 
-def _lock_log(session: Session, brand_id: str, *, wait: bool) -> TransparencyLog | None:
+def _lock_log(session: Session, brand_id: str, *, wait: bool) -> _LogRow | None:
     """The brand's log row, locked for this transaction; ``None`` when ``wait`` is off and
     another sequencer holds it (PostgreSQL ``SKIP LOCKED``; SQLite's write gate has
     already made this transaction the only writer)."""
-    stmt = (select(TransparencyLog).where(TransparencyLog.brand_id == brand_id)
-            .with_for_update(skip_locked=not wait)
-            .execution_options(populate_existing=True))
-    return session.exec(stmt).first()
+    connection = session.connection()
+    sql = _APPEND_SQL.get(connection.dialect.name) or _append_sql(connection.dialect)
+    row = connection.exec_driver_sql(sql[4] if wait else sql[5], (brand_id,)).first()
+    if row is None:
+        return None
+    frontier = row[1]
+    if isinstance(frontier, str):  # SQLite: the JSON column's text
+        frontier = json.loads(frontier)
+    return _LogRow(brand_id, int(row[0]), list(frontier))
 
 
 def integrate(session: Session, brand_id: str, *, now: datetime,
@@ -527,15 +589,15 @@ def integrate(session: Session, brand_id: str, *, now: datetime,
     leaf of the batch is in the tree exactly once; rolled back, all are
     still pending. With ``keystore`` the new head is signed
     (:func:`sign_batch_head`); without, the next head handed out signs it.
+    Driver SQL throughout (a batch was ~3,000 Python calls of ORM before its
+    first leaf; bench/README.md, "Session 7").
     """
     log = _lock_log(session, brand_id, wait=wait)
     if log is None:
         return 0
-    rows = session.execute(
-        select(col(PendingLeaf.seq), col(PendingLeaf.entry_id), col(PendingLeaf.member),
-               col(PendingLeaf.data))
-        .where(col(PendingLeaf.brand_id) == brand_id)
-        .order_by(col(PendingLeaf.seq)).limit(max(1, limit))).all()
+    connection = session.connection()
+    sql = _APPEND_SQL.get(connection.dialect.name) or _append_sql(connection.dialect)
+    rows = connection.exec_driver_sql(sql[6], (brand_id, max(1, limit))).all()
     if not rows:
         return 0
     # The text as promised, hashed as it is: append_for_member made it, and
@@ -543,12 +605,15 @@ def integrate(session: Session, brand_id: str, *, now: datetime,
     records = [LeafRecord(None, int(entry_id), data.encode(), member)
                for _, entry_id, member, data in rows]
     append_leaves(session, log, records)
-    connection = session.connection()
-    sql = _APPEND_SQL.get(connection.dialect.name) or _append_sql(connection.dialect)
-    connection.exec_driver_sql(sql[2], [(int(seq),) for seq, _, _, _ in rows])
+    seqs = [int(row[0]) for row in rows]
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(sql[2], (",".join(map(str, seqs)),))
+    else:
+        connection.exec_driver_sql(sql[2], [(seq,) for seq in seqs])
     if keystore is not None:
         did, signer = _promise_signer(session, keystore, brand_id)
-        sign_batch_head(session, brand_id=brand_id, log_id=did, now=now, signer=lambda: signer)
+        sign_batch_head(session, brand_id=brand_id, log_id=did, now=now, signer=lambda: signer,
+                        grown=(log.size, _frontier_root(log.frontier)))
     return len(records)
 
 
@@ -612,12 +677,15 @@ def _integrate_brand(engine: Engine, brand_id: str, *, keystore: KeyStore | None
 class Sequencer:
     """The background sequencer of one issuer worker.
 
-    Every ``interval`` seconds it looks (a read, no lock) for brands with
-    pending leaves. A brand's leaves are integrated once the sequencer has
-    seen them waiting for ``hold_back`` seconds, or as soon as a full batch
-    is waiting: batches grow with the write rate (one commit and one signed
-    head per batch, not per write), while a leaf waits at most ``interval +
-    hold_back`` plus the batch itself, well within :data:`MAX_MERGE_DELAY_MS`.
+    It looks (one read, no lock) for brands with pending leaves; a brand's leaves are
+    integrated ``interval + hold_back`` after the sequencer's last look that could not
+    have seen them (they arrived after it), or as soon as a full batch is waiting.
+    It looks again at that deadline, or after ``interval + hold_back`` when nothing is
+    waiting, never sooner than ``interval``. So a leaf waits at most ``interval +
+    hold_back`` plus the look and the batch, as when it looked every ``interval``
+    (well within :data:`MAX_MERGE_DELAY_MS`), while a busy log is looked at once per
+    batch instead of every ``interval`` (bench/README.md, "Session 7"); batches grow
+    with the write rate (one commit and one signed head per batch, not per write).
 
     Every worker (and every instance) runs one; they never integrate the same
     brand at the same time (see the module docstring). A failing tick is
@@ -634,45 +702,64 @@ class Sequencer:
         # Called with the brand id once a brand's batches are committed (its witnesses
         # are sent the new checkpoint: issuer._witnessing.witness_brand).
         self.after_batch = after_batch
-        self._seen: dict[str, float] = {}
+        self._due: dict[str, float] = {}
+        self._looked: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def run_once(self, *, force: bool = True) -> int:
-        """One tick; ``force`` integrates whatever is pending, held back or not."""
-        from issuer._db import read_scope
+    def _look(self) -> dict[str, int]:
+        """Pending leaves per brand: one statement on a plain connection (no session)."""
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(**{READ_ONLY: True})
+            rows = connection.exec_driver_sql(_LOOK_SQL).all()
+            connection.rollback()
+        return {str(brand_id): int(count) for brand_id, count in rows}
 
-        with read_scope(self.engine) as session:
-            waiting = dict(session.exec(
-                select(PendingLeaf.brand_id, func.count()).group_by(col(PendingLeaf.brand_id)))
-                .all())
+    def run_once(self, *, force: bool = True) -> int:
+        """One tick; ``force`` integrates whatever is pending, due or not."""
+        return self._tick(force=force)[0]
+
+    def _tick(self, *, force: bool) -> tuple[int, float]:
+        """Look, integrate what is due; how many leaves, and the seconds to the next look."""
+        waiting = self._look()
         now = time.monotonic()
-        for brand_id in list(self._seen):
+        # Leaves not there at the last look arrived after it: due that long after it.
+        since = self._looked if self._looked is not None else now
+        self._looked = now
+        for brand_id in list(self._due):
             if brand_id not in waiting:
-                del self._seen[brand_id]
+                del self._due[brand_id]
         total = 0
+        period = self.interval + self.hold_back
         for brand_id, count in sorted(waiting.items()):
-            first = self._seen.setdefault(brand_id, now)
-            if force or count >= INTEGRATE_BATCH or now - first >= self.hold_back:
+            due = self._due.setdefault(brand_id, since + period)
+            if force or count >= INTEGRATE_BATCH or now >= due:
                 done = _integrate_brand(self.engine, brand_id, keystore=self.keystore,
                                         clock=self.clock, wait=False)
                 total += done
-                self._seen.pop(brand_id, None)
+                if done:
+                    del self._due[brand_id]
+                # else another worker's batch holds the log: still due, looked at again
+                # after ``interval``.
                 if done and self.after_batch is not None:
                     self.after_batch(brand_id)
-        return total
+        if not self._due:
+            return total, period
+        return total, min(period, max(self.interval,
+                                      min(self._due.values()) - time.monotonic()))
 
     def _loop(self) -> None:
         failing = ""
         while not self._stop.is_set():
+            delay = self.interval
             try:
-                self.run_once(force=False)
+                delay = self._tick(force=False)[1]
                 failing = ""
             except Exception as exc:  # a database hiccup must not end the sequencer
                 if str(exc) != failing:  # once per new failure, not every tick
                     _log.exception("transparency log sequencer tick failed")
                 failing = str(exc)
-            self._stop.wait(self.interval)
+            self._stop.wait(delay)
 
     def start(self) -> None:
         if self._thread is None:
@@ -686,6 +773,9 @@ class Sequencer:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+
+
+_LOOK_SQL: Final = "SELECT brand_id, count(*) FROM log_pending GROUP BY brand_id"
 
 
 def _table(model: Any) -> Any:
@@ -818,12 +908,24 @@ def consistency_proof(session: Session, brand_id: str, first: int, second: int) 
 
 
 def sign_batch_head(session: Session, *, brand_id: str, log_id: str,
-                    signer: Callable[[], Signer], now: datetime) -> TreeHead:
+                    signer: Callable[[], Signer], now: datetime,
+                    grown: tuple[int, bytes] | None = None) -> TreeHead | None:
     """Sign the head of the tree as it stands (after a batch), once per size, and keep it.
 
     The one place a tree head is signed: each sequencer batch ends here, and
     so does a reader asking for a head the sequencer has not signed yet.
+    ``grown``: the size and root a batch just appended up to (:func:`integrate`): a
+    size never seen before, so never signed; the head is inserted with driver SQL,
+    without reading the log row or looking for a stored head (returns ``None``).
     """
+    if grown is not None:
+        size, root = grown
+        sth = merkle.SignedTreeHead.sign(size, root, signer(), timestamp=now, log_id=log_id)
+        connection = session.connection()
+        sql = _APPEND_SQL.get(connection.dialect.name) or _append_sql(connection.dialect)
+        connection.exec_driver_sql(sql[7], (brand_id, size, b64url_encode(root),
+                                            _signed_at(connection.dialect)(now), sth.signature))
+        return None
     size, root = current_head(session, brand_id)
     stored = session.get(TreeHead, (brand_id, size))
     if stored is not None:
@@ -836,10 +938,24 @@ def sign_batch_head(session: Session, *, brand_id: str, log_id: str,
     return row
 
 
+_SIGNED_AT: dict[str, Callable[[datetime], Any]] = {}
+
+
+def _signed_at(dialect: Any) -> Callable[[datetime], Any]:
+    """``log_tree_head.signed_at`` as SQLAlchemy binds it on this dialect (SQLite's text)."""
+    bind = _SIGNED_AT.get(dialect.name)
+    if bind is None:
+        processor = _table(TreeHead).c.signed_at.type.bind_processor(dialect)
+        bind = _SIGNED_AT[dialect.name] = processor or (lambda value: value)
+    return bind
+
+
 def signed_head(session: Session, *, brand_id: str, log_id: str,
                 signer: Callable[[], Signer], now: datetime) -> TreeHead:
     """The signed head of the current tree (see :func:`sign_batch_head`)."""
-    return sign_batch_head(session, brand_id=brand_id, log_id=log_id, signer=signer, now=now)
+    head = sign_batch_head(session, brand_id=brand_id, log_id=log_id, signer=signer, now=now)
+    assert head is not None  # not a batch's (no ``grown``)
+    return head
 
 
 def member_leaves(session: Session, *, brand_id: str, member_id: str, size: int,
