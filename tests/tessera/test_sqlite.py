@@ -191,7 +191,12 @@ def test_checkpointer_copies_the_wal_beside_the_writers_and_stops(tmp_path: Path
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE t (x INTEGER PRIMARY KEY, pad TEXT)")
         assert _autocheckpoint(conn) == AUTOCHECKPOINT_PAGES
+    # Other tests' services may still run checkpointers of their own files: this one's
+    # thread is the one that was not there before.
+    others = {t for t in threading.enumerate() if t.name == "tessera-sqlite-checkpoint"}
     checkpointer = start_checkpointer(str(tmp_path / "." / "c.db"), interval=0.01)
+    mine = {t for t in threading.enumerate() if t.name == "tessera-sqlite-checkpoint"} - others
+    assert len(mine) == 1
     try:
         assert checkpointer.running
         for i in range(50):
@@ -207,7 +212,7 @@ def test_checkpointer_copies_the_wal_beside_the_writers_and_stops(tmp_path: Path
     finally:
         stop_checkpointer(checkpointer)
     assert not checkpointer.running
-    assert "tessera-sqlite-checkpoint" not in {t.name for t in threading.enumerate()}
+    assert not any(t.is_alive() for t in mine)
     stop_checkpointer(checkpointer)  # twice: nothing left to stop
     with engine.begin() as conn:
         assert _autocheckpoint(conn) == AUTOCHECKPOINT_PAGES
