@@ -35,7 +35,7 @@ from issuer._db import is_sqlite
 from tessera.keys import signer_from_jwk
 from tests.issuer.conftest import Service
 from tests.issuer.oid4vci_wallet import SpecWallet
-from tests.issuer.test_redemption import CLIENT_ID, World
+from tests.issuer.test_redemption import make_world
 
 # Tables whose size does not grow with the traffic (a brand's configuration): a scan of
 # one of them costs the same at any history.
@@ -52,7 +52,7 @@ Captured = dict[str, tuple[str, Any]]  # SQL text -> (hot path, its parameters)
 def hot(service: Service) -> Captured:
     """Each hot path once to warm up, then once more with every statement captured."""
     sent: list[tuple[str, Any]] = []
-    world = _world(service)
+    world = make_world(service)
     member_id = world.member["id"]
     cred = world.credential()
     key = jwk.JWK.generate(kty="EC", crv="P-256")
@@ -108,22 +108,6 @@ def hot(service: Service) -> Captured:
     finally:
         event.remove(service.engine, "before_cursor_execute", seen)
     return captured
-
-
-def _world(service: Service) -> World:
-    from tessera.keys import generate_signer
-
-    service.brand("air")
-    program = service.program("air")
-    holder = generate_signer("ES256")
-    member = service.enrol("air", program["id"], signer=holder)
-    r = service.post("air", f"/admin/v1/members/{member['id']}/points/earn", {"points": 1000})
-    assert r.status_code == 201
-    r = service.client.post("/admin/v1/partners", headers=service.h("air"),
-                            json={"name": "cafe", "client_id": CLIENT_ID})
-    assert r.status_code == 201, r.text
-    doc = service.client.get("/brands/air/did.json").json()
-    return World(service, doc["id"], doc, member, holder, r.json())
 
 
 def _member(service: Service, key: jwk.JWK) -> str:

@@ -100,8 +100,8 @@ class World:
         return DIDDocument(self.did, self.doc).key(kid)
 
 
-@pytest.fixture
-def world(service: Service) -> World:
+def make_world(service: Service) -> World:
+    """A brand with a member holding 1,000 points and a partner, on ``service``."""
     service.brand("air")
     program = service.program("air")
     holder = generate_signer("ES256")
@@ -113,6 +113,11 @@ def world(service: Service) -> World:
     assert r.status_code == 201, r.text
     doc = service.client.get("/brands/air/did.json").json()
     return World(service, doc["id"], doc, member, holder, r.json())
+
+
+@pytest.fixture
+def world(service: Service) -> World:
+    return make_world(service)
 
 
 def test_hold_capture_refund_with_signed_receipts_and_settlement(world: World) -> None:
