@@ -205,10 +205,12 @@ def test_a_batch_never_picks_a_slot_it_holds_but_has_not_inserted(service: Servi
         brand = brand_by_slug(session, slug="acme")
         shard, _ = allocate(session, brand_id=brand.id, kind=StatusListKind.TOKEN, now=now,
                             size=8)
-        taken = {(shard.id, i) for i in range(8) if i != 5}
+        # Half the shard held: with 7 of 8 held, 64 random probes missed the free slot
+        # once in ~5,000 picks, and allocate rightly called the shard nearly full.
+        taken = {(shard.id, i) for i in range(0, 8, 2)}
         picks = [allocate(session, brand_id=brand.id, kind=StatusListKind.TOKEN, now=now,
-                          taken=taken) for _ in range(10)]
-    assert {(s.id, i) for s, i in picks} == {(shard.id, 5)}
+                          taken=taken) for _ in range(20)]
+    assert {(s.id, i) for s, i in picks} <= {(shard.id, i) for i in range(1, 8, 2)}
 
 
 def test_revoke_current_updates_a_copy_loaded_in_the_same_transaction(service: Service) -> None:
