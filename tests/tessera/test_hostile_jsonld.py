@@ -16,6 +16,7 @@ open, and tested too). The bodies are all under the services' body cap.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import subprocess
 import sys
@@ -284,9 +285,16 @@ def _run_door(door: str) -> None:
         results: dict[str, Any] = {}
         for name in _door_shapes(door):
             payload = build(name)
-            start = time.process_time()
-            answer = send(payload)
-            results[name] = [answer, time.process_time() - start]
+            # The least of three identical requests: the bound is about the work a
+            # request makes the door do; one measurement on a shared two-core machine
+            # also carries a collection or another process's pressure on the caches.
+            spent = []
+            for _ in range(3):
+                gc.collect()
+                start = time.process_time()
+                answer = send(payload)
+                spent.append(time.process_time() - start)
+            results[name] = [answer, min(spent)]
     print(json.dumps(results))
 
 
