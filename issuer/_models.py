@@ -560,10 +560,13 @@ class IssuedCredential(SQLModel, table=True):
     # No index on brand_id: a credential's status entry is found by its unique key (a
     # brand_id index was picked instead and read every credential of the brand). The
     # member's credentials of a type that nothing superseded (its current pool, and those
-    # revoked since it was issued) are read without the history.
+    # revoked since it was issued) are read without the history; a new batch reads only
+    # those of them it supersedes (of another dataset, or revoked), not the pool of its
+    # own dataset (issuer._status_lists.mark_superseded; migration 0008).
     __table_args__ = (UniqueConstraint("status_list_id", "status_index"),
                       Index("ix_issued_credential_member_current",
-                            "member_id", "credential_type", "superseded_by"))
+                            "member_id", "credential_type", "superseded_by", "format",
+                            "dataset_sha256", "status"))
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     brand_id: str = Field(sa_column=_fk("brand.id", index=False))

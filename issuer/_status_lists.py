@@ -33,9 +33,9 @@ import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import bindparam, union_all, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
@@ -236,6 +236,11 @@ def change_state(session: Session, *, brand_id: str, credential_id: str,
     return cred
 
 
+# The states above "revoked" (in byte and collation order) are exactly the live ones.
+_LIVE_ABOVE: Final = CredentialState.REVOKED
+assert {s for s in CredentialState if s > _LIVE_ABOVE} == {
+    CredentialState.VALID, CredentialState.SUSPENDED}
+
 # Every ledger write asks it (the points credential is superseded): built once, one
 # UPDATE ... RETURNING whether or not there is a live credential (bench/README.md
 # "Redemption, third pass (session 5)").
@@ -247,7 +252,11 @@ _REVOKE_LIVE_OF_TYPE: Final = (
            # supersedes), read through ix_issued_credential_member_current without the
            # member's history of superseded credentials.
            col(IssuedCredential.superseded_by).is_(None),
-           col(IssuedCredential.status).in_([CredentialState.VALID, CredentialState.SUSPENDED]))
+           # The live states (valid, suspended) as the one range of the index's status
+           # column they are (_LIVE_ABOVE): PostgreSQL 15's generic plan checks an IN
+           # list on a column after a gap in the index (format, dataset) as a filter of
+           # the rows fetched, a range in the index condition.
+           col(IssuedCredential.status) > _LIVE_ABOVE)
     .values(status=CredentialState.REVOKED, status_reason=bindparam("reason"),
             status_changed_at=bindparam("now"))
     .returning(col(IssuedCredential.id), col(IssuedCredential.status_list_id)))
@@ -281,13 +290,36 @@ _SUPERSEDABLE_ANY: Final = select(IssuedCredential).where(
     col(IssuedCredential.format) == bindparam("format"),
     col(IssuedCredential.superseded_by).is_(None),
     col(IssuedCredential.id).not_in(bindparam("new_ids", expanding=True)))
-# The member's pool of the same state is not loaded at all: without this every issuance
-# read back every unused credential of the pool (a cost growing with each top-up). The
-# loop of mark_superseded still checks each row it gets.
-_SUPERSEDABLE: Final = _SUPERSEDABLE_ANY.where(
-    or_(col(IssuedCredential.dataset_sha256).is_(None),
-        col(IssuedCredential.dataset_sha256) != bindparam("dataset"),
-        col(IssuedCredential.status) == CredentialState.REVOKED))
+_ISSUED: Final = IssuedCredential.__table__  # type: ignore[attr-defined]
+
+
+def _current(*where: Any) -> Any:
+    return select(_ISSUED.c.id, _ISSUED.c.status, _ISSUED.c.status_list_id).where(
+        _ISSUED.c.member_id == bindparam("member_id"),
+        _ISSUED.c.credential_type == bindparam("credential_type"),
+        _ISSUED.c.superseded_by.is_(None), *where)
+
+
+# What a batch of dataset D supersedes, and only that: the rows nothing superseded of its
+# format and another dataset (or none), and those of D revoked since. Each branch is a
+# range of ix_issued_credential_member_current (member, type, superseded_by, format,
+# dataset, status), so the pool of D that stays valid (a wallet's unused top-ups, which
+# grew with every exchange of an unchanged balance) is never read: the statement reads
+# the rows it returns (bench/README.md "Issuance on SQLite, the gate's hold (session 8)").
+# The batch's own rows (D, valid) are in no branch.
+_format = _ISSUED.c.format == bindparam("format")
+_dataset = _ISSUED.c.dataset_sha256
+_SUPERSEDABLE: Final = union_all(
+    _current(_format, _dataset < bindparam("dataset")),
+    _current(_format, _dataset > bindparam("dataset")),
+    _current(_format, _dataset.is_(None)),
+    _current(_format, _dataset == bindparam("dataset"),
+             _ISSUED.c.status == CredentialState.REVOKED))
+_SUPERSEDE: Final = (update(_ISSUED).where(_ISSUED.c.id.in_(bindparam("ids", expanding=True)))
+                     .values(superseded_by=bindparam("first")))
+_SUPERSEDE_AND_REVOKE: Final = _SUPERSEDE.values(
+    status=CredentialState.REVOKED, status_reason="superseded",
+    status_changed_at=bindparam("now"))
 
 
 def mark_superseded(session: Session, *, member_id: str, credential_type: str,
@@ -304,16 +336,40 @@ def mark_superseded(session: Session, *, member_id: str, credential_type: str,
     """
     first = new_ids[0]
     params = {"member_id": member_id, "credential_type": credential_type,
-              "format": credential_format, "new_ids": list(new_ids)}
+              "format": credential_format}
     if dataset_sha256 is None:
-        rows = session.exec(_SUPERSEDABLE_ANY, params=params)
-    else:
-        rows = session.exec(_SUPERSEDABLE, params={**params, "dataset": dataset_sha256})
+        _supersede_all(session, params={**params, "new_ids": list(new_ids)}, first=first,
+                       now=now)
+        return
+    # Core statements on rows nothing in this transaction loaded (the batch's rows went
+    # in by a Core INSERT); a copy loaded anyway is brought in line below.
+    rows = core(session, _SUPERSEDABLE, {**params, "dataset": dataset_sha256}).all()
+    if not rows:
+        return  # a top-up of an unchanged state: the common case, one read of no row
+    live = [row for row in rows if row.status != CredentialState.REVOKED]
+    revoked = [row.id for row in rows if row.status == CredentialState.REVOKED]
+    if live:
+        core(session, _SUPERSEDE_AND_REVOKE,
+             {"ids": [row.id for row in live], "first": first, "now": now})
+    if revoked:
+        core(session, _SUPERSEDE, {"ids": revoked, "first": first})
+    for row in rows:
+        loaded = session.identity_map.get(identity_key(IssuedCredential, row.id))
+        if loaded is None:
+            continue
+        set_committed_value(loaded, "superseded_by", first)
+        if row.status != CredentialState.REVOKED:
+            set_committed_value(loaded, "status", CredentialState.REVOKED)
+            set_committed_value(loaded, "status_reason", "superseded")
+            set_committed_value(loaded, "status_changed_at", now)
+    _bump(session, {row.status_list_id for row in live})
+
+
+def _supersede_all(session: Session, *, params: dict[str, Any], first: str,
+                   now: datetime) -> None:
+    """A batch with no dataset digest supersedes every earlier credential of its kind."""
     changed: set[str] = set()
-    for old in rows:
-        if old.dataset_sha256 is not None and old.dataset_sha256 == dataset_sha256 \
-                and old.status != CredentialState.REVOKED:
-            continue  # the same state: part of the pool, not superseded
+    for old in session.exec(_SUPERSEDABLE_ANY, params=params):
         old.superseded_by = first
         if old.status != CredentialState.REVOKED:
             old.status = CredentialState.REVOKED

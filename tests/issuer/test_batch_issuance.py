@@ -36,6 +36,7 @@ from verifier import TrustList, Verifier, default_status_check
 from verifier import sd_jwt as sdk_sd_jwt
 
 MEMBERSHIP, POINTS = SD
+MEMBERSHIP_TYPE = "LoyaltyMembershipCredential"
 BRAND_DID = "did:web:issuer.example:brands:acme"
 PARTNER = "https://partner.example"
 
@@ -479,6 +480,59 @@ def test_supersession_and_revocation_act_on_whole_batches(service: Service) -> N
     assert r.status_code == 200 and r.json()["status"] == "revoked"
     assert all(_errors(service, c, k) == ["revoked"] for c, k in gold)
     assert all(_errors(service, c, k) == [] for c, k in topup_gold)
+
+
+def test_a_top_up_reads_only_what_it_supersedes(service: Service) -> None:
+    """A batch's supersession reads the member's credentials it supersedes (revoked, or of
+    other claims), never the pool of its own claims, which grows with every top-up: on
+    PostgreSQL the index scans return exactly those rows and filter none out; on SQLite
+    every branch searches the index on a range of the dataset (bench/README.md "Issuance
+    on SQLite, the gate's hold (session 8)")."""
+    from sqlalchemy import select
+
+    from issuer._models import IssuedCredential
+    from issuer._status_lists import _SUPERSEDABLE
+
+    member, wallet = _wallet(service)
+    for _ in range(3):
+        _batch(service, wallet, member, 2)
+    rows = _rows(service, member["id"])
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"valid"}
+    r = service.client.post(f"/admin/v1/credentials/{rows[0]['id']}/revoke",
+                            headers=service.h("acme"), json={"reason": "phone lost"})
+    assert r.status_code == 200
+    revoked = {x["id"] for x in _rows(service, member["id"]) if x["status"] == "revoked"}
+    assert len(revoked) == 2  # the batch
+    with service.engine.connect() as conn:
+        dataset = conn.execute(select(IssuedCredential.dataset_sha256).where(
+            IssuedCredential.id == rows[0]["id"])).scalar_one()
+        stmt = _SUPERSEDABLE.params(member_id=member["id"], credential_type=MEMBERSHIP_TYPE,
+                                    format="dc+sd-jwt", dataset=dataset)
+        assert {row.id for row in conn.execute(stmt)} == revoked
+        sql = str(stmt.compile(dialect=service.engine.dialect,
+                               compile_kwargs={"literal_binds": True}))
+        if service.engine.dialect.name == "postgresql":
+            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}").scalar_one()
+            scans = [n for n in _plan_nodes(plan[0]["Plan"]) if "Relation Name" in n]
+            assert scans and all("Filter" not in n for n in scans), scans
+            assert sum(n["Actual Rows"] for n in scans) == len(revoked)
+        else:
+            details = [str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")
+                       if "issued_credential" in str(row[-1])]
+            assert len(details) == 4 and all(
+                d.startswith("SEARCH issued_credential USING INDEX "
+                             "ix_issued_credential_member_current") and "dataset_sha256" in d
+                for d in details), details
+    # The next top-up supersedes the revoked batch and keeps the valid pool.
+    _batch(service, wallet, member, 2)
+    after = {x["id"]: x for x in _rows(service, member["id"])}
+    assert all(after[i]["superseded_by"] is not None for i in revoked)
+    assert all(x["superseded_by"] is None and x["status"] == "valid"
+               for i, x in after.items() if i not in revoked)
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", ()) for n in _plan_nodes(child))]
 
 
 def test_coarse_times_are_hours_whatever_the_minute(service: Service) -> None:
