@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
@@ -65,12 +65,14 @@ __all__ = [
     "Configuration",
     "IssuedRow",
     "PreparedBatch",
+    "ReadAhead",
     "coarse_time",
     "issue_batch",
     "issue_for_member",
     "issuer_url",
     "ledger_checkpoint",
     "prepare_batch",
+    "read_ahead",
     "status_list_url",
 ]
 
@@ -114,7 +116,7 @@ def status_list_url(settings: Settings, brand: Brand, list_id: str) -> str:
     return f"{issuer_url(settings, brand)}/status/{list_id}"
 
 
-def ledger_checkpoint(session: Session, member: Member) -> tuple[int, str]:
+def ledger_checkpoint(session: Session, member: Member | _ledger.MemberRow) -> tuple[int, str]:
     """The brand's transparency-log head (size, root) the balance is computed at.
 
     :func:`issuer._ledger.checked_balance` put the member's pending leaves into
@@ -133,13 +135,55 @@ def _program_claim(settings: Settings, brand: Brand, program: Program,
         points_ladder=tuple(program.points_ladder))
 
 
-def _claims(session: Session, *, settings: Settings, brand: Brand, member: Member,
-            ctype: CredentialType, now: datetime) -> tuple[dict[str, Any], datetime,
-                                                        CredentialProgram]:
+@dataclass(frozen=True)
+class ReadAhead:
+    """What a credential write reads that need not be read under the write lock, read
+    before it in a read transaction (:func:`read_ahead`): the programme and its tiers,
+    the brand's signer, the member's log figures (:class:`issuer._ledger.LogReading`),
+    the holder keys' thumbprints. On SQLite one writer at a time holds the file's write
+    gate; every read done here is one it is not held over (bench/README.md "Issuance on
+    SQLite, the gate's hold (session 8)")."""
+
+    program: CredentialProgram
+    tiers: list[Tier]
+    signer: Any
+    log: _ledger.LogReading | None
+    thumbprints: tuple[str, ...] = ()
+
+    def with_keys(self, holder_keys: Sequence[PublicKey]) -> ReadAhead:
+        return replace(self, thumbprints=tuple(k.thumbprint() for k in holder_keys))
+
+
+def read_ahead(session: Session, *, settings: Settings, keystore: KeyStore, brand: Brand,
+               member: Member, configuration_id: str, now: datetime) -> ReadAhead | None:
+    """:class:`ReadAhead` for a batch of ``configuration_id`` to ``member`` (None: an
+    unknown configuration, which :func:`prepare_batch` refuses).
+
+    A programme renamed or a brand key rotated between this read and the write is as
+    if the request had come a moment earlier (a retired key still verifies); the log
+    figures are checked again in the write (:func:`issuer._ledger.reading_holds`)."""
+    config = CONFIGURATIONS.get(configuration_id)
+    if config is None:
+        return None
     program = session.get(Program, member.program_id)
     assert program is not None  # foreign key
     tiers = tiers_of(session, program_id=program.id)
-    prog = _program_claim(settings, brand, program, tiers)
+    log = (_ledger.read_log(session, member=member, now=now)
+           if config.ctype is credentials.POINTS else None)
+    return ReadAhead(program=_program_claim(settings, brand, program, tiers), tiers=tiers,
+                     signer=keystore.signer(session, brand_id=brand.id, did=brand.did), log=log)
+
+
+def _claims(session: Session, *, settings: Settings, brand: Brand,
+            member: Member | _ledger.MemberRow, ctype: CredentialType, now: datetime,
+            ahead: ReadAhead | None = None) -> tuple[dict[str, Any], datetime]:
+    if ahead is not None:
+        prog, tiers = ahead.program, ahead.tiers
+    else:
+        program = session.get(Program, member.program_id)
+        assert program is not None  # foreign key
+        tiers = tiers_of(session, program_id=program.id)
+        prog = _program_claim(settings, brand, program, tiers)
     if ctype is credentials.MEMBERSHIP:
         tier = next((t for t in tiers if t.id == member.tier_id), None)
         if tier is None:
@@ -150,16 +194,21 @@ def _claims(session: Session, *, settings: Settings, brand: Brand, member: Membe
             tier=tier.name, tiers=prog.tiers, member_since=member.enrolled_at.date(),
             tier_valid_until=until.date())
         tier_end = datetime.combine(until.date(), datetime.max.time(), tzinfo=UTC)
-        return claims, min(now + MEMBERSHIP_TTL, tier_end), prog
-    bal = _ledger.checked_balance(session, member=member, now=now)
+        return claims, min(now + MEMBERSHIP_TTL, tier_end)
+    reading = ahead.log if ahead is not None else None
+    if reading is not None and not _ledger.reading_holds(session, member=member,
+                                                         reading=reading, now=now):
+        reading = None  # logged for meanwhile: read under the lock
+    bal = _ledger.checked_balance(session, member=member, now=now, reading=reading)
     nxt: tuple[int, date] | None = None
     if bal.expiring_next is not None:
         nxt = (bal.expiring_next.points, bal.expiring_next.at.date())
+    head = reading.checkpoint if reading is not None else ledger_checkpoint(session, member)
     claims = credentials.points_claims(
         program=prog.as_claim(), membership_number=member.membership_number,
-        balance=bal.available, as_of=now, checkpoint=ledger_checkpoint(session, member),
-        expiring_next=nxt, ladder=prog.points_ladder)
-    return claims, now + POINTS_TTL, prog
+        balance=bal.available, as_of=now, checkpoint=head, expiring_next=nxt,
+        ladder=prog.points_ladder)
+    return claims, now + POINTS_TTL
 
 
 def coarse_time(at: datetime, unit: timedelta = TIME_GRANULARITY) -> datetime:
@@ -252,8 +301,9 @@ _INSERT_ISSUED: Final = core_insert(IssuedCredential)
 
 
 def prepare_batch(session: Session, *, settings: Settings, keystore: KeyStore, brand: Brand,
-                  member: Member, configuration_id: str, holder_keys: Sequence[PublicKey],
-                  now: datetime) -> PreparedBatch:
+                  member: Member | _ledger.MemberRow, configuration_id: str,
+                  holder_keys: Sequence[PublicKey], now: datetime,
+                  ahead: ReadAhead | None = None) -> PreparedBatch:
     """Write the rows of one credential of ``configuration_id`` per holder key.
 
     The caller checked the keys (each proven or attested by the member, none
@@ -266,13 +316,15 @@ def prepare_batch(session: Session, *, settings: Settings, keystore: KeyStore, b
         raise TesseraError(ErrorCode.NOT_FOUND, "unknown credential configuration")
     if not holder_keys:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "a batch needs at least one holder key")
-    thumbprints = [k.thumbprint() for k in holder_keys]
+    thumbprints = (list(ahead.thumbprints) if ahead is not None and ahead.thumbprints
+                   else [k.thumbprint() for k in holder_keys])
     if len(set(thumbprints)) != len(holder_keys):
         raise TesseraError(ErrorCode.KEY_BINDING_INVALID,
                            "each holder key binds at most one credential of a batch")
-    claims, expires, _ = _claims(session, settings=settings, brand=brand, member=member,
-                                 ctype=config.ctype, now=now)
-    signer = keystore.signer(session, brand_id=brand.id, did=brand.did)
+    claims, expires = _claims(session, settings=settings, brand=brand, member=member,
+                              ctype=config.ctype, now=now, ahead=ahead)
+    signer = (ahead.signer if ahead is not None
+              else keystore.signer(session, brand_id=brand.id, did=brand.did))
     kind = StatusListKind.TOKEN if config.format == SD_JWT else StatusListKind.BITSTRING
     batch_id = new_id()
     dataset = _dataset_digest(claims)

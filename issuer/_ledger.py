@@ -72,6 +72,7 @@ from issuer._models import (
 from issuer._status_lists import revoke_current
 from tessera.encoding import canonical_json
 from tessera.errors import ErrorCode, TesseraError
+from tessera.pointslog import Figures
 
 __all__ = [
     "Entry",
@@ -410,8 +411,61 @@ def balance(session: Session, *, member: Member | MemberRow, now: datetime) -> B
     )
 
 
-def checked_balance(session: Session, *, member: Member | MemberRow, now: datetime
-                    ) -> Balance:
+@dataclass(frozen=True, slots=True)
+class LogReading:
+    """What a member's log implied at ``now``, read before a write transaction
+    (:func:`read_log`); :func:`reading_holds` tells, inside the write, whether it still
+    does. The issuer reads it before taking SQLite's write gate, so the gate is not held
+    over the member's leaves (bench/README.md "Issuance on SQLite, the gate's hold
+    (session 8)")."""
+
+    last_entry: int | None  # the member's last ledger entry when read
+    figures: Figures | None  # None: the history cannot support it (v1 leaves, erased)
+    checkpoint: tuple[int, str]  # a head of the tree holding every leaf of the member
+
+
+# A member's last entry: one step of ix_ledger_entry_member (member_id, id).
+_ENTRY_TABLE: Final = table_of(LedgerEntry)
+_LAST_ENTRY: Final = (sqlalchemy.select(_ENTRY_TABLE.c.id)
+                      .where(_ENTRY_TABLE.c.member_id == bindparam("member_id"))
+                      .order_by(_ENTRY_TABLE.c.id.desc()).limit(1))
+
+
+def read_log(session: Session, *, member: Member | MemberRow, now: datetime
+             ) -> LogReading | None:
+    """The member's log figures and a head covering them, or None when the write must
+    read them itself (leaves still pending, which :func:`checked_balance` puts in the
+    tree first; a log it would refuse).
+
+    The last entry is read first: figures read after it hold at least the entries up
+    to it, so when the write finds the same last entry, nothing was logged for the
+    member since and the figures are the log's (every entry has its leaf, written in
+    the entry's transaction under the member's lock, so a member's entries commit in
+    id order)."""
+    last = core(session, _LAST_ENTRY, {"member_id": member.id}).scalar()
+    try:
+        figures: Figures | None = _translog.member_figures(
+            session, brand_id=member.brand_id, member_id=member.id, at=now)
+    except TesseraError as exc:
+        if exc.code is not ErrorCode.UNSUPPORTED_FORMAT:
+            return None
+        figures = None
+    if _translog.has_pending(session, member.brand_id, member.id):
+        return None
+    return LogReading(last, figures, _translog.checkpoint(session, member.brand_id))
+
+
+def reading_holds(session: Session, *, member: Member | MemberRow, reading: LogReading,
+                  now: datetime) -> bool:
+    """Whether ``reading`` is still what the member's log implies, in the write transaction
+    that locked the member (one statement: the member's last entry)."""
+    _translog.carry_forward(session, brand_id=member.brand_id, member_id=member.id, now=now)
+    last = core(session, _LAST_ENTRY, {"member_id": member.id}).scalar()
+    return bool(last == reading.last_entry)
+
+
+def checked_balance(session: Session, *, member: Member | MemberRow, now: datetime,
+                    reading: LogReading | None = None) -> Balance:
     """The balance, refused unless it is what the member's log implies: what the brand signs.
 
     Lots and holds are a cache of the log (DESIGN.md, "Points, redemption and
@@ -419,7 +473,14 @@ def checked_balance(session: Session, *, member: Member | MemberRow, now: dateti
     rewritten in the database) must not reach a credential. A history whose
     first leaves predate lots in the log (v1) first gets its ``snapshot``
     (:func:`issuer._translog.carry_forward`); so does every ledger write.
+    ``reading``: the log's figures read before this transaction, which
+    :func:`reading_holds` found still current in it.
     """
+    if reading is not None:
+        shown = balance(session, member=member, now=now)
+        if reading.figures is None:
+            return shown
+        return _as_logged(shown, reading.figures)
     _translog.carry_forward(session, brand_id=member.brand_id, member_id=member.id, now=now)
     # What is signed names a head of the tree (its checkpoint, read next by the
     # issuer): the member's pending leaves go into the tree first, so that head
@@ -435,6 +496,10 @@ def checked_balance(session: Session, *, member: Member | MemberRow, now: dateti
             return shown
         raise TesseraError(ErrorCode.INTERNAL_ERROR,
                            "the points log breaks the ledger's rules") from exc
+    return _as_logged(shown, implied)
+
+
+def _as_logged(shown: Balance, implied: Figures) -> Balance:
     nxt = shown.expiring_next
     if (shown.available, shown.pending, shown.held,
             (nxt.points, nxt.at) if nxt is not None else None) != (

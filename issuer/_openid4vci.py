@@ -40,6 +40,8 @@ from typing import Any, Final
 
 from pydantic import BaseModel, Field
 from sqlalchemy import bindparam, update
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from issuer._admin import get_member
@@ -122,9 +124,12 @@ _REDEEM: Final = (update(_OFFERS)
                       "redeemed_at", "access_token_sha256", "access_token_expires_at",
                       "refresh_family_expires_at")}))
 _INSERT_REFRESH_TOKEN: Final = core_insert(RefreshToken)
-_LOCK_OFFER: Final = (select(CredentialOffer)
-                      .where(col(CredentialOffer.id) == bindparam("offer_id"))
-                      .with_for_update().execution_options(populate_existing=True))
+# The credential write's offer: locked and read, then its issued configurations
+# written, as Core statements (no ORM object loaded and flushed inside the write).
+_LOCK_OFFER: Final = (select(_OFFERS.c.configuration_ids, _OFFERS.c.issued_configurations)
+                      .where(_OFFERS.c.id == bindparam("offer_id")).with_for_update())
+_RECORD_ISSUED: Final = (update(_OFFERS).where(_OFFERS.c.id == bindparam("offer_id"))
+                         .values(issued_configurations=bindparam("issued")))
 
 
 def _derived_key(master_key: bytes, label: str) -> bytes:
@@ -500,14 +505,19 @@ def authorize(session: Session, *, brand: Brand, authorization: str | None, now:
 
 def record_issuance(session: Session, *, offer_id: str, configuration_id: str) -> None:
     """One credential per configuration per offer; a second request is refused."""
-    offer = session.exec(_LOCK_OFFER, params={"offer_id": offer_id}).one()
+    offer = core(session, _LOCK_OFFER, {"offer_id": offer_id}).one()
     if configuration_id not in offer.configuration_ids:
         raise TesseraError(ErrorCode.FORBIDDEN, "the access token does not cover this "
                                                 "credential configuration")
     if configuration_id in offer.issued_configurations:
         raise TesseraError(ErrorCode.CONFLICT, "this credential was already issued for the offer")
-    offer.issued_configurations = [*offer.issued_configurations, configuration_id]
-    session.add(offer)
+    core(session, _RECORD_ISSUED, {"offer_id": offer_id,
+                                   "issued": [*offer.issued_configurations, configuration_id]})
+    # A copy of the offer this session loaded (the ORM path's callers) follows.
+    loaded = session.identity_map.get(identity_key(CredentialOffer, offer_id))
+    if loaded is not None:
+        set_committed_value(loaded, "issued_configurations",
+                            [*offer.issued_configurations, configuration_id])
 
 
 # -- nonces and key proofs ----------------------------------------------------------------------

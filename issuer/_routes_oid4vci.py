@@ -31,6 +31,7 @@ from issuer._issuance import (
     PreparedBatch,
     issuer_url,
     prepare_batch,
+    read_ahead,
     status_list_url,
 )
 from issuer._models import CredentialState, KeyStatus, StatusListShard
@@ -224,33 +225,41 @@ async def credential(slug: str, request: Request, state: StateDep, now: NowDep,
         # Read-only: the write below takes the lock; on SQLite this takes none.
         with read_scope(state.engine) as session:
             offer, member = authorize(session, brand=brand, authorization=authorization, now=now)
-        body = parse_json_object(raw, max_bytes=MAX_CREDENTIAL_REQUEST)
-        config_id, proof_type, proofs = proofs_from_request(body)
-        if config_id not in offer.configuration_ids:
-            raise TesseraError(ErrorCode.FORBIDDEN, "the access token does not cover "
-                                                    "this credential configuration")
+            body = parse_json_object(raw, max_bytes=MAX_CREDENTIAL_REQUEST)
+            config_id, proof_type, proofs = proofs_from_request(body)
+            if config_id not in offer.configuration_ids:
+                raise TesseraError(ErrorCode.FORBIDDEN, "the access token does not cover "
+                                                        "this credential configuration")
+            # What the write would read that need not be read under its lock (the
+            # programme, the signer, the member's log figures): the SQLite write gate
+            # is held for the write alone (bench/README.md "Issuance on SQLite, the
+            # gate's hold (session 8)").
+            ahead = read_ahead(session, settings=state.settings, keystore=state.keystore,
+                               brand=brand, member=member, configuration_id=config_id, now=now)
         keys, nonce = check_proofs(
             proof_type, proofs, audience=issuer_url(state.settings, brand), member=member,
             resolver=state.resolver, now=now, batch_size=state.settings.batch_size_for(config_id),
             attestations=CONFIGURATIONS[config_id].format == SD_JWT)
+        if ahead is not None:
+            ahead = ahead.with_keys(keys)
         if in_write is None:
             # Another store (Redis): consumed in its own step before the write.
             check_nonce(nonces.consume(nonce), brand=brand)
-        return brand, offer.id, member.id, config_id, keys, nonce
+        return brand, offer.id, member.id, config_id, keys, nonce, ahead
 
     def check_and_issue() -> list[Any]:
         # One thread-pool hop for the whole request: the checks (read scope, proofs),
         # then the write, the c_nonce consumed first in it.
-        brand, offer_id, member_id, config_id, keys, nonce = check()
+        brand, offer_id, member_id, config_id, keys, nonce, ahead = check()
 
         def issue(session: Any) -> PreparedBatch:
             if in_write is not None:
                 check_nonce(in_write.consume_on(session.connection(), nonce), brand=brand)
             record_issuance(session, offer_id=offer_id, configuration_id=config_id)
-            member = _ledger._lock_member(session, brand_id=brand.id, member_id=member_id)
+            member = _ledger.lock_member(session, brand_id=brand.id, member_id=member_id)
             return prepare_batch(session, settings=state.settings, keystore=state.keystore,
                                  brand=brand, member=member, configuration_id=config_id,
-                                 holder_keys=keys, now=now)
+                                 holder_keys=keys, now=now, ahead=ahead)
 
         try:
             batch: PreparedBatch = _ledger.run_write(state.engine, issue)

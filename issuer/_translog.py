@@ -624,6 +624,14 @@ def pending_count(session: Session, brand_id: str, *, member: str | None = None)
     return int(session.exec(stmt).one())
 
 
+def has_pending(session: Session, brand_id: str, member_id: str) -> bool:
+    """Whether the member has leaves not yet in the tree (what :func:`catch_up` probes)."""
+    probe = select(PendingLeaf.seq).where(PendingLeaf.brand_id == brand_id,
+                                          PendingLeaf.member == pseudonym(session, brand_id,
+                                                                          member_id))
+    return session.exec(probe.limit(1)).first() is not None
+
+
 def catch_up(session: Session, brand_id: str, *, now: datetime,
              keystore: KeyStore | None = None, member_id: str | None = None) -> int:
     """On-demand integration for a reader: everything pending (when ``member_id`` is

@@ -21,6 +21,7 @@ from jwcrypto import jwk
 from issuer._settings import Settings
 from tessera.did import HttpFetcher, Resolver
 from tessera.encoding import b64url_decode
+from tessera.errors import TesseraError
 from tessera.keys import PublicKey
 from tests.issuer.conftest import Service
 from tests.issuer.oid4vci_wallet import (
@@ -687,3 +688,63 @@ def test_a_points_top_up_keeps_the_pool_when_only_the_log_moved(service: Service
     rows = [r for r in _rows(service, member["id"])
             if r["credential_type"] == "LoyaltyPointsCredential"]
     assert sum(r["status"] == "revoked" for r in rows) == 4
+
+
+def test_the_log_figures_read_before_the_write_are_checked_again_in_it(service: Service) -> None:
+    """The credential write's programme, signer and log figures are read before the write
+    (bench/README.md "Issuance on SQLite, the gate's hold (session 8)"). A ledger write of
+    the member in between is seen: the balance and the checkpoint are the write's; with
+    none, the figures read ahead are used and the balance is still checked against them."""
+    from sqlalchemy import text
+
+    from issuer import _ledger
+    from issuer._admin import brand_by_slug, get_member
+    from issuer._db import read_scope, session_scope
+    from issuer._issuance import prepare_batch, read_ahead
+
+    member, _ = _wallet(service)
+    assert service.integrate() >= 1
+    state = service.client.app.state.tessera  # type: ignore[attr-defined]
+    keys = [PublicKey.from_jwk(public_jwk(k)) for k in fresh_keys(2)]
+    now = service.clock.now
+
+    def ahead() -> Any:
+        with read_scope(service.engine) as s:
+            brand = brand_by_slug(s, slug="acme")
+            row = get_member(s, brand_id=brand.id, member_id=member["id"])
+            got = read_ahead(s, settings=service.settings, keystore=state.keystore, brand=brand,
+                             member=row, configuration_id=POINTS, now=now)
+        assert got is not None and got.log is not None
+        return brand, got.with_keys(keys)
+
+    def issue(brand: Any, read: Any) -> dict[str, Any]:
+        def write(s: Any) -> dict[str, Any]:
+            row = _ledger.lock_member(s, brand_id=brand.id, member_id=member["id"])
+            return prepare_batch(s, settings=service.settings, keystore=state.keystore,
+                                 brand=brand, member=row, configuration_id=POINTS,
+                                 holder_keys=keys, now=now, ahead=read).claims
+        return _ledger.run_write(service.engine, write)
+
+    # Nothing logged in between: the figures and the head read ahead.
+    brand, read = ahead()
+    claims = issue(brand, read)
+    assert claims["points_balance"] == 1250
+    assert (claims["checkpoint"]["tree_size"], claims["checkpoint"]["root_hash"]) \
+        == read.log.checkpoint
+
+    # An earn between the read and the write: the write reads the log itself, puts the
+    # member's pending leaf in the tree and names a head that holds it.
+    brand, read = ahead()
+    r = service.post("acme", f"/admin/v1/members/{member['id']}/points/earn", {"points": 5})
+    assert r.status_code == 201, r.text
+    claims = issue(brand, read)
+    assert claims["points_balance"] == 1255
+    assert claims["checkpoint"]["tree_size"] > read.log.checkpoint[0]
+
+    # A lot rewritten behind the ledger's back is refused with the figures read ahead too.
+    brand, read = ahead()
+    with session_scope(service.engine) as s:
+        s.execute(text("UPDATE point_lot SET remaining = remaining - 1 WHERE member_id = :m"),
+                  {"m": member["id"]})
+    with pytest.raises(TesseraError, match="disagree with its log"):
+        issue(brand, read)
