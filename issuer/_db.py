@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import (
+    BindParameter,
     Delete,
     Executable,
     Insert,
@@ -42,10 +43,14 @@ from sqlalchemy import (
     Update,
     bindparam,
     event,
+    func,
     insert,
     inspect,
+    literal_column,
+    true,
     update,
 )
+from sqlalchemy import select as sqlalchemy_select
 from sqlalchemy.engine import URL, Connection, CursorResult, Dialect, Engine, Row, make_url
 from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.engine.result import (
@@ -65,6 +70,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.session import SessionTransactionState
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.sql.compiler import WARN_LINTING, SQLCompiler
+from sqlalchemy.sql.visitors import replacement_traverse
 from sqlmodel import Session, SQLModel, create_engine
 
 try:  # psycopg's own placeholder conversion, run once per plan (_pg_query)
@@ -87,6 +93,7 @@ __all__ = [
     "core",
     "core_insert",
     "core_update",
+    "core_with_writes",
     "describe_database",
     "is_sqlite",
     "make_engine",
@@ -657,6 +664,76 @@ def core_update(session: Session, row: SQLModel, **values: Any) -> None:
         raise TesseraError(ErrorCode.INTERNAL_ERROR, f"{table.name} row to update is gone")
     for name, value in values.items():
         set_committed_value(row, name, value)
+
+_Write = tuple[Insert | Update, Mapping[str, Any]]
+_WITH_WRITES: dict[tuple[Any, ...], tuple[Select[Any], tuple[Any, ...]]] = {}
+
+
+def _renamed(stmt: Insert | Update, names: frozenset[str], prefix: str) -> Insert | Update:
+    """``stmt`` with its parameters ``names`` bound as ``prefix + name`` (an INSERT
+    without values gets one bound value per name: what ``core`` compiles it to)."""
+    if isinstance(stmt, Insert) and not stmt._values and not stmt._multi_values:
+        table = stmt.table
+        return insert(table).values({name: bindparam(prefix + name, type_=table.c[name].type)
+                                     for name in sorted(names)})
+
+    def rename(element: Any, **_kw: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key in names:
+            return bindparam(prefix + element.key, type_=element.type)
+        return None
+
+    renamed = replacement_traverse(stmt, {}, rename)
+    assert isinstance(renamed, (Insert, Update))
+    return renamed
+
+
+def _with_writes(first: Update, first_names: frozenset[str],
+                 writes: Sequence[_Write]) -> tuple[Select[Any], tuple[Any, ...]]:
+    """One SELECT running ``first`` (an UPDATE ... RETURNING) and ``writes`` as
+    data-modifying CTEs (PostgreSQL): a row per row ``first`` returned, or one row of
+    NULLs, each with the writes' row counts (``n0``, ``n1``, ...). Built once per
+    combination of statements and parameter names."""
+    key = (id(first), first_names, *((id(s), frozenset(p)) for s, p in writes))
+    done = _WITH_WRITES.get(key)
+    if done is None:
+        main = _renamed(first, first_names, "m_").cte("m")
+        counts = sqlalchemy_select(*(
+            sqlalchemy_select(func.count()).select_from(
+                _renamed(stmt, frozenset(params), f"w{i}_").returning(
+                    literal_column("1")).cte(f"w{i}")).scalar_subquery().label(f"n{i}")
+            for i, (stmt, params) in enumerate(writes))).subquery("n")
+        combined = sqlalchemy_select(*main.c, *counts.c).select_from(
+            counts.outerjoin(main, true()))
+        done = _WITH_WRITES[key] = (combined, (first, *(s for s, _ in writes)))
+    return done
+
+
+def core_with_writes(session: Session, first: Update, params: Mapping[str, Any],
+                     writes: Sequence[_Write]) -> tuple[list[Row[Any]], list[int]]:
+    """``first`` (an UPDATE ... RETURNING) and then ``writes`` (INSERTs and UPDATEs whose
+    rows nothing reads back in this statement): the rows ``first`` returned and each
+    write's row count.
+
+    On PostgreSQL one statement, the writes as data-modifying CTEs: one round trip
+    where there were ``1 + len(writes)`` (bench/README.md "Redemption, sixth pass
+    (session 8)"). They run on one snapshot and see none of each other's rows, so
+    none may read or write a row another of them writes; foreign keys are checked at
+    the statement's end, as a unique violation is raised, as ``core`` raises them.
+    Elsewhere (SQLite, in process: no round trip to save) each runs in turn.
+    """
+    conn = _connection(session)
+    if not writes or conn.dialect.name != "postgresql":
+        rows = core(session, first, params).all()
+        return rows, [core(session, stmt, values).rowcount for stmt, values in writes]
+    combined, _held = _with_writes(first, frozenset(params), writes)
+    values = {f"m_{name}": value for name, value in params.items()}
+    for i, (_stmt, given) in enumerate(writes):
+        values.update({f"w{i}_{name}": value for name, value in given.items()})
+    got = core(session, combined, values).all()
+    width = len(got[0]) - len(writes)
+    counts = [int(n) for n in got[0][width:]]
+    return [row for row in got if row[0] is not None], counts
+
 
 DEFAULT_MAX_CONNECTIONS: Final = 40
 """Connections all workers of one service may hold together (PostgreSQL's default

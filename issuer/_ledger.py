@@ -35,13 +35,13 @@ redemptions can never both spend the same points.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import sqlalchemy
-from sqlalchemy import Select, Update, and_, bindparam, case, event, update
+from sqlalchemy import Insert, Select, Update, and_, bindparam, case, event, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, func, select
@@ -80,6 +80,7 @@ __all__ = [
     "Lot",
     "MemberRow",
     "Outcome",
+    "Then",
     "adjust",
     "balance",
     "capture_hold",
@@ -187,18 +188,19 @@ def _live(lot: Lot, now: datetime) -> bool:
 # write path is a Core statement, and the rest flush before they read).
 _LOT_TABLE: Final = table_of(PointLot)
 _HOLD_TABLE: Final = table_of(PointHold)
-_LOTS: Final = sqlalchemy.select(_LOT_TABLE).where(
-    _LOT_TABLE.c.member_id == bindparam("member_id"), _LOT_TABLE.c.remaining > 0)
+_LIVE_LOTS: Final = and_(_LOT_TABLE.c.member_id == bindparam("member_id"),
+                         _LOT_TABLE.c.remaining > 0)
+_LOTS: Final = sqlalchemy.select(_LOT_TABLE).where(_LIVE_LOTS)
 _LOT_OF_ENTRY: Final = sqlalchemy.select(_LOT_TABLE).where(
     _LOT_TABLE.c.entry_id == bindparam("entry_id"))
 _SET_REMAINING: Final = (update(_LOT_TABLE).where(_LOT_TABLE.c.id == bindparam("_pk"))
                          .values(remaining=bindparam("remaining")))
 _REFILL: Final = (update(_LOT_TABLE).where(_LOT_TABLE.c.id == bindparam("_pk"))
                   .values(remaining=_LOT_TABLE.c.remaining + bindparam("refill")))
-_OPEN_HOLDS: Final = sqlalchemy.select(_HOLD_TABLE).where(
-    _HOLD_TABLE.c.member_id == bindparam("member_id"),
-    _HOLD_TABLE.c.status == HoldStatus.HELD,
-    _HOLD_TABLE.c.expires_at > bindparam("now"))
+_HELD: Final = and_(_HOLD_TABLE.c.member_id == bindparam("member_id"),
+                    _HOLD_TABLE.c.status == HoldStatus.HELD,
+                    _HOLD_TABLE.c.expires_at > bindparam("now"))
+_OPEN_HOLDS: Final = sqlalchemy.select(_HOLD_TABLE).where(_HELD)
 _HOLD: Final = sqlalchemy.select(_HOLD_TABLE).where(_HOLD_TABLE.c.id == bindparam("id"))
 _CLOSE_HOLD: Final = (update(_HOLD_TABLE).where(_HOLD_TABLE.c.id == bindparam("_pk"))
                       .values(status=bindparam("status"), closed_at=bindparam("closed_at"),
@@ -214,14 +216,20 @@ _PRIOR: dict[int, Select[Any]] = {}
 
 
 def _prior(windows: int) -> Select[Any]:
-    """The idempotency record a key names (if any) and the member's qualifying sums over
-    ``windows`` periods, in one statement (built once per number of periods).
+    """What a write reads after the member's lock, in one statement (built once per
+    number of periods): the idempotency record a key names (if any) with the member's
+    qualifying sums over ``windows`` periods (part 0, one row always: the sums'
+    aggregate, the record outer-joined to it), the member's live lots (part 1) and
+    open holds (part 2), each part's columns NULL in the others' rows.
 
-    Both are read after the member's lock, in a statement of their own: under READ
-    COMMITTED it sees every write committed before the lock was granted (a subquery
-    of the locking ``SELECT ... FOR UPDATE`` would not: it reads the snapshot taken
-    before the wait, bench/README.md "Redemption, third pass (session 5)"). One row
-    always: the sums' aggregate, the record outer-joined to it.
+    All of it is read after the lock, in a statement of its own: under READ COMMITTED
+    it sees every write committed before the lock was granted (a subquery of the
+    locking ``SELECT ... FOR UPDATE`` would not: it reads the snapshot taken before
+    the wait, bench/README.md "Redemption, third pass (session 5)"). Every write reads
+    the lots and open holds anyway (the expiry sweep, the balance it answers with):
+    one round trip instead of three (bench/README.md "Redemption, sixth pass
+    (session 8)"). Each part is its own indexed lookup (the record by its unique key,
+    lots and holds by their member indexes).
     """
     stmt = _PRIOR.get(windows)
     if stmt is None:
@@ -232,12 +240,37 @@ def _prior(windows: int) -> Select[Any]:
             entries.c.member_id == bindparam("member_id"), _COUNTS,
             entries.c.qualifying_at > bindparam("since"),
             entries.c.qualifying_at <= bindparam("now")).subquery("sums")
-        stmt = _PRIOR[windows] = sqlalchemy.select(
-            record.c.fingerprint, record.c.status_code, record.c.response,
-            *(sums.c[f"q{i}"] for i in range(windows))).select_from(sums.outerjoin(
-                record, and_(record.c.brand_id == bindparam("brand_id"),
-                             record.c.key == bindparam("key"))))
+        head = [record.c.fingerprint, record.c.status_code, record.c.response,
+                *(sums.c[f"q{i}"] for i in range(windows))]
+
+        def nulls(columns: Any, prefix: str) -> list[Any]:
+            # Typed NULLs: PostgreSQL types a UNION column from its parts (NULL alone is
+            # text); the first part's column types decide the row processors.
+            return [sqlalchemy.cast(sqlalchemy.null(), c.type).label(prefix + c.name)
+                    for c in columns]
+
+        def own(columns: Any, prefix: str) -> list[Any]:
+            return [c.label(prefix + c.name) for c in columns]
+
+        part: Any = sqlalchemy.literal_column("0").label("part")
+        first = sqlalchemy.select(part, *head, *nulls(_LOT_TABLE.c, "l_"),
+                                  *nulls(_HOLD_TABLE.c, "h_")).select_from(sums.outerjoin(
+            record, and_(record.c.brand_id == bindparam("brand_id"),
+                         record.c.key == bindparam("key"))))
+        lots = sqlalchemy.select(sqlalchemy.literal_column("1"), *nulls(head, "x_"),
+                                 *own(_LOT_TABLE.c, "l_"), *nulls(_HOLD_TABLE.c, "h_")
+                                 ).where(_LIVE_LOTS)
+        holds = sqlalchemy.select(sqlalchemy.literal_column("2"), *nulls(head, "x_"),
+                                  *nulls(_LOT_TABLE.c, "l_"), *own(_HOLD_TABLE.c, "h_")
+                                  ).where(_HELD)
+        # A SELECT over the UNION ALL (core() plans SELECTs; PostgreSQL flattens it).
+        parts = sqlalchemy.union_all(first, lots, holds).subquery("parts")
+        stmt = _PRIOR[windows] = sqlalchemy.select(*parts.c)
     return stmt
+
+
+_LOT_KEYS: Final = tuple(c.name for c in _LOT_TABLE.c)
+_HOLD_KEYS: Final = tuple(c.name for c in _HOLD_TABLE.c)
 
 
 def _windows(tiers: list[Tier]) -> list[int]:
@@ -353,6 +386,13 @@ def _close_hold(session: Session, hold: Hold, *, status: HoldStatus, now: dateti
                                    "captured_points": captured_points}).rowcount != 1:
         raise TesseraError(ErrorCode.INTERNAL_ERROR, "point_hold row to update is gone")
     hold.status, hold.closed_at, hold.captured_points = status, now, captured_points
+    # A copy of the same row among the open holds the write read with its idempotency
+    # record (_write) closes too: a release or an expiry reads its hold on its own.
+    for rows in session.info.get(_HOLDS_READ, {}).values():
+        for other in rows:
+            if other.id == hold.id and other is not hold:
+                other.status, other.closed_at, other.captured_points = (
+                    status, now, captured_points)
 
 
 _QUALIFYING: Final = "tessera.ledger.qualifying"  # Session.info: (member, now, days) -> sum
@@ -608,9 +648,15 @@ def _unlocked(session: Session) -> None:
         session.info.pop(memo, None)
 
 
+Then = Callable[[dict[str, Any]], Sequence[tuple[Insert | Update, Mapping[str, Any]]]]
+"""A write's caller's own single-row INSERTs and UPDATEs, made from its answer's body
+and sent with its last statement (``then`` of :func:`create_hold`, :func:`capture_hold`);
+not called when the write is replayed."""
+
+
 def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
            operation: str, args: dict[str, Any], now: datetime,
-           action: Callable[[MemberRow], dict[str, Any]]) -> Outcome:
+           action: Callable[[MemberRow], dict[str, Any]], then: Then | None = None) -> Outcome:
     if not idempotency_key or len(idempotency_key) > 255:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "Idempotency-Key must be 1-255 chars")
     fingerprint = hashlib.sha256(canonical_json(
@@ -622,14 +668,29 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     # lock). They stay right for the whole write: only an entry with qualifying points
     # changes them, and writing one drops them (_new_entry).
     windows = _windows(tiers_of(session, program_id=member.program_id))
-    prior = core(session, _prior(len(windows)), {
+    rows = core(session, _prior(len(windows)), {
         "brand_id": brand_id, "key": idempotency_key, "member_id": member.id, "now": now,
         "since": now - timedelta(days=windows[-1]),
         **{f"since_{i}": now - timedelta(days=days) for i, days in enumerate(windows)},
-    }).one()
+    }).all()
+    prior = next(row for row in rows if row[0] == 0)
+    # The lots and open holds as _read_lots and _open_holds would read them now, unless
+    # this transaction has them already (its copies are the ones it changes).
+    lots_read: dict[str, list[Lot]] = session.info.setdefault(_LOTS_READ, {})
+    holds_read: dict[tuple[str, datetime], list[Hold]] = session.info.setdefault(
+        _HOLDS_READ, {})
+    first_lot = 4 + len(windows)
+    first_hold = first_lot + len(_LOT_KEYS)
+    if member.id not in lots_read:
+        lots_read[member.id] = [Lot(**dict(zip(_LOT_KEYS, row[first_lot:first_hold], strict=True)))
+                                for row in rows if row[0] == 1]
+    if (member.id, now) not in holds_read:
+        holds_read[(member.id, now)] = _known(session, [
+            Hold(**dict(zip(_HOLD_KEYS, row[first_hold:], strict=True)))
+            for row in rows if row[0] == 2])
     sums: dict[tuple[str, datetime, int], int] = session.info.setdefault(_QUALIFYING, {})
     for i, days in enumerate(windows):
-        sums[(member.id, now, days)] = int(prior[3 + i])
+        sums[(member.id, now, days)] = int(prior[4 + i])
     stored = prior if prior.fingerprint is not None else None
     if stored is not None:
         if stored.fingerprint != fingerprint:
@@ -646,18 +707,25 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     signed = _translog.promise(session, brand_id=brand_id, leaf_hashes=logged, now=now)
     if signed is not None:
         body["log_promise"] = session.info[_translog.LAST_PROMISE] = signed
-    # The points credential states a balance that just changed: it is
-    # superseded (revoked now; superseded_by is set when a fresh one is issued).
-    revoke_current(session, member_id=member.id, credential_type="LoyaltyPointsCredential",
-                   now=now, reason="superseded: points changed")
     evaluate_tier(session, member=member, now=now)
     body["balance"] = balance(session, member=member, now=now).model_dump(mode="json")
     session.flush()
-    # Append-only and never read back in this transaction: a Core INSERT, not an ORM
-    # object through the unit of work (bench/README.md "Redemption profile (session 4)").
-    core(session, _INSERT_IDEMPOTENCY, {"brand_id": brand_id, "key": idempotency_key,
-                                          "fingerprint": fingerprint, "status_code": 201,
-                                          "response": body, "created_at": now})
+    # The idempotency record is append-only and never read back in this transaction: a
+    # Core INSERT, not an ORM object through the unit of work (bench/README.md
+    # "Redemption profile (session 4)"). It goes with the revocation below, with the
+    # caller's own single-row writes (``then``) after it: one statement on PostgreSQL
+    # (bench/README.md "Redemption, sixth pass (session 8)").
+    writes: list[tuple[Insert | Update, Mapping[str, Any]]] = [
+        (_INSERT_IDEMPOTENCY, {"brand_id": brand_id, "key": idempotency_key,
+                               "fingerprint": fingerprint, "status_code": 201,
+                               "response": body, "created_at": now})]
+    if then is not None:
+        writes.extend(then(body))
+    # The points credential states a balance that just changed: it is superseded
+    # (revoked now; superseded_by is set when a fresh one is issued). Nothing above
+    # reads a points credential's status (the tier's revocation is the membership's).
+    revoke_current(session, member_id=member.id, credential_type="LoyaltyPointsCredential",
+                   now=now, reason="superseded: points changed", writes=writes)
     return Outcome(201, body, replayed=False)
 
 
@@ -913,8 +981,10 @@ def reverse(session: Session, *, brand_id: str, member_id: str, idempotency_key:
 
 def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_key: str,
                 points: int, now: datetime, reference: str | None = None,
-                ttl_seconds: int = 3600) -> Outcome:
-    """Reserve points (an authorisation): they stop being available but stay in their lots."""
+                ttl_seconds: int = 3600, then: Then | None = None) -> Outcome:
+    """Reserve points (an authorisation): they stop being available but stay in their lots.
+
+    ``then``: the caller's own writes, made from the answer (:data:`Then`)."""
     _check_points(points)
     if not 1 <= ttl_seconds <= MAX_HOLD_SECONDS:
         raise TesseraError(ErrorCode.INVALID_REQUEST, "hold ttl_seconds out of range")
@@ -944,7 +1014,8 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
 
     return _write(session, brand_id=brand_id, member_id=member_id,
                   idempotency_key=idempotency_key, operation="hold", now=now, action=action,
-                  args={"points": points, "reference": reference, "ttl": ttl_seconds})
+                  args={"points": points, "reference": reference, "ttl": ttl_seconds},
+                  then=then)
 
 
 def _hold_member(session: Session, brand_id: str, hold_id: str) -> str:
@@ -972,12 +1043,13 @@ def _open_hold(session: Session, hold_id: str, now: datetime,
 
 
 def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_key: str,
-                 now: datetime, points: int | None = None, member_id: str | None = None
-                 ) -> Outcome:
+                 now: datetime, points: int | None = None, member_id: str | None = None,
+                 then: Then | None = None) -> Outcome:
     """Turn a hold into a ``redeem`` entry; a partial capture releases the rest.
 
     ``member_id``: whose hold the caller knows it to be (a redemption names its
     member): the hold is then read once, after the member's lock, and must be theirs.
+    ``then``: the caller's own writes, made from the answer (:data:`Then`).
     """
     if points is not None:
         _check_points(points)
@@ -1008,7 +1080,7 @@ def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
 
     return _write(session, brand_id=brand_id, member_id=member_id,
                   idempotency_key=idempotency_key, operation="capture", now=now, action=action,
-                  args={"hold": hold_id, "points": points})
+                  args={"hold": hold_id, "points": points}, then=then)
 
 
 def release_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_key: str,

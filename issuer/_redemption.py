@@ -428,11 +428,15 @@ class RedemptionRow:
     closed_at: datetime | None = None
 
 
+def _saved(row: RedemptionRow) -> dict[str, Any]:
+    """The parameters of ``_UPDATE_REDEMPTION`` for ``row``."""
+    return {"_pk": row.id, "status": row.status, "captured_points": row.captured_points,
+            "refunded_points": row.refunded_points, "closed_at": row.closed_at}
+
+
 def _save(session: Session, row: RedemptionRow) -> None:
     """Write ``row``'s mutable columns (status, captured and refunded points, closed_at)."""
-    done = core(session, _UPDATE_REDEMPTION, {
-        "_pk": row.id, "status": row.status, "captured_points": row.captured_points,
-        "refunded_points": row.refunded_points, "closed_at": row.closed_at})
+    done = core(session, _UPDATE_REDEMPTION, _saved(row))
     if done.rowcount != 1:
         raise TesseraError(ErrorCode.INTERNAL_ERROR, "redemption row to update is gone")
 
@@ -465,22 +469,30 @@ def place_hold(session: Session, *, brand: Brand, partner: Partner, verified: Ve
     if any(r.partner_id == partner.id and r.nonce == verified.nonce for r in earlier):
         raise TesseraError(ErrorCode.REPLAYED, "nonce already used by this partner")
     _check_status(verified.status, rows[0])
+    made: list[RedemptionRow] = []
+
+    def insert(body: Mapping[str, Any]) -> list[tuple[Any, Mapping[str, Any]]]:
+        # A new row this transaction only answers with: a Core INSERT of its columns, not
+        # the unit of work's flush (bench/README.md "Redemption profile"), sent with the
+        # hold's last statement (bench/README.md "Redemption, sixth pass (session 8)").
+        made.append(RedemptionRow(
+            id=new_id(), brand_id=brand.id, partner_id=partner.id,
+            member_id=verified.member_id, hold_id=body["hold"]["id"],
+            order_reference=tx.order_reference, points=tx.points, nonce=verified.nonce,
+            transaction_hash=tx.hash, presentation_hash=verified.presentation_hash,
+            credential_hash=verified.credential_hash, created_at=now))
+        return [(_INSERT_REDEMPTION, {c.name: getattr(made[0], c.name)
+                                      for c in _REDEMPTIONS.columns})]
+
     outcome = _ledger.create_hold(
         session, brand_id=brand.id, member_id=verified.member_id,
         idempotency_key=f"redemption:{partner.id}:{tx.order_reference}", points=tx.points,
         now=now, reference=f"{partner.name}:{tx.order_reference}"[:200],
-        ttl_seconds=ttl_seconds)
-    redemption = RedemptionRow(
-        id=new_id(), brand_id=brand.id, partner_id=partner.id, member_id=verified.member_id,
-        hold_id=outcome.body["hold"]["id"], order_reference=tx.order_reference,
-        points=tx.points, nonce=verified.nonce, transaction_hash=tx.hash,
-        presentation_hash=verified.presentation_hash, credential_hash=verified.credential_hash,
-        created_at=now)
-    # A new row this transaction only answers with: a Core INSERT of its columns, not
-    # the unit of work's flush (bench/README.md "Redemption profile").
-    core(session, _INSERT_REDEMPTION, {c.name: getattr(redemption, c.name)
-                                       for c in _REDEMPTIONS.columns})
-    return redemption, False
+        ttl_seconds=ttl_seconds, then=insert)
+    if not made:  # the hold was replayed: its writes were not made with it
+        for stmt, params in insert(outcome.body):
+            core(session, stmt, params)
+    return made[0], False
 
 
 def _redemption(session: Session, partner: Partner, redemption_id: str, *,
@@ -504,17 +516,28 @@ def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
         return row
     if row.status != RedemptionStatus.HELD:
         raise TesseraError(ErrorCode.CONFLICT, f"redemption is {row.status}")
+    made = False
+
+    def captured(body: Mapping[str, Any]) -> list[tuple[Any, Mapping[str, Any]]]:
+        # The redemption's UPDATE and its settlement line go with the capture's last
+        # statement (bench/README.md "Redemption, sixth pass (session 8)").
+        nonlocal made
+        made = True
+        row.status = RedemptionStatus.CAPTURED
+        row.captured_points = int(body["hold"]["captured_points"])
+        row.closed_at = now
+        return [(_UPDATE_REDEMPTION, _saved(row)), (_INSERT_SETTLEMENT_LINE, {
+            "brand_id": brand.id, "partner_id": partner.id, "kind": "redeem",
+            "points": row.captured_points, "entry_id": _entry_id(body),
+            "redemption_id": row.id, "reference": row.order_reference, "created_at": now})]
+
     outcome = _ledger.capture_hold(session, brand_id=brand.id, hold_id=row.hold_id,
                                    idempotency_key=f"capture:{row.id}", now=now, points=points,
-                                   member_id=row.member_id)
-    row.status = RedemptionStatus.CAPTURED
-    row.captured_points = int(outcome.body["hold"]["captured_points"])
-    row.closed_at = now
-    _save(session, row)
-    core(session, _INSERT_SETTLEMENT_LINE, {
-        "brand_id": brand.id, "partner_id": partner.id, "kind": "redeem",
-        "points": row.captured_points, "entry_id": _entry_id(outcome.body),
-        "redemption_id": row.id, "reference": row.order_reference, "created_at": now})
+                                   member_id=row.member_id, then=captured)
+    if not made:  # the capture was replayed: its writes were not made with it
+        _, (_, line) = captured(outcome.body)
+        _save(session, row)
+        core(session, _INSERT_SETTLEMENT_LINE, line)
     session.info.setdefault(_CAPTURED_NOW, set()).add(row.id)
     return row
 

@@ -30,17 +30,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import bindparam, union_all, update
+from sqlalchemy import Insert, Update, bindparam, union_all, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
-from issuer._db import core
+from issuer._db import core, core_with_writes
 from issuer._models import (
     CredentialState,
     IssuedCredential,
@@ -263,13 +263,20 @@ _REVOKE_LIVE_OF_TYPE: Final = (
 
 
 def revoke_current(session: Session, *, member_id: str, credential_type: str,
-                   now: datetime, reason: str) -> int:
-    """Revoke the member's live credentials of a type (their claims no longer hold)."""
+                   now: datetime, reason: str,
+                   writes: Sequence[tuple[Insert | Update, Mapping[str, Any]]] = ()) -> int:
+    """Revoke the member's live credentials of a type (their claims no longer hold).
+
+    ``writes``: single-row INSERTs and UPDATEs (by key) the caller makes next, sent
+    with the revocation (one statement on PostgreSQL, :func:`issuer._db.core_with_writes`);
+    each must write its one row."""
     if session.new or session.dirty:
         session.flush()  # a credential changed and not yet written is written first
-    rows = core(session, _REVOKE_LIVE_OF_TYPE, {
+    rows, counts = core_with_writes(session, _REVOKE_LIVE_OF_TYPE, {
         "of_member": member_id, "of_type": credential_type, "reason": reason,
-        "now": now}).all()
+        "now": now}, writes)
+    if any(n != 1 for n in counts):
+        raise TesseraError(ErrorCode.INTERNAL_ERROR, "a row to update is gone")
     for row in rows:
         # A copy of the row this transaction loaded becomes what the row now holds.
         loaded = session.identity_map.get(identity_key(IssuedCredential, row.id))

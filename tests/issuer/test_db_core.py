@@ -321,13 +321,16 @@ def test_what_the_cursor_path_does_not_plan_goes_through_sqlalchemy(
 def test_the_redemption_flows_reads_are_sqlalchemys_rows(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """Every SELECT the hold, capture and refund send through the cursor path, read
-    again through ``Connection.execute`` in the same transaction: the same rows."""
+    again through ``Connection.execute`` in the same transaction: the same rows (but
+    the SELECTs that also write, ``core_with_writes``: running one again writes again)."""
     compared: list[str] = []
     real_run = _db._run
 
     def shadowed(plan: Any, conn: Connection, params: Any) -> Any:
         fast = real_run(plan, conn, params)
-        if fast is not None and fast.returns_rows and isinstance(plan.statement, Select):
+        writes = {id(made) for made, _ in _db._WITH_WRITES.values()}
+        if fast is not None and fast.returns_rows and isinstance(plan.statement, Select) \
+                and id(plan.statement) not in writes:
             rows = list(fast)
             _same(rows, list(conn.execute(plan.statement, dict(params) or None)))
             compared.append(plan.sql)
@@ -358,3 +361,44 @@ def test_a_connection_that_dies_under_a_statement_is_invalidated_and_replaced(
         assert pid not in sqlalchemy_calls
     finally:
         engine.dispose()
+
+
+_RELABEL = (update(_SAMPLE).where(_SAMPLE.c.note == bindparam("note"))
+            .values(note=bindparam("to")).returning(_SAMPLE.c.id, _SAMPLE.c.label))
+_SET_AMOUNT = (update(_SAMPLE).where(_SAMPLE.c.label == bindparam("which"))
+               .values(amount=bindparam("amount")))
+
+
+def test_writes_sent_with_an_update_do_what_they_do_one_by_one(
+        engine: Engine, sqlalchemy_calls: list[Any]) -> None:
+    """``core_with_writes``: an UPDATE ... RETURNING and single-row writes sent with it
+    (one statement on PostgreSQL) return its rows and each write's count, and write what
+    the statements one by one write (no two of them touching one row); parameters of the
+    same name stay each statement's."""
+    sent: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda *a: sent.append(a[2]))  # type: ignore[arg-type]
+    with session_scope(engine) as session:
+        core(session, _INSERT, _row("one", note="x"))
+        core(session, _INSERT, _row("two", note="x"))
+        core(session, _INSERT, _row("four", note="q"))
+        del sent[:]
+        rows, counts = _db.core_with_writes(session, _RELABEL, {"note": "x", "to": "y"}, [
+            (_INSERT, _row("three", note="z", amount=3)),
+            (_SET_AMOUNT, {"which": "four", "amount": 11}),
+            (_SET_AMOUNT, {"which": "nobody", "amount": 12})])
+        assert sorted(r.label for r in rows) == ["one", "two"]
+        assert counts == [1, 1, 0]
+        assert len(sent) == (1 if engine.dialect.name == "postgresql" else 4)
+        rows, counts = _db.core_with_writes(session, _RELABEL, {"note": "nothing", "to": "y"},
+                                            [(_SET_AMOUNT, {"which": "two", "amount": 22})])
+        assert rows == [] and counts == [1]
+    with session_scope(engine) as session:
+        got = {r.label: (r.amount, r.note) for r in core(session, select(_SAMPLE))}
+    assert got == {"one": (7, "y"), "two": (22, "y"), "three": (3, "z"), "four": (11, "q")}
+    assert not sqlalchemy_calls  # all on the cursor path
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        _db.core_with_writes(session, _RELABEL, {"note": "y", "to": "w"},
+                             [(_INSERT, _row("three"))])
+    with session_scope(engine) as session:  # the failed statement wrote nothing
+        assert {r.note for r in core(session, select(_SAMPLE))} == {"y", "z", "q"}
