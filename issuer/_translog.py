@@ -51,6 +51,7 @@ from sqlalchemy import bindparam, exists, insert, literal, union_all, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, func, select
 
+from issuer._db import core
 from issuer._log_models import LogLeafData, LogNode, PendingLeaf, TransparencyLog, TreeHead
 from issuer._models import (
     Brand,
@@ -246,8 +247,13 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
     # The ledger's plain rows (issuer._ledger.Entry/Lot/Hold) where the write handed them
     # over, ORM rows where they are read back: both have the columns used below.
     written: list[Entry] = session.info.get(NEW_ENTRIES, [])
-    fresh = [e for e in written if e.member_id == member_id and e.brand_id == brand_id]
     key = (brand_id, member_id)
+    if len(written) == 1 and key in _caught_up:
+        one = _one_record(session, written[0], key, idempotency_key)
+        if one is not None:
+            session.info[NEW_ENTRIES] = []
+            return _pend(session, brand_id, [one], now=_aware(written[0].created_at))
+    fresh = [e for e in written if e.member_id == member_id and e.brand_id == brand_id]
     pending: list[Entry | LedgerEntry]
     if key in _caught_up:
         pending = sorted(fresh, key=lambda e: e.id or 0)
@@ -314,6 +320,33 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
     return _pend(session, brand_id, records, now=_aware(pending[-1].created_at))
 
 
+def _one_record(session: Session, entry: Entry, key: tuple[str, str],
+                idempotency_key: str | None) -> LeafRecord | None:
+    """The leaf of most ledger writes, one entry the write handed over with its lot or its
+    allocations, built without the general case's lists and reads; ``None`` for anything
+    else (a hold, a reversal, something to read back), which the general case builds."""
+    if (entry.brand_id, entry.member_id) != key or entry.hold_id is not None \
+            or entry.kind == EntryKind.REVERSE or entry.id is None:
+        return None
+    noted: dict[int, Lot | PointLot] = session.info.get(NEW_LOTS, {})
+    lot = noted.get(entry.id)
+    alloc: Sequence[Allocation] = ()
+    if entry.points > 0 and lot is None:
+        return None
+    if entry.points < 0:
+        taken: dict[int, list[Allocation]] = session.info.get(NEW_ALLOCATIONS, {})
+        if entry.id not in taken:
+            return None
+        alloc = taken[entry.id]
+    return LeafRecord(LogLeaf.of(
+        entry=entry.id, member=pseudonym(session, *key), delta=entry.points,
+        kind=str(entry.kind), reason=entry.reason, time=_aware(entry.created_at),
+        idempotency_key=idempotency_key,
+        lot=LotOpen.of(_aware(lot.available_at),
+                       _aware(lot.expires_at) if lot.expires_at else None)
+        if lot is not None else None, alloc=alloc), entry.id)
+
+
 def _pend(session: Session, brand_id: str, records: Sequence[LeafRecord], *,
           now: datetime) -> list[bytes]:
     """Queue leaves for the sequencer; return their leaf hashes."""
@@ -330,8 +363,6 @@ def _pend(session: Session, brand_id: str, records: Sequence[LeafRecord], *,
         # The one leaf of most writes: issuer._db.core runs the prebuilt insert on the
         # DBAPI cursor (cursor listeners still see it), without SQLAlchemy's execution
         # context, which cost more than the insert itself.
-        from issuer._db import core
-
         core(session, _INSERT_PENDING, rows[0])
     else:
         session.execute(_INSERT_PENDING, rows)  # Core executemany

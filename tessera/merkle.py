@@ -463,6 +463,23 @@ class SignedTreeHead:
 
 
 _promise_headers: dict[tuple[str, str | None], str] = {}
+_promise_fixed: dict[tuple[str, str | None, str, int], tuple[str, str, str]] = {}
+
+
+def _promise_parts(alg: str, key_id: str | None, log_id: str, mmd_ms: int
+                   ) -> tuple[str, str, str]:
+    """A promise's encoded header with its dot, and its payload's JSON before and after
+    the timestamp up to the leaf hashes: fixed for a key, a log and a delay."""
+    key = (alg, key_id, log_id, mmd_ms)
+    parts = _promise_fixed.get(key)
+    if parts is None:
+        parts = (_promise_header(alg, key_id) + ".",
+                 f'{{"log_id":{json.dumps(log_id)},"timestamp":',
+                 f',"mmd":{mmd_ms},"leaf_hashes":[')
+        if len(_promise_fixed) >= 1000:
+            _promise_fixed.clear()
+        _promise_fixed[key] = parts
+    return parts
 
 
 def _promise_header(alg: str, key_id: str | None) -> str:
@@ -515,13 +532,13 @@ class InclusionPromise:
         ms = _timestamp_ms(timestamp)
         # Signed on every ledger write: the compact JWS is put together here, byte for
         # byte what sign_compact makes of {"typ": PROMISE_TYP} and the payload dict
-        # (tests/tessera/test_tlog.py compares the two), with the header encoded once
-        # per key instead of twice more JSON and base64 passes per promise.
-        header = _promise_header(signer.alg, signer.key_id)
-        listed = ",".join([f'"{b64url_encode(h)}"' for h in hashes])  # base64url: no escapes
-        payload = (f'{{"log_id":{json.dumps(log_id)},"timestamp":{ms},"mmd":{mmd_ms},'
-                   f'"leaf_hashes":[{listed}]}}')
-        signing_input = f"{header}.{b64url_encode(payload.encode())}"
+        # (tests/tessera/test_merkle.py compares the two), with the header and the
+        # payload's fixed parts made once per key, log and delay (_promise_parts).
+        header, head, tail = _promise_parts(signer.alg, signer.key_id, log_id, mmd_ms)
+        # base64url has no characters JSON escapes.
+        listed = (f'"{b64url_encode(hashes[0])}"' if len(hashes) == 1 else
+                  ",".join([f'"{b64url_encode(h)}"' for h in hashes]))
+        signing_input = header + b64url_encode(f"{head}{ms}{tail}{listed}]}}".encode())
         token = f"{signing_input}.{b64url_encode(signer.sign(signing_input.encode('ascii')))}"
         return cls(hashes, ms, mmd_ms, token, log_id)
 

@@ -20,6 +20,7 @@ from tessera.pointslog import (
     LogLeaf,
     LotOpen,
     fold,
+    leaf_time,
     member_pseudonym,
     parse_leaf,
     total,
@@ -58,6 +59,42 @@ def test_leaf_bytes_are_canonical_json_of_the_leaf(reason: str, key: str | None)
                  hold=HoldRef("h\u00e9", 3, "2026-01-03T00:00:00.000Z"),
                  alloc=[Allocation(1, 2)])
     assert leaf.to_bytes() == canonical_json(leaf.as_json())
+
+
+_TEXTS = st.text(max_size=12)
+_OPT_TEXTS = st.one_of(st.none(), _TEXTS)
+_INTS = st.integers(-(2**62), 2**62)
+
+
+@given(entry=_INTS, delta=_INTS, kind=_TEXTS, member=_TEXTS, reason=_OPT_TEXTS,
+       key=_OPT_TEXTS, lot=st.one_of(st.none(), st.tuples(_TEXTS, _OPT_TEXTS)),
+       alloc=st.lists(st.tuples(_INTS, _INTS), max_size=3),
+       hold=st.one_of(st.none(), st.builds(HoldRef, _TEXTS),
+                      st.builds(HoldRef, _TEXTS, _INTS, _OPT_TEXTS)))
+def test_leaf_bytes_written_directly_are_canonical_json(
+        entry: int, delta: int, kind: str, member: str, reason: str | None, key: str | None,
+        lot: tuple[str, str | None] | None, alloc: list[tuple[int, int]],
+        hold: HoldRef | None) -> None:
+    # LogLeaf.to_bytes writes a version 2 leaf without carry as text directly instead of
+    # encoding its dict: the same bytes as canonical_json for every field, null or not.
+    leaf = LogLeaf(entry, member, delta, kind, reason, "2026-01-01T00:00:00.000Z", key,
+                   LotOpen(*lot) if lot is not None else None,
+                   tuple(Allocation(*a) for a in alloc), hold)
+    assert leaf.to_bytes() == canonical_json(leaf.as_json())
+
+
+def test_leaf_bytes_fall_back_to_the_encoder_for_what_is_not_written_directly() -> None:
+    for leaf in (_leaf(delta=True), _leaf(alloc=[Allocation(True, 2)]),  # type: ignore[arg-type]
+                 _leaf(hold=HoldRef("h", False, None))):  # type: ignore[arg-type]
+        assert leaf.to_bytes() == canonical_json(leaf.as_json())
+    assert b'"delta":true' in _leaf(delta=True).to_bytes()  # type: ignore[arg-type]
+
+
+def test_leaf_time_of_any_zone_is_utc_milliseconds() -> None:
+    at = datetime(2026, 3, 1, 0, 30, 0, 999999, tzinfo=timezone(timedelta(hours=1)))
+    assert leaf_time(at) == "2026-02-28T23:30:00.999Z"
+    assert leaf_time(at.astimezone(UTC)) == "2026-02-28T23:30:00.999Z"
+    assert leaf_time(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000Z"
 
 
 def test_pseudonym_is_keyed() -> None:
