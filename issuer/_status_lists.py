@@ -97,9 +97,24 @@ _OPEN_SHARD: Final = (select(StatusListShard)
 _SLOT_USED: Final = select(IssuedCredential.id).where(
     col(IssuedCredential.status_list_id) == bindparam("shard_id"),
     col(IssuedCredential.status_index) == bindparam("idx"))
-_SLOTS_USED: Final = select(IssuedCredential.status_index).where(
-    col(IssuedCredential.status_list_id) == bindparam("shard_id"),
-    col(IssuedCredential.status_index).in_(bindparam("idxs", expanding=True)))
+_SLOT_INDEX: Final = IssuedCredential.__table__.c  # type: ignore[attr-defined]
+# A round of candidate slots probed in one statement: one lookup of the unique key
+# (status_list_id, status_index) per candidate, as a UNION ALL. An IN list on the key's
+# second column is, in PostgreSQL 15's generic plan, a filter over every row of the shard
+# (a bitmap scan of status_list_id alone: ~3,000 rows read per batch-10 exchange in the
+# load bench, growing with the shard; bench/README.md "Issuance on SQLite, the gate's
+# hold (session 8)"). Built once per round size.
+_SLOTS_USED: dict[int, Any] = {}
+
+
+def _slots_used(count: int) -> Any:
+    stmt = _SLOTS_USED.get(count)
+    if stmt is None:
+        lookups = [select(_SLOT_INDEX.status_index).where(
+            _SLOT_INDEX.status_list_id == bindparam("shard_id"),
+            _SLOT_INDEX.status_index == bindparam(f"idx_{i}")) for i in range(count)]
+        stmt = _SLOTS_USED[count] = lookups[0] if count == 1 else union_all(*lookups)
+    return stmt
 
 
 def _open_shard(session: Session, *, brand_id: str, kind: StatusListKind,
@@ -174,8 +189,9 @@ def allocate_batch(session: Session, *, brand_id: str, kind: StatusListKind, now
             if idx not in candidates and idx not in picked:
                 candidates.append(idx)
         probes += want
-        used = set(session.exec(_SLOTS_USED, params={"shard_id": shard.id,
-                                                     "idxs": candidates}))
+        used = set(core(session, _slots_used(len(candidates)), {
+            "shard_id": shard.id, **{f"idx_{i}": idx for i, idx in enumerate(candidates)},
+        }).scalars())
         picked.extend(idx for idx in candidates if idx not in used)
     slots = [(shard, idx) for idx in picked]
     taken = {(shard.id, idx) for idx in picked}

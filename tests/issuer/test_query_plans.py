@@ -32,9 +32,10 @@ from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 
 from issuer._db import is_sqlite
+from tessera.did import did_key
 from tessera.keys import signer_from_jwk
 from tests.issuer.conftest import Service
-from tests.issuer.oid4vci_wallet import SpecWallet
+from tests.issuer.oid4vci_wallet import SpecWallet, fresh_keys
 from tests.issuer.test_redemption import make_world
 
 # Tables whose size does not grow with the traffic (a brand's configuration): a scan of
@@ -57,6 +58,8 @@ def hot(service: Service) -> Captured:
     cred = world.credential()
     key = jwk.JWK.generate(kty="EC", crv="P-256")
     issued = _member(service, key)
+    did = did_key(signer_from_jwk(json.loads(key.export_private())).public_key)
+    kid = f"{did}#{did.removeprefix('did:key:')}"
 
     def earn() -> None:
         r = service.post("air", f"/admin/v1/members/{member_id}/points/earn", {"points": 10})
@@ -76,14 +79,15 @@ def hot(service: Service) -> Captured:
                                 json={"credential_configuration_ids":
                                       ["LoyaltyPointsCredential_sd_jwt"]})
         assert r.status_code == 201, r.text
-        wallet = SpecWallet(service.client, key)
+        wallet = SpecWallet(service.client, key, kid=kid)
         session = wallet.start(r.json()["offer_uri"])
         sent.clear()
         assert wallet.token(session).status_code == 200
-        nonce = wallet.nonce(session)
-        r = wallet.credential(session, "LoyaltyPointsCredential_sd_jwt",
-                              wallet.proof(session, nonce=nonce, now=service.clock.now))
+        # A batch, as wallets ask: its status slots are probed together.
+        r = wallet.request_batch(session, "LoyaltyPointsCredential_sd_jwt", fresh_keys(3),
+                                 now=service.clock.now)
         assert r.status_code == 200, r.text
+        assert len(r.json()["credentials"]) == 3
 
     def sequencer() -> None:
         service.integrate()
