@@ -89,6 +89,7 @@ from tessera.errors import ErrorCode, TesseraError
 from tessera.sqlite import DEFERRED_DURABILITY, READ_ONLY, configure_sqlite
 
 __all__ = [
+    "MAIN_KEY",
     "CoreResult",
     "core",
     "core_insert",
@@ -669,13 +670,27 @@ _Write = tuple[Insert | Update, Mapping[str, Any]]
 _WITH_WRITES: dict[tuple[Any, ...], tuple[Select[Any], tuple[Any, ...]]] = {}
 
 
-def _renamed(stmt: Insert | Update, names: frozenset[str], prefix: str) -> Insert | Update:
+class _MainKey:
+    """The value of an INSERT's column that is the primary key the main statement of
+    :func:`core_with_writes` inserts (:data:`MAIN_KEY`)."""
+
+    __slots__ = ()
+
+
+MAIN_KEY: Final = _MainKey()
+
+
+def _renamed(stmt: Insert | Update, names: frozenset[str], prefix: str,
+             main_key: Any = None, keyed: frozenset[str] = frozenset()) -> Insert | Update:
     """``stmt`` with its parameters ``names`` bound as ``prefix + name`` (an INSERT
-    without values gets one bound value per name: what ``core`` compiles it to)."""
+    without values gets one bound value per name: what ``core`` compiles it to, and
+    the columns ``keyed`` the value ``main_key``)."""
     if isinstance(stmt, Insert) and not stmt._values and not stmt._multi_values:
         table = stmt.table
-        return insert(table).values({name: bindparam(prefix + name, type_=table.c[name].type)
-                                     for name in sorted(names)})
+        return insert(table).values({
+            name: main_key if name in keyed
+            else bindparam(prefix + name, type_=table.c[name].type)
+            for name in sorted(names)})
 
     def rename(element: Any, **_kw: Any) -> Any:
         if isinstance(element, BindParameter) and element.key in names:
@@ -687,48 +702,71 @@ def _renamed(stmt: Insert | Update, names: frozenset[str], prefix: str) -> Inser
     return renamed
 
 
-def _with_writes(first: Update, first_names: frozenset[str],
+def _with_writes(main: Insert | Update, main_names: frozenset[str],
                  writes: Sequence[_Write]) -> tuple[Select[Any], tuple[Any, ...]]:
-    """One SELECT running ``first`` (an UPDATE ... RETURNING) and ``writes`` as
-    data-modifying CTEs (PostgreSQL): a row per row ``first`` returned, or one row of
-    NULLs, each with the writes' row counts (``n0``, ``n1``, ...). Built once per
-    combination of statements and parameter names."""
-    key = (id(first), first_names, *((id(s), frozenset(p)) for s, p in writes))
+    """One SELECT running ``main`` (an UPDATE ... RETURNING, or an INSERT returning its
+    primary key) and ``writes`` as data-modifying CTEs (PostgreSQL): a row per row
+    ``main`` returned, or one row of NULLs, each with the writes' row counts (``n0``,
+    ``n1``, ...). Built once per combination of statements and parameter names."""
+    keyed = [frozenset(k for k, v in p.items() if v is MAIN_KEY) for _s, p in writes]
+    key = (id(main), main_names, *((id(s), frozenset(p), k)
+                                    for (s, p), k in zip(writes, keyed, strict=True)))
     done = _WITH_WRITES.get(key)
     if done is None:
-        main = _renamed(first, first_names, "m_").cte("m")
+        renamed = _renamed(main, main_names, "m_")
+        if isinstance(renamed, Insert) and not renamed._returning:
+            renamed = renamed.returning(*renamed.table.primary_key)
+        first = renamed.cte("m")
+        main_key = sqlalchemy_select(*first.c).scalar_subquery()
         counts = sqlalchemy_select(*(
             sqlalchemy_select(func.count()).select_from(
-                _renamed(stmt, frozenset(params), f"w{i}_").returning(
+                _renamed(stmt, frozenset(params), f"w{i}_", main_key, keyed[i]).returning(
                     literal_column("1")).cte(f"w{i}")).scalar_subquery().label(f"n{i}")
             for i, (stmt, params) in enumerate(writes))).subquery("n")
-        combined = sqlalchemy_select(*main.c, *counts.c).select_from(
-            counts.outerjoin(main, true()))
-        done = _WITH_WRITES[key] = (combined, (first, *(s for s, _ in writes)))
+        combined = sqlalchemy_select(*first.c, *counts.c).select_from(
+            counts.outerjoin(first, true()))
+        done = _WITH_WRITES[key] = (combined, (main, *(s for s, _ in writes)))
     return done
 
 
-def core_with_writes(session: Session, first: Update, params: Mapping[str, Any],
+def core_with_writes(session: Session, main: Insert | Update, params: Mapping[str, Any],
                      writes: Sequence[_Write]) -> tuple[list[Row[Any]], list[int]]:
-    """``first`` (an UPDATE ... RETURNING) and then ``writes`` (INSERTs and UPDATEs whose
-    rows nothing reads back in this statement): the rows ``first`` returned and each
-    write's row count.
+    """``main`` (an UPDATE ... RETURNING, or an INSERT) and ``writes`` (INSERTs and
+    UPDATEs whose rows nothing reads back in this statement): the rows ``main``
+    returned (an INSERT: its primary key) and each write's row count. A write's
+    column given :data:`MAIN_KEY` takes the primary key ``main`` inserts.
 
     On PostgreSQL one statement, the writes as data-modifying CTEs: one round trip
     where there were ``1 + len(writes)`` (bench/README.md "Redemption, sixth pass
     (session 8)"). They run on one snapshot and see none of each other's rows, so
     none may read or write a row another of them writes; foreign keys are checked at
-    the statement's end, as a unique violation is raised, as ``core`` raises them.
-    Elsewhere (SQLite, in process: no round trip to save) each runs in turn.
+    the statement's end (``main`` may name a row a write inserts, a write the row
+    ``main`` inserts), and errors are raised as ``core`` raises them. Elsewhere
+    (SQLite, in process: no round trip to save) the writes run in turn, those naming
+    ``main``'s key after it, the others before.
     """
     conn = _connection(session)
     if not writes or conn.dialect.name != "postgresql":
-        rows = core(session, first, params).all()
-        return rows, [core(session, stmt, values).rowcount for stmt, values in writes]
-    combined, _held = _with_writes(first, frozenset(params), writes)
+        later = [any(v is MAIN_KEY for v in values.values()) for _stmt, values in writes]
+        counts = [core(session, stmt, values).rowcount if not after else 0
+                  for (stmt, values), after in zip(writes, later, strict=True)]
+        result = core(session, main, params)
+        if isinstance(main, Insert):
+            key = result.inserted_primary_key
+            rows = [] if key is None else [key]
+        else:
+            rows = result.all()
+        for i, ((stmt, values), after) in enumerate(zip(writes, later, strict=True)):
+            if after:
+                counts[i] = core(session, stmt, {
+                    name: rows[0][0] if value is MAIN_KEY else value
+                    for name, value in values.items()}).rowcount
+        return rows, counts
+    combined, _held = _with_writes(main, frozenset(params), writes)
     values = {f"m_{name}": value for name, value in params.items()}
     for i, (_stmt, given) in enumerate(writes):
-        values.update({f"w{i}_{name}": value for name, value in given.items()})
+        values.update({f"w{i}_{name}": value for name, value in given.items()
+                       if value is not MAIN_KEY})
     got = core(session, combined, values).all()
     width = len(got[0]) - len(writes)
     counts = [int(n) for n in got[0][width:]]

@@ -48,7 +48,7 @@ from sqlmodel import Session, col, func, select
 
 from issuer import _translog
 from issuer._admin import tiers_of
-from issuer._db import core, core_insert, session_scope, table_of
+from issuer._db import MAIN_KEY, core, core_insert, core_with_writes, session_scope, table_of
 from issuer._keystore import KeyStore
 from issuer._models import (
     MAX_POINTS,
@@ -385,6 +385,12 @@ def _close_hold(session: Session, hold: Hold, *, status: HoldStatus, now: dateti
     if core(session, _CLOSE_HOLD, {"_pk": hold.id, "status": status, "closed_at": now,
                                    "captured_points": captured_points}).rowcount != 1:
         raise TesseraError(ErrorCode.INTERNAL_ERROR, "point_hold row to update is gone")
+    _closed(session, hold, status=status, now=now, captured_points=captured_points)
+
+
+def _closed(session: Session, hold: Hold, *, status: HoldStatus, now: datetime,
+            captured_points: int | None = None) -> None:
+    """The transaction's copies of a hold whose row was just closed."""
     hold.status, hold.closed_at, hold.captured_points = status, now, captured_points
     # A copy of the same row among the open holds the write read with its idempotency
     # record (_write) closes too: a release or an expiry reads its hold on its own.
@@ -759,7 +765,12 @@ class Entry:
 _ENTRY_COLUMNS: Final = tuple(c.name for c in table_of(LedgerEntry).columns if c.name != "id")
 
 
-def _new_entry(session: Session, member: MemberRow, now: datetime, **fields: Any) -> Entry:
+def _new_entry(session: Session, member: MemberRow, now: datetime, *,
+               writes: Sequence[tuple[Insert | Update, Mapping[str, Any]]] = (),
+               **fields: Any) -> Entry:
+    """``writes``: single-row writes sent with the entry's INSERT (one statement on
+    PostgreSQL, :func:`issuer._db.core_with_writes`; a row the entry names, as a hold,
+    may be among them)."""
     fields.setdefault("qualifying_points", 0)
     fields.setdefault("qualifying_at", now)
     if fields["qualifying_points"]:
@@ -768,10 +779,11 @@ def _new_entry(session: Session, member: MemberRow, now: datetime, **fields: Any
     # Append-only: the row is inserted as a Core statement (its id from RETURNING) and
     # never joins the session's unit of work, which cost more than the INSERT itself.
     # The object stays the transaction's copy of it (note_written keeps it for the log).
-    key = core(session, _INSERT_ENTRY, {
-        name: getattr(entry, name) for name in _ENTRY_COLUMNS}).inserted_primary_key
-    assert key is not None
-    entry.id = int(key[0])
+    keys, counts = core_with_writes(session, _INSERT_ENTRY, {
+        name: getattr(entry, name) for name in _ENTRY_COLUMNS}, writes)
+    if len(keys) != 1 or any(n != 1 for n in counts):
+        raise TesseraError(ErrorCode.INTERNAL_ERROR, "a ledger write wrote other rows")
+    entry.id = int(keys[0][0])
     # The log reads an entry's columns, which an Entry has under the same names.
     _translog.note_written(session, entry)
     return entry
@@ -807,6 +819,20 @@ def _debit(session: Session, member: MemberRow, entry: Entry, points: int, now: 
     ``first`` (the lot of a credit being reversed) is drained before any
     other, even while still pending: that is the return-window case.
     """
+    assert entry.id is not None
+    for lot, take in _taking(session, member, points, now, reserved=reserved, first=first):
+        _set_remaining(session, lot, lot.remaining - take)
+        core(session, _INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
+                                             "amount": take})
+        # All of this entry's allocations are made here: the log takes them from
+        # here instead of reading them back (issuer._translog.append_for_member).
+        _translog.note_written(session, taken=(entry.id, lot.entry_id, take))
+
+
+def _taking(session: Session, member: MemberRow, points: int, now: datetime, *,
+            reserved: int, first: Lot | None = None) -> list[tuple[Lot, int]]:
+    """The lots :func:`_debit` takes ``points`` from and how many from each, in order;
+    ``insufficient_balance`` when they are not there."""
     lots = [lot for lot in _lots(session, member.id)
             if _live(lot, now) and lot.available_at <= now and lot is not first]
     lots.sort(key=lambda lot: (lot.expires_at is None, lot.expires_at or now, lot.id or 0))
@@ -818,18 +844,14 @@ def _debit(session: Session, member: MemberRow, entry: Entry, points: int, now: 
         raise TesseraError(ErrorCode.INSUFFICIENT_BALANCE,
                            f"{points} points requested, {max(free, 0)} available")
     need = points
-    assert entry.id is not None
+    taking: list[tuple[Lot, int]] = []
     for lot in lots:
         if need == 0:
             break
         take = min(lot.remaining, need)
-        _set_remaining(session, lot, lot.remaining - take)
         need -= take
-        core(session, _INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
-                                             "amount": take})
-        # All of this entry's allocations are made here: the log takes them from
-        # here instead of reading them back (issuer._translog.append_for_member).
-        _translog.note_written(session, taken=(entry.id, lot.entry_id, take))
+        taking.append((lot, take))
+    return taking
 
 
 def _sweep_expired(session: Session, *, member: MemberRow, now: datetime) -> None:
@@ -997,19 +1019,20 @@ def create_hold(session: Session, *, brand_id: str, member_id: str, idempotency_
         hold = Hold(id=new_id(), brand_id=member.brand_id, member_id=member.id,
                     points=points, reference=reference, status=HoldStatus.HELD,
                     created_at=now, expires_at=_ms(now + timedelta(seconds=ttl_seconds)))
-        # A Core INSERT of a plain row (no SQLModel object, no flush); the answer and a
-        # capture in this transaction find it among the holds it knows (hold_row).
-        core(session, _INSERT_HOLD, {
-            "id": hold.id, "brand_id": hold.brand_id, "member_id": hold.member_id,
-            "points": hold.points, "reference": hold.reference, "status": hold.status,
-            "created_at": hold.created_at, "expires_at": hold.expires_at,
-            "closed_at": None, "captured_points": None})
         _known(session, [hold])
         _remember(session, hold=hold)
         # The log reads a hold's id, points and expires_at, which a Hold has.
         _translog.note_written(session, hold=hold)
+        # A Core INSERT of a plain row (no SQLModel object, no flush), sent with its
+        # entry's; the answer and a capture in this transaction find it among the holds
+        # it knows (hold_row).
         _new_entry(session, member, now, kind=EntryKind.HOLD, points=0, hold_id=hold.id,
-                   reference=reference)
+                   reference=reference, writes=[(_INSERT_HOLD, {
+                       "id": hold.id, "brand_id": hold.brand_id, "member_id": hold.member_id,
+                       "points": hold.points, "reference": hold.reference,
+                       "status": hold.status, "created_at": hold.created_at,
+                       "expires_at": hold.expires_at, "closed_at": None,
+                       "captured_points": None})])
         return {"hold": hold_public(hold, now).model_dump(mode="json")}
 
     return _write(session, brand_id=brand_id, member_id=member_id,
@@ -1069,11 +1092,31 @@ def capture_hold(session: Session, *, brand_id: str, hold_id: str, idempotency_k
         amount = hold.points if points is None else points
         if amount > hold.points:
             raise TesseraError(ErrorCode.INVALID_REQUEST, "cannot capture more than was held")
+        # The debit's lot updates and the hold's close go with the entry's INSERT (one
+        # statement on PostgreSQL, bench/README.md "Redemption, sixth pass (session
+        # 8)"), and so does its allocation when it takes from one lot. From several, the
+        # allocations follow one by one: their ids keep the order the log lists them in
+        # (the writes of one statement run in no set order).
+        taking = _taking(session, member, amount, now,
+                         reserved=_held(session, member, now) - hold.points)
+        writes: list[tuple[Insert | Update, Mapping[str, Any]]] = [
+            (_SET_REMAINING, {"_pk": lot.id, "remaining": lot.remaining - take})
+            for lot, take in taking]
+        writes.append((_CLOSE_HOLD, {"_pk": hold.id, "status": HoldStatus.CAPTURED,
+                                     "closed_at": now, "captured_points": amount}))
+        if len(taking) == 1:
+            writes.append((_INSERT_ALLOCATION, {"entry_id": MAIN_KEY, "lot_id": taking[0][0].id,
+                                                "amount": taking[0][1]}))
         entry = _new_entry(session, member, now, kind=EntryKind.REDEEM, points=-amount,
-                           reference=hold.reference, hold_id=hold.id)
-        _debit(session, member, entry, amount, now,
-               reserved=_held(session, member, now) - hold.points)
-        _close_hold(session, hold, status=HoldStatus.CAPTURED, captured_points=amount, now=now)
+                           reference=hold.reference, hold_id=hold.id, writes=writes)
+        assert entry.id is not None
+        for lot, take in taking:
+            lot.remaining -= take
+            if len(taking) != 1:
+                core(session, _INSERT_ALLOCATION, {"entry_id": entry.id, "lot_id": lot.id,
+                                                     "amount": take})
+            _translog.note_written(session, taken=(entry.id, lot.entry_id, take))
+        _closed(session, hold, status=HoldStatus.CAPTURED, captured_points=amount, now=now)
         _translog.note_written(session, hold=hold)
         return {"hold": hold_public(hold, now).model_dump(mode="json"),
                 "entry": _entry_public(entry).model_dump(mode="json")}

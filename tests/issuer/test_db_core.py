@@ -402,3 +402,17 @@ def test_writes_sent_with_an_update_do_what_they_do_one_by_one(
                              [(_INSERT, _row("three"))])
     with session_scope(engine) as session:  # the failed statement wrote nothing
         assert {r.note for r in core(session, select(_SAMPLE))} == {"y", "z", "q"}
+
+
+def test_writes_sent_with_an_insert_may_take_its_key(engine: Engine) -> None:
+    """``core_with_writes`` with an INSERT: its primary key, and a write's column given
+    ``MAIN_KEY`` takes it (on SQLite that write runs after the INSERT, the others before)."""
+    with session_scope(engine) as session:
+        core(session, _INSERT, _row("old", note="o"))
+        keys, counts = _db.core_with_writes(session, _INSERT, _row("main"), [
+            (_SET_AMOUNT, {"which": "old", "amount": 5}),
+            (_INSERT, _row("follower", amount=_db.MAIN_KEY))])
+        assert counts == [1, 1] and len(keys) == 1
+        got = {r.label: r for r in core(session, select(_SAMPLE))}
+    assert got["main"].id == keys[0][0] == got["follower"].amount
+    assert got["old"].amount == 5

@@ -509,8 +509,10 @@ def test_kb_jwt_with_an_infinite_iat_is_refused_not_a_server_error(world: World)
 
 # Statements a warm hold + capture sends (bench/README.md "Redemption, fourth pass
 # (session 6)", "Redemption, sixth pass (session 8)"): each one is a round trip and
-# ~0.1-0.3 ms of Python on the hot path, so a change that adds one shows here.
-MAX_STATEMENTS_PER_PAIR = 24
+# ~0.1-0.3 ms of Python on the hot path, so a change that adds one shows here. On
+# PostgreSQL a write's trailing single-row writes go with another statement (data-modifying
+# CTEs, issuer._db.core_with_writes); SQLite, in process, runs them one by one.
+MAX_STATEMENTS_PER_PAIR = {"postgresql": 15, "sqlite": 24}
 
 
 def test_a_hold_and_capture_send_no_more_statements_than_counted(world: World) -> None:
@@ -530,7 +532,8 @@ def test_a_hold_and_capture_send_no_more_statements_than_counted(world: World) -
     sent: list[str] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.split(None, 1)[0].upper() in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+        if statement.split(None, 1)[0].upper() in ("SELECT", "INSERT", "UPDATE", "DELETE",
+                                                   "WITH"):
             sent.append(statement)
 
     engine = world.service.engine
@@ -539,4 +542,4 @@ def test_a_hold_and_capture_send_no_more_statements_than_counted(world: World) -
         pair("counted")
     finally:
         event.remove(engine, "before_cursor_execute", seen)
-    assert len(sent) <= MAX_STATEMENTS_PER_PAIR, "\n".join(sent)
+    assert len(sent) <= MAX_STATEMENTS_PER_PAIR[engine.dialect.name], "\n".join(sent)
