@@ -708,8 +708,11 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     _sweep_expired(session, member=member, now=now)
     body = action(member)
     session.flush()
+    # The log's pending leaf (when the write made one) goes with the last statement below,
+    # in this transaction as its entry; nothing until then reads pending leaves.
+    pending: list[tuple[Insert | Update, Mapping[str, Any]]] = []
     logged = _translog.append_for_member(session, brand_id=brand_id, member_id=member.id,
-                                         idempotency_key=idempotency_key)
+                                         idempotency_key=idempotency_key, writes=pending)
     signed = _translog.promise(session, brand_id=brand_id, leaf_hashes=logged, now=now)
     if signed is not None:
         body["log_promise"] = session.info[_translog.LAST_PROMISE] = signed
@@ -724,7 +727,7 @@ def _write(session: Session, *, brand_id: str, member_id: str, idempotency_key: 
     writes: list[tuple[Insert | Update, Mapping[str, Any]]] = [
         (_INSERT_IDEMPOTENCY, {"brand_id": brand_id, "key": idempotency_key,
                                "fingerprint": fingerprint, "status_code": 201,
-                               "response": body, "created_at": now})]
+                               "response": body, "created_at": now}), *pending]
     if then is not None:
         writes.extend(then(body))
     # The points credential states a balance that just changed: it is superseded

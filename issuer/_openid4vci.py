@@ -33,13 +33,13 @@ import hmac
 import json
 import secrets
 import urllib.parse
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from pydantic import BaseModel, Field
-from sqlalchemy import bindparam, update
+from sqlalchemy import Insert, bindparam, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
@@ -263,7 +263,11 @@ _INSERT_OFFER: Final = core_insert(CredentialOffer)
 
 
 def create_offer(session: Session, *, settings: Settings, brand: Brand, member_id: str,
-                 request: OfferRequest, now: datetime) -> OfferCreated:
+                 request: OfferRequest, now: datetime,
+                 writes: list[tuple[Insert, Mapping[str, Any]]] | None = None) -> OfferCreated:
+    """``writes``: when given, the offer's INSERT is appended to it, not run, for the
+    caller to send in this transaction (a capture's fresh offer goes with the capture's
+    last statement: bench/README.md "Redemption, sixth pass (session 8)")."""
     # A member this transaction's ledger write locked (a capture's fresh offer) is known
     # to exist and to be the brand's: no read.
     member = (locked_member(session, brand_id=brand.id, member_id=member_id)
@@ -291,14 +295,18 @@ def create_offer(session: Session, *, settings: Settings, brand: Brand, member_i
     # A new row nothing in this transaction reads back: a Core INSERT of every column
     # (no SQLModel object to build and validate, no flush; redemption's capture makes
     # one per operation: bench/README.md "Redemption, third pass (session 5)").
-    core(session, _INSERT_OFFER, {
+    row = {
         "id": offer_id, "brand_id": brand.id, "member_id": member.id,
         "configuration_ids": ids, "reference_sha256": _sha256(reference),
         "code_sha256": _sha256(code), **tx_columns, "tx_code_failures": 0,
         "created_at": now, "expires_at": expires_at, "redeemed_at": None,
         "access_token_sha256": None, "access_token_expires_at": None,
         "issued_configurations": [], "refresh_family_expires_at": None,
-        "refresh_revoked_at": None})
+        "refresh_revoked_at": None}
+    if writes is not None:
+        writes.append((_INSERT_OFFER, row))
+    else:
+        core(session, _INSERT_OFFER, row)
     issuer = issuer_url(settings, brand)
     body = {"credential_issuer": issuer, "credential_configuration_ids": ids,
             "grants": {GRANT_PRE_AUTHORIZED: grant}}

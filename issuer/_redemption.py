@@ -30,7 +30,7 @@ Redemption (DESIGN.md "Cross-brand redemption", OpenID4VP 1.0 §8.4):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -508,11 +508,22 @@ def _entry_id(body: Mapping[str, Any]) -> int:
     return int(body["entry"]["id"])
 
 
+Also = Callable[[RedemptionRow], Sequence[tuple[Any, Mapping[str, Any]]]]
+"""A caller's own single-row writes made with a capture, from its redemption row."""
+
+
 def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: str,
-            now: datetime, points: int | None = None) -> RedemptionRow:
-    """The partner confirmed the sale: the hold becomes a ``redeem`` entry, once."""
+            now: datetime, points: int | None = None, also: Also | None = None
+            ) -> RedemptionRow:
+    """The partner confirmed the sale: the hold becomes a ``redeem`` entry, once.
+
+    ``also``: the caller's own writes (the route's fresh offer), sent with the capture's
+    last statement (after the member's lock), or one by one when nothing is captured now
+    (captured before, or the capture replayed)."""
     row = _redemption(session, partner, redemption_id)
     if row.status == RedemptionStatus.CAPTURED:
+        for stmt, params in also(row) if also is not None else ():
+            core(session, stmt, params)
         return row
     if row.status != RedemptionStatus.HELD:
         raise TesseraError(ErrorCode.CONFLICT, f"redemption is {row.status}")
@@ -529,15 +540,18 @@ def capture(session: Session, *, brand: Brand, partner: Partner, redemption_id: 
         return [(_UPDATE_REDEMPTION, _saved(row)), (_INSERT_SETTLEMENT_LINE, {
             "brand_id": brand.id, "partner_id": partner.id, "kind": "redeem",
             "points": row.captured_points, "entry_id": _entry_id(body),
-            "redemption_id": row.id, "reference": row.order_reference, "created_at": now})]
+            "redemption_id": row.id, "reference": row.order_reference, "created_at": now}),
+            *(also(row) if also is not None else ())]
 
     outcome = _ledger.capture_hold(session, brand_id=brand.id, hold_id=row.hold_id,
                                    idempotency_key=f"capture:{row.id}", now=now, points=points,
                                    member_id=row.member_id, then=captured)
     if not made:  # the capture was replayed: its writes were not made with it
-        _, (_, line) = captured(outcome.body)
+        _, (_, line), *more = captured(outcome.body)
         _save(session, row)
         core(session, _INSERT_SETTLEMENT_LINE, line)
+        for stmt, params in more:
+            core(session, stmt, params)
     session.info.setdefault(_CAPTURED_NOW, set()).add(row.id)
     return row
 

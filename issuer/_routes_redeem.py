@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -267,23 +267,33 @@ def capture(slug: str, redemption_id: str, body: CaptureBody, credentials: Partn
     """
     def run(session: Session) -> dict[str, Any]:
         brand, partner = _authorised(session, slug, credentials, state.keystore)
+        offer: dict[str, Any] = {}
+
+        def fresh(row: _redemption.RedemptionRow) -> list[tuple[Any, Mapping[str, Any]]]:
+            # The offer's INSERT goes with the capture's last statement (bench/README.md
+            # "Redemption, sixth pass (session 8)").
+            writes: list[tuple[Any, Mapping[str, Any]]] = []
+            offer.update(_fresh_offer(session, state, brand, row.member_id, now, writes))
+            return writes
+
         row = _redemption.capture(session, brand=brand, partner=partner,
-                                  redemption_id=redemption_id, now=now, points=body.points)
+                                  redemption_id=redemption_id, now=now, points=body.points,
+                                  also=fresh)
         promise = _promise_of(session)
-        offer = _fresh_offer(session, state, brand, row.member_id, now)
         return _body(session, state, brand, row, now, {"fresh_credential": offer, **promise})
 
     return JSONResponse(run_write(state.engine, run, keystore=state.keystore))
 
 
 def _fresh_offer(session: Session, state: Any, brand: Brand, member_id: str,
-                 now: datetime) -> dict[str, Any]:
-    """An OpenID4VCI offer of a fresh points credential; only the member's key can take it."""
+                 now: datetime, writes: list[tuple[Any, Mapping[str, Any]]]) -> dict[str, Any]:
+    """An OpenID4VCI offer of a fresh points credential; only the member's key can take it.
+    Its INSERT is appended to ``writes``, for the caller to send."""
     from issuer._openid4vci import OfferRequest, create_offer
 
     created = create_offer(session, settings=state.settings, brand=brand, member_id=member_id,
                            request=OfferRequest(credential_configuration_ids=[
-                               "LoyaltyPointsCredential_sd_jwt"]), now=now)
+                               "LoyaltyPointsCredential_sd_jwt"]), now=now, writes=writes)
     return {"offer_uri": created.offer_uri_by_reference,
             "expires_at": created.expires_at.isoformat()}
 

@@ -42,7 +42,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -83,6 +83,7 @@ from tessera.typing import Signer
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+    from sqlalchemy.sql.dml import Insert, Update
 
     from issuer._keystore import KeyStore
     from issuer._ledger import Entry, Hold, Lot
@@ -237,12 +238,20 @@ _UNLOGGED: Final = (
 
 
 def append_for_member(session: Session, *, brand_id: str, member_id: str,
-                      idempotency_key: str | None) -> list[bytes]:
+                      idempotency_key: str | None,
+                      writes: list[tuple[Insert | Update, Mapping[str, Any]]] | None = None,
+                      ) -> list[bytes]:
     """Record the member's ledger entries that have no leaf yet as pending; their leaf hashes.
 
     The caller holds the member row locked, so only this transaction can be
     creating the member's leaves (and the sequencer moves a row from pending
     to the tree in one transaction: a single statement sees it in one place).
+
+    ``writes``: when given, a single pending leaf's INSERT is appended to it for the
+    caller to send with its transaction's last statement (issuer._ledger._write: one
+    statement on PostgreSQL, :func:`issuer._db.core_with_writes`), before anything in
+    the transaction reads pending leaves again; several leaves are still inserted here
+    (their ``seq`` in their entries' order).
     """
     # The ledger's plain rows (issuer._ledger.Entry/Lot/Hold) where the write handed them
     # over, ORM rows where they are read back: both have the columns used below.
@@ -252,7 +261,8 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
         one = _one_record(session, written[0], key, idempotency_key)
         if one is not None:
             session.info[NEW_ENTRIES] = []
-            return _pend(session, brand_id, [one], now=_aware(written[0].created_at))
+            return _pend(session, brand_id, [one], now=_aware(written[0].created_at),
+                         writes=writes)
     fresh = [e for e in written if e.member_id == member_id and e.brand_id == brand_id]
     pending: list[Entry | LedgerEntry]
     if key in _caught_up:
@@ -317,7 +327,8 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
                            _aware(lot.expires_at) if lot.expires_at else None)
             if lot is not None else None,
             alloc=allocations.get(entry.id, ()), hold=hold), entry.id))
-    return _pend(session, brand_id, records, now=_aware(pending[-1].created_at))
+    return _pend(session, brand_id, records, now=_aware(pending[-1].created_at),
+                 writes=writes)
 
 
 def _one_record(session: Session, entry: Entry, key: tuple[str, str],
@@ -348,8 +359,11 @@ def _one_record(session: Session, entry: Entry, key: tuple[str, str],
 
 
 def _pend(session: Session, brand_id: str, records: Sequence[LeafRecord], *,
-          now: datetime) -> list[bytes]:
-    """Queue leaves for the sequencer; return their leaf hashes."""
+          now: datetime,
+          writes: list[tuple[Insert | Update, Mapping[str, Any]]] | None = None,
+          ) -> list[bytes]:
+    """Queue leaves for the sequencer; return their leaf hashes. ``writes``: see
+    :func:`append_for_member`."""
     if not records:
         return []
     rows, hashes = [], []
@@ -359,8 +373,13 @@ def _pend(session: Session, brand_id: str, records: Sequence[LeafRecord], *,
         hashes.append(merkle.leaf_hash(raw))
         rows.append({"brand_id": brand_id, "entry_id": record.entry_id,
                      "member": record.leaf.member, "data": raw.decode(), "created_at": now})
-    if len(rows) == 1:
-        # The one leaf of most writes: issuer._db.core runs the prebuilt insert on the
+    if len(rows) == 1 and writes is not None:
+        # The one leaf of most writes goes with the write's last statement (bench/README.md
+        # "Redemption, sixth pass (session 8)"): the same transaction as its entry, and its
+        # hash, promised above, is of these very bytes.
+        writes.append((_INSERT_PENDING, rows[0]))
+    elif len(rows) == 1:
+        # The one leaf of a write: issuer._db.core runs the prebuilt insert on the
         # DBAPI cursor (cursor listeners still see it), without SQLAlchemy's execution
         # context, which cost more than the insert itself.
         core(session, _INSERT_PENDING, rows[0])
