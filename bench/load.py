@@ -1,6 +1,6 @@
 """Load benchmark of the three hot paths against real servers on loopback.
 
-``python -m bench.load [--path issuance|checkout|redemption ...] [--quick]
+``python -m bench.load [--path issuance|checkout|redemption|earn ...] [--quick]
 [--server uvicorn,granian] [--repeat N] [--balance request|operation]
 [--concurrency 4,8,16,32] [--ops N] [--json PATH]`` (also ``python -m bench load``).
 
@@ -23,6 +23,15 @@ Paths (one *operation* each, counted only when every step answered as it must):
 * ``redemption``: a partner's hold and capture of 10 points (``POST
   /brands/{slug}/redemptions``, then ``/capture``). Server: ``tessera issuer
   serve``.
+* ``earn`` (only when asked for: ``--path earn``): a brand's till crediting a
+  member, ``POST /admin/v1/members/{id}/points/earn`` with the brand's API key
+  and a fresh ``Idempotency-Key`` (201 with the entry must come back). Its
+  configurations run the same servers with the transparency log on (as in
+  production: leaf queued, inclusion promise signed, the sequencer integrating
+  in every worker) and off (:mod:`bench._log_off`, a bench-only start-up hook:
+  no leaf, no promise), back to back, and the report prints off / on of
+  throughput and of CPU per earn (issue 10: earn with the log on within 10 %
+  of earn with it off). Server: ``tessera issuer serve``.
 
 Configurations (per path; :data:`CONFIGS`): 1 vs 2 uvicorn workers of one
 instance, and 1 vs 2 separate instances (two server processes, one worker
@@ -99,9 +108,10 @@ from typing import Any, Final
 
 from bench._harness import git_commit
 
-__all__ = ["CONFIGS", "PATHS", "Config", "main", "print_table", "run"]
+__all__ = ["ALL_PATHS", "CONFIGS", "PATHS", "Config", "main", "print_table", "run"]
 
-PATHS: Final = ("issuance", "checkout", "redemption")
+PATHS: Final = ("issuance", "checkout", "redemption")  # the default run
+ALL_PATHS: Final = (*PATHS, "earn")  # earn: only with --path earn
 SERVERS: Final = ("uvicorn", "granian")
 
 
@@ -113,6 +123,7 @@ class Config:
     instances: int = 1  # separate server processes on one database
     batch: int = 1  # issuance: credentials per exchange (OpenID4VCI batch issuance)
     server: str = "uvicorn"  # the HTTP server under the app: "uvicorn" or "granian"
+    log: bool = True  # False: the servers start with bench/_log_off (no log leaf per write)
 
     def with_server(self, server: str) -> Config:
         """This configuration on another HTTP server (its name says which, uvicorn's not)."""
@@ -148,6 +159,14 @@ CONFIGS: Final[dict[str, tuple[Config, ...]]] = {
         Config("PostgreSQL, 2 workers", "postgres", 2),
         Config("PostgreSQL, 2 instances", "postgres", 1, 2),
     ),
+    # On and off back to back per store, so a drift of the shared machine's load
+    # falls on both sides of the pair (--repeat N alternates the pairs).
+    "earn": (
+        Config("PostgreSQL, 2 workers, log on", "postgres", 2),
+        Config("PostgreSQL, 2 workers, log off", "postgres", 2, log=False),
+        Config("SQLite, 2 workers, log on", "sqlite", 2),
+        Config("SQLite, 2 workers, log off", "sqlite", 2, log=False),
+    ),
 }
 
 SWEEP: Final = (4, 8, 16, 32)
@@ -160,6 +179,13 @@ POLICY: Final = "gold-10"
 DISCLOSED_CREDENTIAL: Final = "membership"
 DISCLOSED_CLAIM: Final = "tier_at_least_gold"
 REDEEM_POINTS: Final = 10
+EARN_POINTS: Final = 10
+EARN_BODY: Final = json.dumps({"points": EARN_POINTS}).encode()
+LOG_OFF_DIR: Final = Path(__file__).resolve().parent / "_log_off"
+LOG_OFF_SKIPS: Final = (
+    "issuer._translog.append_for_member returns no leaf in every server process "
+    "(bench/_log_off/sitecustomize.py): no log_pending row, no signed inclusion promise, "
+    "nothing for the sequencer to integrate; the ledger write is otherwise unchanged")
 
 
 # -- a minimal HTTP/1.1 client ---------------------------------------------------------------
@@ -449,8 +475,18 @@ async def redemption_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float
     return sum(spent)
 
 
+async def earn_op(conn: Balancer, item: Any, ctx: dict[str, Any]) -> float:
+    """One earn; ``item`` = (target, headers) made before the run (member, idempotency key)."""
+    spent: list[float] = []
+    status, body = await _timed(conn, spent, "POST", item[0], EARN_BODY, item[1])
+    if status != 201 or b'"entry"' not in body:
+        raise HttpError(f"earn {status}: {body[:160]!r}")
+    return sum(spent)
+
+
 OPS_BY_PATH: Final[dict[str, Op]] = {
-    "issuance": issuance_op, "checkout": checkout_op, "redemption": redemption_op}
+    "issuance": issuance_op, "checkout": checkout_op, "redemption": redemption_op,
+    "earn": earn_op}
 
 
 # -- CPU accounting (Linux /proc; None elsewhere) ----------------------------------------------
@@ -1037,6 +1073,7 @@ class Prepared:
     context: dict[str, Any]
     items: Callable[[int], list[Any]]  # n -> that many fresh operation inputs
     db_url: str | None = None  # a PostgreSQL bench schema: its growth per operation is measured
+    log_rows: Callable[[], dict[str, int]] | None = None  # earn: rows of the log's tables
 
     def db_bytes(self) -> int | None:
         where = _schemas.get(self.db_url or "")
@@ -1059,6 +1096,11 @@ def _issuer_servers(config: Config, work: Path, db_url: str, master: str) -> Ser
                      TESSERA_PUBLIC_URL=public)
     if config.batch > 10:  # the issuer's default batch_size is 10
         env["TESSERA_BATCH_SIZE"] = str(config.batch)
+    if not config.log:
+        # Python's site imports bench/_log_off/sitecustomize.py in the server and in
+        # each worker it spawns; production code has no switch for it.
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(LOG_OFF_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
     commands = [_cli("issuer", "serve", "--port", str(p), "--workers", str(config.workers),
                      server=config.server) for p in ports]
     servers = Servers(commands, env, work, config.workers)
@@ -1251,6 +1293,55 @@ def prepare_redemption(config: Config, work: Path, stack: contextlib.ExitStack,
                     db_url)
 
 
+LOG_TABLES: Final = ("ledger_entry", "log_pending", "log_leaf")
+
+
+def count_rows(db_url: str, tables: Sequence[str] = LOG_TABLES) -> dict[str, int]:
+    """Rows of ``tables`` in the issuer database at ``db_url`` (SQLite or a bench schema)."""
+    from sqlalchemy import text
+
+    from issuer._db import make_engine
+
+    # One statement, so one snapshot: the sequencer moving rows from log_pending to
+    # log_leaf between two counts would count them twice (PostgreSQL, read committed).
+    # The names are this module's constants, not input.
+    query = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t})" for t in tables)  # noqa: S608
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            counts = conn.execute(text(query)).one()
+    finally:
+        engine.dispose()
+    return {t: int(n) for t, n in zip(tables, counts, strict=True)}
+
+
+def prepare_earn(config: Config, work: Path, stack: contextlib.ExitStack,
+                 members: int) -> Prepared:
+    """Members of a brand, and per earn its target and headers: the brand's API key and
+    an idempotency key of its own (a till's retry would reuse it; these never retry)."""
+    import httpx
+
+    db_url, servers, public, _, headers = _issuer_up(config, work, stack)
+    with httpx.Client(base_url=public, timeout=60) as http:
+        program = http.post("/admin/v1/programs", headers=headers, json={
+            "name": "Miles", "tiers": [{"name": "blue", "rank": 0, "qualifying_points": 0}]})
+        program.raise_for_status()
+        # One earn each already (_enrol): a member's first write is not in the window.
+        people = [m for m, _ in _enrol(http, headers, program.json()["id"], members, 1)]
+    auth = ("Authorization", headers["Authorization"])
+    run_id, counter = secrets.token_hex(4), iter(range(10**9))
+
+    def items(n: int) -> list[Any]:
+        out = []
+        for _ in range(n):
+            i = next(counter)
+            out.append((f"/admin/v1/members/{people[i % len(people)]}/points/earn",
+                        (*JSON_HEADERS, auth, ("Idempotency-Key", f"bench-{run_id}-{i}"))))
+        return out
+
+    return Prepared(servers, {}, items, db_url, log_rows=lambda: count_rows(db_url))
+
+
 def prepare_checkout(config: Config, work: Path, stack: contextlib.ExitStack,
                      wallets: int) -> Prepared:
     from tessera.keys import generate_signer
@@ -1309,6 +1400,10 @@ def _prepare(path: str, config: Config, work: Path, stack: contextlib.ExitStack,
     if path == "redemption":
         budget = sum(ops + 2 * c for c in concurrencies)
         return prepare_redemption(config, work, stack, members=clients, budget=budget)
+    if path == "earn":
+        # Twice the clients: concurrent earns seldom wait on one member's row lock,
+        # as at a coalition's tills (a member earns at one till at a time).
+        return prepare_earn(config, work, stack, members=2 * clients)
     return prepare_checkout(config, work, stack, wallets=clients)
 
 
@@ -1357,7 +1452,8 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                                        "points": [],
                                        "skipped": None, "best": None, "errors": 0,
                                        "db_bytes_per_op": None, "db_tables": None,
-                                       "db_tables_start": None}
+                                       "db_tables_start": None, "log_rows_start": None,
+                                       "log_rows": None}
                 rows.append(row)
                 say(f"{path}: {config.name}: starting")
                 with tempfile.TemporaryDirectory(prefix="tessera-bench-load-") as tmp, \
@@ -1370,6 +1466,8 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                     ask({"context": prepared.context}, 120)
                     size_before, done_ops = prepared.db_bytes(), 0
                     row["db_tables_start"] = prepared.db_tables()
+                    if prepared.log_rows is not None:
+                        row["log_rows_start"] = prepared.log_rows()
                     for concurrency in sweep:
                         warmup = 2 * concurrency
                         items = prepared.items(warmup + n_ops)
@@ -1384,6 +1482,8 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                         point.credentials_per_op = config.batch
                         done_ops += warmup + point.ops + point.errors
                         row["points"].append(point.summary())
+                    if prepared.log_rows is not None:
+                        row["log_rows"] = prepared.log_rows()
                     size_after = prepared.db_bytes()
                     if size_before is not None and size_after is not None and done_ops:
                         # Tables with their indexes and TOAST: what the path adds to the
@@ -1416,6 +1516,8 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         "results": rows,
         "ratios": ratios(rows),
         "server_ratios": server_ratios(rows),
+        "log_ratios": log_ratios(rows),
+        "log_off_skips": LOG_OFF_SKIPS if any(not r.get("log", True) for r in rows) else None,
     }
 
 
@@ -1425,6 +1527,8 @@ def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     best: dict[tuple[Any, ...], float] = {}
     for r in rows:
         if r.get("best") and r["best"]["ops_per_second"]:
+            if not r.get("log", True):  # the earn path's log-off rows: log_ratios
+                continue
             key = (r["path"], r["store"], r["workers"], r["instances"], r.get("batch", 1),
                    r.get("server", "uvicorn"))
             best[key] = max(best.get(key, 0.0), r["best"]["ops_per_second"])
@@ -1436,6 +1540,45 @@ def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
             what = path if batch == 1 else f"{path} batch {batch}"
             on = "" if server == "uvicorn" else f" ({server})"
             out[f"{what} {store}{on}: {kind} / 1 worker"] = value / one
+    return out
+
+
+def log_ratios(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per store, workers, instances, server and round: the log-off row's best point
+    against the log-on row's (off / on) in throughput, server CPU per operation, server
+    + PostgreSQL backends' CPU per operation and the machine's CPU per operation."""
+    on: dict[tuple[Any, ...], dict[str, Any]] = {}
+    off: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
+    for r in rows:
+        best = r.get("best")
+        if not best or not best["ops_per_second"]:
+            continue
+        key = (r["path"], r["store"], r["workers"], r["instances"], r.get("server", "uvicorn"),
+               r.get("round", 0))
+        if r.get("log", True):
+            on[key] = best
+        else:
+            off[key] = (str(r["name"]).removesuffix(", log off"), best)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    def with_pg(p: dict[str, Any]) -> float | None:
+        srv, pg = p.get("server_cpu_ms_per_op"), p.get("postgres_cpu_ms_per_op")
+        return None if srv is None else srv + (pg or 0.0)
+
+    out: dict[str, dict[str, float | None]] = {}
+    for key, (name, b) in off.items():
+        a = on.get(key)
+        if a is None:
+            continue
+        out[f"{key[0]} {name} (round {key[-1] + 1})"] = {
+            "ops_per_second": ratio(b["ops_per_second"], a["ops_per_second"]),
+            "server_cpu_per_op": ratio(b.get("server_cpu_ms_per_op"),
+                                       a.get("server_cpu_ms_per_op")),
+            "server_and_postgres_cpu_per_op": ratio(with_pg(b), with_pg(a)),
+            "machine_cpu_per_op": ratio(b.get("machine_cpu_ms_per_op"),
+                                        a.get("machine_cpu_ms_per_op"))}
     return out
 
 
@@ -1515,6 +1658,23 @@ def print_table(report: dict[str, Any]) -> None:
     for name, pair in report.get("server_ratios", {}).items():
         console.print(f"  {name} / uvicorn: ops/s {pair['ops_per_second']:.2f}×, "
                       f"server CPU/op {pair['server_cpu_per_op']:.2f}×")
+
+    def times(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}×"
+
+    for name, pair in report.get("log_ratios", {}).items():
+        console.print(f"  {name}, log off / on: ops/s {times(pair['ops_per_second'])}, "
+                      f"server CPU/earn {times(pair['server_cpu_per_op'])}, server + PG "
+                      f"CPU/earn {times(pair['server_and_postgres_cpu_per_op'])}, machine "
+                      f"CPU/earn {times(pair['machine_cpu_per_op'])}")
+    if report.get("log_off_skips"):
+        console.print(f"  log off: {report['log_off_skips']}")
+    for row in report["results"]:
+        counts = row.get("log_rows")
+        if counts is not None:
+            start = row.get("log_rows_start") or {}
+            grown = ", ".join(f"{t} +{n - start.get(t, 0)}" for t, n in counts.items())
+            console.print(f"  {label(row)}: rows written during the run: {grown}")
     load = meta.get("load_average_start")
     console.print(
         f"Python {meta['python']} on {meta['cpu_count']} CPU(s)"
@@ -1648,8 +1808,9 @@ def capacity(report: dict[str, Any]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--path", action="append", choices=PATHS,
-                        help="path to run (repeatable; default: all three)")
+    parser.add_argument("--path", action="append", choices=ALL_PATHS,
+                        help="path to run (repeatable; default: issuance, checkout and "
+                             "redemption; earn runs only when asked for)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: one concurrency, a few operations (figures meaningless)")
     parser.add_argument("--concurrency", default=None,

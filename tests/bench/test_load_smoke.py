@@ -62,6 +62,47 @@ def test_quick_run_of_every_path(tmp_path: Path, postgres_url: str, redis_url: s
     assert report["meta"]["quick"] is True and report["meta"]["load_average_start"]
 
 
+def test_quick_run_of_earn_with_the_log_on_and_off(tmp_path: Path) -> None:
+    """The earn path over HTTP, log on and off back to back: SQLite always, PostgreSQL
+    too where the tests have one. Off must really have written no leaf, on one per earn."""
+    out = tmp_path / "earn.json"
+    postgres = os.environ.get("TESSERA_TEST_POSTGRES_URL")
+    args = [] if postgres else ["--config", "SQLite"]
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", "bench.load", "--path", "earn", "--quick", *args,
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, **({"TESSERA_BENCH_POSTGRES_URL": postgres} if postgres else {})},
+    )
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert "log off / on" in done.stdout
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    stores = {"sqlite", "postgres"} if postgres else {"sqlite"}
+    assert {(r["store"], r["log"]) for r in rows} == {(s, on) for s in stores
+                                                      for on in (True, False)}
+    for row in rows:
+        assert row["skipped"] is None and row["errors"] == 0, row
+        assert row["best"]["ops"] >= load.QUICK_OPS - 1 and row["workers"] == 2
+        start, end = row["log_rows_start"], row["log_rows"]
+        grown = {table: end[table] - start[table] for table in end}
+        # Warm-up and measured earns each wrote one ledger entry.
+        assert grown["ledger_entry"] >= row["best"]["ops"], row
+        leaves = grown["log_pending"] + grown["log_leaf"]
+        if row["log"]:
+            # Each earn's leaf is pending or already integrated by the sequencer.
+            assert leaves == grown["ledger_entry"], row
+        else:
+            # Nothing in either table since the servers started, setup's earns included.
+            assert leaves == 0 and end["log_pending"] == end["log_leaf"] == 0, row
+    assert set(report["log_ratios"]) == {
+        f"earn {'PostgreSQL' if s == 'postgres' else 'SQLite'}, 2 workers (round 1)"
+        for s in stores}
+    for pair in report["log_ratios"].values():
+        assert pair["ops_per_second"] and pair["server_cpu_per_op"]
+    assert "append_for_member" in report["log_off_skips"]
+
+
 def test_ratios_compare_with_one_worker_of_the_same_store() -> None:
     def row(store: str, workers: int, instances: int, rate: float) -> dict[str, object]:
         return {"path": "checkout", "store": store, "workers": workers, "instances": instances,
