@@ -1673,7 +1673,7 @@ def print_table(report: dict[str, Any]) -> None:
         counts = row.get("log_rows")
         if counts is not None:
             start = row.get("log_rows_start") or {}
-            grown = ", ".join(f"{t} +{n - start.get(t, 0)}" for t, n in counts.items())
+            grown = ", ".join(f"{t} {n - start.get(t, 0):+d}" for t, n in counts.items())
             console.print(f"  {label(row)}: rows written during the run: {grown}")
     load = meta.get("load_average_start")
     console.print(
