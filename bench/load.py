@@ -202,11 +202,13 @@ class Connection:
         self.host, self.port = host, port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.local_port: int | None = None  # of the open connection (:func:`connection_spread`)
 
     async def request(self, method: str, target: str, body: bytes = b"",
                       headers: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self.local_port = int(self._writer.get_extra_info("sockname")[1])
         assert self._reader is not None
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}",
                  f"Content-Length: {len(body)}"]
@@ -252,6 +254,7 @@ class Connection:
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
+        self.local_port = None
 
 
 BALANCING: Final = ("request", "operation")
@@ -286,6 +289,11 @@ class Balancer:
             self._current = self._next
             self._next = (self._next + 1) % len(self._connections)
         return await self._connections[self._current].request(method, target, body, headers)
+
+    def local_ports(self) -> dict[int, int]:
+        """Local port -> instance index of each open connection."""
+        return {c.local_port: i for i, c in enumerate(self._connections)
+                if c.local_port is not None}
 
     def close(self) -> None:
         for connection in self._connections:
@@ -641,6 +649,106 @@ def machine_busy_seconds() -> tuple[float, float] | None:
     return (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK
 
 
+# -- how the generator's connections are spread over the server processes --------------------
+
+_TCP_ESTABLISHED: Final = "01"
+_TCP_LISTEN: Final = "0A"
+
+
+def parse_proc_net_tcp(text: str) -> list[tuple[int, int, str, int]]:
+    """(local port, remote port, state, inode) of each socket in a ``/proc/net/tcp`` or
+    ``tcp6`` text (ports and state are hex there; the addresses are not needed: every
+    connection of the bench is on loopback, and a port pair names one of them)."""
+    out = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        try:
+            local = int(fields[1].rsplit(":", 1)[1], 16)
+            remote = int(fields[2].rsplit(":", 1)[1], 16)
+            out.append((local, remote, fields[3].upper(), int(fields[9])))
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def server_socket_inodes(sockets: Iterable[tuple[int, int, str, int]], server_port: int,
+                         client_ports: Iterable[int]) -> tuple[set[int], set[int]]:
+    """(inodes of the server's established sockets whose peer is one of ``client_ports``,
+    inodes of its listening sockets on ``server_port``)."""
+    wanted = set(client_ports)
+    accepted: set[int] = set()
+    listening: set[int] = set()
+    for local, remote, state, inode in sockets:
+        if local != server_port or not inode:
+            continue
+        if state == _TCP_ESTABLISHED and remote in wanted:
+            accepted.add(inode)
+        elif state == _TCP_LISTEN:
+            listening.add(inode)
+    return accepted, listening
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The socket inodes ``pid`` holds (its ``/proc/<pid>/fd`` links ``socket:[inode]``)."""
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def connection_spread(roots: Sequence[int], ports: Sequence[int],
+                      client_ports: Sequence[dict[int, int]]
+                      ) -> tuple[list[list[int]] | None, str | None]:
+    """Per instance (``roots[i]`` serving ``ports[i]``): how many of the generator's open
+    connections (``client_ports``: one local port -> instance map per client) each of its
+    serving processes holds, largest first; (None, why) where /proc does not tell.
+
+    The serving processes of an instance are those of its tree holding its listening
+    socket, less the root when others hold it too (uvicorn's supervisor with
+    ``--workers``: its workers accept, the first awake taking every pending connection,
+    so the spread is a race, not a balance: bench/README.md "Session 8 run")."""
+    try:
+        sockets = [s for name in ("tcp", "tcp6")
+                   for s in parse_proc_net_tcp(Path(f"/proc/self/net/{name}").read_text())]
+    except OSError as exc:
+        return None, f"/proc/self/net/tcp not readable ({type(exc).__name__})"
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    spread: list[list[int]] = []
+    for index, (root, port) in enumerate(zip(roots, ports, strict=True)):
+        mine = [p for ports_ in client_ports for p, i in ports_.items() if i == index]
+        accepted, listening = server_socket_inodes(sockets, port, mine)
+        tree, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            if pid in table:
+                tree.append(pid)
+            todo += children.get(pid, [])
+        held = {pid: _socket_inodes(pid) for pid in tree}
+        if not any(held.values()):
+            return None, f"the server processes' /proc/<pid>/fd are not readable (port {port})"
+        serving = [pid for pid in tree if held[pid] & listening]
+        if len(serving) > 1:
+            serving = [pid for pid in serving if pid != root]
+        if not serving:
+            return None, f"no process of the server's tree holds its listening socket ({port})"
+        spread.append(sorted((len(held[pid] & accepted) for pid in serving), reverse=True))
+    return spread, None
+
+
 # -- the load generator (its own process) -----------------------------------------------------
 
 
@@ -669,6 +777,10 @@ class Point:
     # Per table: [scans, rows inserted, updated, deleted, rows read] during the window.
     postgres_tables: dict[str, list[int]] | None = None
     load_average: float | None = None
+    # Per instance: the generator's connections each serving process held at the end of
+    # the window, largest first (e.g. [[6, 2]]: 2 workers, one holding 6 of 8 clients).
+    connections_per_server_process: list[list[int]] | None = None
+    connections_skipped: str | None = None  # why the above is None
     credentials_per_op: int = 1  # issuance: the batch size (every credential must come back)
 
     def summary(self) -> dict[str, Any]:
@@ -781,12 +893,12 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
                 point.latencies_ms.append(latency * 1000)
             if window_open.is_set() and time.perf_counter() - started["wall"] > max_seconds:
                 return
-        conn.close()
+        # Kept open until every client is done: the spread is read over all of them.
 
     await asyncio.gather(*(client(c) for c in clients))
-    for c in clients:
-        c.close()
     if not window_open.is_set():
+        for c in clients:
+            c.close()
         return point
     point.seconds = time.perf_counter() - started["wall"]
     point.generator_cpu_s = time.process_time() - started["gen"]
@@ -824,6 +936,13 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
             for name, values in tables_end.items()}
     point.ops = len(point.latencies_ms)
     point.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    # After the window's readings (its /proc walk is not charged to the window), before
+    # the connections close.
+    point.connections_per_server_process, point.connections_skipped = connection_spread(
+        server_pids, [port for _, port in targets],
+        [c.local_ports() for c in clients])
+    for c in clients:
+        c.close()
     return point
 
 
@@ -1616,7 +1735,7 @@ def print_table(report: dict[str, Any]) -> None:
                   title_justify="left")
     for col in ("path", "configuration", "clients", "ops/s", "creds/s", "p50", "p99", "errors",
                 "server CPU/op", "PG CPU/op", "gen. CPU/op", "gen. share", "machine CPU/op",
-                "machine busy", "load"):
+                "machine busy", "conn.", "load"):
         table.add_column(col, justify="left" if col in ("path", "configuration") else "right")
 
     def ms(value: float | None) -> str:
@@ -1629,6 +1748,11 @@ def print_table(report: dict[str, Any]) -> None:
     def pct(value: float | None) -> str:
         return "—" if value is None else f"{100 * value:.0f} %"
 
+    def spread(value: list[list[int]] | None) -> str:
+        # "6/2": one instance whose two workers hold 6 and 2 of the generator's
+        # connections; "4 | 4": two instances of one worker each.
+        return "—" if not value else " | ".join("/".join(map(str, i)) for i in value)
+
     last = None
     for row in report["results"]:
         if last is not None and row["path"] != last:
@@ -1637,7 +1761,7 @@ def print_table(report: dict[str, Any]) -> None:
         best = row.get("best")
         if row["skipped"] or not best:
             table.add_row(row["path"], label(row), "", "skipped: " + str(row["skipped"]),
-                          *[""] * 11)
+                          *[""] * 12)
             continue
         pg, pg_all = best.get("postgres_cpu_ms_per_op"), best.get("postgres_all_cpu_ms_per_op")
         table.add_row(row["path"], label(row), str(best["concurrency"]),
@@ -1651,6 +1775,7 @@ def print_table(report: dict[str, Any]) -> None:
                       ms(best.get("generator_cpu_ms_per_op")),
                       pct(best["generator_cpu_share"]), ms(best.get("machine_cpu_ms_per_op")),
                       pct(best["machine_busy_share"]),
+                      spread(best.get("connections_per_server_process")),
                       "—" if best["load_average"] is None else f"{best['load_average']:.2f}")
     console.print(table)
     for name, value in report["ratios"].items():
@@ -1688,7 +1813,9 @@ def print_table(report: dict[str, Any]) -> None:
         "parentheses: every postgres process, WAL writer and other clients included); gen. = "
         "the load generator, gen. share = generator / (generator + servers); machine CPU/op "
         "and machine busy = all CPUs of the machine, other processes and the kernel's "
-        "softirq work included.")
+        "softirq work included; conn. = the generator's connections each server process "
+        "held at the end of the window, largest first ('6/2': two workers of one instance, "
+        "their split decided by an accept race; ' | ' between instances).")
     for row in report["results"]:
         read = (row.get("best") or {}).get("postgres_rows_read_per_op")
         if read is not None:
@@ -1698,6 +1825,10 @@ def print_table(report: dict[str, Any]) -> None:
                for p in row["points"] if p.get("postgres_skipped")}
     for name, why in skipped.items():
         console.print(f"  {name}: PostgreSQL CPU not measured: {why}")
+    unspread = {row["name"]: p["connections_skipped"] for row in report["results"]
+                for p in row["points"] if p.get("connections_skipped")}
+    for name, why in unspread.items():
+        console.print(f"  {name}: connections per server process not read: {why}")
     for row in report["results"]:
         for p in row["points"]:
             for sample in p["error_samples"]:

@@ -59,6 +59,17 @@ def test_quick_run_of_every_path(tmp_path: Path, postgres_url: str, redis_url: s
             assert "ledger_entry" in best["postgres_tables"] or row["path"] != "redemption"
         else:
             assert best["postgres_cpu_ms_per_op"] is None and best["postgres_skipped"] is None
+        # Every client's connection to each instance is found on one of its serving
+        # processes: two workers show two counts, each instance one count per worker.
+        spread = best["connections_per_server_process"]
+        if spread is None:
+            assert best["connections_skipped"], row
+        else:
+            assert len(spread) == row["instances"], row
+            for counts in spread:
+                assert len(counts) == row["workers"] and counts == sorted(counts, reverse=True)
+                assert sum(counts) == best["concurrency"], row
+    assert "conn." in done.stdout
     assert report["meta"]["quick"] is True and report["meta"]["load_average_start"]
 
 
@@ -172,6 +183,68 @@ def test_cpu_of_a_process_tree_counts_children() -> None:
             time.sleep(0.05)
     finally:
         child.communicate(b"")
+
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 501 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:A001 01 00000000:00000000 00:00000000 00000000  1000        0 601 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:A001 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 701 1 0000000000000000 20 4 30 10 -1
+   3: 0100007F:1F90 0100007F:A002 01 00000000:00000000 00:00000000 00000000  1000        0 602 1 0000000000000000 20 4 30 10 -1
+   4: 0100007F:1F90 0100007F:B000 01 00000000:00000000 00:00000000 00000000  1000        0 603 1 0000000000000000 20 4 30 10 -1
+   5: 0100007F:1F90 0100007F:A003 06 00000000:00000000 03:00000F9E 00000000     0        0 0 3 0000000000000000
+   6: 0100007F:1F91 0100007F:A002 01 00000000:00000000 00:00000000 00000000  1000        0 604 1 0000000000000000 20 4 30 10 -1
+"""  # noqa: E501 (lines as the kernel writes them)
+PROC_NET_TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:A004 01 00000000:00000000 00:00000000 00000000  1000        0 605 1 0000000000000000 20 4 30 10 -1
+"""  # noqa: E501
+
+
+def test_server_sockets_are_found_by_the_generators_ports() -> None:
+    sockets = load.parse_proc_net_tcp(PROC_NET_TCP) + load.parse_proc_net_tcp(PROC_NET_TCP6)
+    assert sockets[:2] == [(0x1F90, 0, "0A", 501), (0x1F90, 0xA001, "01", 601)]
+    # The server's side of our connections to port 8080 only: not our own side (701), not
+    # another client's (0xB000), not one in TIME_WAIT (no inode), not another port's.
+    accepted, listening = load.server_socket_inodes(sockets, 0x1F90, [0xA001, 0xA002, 0xA003,
+                                                                      0xA004])
+    assert accepted == {601, 602, 605} and listening == {501}
+
+
+def test_connection_spread_counts_what_a_server_process_holds(tmp_path: Path) -> None:
+    if not Path("/proc/self/net/tcp").exists():
+        pytest.skip("no /proc")
+    import socket
+
+    ready = tmp_path / "port"
+    server = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-c", "import socket, sys\ns = socket.create_server(('127.0.0.1', 0))\n"
+         f"open({str(ready)!r}, 'w').write(str(s.getsockname()[1]))\n"
+         "held = [s.accept()[0] for _ in range(3)]\nsys.stdin.read()"],
+        stdin=subprocess.PIPE)
+    clients: list[socket.socket] = []
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while not ready.exists() or not ready.read_text():
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.05)
+        port = int(ready.read_text())
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        ports = [{c.getsockname()[1]: 0} for c in clients]
+        while True:  # until the server has accepted all three
+            spread, why = load.connection_spread([server.pid], [port], ports)
+            if spread == [[3]] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert (spread, why) == ([[3]], None)
+        # A connection of someone else's is not counted.
+        assert load.connection_spread([server.pid], [port], ports[:2]) == ([[2]], None)
+    finally:
+        for c in clients:
+            c.close()
+        server.communicate(b"")
 
 
 def test_postgres_cpu_counts_backends_alive_at_the_end_from_their_start() -> None:
