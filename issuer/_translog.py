@@ -319,14 +319,8 @@ def append_for_member(session: Session, *, brand_id: str, member_id: str,
             opened = holds[entry.hold_id]
             hold = (HoldRef(opened.id, opened.points, leaf_time(_aware(opened.expires_at)))
                     if entry.kind == EntryKind.HOLD else HoldRef(opened.id))
-        records.append(LeafRecord(LogLeaf.of(
-            entry=entry.id, member=name, delta=entry.points, kind=str(entry.kind),
-            reason=entry.reason, time=_aware(entry.created_at),
-            idempotency_key=idempotency_key,
-            lot=LotOpen.of(_aware(lot.available_at),
-                           _aware(lot.expires_at) if lot.expires_at else None)
-            if lot is not None else None,
-            alloc=allocations.get(entry.id, ()), hold=hold), entry.id))
+        records.append(_record(entry, name, idempotency_key, lot,
+                               allocations.get(entry.id, ()), hold))
     return _pend(session, brand_id, records, now=_aware(pending[-1].created_at),
                  writes=writes)
 
@@ -349,13 +343,21 @@ def _one_record(session: Session, entry: Entry, key: tuple[str, str],
         if entry.id not in taken:
             return None
         alloc = taken[entry.id]
+    return _record(entry, pseudonym(session, *key), idempotency_key, lot, alloc, None)
+
+
+def _record(entry: Entry | LedgerEntry, member: str, idempotency_key: str | None,
+            lot: Lot | PointLot | None, alloc: Sequence[Allocation],
+            hold: HoldRef | None) -> LeafRecord:
+    """The leaf of one ledger entry, from the lot it opened, the allocations it took and
+    the hold it names (both :func:`append_for_member` paths build leaves here)."""
+    assert entry.id is not None
     return LeafRecord(LogLeaf.of(
-        entry=entry.id, member=pseudonym(session, *key), delta=entry.points,
-        kind=str(entry.kind), reason=entry.reason, time=_aware(entry.created_at),
-        idempotency_key=idempotency_key,
+        entry=entry.id, member=member, delta=entry.points, kind=str(entry.kind),
+        reason=entry.reason, time=_aware(entry.created_at), idempotency_key=idempotency_key,
         lot=LotOpen.of(_aware(lot.available_at),
                        _aware(lot.expires_at) if lot.expires_at else None)
-        if lot is not None else None, alloc=alloc), entry.id)
+        if lot is not None else None, alloc=alloc, hold=hold), entry.id)
 
 
 def _pend(session: Session, brand_id: str, records: Sequence[LeafRecord], *,
