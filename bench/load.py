@@ -124,6 +124,9 @@ class Config:
     batch: int = 1  # issuance: credentials per exchange (OpenID4VCI batch issuance)
     server: str = "uvicorn"  # the HTTP server under the app: "uvicorn" or "granian"
     log: bool = True  # False: the servers start with bench/_log_off (no log leaf per write)
+    # earn: ledger entries each member has before the first point's warm-up (the
+    # enrolment's earn counts as one; the rest are seeded over HTTP before it).
+    history: int = 1
 
     def with_server(self, server: str) -> Config:
         """This configuration on another HTTP server (its name says which, uvicorn's not)."""
@@ -136,6 +139,10 @@ class Config:
         if size == 1:
             return self
         return replace(self, name=f"{self.name}, batch {size}", batch=size)
+
+    def with_history(self, entries: int) -> Config:
+        """This earn configuration with members of ``entries`` ledger entries each."""
+        return replace(self, name=f"{self.name}, history {entries}", history=entries)
 
 
 CONFIGS: Final[dict[str, tuple[Config, ...]]] = {
@@ -782,6 +789,11 @@ class Point:
     connections_per_server_process: list[list[int]] | None = None
     connections_skipped: str | None = None  # why the above is None
     credentials_per_op: int = 1  # issuance: the batch size (every credential must come back)
+    # earn: seconds waited for the sequencer before the window and after it (settle_log);
+    # the CPU readings include the second wait, the window's length does not.
+    settle_seconds: list[float] | None = None
+    # earn: ledger entries per member when the warm-up began and when the window ended.
+    history: list[float] | None = None
 
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
@@ -827,6 +839,45 @@ class Point:
         return out
 
 
+SETTLE_SECONDS: Final = 0.6
+"""Least wait of :func:`settle_log`: longer than a sequencer's idle period (interval +
+hold-back, 0.5 s), so each mode's servers get at least one idle look per worker."""
+
+
+def pending_leaves(where: dict[str, str]) -> int | None:
+    """Rows of ``log_pending`` in an earn configuration's database: ``{"sqlite": path}`` or
+    ``{"url": base URL, "schema": schema}``; None when it does not answer. Read on a
+    connection of its own (not the servers' ``application_name``: not their backends)."""
+    try:
+        if "sqlite" in where:
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(where["sqlite"], timeout=5)) as conn:
+                return int(conn.execute("SELECT count(*) FROM log_pending").fetchone()[0])
+        import psycopg
+
+        with psycopg.connect(where["url"], autocommit=True, connect_timeout=2) as conn:
+            row = conn.execute(
+                f'SELECT count(*) FROM "{where["schema"]}".log_pending').fetchone()  # noqa: S608
+            return None if row is None else int(row[0])
+    except Exception:
+        return None
+
+
+def settle_log(where: dict[str, str], least: float = SETTLE_SECONDS,
+               most: float = 10.0) -> float:
+    """Wait until no leaf is pending and at least ``least`` seconds passed; the seconds
+    waited. Around an earn window, in both modes alike: before it, the sequencer has
+    integrated the seeding's and the warm-up's leaves (not this window's work); after
+    it, this window's own leaves (its work, charged to it)."""
+    start = time.monotonic()
+    while time.monotonic() - start < most:
+        if time.monotonic() - start >= least and pending_leaves(where) in (0, None):
+            break
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
 def percentile(ordered: Sequence[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default) of sorted samples."""
     pos = (len(ordered) - 1) * q
@@ -837,10 +888,15 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any],
                 concurrency: int, warmup: int, ctx: dict[str, Any], server_pids: Sequence[int],
                 max_seconds: float = MAX_SECONDS,
-                postgres: dict[str, str] | None = None, balance: str = "request") -> Point:
+                postgres: dict[str, str] | None = None, balance: str = "request",
+                settle: dict[str, str] | None = None) -> Point:
     """Run ``items`` through ``concurrency`` closed-loop clients; the first ``warmup``
     operations are not measured. ``postgres`` (``url``, ``application_name``): the
-    servers' database, whose backends' CPU is measured over the window too."""
+    servers' database, whose backends' CPU is measured over the window too. ``settle``
+    (earn, :func:`pending_leaves`): the CPU readings wait for the transparency log's
+    sequencer (:func:`settle_log`) before the window and after its last operation, so
+    the window holds the integration of its own leaves, no earlier ones; throughput and
+    the generator's CPU stay the window's."""
     point = Point(concurrency)
     pg_start: dict[int, float] | None = None
     tables_start: dict[str, list[int]] | None = None
@@ -854,6 +910,8 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
 
     def open_window() -> None:
         nonlocal pg_start, tables_start
+        if settle is not None:
+            point.settle_seconds = [settle_log(settle), 0.0]
         if postgres is not None:  # before the generator's clock starts: not its CPU
             tables_start = postgres_table_stats(postgres)
             pg_start = postgres_cpu()
@@ -902,6 +960,8 @@ async def drive(op: Op, targets: Sequence[tuple[str, int]], items: Sequence[Any]
         return point
     point.seconds = time.perf_counter() - started["wall"]
     point.generator_cpu_s = time.process_time() - started["gen"]
+    if settle is not None and point.settle_seconds is not None:
+        point.settle_seconds[1] = settle_log(settle)
     srv = tree_cpu_seconds(server_pids)
     point.server_cpu_s = None if srv is None else srv - started["srv"]
     if srv is not None:
@@ -986,7 +1046,7 @@ def _generator(jobs: Any, results: Any) -> None:
             point = _run_loop(drive(
                 OPS_BY_PATH[job["path"]], job["targets"], items, job["concurrency"],
                 job["warmup"], ctx, job["server_pids"], job.get("max_seconds", MAX_SECONDS),
-                job.get("postgres"), job.get("balance", "request")))
+                job.get("postgres"), job.get("balance", "request"), job.get("settle")))
             results.put({"point": asdict(point)})
         except Exception as exc:  # reported to the parent, which stops the run
             results.put({"fatal": f"{type(exc).__name__}: {exc}"})
@@ -1193,6 +1253,9 @@ class Prepared:
     items: Callable[[int], list[Any]]  # n -> that many fresh operation inputs
     db_url: str | None = None  # a PostgreSQL bench schema: its growth per operation is measured
     log_rows: Callable[[], dict[str, int]] | None = None  # earn: rows of the log's tables
+    settle: dict[str, str] | None = None  # earn: where settle_log reads the pending leaves
+    members: int = 0  # earn: members the operations go round-robin over
+    seed: list[Any] | None = None  # earn: operations giving each member its history first
 
     def db_bytes(self) -> int | None:
         where = _schemas.get(self.db_url or "")
@@ -1437,7 +1500,10 @@ def count_rows(db_url: str, tables: Sequence[str] = LOG_TABLES) -> dict[str, int
 def prepare_earn(config: Config, work: Path, stack: contextlib.ExitStack,
                  members: int) -> Prepared:
     """Members of a brand, and per earn its target and headers: the brand's API key and
-    an idempotency key of its own (a till's retry would reuse it; these never retry)."""
+    an idempotency key of its own (a till's retry would reuse it; these never retry).
+    ``config.history`` - 1 earns per member to run before the first point (``seed``):
+    an earn reads the member's qualifying entries and live lots, so its cost grows with
+    the member's history, and every round must start from the same history."""
     import httpx
 
     db_url, servers, public, _, headers = _issuer_up(config, work, stack)
@@ -1458,7 +1524,12 @@ def prepare_earn(config: Config, work: Path, stack: contextlib.ExitStack,
                         (*JSON_HEADERS, auth, ("Idempotency-Key", f"bench-{run_id}-{i}"))))
         return out
 
-    return Prepared(servers, {}, items, db_url, log_rows=lambda: count_rows(db_url))
+    base_schema = _schemas.get(db_url)
+    settle = ({"sqlite": str(work / "issuer.db")} if base_schema is None
+              else {"url": base_schema[0], "schema": base_schema[1]})
+    return Prepared(servers, {}, items, db_url, log_rows=lambda: count_rows(db_url),
+                    settle=settle, members=len(people),
+                    seed=items(len(people) * max(0, config.history - 1)) or None)
 
 
 def prepare_checkout(config: Config, work: Path, stack: contextlib.ExitStack,
@@ -1512,7 +1583,7 @@ def prepare_checkout(config: Config, work: Path, stack: contextlib.ExitStack,
 
 
 def _prepare(path: str, config: Config, work: Path, stack: contextlib.ExitStack,
-             concurrencies: Sequence[int], ops: int) -> Prepared:
+             concurrencies: Sequence[int], ops: int, members: int | None = None) -> Prepared:
     clients = max(concurrencies)
     if path == "issuance":
         return prepare_issuance(config, work, stack, members=min(32, clients))
@@ -1522,7 +1593,7 @@ def _prepare(path: str, config: Config, work: Path, stack: contextlib.ExitStack,
     if path == "earn":
         # Twice the clients: concurrent earns seldom wait on one member's row lock,
         # as at a coalition's tills (a member earns at one till at a time).
-        return prepare_earn(config, work, stack, members=2 * clients)
+        return prepare_earn(config, work, stack, members=members or 2 * clients)
     return prepare_checkout(config, work, stack, wallets=clients)
 
 
@@ -1532,7 +1603,8 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         batches: Sequence[int] = (1,),
         progress: Callable[[str], None] | None = None,
         servers: Sequence[str] = ("uvicorn",), repeat: int = 1,
-        balance: str = "request") -> dict[str, Any]:
+        balance: str = "request", histories: Sequence[int] | None = None,
+        members: int | None = None) -> dict[str, Any]:
     """Every configuration of every path at every concurrency; the JSON-ready report.
 
     ``batches``: the issuance configurations run once per batch size (credentials per
@@ -1540,12 +1612,17 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
     configuration once per HTTP server, back to back (an A/B of the server under the
     same machine load); ``repeat``: a path's whole list that many times in turn
     (A B A B ...), so a drift of the load hits both sides alike. ``balance``: how the
-    generator spreads requests over several instances (:class:`Balancer`)."""
+    generator spreads requests over several instances (:class:`Balancer`). Earn only:
+    ``histories``, each configuration once per member history (ledger entries per member
+    before the first point); ``members``, how many (default twice the largest
+    concurrency); its rounds alternate the order of each on / off pair (A B, B A, ...)."""
     sweep = tuple(concurrencies or (QUICK_SWEEP if quick else SWEEP))
     n_ops = ops or (QUICK_OPS if quick else OPS)
     chosen = {path: list(cs) for path, cs in (configs or CONFIGS).items()}
     if "issuance" in chosen:
         chosen["issuance"] = [c.batched(b) for c in chosen["issuance"] for b in batches]
+    if "earn" in chosen and histories:
+        chosen["earn"] = [c.with_history(h) for h in histories for c in chosen["earn"]]
     say = progress or (lambda _m: None)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows: list[dict[str, Any]] = []
@@ -1564,8 +1641,16 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
     try:
         results.get(timeout=120)  # the generator has started
         for path in paths:
-            runs = [(r, config.with_server(server)) for r in range(max(1, repeat))
-                    for config in chosen[path] for server in servers]
+            runs = []
+            for r in range(max(1, repeat)):
+                order = [config.with_server(server) for config in chosen[path]
+                         for server in servers]
+                if path == "earn" and r % 2:
+                    # A B then B A: a drift of the machine's load within a pair (its
+                    # second side runs later) falls on off and on alike over the rounds.
+                    order = [c for i in range(0, len(order), 2)
+                             for c in reversed(order[i:i + 2])]
+                runs += [(r, config) for config in order]
             for round_, config in runs:
                 row: dict[str, Any] = {"path": path, **asdict(config), "round": round_,
                                        "points": [],
@@ -1578,13 +1663,26 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                 with tempfile.TemporaryDirectory(prefix="tessera-bench-load-") as tmp, \
                         contextlib.ExitStack() as stack:
                     try:
-                        prepared = _prepare(path, config, Path(tmp), stack, sweep, n_ops)
+                        prepared = _prepare(path, config, Path(tmp), stack, sweep, n_ops,
+                                            members)
                     except LookupError as exc:
                         row["skipped"] = str(exc)
                         continue
                     ask({"context": prepared.context}, 120)
                     size_before, done_ops = prepared.db_bytes(), 0
                     row["db_tables_start"] = prepared.db_tables()
+                    if prepared.seed:
+                        say(f"{path}: {config.name}: seeding {len(prepared.seed)} earns")
+                        seeded = ask({"path": path, "targets": prepared.servers.targets(),
+                                      "items": prepared.seed, "concurrency": 8, "warmup": 0,
+                                      "server_pids": prepared.servers.pids,
+                                      "max_seconds": 3600.0}, 3600)
+                        if seeded["point"]["errors"]:
+                            raise RuntimeError(f"seeding failed: {seeded['point']}")
+                        if prepared.settle is not None:  # the row counts start settled
+                            settle_log(prepared.settle)
+                    if prepared.members:
+                        row["members"] = prepared.members
                     if prepared.log_rows is not None:
                         row["log_rows_start"] = prepared.log_rows()
                     for concurrency in sweep:
@@ -1595,10 +1693,15 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                                       "items": items, "concurrency": concurrency,
                                       "warmup": warmup, "server_pids": prepared.servers.pids,
                                       "postgres": prepared.postgres_probe(),
-                                      "balance": balance,
+                                      "balance": balance, "settle": prepared.settle,
                                       "max_seconds": MAX_SECONDS}, MAX_SECONDS + 600)
                         point = Point(**answer["point"])
                         point.credentials_per_op = config.batch
+                        if prepared.members:
+                            before = config.history + done_ops / prepared.members
+                            point.history = [before, before + (warmup + point.ops
+                                                               + point.errors)
+                                             / prepared.members]
                         done_ops += warmup + point.ops + point.errors
                         row["points"].append(point.summary())
                     if prepared.log_rows is not None:
@@ -1636,6 +1739,7 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         "ratios": ratios(rows),
         "server_ratios": server_ratios(rows),
         "log_ratios": log_ratios(rows),
+        "log_summary": log_summary(log_pairs(rows)),
         "log_off_skips": LOG_OFF_SKIPS if any(not r.get("log", True) for r in rows) else None,
     }
 
@@ -1662,22 +1766,33 @@ def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def log_ratios(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per store, workers, instances, server and round: the log-off row's best point
-    against the log-on row's (off / on) in throughput, server CPU per operation, server
-    + PostgreSQL backends' CPU per operation and the machine's CPU per operation."""
+LOG_METRICS: Final = ("ops_per_second", "server_cpu_per_op", "server_and_postgres_cpu_per_op",
+                      "machine_cpu_per_op")
+
+
+def log_pairs(rows: Sequence[dict[str, Any]]
+              ) -> list[tuple[str, int, dict[str, float | None]]]:
+    """Each earn pair: a log-off row's point against the log-on row's point of the same
+    store, workers, instances, server, member history, round and concurrency (the same
+    history trajectory: an earn's cost grows with the member's entries, so best points
+    of different concurrencies are not comparable). Per pair (group, round, figures):
+    off / on of throughput, server CPU per operation, server + PostgreSQL backends' CPU
+    per operation and the machine's CPU per operation, and the two sides' server (+
+    PostgreSQL) CPU per operation in ms."""
     on: dict[tuple[Any, ...], dict[str, Any]] = {}
     off: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
     for r in rows:
-        best = r.get("best")
-        if not best or not best["ops_per_second"]:
-            continue
-        key = (r["path"], r["store"], r["workers"], r["instances"], r.get("server", "uvicorn"),
-               r.get("round", 0))
-        if r.get("log", True):
-            on[key] = best
-        else:
-            off[key] = (str(r["name"]).removesuffix(", log off"), best)
+        name = str(r["name"]).replace(", log off", "").replace(", log on", "")
+        for p in r.get("points") or ():
+            if not p.get("ops_per_second"):
+                continue
+            key = (r["path"], r["store"], r["workers"], r["instances"],
+                   r.get("server", "uvicorn"), r.get("history", 1), p["concurrency"],
+                   r.get("round", 0))
+            if r.get("log", True):
+                on[key] = p
+            else:
+                off[key] = (f"{r['path']} {name}, {p['concurrency']} clients", p)
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else a / b
@@ -1686,18 +1801,50 @@ def log_ratios(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | No
         srv, pg = p.get("server_cpu_ms_per_op"), p.get("postgres_cpu_ms_per_op")
         return None if srv is None else srv + (pg or 0.0)
 
-    out: dict[str, dict[str, float | None]] = {}
-    for key, (name, b) in off.items():
+    out = []
+    for key, (group, b) in off.items():
         a = on.get(key)
         if a is None:
             continue
-        out[f"{key[0]} {name} (round {key[-1] + 1})"] = {
+        out.append((group, int(key[-1]), {
             "ops_per_second": ratio(b["ops_per_second"], a["ops_per_second"]),
             "server_cpu_per_op": ratio(b.get("server_cpu_ms_per_op"),
                                        a.get("server_cpu_ms_per_op")),
             "server_and_postgres_cpu_per_op": ratio(with_pg(b), with_pg(a)),
             "machine_cpu_per_op": ratio(b.get("machine_cpu_ms_per_op"),
-                                        a.get("machine_cpu_ms_per_op"))}
+                                        a.get("machine_cpu_ms_per_op")),
+            "server_cpu_ms_on": a.get("server_cpu_ms_per_op"),
+            "server_cpu_ms_off": b.get("server_cpu_ms_per_op"),
+            "server_and_postgres_cpu_ms_on": with_pg(a),
+            "server_and_postgres_cpu_ms_off": with_pg(b)}))
+    return out
+
+
+def log_ratios(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """:func:`log_pairs` by name: "<group> (round N)"."""
+    return {f"{group} (round {round_ + 1})": figures
+            for group, round_, figures in log_pairs(rows)}
+
+
+def log_summary(pairs: Sequence[tuple[str, int, dict[str, float | None]]]
+                ) -> dict[str, dict[str, dict[str, float]]]:
+    """Per group of :func:`log_pairs` (the rounds of one configuration and concurrency),
+    per figure: the median over its pairs, the least and the greatest, and how many
+    pairs had it. A ratio is judged by its median with the spread beside it: the
+    spread over the pairs is what the machine's noise did to one pair."""
+    import statistics
+
+    grouped: dict[str, list[dict[str, float | None]]] = {}
+    for group, _round, figures in pairs:
+        grouped.setdefault(group, []).append(figures)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for group, rounds in grouped.items():
+        out[group] = {}
+        for metric in rounds[0]:
+            values = [v for f in rounds if (v := f.get(metric)) is not None]
+            if values:
+                out[group][metric] = {"median": statistics.median(values), "min": min(values),
+                                      "max": max(values), "pairs": len(values)}
     return out
 
 
@@ -1792,6 +1939,32 @@ def print_table(report: dict[str, Any]) -> None:
                       f"server CPU/earn {times(pair['server_cpu_per_op'])}, server + PG "
                       f"CPU/earn {times(pair['server_and_postgres_cpu_per_op'])}, machine "
                       f"CPU/earn {times(pair['machine_cpu_per_op'])}")
+
+    def med(figure: dict[str, float] | None, fmt: str = "{:.2f}") -> str:
+        if not figure:
+            return "—"
+        return (f"{fmt.format(figure['median'])} ({fmt.format(figure['min'])}-"
+                f"{fmt.format(figure['max'])})")
+
+    for group, figures in report.get("log_summary", {}).items():
+        pairs = max((f["pairs"] for f in figures.values()), default=0)
+        console.print(
+            f"  {group}, log off / on over {pairs} pair(s), median (min-max): server "
+            f"CPU/earn {med(figures.get('server_cpu_per_op'))}, server + PG CPU/earn "
+            f"{med(figures.get('server_and_postgres_cpu_per_op'))}, ops/s "
+            f"{med(figures.get('ops_per_second'))}, machine CPU/earn "
+            f"{med(figures.get('machine_cpu_per_op'))}; server + PG CPU/earn on "
+            f"{med(figures.get('server_and_postgres_cpu_ms_on'))} ms, off "
+            f"{med(figures.get('server_and_postgres_cpu_ms_off'))} ms")
+    for row in report["results"]:
+        for p in row["points"]:
+            if p.get("history"):
+                before, after = p["history"]
+                console.print(f"  {label(row)} ×{p['concurrency']}: {row.get('members')} "
+                              f"members, {before:.0f} -> {after:.0f} ledger entries each, "
+                              f"server CPU/earn {ms(p['server_cpu_ms_per_op'])}, PG "
+                              f"{ms(p.get('postgres_cpu_ms_per_op'))}, {p['ops_per_second']:.1f}"
+                              f" earns/s, load {p['load_average'] or 0:.2f}")
     if report.get("log_off_skips"):
         console.print(f"  log off: {report['log_off_skips']}")
     for row in report["results"]:
@@ -1962,6 +2135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--balance", choices=BALANCING, default="request",
                         help="several instances: round-robin per request (default: the steps "
                              "of one operation on different instances) or per operation")
+    parser.add_argument("--history", default=None,
+                        help="earn: comma-separated ledger entries per member before the "
+                             "first point (seeded over HTTP; default 1, the enrolment's earn), "
+                             "each a configuration")
+    parser.add_argument("--members", type=int, default=None,
+                        help="earn: members the earns go round-robin over (default twice "
+                             "the largest concurrency)")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the report here")
     parser.add_argument("--capacity", metavar="REPORT", type=Path,
                         help="run nothing: print the sizing docs/scaling.md derives from a "
@@ -1974,6 +2154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = ([max(1, int(v)) for v in args.concurrency.split(",") if v.strip()]
              if args.concurrency else None)
     batches = tuple(dict.fromkeys(max(1, int(v)) for v in args.batch.split(",") if v.strip()))
+    histories = tuple(dict.fromkeys(max(1, int(v)) for v in (args.history or "").split(",")
+                                    if v.strip()))
     configs = None
     if args.config:
         configs = {p: [c for c in CONFIGS[p] if any(k.lower() in c.name.lower()
@@ -1991,7 +2173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--server takes {', '.join(SERVERS)}")
     report = run(quick=args.quick, paths=paths, concurrencies=sweep, ops=args.ops,
                  configs=configs, batches=batches or (1,), progress=progress,
-                 servers=servers, repeat=args.repeat, balance=args.balance)
+                 servers=servers, repeat=args.repeat, balance=args.balance,
+                 histories=histories or None, members=args.members)
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
