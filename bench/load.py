@@ -31,7 +31,16 @@ Paths (one *operation* each, counted only when every step answered as it must):
   in every worker) and off (:mod:`bench._log_off`, a bench-only start-up hook:
   no leaf, no promise), back to back, and the report prints off / on of
   throughput and of CPU per earn (issue 10: earn with the log on within 10 %
-  of earn with it off). Server: ``tessera issuer serve``.
+  of earn with it off) per pair of points of the same round, member history
+  and concurrency, and per configuration the median and spread (min-max) of
+  those ratios over the rounds (``--repeat N``: rounds alternate A B / B A).
+  An earn reads the member's qualifying entries and live lots, so its cost
+  grows with the member's history: every round starts from fresh members of
+  ``--history H`` entries each (seeded over HTTP before the first point;
+  ``--members M`` of them), and the CPU readings wait for the log's
+  sequencer before and after the window (:func:`settle_log`: each window
+  holds the integration of its own leaves, none of earlier ones). Server:
+  ``tessera issuer serve``.
 
 Configurations (per path; :data:`CONFIGS`): 1 vs 2 uvicorn workers of one
 instance, and 1 vs 2 separate instances (two server processes, one worker
@@ -1597,6 +1606,17 @@ def _prepare(path: str, config: Config, work: Path, stack: contextlib.ExitStack,
     return prepare_checkout(config, work, stack, wallets=clients)
 
 
+def round_order(path: str, configs: Sequence[Config], servers: Sequence[str],
+                round_: int) -> list[Config]:
+    """The configurations of one round of ``path``, in the order they run."""
+    order = [config.with_server(server) for config in configs for server in servers]
+    if path == "earn" and round_ % 2:
+        # A B then B A (the earn list is on / off pairs): a drift of the machine's load
+        # within a pair (its second side runs later) falls on off and on alike.
+        order = [c for i in range(0, len(order), 2) for c in reversed(order[i:i + 2])]
+    return order
+
+
 def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         concurrencies: Sequence[int] | None = None, ops: int | None = None,
         configs: dict[str, Sequence[Config]] | None = None,
@@ -1641,16 +1661,8 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
     try:
         results.get(timeout=120)  # the generator has started
         for path in paths:
-            runs = []
-            for r in range(max(1, repeat)):
-                order = [config.with_server(server) for config in chosen[path]
-                         for server in servers]
-                if path == "earn" and r % 2:
-                    # A B then B A: a drift of the machine's load within a pair (its
-                    # second side runs later) falls on off and on alike over the rounds.
-                    order = [c for i in range(0, len(order), 2)
-                             for c in reversed(order[i:i + 2])]
-                runs += [(r, config) for config in order]
+            runs = [(r, config) for r in range(max(1, repeat))
+                    for config in round_order(path, chosen[path], servers, r)]
             for round_, config in runs:
                 row: dict[str, Any] = {"path": path, **asdict(config), "round": round_,
                                        "points": [],

@@ -107,11 +107,78 @@ def test_quick_run_of_earn_with_the_log_on_and_off(tmp_path: Path) -> None:
             # Nothing in either table since the servers started, setup's earns included.
             assert leaves == 0 and end["log_pending"] == end["log_leaf"] == 0, row
     assert set(report["log_ratios"]) == {
-        f"earn {'PostgreSQL' if s == 'postgres' else 'SQLite'}, 2 workers (round 1)"
+        f"earn {'PostgreSQL' if s == 'postgres' else 'SQLite'}, 2 workers, 4 clients (round 1)"
         for s in stores}
     for pair in report["log_ratios"].values():
         assert pair["ops_per_second"] and pair["server_cpu_per_op"]
+    for figures in report["log_summary"].values():
+        assert figures["server_cpu_per_op"]["pairs"] == 1
+    # The sequencer was waited for around each window (its own leaves charged to it).
+    for row in rows:
+        before, after = row["best"]["settle_seconds"]
+        assert before >= load.SETTLE_SECONDS and after >= load.SETTLE_SECONDS
+        assert row["best"]["history"][0] == 1 and row["members"] == 8
     assert "append_for_member" in report["log_off_skips"]
+
+
+def _earn_row(store: str, log: bool, round_: int, points: list[tuple[int, float, float]],
+              history: int = 1) -> dict[str, object]:
+    name = f"{store}, 2 workers, log {'on' if log else 'off'}"
+    return {"path": "earn", "name": name if history == 1 else f"{name}, history {history}",
+            "store": store, "workers": 2, "instances": 1, "log": log, "round": round_,
+            "history": history,
+            "points": [{"concurrency": c, "ops_per_second": rate, "server_cpu_ms_per_op": cpu,
+                        "postgres_cpu_ms_per_op": None, "machine_cpu_ms_per_op": None}
+                       for c, rate, cpu in points]}
+
+
+def test_log_pairs_match_points_of_the_same_round_history_and_concurrency() -> None:
+    rows = [_earn_row("sqlite", True, 0, [(4, 100.0, 5.0), (8, 120.0, 8.0)]),
+            _earn_row("sqlite", False, 0, [(4, 110.0, 4.5), (8, 125.0, 7.2)]),
+            # Another round of the same store, and a history with no off side: no pair.
+            _earn_row("sqlite", False, 1, [(4, 90.0, 4.0)]),
+            _earn_row("sqlite", True, 1, [(4, 100.0, 5.0)]),
+            _earn_row("sqlite", True, 0, [(4, 50.0, 9.0)], history=200)]
+    pairs = load.log_pairs(rows)
+    by = {(group, round_): figures for group, round_, figures in pairs}
+    assert set(by) == {("earn sqlite, 2 workers, 4 clients", 0),
+                       ("earn sqlite, 2 workers, 8 clients", 0),
+                       ("earn sqlite, 2 workers, 4 clients", 1)}
+    # Off / on within each point; the best points (8 and 8 clients) are not compared
+    # with each other across concurrencies.
+    assert by[("earn sqlite, 2 workers, 4 clients", 0)]["server_cpu_per_op"] == 0.9
+    assert by[("earn sqlite, 2 workers, 8 clients", 0)]["server_cpu_per_op"] == 0.9
+    assert by[("earn sqlite, 2 workers, 4 clients", 1)]["ops_per_second"] == 0.9
+    assert by[("earn sqlite, 2 workers, 4 clients", 1)]["server_cpu_ms_on"] == 5.0
+    assert by[("earn sqlite, 2 workers, 4 clients", 1)]["machine_cpu_per_op"] is None
+    assert "earn sqlite, 2 workers, 8 clients (round 1)" in load.log_ratios(rows)
+
+
+def test_log_summary_gives_the_median_and_spread_over_the_pairs() -> None:
+    pairs = [("g", r, {"server_cpu_per_op": v, "ops_per_second": None})
+             for r, v in enumerate([0.9, 0.8, 1.0, 0.85])]
+    pairs.append(("h", 0, {"server_cpu_per_op": 0.7, "ops_per_second": 1.1}))
+    summary = load.log_summary(pairs)
+    assert summary["g"]["server_cpu_per_op"] == {"median": pytest.approx(0.875), "min": 0.8,
+                                                 "max": 1.0, "pairs": 4}
+    assert "ops_per_second" not in summary["g"]  # no pair had it
+    assert summary["h"]["ops_per_second"] == {"median": 1.1, "min": 1.1, "max": 1.1,
+                                              "pairs": 1}
+
+
+def test_earn_rounds_alternate_the_order_of_each_pair_and_configs_take_a_history() -> None:
+    config = load.CONFIGS["earn"][0].with_history(50)
+    assert config.history == 50 and config.name.endswith(", history 50")
+    earn = load.CONFIGS["earn"]
+    first = load.round_order("earn", earn, ["uvicorn"], 0)
+    second = load.round_order("earn", earn, ["uvicorn"], 1)
+    assert [c.log for c in first] == [True, False, True, False]
+    assert [c.log for c in second] == [False, True, False, True]
+    assert [c.store for c in second] == [c.store for c in first]
+    assert load.round_order("earn", earn, ["uvicorn"], 2) == first
+    # Other paths keep their order in every round.
+    checkout = load.CONFIGS["checkout"]
+    assert load.round_order("checkout", checkout, ["uvicorn"], 1) == list(checkout)
 
 
 def test_ratios_compare_with_one_worker_of_the_same_store() -> None:
