@@ -72,9 +72,12 @@ def app_from_env() -> Any:
     """The ASGI app for uvicorn (``factory=True``), configured from the environment."""
     from issuer._app import create_app
     from tessera.observability import configure_logging
+    from tessera.serving import freeze_heap_after_startup
 
     configure_logging()  # in each worker: spawned processes start with no handlers
-    return create_app(Settings.from_env())
+    # The start-up heap out of the collector's walks (tessera.serving): full
+    # collections had stalled a worker's requests for 100+ ms.
+    return freeze_heap_after_startup(create_app(Settings.from_env()))
 
 
 def _database_url() -> str:

@@ -26,17 +26,32 @@ application's ``http.response.start`` and ``http.response.body`` are sent
 without the loop turning in between, so they leave as one segment; a
 streamed body (event streams) still leaves chunk by chunk, one loop turn
 later at most (bench/README.md, "Checkout, per-request cost (session 5)").
+
+:func:`freeze_heap_after_startup` wraps a served app's lifespan: once the app
+has started, everything alive (modules, routes, models, the engine) moves out
+of the cyclic garbage collector's reach (``gc.freeze``). A worker holds some
+180,000 such objects after start-up, and every full (generation 2) collection
+walked them all: 120-360 ms with the GIL held in the issuance bench, every
+request of that worker standing still meanwhile, the slowest operations of a
+window (bench/README.md, "Session 9 (issuance tail latency)").
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
-from typing import Any, Final, cast
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVar, cast
 
+from starlette.applications import Starlette
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-__all__ = ["HTTP_PROTOCOL", "CoalescingTransport", "NoDelayHTTPProtocol", "set_nodelay"]
+_App = TypeVar("_App", bound=Starlette)
+
+__all__ = ["HTTP_PROTOCOL", "CoalescingTransport", "NoDelayHTTPProtocol",
+           "freeze_heap_after_startup", "set_nodelay"]
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -100,3 +115,31 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
 
 HTTP_PROTOCOL: Final = f"{__name__}:NoDelayHTTPProtocol"
 """The ``http=`` value for ``uvicorn.run``: an import string, so spawned workers load it."""
+
+
+def freeze_heap_after_startup(app: _App) -> _App:
+    """``app`` (a FastAPI/Starlette app), its lifespan followed by ``gc.freeze()``.
+
+    For the app a server process serves (the ``app_from_env`` factories), not for
+    apps built in tests: the objects of start-up live as long as the process, so
+    the full collections need not walk them (see the module docstring). A
+    collection first, so that start-up's garbage is freed rather than frozen.
+    Objects made later (requests, caches) stay collectable as before, and the full
+    collections that walk them are as frequent or more (their trigger counts the
+    objects they walk) but each a fraction as long. Shutdown unfreezes, leaving
+    the collector as it found it.
+    """
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(served: Starlette) -> AsyncIterator[Any]:
+        async with inner(served) as state:
+            gc.collect()
+            gc.freeze()
+            try:
+                yield state
+            finally:
+                gc.unfreeze()
+
+    app.router.lifespan_context = lifespan
+    return app

@@ -124,7 +124,7 @@ def serve(
         configure_logging,
         share_metrics_between_workers,
     )
-    from tessera.serving import HTTP_PROTOCOL
+    from tessera.serving import HTTP_PROTOCOL, freeze_heap_after_startup
     from verifier._service import create_app, settings_from_env
 
     env = {
@@ -178,8 +178,8 @@ def serve(
     if workers == 1:
         # One process: serve the app already built (a one-run key stays the one
         # printed above).
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None,
-                    access_log=False, http=HTTP_PROTOCOL)
+        uvicorn.run(freeze_heap_after_startup(create_app(settings)), host=host, port=port,
+                    log_config=None, access_log=False, http=HTTP_PROTOCOL)
     else:
         share_metrics_between_workers(workers)
         # TCP_NODELAY on every connection: with workers, uvicorn's own listening

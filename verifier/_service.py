@@ -927,5 +927,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> ServiceSettin
 
 def app_from_env() -> FastAPI:
     """The app factory each uvicorn worker calls (``verifier._service:app_from_env``)."""
+    from tessera.serving import freeze_heap_after_startup
+
     configure_logging()  # in each worker: spawned processes start with no handlers
-    return create_app(settings_from_env())
+    # The start-up heap out of the collector's walks (tessera.serving).
+    return freeze_heap_after_startup(create_app(settings_from_env()))

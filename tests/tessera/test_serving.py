@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import uvicorn
 
 from tessera.serving import HTTP_PROTOCOL, NoDelayHTTPProtocol
@@ -139,3 +142,62 @@ def test_what_is_buffered_is_sent_before_the_connection_closes() -> None:
     written, closed = _writes_of_one_response(NoDelayHTTPProtocol, request)
     assert isinstance(written, bytes) and written.startswith(b"HTTP/1.1 200")
     assert written.endswith(b"\r\n\r\nok") and closed == "close"
+
+
+def test_served_app_freezes_the_startup_heap_while_it_runs() -> None:
+    """freeze_heap_after_startup: after the app's own start-up, what is alive is out of the
+    collector's walks (gc.freeze) until shutdown, which gives it back (gc.unfreeze)."""
+    import gc
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tessera.serving import freeze_heap_after_startup
+
+    started: list[object] = []
+    seen: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        started.append(object())
+        seen["during_startup"] = gc.get_freeze_count()
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/frozen")
+    def frozen() -> dict[str, int]:
+        return {"count": gc.get_freeze_count()}
+
+    assert freeze_heap_after_startup(app) is app
+    before = gc.get_freeze_count()
+    with TestClient(app) as client:
+        count = client.get("/frozen").json()["count"]
+    assert seen["during_startup"] == before  # the app's own start-up ran first
+    assert count > before  # then the heap it left was frozen
+    assert gc.get_freeze_count() == before  # and given back at shutdown
+    assert started
+
+
+def test_the_issuer_worker_factory_freezes_after_startup(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The factory each uvicorn worker calls serves an app whose start-up heap is frozen
+    (apps built in tests, by create_app, are not)."""
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from issuer import _cli as issuer_cli
+    from issuer._settings import generate_master_key
+    from issuer.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path}/worker.db"
+    upgrade(url)
+    monkeypatch.setenv("TESSERA_DATABASE_URL", url)
+    monkeypatch.setenv("TESSERA_MASTER_KEY", generate_master_key())
+    monkeypatch.setenv("TESSERA_PUBLIC_URL", "https://issuer.example")
+    before = gc.get_freeze_count()
+    with TestClient(issuer_cli.app_from_env()) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > before
+    assert gc.get_freeze_count() == before
