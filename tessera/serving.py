@@ -31,9 +31,9 @@ later at most (bench/README.md, "Checkout, per-request cost (session 5)").
 has started, everything alive (modules, routes, models, the engine) moves out
 of the cyclic garbage collector's reach (``gc.freeze``). A worker holds some
 180,000 such objects after start-up, and every full (generation 2) collection
-walked them all: 120-360 ms with the GIL held in the issuance bench, every
-request of that worker standing still meanwhile, the slowest operations of a
-window (bench/README.md, "Session 9 (issuance tail latency)").
+walked them all: 105-190 ms of CPU with the GIL held in the issuance bench
+(more wall time on a loaded machine), every request of that worker standing
+still meanwhile (bench/README.md, "Session 9 (issuance tail latency)").
 """
 
 from __future__ import annotations
