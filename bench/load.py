@@ -1624,7 +1624,7 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         progress: Callable[[str], None] | None = None,
         servers: Sequence[str] = ("uvicorn",), repeat: int = 1,
         balance: str = "request", histories: Sequence[int] | None = None,
-        members: int | None = None) -> dict[str, Any]:
+        members: int | None = None, blocks: int = 1) -> dict[str, Any]:
     """Every configuration of every path at every concurrency; the JSON-ready report.
 
     ``batches``: the issuance configurations run once per batch size (credentials per
@@ -1635,7 +1635,11 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
     generator spreads requests over several instances (:class:`Balancer`). Earn only:
     ``histories``, each configuration once per member history (ledger entries per member
     before the first point); ``members``, how many (default twice the largest
-    concurrency); its rounds alternate the order of each on / off pair (A B, B A, ...)."""
+    concurrency); its rounds alternate the order of each on / off pair (A B, B A, ...);
+    ``blocks`` > 1: each on / off pair's servers run side by side and each point is cut
+    into that many blocks of ``ops / blocks``, on and off alternated block by block (A B,
+    B A, ...): both sides of a block pair see the machine's load of the same few seconds
+    and the same member history."""
     sweep = tuple(concurrencies or (QUICK_SWEEP if quick else SWEEP))
     n_ops = ops or (QUICK_OPS if quick else OPS)
     chosen = {path: list(cs) for path, cs in (configs or CONFIGS).items()}
@@ -1658,75 +1662,107 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
             raise RuntimeError(f"load generator failed: {answer['fatal']}")
         return answer
 
+    def _start(row: dict[str, Any], config: Config, prepared: Prepared) -> None:
+        """After the servers are up: the generator's context, the earn seeding, the
+        counts the row's growth is read against."""
+        ask({"context": prepared.context}, 120)
+        row["size_before"] = prepared.db_bytes()
+        row["db_tables_start"] = prepared.db_tables()
+        if prepared.seed:
+            say(f"{row['path']}: {config.name}: seeding {len(prepared.seed)} earns")
+            seeded = ask({"path": row["path"], "targets": prepared.servers.targets(),
+                          "items": prepared.seed, "concurrency": 8, "warmup": 0,
+                          "server_pids": prepared.servers.pids,
+                          "max_seconds": 3600.0}, 3600)
+            if seeded["point"]["errors"]:
+                raise RuntimeError(f"seeding failed: {seeded['point']}")
+            if prepared.settle is not None:  # the row counts start settled
+                settle_log(prepared.settle)
+        if prepared.members:
+            row["members"] = prepared.members
+        if prepared.log_rows is not None:
+            row["log_rows_start"] = prepared.log_rows()
+
+    def _point(row: dict[str, Any], config: Config, prepared: Prepared, concurrency: int,
+               count: int, block: int | None) -> None:
+        warmup = 2 * concurrency
+        items = prepared.items(warmup + count)
+        say(f"{row['path']}: {config.name}: {concurrency} clients"
+            + ("" if block is None else f", block {block + 1}"))
+        answer = ask({"path": row["path"], "targets": prepared.servers.targets(),
+                      "items": items, "concurrency": concurrency,
+                      "warmup": warmup, "server_pids": prepared.servers.pids,
+                      "postgres": prepared.postgres_probe(),
+                      "balance": balance, "settle": prepared.settle,
+                      "max_seconds": MAX_SECONDS}, MAX_SECONDS + 600)
+        point = Point(**answer["point"])
+        point.credentials_per_op = config.batch
+        if prepared.members:
+            before = config.history + row["done_ops"] / prepared.members
+            point.history = [before, before + (warmup + point.ops + point.errors)
+                             / prepared.members]
+        row["done_ops"] += warmup + point.ops + point.errors
+        summary = point.summary()
+        if block is not None:
+            summary["block"] = block
+        row["points"].append(summary)
+
+    def _finish(row: dict[str, Any], prepared: Prepared) -> None:
+        if prepared.log_rows is not None:
+            row["log_rows"] = prepared.log_rows()
+        size_before, size_after = row["size_before"], prepared.db_bytes()
+        if size_before is not None and size_after is not None and row["done_ops"]:
+            # Tables with their indexes and TOAST: what the path adds to the
+            # database per operation (docs/scaling.md sizes storage from it).
+            row["db_bytes_per_op"] = (size_after - size_before) / row["done_ops"]
+            row["db_tables"] = prepared.db_tables()
+        row["best"] = max(row["points"], key=lambda p: p["ops_per_second"], default=None)
+        row["errors"] = sum(p["errors"] for p in row["points"])
+
     try:
         results.get(timeout=120)  # the generator has started
         for path in paths:
             runs = [(r, config) for r in range(max(1, repeat))
                     for config in round_order(path, chosen[path], servers, r)]
-            for round_, config in runs:
-                row: dict[str, Any] = {"path": path, **asdict(config), "round": round_,
-                                       "points": [],
-                                       "skipped": None, "best": None, "errors": 0,
-                                       "db_bytes_per_op": None, "db_tables": None,
-                                       "db_tables_start": None, "log_rows_start": None,
-                                       "log_rows": None}
-                rows.append(row)
-                say(f"{path}: {config.name}: starting")
-                with tempfile.TemporaryDirectory(prefix="tessera-bench-load-") as tmp, \
-                        contextlib.ExitStack() as stack:
-                    try:
-                        prepared = _prepare(path, config, Path(tmp), stack, sweep, n_ops,
-                                            members)
-                    except LookupError as exc:
-                        row["skipped"] = str(exc)
-                        continue
-                    ask({"context": prepared.context}, 120)
-                    size_before, done_ops = prepared.db_bytes(), 0
-                    row["db_tables_start"] = prepared.db_tables()
-                    if prepared.seed:
-                        say(f"{path}: {config.name}: seeding {len(prepared.seed)} earns")
-                        seeded = ask({"path": path, "targets": prepared.servers.targets(),
-                                      "items": prepared.seed, "concurrency": 8, "warmup": 0,
-                                      "server_pids": prepared.servers.pids,
-                                      "max_seconds": 3600.0}, 3600)
-                        if seeded["point"]["errors"]:
-                            raise RuntimeError(f"seeding failed: {seeded['point']}")
-                        if prepared.settle is not None:  # the row counts start settled
-                            settle_log(prepared.settle)
-                    if prepared.members:
-                        row["members"] = prepared.members
-                    if prepared.log_rows is not None:
-                        row["log_rows_start"] = prepared.log_rows()
+            # --blocks N (earn): each on / off pair runs side by side, its servers up
+            # together, in alternated blocks of the point's operations.
+            groups = ([runs[i:i + 2] for i in range(0, len(runs), 2)]
+                      if path == "earn" and blocks > 1 else [[r] for r in runs])
+            for group in groups:
+                with contextlib.ExitStack() as stack:
+                    sides = []
+                    for round_, config in group:
+                        row: dict[str, Any] = {
+                            "path": path, **asdict(config), "round": round_, "points": [],
+                            "skipped": None, "best": None, "errors": 0,
+                            "db_bytes_per_op": None, "db_tables": None,
+                            "db_tables_start": None, "log_rows_start": None, "log_rows": None,
+                            "done_ops": 0, "size_before": None}
+                        rows.append(row)
+                        say(f"{path}: {config.name}: starting")
+                        tmp = stack.enter_context(
+                            tempfile.TemporaryDirectory(prefix="tessera-bench-load-"))
+                        try:
+                            prepared = _prepare(path, config, Path(tmp), stack, sweep, n_ops,
+                                                members)
+                        except LookupError as exc:
+                            row["skipped"] = str(exc)
+                            continue
+                        _start(row, config, prepared)
+                        sides.append((row, config, prepared))
                     for concurrency in sweep:
-                        warmup = 2 * concurrency
-                        items = prepared.items(warmup + n_ops)
-                        say(f"{path}: {config.name}: {concurrency} clients")
-                        answer = ask({"path": path, "targets": prepared.servers.targets(),
-                                      "items": items, "concurrency": concurrency,
-                                      "warmup": warmup, "server_pids": prepared.servers.pids,
-                                      "postgres": prepared.postgres_probe(),
-                                      "balance": balance, "settle": prepared.settle,
-                                      "max_seconds": MAX_SECONDS}, MAX_SECONDS + 600)
-                        point = Point(**answer["point"])
-                        point.credentials_per_op = config.batch
-                        if prepared.members:
-                            before = config.history + done_ops / prepared.members
-                            point.history = [before, before + (warmup + point.ops
-                                                               + point.errors)
-                                             / prepared.members]
-                        done_ops += warmup + point.ops + point.errors
-                        row["points"].append(point.summary())
-                    if prepared.log_rows is not None:
-                        row["log_rows"] = prepared.log_rows()
-                    size_after = prepared.db_bytes()
-                    if size_before is not None and size_after is not None and done_ops:
-                        # Tables with their indexes and TOAST: what the path adds to the
-                        # database per operation (docs/scaling.md sizes storage from it).
-                        row["db_bytes_per_op"] = (size_after - size_before) / done_ops
-                        row["db_tables"] = prepared.db_tables()
-                row["best"] = max(row["points"], key=lambda p: p["ops_per_second"],
-                                  default=None)
-                row["errors"] = sum(p["errors"] for p in row["points"])
+                        for block in range(blocks if len(sides) > 1 else 1):
+                            # A B, then B A: the second side of a block runs later.
+                            for row, config, prepared in (sides if block % 2 == 0
+                                                          else sides[::-1]):
+                                _point(row, config, prepared, concurrency,
+                                       n_ops if len(sides) == 1 else n_ops // blocks,
+                                       None if len(sides) == 1 else block)
+                    for row, _config, prepared in sides:
+                        _finish(row, prepared)
+            for row in rows:
+                row.pop("done_ops", None)
+                row.pop("size_before", None)
     finally:
         jobs.put(None)
         generator.join(timeout=30)
@@ -1738,6 +1774,7 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
             "topic": "load", "quick": quick, "paths": list(paths),
             "concurrency_sweep": list(sweep), "ops_per_point": n_ops,
             "servers": list(servers), "repeat": repeat, "balance": balance,
+            "blocks": blocks,
             "issuance_batches": list(batches),
             "max_seconds_per_point": MAX_SECONDS,
             "generator": "one process, asyncio, raw-socket HTTP/1.1 keep-alive client",
@@ -1800,7 +1837,7 @@ def log_pairs(rows: Sequence[dict[str, Any]]
                 continue
             key = (r["path"], r["store"], r["workers"], r["instances"],
                    r.get("server", "uvicorn"), r.get("history", 1), p["concurrency"],
-                   r.get("round", 0))
+                   r.get("round", 0), p.get("block", 0))
             if r.get("log", True):
                 on[key] = p
             else:
@@ -1818,7 +1855,7 @@ def log_pairs(rows: Sequence[dict[str, Any]]
         a = on.get(key)
         if a is None:
             continue
-        out.append((group, int(key[-1]), {
+        out.append((group, int(key[-2]), {
             "ops_per_second": ratio(b["ops_per_second"], a["ops_per_second"]),
             "server_cpu_per_op": ratio(b.get("server_cpu_ms_per_op"),
                                        a.get("server_cpu_ms_per_op")),
@@ -1833,9 +1870,15 @@ def log_pairs(rows: Sequence[dict[str, Any]]
 
 
 def log_ratios(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """:func:`log_pairs` by name: "<group> (round N)"."""
-    return {f"{group} (round {round_ + 1})": figures
-            for group, round_, figures in log_pairs(rows)}
+    """:func:`log_pairs` by name: "<group> (round N)", "<group> (round N, block M)"."""
+    out: dict[str, dict[str, float | None]] = {}
+    for group, round_, figures in log_pairs(rows):
+        name, n = f"{group} (round {round_ + 1})", 1
+        while name in out:  # the blocks of a round
+            n += 1
+            name = f"{group} (round {round_ + 1}, block {n})"
+        out[name] = figures
+    return out
 
 
 def log_summary(pairs: Sequence[tuple[str, int, dict[str, float | None]]]
@@ -2154,6 +2197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=None,
                         help="earn: members the earns go round-robin over (default twice "
                              "the largest concurrency)")
+    parser.add_argument("--blocks", type=int, default=1,
+                        help="earn: run each on / off pair's servers side by side and cut each "
+                             "point into this many blocks, on and off alternated block by "
+                             "block (default 1: one after the other)")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the report here")
     parser.add_argument("--capacity", metavar="REPORT", type=Path,
                         help="run nothing: print the sizing docs/scaling.md derives from a "
@@ -2186,7 +2233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(quick=args.quick, paths=paths, concurrencies=sweep, ops=args.ops,
                  configs=configs, batches=batches or (1,), progress=progress,
                  servers=servers, repeat=args.repeat, balance=args.balance,
-                 histories=histories or None, members=args.members)
+                 histories=histories or None, members=args.members, blocks=args.blocks)
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
