@@ -154,6 +154,20 @@ def test_log_pairs_match_points_of_the_same_round_history_and_concurrency() -> N
     assert "earn sqlite, 2 workers, 8 clients (round 1)" in load.log_ratios(rows)
 
 
+def test_blocks_of_a_point_pair_block_by_block() -> None:
+    on = _earn_row("sqlite", True, 0, [(4, 100.0, 5.0), (4, 100.0, 8.0)])
+    off = _earn_row("sqlite", False, 0, [(4, 100.0, 4.0), (4, 100.0, 7.2)])
+    for row in (on, off):
+        for block, point in enumerate(row["points"]):
+            point["block"] = block
+    pairs = load.log_pairs([on, off])
+    assert sorted(f["server_cpu_per_op"] for _, _, f in pairs) == [
+        pytest.approx(0.8), pytest.approx(0.9)]
+    assert len(load.log_ratios([on, off])) == 2
+    assert load.log_summary(pairs)["earn sqlite, 2 workers, 4 clients"][
+        "server_cpu_per_op"]["pairs"] == 2
+
+
 def test_log_summary_gives_the_median_and_spread_over_the_pairs() -> None:
     pairs = [("g", r, {"server_cpu_per_op": v, "ops_per_second": None})
              for r, v in enumerate([0.9, 0.8, 1.0, 0.85])]
