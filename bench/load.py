@@ -1666,8 +1666,6 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
         """After the servers are up: the generator's context, the earn seeding, the
         counts the row's growth is read against."""
         ask({"context": prepared.context}, 120)
-        row["size_before"] = prepared.db_bytes()
-        row["db_tables_start"] = prepared.db_tables()
         if prepared.seed:
             say(f"{row['path']}: {config.name}: seeding {len(prepared.seed)} earns")
             seeded = ask({"path": row["path"], "targets": prepared.servers.targets(),
@@ -1678,6 +1676,9 @@ def run(*, quick: bool = False, paths: Sequence[str] = PATHS,
                 raise RuntimeError(f"seeding failed: {seeded['point']}")
             if prepared.settle is not None:  # the row counts start settled
                 settle_log(prepared.settle)
+        # After the seeding: the growth per operation is the measured operations'.
+        row["size_before"] = prepared.db_bytes()
+        row["db_tables_start"] = prepared.db_tables()
         if prepared.members:
             row["members"] = prepared.members
         if prepared.log_rows is not None:
