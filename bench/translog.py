@@ -133,7 +133,11 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
     on/off so machine load drifts hit both; each mode has its own member so
     both histories grow alike; earns go round-robin over ``MEMBERS`` members
     per mode (a member's write cost grows with its own lots, which is the
-    ledger's cost, not the log's). ``ratio`` = on rate / off rate (1.0 = free).
+    ledger's cost, not the log's). ``ratio`` = on rate / off rate (1.0 = free);
+    ``cpu_ratio`` the same of the process's CPU over all blocks, and
+    ``cpu_ratio_median_of_pairs`` / ``cpu_ratio_quartiles_of_pairs`` of each round's
+    off and on block (its median resists a burst of other tenants' load, as the
+    wall-clock median of pairs does).
     """
     from issuer import _ledger, _translog
     from issuer._admin import create_program
@@ -161,6 +165,10 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
     elapsed = {"on": 0.0, "off": 0.0}
     cpu = {"on": 0.0, "off": 0.0}
     pairs: list[float] = []
+    # Each round's two blocks as a CPU pair too: a burst of other tenants' load (cache,
+    # frequency) inflates one round's pair, not the totals of every round after it.
+    cpu_pairs: list[float] = []
+    cpu_deltas: list[float] = []
     # One untimed earn per member first: a member's first write in a process looks
     # for older entries without a leaf once, in both modes alike.
     for mode in ("on", "off"):
@@ -176,6 +184,7 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
     try:
         for r in range(rounds):
             took: dict[str, float] = {}
+            spent: dict[str, float] = {}
             for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
                 _translog.append_for_member = real if mode == "on" else (lambda *a, **k: [])
                 t, c = time.perf_counter(), time.process_time()
@@ -186,9 +195,12 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
                         s, brand_id=brand_id, member_id=m, points=1, now=now,
                         idempotency_key=k), keystore=keystore)
                 took[mode] = time.perf_counter() - t
+                spent[mode] = time.process_time() - c
                 elapsed[mode] += took[mode]
-                cpu[mode] += time.process_time() - c
+                cpu[mode] += spent[mode]
             pairs.append(took["off"] / took["on"])
+            cpu_pairs.append(spent["off"] / spent["on"])
+            cpu_deltas.append((spent["on"] - spent["off"]) / block)
     finally:
         _translog.append_for_member = real
         sequencer.stop()
@@ -203,7 +215,16 @@ def bench_ledger(engine: Engine, quick: bool) -> dict[str, Any]:
             "ratio": with_log / without_log, "ratio_median_of_pairs": statistics.median(pairs),
             "cpu_ms_per_earn_on": cpu["on"] / n * 1e3, "cpu_ms_per_earn_off": cpu["off"] / n * 1e3,
             "cpu_ratio": cpu["off"] / cpu["on"],
+            "cpu_ratio_median_of_pairs": statistics.median(cpu_pairs),
+            "cpu_ratio_quartiles_of_pairs": _quartiles(cpu_pairs),
+            "cpu_ms_on_minus_off_median_of_pairs": statistics.median(cpu_deltas) * 1e3,
             "n_each": n, "block": block, "left_for_the_last_batch": leftover}
+
+
+def _quartiles(values: Sequence[float]) -> list[float]:
+    """Lowest, first quartile, median, third quartile, highest."""
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [min(values), q1, q2, q3, max(values)]
 
 
 def bench_proofs(engine: Engine, size: int, quick: bool) -> dict[str, Any]:
@@ -352,6 +373,10 @@ def print_table(report: dict[str, Any]) -> None:
           f"{ledger['block']}, n={ledger['n_each']} each)")
     print(f"  ledger earn process CPU on / off    {ledger['cpu_ms_per_earn_on']:10.2f} ms "
           f"/ {ledger['cpu_ms_per_earn_off']:.2f} ms = {ledger['cpu_ratio']:.2f}")
+    low, q1, mid, q3, high = ledger["cpu_ratio_quartiles_of_pairs"]
+    print(f"  ledger earn CPU off / on per pair   median {mid:.3f} (quartiles {q1:.3f}-"
+          f"{q3:.3f}, range {low:.3f}-{high:.3f}); on - off median "
+          f"{ledger['cpu_ms_on_minus_off_median_of_pairs']:.3f} ms per earn")
     for p in report["proofs"]:
         print(f"  tree of {p['size']:>10,} leaves (built in {p['build_s']:.0f} s):")
         for name in ("inclusion", "consistency", "root_at"):
