@@ -150,10 +150,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     from tessera.observability import configure_logging, share_metrics_between_workers
-    from tessera.serving import HTTP_PROTOCOL
+    from tessera.serving import HTTP_PROTOCOL, LOOP_FACTORY, accept_delay_from_env
 
     settings = _run(lambda: Settings.from_env())  # fail fast on a missing master key
     _engine().dispose()  # ... and on a database that is not there or not migrated
+    if workers > 1:
+        _run(accept_delay_from_env)  # ... and on a TESSERA_ACCEPT_DELAY_MS out of range
     warning = public_url_mismatch(settings.public_url, host, port)
     if warning:
         typer.secho(f"warning: {warning}", err=True, fg="yellow", bold=True)
@@ -164,10 +166,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     # Logging is ours (tessera.observability): JSON lines, one per request with its
     # route template, instead of uvicorn's access log of raw paths.
     # TCP_NODELAY on every connection: with workers, uvicorn's own listening socket
-    # leaves Nagle on (tessera.serving), ~40 ms lost per response.
+    # leaves Nagle on (tessera.serving), ~40 ms lost per response. With workers, each
+    # takes connections one at a time, the one holding fewer first (tessera.serving):
+    # libuv alone accepted a burst of keep-alive connections all in one worker.
     uvicorn.run("issuer._cli:app_from_env", factory=True, host=host, port=port,
                 workers=workers, proxy_headers=True, log_config=None, access_log=False,
-                http=HTTP_PROTOCOL)
+                http=HTTP_PROTOCOL, loop=LOOP_FACTORY if workers > 1 else "auto")
 
 
 def public_url_mismatch(public_url: str, host: str, port: int) -> str | None:

@@ -34,24 +34,51 @@ of the cyclic garbage collector's reach (``gc.freeze``). A worker holds some
 walked them all: 105-190 ms of CPU with the GIL held in the issuance bench
 (more wall time on a loaded machine), every request of that worker standing
 still meanwhile (bench/README.md, "Session 9 (issuance tail latency)").
+
+With ``--workers N`` the serve commands also pass ``loop=LOOP_FACTORY``: an
+event loop (uvloop's, asyncio's without it) whose server on a shared
+listening socket takes connections one at a time, a worker that already
+holds connections waiting a little first (:class:`BalancedServer`). uvicorn
+hands every worker the same listening socket; libuv, woken by it, accepts
+every pending connection at once, so a burst of keep-alive connections (a
+load generator's clients, a proxy's upstream pool) landed mostly on one
+worker, which then served them alone while the other idled (4/0 and 6/2
+splits; bench/README.md "Session 8 run", "Session 9 (balanced accept)").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import gc
+import logging
+import os
 import socket
-from collections.abc import AsyncIterator
+import ssl as _ssl
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar, cast
 
 from starlette.applications import Starlette
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from tessera.errors import ErrorCode, TesseraError
+
 _App = TypeVar("_App", bound=Starlette)
 
-__all__ = ["HTTP_PROTOCOL", "CoalescingTransport", "NoDelayHTTPProtocol",
-           "freeze_heap_after_startup", "set_nodelay"]
+__all__ = [
+    "ACCEPT_DELAY_ENV",
+    "HTTP_PROTOCOL",
+    "LOOP_FACTORY",
+    "BalancedServer",
+    "CoalescingTransport",
+    "NoDelayHTTPProtocol",
+    "accept_delay_from_env",
+    "balanced_loop",
+    "freeze_heap_after_startup",
+    "set_nodelay",
+]
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -143,3 +170,271 @@ def freeze_heap_after_startup(app: _App) -> _App:
 
     app.router.lifespan_context = lifespan
     return app
+
+
+# -- spreading connections over worker processes ----------------------------------------------
+
+ACCEPT_DELAY_ENV: Final = "TESSERA_ACCEPT_DELAY_MS"
+"""Milliseconds a worker waits, per connection it holds (at most :data:`ACCEPT_DELAY_CAP`
+counted), before it takes a new one; ``0`` turns balancing off (libuv's accept-all)."""
+
+DEFAULT_ACCEPT_DELAY_MS: Final = 0.5
+ACCEPT_DELAY_CAP: Final = 4
+"""Held connections counted at most: a worker holding more than this waits
+``ACCEPT_DELAY_CAP * delay`` (2 ms by default) before each accept, no longer. The cap
+bounds what a new connection can wait, and what a client that opens a connection per
+request can get: one accept per 2 ms from each busy worker (500/s each). Past the cap
+two workers wait alike, and which takes the next connection is a race again (but one
+connection per race, not a whole burst)."""
+
+_ACCEPT_RETRY_DELAY: Final = 1.0  # asyncio's constants.ACCEPT_RETRY_DELAY (out of fds)
+_logger = logging.getLogger("tessera.serving")
+
+
+def accept_delay_from_env(environ: Any = None) -> float:
+    """Seconds per held connection (:data:`ACCEPT_DELAY_ENV`); 0.0: balancing off.
+    The serve commands call it before starting workers, so a bad value stops the start
+    rather than every worker (which uvicorn's supervisor would restart, and again)."""
+    raw = (os.environ if environ is None else environ).get(ACCEPT_DELAY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_ACCEPT_DELAY_MS / 1000
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1000:
+        raise TesseraError(ErrorCode.MALFORMED,
+                           f"{ACCEPT_DELAY_ENV}={raw!r}: milliseconds from 0 to 1000")
+    return value / 1000
+
+
+class _CountedProtocol(asyncio.Protocol):
+    """The server's protocol, passed through; tells the server when its connection ends."""
+
+    def __init__(self, inner: asyncio.Protocol, server: BalancedServer) -> None:
+        self._inner = inner
+        self._server: BalancedServer | None = server
+
+    def release(self) -> None:
+        if self._server is not None:
+            self._server.open_connections -= 1
+            self._server = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.release()
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class BalancedServer(asyncio.AbstractServer):
+    """A server on a listening socket shared with other processes, taking connections one
+    at a time and later the more connections this process already holds.
+
+    Each process sharing the socket is woken when a connection is pending. One holding
+    ``k`` open connections waits ``delay * min(k, ACCEPT_DELAY_CAP)`` first, then accepts
+    one, non-blocking: if a process holding fewer took it in the meantime, the accept
+    finds nothing and this one goes back to waiting. So a burst of connections is dealt
+    out, the emptier worker first, where libuv (and asyncio) would accept the whole burst
+    in whichever worker woke first. Prior art: nginx's ``accept_mutex`` and its
+    ``ngx_accept_disabled`` (a worker whose connections are 7/8 of its limit skips
+    accepting for a while: src/event/ngx_event_accept.c) and Node's ``cluster`` module,
+    whose primary accepts and deals connections round-robin (``SCHED_RR``, the default
+    off Windows). There is no one process here to deal from (uvicorn's supervisor only
+    watches), and no shared counter: each worker knows only its own count, so the wait
+    is absolute, and it is short and capped.
+
+    What uvicorn's ``Server.shutdown`` needs: :meth:`close` (stop accepting; the
+    supervisor then closes the listening socket) and :meth:`wait_closed`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol], *,
+                 delay: float, ssl: _ssl.SSLContext | None = None,
+                 ssl_handshake_timeout: float | None = None) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._factory = protocol_factory
+        self._delay = delay
+        self._ssl = ssl
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._reading = False
+        self._task: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self.open_connections = 0
+        """Connections accepted and not yet lost (TLS handshakes under way included)."""
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = self._loop.create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        while True:
+            await self._readable()
+            held = min(self.open_connections, ACCEPT_DELAY_CAP)
+            if held:
+                await asyncio.sleep(self._delay * held)
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another worker took it
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # As asyncio does: out of descriptors, stop accepting for a while
+                    # (the connection stays queued for another worker or for later).
+                    _logger.error("accept() out of system resource: %s", exc)
+                    await asyncio.sleep(_ACCEPT_RETRY_DELAY)
+                continue  # ECONNABORTED and the like: that connection is gone
+            self.open_connections += 1
+            self._connect(conn)
+
+    def _readable(self) -> asyncio.Future[None]:
+        """Resolved when the listening socket has a connection pending. The reader is
+        removed at once: the socket stays readable while this worker waits its turn,
+        and would otherwise wake the loop on every turn."""
+        ready: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            self._stop_reading()
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_reader(self._fd, wake)
+        self._reading = True
+        return ready
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def _connect(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        protocol = _CountedProtocol(cast(asyncio.Protocol, self._factory()), self)
+        made = self._loop.connect_accepted_socket(
+            lambda: protocol, conn, ssl=self._ssl,
+            ssl_handshake_timeout=self._ssl_handshake_timeout if self._ssl else None)
+
+        async def connect() -> None:
+            try:
+                await made
+            except asyncio.CancelledError:
+                protocol.release()
+                conn.close()
+                raise
+            except Exception as exc:  # a failed TLS handshake: that client's problem
+                protocol.release()
+                conn.close()
+                _logger.debug("connection not made: %r", exc)
+
+        # Not awaited here: a TLS handshake must not hold up the next accept.
+        task = self._loop.create_task(connect())
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    # -- asyncio.AbstractServer ------------------------------------------------------------
+
+    def close(self) -> None:
+        # Synchronously: uvicorn closes the listening socket right after this returns,
+        # and its descriptor must not stay registered with the loop.
+        self._stop_reading()
+        if self._task is not None:
+            self._task.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start_serving(self) -> None:
+        self.start()
+
+    async def serve_forever(self) -> None:
+        self.start()
+        assert self._task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def wait_closed(self) -> None:
+        tasks = [t for t in (self._task, *self._handshakes) if t is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self._sock,)
+
+
+async def _balanced_create_server(
+    loop: asyncio.AbstractEventLoop, create: Callable[..., Any],
+    protocol_factory: Callable[[], asyncio.BaseProtocol], host: Any, port: Any,
+    kwargs: dict[str, Any],
+) -> asyncio.AbstractServer:
+    sock = kwargs.get("sock")
+    delay = accept_delay_from_env()
+    if (host is not None or port is not None or not isinstance(sock, socket.socket)
+            or sock.type != socket.SOCK_STREAM or delay == 0
+            or kwargs.get("start_serving", True) is False):
+        # One worker (uvicorn lets the loop bind host and port), or balancing off.
+        server: asyncio.AbstractServer = await create(protocol_factory, host, port, **kwargs)
+        return server
+    sock.setblocking(False)
+    # uvicorn's supervisor binds the socket, each worker's create_server listens on it.
+    sock.listen(kwargs.get("backlog") or 100)
+    balanced = BalancedServer(loop, sock, protocol_factory, delay=delay,
+                              ssl=kwargs.get("ssl"),
+                              ssl_handshake_timeout=kwargs.get("ssl_handshake_timeout"))
+    balanced.start()
+    return balanced
+
+
+class _BalancedAsyncioLoop(asyncio.SelectorEventLoop):
+    async def create_server(  # type: ignore[override]
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: Any = None, port: Any = None, **kwargs: Any,
+    ) -> asyncio.AbstractServer:
+        return await _balanced_create_server(self, super().create_server, protocol_factory,
+                                             host, port, kwargs)
+
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+    _BalancedUVLoop: type[asyncio.AbstractEventLoop] | None = None
+else:
+    class _BalancedUVLoop(uvloop.Loop):  # type: ignore[no-redef]
+        async def create_server(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+            host: Any = None, port: Any = None, **kwargs: Any,
+        ) -> asyncio.AbstractServer:
+            return await _balanced_create_server(self, super().create_server,
+                                                 protocol_factory, host, port, kwargs)
+
+
+def balanced_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop (uvloop's when installed, as uvicorn's ``loop="auto"``) whose
+    ``create_server(sock=...)`` serves a shared listening socket with a
+    :class:`BalancedServer`; ``host``/``port`` servers are the loop's own."""
+    return _BalancedUVLoop() if _BalancedUVLoop is not None else _BalancedAsyncioLoop()
+
+
+LOOP_FACTORY: Final = f"{__name__}:balanced_loop"
+"""The ``loop=`` value for ``uvicorn.run`` with workers: uvicorn (0.36 and later) imports
+a non-builtin value and calls it for each worker's event loop."""

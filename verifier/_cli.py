@@ -124,7 +124,12 @@ def serve(
         configure_logging,
         share_metrics_between_workers,
     )
-    from tessera.serving import HTTP_PROTOCOL, freeze_heap_after_startup
+    from tessera.serving import (
+        HTTP_PROTOCOL,
+        LOOP_FACTORY,
+        accept_delay_from_env,
+        freeze_heap_after_startup,
+    )
     from verifier._service import create_app, settings_from_env
 
     env = {
@@ -149,6 +154,8 @@ def serve(
         env[ENV_FETCH_BUDGET] = repr(fetch_budget)
     try:
         settings = settings_from_env({**os.environ, **env})
+        if workers > 1:
+            accept_delay_from_env()
     except TesseraError as exc:
         raise _fail(exc) from None
     if settings.tills is None:
@@ -184,5 +191,8 @@ def serve(
         share_metrics_between_workers(workers)
         # TCP_NODELAY on every connection: with workers, uvicorn's own listening
         # socket leaves Nagle on (tessera.serving), which made 2 workers slower than 1.
+        # Each worker takes connections one at a time, the one holding fewer first
+        # (tessera.serving): libuv alone accepted a burst all in one worker.
         uvicorn.run("verifier._service:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_config=None, access_log=False, http=HTTP_PROTOCOL)
+                    workers=workers, log_config=None, access_log=False, http=HTTP_PROTOCOL,
+                    loop=LOOP_FACTORY)

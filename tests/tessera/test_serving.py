@@ -8,10 +8,13 @@ accepted connection keeps Nagle on (the bug), with ours it is off.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import uvicorn
@@ -201,3 +204,209 @@ def test_the_issuer_worker_factory_freezes_after_startup(
         assert client.get("/healthz").status_code == 200
         assert gc.get_freeze_count() > before
     assert gc.get_freeze_count() == before
+
+# -- connections dealt out over the processes sharing a listening socket ----------------------
+
+
+def _listener() -> socket.socket:
+    listener = socket.socket(socket.AF_INET)  # as uvicorn.Config.bind_socket does
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    return listener
+
+
+class _Answer(asyncio.Protocol):
+    """Answers each chunk received with its server's name (which worker holds us)."""
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(self.name)
+
+
+class _Worker:
+    """One event loop of ours in a thread, serving the shared listener: a stand-in for a
+    uvicorn worker process (the accept race is the same between threads' epolls)."""
+
+    def __init__(self, name: str, listener: socket.socket) -> None:
+        from tessera.serving import balanced_loop
+
+        self.loop = balanced_loop()
+        self.ready = threading.Event()
+        self.server: Any = None
+
+        async def start() -> None:
+            self.server = await self.loop.create_server(
+                lambda: _Answer(name.encode()), sock=listener, backlog=64)
+            self.ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.create_task(start())
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30)
+
+    def call(self, fn: Any) -> Any:
+        """Run ``fn()`` on the worker's loop and return its result."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return done.result(30)
+
+    def stop(self) -> None:
+        self.call(self.server.close)
+        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+def _wait_until(predicate: Any) -> None:
+    """Polls (no deadline asserted: a loaded machine may take its time; pytest's own
+    timeout, or the 600 s below, ends a hang)."""
+    for _ in range(60000):
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+def test_two_workers_on_one_socket_share_a_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessera.serving import ACCEPT_DELAY_ENV, BalancedServer
+
+    # A wait per held connection far above a loaded machine's scheduling delays.
+    monkeypatch.setenv(ACCEPT_DELAY_ENV, "50")
+    listener = _listener()
+    workers = [_Worker("a", listener), _Worker("b", listener)]
+    clients: list[socket.socket] = []
+    try:
+        assert all(isinstance(w.server, BalancedServer) for w in workers)
+        port = listener.getsockname()[1]
+        # A burst: all eight queued before either worker can take one (libuv's own
+        # server takes every queued connection in the first worker to wake).
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+        for client in clients:
+            client.sendall(b"?")
+        names = [client.recv(1) for client in clients]
+        held = {w: names.count(w) for w in (b"a", b"b")}
+        assert sum(held.values()) == 8 and max(held.values()) <= 5, held
+        assert [w.call(lambda w=w: w.server.open_connections) for w in workers] == \
+            [held[b"a"], held[b"b"]]
+        for client in clients:
+            client.close()
+        # Each worker counts its connections down as they close.
+        for w in workers:
+            _wait_until(lambda w=w: w.call(lambda: w.server.open_connections) == 0)
+    finally:
+        for client in clients:
+            client.close()
+        for w in workers:
+            w.stop()
+        listener.close()
+
+
+def test_a_closed_server_leaves_connections_queued() -> None:
+    listener = _listener()
+    worker = _Worker("a", listener)
+    worker.stop()  # what uvicorn's shutdown does first, before closing the socket
+    port = listener.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        listener.settimeout(30)
+        conn, _ = listener.accept()  # still queued: no closed worker took it
+        conn.close()
+        client.close()
+    listener.close()
+
+
+def test_the_loops_own_servers_where_there_is_nothing_to_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tessera.serving import ACCEPT_DELAY_ENV, BalancedServer, balanced_loop
+
+    async def servers() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        one = await loop.create_server(asyncio.Protocol, host="127.0.0.1", port=0)
+        monkeypatch.setenv(ACCEPT_DELAY_ENV, "0")
+        listener = _listener()
+        off = await loop.create_server(asyncio.Protocol, sock=listener)
+        made = [one, off]
+        for server in made:
+            server.close()
+            await server.wait_closed()
+        return made
+
+    with asyncio.Runner(loop_factory=balanced_loop) as runner:
+        made = runner.run(servers())
+    assert not any(isinstance(server, BalancedServer) for server in made)
+
+
+@pytest.mark.parametrize("value", ["-1", "1001", "fast"])
+def test_an_accept_delay_out_of_range_is_refused(value: str) -> None:
+    from tessera.errors import TesseraError
+    from tessera.serving import ACCEPT_DELAY_ENV, accept_delay_from_env
+
+    with pytest.raises(TesseraError) as err:
+        accept_delay_from_env({ACCEPT_DELAY_ENV: value})
+    assert ACCEPT_DELAY_ENV in err.value.detail
+    assert accept_delay_from_env({ACCEPT_DELAY_ENV: "2"}) == 0.002
+    assert accept_delay_from_env({}) > 0
+
+
+def test_uvicorn_on_our_loop_serves_and_shuts_down_gracefully() -> None:
+    """A uvicorn worker's life on :func:`balanced_loop`: a shared socket served by a
+    :class:`BalancedServer`, ``TCP_NODELAY`` and one write per response as before, and
+    a shutdown (SIGTERM: ``should_exit``) mid-request that still finishes the request."""
+    from tessera.serving import BalancedServer, balanced_loop
+
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        entered.set()
+        await release.wait()
+        await _sized_app(scope, receive, send)
+
+    async def scenario() -> tuple[int, bytes, bool]:
+        listener = _listener()
+        port = listener.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(slow_app, http=HTTP_PROTOCOL,
+                                               log_level="warning", lifespan="off"))
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        assert [type(s) for s in server.servers] == [BalancedServer]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await entered.wait()
+        [connection] = list(server.server_state.connections)
+        nodelay = int(connection.transport.get_extra_info("socket").getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        server.should_exit = True  # what uvicorn's SIGTERM handler does
+        await asyncio.sleep(0.3)  # uvicorn's shutdown is now waiting on the request
+        assert not serving.done()
+        release.set()
+        answer = await reader.read()  # the response, then the close (shutdown asked it)
+        await serving
+        writer.close()
+        return nodelay, answer, listener.fileno() == -1
+
+    with asyncio.Runner(loop_factory=balanced_loop) as runner:
+        nodelay, answer, closed = runner.run(scenario())
+    assert nodelay == 1
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nok")
+    assert closed  # uvicorn closed the listening socket after our server let go of it

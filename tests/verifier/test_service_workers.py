@@ -264,3 +264,38 @@ def test_one_worker_without_a_till_file_prints_a_key_for_the_run(
         assert view["status"] == "done" and view["result"]["ok"], view
     finally:
         _stop(proc)
+
+
+def test_two_workers_share_a_burst_of_keep_alive_connections(
+    served: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--workers 2` deals a burst of connections out (tessera.serving.BalancedServer):
+    uvicorn's workers share one listening socket, and libuv alone accepted every queued
+    connection in the first worker to wake (splits of 4/0 and 6/2, bench/README.md)."""
+    from bench.load import connection_spread
+    from tessera.serving import ACCEPT_DELAY_ENV
+
+    # A wait per held connection far above a loaded machine's scheduling delays.
+    monkeypatch.setenv(ACCEPT_DELAY_ENV, "50")
+    port = _free_port()
+    proc = _serve([*served["args"], "--workers", "2", "--store",
+                   f"sqlite:///{tmp_path / 'shared.db'}"], port, tmp_path)
+    clients: list[socket.socket] = []
+    try:
+        # All eight queued before either worker takes one, then one request on each:
+        # answered means accepted (and a worker holds it).
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=60)
+                   for _ in range(8)]
+        for client in clients:
+            client.sendall(b"GET /checkout.css HTTP/1.1\r\nHost: x\r\n\r\n")
+        for client in clients:
+            assert client.recv(64).startswith(b"HTTP/1.1 200")
+        mine = {client.getsockname()[1]: 0 for client in clients}
+        spread, why = connection_spread([proc.pid], [port], [mine])
+    finally:
+        for client in clients:
+            client.close()
+        _stop(proc)
+    assert spread is not None, why
+    [held] = spread
+    assert len(held) == 2 and sum(held) == 8 and max(held) <= 5, held
