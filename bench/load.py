@@ -732,8 +732,9 @@ def connection_spread(roots: Sequence[int], ports: Sequence[int],
 
     The serving processes of an instance are those of its tree holding its listening
     socket, less the root when others hold it too (uvicorn's supervisor with
-    ``--workers``: its workers accept, the first awake taking every pending connection,
-    so the spread is a race, not a balance: bench/README.md "Session 8 run")."""
+    ``--workers``: its workers accept; libuv alone let the first awake take every pending
+    connection, bench/README.md "Session 8 run"; since session 9 they take one at a time,
+    the one holding fewer first: "Session 9 (balanced accept)")."""
     try:
         sockets = [s for name in ("tcp", "tcp6")
                    for s in parse_proc_net_tcp(Path(f"/proc/self/net/{name}").read_text())]
@@ -2044,7 +2045,7 @@ def print_table(report: dict[str, Any]) -> None:
         "and machine busy = all CPUs of the machine, other processes and the kernel's "
         "softirq work included; conn. = the generator's connections each server process "
         "held at the end of the window, largest first ('6/2': two workers of one instance, "
-        "their split decided by an accept race; ' | ' between instances).")
+        "dealt out by tessera.serving's balanced accept; ' | ' between instances).")
     for row in report["results"]:
         read = (row.get("best") or {}).get("postgres_rows_read_per_op")
         if read is not None:
