@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -145,7 +147,9 @@ def _serve(args: list[str], port: int, tmp_path: Path) -> subprocess.Popen[str]:
         stdout=log, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
     )
-    deadline = time.monotonic() + 30
+    # Two workers start in 10-30 s on a machine other processes load (runnable 10 per
+    # core); 90 s as bench.load's Servers.wait_ready allows.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
@@ -155,7 +159,7 @@ def _serve(args: list[str], port: int, tmp_path: Path) -> subprocess.Popen[str]:
         if proc.poll() is not None:
             break
         time.sleep(0.1)
-    proc.kill()
+    _kill_group(proc)
     raise AssertionError((tmp_path / f"server-{port}.log").read_text())
 
 
@@ -164,8 +168,15 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+        _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """The supervisor and its workers: killing the supervisor alone leaves uvicorn's
+    workers running, holding the port (its own session: start_new_session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
 
 
 @pytest.fixture
